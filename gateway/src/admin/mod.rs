@@ -1,0 +1,112 @@
+//! The admin listener: metrics, health, readiness, config, stats and reload.
+//!
+//! It runs on its own thread with blocking std sockets (a thread per admin
+//! connection), never on a shard and never on a data-plane port. Endpoints:
+//! `GET /metrics` (Prometheus text), `GET /stats` (JSON with exact quantiles),
+//! `GET /config` (running config as JSON, secrets redacted), `GET /healthz`,
+//! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file).
+
+use crate::gateway::Controller;
+use crate::observability::export;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts the admin thread on an already bound listener.
+pub fn start(listener: TcpListener, controller: Arc<Controller>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let c = controller.clone();
+                let _ = std::thread::Builder::new()
+                    .name("admin-conn".into())
+                    .spawn(move || serve(stream, &c));
+            }
+        })?;
+    Ok(())
+}
+
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+fn json(status: u16, v: serde_json::Value) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body: v.to_string() + "\n",
+    }
+}
+
+fn serve(mut stream: TcpStream, controller: &Controller) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 2048];
+    let (method, path) = loop {
+        let Ok(n) = stream.read(&mut chunk) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                break (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                )
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+            _ => return,
+        }
+    };
+    let path_only = path.split('?').next().unwrap_or("");
+    let reply = route(&method, path_only, controller);
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reply.status,
+        crate::http::reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(reply.body.as_bytes());
+}
+
+fn route(method: &str, path: &str, c: &Controller) -> Reply {
+    match (method, path) {
+        ("GET", "/metrics") => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: export::prometheus(&c.snapshot(), &c.process_info()),
+        },
+        ("GET", "/stats") => json(200, export::stats_json(&c.snapshot())),
+        ("GET", "/healthz") => json(200, serde_json::json!({"status": "ok"})),
+        ("GET", "/readyz") if c.is_draining() => {
+            json(503, serde_json::json!({"status": "draining"}))
+        }
+        ("GET", "/readyz") => json(200, serde_json::json!({"status": "ready"})),
+        ("GET", "/config") => json(
+            200,
+            serde_json::to_value(&c.config().raw).unwrap_or_default(),
+        ),
+        ("POST", "/reload") => match c.reload_from_file() {
+            Ok(d) => json(200, serde_json::json!({"status": "reloaded", "diff": d})),
+            Err(e) => json(
+                400,
+                serde_json::json!({"status": "refused", "error": e.to_string(), "running_config": "unchanged"}),
+            ),
+        },
+        (_, "/metrics" | "/stats" | "/healthz" | "/readyz" | "/config" | "/reload") => {
+            json(405, serde_json::json!({"error": "method not allowed"}))
+        }
+        _ => json(404, serde_json::json!({"error": "not found"})),
+    }
+}

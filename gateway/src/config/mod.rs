@@ -1,0 +1,158 @@
+//! Configuration: raw TOML types, validation into an immutable config, and reload diffs.
+//!
+//! 1. [`raw`] holds serde types that mirror the file.
+//! 2. [`load_str`] parses the TOML section by section so that type errors in
+//!    several places are all reported, then [`validate`] checks references and
+//!    values, collecting *every* error with its path (`routes[2].cluster: ...`).
+//! 3. The result is a [`Config`]: immutable, shared by all shards through `Arc`.
+//! 4. [`diff`] compares two configs for reload (added / changed / removed).
+
+pub mod diff;
+pub mod raw;
+pub mod validate;
+
+pub use validate::{
+    Cluster, Config, DirectResponse, Endpoint, HeaderOps, KeySource, ListenerSpec, Route,
+    RouteAction, Split,
+};
+
+use raw::RawConfig;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+
+/// The quickstart config compiled into the binary: what `hypergate run` uses without `--config`.
+pub const EMBEDDED_QUICKSTART: &str = include_str!("../../../examples/quickstart.toml");
+
+/// One configuration problem, with the path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Field path, e.g. `routes[2].cluster`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or `<embedded>`), for messages.
+    pub source_name: String,
+    /// All problems, in file order.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} configuration error(s)",
+            self.source_name,
+            self.issues.len()
+        )?;
+        for issue in &self.issues {
+            writeln!(
+                f,
+                "  {}: {}: {}",
+                self.source_name, issue.path, issue.reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        issues: vec![ConfigIssue {
+            path: String::new(),
+            reason: format!("cannot read file: {e}"),
+        }],
+    })?;
+    load_str(&text, &name)
+}
+
+/// Parses and validates configuration text; `source_name` names it in errors.
+pub fn load_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    let fail = |issues| ConfigError {
+        source_name: source_name.to_string(),
+        issues,
+    };
+    let raw = parse_raw(text).map_err(fail)?;
+    validate::validate(raw).map_err(fail)
+}
+
+/// Parses TOML into [`RawConfig`], one section (and one array element) at a time,
+/// so that a type error in one route does not hide another in a cluster.
+pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        vec![ConfigIssue {
+            path: String::from("(syntax)"),
+            reason: e.to_string().trim().replace('\n', " "),
+        }]
+    })?;
+    let mut issues = Vec::new();
+    let mut raw = RawConfig::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => section(&key, value, &mut raw.server, &mut issues),
+            "admin" => section(&key, value, &mut raw.admin, &mut issues),
+            "limits" => section(&key, value, &mut raw.limits, &mut issues),
+            "access_log" => section(&key, value, &mut raw.access_log, &mut issues),
+            "listeners" => list(&key, value, &mut raw.listeners, &mut issues),
+            "clusters" => list(&key, value, &mut raw.clusters, &mut issues),
+            "routes" => list(&key, value, &mut raw.routes, &mut issues),
+            "demo_upstreams" => list(&key, value, &mut raw.demo_upstreams, &mut issues),
+            other => issues.push(ConfigIssue {
+                path: other.to_string(),
+                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams)".into(),
+            }),
+        }
+    }
+    if issues.is_empty() {
+        Ok(raw)
+    } else {
+        Err(issues)
+    }
+}
+
+fn section<T: DeserializeOwned>(
+    key: &str,
+    value: toml::Value,
+    out: &mut T,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    match value.try_into::<T>() {
+        Ok(v) => *out = v,
+        Err(e) => issues.push(ConfigIssue {
+            path: key.to_string(),
+            reason: e.to_string().trim().replace('\n', " "),
+        }),
+    }
+}
+
+fn list<T: DeserializeOwned>(
+    key: &str,
+    value: toml::Value,
+    out: &mut Vec<T>,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let toml::Value::Array(items) = value else {
+        issues.push(ConfigIssue {
+            path: key.to_string(),
+            reason: "expected an array of tables (`[[...]]`)".into(),
+        });
+        return;
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        match item.try_into::<T>() {
+            Ok(v) => out.push(v),
+            Err(e) => issues.push(ConfigIssue {
+                path: format!("{key}[{i}]"),
+                reason: e.to_string().trim().replace('\n', " "),
+            }),
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! The configuration file as written: serde types with every field documented.
+//!
+//! These types mirror the TOML one to one and carry no cross-references
+//! (a route names its cluster by string). `config::validate` turns them into
+//! the immutable, index-linked [`crate::config::Config`] the shards run on.
+//! `docs/config.md` documents the same fields for operators.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Process-wide settings: shards, pinning, drain.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The admin listener (metrics, health, reload).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Limits and timeouts applied to every downstream connection.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Structured JSON access log.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Data-plane listeners (one SO_REUSEPORT socket per shard each).
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream clusters.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// Ordered routes: the first that matches wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Built-in demo upstreams the gateway starts itself (for examples and demos).
+    #[serde(default)]
+    pub demo_upstreams: Vec<DemoUpstreamConfig>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Number of shards (worker threads). 0 means one per available core.
+    pub shards: usize,
+    /// Pin shard `i` to CPU `cpu_list[i]`. Empty: pin shard `i` to the i-th available core.
+    pub cpu_list: Vec<usize>,
+    /// Pin shards to cores at all.
+    pub pin_cores: bool,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Use io_uring when the kernel allows it (otherwise epoll is used).
+    pub io_uring: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            cpu_list: Vec::new(),
+            pin_cores: true,
+            drain_timeout: Duration::from_secs(15),
+            io_uring: true,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Must not be one of the data listeners.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+/// Downstream limits and timeouts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest request line (method, target, version) in bytes; longer gets 414.
+    pub max_request_line: usize,
+    /// Largest request header section in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes (0: unlimited); larger gets 413.
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a whole request head once its first byte arrived (408 after).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests, and the
+    /// longest pause allowed while reading a request body.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest upstream response header section in bytes; larger gets 502.
+    pub max_response_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_line: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_body_bytes: 0,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_response_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The structured access log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Write one JSON line per request.
+    pub enabled: bool,
+    /// `"stdout"`, `"stderr"` or a file path (appended to).
+    pub path: String,
+    /// Records buffered per shard before new ones are dropped (and counted).
+    pub buffer: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "stdout".into(),
+            buffer: 4096,
+        }
+    }
+}
+
+/// A data-plane listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// `ip:port` to bind (every shard binds it with SO_REUSEPORT).
+    pub address: String,
+    /// Listen backlog per shard socket.
+    #[serde(default = "default_backlog")]
+    pub backlog: i32,
+}
+
+fn default_backlog() -> i32 {
+    1024
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest in-flight requests among two random endpoints (power of two choices).
+    LeastRequest,
+    /// Consistent hashing (ring) on `hash_on`.
+    Hash,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Release label carried by metrics and logs (e.g. `"v1"`).
+    #[serde(default)]
+    pub version: String,
+    /// Endpoints and their weights.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Load-balancing policy.
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// Hash key for `lb = "hash"`: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest pause allowed while reading an upstream response body.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Per-shard keep-alive pool settings.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Active HTTP health checks (off when absent).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip:port` or `host:port` (resolved when the config is loaded).
+    pub address: String,
+    /// Relative weight (1..=1000).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Keep-alive pool per shard and endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle connections kept per endpoint per shard.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed instead of reused.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections (busy + idle) per endpoint per shard; beyond it requests get 503.
+    pub max_connections: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_idle: 128,
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Active health checking.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path requested with GET.
+    pub path: String,
+    /// Time between checks of one endpoint.
+    #[serde(default = "default_hc_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Timeout of one check (connect + response).
+    #[serde(default = "default_hc_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that mark an unhealthy endpoint healthy.
+    #[serde(default = "default_two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that mark a healthy endpoint unhealthy.
+    #[serde(default = "default_two")]
+    pub unhealthy_threshold: u32,
+    /// Status codes counted as healthy: inclusive range `[min, max]`.
+    #[serde(default = "default_expected_status")]
+    pub expected_status: [u16; 2],
+    /// Host header sent with checks (default: the endpoint address).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_two() -> u32 {
+    2
+}
+fn default_expected_status() -> [u16; 2] {
+    [200, 399]
+}
+
+/// Passive outlier detection (per shard).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Consecutive failures (connect errors, resets, 5xx) that eject an endpoint; 0 disables.
+    pub consecutive_failures: u32,
+    /// First ejection time; doubled on each consecutive ejection.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// Longest ejection time.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Most endpoints of the cluster ejected at once, in percent.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Retries.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Extra attempts after the first (0 disables retries).
+    pub attempts: u32,
+    /// Also retry idempotent requests that got a 502/503/504 from the upstream.
+    pub on_5xx: bool,
+    /// Retries allowed as a fraction of requests (the retry budget).
+    pub budget_ratio: f64,
+    /// Retries always allowed per second regardless of the ratio.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            on_5xx: false,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+        }
+    }
+}
+
+/// A route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name used in metrics and logs.
+    pub name: String,
+    /// What requests this route takes (everything when empty).
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    /// The cluster to proxy to (exactly one of `cluster`, `split`, `direct`, `redirect`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Weighted traffic split across clusters (canary / blue-green).
+    #[serde(default)]
+    pub split: Option<SplitConfig>,
+    /// Answer at the gateway with a fixed response.
+    #[serde(default)]
+    pub direct: Option<DirectConfig>,
+    /// Answer at the gateway with a redirect.
+    #[serde(default)]
+    pub redirect: Option<RedirectConfig>,
+    /// Path rewrite before proxying.
+    #[serde(default)]
+    pub rewrite: Option<RewriteConfig>,
+    /// Request header changes (applied before proxying).
+    #[serde(default)]
+    pub request_headers: HeaderOpsConfig,
+    /// Response header changes (applied before answering).
+    #[serde(default)]
+    pub response_headers: HeaderOpsConfig,
+    /// Time allowed for the upstream to send its response head.
+    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_route_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Request matching. All given conditions must hold.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Host names: exact (`api.example.com`) or a leading wildcard (`*.example.com`). Any when empty.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Exact path.
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    /// Path prefix on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Path template with `{name}` segments and an optional trailing `{*rest}`.
+    #[serde(default)]
+    pub path_template: Option<String>,
+    /// Methods (any when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header conditions.
+    #[serde(default)]
+    pub headers: Vec<KeyValueMatch>,
+    /// Query parameter conditions.
+    #[serde(default)]
+    pub query: Vec<KeyValueMatch>,
+}
+
+/// A header or query-parameter condition.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyValueMatch {
+    /// Header or parameter name (headers compare case-insensitively).
+    pub name: String,
+    /// Required exact value; when absent the name only has to be present.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Weighted split across clusters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Sides of the split.
+    pub targets: Vec<SplitTarget>,
+    /// A request header whose value (a cluster name or version) forces that side.
+    #[serde(default)]
+    pub override_header: Option<String>,
+    /// A cookie whose value (a cluster name or version) forces that side.
+    #[serde(default)]
+    pub override_cookie: Option<String>,
+    /// Keep a user on one side: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
+    #[serde(default)]
+    pub sticky_on: Option<String>,
+}
+
+/// One side of a split.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// Cluster name.
+    pub cluster: String,
+    /// Relative weight (0 sends nothing unless forced).
+    pub weight: u32,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectConfig {
+    /// Status code.
+    #[serde(default = "default_direct_status")]
+    pub status: u16,
+    /// Body.
+    #[serde(default)]
+    pub body: String,
+    /// Content-Type of the body.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_direct_status() -> u16 {
+    200
+}
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".into()
+}
+
+/// A redirect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Location header value.
+    pub location: String,
+    /// 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// Path rewrite.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// Remove this prefix (the route's `path_prefix` when empty string is not given).
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Replace the stripped prefix with this one.
+    #[serde(default)]
+    pub replace_prefix: Option<String>,
+}
+
+/// Header manipulation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOpsConfig {
+    /// Headers appended (kept alongside existing ones).
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Headers set (replacing existing ones of that name).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Header names removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A built-in demo upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUpstreamConfig {
+    /// `ip:port` it listens on.
+    pub address: String,
+    /// Text in its answers (e.g. a version).
+    #[serde(default = "default_demo_name")]
+    pub name: String,
+    /// Share of requests answered with 500, from 0.0 to 1.0.
+    #[serde(default)]
+    pub fail_ratio: f64,
+}
+
+fn default_demo_name() -> String {
+    "demo".into()
+}

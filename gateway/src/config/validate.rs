@@ -1,0 +1,757 @@
+//! Validation: raw config in, immutable index-linked [`Config`] out, or every error at once.
+//!
+//! References become indices (a route holds the index of its cluster), strings
+//! that are matched on the hot path are pre-lowercased, header names and values
+//! are checked with the `http` crate, endpoint addresses are resolved, and each
+//! hash-balanced cluster gets its ring built here, once, instead of per request.
+
+use super::raw::{self, LbPolicy, RawConfig};
+use super::ConfigIssue;
+use crate::routing::{PathMatch, RouteMatch, Router};
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The validated configuration every shard runs on.
+#[derive(Debug)]
+pub struct Config {
+    /// The file as parsed (for `/config` and reload diffs).
+    pub raw: RawConfig,
+    /// Number of shards, resolved (never 0).
+    pub shards: usize,
+    /// CPU for each shard, when pinning.
+    pub shard_cpus: Vec<Option<usize>>,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// Data-plane listeners.
+    pub listeners: Vec<ListenerSpec>,
+    /// Clusters, referenced by index.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Route lookup index over `routes`.
+    pub router: Router,
+}
+
+/// A data-plane listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Name for metrics.
+    pub name: Arc<str>,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Backlog per shard socket.
+    pub backlog: i32,
+}
+
+/// Where a hash or sticky key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A request header (lowercase name).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// A validated cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Name.
+    pub name: Arc<str>,
+    /// Release label.
+    pub version: Arc<str>,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Policy.
+    pub lb: LbPolicy,
+    /// Hash key for `Hash`.
+    pub hash_on: Option<KeySource>,
+    /// Consistent-hash ring: sorted `(point, endpoint index)`.
+    pub ring: Vec<(u64, u32)>,
+    /// The raw section, for diffs and pools.
+    pub raw: raw::ClusterConfig,
+}
+
+/// A validated endpoint.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Label for metrics (the configured address text).
+    pub label: Arc<str>,
+    /// Weight.
+    pub weight: u32,
+}
+
+/// A validated route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name.
+    pub name: Arc<str>,
+    /// Match conditions.
+    pub matcher: RouteMatch,
+    /// What to do.
+    pub action: RouteAction,
+    /// Prefix rewrite: `(strip, replace)`.
+    pub rewrite: Option<(String, String)>,
+    /// Request header changes.
+    pub request_headers: HeaderOps,
+    /// Response header changes.
+    pub response_headers: HeaderOps,
+    /// Upstream response-head timeout.
+    pub timeout: Duration,
+}
+
+/// What a route does.
+#[derive(Debug)]
+pub enum RouteAction {
+    /// Proxy to one cluster.
+    Cluster(usize),
+    /// Proxy to one of several clusters by weight.
+    Split(Split),
+    /// Answer at the gateway.
+    Direct(DirectResponse),
+}
+
+/// A weighted split.
+#[derive(Debug)]
+pub struct Split {
+    /// `(cluster index, weight)`.
+    pub targets: Vec<(usize, u32)>,
+    /// Sum of weights.
+    pub total_weight: u32,
+    /// Forcing header (lowercase).
+    pub override_header: Option<String>,
+    /// Forcing cookie.
+    pub override_cookie: Option<String>,
+    /// Stickiness key.
+    pub sticky_on: Option<KeySource>,
+}
+
+/// A fixed answer.
+#[derive(Debug)]
+pub struct DirectResponse {
+    /// Status.
+    pub status: u16,
+    /// Extra headers (`Content-Type`, `Location`).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Header changes, names lowercased.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    /// Appended.
+    pub add: Vec<(String, String)>,
+    /// Replacing.
+    pub set: Vec<(String, String)>,
+    /// Removed (includes the names in `set`).
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    /// Whether a header with this (any-case) name must be dropped from the original message.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove
+            .iter()
+            .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Validates a raw config, returning every issue found.
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
+    let mut issues = Issues(Vec::new());
+
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = if raw.server.shards == 0 {
+        available
+    } else {
+        raw.server.shards
+    };
+    if shards > 1024 {
+        issues.push("server.shards", "at most 1024 shards");
+    }
+    let shard_cpus = (0..shards)
+        .map(|i| {
+            if !raw.server.pin_cores {
+                None
+            } else if raw.server.cpu_list.is_empty() {
+                Some(i % available)
+            } else {
+                raw.server
+                    .cpu_list
+                    .get(i % raw.server.cpu_list.len())
+                    .copied()
+            }
+        })
+        .collect();
+    if raw.server.drain_timeout.is_zero() {
+        issues.push("server.drain_timeout", "must be greater than zero");
+    }
+
+    let admin_addr = parse_addr(&raw.admin.listen, "admin.listen", &mut issues);
+    check_limits(&raw.limits, &mut issues);
+    if raw.access_log.enabled && raw.access_log.path.is_empty() {
+        issues.push("access_log.path", "must be stdout, stderr or a file path");
+    }
+    if raw.access_log.buffer == 0 {
+        issues.push("access_log.buffer", "must be at least 1");
+    }
+
+    let mut listeners = Vec::new();
+    let mut names = HashSet::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            issues.push(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
+        }
+        if let Some(addr) = parse_addr(&l.address, &format!("{path}.address"), &mut issues) {
+            if Some(addr) == admin_addr {
+                issues.push(
+                    format!("{path}.address"),
+                    "the admin listener must not share a data-plane address",
+                );
+            }
+            listeners.push(ListenerSpec {
+                name: l.name.as_str().into(),
+                addr,
+                backlog: l.backlog,
+            });
+        }
+    }
+    if raw.listeners.is_empty() {
+        issues.push("listeners", "at least one listener is required");
+    }
+
+    let mut clusters = Vec::new();
+    let mut cluster_names = HashSet::new();
+    for (i, c) in raw.clusters.iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        if !cluster_names.insert(c.name.as_str()) {
+            issues.push(
+                format!("{path}.name"),
+                format!("duplicate cluster name {:?}", c.name),
+            );
+        }
+        if let Some(cluster) = validate_cluster(c, &path, &mut issues) {
+            clusters.push(Arc::new(cluster));
+        }
+    }
+    let cluster_index = |name: &str| clusters.iter().position(|c| &*c.name == name);
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !route_names.insert(r.name.as_str()) {
+            issues.push(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
+        }
+        if let Some(route) = validate_route(r, &path, &cluster_index, &mut issues) {
+            routes.push(route);
+        }
+    }
+    if raw.routes.is_empty() {
+        issues.push("routes", "at least one route is required");
+    }
+    for (i, d) in raw.demo_upstreams.iter().enumerate() {
+        parse_addr(
+            &d.address,
+            &format!("demo_upstreams[{i}].address"),
+            &mut issues,
+        );
+        if !(0.0..=1.0).contains(&d.fail_ratio) {
+            issues.push(
+                format!("demo_upstreams[{i}].fail_ratio"),
+                "must be between 0.0 and 1.0",
+            );
+        }
+    }
+
+    if !issues.0.is_empty() {
+        return Err(issues.0);
+    }
+    let router = Router::build(routes.iter().map(|r| &r.matcher));
+    Ok(Config {
+        raw,
+        shards,
+        shard_cpus,
+        admin_addr: admin_addr.expect("no issues implies a parsed admin address"),
+        listeners,
+        clusters,
+        routes,
+        router,
+    })
+}
+
+fn check_limits(l: &raw::LimitsConfig, issues: &mut Issues) {
+    if l.max_request_line < 64 {
+        issues.push("limits.max_request_line", "must be at least 64 bytes");
+    }
+    if l.max_header_bytes < 256 {
+        issues.push("limits.max_header_bytes", "must be at least 256 bytes");
+    }
+    if l.max_headers == 0 || l.max_headers > 1024 {
+        issues.push("limits.max_headers", "must be between 1 and 1024");
+    }
+    if l.max_response_header_bytes < 256 {
+        issues.push(
+            "limits.max_response_header_bytes",
+            "must be at least 256 bytes",
+        );
+    }
+    for (name, d) in [
+        ("limits.header_timeout", l.header_timeout),
+        ("limits.idle_timeout", l.idle_timeout),
+    ] {
+        if d.is_zero() {
+            issues.push(name, "must be greater than zero");
+        }
+    }
+}
+
+fn parse_addr(text: &str, path: &str, issues: &mut Issues) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    match text.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(addr),
+        Ok(None) => {
+            issues.push(path, format!("{text:?} resolves to no address"));
+            None
+        }
+        Err(e) => {
+            issues.push(path, format!("invalid address {text:?}: {e}"));
+            None
+        }
+    }
+}
+
+fn parse_key_source(text: &str, path: &str, issues: &mut Issues) -> Option<KeySource> {
+    if text == "client_ip" {
+        return Some(KeySource::ClientIp);
+    }
+    match text.split_once(':') {
+        Some(("header", name)) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+            Some(KeySource::Header(name.to_ascii_lowercase()))
+        }
+        Some(("cookie", name)) if !name.is_empty() => Some(KeySource::Cookie(name.to_string())),
+        _ => {
+            issues.push(
+                path,
+                format!("{text:?}: expected \"header:NAME\", \"cookie:NAME\" or \"client_ip\""),
+            );
+            None
+        }
+    }
+}
+
+fn validate_cluster(c: &raw::ClusterConfig, path: &str, issues: &mut Issues) -> Option<Cluster> {
+    let before = issues.0.len();
+    if c.name.is_empty() {
+        issues.push(format!("{path}.name"), "must not be empty");
+    }
+    if c.endpoints.is_empty() {
+        issues.push(
+            format!("{path}.endpoints"),
+            "at least one endpoint is required",
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (j, e) in c.endpoints.iter().enumerate() {
+        let epath = format!("{path}.endpoints[{j}]");
+        if e.weight == 0 || e.weight > 1000 {
+            issues.push(format!("{epath}.weight"), "must be between 1 and 1000");
+        }
+        if let Some(addr) = parse_addr(&e.address, &format!("{epath}.address"), issues) {
+            endpoints.push(Endpoint {
+                addr,
+                label: e.address.as_str().into(),
+                weight: e.weight,
+            });
+        }
+    }
+    let hash_on = match (&c.hash_on, c.lb) {
+        (Some(h), _) => parse_key_source(h, &format!("{path}.hash_on"), issues),
+        (None, LbPolicy::Hash) => {
+            issues.push(format!("{path}.hash_on"), "required when lb = \"hash\"");
+            None
+        }
+        (None, _) => None,
+    };
+    if c.connect_timeout.is_zero() {
+        issues.push(
+            format!("{path}.connect_timeout"),
+            "must be greater than zero",
+        );
+    }
+    if c.read_timeout.is_zero() {
+        issues.push(format!("{path}.read_timeout"), "must be greater than zero");
+    }
+    if c.pool.max_connections == 0 {
+        issues.push(format!("{path}.pool.max_connections"), "must be at least 1");
+    }
+    if let Some(hc) = &c.health_check {
+        if !hc.path.starts_with('/') {
+            issues.push(format!("{path}.health_check.path"), "must start with '/'");
+        }
+        if hc.interval.is_zero() || hc.timeout.is_zero() {
+            issues.push(
+                format!("{path}.health_check"),
+                "interval and timeout must be greater than zero",
+            );
+        }
+        if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+            issues.push(
+                format!("{path}.health_check"),
+                "thresholds must be at least 1",
+            );
+        }
+        if hc.expected_status[0] > hc.expected_status[1] {
+            issues.push(
+                format!("{path}.health_check.expected_status"),
+                "must be [min, max] with min <= max",
+            );
+        }
+    }
+    if c.outlier.max_ejection_percent > 100 {
+        issues.push(
+            format!("{path}.outlier.max_ejection_percent"),
+            "must be at most 100",
+        );
+    }
+    if c.outlier.base_ejection > c.outlier.max_ejection {
+        issues.push(
+            format!("{path}.outlier.base_ejection"),
+            "must not exceed max_ejection",
+        );
+    }
+    if !(0.0..=1.0).contains(&c.retry.budget_ratio) {
+        issues.push(
+            format!("{path}.retry.budget_ratio"),
+            "must be between 0.0 and 1.0",
+        );
+    }
+    if c.retry.attempts > 5 {
+        issues.push(format!("{path}.retry.attempts"), "at most 5 extra attempts");
+    }
+    if issues.0.len() > before {
+        return None;
+    }
+    let ring = if c.lb == LbPolicy::Hash {
+        build_ring(&endpoints)
+    } else {
+        Vec::new()
+    };
+    Some(Cluster {
+        name: c.name.as_str().into(),
+        version: c.version.as_str().into(),
+        endpoints,
+        lb: c.lb,
+        hash_on,
+        ring,
+        raw: c.clone(),
+    })
+}
+
+/// Points on the consistent-hash ring per unit of weight.
+const RING_POINTS_PER_WEIGHT: u32 = 160;
+
+fn build_ring(endpoints: &[Endpoint]) -> Vec<(u64, u32)> {
+    let mut ring = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        for v in 0..e.weight * RING_POINTS_PER_WEIGHT {
+            let key = format!("{}#{v}", e.label);
+            ring.push((xxhash_rust::xxh3::xxh3_64(key.as_bytes()), i as u32));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+fn validate_header_ops(ops: &raw::HeaderOpsConfig, path: &str, issues: &mut Issues) -> HeaderOps {
+    let mut out = HeaderOps::default();
+    let mut check = |kind: &str, name: &str, value: Option<&str>| -> Option<String> {
+        let ok_name = http::HeaderName::from_bytes(name.as_bytes()).is_ok();
+        let ok_value = value.is_none_or(|v| http::HeaderValue::from_str(v).is_ok());
+        if !ok_name {
+            issues.push(
+                format!("{path}.{kind}"),
+                format!("invalid header name {name:?}"),
+            );
+        } else if !ok_value {
+            issues.push(format!("{path}.{kind}.{name}"), "invalid header value");
+        }
+        (ok_name && ok_value).then(|| name.to_ascii_lowercase())
+    };
+    for (k, v) in &ops.add {
+        if let Some(name) = check("add", k, Some(v)) {
+            out.add.push((name, v.clone()));
+        }
+    }
+    for (k, v) in &ops.set {
+        if let Some(name) = check("set", k, Some(v)) {
+            out.remove.push(name.clone());
+            out.set.push((name, v.clone()));
+        }
+    }
+    for k in &ops.remove {
+        if let Some(name) = check("remove", k, None) {
+            out.remove.push(name);
+        }
+    }
+    out
+}
+
+fn validate_match(m: &raw::MatchConfig, path: &str, issues: &mut Issues) -> RouteMatch {
+    let given = [&m.path_exact, &m.path_prefix, &m.path_template]
+        .iter()
+        .filter(|p| p.is_some())
+        .count();
+    if given > 1 {
+        issues.push(
+            format!("{path}.match"),
+            "give at most one of path_exact, path_prefix, path_template",
+        );
+    }
+    let path_match = if let Some(p) = &m.path_exact {
+        PathMatch::Exact(p.clone())
+    } else if let Some(p) = &m.path_prefix {
+        PathMatch::prefix(p)
+    } else if let Some(t) = &m.path_template {
+        match PathMatch::template(t) {
+            Ok(pm) => pm,
+            Err(e) => {
+                issues.push(format!("{path}.match.path_template"), e);
+                PathMatch::Any
+            }
+        }
+    } else {
+        PathMatch::Any
+    };
+    for (field, p) in [
+        ("path_exact", &m.path_exact),
+        ("path_prefix", &m.path_prefix),
+        ("path_template", &m.path_template),
+    ] {
+        if p.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            issues.push(format!("{path}.match.{field}"), "must start with '/'");
+        }
+    }
+    let mut hosts = Vec::new();
+    for (j, h) in m.hosts.iter().enumerate() {
+        let host = h.to_ascii_lowercase();
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        if bare.is_empty() || bare.contains('*') || bare.contains('/') {
+            issues.push(
+                format!("{path}.match.hosts[{j}]"),
+                format!("invalid host pattern {h:?}"),
+            );
+        } else {
+            hosts.push(host);
+        }
+    }
+    let mut methods = Vec::new();
+    for (j, meth) in m.methods.iter().enumerate() {
+        if http::Method::from_bytes(meth.as_bytes()).is_err() {
+            issues.push(
+                format!("{path}.match.methods[{j}]"),
+                format!("invalid method {meth:?}"),
+            );
+        } else {
+            methods.push(meth.to_ascii_uppercase());
+        }
+    }
+    let mut headers = Vec::new();
+    for (j, h) in m.headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            issues.push(
+                format!("{path}.match.headers[{j}].name"),
+                format!("invalid header name {:?}", h.name),
+            );
+        } else {
+            headers.push((h.name.to_ascii_lowercase(), h.value.clone()));
+        }
+    }
+    let query = m
+        .query
+        .iter()
+        .map(|q| (q.name.clone(), q.value.clone()))
+        .collect();
+    RouteMatch {
+        hosts,
+        path: path_match,
+        methods,
+        headers,
+        query,
+    }
+}
+
+fn validate_route(
+    r: &raw::RouteConfig,
+    path: &str,
+    cluster_index: &dyn Fn(&str) -> Option<usize>,
+    issues: &mut Issues,
+) -> Option<Route> {
+    let before = issues.0.len();
+    let matcher = validate_match(&r.matcher, path, issues);
+    let actions = [
+        r.cluster.is_some(),
+        r.split.is_some(),
+        r.direct.is_some(),
+        r.redirect.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if actions != 1 {
+        issues.push(
+            path.to_string(),
+            "exactly one of cluster, split, direct, redirect is required",
+        );
+    }
+    let mut action = None;
+    if let Some(name) = &r.cluster {
+        match cluster_index(name) {
+            Some(i) => action = Some(RouteAction::Cluster(i)),
+            None => issues.push(
+                format!("{path}.cluster"),
+                format!("unknown cluster {name:?}"),
+            ),
+        }
+    }
+    if let Some(s) = &r.split {
+        let mut targets = Vec::new();
+        for (j, t) in s.targets.iter().enumerate() {
+            match cluster_index(&t.cluster) {
+                Some(i) => targets.push((i, t.weight)),
+                None => issues.push(
+                    format!("{path}.split.targets[{j}].cluster"),
+                    format!("unknown cluster {:?}", t.cluster),
+                ),
+            }
+        }
+        let total_weight: u32 = s.targets.iter().map(|t| t.weight).sum();
+        if s.targets.is_empty() {
+            issues.push(
+                format!("{path}.split.targets"),
+                "at least one target is required",
+            );
+        } else if total_weight == 0 {
+            issues.push(format!("{path}.split.targets"), "weights must not all be 0");
+        }
+        let sticky_on = s
+            .sticky_on
+            .as_deref()
+            .and_then(|k| parse_key_source(k, &format!("{path}.split.sticky_on"), issues));
+        action = Some(RouteAction::Split(Split {
+            targets,
+            total_weight,
+            override_header: s.override_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            override_cookie: s.override_cookie.clone(),
+            sticky_on,
+        }));
+    }
+    if let Some(d) = &r.direct {
+        if !(200..=599).contains(&d.status) {
+            issues.push(
+                format!("{path}.direct.status"),
+                "must be between 200 and 599",
+            );
+        }
+        if http::HeaderValue::from_str(&d.content_type).is_err() {
+            issues.push(
+                format!("{path}.direct.content_type"),
+                "invalid header value",
+            );
+        }
+        action = Some(RouteAction::Direct(DirectResponse {
+            status: d.status,
+            headers: vec![("content-type".into(), d.content_type.clone())],
+            body: Bytes::from(d.body.clone()),
+        }));
+    }
+    if let Some(rd) = &r.redirect {
+        if ![301, 302, 303, 307, 308].contains(&rd.status) {
+            issues.push(
+                format!("{path}.redirect.status"),
+                "must be 301, 302, 303, 307 or 308",
+            );
+        }
+        if http::HeaderValue::from_str(&rd.location).is_err() || rd.location.is_empty() {
+            issues.push(
+                format!("{path}.redirect.location"),
+                "invalid Location value",
+            );
+        }
+        action = Some(RouteAction::Direct(DirectResponse {
+            status: rd.status,
+            headers: vec![("location".into(), rd.location.clone())],
+            body: Bytes::new(),
+        }));
+    }
+    let rewrite = r.rewrite.as_ref().and_then(|rw| {
+        let strip = rw
+            .strip_prefix
+            .clone()
+            .or_else(|| r.matcher.path_prefix.clone());
+        match strip {
+            Some(s) if s.starts_with('/') => {
+                Some((s, rw.replace_prefix.clone().unwrap_or_else(|| "/".into())))
+            }
+            _ => {
+                issues.push(
+                    format!("{path}.rewrite.strip_prefix"),
+                    "needs a prefix starting with '/' (or a match.path_prefix)",
+                );
+                None
+            }
+        }
+    });
+    if r.timeout.is_zero() {
+        issues.push(format!("{path}.timeout"), "must be greater than zero");
+    }
+    let request_headers = validate_header_ops(
+        &r.request_headers,
+        &format!("{path}.request_headers"),
+        issues,
+    );
+    let response_headers = validate_header_ops(
+        &r.response_headers,
+        &format!("{path}.response_headers"),
+        issues,
+    );
+    if issues.0.len() > before {
+        return None;
+    }
+    Some(Route {
+        name: r.name.as_str().into(),
+        matcher,
+        action: action?,
+        rewrite,
+        request_headers,
+        response_headers,
+        timeout: r.timeout,
+    })
+}

@@ -1,0 +1,300 @@
+//! The running gateway: binds listeners, starts shards and side threads, and
+//! carries out reloads, stats snapshots and drains for the admin API and signals.
+//!
+//! Start-up order: health checkers, access-log writer, listener sockets (bound
+//! here with SO_REUSEPORT, one per shard, so `:0` resolves to one port), shard
+//! threads, demo upstreams, admin listener. Reload: parse and validate, diff
+//! against the running config (start-bound sections refuse the reload), send
+//! the new config to every shard, wait for every acknowledgement, then swap.
+
+use crate::config::diff::{diff, ConfigDiff};
+use crate::config::{self, Config, ConfigError};
+use crate::observability::export::ProcessInfo;
+use crate::observability::MergedStats;
+use crate::shard::{self, ShardCommand, ShardHandle, ShardSpec};
+use crate::upstream::health::HealthRegistry;
+use socket2::{Domain, Socket, Type};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Any other I/O failure while starting.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// Start-bound sections changed.
+    #[error("these sections can only change with a restart: {0:?}")]
+    RestartRequired(Vec<String>),
+    /// No file to reload from (embedded config).
+    #[error("the gateway runs on the embedded config; there is no file to reload")]
+    NoFile,
+    /// A shard did not acknowledge in time.
+    #[error("shard {0} did not acknowledge the new config")]
+    ShardTimeout(usize),
+}
+
+/// Shared control state, used by the admin thread and signal handlers.
+pub struct Controller {
+    config: Mutex<Arc<Config>>,
+    config_path: Option<PathBuf>,
+    shards: Vec<async_channel::Sender<ShardCommand>>,
+    health: Arc<HealthRegistry>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    draining: AtomicBool,
+    io_uring: bool,
+    reload_lock: Mutex<()>,
+}
+
+impl Controller {
+    /// The running config.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Reloads from the config file.
+    pub fn reload_from_file(&self) -> Result<ConfigDiff, ReloadError> {
+        let result = match &self.config_path {
+            None => Err(ReloadError::NoFile),
+            Some(p) => config::load_file(p).map_err(ReloadError::from),
+        };
+        match result {
+            Ok(cfg) => self.apply(cfg),
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "reload refused; the running config stays in place");
+                Err(e)
+            }
+        }
+    }
+
+    /// Installs a validated config on every shard.
+    pub fn apply(&self, new: Config) -> Result<ConfigDiff, ReloadError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.config();
+        let d = diff(&old, &new);
+        if !d.restart_required.is_empty() {
+            self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            let e = ReloadError::RestartRequired(d.restart_required);
+            tracing::error!(error = %e, "reload refused; the running config stays in place");
+            return Err(e);
+        }
+        let new = Arc::new(new);
+        let mut acks = Vec::new();
+        for tx in &self.shards {
+            let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+            let _ = tx.send_blocking(ShardCommand::Install(new.clone(), ack_tx));
+            acks.push(ack_rx);
+        }
+        for (i, ack) in acks.iter().enumerate() {
+            if ack.recv_timeout(Duration::from_secs(5)).is_err() {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(ReloadError::ShardTimeout(i));
+            }
+        }
+        self.health.sync(&new);
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(diff = %serde_json::to_string(&d).unwrap_or_default(), "config reloaded");
+        Ok(d)
+    }
+
+    /// Collects and merges stats from every shard.
+    pub fn snapshot(&self) -> MergedStats {
+        let rxs: Vec<_> = self
+            .shards
+            .iter()
+            .map(|tx| {
+                let (stx, srx) = crossbeam_channel::bounded(1);
+                let _ = tx.send_blocking(ShardCommand::Snapshot(stx));
+                srx
+            })
+            .collect();
+        let snaps: Vec<_> = rxs
+            .iter()
+            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
+            .collect();
+        MergedStats::merge(&snaps)
+    }
+
+    /// Figures the exporter adds.
+    pub fn process_info(&self) -> ProcessInfo {
+        ProcessInfo {
+            reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
+            io_uring: self.io_uring,
+        }
+    }
+
+    /// Tells every shard to drain.
+    pub fn start_drain(&self) {
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            tracing::info!("draining: no new connections, finishing in-flight requests");
+            for tx in &self.shards {
+                let _ = tx.send_blocking(ShardCommand::Drain);
+            }
+        }
+    }
+}
+
+/// A started gateway.
+pub struct Gateway {
+    /// Control state.
+    pub controller: Arc<Controller>,
+    /// Resolved data-plane addresses, by listener.
+    pub listener_addrs: Vec<(String, SocketAddr)>,
+    /// Resolved admin address.
+    pub admin_addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    access_log_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+impl Gateway {
+    /// Starts everything for `config`; `config_path` is what reloads re-read.
+    pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let health = Arc::new(HealthRegistry::default());
+        health.sync(&config);
+        let use_uring = config.raw.server.io_uring && shard::io_uring_available();
+        tracing::info!(
+            shards = config.shards,
+            driver = if use_uring { "io_uring" } else { "epoll" },
+            "starting shards"
+        );
+
+        let mut per_shard: Vec<Vec<std::net::TcpListener>> =
+            (0..config.shards).map(|_| Vec::new()).collect();
+        let mut listener_addrs = Vec::new();
+        for l in &config.listeners {
+            let mut addr = l.addr;
+            for (i, slot) in per_shard.iter_mut().enumerate() {
+                let sock = bind_reuseport(addr, l.backlog).map_err(|source| StartError::Bind {
+                    what: format!("listener {:?}", l.name),
+                    addr,
+                    source,
+                })?;
+                if i == 0 {
+                    addr = sock.local_addr()?;
+                    listener_addrs.push((l.name.to_string(), addr));
+                    tracing::info!(listener = %l.name, %addr, "listening");
+                }
+                slot.push(sock);
+            }
+        }
+        let admin_listener =
+            std::net::TcpListener::bind(config.admin_addr).map_err(|source| StartError::Bind {
+                what: "admin listener".into(),
+                addr: config.admin_addr,
+                source,
+            })?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (mut sinks, access_log_thread) = if config.raw.access_log.enabled {
+            let log = crate::observability::access_log::start(
+                &config.raw.access_log.path,
+                config.shards,
+                config.raw.access_log.buffer,
+            )?;
+            (log.sinks.into_iter().map(Some).collect(), Some(log.thread))
+        } else {
+            ((0..config.shards).map(|_| None).collect::<Vec<_>>(), None)
+        };
+
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        let mut handles: Vec<ShardHandle> = Vec::new();
+        for (id, listeners) in per_shard.into_iter().enumerate() {
+            handles.push(shard::spawn(ShardSpec {
+                id,
+                cpu: config.shard_cpus[id],
+                io_uring: config.raw.server.io_uring,
+                listeners,
+                config: config.clone(),
+                access_log: sinks[id].take(),
+                health: health.clone(),
+                seed: seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            })?);
+        }
+        let controller = Arc::new(Controller {
+            config: Mutex::new(config.clone()),
+            config_path,
+            shards: handles.iter().map(|h| h.tx.clone()).collect(),
+            health,
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            io_uring: use_uring,
+            reload_lock: Mutex::new(()),
+        });
+        for d in &config.raw.demo_upstreams {
+            crate::demo::start(d)?;
+        }
+        crate::admin::start(admin_listener, controller.clone())?;
+        tracing::info!(%admin_addr, "admin listening");
+        Ok(Gateway {
+            controller,
+            listener_addrs,
+            admin_addr,
+            threads: handles.into_iter().map(|h| h.thread).collect(),
+            access_log_thread,
+        })
+    }
+
+    /// Drains and waits for every shard to finish (and the access log to flush).
+    pub fn shutdown(self) {
+        self.controller.start_drain();
+        self.wait();
+    }
+
+    /// Waits for the shards to exit (after a drain started elsewhere).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.controller.health.stop_all();
+        if let Some(t) = self.access_log_thread {
+            let _ = t.join();
+        }
+    }
+}

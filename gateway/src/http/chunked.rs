@@ -1,0 +1,237 @@
+//! Chunked transfer coding: an incremental decoder and the encoder's framing.
+//!
+//! The proxy never forwards chunk framing it has not validated: bodies are
+//! decoded here (chunk sizes by `httparse::parse_chunk_size`, strict CRLF after
+//! each chunk, bounded trailers) and re-encoded by the writer, so a malformed
+//! chunk is an error at the gateway instead of a desync downstream.
+
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_SIZE_LINE: usize = 4096;
+/// Largest trailer section accepted (trailers are dropped, not forwarded).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// A chunked-body framing error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// Invalid chunk size line.
+    #[error("invalid chunk size")]
+    Size,
+    /// Missing CRLF after chunk data.
+    #[error("invalid chunk terminator")]
+    Terminator,
+    /// Trailer section too large.
+    #[error("trailers too large")]
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailer,
+    Done,
+}
+
+/// Incremental chunked decoder.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    trailer_bytes: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self {
+            state: State::Size,
+            trailer_bytes: 0,
+        }
+    }
+}
+
+/// One decoding step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `consumed` bytes of input were used; `data` (a range of the input) is body payload.
+    Progress {
+        /// Input bytes used.
+        consumed: usize,
+        /// Payload within the consumed bytes.
+        data: std::ops::Range<usize>,
+    },
+    /// More input is needed.
+    NeedMore,
+    /// The body ended after `consumed` bytes.
+    Done {
+        /// Input bytes used.
+        consumed: usize,
+    },
+}
+
+impl ChunkedDecoder {
+    /// Whether the terminating chunk and trailers were seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes as much of `input` as possible in one step.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                State::Done => return Ok(Step::Done { consumed: pos }),
+                State::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((n, 0))) => {
+                        pos += n;
+                        self.state = State::Trailer;
+                    }
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        pos += n;
+                        self.state = State::Data(size);
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() > MAX_SIZE_LINE => {
+                        return Err(ChunkError::Size)
+                    }
+                    Ok(httparse::Status::Partial) => return self.need(pos),
+                    Err(_) => return Err(ChunkError::Size),
+                },
+                State::Data(remaining) => {
+                    if rest.is_empty() {
+                        return self.need(pos);
+                    }
+                    let take = remaining.min(rest.len() as u64) as usize;
+                    self.state = if take as u64 == remaining {
+                        State::DataEnd
+                    } else {
+                        State::Data(remaining - take as u64)
+                    };
+                    return Ok(Step::Progress {
+                        consumed: pos + take,
+                        data: pos..pos + take,
+                    });
+                }
+                State::DataEnd => {
+                    if rest.len() < 2 {
+                        return self.need(pos);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(ChunkError::Terminator);
+                    }
+                    pos += 2;
+                    self.state = State::Size;
+                }
+                State::Trailer => {
+                    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+                        if self.trailer_bytes + rest.len() > MAX_TRAILERS {
+                            return Err(ChunkError::Trailers);
+                        }
+                        return self.need(pos);
+                    };
+                    if nl == 0 || rest[nl - 1] != b'\r' {
+                        return Err(ChunkError::Terminator);
+                    }
+                    pos += nl + 1;
+                    self.trailer_bytes += nl + 1;
+                    if self.trailer_bytes > MAX_TRAILERS {
+                        return Err(ChunkError::Trailers);
+                    }
+                    if nl == 1 {
+                        self.state = State::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    fn need(&self, pos: usize) -> Result<Step, ChunkError> {
+        Ok(if pos == 0 {
+            Step::NeedMore
+        } else {
+            Step::Progress {
+                consumed: pos,
+                data: pos..pos,
+            }
+        })
+    }
+}
+
+/// Appends a chunk header (`<hex size>\r\n`) to `out` without allocating a string.
+pub fn write_chunk_header(out: &mut Vec<u8>, size: usize) {
+    let mut digits = [0u8; 16];
+    let mut n = size;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and an empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, bool), ChunkError> {
+        let mut d = ChunkedDecoder::default();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for piece in input.chunks(split) {
+            buf.extend_from_slice(piece);
+            loop {
+                match d.step(&buf)? {
+                    Step::Progress { consumed, data } => {
+                        out.extend_from_slice(&buf[data]);
+                        buf.drain(..consumed);
+                    }
+                    Step::NeedMore => break,
+                    Step::Done { consumed } => {
+                        buf.drain(..consumed);
+                        return Ok((out, true));
+                    }
+                }
+            }
+        }
+        Ok((out, d.is_done()))
+    }
+
+    #[test]
+    fn decodes_at_every_split_point() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-T: 1\r\n\r\n";
+        for split in 1..body.len() {
+            let (out, done) = decode_all(body, split).unwrap();
+            assert_eq!(out, b"hello, world");
+            assert!(done);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_framing() {
+        assert_eq!(decode_all(b"zz\r\nhello\r\n", 64), Err(ChunkError::Size));
+        assert_eq!(decode_all(b"-5\r\nhello\r\n", 64), Err(ChunkError::Size));
+        assert_eq!(
+            decode_all(b"5\r\nhelloXX0\r\n\r\n", 64),
+            Err(ChunkError::Terminator)
+        );
+        assert_eq!(
+            decode_all(b"fffffffffffffffffffff\r\n", 64),
+            Err(ChunkError::Size)
+        );
+    }
+
+    #[test]
+    fn chunk_header_hex() {
+        let mut v = Vec::new();
+        write_chunk_header(&mut v, 0x1a2b);
+        write_chunk_header(&mut v, 0);
+        assert_eq!(v, b"1a2b\r\n0\r\n");
+    }
+}

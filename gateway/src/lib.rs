@@ -1,0 +1,26 @@
+//! Hypergate: a shard-per-core HTTP/1.1 reverse proxy and API gateway on monoio.
+//!
+//! Architecture, top to bottom:
+//! - [`config`]: TOML -> raw serde types -> validated, immutable [`config::Config`].
+//! - [`gateway`]: binds listeners, starts [`shard`]s and side threads, runs reloads and drains.
+//! - [`shard`]: one pinned thread per core with its own monoio runtime, listener,
+//!   pools, counters and histograms.
+//! - [`proxy`]: the request pipeline, phase by phase, for one connection.
+//! - [`http`]: strict HTTP/1.1 heads and chunked framing.
+//! - [`routing`], [`upstream`]: route lookup; pools, balancing, health, outliers, retries.
+//! - [`observability`], [`admin`]: metrics, access log, and the admin listener.
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod admin;
+#[cfg(feature = "alloc-count")]
+pub mod alloc_count;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod http;
+pub mod observability;
+pub mod proxy;
+pub mod routing;
+pub mod shard;
+pub mod upstream;

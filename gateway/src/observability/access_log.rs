@@ -1,0 +1,201 @@
+//! Structured JSON access log, written off the hot path with bounded memory.
+//!
+//! Each shard owns a fixed number of reusable [`AccessRecord`] boxes. A
+//! request fills one (string buffers are cleared and refilled, so after
+//! warm-up nothing is allocated) and hands it to the writer thread through a
+//! bounded channel with `try_send`. The writer formats the JSON line, writes
+//! it, and sends the box back to its shard. When a shard has no free box, or
+//! the channel is full, the record is dropped and counted: requests never wait
+//! for the log.
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::Serialize;
+use std::cell::Cell;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// One access-log line.
+#[derive(Debug, Default, Serialize)]
+pub struct AccessRecord {
+    /// RFC 3339 time is derived from this Unix time in milliseconds.
+    #[serde(skip)]
+    pub unix_ms: u64,
+    /// Request id (generated or from `x-request-id`).
+    pub request_id: String,
+    /// W3C trace id.
+    pub trace_id: String,
+    /// Client address.
+    pub client: Option<SocketAddr>,
+    /// Method.
+    pub method: String,
+    /// Host header.
+    pub host: String,
+    /// Path and query as received.
+    pub path: String,
+    /// Route name (empty when none matched).
+    pub route: String,
+    /// Cluster name (empty for direct responses).
+    pub cluster: String,
+    /// Cluster version.
+    pub version: String,
+    /// Endpoint that answered.
+    pub endpoint: String,
+    /// Status sent (0: none).
+    pub status: u16,
+    /// Request body bytes received.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Upstream time in microseconds (request sent to response head).
+    pub upstream_us: Option<u64>,
+    /// Total time in microseconds.
+    pub total_us: u64,
+    /// Retries made.
+    pub retries: u32,
+    /// Error type when the gateway answered with an error.
+    pub error: &'static str,
+}
+
+impl AccessRecord {
+    fn reset(&mut self) {
+        for s in [
+            &mut self.request_id,
+            &mut self.trace_id,
+            &mut self.method,
+            &mut self.host,
+            &mut self.path,
+            &mut self.route,
+            &mut self.cluster,
+            &mut self.version,
+            &mut self.endpoint,
+        ] {
+            s.clear();
+        }
+        self.client = None;
+        self.status = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.upstream_us = None;
+        self.total_us = 0;
+        self.retries = 0;
+        self.error = "";
+    }
+}
+
+type Envelope = (usize, Box<AccessRecord>);
+
+/// A shard's handle to the access log.
+pub struct AccessLogSink {
+    shard: usize,
+    tx: Sender<Envelope>,
+    free: Receiver<Box<AccessRecord>>,
+    allocated: Cell<usize>,
+    capacity: usize,
+}
+
+impl AccessLogSink {
+    /// A cleared record to fill, or `None` when all are in flight (counted as dropped by the caller).
+    pub fn take(&self) -> Option<Box<AccessRecord>> {
+        if let Ok(mut r) = self.free.try_recv() {
+            r.reset();
+            return Some(r);
+        }
+        if self.allocated.get() < self.capacity {
+            self.allocated.set(self.allocated.get() + 1);
+            return Some(Box::default());
+        }
+        None
+    }
+
+    /// Hands a record to the writer; returns false when it was dropped.
+    pub fn submit(&self, record: Box<AccessRecord>) -> bool {
+        match self.tx.try_send((self.shard, record)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                // The box is freed; allow a replacement so the pool does not shrink.
+                self.allocated.set(self.allocated.get() - 1);
+                false
+            }
+        }
+    }
+}
+
+/// The writer thread and the per-shard sinks that feed it.
+pub struct AccessLog {
+    /// One sink per shard.
+    pub sinks: Vec<AccessLogSink>,
+    /// The writer thread (ends when every sink is dropped).
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Opens the log target and starts the writer thread.
+pub fn start(path: &str, shards: usize, buffer: usize) -> std::io::Result<AccessLog> {
+    let out: Box<dyn Write + Send> = match path {
+        "stdout" => Box::new(std::io::stdout()),
+        "stderr" => Box::new(std::io::stderr()),
+        file => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)?,
+        ),
+    };
+    let (tx, rx) = bounded::<Envelope>(buffer * shards);
+    let mut returns = Vec::new();
+    let mut sinks = Vec::new();
+    for shard in 0..shards {
+        let (ret_tx, ret_rx) = bounded(buffer);
+        returns.push(ret_tx);
+        sinks.push(AccessLogSink {
+            shard,
+            tx: tx.clone(),
+            free: ret_rx,
+            allocated: Cell::new(0),
+            capacity: buffer,
+        });
+    }
+    drop(tx);
+    let thread = std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || writer(out, rx, returns))?;
+    Ok(AccessLog { sinks, thread })
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    record: &'a AccessRecord,
+}
+
+fn writer(
+    out: Box<dyn Write + Send>,
+    rx: Receiver<Envelope>,
+    returns: Vec<Sender<Box<AccessRecord>>>,
+) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok((shard, record)) = rx.recv() {
+        let mut batch = Some((shard, record));
+        while let Some((shard, record)) = batch.take() {
+            let time = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.unix_ms),
+            )
+            .to_string();
+            if serde_json::to_writer(
+                &mut out,
+                &Line {
+                    time,
+                    record: &record,
+                },
+            )
+            .is_ok()
+            {
+                let _ = out.write_all(b"\n");
+            }
+            let _ = returns[shard].try_send(record);
+            batch = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}

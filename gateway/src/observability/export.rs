@@ -1,0 +1,340 @@
+//! Rendering merged stats: Prometheus text exposition and the `/stats` JSON.
+//!
+//! Prometheus histograms are derived from the merged HDR histograms with fixed
+//! buckets; `/stats` reports exact quantiles straight from HDR.
+
+use super::metrics::{MergedStats, STATUS_CLASSES};
+use crate::http::codec::Reject;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// Prometheus bucket bounds in seconds.
+const BUCKETS_S: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Process-level figures added by the gateway.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessInfo {
+    /// Successful reloads.
+    pub reloads_ok: u64,
+    /// Refused reloads.
+    pub reloads_failed: u64,
+    /// Whether io_uring is in use.
+    pub io_uring: bool,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>, sum_us: u64) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for b in BUCKETS_S {
+        let le_us = (b * 1e6) as u64;
+        let count = h.count_between(0, le_us);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
+}
+
+/// Renders Prometheus text exposition format.
+pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    header(
+        &mut out,
+        "hypergate_build_info",
+        "gauge",
+        "Build information.",
+    );
+    let _ = writeln!(
+        out,
+        "hypergate_build_info{{version=\"{}\",io_uring=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        p.io_uring
+    );
+    header(
+        &mut out,
+        "hypergate_shards",
+        "gauge",
+        "Shards (worker threads) running.",
+    );
+    let _ = writeln!(out, "hypergate_shards {}", m.shards);
+
+    header(
+        &mut out,
+        "hypergate_requests_total",
+        "counter",
+        "Requests by route, cluster, version and status class (status=\"none\": no response sent).",
+    );
+    for ((route, cluster, version), counts) in &m.targets {
+        for (i, n) in counts.iter().enumerate() {
+            if *n > 0 {
+                let _ = writeln!(
+                    out,
+                    "hypergate_requests_total{{route=\"{}\",cluster=\"{}\",version=\"{}\",status=\"{}\"}} {n}",
+                    escape(route),
+                    escape(cluster),
+                    escape(version),
+                    STATUS_CLASSES[i]
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "hypergate_request_duration_seconds",
+        "histogram",
+        "Total request latency at the gateway, by route.",
+    );
+    for (route, (h, sum)) in &m.routes {
+        histogram(
+            &mut out,
+            "hypergate_request_duration_seconds",
+            &format!("route=\"{}\"", escape(route)),
+            h,
+            *sum,
+        );
+    }
+    header(
+        &mut out,
+        "hypergate_upstream_duration_seconds",
+        "histogram",
+        "Upstream latency (request sent to response head received), by cluster and version.",
+    );
+    for ((cluster, version), c) in &m.clusters {
+        if let Some((h, sum)) = &c.latency {
+            histogram(
+                &mut out,
+                "hypergate_upstream_duration_seconds",
+                &format!(
+                    "cluster=\"{}\",version=\"{}\"",
+                    escape(cluster),
+                    escape(version)
+                ),
+                h,
+                *sum,
+            );
+        }
+    }
+    type Field = fn(&super::metrics::ClusterSnapshot) -> u64;
+    let cluster_counters: [(&str, &str, Field); 5] = [
+        (
+            "hypergate_upstream_connect_errors_total",
+            "Failed upstream connects.",
+            |c| c.connect_errors,
+        ),
+        (
+            "hypergate_upstream_timeouts_total",
+            "Upstream response-head timeouts.",
+            |c| c.timeouts,
+        ),
+        (
+            "hypergate_upstream_retries_total",
+            "Retried upstream attempts.",
+            |c| c.retries,
+        ),
+        (
+            "hypergate_upstream_ejections_total",
+            "Endpoint ejections by outlier detection.",
+            |c| c.ejections,
+        ),
+        (
+            "hypergate_upstream_bad_responses_total",
+            "Invalid upstream responses answered with 502.",
+            |c| c.bad_responses,
+        ),
+    ];
+    for (name, help, field) in cluster_counters {
+        header(&mut out, name, "counter", help);
+        for ((cluster, version), c) in &m.clusters {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster=\"{}\",version=\"{}\"}} {}",
+                escape(cluster),
+                escape(version),
+                field(c)
+            );
+        }
+    }
+    type PoolField = fn(&super::metrics::PoolSnapshot) -> u64;
+    let pool_gauges: [(&str, &str, PoolField); 4] = [
+        (
+            "hypergate_upstream_pool_idle_connections",
+            "Idle pooled upstream connections (all shards).",
+            |p| p.idle,
+        ),
+        (
+            "hypergate_upstream_pool_open_connections",
+            "Open upstream connections (all shards).",
+            |p| p.open,
+        ),
+        (
+            "hypergate_upstream_ejected",
+            "Shards on which the endpoint is ejected.",
+            |p| p.ejected,
+        ),
+        (
+            "hypergate_upstream_healthy",
+            "Active health-check verdict (1 healthy).",
+            |p| u64::from(p.healthy),
+        ),
+    ];
+    for (name, help, field) in pool_gauges {
+        header(&mut out, name, "gauge", help);
+        for ((cluster, endpoint), p) in &m.pools {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                escape(cluster),
+                escape(endpoint),
+                field(p)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "hypergate_rejections_total",
+        "counter",
+        "Requests rejected before forwarding, by reason.",
+    );
+    for r in Reject::ALL {
+        let _ = writeln!(
+            out,
+            "hypergate_rejections_total{{reason=\"{}\"}} {}",
+            r.label(),
+            m.rejections[r.index()]
+        );
+    }
+    let simple: [(&str, &str, &str, u64); 5] = [
+        (
+            "hypergate_no_route_total",
+            "counter",
+            "Requests that matched no route (404).",
+            m.no_route,
+        ),
+        (
+            "hypergate_downstream_active_connections",
+            "gauge",
+            "Open client connections.",
+            m.active_connections,
+        ),
+        (
+            "hypergate_downstream_connections_total",
+            "counter",
+            "Accepted client connections.",
+            m.accepted_connections,
+        ),
+        (
+            "hypergate_access_log_dropped_total",
+            "counter",
+            "Access-log records dropped because the writer fell behind.",
+            m.access_log_dropped,
+        ),
+        (
+            "hypergate_config_reloads_failed_total",
+            "counter",
+            "Refused configuration reloads.",
+            p.reloads_failed,
+        ),
+    ];
+    for (name, kind, help, v) in simple {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    header(
+        &mut out,
+        "hypergate_config_reloads_total",
+        "counter",
+        "Applied configuration reloads.",
+    );
+    let _ = writeln!(out, "hypergate_config_reloads_total {}", p.reloads_ok);
+    out
+}
+
+fn quantiles(h: &Histogram<u64>, sum_us: u64) -> Value {
+    json!({
+        "count": h.len(),
+        "mean_us": if h.is_empty() { 0.0 } else { sum_us as f64 / h.len() as f64 },
+        "p50_us": h.value_at_quantile(0.50),
+        "p90_us": h.value_at_quantile(0.90),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+    })
+}
+
+/// Renders the `/stats` JSON document.
+pub fn stats_json(m: &MergedStats) -> Value {
+    let mut routes = serde_json::Map::new();
+    for ((route, cluster, version), counts) in &m.targets {
+        let entry = routes
+            .entry(route.clone())
+            .or_insert_with(|| json!({"requests": 0, "by_target": []}));
+        let total: u64 = counts.iter().sum();
+        entry["requests"] = json!(entry["requests"].as_u64().unwrap_or(0) + total);
+        let by_class: serde_json::Map<String, Value> = STATUS_CLASSES
+            .iter()
+            .zip(counts)
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        if let Some(list) = entry["by_target"].as_array_mut() {
+            list.push(json!({"cluster": cluster, "version": version, "status": by_class}));
+        }
+    }
+    for (route, (h, sum)) in &m.routes {
+        let entry = routes
+            .entry(route.clone())
+            .or_insert_with(|| json!({"requests": 0, "by_target": []}));
+        entry["latency"] = quantiles(h, *sum);
+    }
+    let mut clusters = serde_json::Map::new();
+    for ((cluster, version), c) in &m.clusters {
+        let mut v = json!({
+            "version": version,
+            "connect_errors": c.connect_errors,
+            "timeouts": c.timeouts,
+            "retries": c.retries,
+            "ejections": c.ejections,
+            "bad_responses": c.bad_responses,
+        });
+        if let Some((h, sum)) = &c.latency {
+            v["upstream_latency"] = quantiles(h, *sum);
+        }
+        let endpoints: Vec<Value> = m
+            .pools
+            .iter()
+            .filter(|((cl, _), _)| cl == cluster)
+            .map(|((_, ep), p)| {
+                json!({"endpoint": ep, "idle": p.idle, "open": p.open, "ejected_on_shards": p.ejected, "healthy": p.healthy})
+            })
+            .collect();
+        v["endpoints"] = json!(endpoints);
+        clusters.insert(cluster.clone(), v);
+    }
+    let rejections: serde_json::Map<String, Value> = Reject::ALL
+        .iter()
+        .map(|r| (r.label().to_string(), json!(m.rejections[r.index()])))
+        .collect();
+    json!({
+        "shards": m.shards,
+        "active_connections": m.active_connections,
+        "accepted_connections": m.accepted_connections,
+        "no_route": m.no_route,
+        "access_log_dropped": m.access_log_dropped,
+        "rejections": rejections,
+        "routes": routes,
+        "clusters": clusters,
+    })
+}

@@ -1,0 +1,343 @@
+//! Per-shard, single-writer counters and HDR histograms, and their merged snapshots.
+//!
+//! A shard owns its [`ShardStats`]: plain `Cell` counters and `RefCell`
+//! histograms that only its own thread touches, so recording is a few
+//! non-atomic adds. Stats objects live in by-name registries that survive
+//! reloads (a route keeps its counters when the config changes). The admin
+//! thread asks each shard for a [`ShardSnapshot`] over the control channel and
+//! merges them into a [`MergedStats`], off the request path.
+
+use crate::http::codec::Reject;
+use hdrhistogram::Histogram;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Status classes counted: index 0 is "no response sent" (client gone), 1..=5 are 1xx..5xx.
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Highest latency tracked, in microseconds (100 s); larger values are clamped.
+const MAX_TRACKED_US: u64 = 100_000_000;
+
+/// A new latency histogram (microseconds, 3 significant figures).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
+}
+
+/// A latency histogram allocated on first use, so idle routes cost no memory.
+#[derive(Default)]
+pub struct LazyHistogram {
+    hist: RefCell<Option<Histogram<u64>>>,
+    sum_us: Cell<u64>,
+}
+
+impl LazyHistogram {
+    /// Records one value in microseconds.
+    pub fn record(&self, us: u64) {
+        let mut h = self.hist.borrow_mut();
+        let h = h.get_or_insert_with(new_histogram);
+        h.saturating_record(us.clamp(1, MAX_TRACKED_US));
+        self.sum_us.set(self.sum_us.get() + us);
+    }
+
+    fn snapshot(&self) -> Option<(Histogram<u64>, u64)> {
+        self.hist
+            .borrow()
+            .as_ref()
+            .map(|h| (h.clone(), self.sum_us.get()))
+    }
+}
+
+/// Requests of one route to one cluster version, by status class.
+pub struct TargetStats {
+    /// Status class counters, see [`STATUS_CLASSES`].
+    pub by_class: [Cell<u64>; 6],
+}
+
+impl TargetStats {
+    /// Counts one request with this status (0: no response).
+    pub fn count(&self, status: u16) {
+        let class = (status / 100).min(5) as usize;
+        self.by_class[class].set(self.by_class[class].get() + 1);
+    }
+}
+
+/// Per-route latency.
+#[derive(Default)]
+pub struct RouteStats {
+    /// Total request latency.
+    pub latency: LazyHistogram,
+}
+
+/// Per-cluster upstream figures.
+#[derive(Default)]
+pub struct ClusterStats {
+    /// Upstream latency: request sent to response head received.
+    pub upstream_latency: LazyHistogram,
+    /// Failed connects.
+    pub connect_errors: Cell<u64>,
+    /// Response-head timeouts.
+    pub timeouts: Cell<u64>,
+    /// Retries made.
+    pub retries: Cell<u64>,
+    /// Endpoint ejections.
+    pub ejections: Cell<u64>,
+    /// Invalid responses (502).
+    pub bad_responses: Cell<u64>,
+}
+
+type TargetKey = (Arc<str>, Arc<str>, Arc<str>);
+type ClusterKey = (Arc<str>, Arc<str>);
+
+/// All stats of one shard.
+#[derive(Default)]
+pub struct ShardStats {
+    targets: RefCell<HashMap<TargetKey, Rc<TargetStats>>>,
+    routes: RefCell<HashMap<Arc<str>, Rc<RouteStats>>>,
+    clusters: RefCell<HashMap<ClusterKey, Rc<ClusterStats>>>,
+    /// Rejected requests by reason.
+    pub rejections: [Cell<u64>; Reject::ALL.len()],
+    /// Requests that matched no route.
+    pub no_route: Cell<u64>,
+    /// Open downstream connections.
+    pub active_connections: Cell<u64>,
+    /// Accepted downstream connections.
+    pub accepted_connections: Cell<u64>,
+    /// Access-log records dropped because the writer fell behind.
+    pub access_log_dropped: Cell<u64>,
+}
+
+impl ShardStats {
+    /// The counters for (route, cluster, version), created on first use.
+    pub fn target(
+        &self,
+        route: &Arc<str>,
+        cluster: &Arc<str>,
+        version: &Arc<str>,
+    ) -> Rc<TargetStats> {
+        self.targets
+            .borrow_mut()
+            .entry((route.clone(), cluster.clone(), version.clone()))
+            .or_insert_with(|| {
+                Rc::new(TargetStats {
+                    by_class: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// The stats of a route, created on first use.
+    pub fn route(&self, name: &Arc<str>) -> Rc<RouteStats> {
+        self.routes
+            .borrow_mut()
+            .entry(name.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The stats of a cluster version, created on first use.
+    pub fn cluster(&self, name: &Arc<str>, version: &Arc<str>) -> Rc<ClusterStats> {
+        self.clusters
+            .borrow_mut()
+            .entry((name.clone(), version.clone()))
+            .or_default()
+            .clone()
+    }
+
+    /// Counts a rejection.
+    pub fn reject(&self, r: Reject) {
+        let c = &self.rejections[r.index()];
+        c.set(c.get() + 1);
+    }
+
+    /// Copies everything into an owned snapshot for the admin thread.
+    pub fn snapshot(&self, pools: Vec<PoolSnapshot>) -> ShardSnapshot {
+        let targets = self
+            .targets
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.by_class.each_ref().map(Cell::get)))
+            .collect();
+        let routes = self
+            .routes
+            .borrow()
+            .iter()
+            .filter_map(|(k, v)| v.latency.snapshot().map(|h| (k.clone(), h)))
+            .collect();
+        let clusters = self
+            .clusters
+            .borrow()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    ClusterSnapshot {
+                        latency: v.upstream_latency.snapshot(),
+                        connect_errors: v.connect_errors.get(),
+                        timeouts: v.timeouts.get(),
+                        retries: v.retries.get(),
+                        ejections: v.ejections.get(),
+                        bad_responses: v.bad_responses.get(),
+                    },
+                )
+            })
+            .collect();
+        ShardSnapshot {
+            targets,
+            routes,
+            clusters,
+            pools,
+            rejections: self.rejections.each_ref().map(Cell::get),
+            no_route: self.no_route.get(),
+            active_connections: self.active_connections.get(),
+            accepted_connections: self.accepted_connections.get(),
+            access_log_dropped: self.access_log_dropped.get(),
+        }
+    }
+}
+
+/// One cluster's figures in a snapshot.
+#[derive(Clone, Default)]
+pub struct ClusterSnapshot {
+    /// Upstream latency histogram and sum (µs).
+    pub latency: Option<(Histogram<u64>, u64)>,
+    /// Failed connects.
+    pub connect_errors: u64,
+    /// Timeouts.
+    pub timeouts: u64,
+    /// Retries.
+    pub retries: u64,
+    /// Ejections.
+    pub ejections: u64,
+    /// Invalid responses.
+    pub bad_responses: u64,
+}
+
+/// Pool state of one endpoint on one shard.
+#[derive(Clone)]
+pub struct PoolSnapshot {
+    /// Cluster name.
+    pub cluster: Arc<str>,
+    /// Endpoint label.
+    pub endpoint: Arc<str>,
+    /// Idle pooled connections.
+    pub idle: u64,
+    /// Open connections.
+    pub open: u64,
+    /// Currently ejected (1) or not (0).
+    pub ejected: u64,
+    /// Active health-check verdict.
+    pub healthy: bool,
+}
+
+/// Everything one shard reports.
+pub struct ShardSnapshot {
+    targets: Vec<(TargetKey, [u64; 6])>,
+    routes: Vec<(Arc<str>, (Histogram<u64>, u64))>,
+    clusters: Vec<(ClusterKey, ClusterSnapshot)>,
+    pools: Vec<PoolSnapshot>,
+    rejections: [u64; Reject::ALL.len()],
+    no_route: u64,
+    active_connections: u64,
+    accepted_connections: u64,
+    access_log_dropped: u64,
+}
+
+/// Snapshots of all shards merged.
+#[derive(Default)]
+pub struct MergedStats {
+    /// (route, cluster, version) -> status class counts.
+    pub targets: BTreeMap<(String, String, String), [u64; 6]>,
+    /// route -> latency histogram and sum (µs).
+    pub routes: BTreeMap<String, (Histogram<u64>, u64)>,
+    /// (cluster, version) -> figures.
+    pub clusters: BTreeMap<(String, String), ClusterSnapshot>,
+    /// (cluster, endpoint) -> pool state summed over shards.
+    pub pools: BTreeMap<(String, String), PoolSnapshot>,
+    /// Rejections by reason.
+    pub rejections: [u64; Reject::ALL.len()],
+    /// Requests with no route.
+    pub no_route: u64,
+    /// Open downstream connections.
+    pub active_connections: u64,
+    /// Accepted downstream connections.
+    pub accepted_connections: u64,
+    /// Dropped access-log records.
+    pub access_log_dropped: u64,
+    /// Shards that answered.
+    pub shards: usize,
+}
+
+fn add_hist(into: &mut Option<(Histogram<u64>, u64)>, from: &(Histogram<u64>, u64)) {
+    match into {
+        Some((h, s)) => {
+            // Both come from `new_histogram`, so bounds always match.
+            let _ = h.add(&from.0);
+            *s += from.1;
+        }
+        None => *into = Some(from.clone()),
+    }
+}
+
+impl MergedStats {
+    /// Merges shard snapshots.
+    pub fn merge(snapshots: &[ShardSnapshot]) -> Self {
+        let mut m = MergedStats {
+            shards: snapshots.len(),
+            ..Default::default()
+        };
+        for s in snapshots {
+            for ((r, c, v), counts) in &s.targets {
+                let e = m
+                    .targets
+                    .entry((r.to_string(), c.to_string(), v.to_string()))
+                    .or_default();
+                for (a, b) in e.iter_mut().zip(counts) {
+                    *a += b;
+                }
+            }
+            for (r, h) in &s.routes {
+                let mut slot = m.routes.remove(r.as_ref());
+                add_hist(&mut slot, h);
+                m.routes.insert(r.to_string(), slot.expect("just filled"));
+            }
+            for ((c, v), cs) in &s.clusters {
+                let e = m
+                    .clusters
+                    .entry((c.to_string(), v.to_string()))
+                    .or_default();
+                if let Some(h) = &cs.latency {
+                    add_hist(&mut e.latency, h);
+                }
+                e.connect_errors += cs.connect_errors;
+                e.timeouts += cs.timeouts;
+                e.retries += cs.retries;
+                e.ejections += cs.ejections;
+                e.bad_responses += cs.bad_responses;
+            }
+            for p in &s.pools {
+                let e = m
+                    .pools
+                    .entry((p.cluster.to_string(), p.endpoint.to_string()))
+                    .or_insert_with(|| PoolSnapshot {
+                        idle: 0,
+                        open: 0,
+                        ejected: 0,
+                        ..p.clone()
+                    });
+                e.idle += p.idle;
+                e.open += p.open;
+                e.ejected += p.ejected;
+            }
+            for (a, b) in m.rejections.iter_mut().zip(&s.rejections) {
+                *a += b;
+            }
+            m.no_route += s.no_route;
+            m.active_connections += s.active_connections;
+            m.accepted_connections += s.accepted_connections;
+            m.access_log_dropped += s.access_log_dropped;
+        }
+        m
+    }
+}

@@ -1,0 +1,252 @@
+//! Socket I/O helpers for the proxy: timed reads and writes with owned buffers,
+//! and the body pump that streams a message body between two sockets.
+//!
+//! monoio passes buffer ownership to the kernel for each operation, so the
+//! helpers take the connection's buffer out, run the operation, and put it back;
+//! buffers are reused for the connection's lifetime. On a timeout the in-flight
+//! operation is cancelled and its buffer is lost with it, so a connection that
+//! timed out is always closed, never reused.
+
+use crate::http::chunked::{write_chunk_header, ChunkedDecoder, Step, LAST_CHUNK};
+use crate::http::codec::BodyFraming;
+use bytes::{Buf, BytesMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use std::io;
+use std::time::Duration;
+
+/// Outcome of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Bytes arrived.
+    Data,
+    /// The peer closed its side.
+    Eof,
+    /// Nothing arrived in time.
+    Timeout,
+    /// The socket failed (reset and the like).
+    Failed,
+}
+
+/// Reads more bytes into `buf` (appending), waiting at most `timeout`.
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> ReadOutcome {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(timeout, stream.read(owned)).await {
+        Ok((res, b)) => {
+            *buf = b;
+            match res {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(_) => ReadOutcome::Data,
+                Err(_) => ReadOutcome::Failed,
+            }
+        }
+        Err(_) => ReadOutcome::Timeout,
+    }
+}
+
+/// Writes all of `out` and clears it, waiting at most `timeout`.
+pub async fn write_out(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let owned = std::mem::take(out);
+    match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+        Ok((res, mut b)) => {
+            b.clear();
+            *out = b;
+            res.map(|_| ())
+        }
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Writes all of `buf` (a read buffer whose whole content is payload) and clears it.
+async fn write_buf(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> io::Result<()> {
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+        Ok((res, mut b)) => {
+            b.clear();
+            *buf = b;
+            res.map(|_| ())
+        }
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// How the pump re-frames the body for the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Payload bytes as they are (Content-Length or close-delimited).
+    Raw,
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// Why a body could not be streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PumpError {
+    /// The source closed before the body ended.
+    SourceClosed,
+    /// The source stalled longer than its timeout.
+    SourceTimeout,
+    /// The source socket failed.
+    SourceFailed,
+    /// The source sent invalid chunked framing.
+    Framing,
+    /// The body exceeded the size limit.
+    TooLarge,
+    /// Writing to the destination failed or timed out.
+    Destination,
+}
+
+/// Timeouts and limits of one pump.
+#[derive(Debug, Clone, Copy)]
+pub struct PumpLimits {
+    /// Longest pause reading the source.
+    pub read_timeout: Duration,
+    /// Longest pause writing the destination.
+    pub write_timeout: Duration,
+    /// Largest payload (0: unlimited).
+    pub max_bytes: u64,
+}
+
+/// Flush threshold for the re-framing buffer.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Streams one body from `src` (with already-read bytes in `sbuf`) to `dst`.
+/// Returns the payload size. Memory stays flat: at most one read buffer and
+/// one re-framing buffer are held, whatever the body size.
+pub async fn pump(
+    src: &mut TcpStream,
+    sbuf: &mut BytesMut,
+    dst: &mut TcpStream,
+    out: &mut Vec<u8>,
+    framing: BodyFraming,
+    encoding: Encoding,
+    limits: PumpLimits,
+) -> Result<u64, PumpError> {
+    let mut total: u64 = 0;
+    let mut remaining = match framing {
+        BodyFraming::None => return Ok(0),
+        BodyFraming::Length(n) => n,
+        _ => 0,
+    };
+    let mut decoder = ChunkedDecoder::default();
+    let check = |total: u64| {
+        if limits.max_bytes > 0 && total > limits.max_bytes {
+            Err(PumpError::TooLarge)
+        } else {
+            Ok(())
+        }
+    };
+    loop {
+        let mut finished = false;
+        if !sbuf.is_empty() {
+            match framing {
+                BodyFraming::Length(_) | BodyFraming::UntilClose => {
+                    let take = if let BodyFraming::Length(_) = framing {
+                        remaining.min(sbuf.len() as u64) as usize
+                    } else {
+                        sbuf.len()
+                    };
+                    total += take as u64;
+                    check(total)?;
+                    if encoding == Encoding::Raw && take == sbuf.len() && out.is_empty() {
+                        // Zero-copy: the whole read buffer is payload.
+                        write_buf(dst, sbuf, limits.write_timeout)
+                            .await
+                            .map_err(|_| PumpError::Destination)?;
+                    } else {
+                        emit(out, &sbuf[..take], encoding);
+                        sbuf.advance(take);
+                    }
+                    if let BodyFraming::Length(_) = framing {
+                        remaining -= take as u64;
+                        finished = remaining == 0;
+                    }
+                }
+                BodyFraming::Chunked => loop {
+                    match decoder.step(sbuf).map_err(|_| PumpError::Framing)? {
+                        Step::Progress { consumed, data } => {
+                            total += data.len() as u64;
+                            check(total)?;
+                            if !data.is_empty() {
+                                emit(out, &sbuf[data], encoding);
+                            }
+                            sbuf.advance(consumed);
+                            if out.len() >= FLUSH_AT {
+                                write_out(dst, out, limits.write_timeout)
+                                    .await
+                                    .map_err(|_| PumpError::Destination)?;
+                            }
+                        }
+                        Step::NeedMore => break,
+                        Step::Done { consumed } => {
+                            sbuf.advance(consumed);
+                            finished = true;
+                            break;
+                        }
+                    }
+                },
+                BodyFraming::None => finished = true,
+            }
+        } else if let BodyFraming::Length(0) = framing {
+            finished = true;
+        }
+        if finished || (matches!(framing, BodyFraming::Length(_)) && remaining == 0) {
+            if encoding == Encoding::Chunked {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+            write_out(dst, out, limits.write_timeout)
+                .await
+                .map_err(|_| PumpError::Destination)?;
+            return Ok(total);
+        }
+        if out.len() >= FLUSH_AT || (!out.is_empty() && sbuf.is_empty()) {
+            write_out(dst, out, limits.write_timeout)
+                .await
+                .map_err(|_| PumpError::Destination)?;
+        }
+        match read_more(src, sbuf, limits.read_timeout).await {
+            ReadOutcome::Data => {}
+            ReadOutcome::Eof if framing == BodyFraming::UntilClose => {
+                if encoding == Encoding::Chunked {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
+                write_out(dst, out, limits.write_timeout)
+                    .await
+                    .map_err(|_| PumpError::Destination)?;
+                return Ok(total);
+            }
+            ReadOutcome::Eof => return Err(PumpError::SourceClosed),
+            ReadOutcome::Timeout => return Err(PumpError::SourceTimeout),
+            ReadOutcome::Failed => return Err(PumpError::SourceFailed),
+        }
+    }
+}
+
+fn emit(out: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
+    match encoding {
+        Encoding::Raw => out.extend_from_slice(data),
+        Encoding::Chunked => {
+            write_chunk_header(out, data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}

@@ -1,0 +1,1265 @@
+//! The request pipeline: one downstream connection, request by request.
+//!
+//! [`serve_connection`] runs the phases in order, all readable here:
+//! 1. **read head**: wait (idle timeout) for a request, parse it strictly
+//!    (header timeout, size limits); a rejection is answered and the connection closed.
+//! 2. **route**: the router picks a route; no match is a 404.
+//! 3. **local answer**: direct responses and redirects are written at once.
+//! 4. **choose cluster**: a split picks a side (forced by header/cookie,
+//!    sticky by hash, else weighted round robin).
+//! 5. **upstream**: pick an endpoint, take a pooled connection or connect,
+//!    write the rewritten head, stream the body, read the response head;
+//!    retry when it is safe and the budget allows.
+//! 6. **respond**: write the rewritten response head, stream the body,
+//!    return the upstream connection to the pool when it is reusable.
+//! 7. **log**: count the request by route/cluster/version/status, record
+//!    latencies, and hand an access-log record to the writer thread.
+//!
+//! Pipelined requests are answered in order because each is handled to the
+//! end before the next head is parsed from the same buffer.
+
+pub mod ids;
+mod io;
+
+use crate::config::{KeySource, Route, RouteAction};
+use crate::http::codec::{
+    at, is_hop_by_hop, parse_request, parse_response, BodyFraming, HeadLimits, Parsed, Reject,
+    RequestHead, ResponseHead,
+};
+use crate::http::{write_error, write_header, write_status_line, write_u64};
+use crate::routing::RequestInfo;
+use crate::shard::{Installed, ShardCtx};
+use crate::upstream::{ClusterRuntime, UpstreamConn};
+use bytes::{Buf, BytesMut};
+use ids::{RequestId, TraceParent};
+use io::{pump, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome};
+use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// What the connection does after a request.
+enum After {
+    KeepAlive,
+    Close,
+    /// The upstream accepted an upgrade: tunnel bytes both ways.
+    Upgrade(UpstreamConn),
+}
+
+/// Per-connection buffers, reused for every request on the connection.
+struct Buffers {
+    rbuf: BytesMut,
+    out: Vec<u8>,
+    head_buf: Vec<u8>,
+    head: RequestHead,
+    resp: ResponseHead,
+}
+
+/// A parsed request as the router and balancers see it.
+struct View<'a> {
+    buf: &'a [u8],
+    head: &'a RequestHead,
+}
+
+impl RequestInfo for View<'_> {
+    fn method(&self) -> &str {
+        std::str::from_utf8(at(self.buf, &self.head.method)).unwrap_or("")
+    }
+    fn host(&self) -> &str {
+        std::str::from_utf8(at(self.buf, &self.head.host)).unwrap_or("")
+    }
+    fn path(&self) -> &str {
+        std::str::from_utf8(at(self.buf, &self.head.path)).unwrap_or("")
+    }
+    fn query(&self) -> &str {
+        std::str::from_utf8(at(self.buf, &self.head.query)).unwrap_or("")
+    }
+    fn header(&self, lowercase_name: &str) -> Option<&[u8]> {
+        self.head
+            .headers
+            .iter()
+            .find(|(n, _)| at(self.buf, n).eq_ignore_ascii_case(lowercase_name.as_bytes()))
+            .map(|(_, v)| at(self.buf, v))
+    }
+}
+
+impl View<'_> {
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .headers
+            .iter()
+            .filter(|(n, _)| at(self.buf, n).eq_ignore_ascii_case(b"cookie"))
+            .flat_map(|(_, v)| at(self.buf, v).split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+            })
+    }
+
+    fn key_hash(&self, source: &KeySource, peer: SocketAddr) -> Option<u64> {
+        let bytes = match source {
+            KeySource::Header(h) => self.header(h)?,
+            KeySource::Cookie(c) => self.cookie(c)?,
+            KeySource::ClientIp => {
+                return Some(match peer.ip() {
+                    std::net::IpAddr::V4(v4) => xxhash_rust::xxh3::xxh3_64(&v4.octets()),
+                    std::net::IpAddr::V6(v6) => xxhash_rust::xxh3::xxh3_64(&v6.octets()),
+                })
+            }
+        };
+        Some(xxhash_rust::xxh3::xxh3_64(bytes))
+    }
+
+    fn is_idempotent(&self) -> bool {
+        matches!(
+            self.method(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        )
+    }
+}
+
+/// What one request did, for metrics and the access log.
+#[derive(Default)]
+struct Exchange {
+    route: Option<usize>,
+    target: Option<usize>,
+    endpoint: Option<usize>,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_us: Option<u64>,
+    retries: u32,
+    error: &'static str,
+}
+
+/// Serves one downstream connection until it closes.
+pub async fn serve_connection(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let slot = ctx.conns.borrow_mut().register(stream.as_raw_fd());
+    let active = &ctx.stats.active_connections;
+    active.set(active.get() + 1);
+    let mut bufs = Buffers {
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        out: Vec::with_capacity(8 * 1024),
+        head_buf: Vec::with_capacity(2048),
+        head: RequestHead::default(),
+        resp: ResponseHead::default(),
+    };
+    loop {
+        let inst = ctx.installed.borrow().clone();
+        let limits = &inst.config.raw.limits;
+        if bufs.rbuf.is_empty() {
+            if ctx.draining.get() {
+                break;
+            }
+            ctx.conns.borrow_mut().set_idle(slot, true);
+            let r = read_more(&mut stream, &mut bufs.rbuf, limits.idle_timeout).await;
+            ctx.conns.borrow_mut().set_idle(slot, false);
+            if r != ReadOutcome::Data {
+                break;
+            }
+        }
+        match read_head(&ctx, &inst, &mut stream, &mut bufs).await {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(reject) => {
+                ctx.stats.reject(reject);
+                bufs.out.clear();
+                write_error(
+                    &mut bufs.out,
+                    reject.status(),
+                    reject.label(),
+                    "the request was rejected before it was forwarded",
+                    "",
+                    true,
+                );
+                let _ = write_out(&mut stream, &mut bufs.out, limits.idle_timeout).await;
+                break;
+            }
+        }
+        match handle_request(&ctx, &inst, &mut stream, &mut bufs, peer).await {
+            After::KeepAlive => {}
+            After::Close => break,
+            After::Upgrade(up) => {
+                let leftover = std::mem::take(&mut bufs.rbuf);
+                drop(inst);
+                tunnel(stream, leftover, up).await;
+                ctx.conns.borrow_mut().unregister(slot);
+                active.set(active.get() - 1);
+                return;
+            }
+        }
+    }
+    ctx.conns.borrow_mut().unregister(slot);
+    active.set(active.get() - 1);
+}
+
+/// Reads and parses one request head into `bufs.head_buf`/`bufs.head`.
+/// `Ok(false)`: the client went away without a complete head.
+async fn read_head(
+    _ctx: &ShardCtx,
+    inst: &Installed,
+    stream: &mut TcpStream,
+    bufs: &mut Buffers,
+) -> Result<bool, Reject> {
+    let l = &inst.config.raw.limits;
+    let limits = HeadLimits {
+        max_request_line: l.max_request_line,
+        max_header_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+    };
+    let deadline = Instant::now() + l.header_timeout;
+    loop {
+        match parse_request(&bufs.rbuf, &limits, &mut bufs.head)? {
+            Parsed::Complete(n) => {
+                bufs.head_buf.clear();
+                bufs.head_buf.extend_from_slice(&bufs.rbuf[..n]);
+                bufs.rbuf.advance(n);
+                return Ok(true);
+            }
+            Parsed::Partial => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Reject::HeaderTimeout);
+                }
+                match read_more(stream, &mut bufs.rbuf, left).await {
+                    ReadOutcome::Data => {}
+                    ReadOutcome::Timeout => return Err(Reject::HeaderTimeout),
+                    ReadOutcome::Eof | ReadOutcome::Failed => return Ok(false),
+                }
+            }
+        }
+    }
+}
+
+async fn handle_request(
+    ctx: &ShardCtx,
+    inst: &Installed,
+    stream: &mut TcpStream,
+    bufs: &mut Buffers,
+    peer: SocketAddr,
+) -> After {
+    let started = Instant::now();
+    let Buffers {
+        rbuf,
+        out,
+        head_buf,
+        head,
+        resp,
+    } = bufs;
+    let view = View {
+        buf: head_buf,
+        head,
+    };
+    let rid = RequestId::new(view.header("x-request-id"), &ctx.rng);
+    let trace = TraceParent::new(view.header("traceparent"), &ctx.rng);
+    let mut ex = Exchange::default();
+    let idle = inst.config.raw.limits.idle_timeout;
+    let has_body = head.body != BodyFraming::None;
+    let keep_alive = head.keep_alive && !ctx.draining.get();
+    let after = 'done: {
+        let Some(ri) = inst.config.router.find(&view) else {
+            ctx.stats.no_route.set(ctx.stats.no_route.get() + 1);
+            ex.status = 404;
+            ex.error = "no_route";
+            out.clear();
+            let close = !keep_alive || has_body;
+            write_error(
+                out,
+                404,
+                "no_route",
+                "no route matches this request",
+                rid.as_str(),
+                close,
+            );
+            break 'done finish(stream, out, idle, close).await;
+        };
+        ex.route = Some(ri);
+        let route = &inst.config.routes[ri];
+        let max_body = inst.config.raw.limits.max_body_bytes;
+        if let BodyFraming::Length(n) = head.body {
+            if max_body > 0 && n > max_body {
+                ctx.stats.reject(Reject::BodyTooLarge);
+                ex.status = 413;
+                ex.error = Reject::BodyTooLarge.label();
+                out.clear();
+                write_error(
+                    out,
+                    413,
+                    ex.error,
+                    "request body exceeds the limit",
+                    rid.as_str(),
+                    true,
+                );
+                break 'done finish(stream, out, idle, true).await;
+            }
+        }
+        match &route.action {
+            RouteAction::Direct(d) => {
+                ex.status = d.status;
+                out.clear();
+                write_status_line(out, d.status);
+                for (k, v) in &d.headers {
+                    if !route.response_headers.drops(k.as_bytes()) {
+                        write_header(out, k.as_bytes(), v.as_bytes());
+                    }
+                }
+                out.extend_from_slice(b"content-length: ");
+                write_u64(out, d.body.len() as u64);
+                out.extend_from_slice(b"\r\n");
+                write_header(out, b"x-request-id", rid.as_str().as_bytes());
+                add_route_headers(out, &route.response_headers);
+                let close = !keep_alive || has_body;
+                if close {
+                    write_header(out, b"connection", b"close");
+                } else if head.version == 0 {
+                    write_header(out, b"connection", b"keep-alive");
+                }
+                out.extend_from_slice(b"\r\n");
+                if view.method() != "HEAD" {
+                    out.extend_from_slice(&d.body);
+                    ex.bytes_out = d.body.len() as u64;
+                }
+                finish(stream, out, idle, close).await
+            }
+            _ => {
+                let t = choose_target(
+                    route,
+                    &inst.routes[ri].split_current,
+                    &inst.config.clusters,
+                    &view,
+                    peer,
+                );
+                ex.target = Some(t);
+                let cluster = &inst.clusters[inst.routes[ri].targets[t].0];
+                let mut call = Call {
+                    ctx,
+                    inst,
+                    route,
+                    cluster,
+                    view: &view,
+                    rid: &rid,
+                    trace: &trace,
+                    peer,
+                };
+                call.proxy(stream, rbuf, out, resp, &mut ex).await
+            }
+        }
+    };
+    record(ctx, inst, &view, &ex, &rid, &trace, peer, started);
+    after
+}
+
+async fn finish(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+    close: bool,
+) -> After {
+    match write_out(stream, out, timeout).await {
+        Ok(()) if !close => After::KeepAlive,
+        _ => After::Close,
+    }
+}
+
+/// Counts the request and submits its access-log record.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &ShardCtx,
+    inst: &Installed,
+    view: &View<'_>,
+    ex: &Exchange,
+    rid: &RequestId,
+    trace: &TraceParent,
+    peer: SocketAddr,
+    started: Instant,
+) {
+    let total_us = started.elapsed().as_micros() as u64;
+    let Some(ri) = ex.route else {
+        return record_log(ctx, inst, view, ex, rid, trace, peer, total_us);
+    };
+    let rr = &inst.routes[ri];
+    match ex.target {
+        Some(t) => {
+            rr.targets[t].1.count(ex.status);
+            if let Some(us) = ex.upstream_us {
+                inst.clusters[rr.targets[t].0]
+                    .stats
+                    .upstream_latency
+                    .record(us);
+            }
+        }
+        None => rr.local.count(ex.status),
+    }
+    rr.stats.latency.record(total_us);
+    record_log(ctx, inst, view, ex, rid, trace, peer, total_us);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_log(
+    ctx: &ShardCtx,
+    inst: &Installed,
+    view: &View<'_>,
+    ex: &Exchange,
+    rid: &RequestId,
+    trace: &TraceParent,
+    peer: SocketAddr,
+    total_us: u64,
+) {
+    let Some(sink) = &ctx.access_log else { return };
+    let Some(mut r) = sink.take() else {
+        ctx.stats
+            .access_log_dropped
+            .set(ctx.stats.access_log_dropped.get() + 1);
+        return;
+    };
+    r.unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    r.request_id.push_str(rid.as_str());
+    r.trace_id.push_str(trace.trace_id());
+    r.client = Some(peer);
+    r.method.push_str(view.method());
+    r.host
+        .push_str(std::str::from_utf8(view.header("host").unwrap_or_default()).unwrap_or(""));
+    r.path.push_str(view.path());
+    if !view.query().is_empty() {
+        r.path.push('?');
+        r.path.push_str(view.query());
+    }
+    if let Some(ri) = ex.route {
+        r.route.push_str(&inst.config.routes[ri].name);
+        if let Some(t) = ex.target {
+            let cl = &inst.clusters[inst.routes[ri].targets[t].0];
+            r.cluster.push_str(&cl.spec.name);
+            r.version.push_str(&cl.spec.version);
+            if let Some(e) = ex.endpoint {
+                r.endpoint.push_str(&cl.endpoints[e].label);
+            }
+        }
+    }
+    r.status = ex.status;
+    r.bytes_in = ex.bytes_in;
+    r.bytes_out = ex.bytes_out;
+    r.upstream_us = ex.upstream_us;
+    r.total_us = total_us;
+    r.retries = ex.retries;
+    r.error = ex.error;
+    if !sink.submit(r) {
+        ctx.stats
+            .access_log_dropped
+            .set(ctx.stats.access_log_dropped.get() + 1);
+    }
+}
+
+/// Picks the split side (index into the route's targets).
+fn choose_target(
+    route: &Route,
+    current: &[std::cell::Cell<i64>],
+    clusters: &[std::sync::Arc<crate::config::Cluster>],
+    view: &View<'_>,
+    peer: SocketAddr,
+) -> usize {
+    let RouteAction::Split(split) = &route.action else {
+        return 0;
+    };
+    let forced = |v: &[u8]| {
+        split.targets.iter().position(|(c, _)| {
+            let c = &clusters[*c];
+            c.name.as_bytes() == v || (!c.version.is_empty() && c.version.as_bytes() == v)
+        })
+    };
+    if let Some(i) = split
+        .override_header
+        .as_deref()
+        .and_then(|h| view.header(h))
+        .and_then(forced)
+    {
+        return i;
+    }
+    if let Some(i) = split
+        .override_cookie
+        .as_deref()
+        .and_then(|c| view.cookie(c))
+        .and_then(forced)
+    {
+        return i;
+    }
+    if let Some(h) = split
+        .sticky_on
+        .as_ref()
+        .and_then(|k| view.key_hash(k, peer))
+    {
+        let mut point = (h % u64::from(split.total_weight)) as u32;
+        for (i, (_, w)) in split.targets.iter().enumerate() {
+            if point < *w {
+                return i;
+            }
+            point -= w;
+        }
+    }
+    // Smooth weighted round robin: exact proportions per shard, no randomness.
+    let mut best = 0;
+    for (i, (_, w)) in split.targets.iter().enumerate() {
+        current[i].set(current[i].get() + i64::from(*w));
+        if current[i].get() > current[best].get() {
+            best = i;
+        }
+    }
+    current[best].set(current[best].get() - i64::from(split.total_weight));
+    best
+}
+
+fn add_route_headers(out: &mut Vec<u8>, ops: &crate::config::HeaderOps) {
+    for (k, v) in ops.set.iter().chain(&ops.add) {
+        write_header(out, k.as_bytes(), v.as_bytes());
+    }
+}
+
+/// Why an upstream attempt failed before a response head was accepted.
+enum AttemptError {
+    /// Connect failed.
+    Connect,
+    /// Connect timed out.
+    ConnectTimeout,
+    /// A pooled connection turned out closed before any response byte.
+    Stale,
+    /// Writing the request failed.
+    Write,
+    /// The upstream closed or reset before a complete response head.
+    Reset,
+    /// No response head in time.
+    Timeout,
+    /// The response head was invalid.
+    BadResponse,
+    /// The request body could not be streamed (answered and closed by the caller).
+    Body(PumpError),
+    /// The pool for the endpoint is at `max_connections`.
+    PoolFull,
+}
+
+/// An upstream connection checked out for one attempt; returned to the pool
+/// only through [`Lease::release`], otherwise counted as closed when dropped.
+struct Lease<'a> {
+    cluster: &'a ClusterRuntime,
+    endpoint: usize,
+    conn: Option<UpstreamConn>,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut UpstreamConn {
+        self.conn
+            .as_mut()
+            .expect("lease holds a connection until released")
+    }
+
+    fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.cluster.checkin(self.endpoint, c);
+        }
+    }
+
+    fn take(mut self) -> UpstreamConn {
+        self.cluster.closed(self.endpoint);
+        self.conn
+            .take()
+            .expect("lease holds a connection until released")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let e = &self.cluster.endpoints[self.endpoint];
+        e.in_flight.set(e.in_flight.get().saturating_sub(1));
+        if self.conn.take().is_some() {
+            self.cluster.closed(self.endpoint);
+        }
+    }
+}
+
+/// One proxied request.
+struct Call<'a> {
+    ctx: &'a ShardCtx,
+    inst: &'a Installed,
+    route: &'a Route,
+    cluster: &'a ClusterRuntime,
+    view: &'a View<'a>,
+    rid: &'a RequestId,
+    trace: &'a TraceParent,
+    peer: SocketAddr,
+}
+
+impl<'a> Call<'a> {
+    async fn proxy(
+        &mut self,
+        stream: &mut TcpStream,
+        rbuf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        resp: &mut ResponseHead,
+        ex: &mut Exchange,
+    ) -> After {
+        let cluster = self.cluster;
+        let head = self.view.head;
+        let has_body = head.body != BodyFraming::None;
+        let keep_alive = head.keep_alive && !self.ctx.draining.get();
+        cluster.deposit();
+        let idempotent = self.view.is_idempotent();
+        let key = cluster
+            .spec
+            .hash_on
+            .as_ref()
+            .and_then(|k| self.view.key_hash(k, self.peer));
+        let max_attempts = 1 + cluster.spec.raw.retry.attempts;
+        let mut attempt = 0;
+        let mut tried = 0u64;
+        let mut body_started = false;
+        let mut continue_sent = false;
+        loop {
+            attempt += 1;
+            let picked = cluster
+                .pick(key, tried, &self.ctx.rng)
+                .or_else(|_| cluster.pick(key, 0, &self.ctx.rng));
+            let Ok(ep) = picked else {
+                return self
+                    .fail(
+                        stream,
+                        out,
+                        ex,
+                        503,
+                        "no_healthy_endpoint",
+                        "no healthy endpoint in the cluster",
+                        has_body || !keep_alive,
+                    )
+                    .await;
+            };
+            if ep < 64 {
+                tried |= 1 << ep;
+            }
+            ex.endpoint = Some(ep);
+            let result = self
+                .attempt(
+                    ep,
+                    stream,
+                    rbuf,
+                    out,
+                    resp,
+                    ex,
+                    &mut body_started,
+                    &mut continue_sent,
+                )
+                .await;
+            let mut lease = match result {
+                Ok(lease) => lease,
+                Err(e) => {
+                    let stats = &cluster.stats;
+                    let (status, kind, msg) = match e {
+                        AttemptError::Stale => {
+                            // A keep-alive race, not an endpoint failure: try again at once.
+                            attempt -= 1;
+                            continue;
+                        }
+                        AttemptError::Connect => {
+                            stats.connect_errors.set(stats.connect_errors.get() + 1);
+                            (502, "connect_failed", "could not connect to the upstream")
+                        }
+                        AttemptError::ConnectTimeout => {
+                            stats.connect_errors.set(stats.connect_errors.get() + 1);
+                            (
+                                504,
+                                "connect_timeout",
+                                "connecting to the upstream timed out",
+                            )
+                        }
+                        AttemptError::Write => (
+                            502,
+                            "upstream_write_failed",
+                            "sending the request upstream failed",
+                        ),
+                        AttemptError::Reset => (
+                            502,
+                            "upstream_reset",
+                            "the upstream closed the connection without a response",
+                        ),
+                        AttemptError::Timeout => {
+                            stats.timeouts.set(stats.timeouts.get() + 1);
+                            (
+                                504,
+                                "upstream_timeout",
+                                "the upstream did not answer in time",
+                            )
+                        }
+                        AttemptError::BadResponse => {
+                            stats.bad_responses.set(stats.bad_responses.get() + 1);
+                            (
+                                502,
+                                "bad_upstream_response",
+                                "the upstream sent an invalid response",
+                            )
+                        }
+                        AttemptError::PoolFull => (
+                            503,
+                            "pool_exhausted",
+                            "the upstream connection limit is reached",
+                        ),
+                        AttemptError::Body(p) => return self.body_failed(stream, out, ex, p).await,
+                    };
+                    if status != 503 {
+                        cluster.failure(ep);
+                    }
+                    // Safe to retry: nothing reached the upstream (connect failures), or
+                    // an idempotent request without a body that was not answered.
+                    let safe =
+                        matches!(
+                            e,
+                            AttemptError::Connect
+                                | AttemptError::ConnectTimeout
+                                | AttemptError::PoolFull
+                        ) || (idempotent && !body_started && !matches!(e, AttemptError::Timeout));
+                    if safe && attempt < max_attempts && cluster.take_retry() {
+                        ex.retries += 1;
+                        stats.retries.set(stats.retries.get() + 1);
+                        continue;
+                    }
+                    let close = !keep_alive || has_body;
+                    return self.fail(stream, out, ex, status, kind, msg, close).await;
+                }
+            };
+            if (502..=504).contains(&resp.status) {
+                cluster.failure(ep);
+                let r = &cluster.spec.raw.retry;
+                if r.on_5xx
+                    && idempotent
+                    && !body_started
+                    && attempt < max_attempts
+                    && cluster.take_retry()
+                {
+                    ex.retries += 1;
+                    cluster.stats.retries.set(cluster.stats.retries.get() + 1);
+                    continue;
+                }
+            } else if resp.status >= 500 {
+                cluster.failure(ep);
+            } else {
+                cluster.success(ep);
+            }
+            return self
+                .respond(stream, out, resp, ex, &mut lease, keep_alive)
+                .await
+                .finish(lease);
+        }
+    }
+
+    /// One attempt: connection, request head and body, response head.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &mut self,
+        ep: usize,
+        stream: &mut TcpStream,
+        rbuf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        resp: &mut ResponseHead,
+        ex: &mut Exchange,
+        body_started: &mut bool,
+        continue_sent: &mut bool,
+    ) -> Result<Lease<'a>, AttemptError> {
+        let cluster = self.cluster;
+        let spec = &cluster.spec.raw;
+        let endpoint = &cluster.endpoints[ep];
+        let head = self.view.head;
+        let conn = match cluster.checkout(ep) {
+            Some(c) => c,
+            None => {
+                if !cluster.may_connect(ep) {
+                    return Err(AttemptError::PoolFull);
+                }
+                match monoio::time::timeout(
+                    spec.connect_timeout,
+                    TcpStream::connect_addr(endpoint.addr),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        cluster.opened(ep);
+                        UpstreamConn::new(s)
+                    }
+                    Ok(Err(_)) => return Err(AttemptError::Connect),
+                    Err(_) => return Err(AttemptError::ConnectTimeout),
+                }
+            }
+        };
+        endpoint.in_flight.set(endpoint.in_flight.get() + 1);
+        let mut lease = Lease {
+            cluster,
+            endpoint: ep,
+            conn: Some(conn),
+        };
+        let reused = lease.conn().reused;
+        out.clear();
+        self.write_request_head(out);
+        let sent_at = Instant::now();
+        let idle = self.inst.config.raw.limits.idle_timeout;
+        if write_out(&mut lease.conn().stream, out, spec.read_timeout)
+            .await
+            .is_err()
+        {
+            return Err(if reused && !*body_started {
+                AttemptError::Stale
+            } else {
+                AttemptError::Write
+            });
+        }
+        if head.body != BodyFraming::None {
+            if head.expect_continue && !*continue_sent {
+                *continue_sent = true;
+                out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                if write_out(stream, out, idle).await.is_err() {
+                    return Err(AttemptError::Body(PumpError::SourceClosed));
+                }
+            }
+            *body_started = true;
+            let encoding = if head.body == BodyFraming::Chunked {
+                Encoding::Chunked
+            } else {
+                Encoding::Raw
+            };
+            let limits = PumpLimits {
+                read_timeout: idle,
+                write_timeout: spec.read_timeout,
+                max_bytes: self.inst.config.raw.limits.max_body_bytes,
+            };
+            let conn = lease.conn();
+            match pump(
+                stream,
+                rbuf,
+                &mut conn.stream,
+                out,
+                head.body,
+                encoding,
+                limits,
+            )
+            .await
+            {
+                Ok(n) => ex.bytes_in = n,
+                Err(PumpError::Destination) => return Err(AttemptError::Write),
+                Err(p) => return Err(AttemptError::Body(p)),
+            }
+        }
+        let max = self.inst.config.raw.limits.max_response_header_bytes;
+        let is_head = self.view.method() == "HEAD";
+        let deadline = sent_at + self.route.timeout;
+        let conn = lease.conn();
+        loop {
+            match parse_response(&conn.rbuf, max, is_head, resp) {
+                Ok(Parsed::Complete(n)) => {
+                    if (100..200).contains(&resp.status) && resp.status != 101 {
+                        // Interim responses: the gateway answered 100-continue itself.
+                        conn.rbuf.advance(n);
+                        continue;
+                    }
+                    ex.upstream_us = Some(sent_at.elapsed().as_micros() as u64);
+                    return Ok(lease);
+                }
+                Ok(Parsed::Partial) => {}
+                Err(_) => return Err(AttemptError::BadResponse),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(AttemptError::Timeout);
+            }
+            let was_empty = conn.rbuf.is_empty();
+            match read_more(&mut conn.stream, &mut conn.rbuf, left).await {
+                ReadOutcome::Data => {}
+                ReadOutcome::Timeout => return Err(AttemptError::Timeout),
+                ReadOutcome::Eof | ReadOutcome::Failed if was_empty => {
+                    return Err(if reused && !*body_started {
+                        AttemptError::Stale
+                    } else {
+                        AttemptError::Reset
+                    });
+                }
+                ReadOutcome::Eof | ReadOutcome::Failed => return Err(AttemptError::BadResponse),
+            }
+        }
+    }
+
+    /// Writes the response head and streams the body to the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond(
+        &mut self,
+        stream: &mut TcpStream,
+        out: &mut Vec<u8>,
+        resp: &mut ResponseHead,
+        ex: &mut Exchange,
+        lease: &mut Lease<'a>,
+        keep_alive: bool,
+    ) -> Responded {
+        let head = self.view.head;
+        let idle = self.inst.config.raw.limits.idle_timeout;
+        ex.status = resp.status;
+        let upgrade = resp.status == 101;
+        if upgrade && !head.upgrade {
+            ex.status = 502;
+            ex.error = "bad_upstream_response";
+            out.clear();
+            write_error(
+                out,
+                502,
+                ex.error,
+                "unexpected 101 from upstream",
+                self.rid.as_str(),
+                true,
+            );
+            let _ = write_out(stream, out, idle).await;
+            return Responded::Close;
+        }
+        let client_http10 = head.version == 0;
+        let (down, mut close) = match resp.body {
+            BodyFraming::None => (Down::Passthrough, false),
+            BodyFraming::Length(n) => (Down::Length(n), false),
+            BodyFraming::Chunked | BodyFraming::UntilClose if client_http10 => (Down::Raw, true),
+            BodyFraming::Chunked | BodyFraming::UntilClose => (Down::Chunked, false),
+        };
+        close |= !keep_alive;
+        let conn = lease.conn();
+        out.clear();
+        write_response_head(
+            out,
+            &conn.rbuf,
+            resp,
+            self.route,
+            self.rid,
+            down,
+            close,
+            client_http10,
+            upgrade,
+        );
+        conn.rbuf.advance(resp.len);
+        if upgrade {
+            // Bytes the upstream sent right after its 101 belong to the tunnel.
+            out.extend_from_slice(&conn.rbuf);
+            conn.rbuf.clear();
+            return match write_out(stream, out, idle).await {
+                Ok(()) => Responded::Upgrade,
+                Err(_) => Responded::Close,
+            };
+        }
+        if write_out(stream, out, idle).await.is_err() {
+            ex.error = "client_gone";
+            return Responded::Close;
+        }
+        let encoding = if down == Down::Chunked {
+            Encoding::Chunked
+        } else {
+            Encoding::Raw
+        };
+        let limits = PumpLimits {
+            read_timeout: self.cluster.spec.raw.read_timeout,
+            write_timeout: idle,
+            max_bytes: 0,
+        };
+        let conn = lease.conn();
+        match pump(
+            &mut conn.stream,
+            &mut conn.rbuf,
+            stream,
+            out,
+            resp.body,
+            encoding,
+            limits,
+        )
+        .await
+        {
+            Ok(n) => ex.bytes_out = n,
+            Err(e) => {
+                ex.error = if e == PumpError::Destination {
+                    "client_gone"
+                } else {
+                    "upstream_body_aborted"
+                };
+                return Responded::Close;
+            }
+        }
+        let reusable = resp.keep_alive && resp.body != BodyFraming::UntilClose;
+        match (reusable, close) {
+            (true, false) => Responded::KeepAliveBoth,
+            (true, true) => Responded::PoolUpstream,
+            (false, false) => Responded::KeepAliveClient,
+            (false, true) => Responded::Close,
+        }
+    }
+
+    async fn body_failed(
+        &self,
+        stream: &mut TcpStream,
+        out: &mut Vec<u8>,
+        ex: &mut Exchange,
+        p: PumpError,
+    ) -> After {
+        let (status, reject) = match p {
+            PumpError::Framing => (400, Some(Reject::BadChunk)),
+            PumpError::TooLarge => (413, Some(Reject::BodyTooLarge)),
+            PumpError::SourceTimeout => (408, None),
+            _ => {
+                ex.error = "client_gone";
+                return After::Close;
+            }
+        };
+        if let Some(r) = reject {
+            self.ctx.stats.reject(r);
+        }
+        let kind = reject.map_or("body_timeout", Reject::label);
+        self.fail(
+            stream,
+            out,
+            ex,
+            status,
+            kind,
+            "the request body was rejected",
+            true,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        stream: &mut TcpStream,
+        out: &mut Vec<u8>,
+        ex: &mut Exchange,
+        status: u16,
+        kind: &'static str,
+        message: &str,
+        close: bool,
+    ) -> After {
+        ex.status = status;
+        ex.error = kind;
+        out.clear();
+        write_error(out, status, kind, message, self.rid.as_str(), close);
+        finish(stream, out, self.inst.config.raw.limits.idle_timeout, close).await
+    }
+
+    /// Serializes the upstream request head.
+    fn write_request_head(&self, out: &mut Vec<u8>) {
+        let (buf, head, route) = (self.view.buf, self.view.head, self.route);
+        out.extend_from_slice(at(buf, &head.method));
+        out.push(b' ');
+        let path = at(buf, &head.path);
+        match &route.rewrite {
+            Some((strip, replace)) if prefix_matches(path, strip.as_bytes()) => {
+                let rest = &path[strip.trim_end_matches('/').len()..];
+                let base = replace.trim_end_matches('/');
+                out.extend_from_slice(base.as_bytes());
+                if rest.is_empty() || rest[0] != b'/' {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(rest);
+            }
+            _ => out.extend_from_slice(path),
+        }
+        let query = at(buf, &head.query);
+        if !query.is_empty() {
+            out.push(b'?');
+            out.extend_from_slice(query);
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut xff_written = false;
+        for (n, v) in &head.headers {
+            let name = at(buf, n);
+            if (is_hop_by_hop(name) && !(head.upgrade && name.eq_ignore_ascii_case(b"upgrade")))
+                || head
+                    .connection_tokens
+                    .iter()
+                    .any(|t| at(buf, t).eq_ignore_ascii_case(name))
+                || route.request_headers.drops(name)
+                || [
+                    &b"x-forwarded-proto"[..],
+                    b"x-forwarded-host",
+                    b"x-request-id",
+                    b"traceparent",
+                    b"content-length",
+                    b"expect",
+                ]
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                if !xff_written {
+                    xff_written = true;
+                    out.extend_from_slice(b"x-forwarded-for: ");
+                    let mut first = true;
+                    for (n2, v2) in &head.headers {
+                        if at(buf, n2).eq_ignore_ascii_case(b"x-forwarded-for") {
+                            if !first {
+                                out.extend_from_slice(b", ");
+                            }
+                            out.extend_from_slice(at(buf, v2));
+                            first = false;
+                        }
+                    }
+                    let _ = write!(out, ", {}\r\n", self.peer.ip());
+                }
+                continue;
+            }
+            write_header(out, name, at(buf, v));
+        }
+        if !xff_written {
+            let _ = write!(out, "x-forwarded-for: {}\r\n", self.peer.ip());
+        }
+        write_header(out, b"x-forwarded-proto", b"http");
+        if let Some(host) = self.view.header("host") {
+            write_header(out, b"x-forwarded-host", host);
+        }
+        write_header(out, b"x-request-id", self.rid.as_str().as_bytes());
+        write_header(out, b"traceparent", self.trace.as_bytes());
+        match head.body {
+            BodyFraming::Length(n) => {
+                out.extend_from_slice(b"content-length: ");
+                write_u64(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+            BodyFraming::Chunked => write_header(out, b"transfer-encoding", b"chunked"),
+            _ => {}
+        }
+        if head.upgrade {
+            write_header(out, b"connection", b"upgrade");
+        }
+        add_route_headers(out, &route.request_headers);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// How a response finished, and what may be reused.
+enum Responded {
+    KeepAliveBoth,
+    PoolUpstream,
+    KeepAliveClient,
+    Close,
+    Upgrade,
+}
+
+impl Responded {
+    fn finish(self, lease: Lease<'_>) -> After {
+        match self {
+            Responded::KeepAliveBoth => {
+                lease.release();
+                After::KeepAlive
+            }
+            Responded::PoolUpstream => {
+                lease.release();
+                After::Close
+            }
+            Responded::KeepAliveClient => After::KeepAlive,
+            Responded::Close => After::Close,
+            Responded::Upgrade => After::Upgrade(lease.take()),
+        }
+    }
+}
+
+/// Downstream body framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Down {
+    /// No body of ours: upstream's Content-Length (HEAD, 304) passes through.
+    Passthrough,
+    Length(u64),
+    Chunked,
+    /// Raw bytes until close (HTTP/1.0 clients).
+    Raw,
+}
+
+fn prefix_matches(path: &[u8], prefix: &[u8]) -> bool {
+    let p = if prefix.len() > 1 && prefix.ends_with(b"/") {
+        &prefix[..prefix.len() - 1]
+    } else {
+        prefix
+    };
+    path.starts_with(p) && (p == b"/" || matches!(path.get(p.len()), None | Some(b'/')))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    resp: &ResponseHead,
+    route: &Route,
+    rid: &RequestId,
+    down: Down,
+    close: bool,
+    client_http10: bool,
+    upgrade: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_u64(out, u64::from(resp.status));
+    out.push(b' ');
+    let reason = at(buf, &resp.reason);
+    if reason.is_empty() {
+        out.extend_from_slice(crate::http::reason(resp.status).as_bytes());
+    } else {
+        out.extend_from_slice(reason);
+    }
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &resp.headers {
+        let name = at(buf, n);
+        let framing_header = name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding");
+        if (is_hop_by_hop(name) && !(upgrade && name.eq_ignore_ascii_case(b"upgrade")))
+            || (framing_header && down != Down::Passthrough)
+            || resp
+                .connection_tokens
+                .iter()
+                .any(|t| at(buf, t).eq_ignore_ascii_case(name))
+            || route.response_headers.drops(name)
+        {
+            continue;
+        }
+        write_header(out, name, at(buf, v));
+    }
+    if !resp.has_request_id {
+        write_header(out, b"x-request-id", rid.as_str().as_bytes());
+    }
+    match down {
+        Down::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            write_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Down::Chunked => write_header(out, b"transfer-encoding", b"chunked"),
+        Down::Passthrough | Down::Raw => {}
+    }
+    if upgrade {
+        write_header(out, b"connection", b"upgrade");
+    } else if close {
+        write_header(out, b"connection", b"close");
+    } else if client_http10 {
+        write_header(out, b"connection", b"keep-alive");
+    }
+    add_route_headers(out, &route.response_headers);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Copies bytes both ways after a successful upgrade until either side closes.
+async fn tunnel(client: TcpStream, client_leftover: BytesMut, mut up: UpstreamConn) {
+    if !client_leftover.is_empty() {
+        let (res, _) = up.stream.write_all(client_leftover).await;
+        if res.is_err() {
+            return;
+        }
+    }
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.stream.into_split();
+    let upstream_bound = async {
+        let _ = monoio::io::copy(&mut cr, &mut uw).await;
+        let _ = monoio::io::AsyncWriteRent::shutdown(&mut uw).await;
+    };
+    let client_bound = async {
+        let _ = monoio::io::copy(&mut ur, &mut cw).await;
+        let _ = monoio::io::AsyncWriteRent::shutdown(&mut cw).await;
+    };
+    monoio::join!(upstream_bound, client_bound);
+}

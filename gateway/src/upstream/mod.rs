@@ -1,0 +1,345 @@
+//! Upstream clusters as a shard sees them: pools, load balancing, outliers, retry budget.
+//!
+//! Everything here is per shard and single-threaded (`Cell`/`RefCell`): each
+//! shard keeps its own keep-alive pool per endpoint, its own balancer state,
+//! its own passive outlier detection and retry budget. The only shared state
+//! is the active health-check verdict per endpoint, an `AtomicBool` written by
+//! the health-check thread ([`health`]) and read with a relaxed load.
+
+pub mod health;
+
+use crate::config::raw::LbPolicy;
+use crate::config::Cluster;
+use monoio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An upstream connection with its read buffer.
+pub struct UpstreamConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read but not yet consumed.
+    pub rbuf: bytes::BytesMut,
+    /// Whether it came from the pool (a stale keep-alive may fail at first use).
+    pub reused: bool,
+    idle_since: Instant,
+}
+
+impl UpstreamConn {
+    /// Wraps a freshly connected socket.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            rbuf: bytes::BytesMut::with_capacity(16 * 1024),
+            reused: false,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+/// Per-shard state of one endpoint.
+pub struct EndpointRuntime {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Metrics label.
+    pub label: Arc<str>,
+    /// Weight.
+    pub weight: u32,
+    idle: RefCell<Vec<UpstreamConn>>,
+    /// Open connections (busy + idle) on this shard.
+    pub open: Cell<usize>,
+    /// Requests in flight on this shard.
+    pub in_flight: Cell<u32>,
+    consecutive_failures: Cell<u32>,
+    ejected_until: Cell<Option<Instant>>,
+    ejections: Cell<u32>,
+    /// Health-check verdict (true when no checks are configured).
+    pub healthy: Arc<AtomicBool>,
+    /// Balancer state for smooth weighted round robin.
+    current_weight: Cell<i64>,
+}
+
+impl EndpointRuntime {
+    /// Idle pooled connections on this shard.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    /// Whether passive outlier detection has ejected this endpoint on this shard.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected(Instant::now())
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.get().is_some_and(|t| t > now)
+    }
+
+    fn available(&self, now: Instant) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.ejected(now)
+    }
+}
+
+/// Per-shard retry budget: each request deposits `ratio` tokens, a retry takes one;
+/// `min_per_second` retries are always allowed.
+struct RetryBudget {
+    tokens: Cell<f64>,
+    window_start: Cell<Instant>,
+    used_in_window: Cell<u32>,
+}
+
+/// Per-shard state of one cluster.
+pub struct ClusterRuntime {
+    /// The validated cluster.
+    pub spec: Arc<Cluster>,
+    /// Endpoints, parallel to `spec.endpoints`.
+    pub endpoints: Vec<Rc<EndpointRuntime>>,
+    budget: RetryBudget,
+    /// Counters and histograms of this cluster on this shard.
+    pub stats: Rc<crate::observability::ClusterStats>,
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoEndpoint;
+
+impl ClusterRuntime {
+    /// Builds runtime state for `spec`, keeping pools and outlier state of
+    /// endpoints that `previous` already had at the same address.
+    pub fn new(
+        spec: Arc<Cluster>,
+        previous: Option<&ClusterRuntime>,
+        health: &health::HealthRegistry,
+        stats: Rc<crate::observability::ClusterStats>,
+    ) -> Self {
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                if let Some(old) = previous.and_then(|p| {
+                    p.endpoints
+                        .iter()
+                        .find(|o| o.addr == e.addr && o.weight == e.weight)
+                }) {
+                    return old.clone();
+                }
+                Rc::new(EndpointRuntime {
+                    addr: e.addr,
+                    label: e.label.clone(),
+                    weight: e.weight,
+                    idle: RefCell::new(Vec::new()),
+                    open: Cell::new(0),
+                    in_flight: Cell::new(0),
+                    consecutive_failures: Cell::new(0),
+                    ejected_until: Cell::new(None),
+                    ejections: Cell::new(0),
+                    healthy: health.flag(&spec.name, e.addr),
+                    current_weight: Cell::new(0),
+                })
+            })
+            .collect();
+        Self {
+            spec,
+            endpoints,
+            budget: RetryBudget {
+                tokens: Cell::new(0.0),
+                window_start: Cell::new(Instant::now()),
+                used_in_window: Cell::new(0),
+            },
+            stats,
+        }
+    }
+
+    /// Picks an endpoint index, skipping unavailable ones and those in `tried` (a bitmask).
+    pub fn pick(&self, key: Option<u64>, tried: u64, rng: &Cell<u64>) -> Result<usize, NoEndpoint> {
+        let now = Instant::now();
+        let usable =
+            |i: usize| self.endpoints[i].available(now) && (i >= 64 || tried & (1 << i) == 0);
+        let n = self.endpoints.len();
+        match (self.spec.lb, key) {
+            (LbPolicy::Hash, Some(h)) if !self.spec.ring.is_empty() => {
+                let ring = &self.spec.ring;
+                let start = ring.partition_point(|(p, _)| *p < h);
+                (0..ring.len())
+                    .map(|k| ring[(start + k) % ring.len()].1 as usize)
+                    .find(|&i| usable(i))
+                    .ok_or(NoEndpoint)
+            }
+            (LbPolicy::LeastRequest, _) if n > 1 => {
+                let mut best: Option<usize> = None;
+                for _ in 0..2 {
+                    let start = (next_random(rng) % n as u64) as usize;
+                    let Some(i) = (0..n).map(|k| (start + k) % n).find(|&i| usable(i)) else {
+                        return Err(NoEndpoint);
+                    };
+                    best = Some(match best {
+                        Some(b) if self.load_ratio_less(b, i) => b,
+                        _ => i,
+                    });
+                }
+                best.ok_or(NoEndpoint)
+            }
+            _ => {
+                // Smooth weighted round robin (as in nginx) over usable endpoints.
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for i in 0..n {
+                    if !usable(i) {
+                        continue;
+                    }
+                    let e = &self.endpoints[i];
+                    let w = i64::from(e.weight);
+                    e.current_weight.set(e.current_weight.get() + w);
+                    total += w;
+                    if best.is_none_or(|b| {
+                        e.current_weight.get() > self.endpoints[b].current_weight.get()
+                    }) {
+                        best = Some(i);
+                    }
+                }
+                let b = best.ok_or(NoEndpoint)?;
+                let e = &self.endpoints[b];
+                e.current_weight.set(e.current_weight.get() - total);
+                Ok(b)
+            }
+        }
+    }
+
+    fn load_ratio_less(&self, a: usize, b: usize) -> bool {
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        u64::from(ea.in_flight.get()) * u64::from(eb.weight)
+            <= u64::from(eb.in_flight.get()) * u64::from(ea.weight)
+    }
+
+    /// Takes a pooled connection that has not idled out, if any.
+    pub fn checkout(&self, i: usize) -> Option<UpstreamConn> {
+        let e = &self.endpoints[i];
+        let idle_timeout = self.spec.raw.pool.idle_timeout;
+        let mut idle = e.idle.borrow_mut();
+        while let Some(mut c) = idle.pop() {
+            if c.idle_since.elapsed() < idle_timeout {
+                c.reused = true;
+                return Some(c);
+            }
+            e.open.set(e.open.get() - 1);
+        }
+        None
+    }
+
+    /// Whether a new connection to endpoint `i` is allowed by `pool.max_connections`.
+    pub fn may_connect(&self, i: usize) -> bool {
+        self.endpoints[i].open.get() < self.spec.raw.pool.max_connections
+    }
+
+    /// Counts a newly opened connection.
+    pub fn opened(&self, i: usize) {
+        let e = &self.endpoints[i];
+        e.open.set(e.open.get() + 1);
+    }
+
+    /// Returns a connection to the pool, or closes it when the pool is full.
+    pub fn checkin(&self, i: usize, mut conn: UpstreamConn) {
+        let e = &self.endpoints[i];
+        let mut idle = e.idle.borrow_mut();
+        if idle.len() < self.spec.raw.pool.max_idle && conn.rbuf.is_empty() {
+            conn.idle_since = Instant::now();
+            idle.push(conn);
+        } else {
+            e.open.set(e.open.get() - 1);
+        }
+    }
+
+    /// Counts a connection closed instead of pooled.
+    pub fn closed(&self, i: usize) {
+        let e = &self.endpoints[i];
+        e.open.set(e.open.get().saturating_sub(1));
+    }
+
+    /// Records a successful exchange with endpoint `i`.
+    pub fn success(&self, i: usize) {
+        let e = &self.endpoints[i];
+        e.consecutive_failures.set(0);
+        if e.ejected_until.get().is_some() {
+            e.ejected_until.set(None);
+            e.ejections.set(0);
+        }
+    }
+
+    /// Records a failure of endpoint `i`; ejects it after enough consecutive failures.
+    pub fn failure(&self, i: usize) {
+        let o = &self.spec.raw.outlier;
+        let e = &self.endpoints[i];
+        let now = Instant::now();
+        if o.consecutive_failures == 0 || e.ejected(now) {
+            return;
+        }
+        let failures = e.consecutive_failures.get() + 1;
+        e.consecutive_failures.set(failures);
+        if failures < o.consecutive_failures {
+            return;
+        }
+        let ejected_now = self.endpoints.iter().filter(|x| x.ejected(now)).count();
+        let allowed = self.endpoints.len() * o.max_ejection_percent as usize / 100;
+        if ejected_now + 1 > allowed.max(usize::from(self.endpoints.len() > 1)) {
+            return;
+        }
+        let shift = e.ejections.get().min(16);
+        let duration = o
+            .base_ejection
+            .saturating_mul(1 << shift)
+            .min(o.max_ejection);
+        e.ejections.set(e.ejections.get() + 1);
+        e.consecutive_failures.set(0);
+        e.ejected_until.set(Some(now + duration));
+        self.stats.ejections.set(self.stats.ejections.get() + 1);
+        tracing::warn!(
+            cluster = %self.spec.name,
+            endpoint = %e.label,
+            seconds = duration.as_secs_f64(),
+            "endpoint ejected after consecutive failures"
+        );
+    }
+
+    /// Deposits a request into the retry budget.
+    pub fn deposit(&self) {
+        let r = &self.spec.raw.retry;
+        let cap = 100.0f64.max(r.budget_ratio * 1000.0);
+        self.budget
+            .tokens
+            .set((self.budget.tokens.get() + r.budget_ratio).min(cap));
+    }
+
+    /// Takes one retry from the budget if allowed.
+    pub fn take_retry(&self) -> bool {
+        let r = &self.spec.raw.retry;
+        let now = Instant::now();
+        if now.duration_since(self.budget.window_start.get()) >= Duration::from_secs(1) {
+            self.budget.window_start.set(now);
+            self.budget.used_in_window.set(0);
+        }
+        if self.budget.used_in_window.get() < r.budget_min_per_second {
+            self.budget
+                .used_in_window
+                .set(self.budget.used_in_window.get() + 1);
+            return true;
+        }
+        if self.budget.tokens.get() >= 1.0 {
+            self.budget.tokens.set(self.budget.tokens.get() - 1.0);
+            return true;
+        }
+        false
+    }
+}
+
+/// xorshift64*: a fast per-shard generator for balancing decisions (not for secrets).
+pub fn next_random(state: &Cell<u64>) -> u64 {
+    let mut x = state.get();
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    state.set(x);
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}

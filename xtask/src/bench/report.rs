@@ -1,0 +1,314 @@
+//! Turns measured runs into the table, the ratios and `latest.json`.
+//!
+//! Every run becomes a [`Row`]. The table shows, per layout, scenario and target,
+//! the median over rounds of each figure (errors are summed, peak RSS is the
+//! maximum). Ratios compare Hypergate with each peer *within* a round (both ran
+//! back to back on the same machine state), then take the median over rounds and
+//! show the spread as `[min-max]`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::targets::Target;
+
+/// One measured run, as written to `latest.json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// Target name (`hypergate`, `nginx`, `haproxy`, `direct`).
+    pub proxy: String,
+    /// `pinned` or `unpinned`.
+    pub layout: String,
+    /// Round number, from 1.
+    pub round: u32,
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile latency, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile latency, µs.
+    pub p999_us: u64,
+    /// Proxy CPU time (user + system, all threads and worker processes) per
+    /// completed request, µs; `null` for `direct`.
+    pub cpu_us_per_req: Option<f64>,
+    /// Proxy peak resident set (VmHWM, summed over its processes) at the end of the
+    /// run, KiB. VmHWM is the peak over the process's life, which spans all rounds
+    /// of the scenario so far. `null` for `direct`.
+    pub rss_kb: Option<u64>,
+    /// Proxy resident set (VmRSS) at the end of the run, KiB; `null` for `direct`.
+    pub rss_end_kb: Option<u64>,
+    /// Mock upstream CPU time per completed request, µs (`null` if none completed).
+    pub upstream_cpu_us_per_req: Option<f64>,
+    /// Responses received.
+    pub requests: u64,
+    /// Connect, read, write and timeout errors plus error statuses.
+    pub errors: u64,
+}
+
+/// The median of `values` (mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    })
+}
+
+/// Median, minimum and maximum of a set of ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Option<Self> {
+        let median = median(&mut values)?;
+        Some(Self {
+            median,
+            min: values[0],
+            max: values[values.len() - 1],
+        })
+    }
+
+    fn describe(self) -> String {
+        format!("{:.2} [{:.2}-{:.2}]", self.median, self.min, self.max)
+    }
+}
+
+/// Per-round ratios of Hypergate's figure to `peer`'s, for one layout and scenario.
+fn paired_ratios(
+    rows: &[&Row],
+    peer: Target,
+    figure: impl Fn(&Row) -> Option<f64>,
+) -> Option<Spread> {
+    let ratios: Vec<f64> = rows
+        .iter()
+        .filter(|row| row.proxy == Target::Hypergate.name())
+        .filter_map(|ours| {
+            let theirs = rows
+                .iter()
+                .find(|row| row.proxy == peer.name() && row.round == ours.round)?;
+            let (ours, theirs) = (figure(ours)?, figure(theirs)?);
+            (theirs > 0.0).then(|| ours / theirs)
+        })
+        .collect();
+    Spread::of(ratios)
+}
+
+/// Formats a number with thousands separators.
+fn grouped(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn median_of(rows: &[&Row], figure: impl Fn(&Row) -> Option<f64>) -> Option<f64> {
+    let mut values: Vec<f64> = rows.iter().filter_map(|row| figure(row)).collect();
+    median(&mut values)
+}
+
+fn or_dash(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "-".to_owned())
+}
+
+/// The human-readable table: medians per target, then Hypergate/peer ratios.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for row in rows {
+        if !keys.contains(&(row.layout.as_str(), row.scenario.as_str())) {
+            keys.push((row.layout.as_str(), row.scenario.as_str()));
+        }
+    }
+    let mut current_layout = "";
+    for &(layout, scenario) in &keys {
+        if layout != current_layout {
+            current_layout = layout;
+            let _ = writeln!(
+                out,
+                "\n== layout {layout} (medians over rounds) ==\n{:<12} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "scenario", "proxy", "req/s", "p50 us", "p99 us", "p99.9 us", "CPU us/req", "RSS KiB", "errors"
+            );
+        }
+        let scenario_rows: Vec<&Row> = rows
+            .iter()
+            .filter(|row| row.layout == layout && row.scenario == scenario)
+            .collect();
+        for target in Target::ALL {
+            let runs: Vec<&Row> = scenario_rows
+                .iter()
+                .copied()
+                .filter(|row| row.proxy == target.name())
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let rps = median_of(&runs, |row| Some(row.rps));
+            let p50 = median_of(&runs, |row| Some(row.p50_us as f64));
+            let p99 = median_of(&runs, |row| Some(row.p99_us as f64));
+            let p999 = median_of(&runs, |row| Some(row.p999_us as f64));
+            let cpu = median_of(&runs, |row| row.cpu_us_per_req);
+            let rss = runs.iter().filter_map(|row| row.rss_kb).max();
+            let errors: u64 = runs.iter().map(|row| row.errors).sum();
+            let _ = writeln!(
+                out,
+                "{:<12} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                scenario,
+                target.name(),
+                or_dash(rps.map(grouped)),
+                or_dash(p50.map(grouped)),
+                or_dash(p99.map(grouped)),
+                or_dash(p999.map(grouped)),
+                or_dash(cpu.map(|cpu| format!("{cpu:.1}"))),
+                or_dash(rss.map(|rss| grouped(rss as f64))),
+                errors
+            );
+        }
+    }
+
+    let peers: Vec<Target> = Target::ALL
+        .into_iter()
+        .filter(|peer| peer.is_peer() && rows.iter().any(|row| row.proxy == peer.name()))
+        .collect();
+    let has_hypergate = rows.iter().any(|row| row.proxy == Target::Hypergate.name());
+    if !has_hypergate || peers.is_empty() {
+        return out;
+    }
+    let _ = write!(
+        out,
+        "\n== Hypergate / peer, per-round ratios: median [min-max] ==\n{:<10} {:<12}",
+        "layout", "scenario"
+    );
+    for peer in &peers {
+        let _ = write!(
+            out,
+            " {:>20} {:>20} {:>20}",
+            format!("req/s vs {}", peer.name()),
+            format!("p99 vs {}", peer.name()),
+            format!("CPU/req vs {}", peer.name())
+        );
+    }
+    out.push('\n');
+    for &(layout, scenario) in &keys {
+        let scenario_rows: Vec<&Row> = rows
+            .iter()
+            .filter(|row| row.layout == layout && row.scenario == scenario)
+            .collect();
+        let _ = write!(out, "{layout:<10} {scenario:<12}");
+        for &peer in &peers {
+            let rps = paired_ratios(&scenario_rows, peer, |row| Some(row.rps));
+            let p99 = paired_ratios(&scenario_rows, peer, |row| Some(row.p99_us as f64));
+            let cpu = paired_ratios(&scenario_rows, peer, |row| row.cpu_us_per_req);
+            for spread in [rps, p99, cpu] {
+                let _ = write!(out, " {:>20}", or_dash(spread.map(Spread::describe)));
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "(req/s above 1 means Hypergate is faster; p99 and CPU/req below 1 mean it is better)\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(proxy: &str, round: u32, rps: f64, cpu: Option<f64>) -> Row {
+        Row {
+            scenario: "get-c64".into(),
+            proxy: proxy.into(),
+            layout: "pinned".into(),
+            round,
+            rps,
+            p50_us: 100,
+            p99_us: 200,
+            p999_us: 400,
+            cpu_us_per_req: cpu,
+            rss_kb: cpu.map(|_| 4096),
+            rss_end_kb: cpu.map(|_| 4000),
+            upstream_cpu_us_per_req: Some(5.0),
+            requests: 1000,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn ratios_pair_runs_of_the_same_round() {
+        let rows = [
+            row("hypergate", 1, 200.0, Some(10.0)),
+            row("nginx", 1, 100.0, Some(20.0)),
+            row("hypergate", 2, 300.0, Some(10.0)),
+            row("nginx", 2, 100.0, Some(10.0)),
+            row("hypergate", 3, 100.0, Some(10.0)),
+            row("nginx", 3, 100.0, Some(10.0)),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let spread = paired_ratios(&refs, Target::Nginx, |row| Some(row.rps)).expect("ratios");
+        assert_eq!(
+            spread,
+            Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            }
+        );
+        assert_eq!(
+            paired_ratios(&refs, Target::Haproxy, |row| Some(row.rps)),
+            None
+        );
+    }
+
+    #[test]
+    fn table_shows_medians_and_ratios() {
+        let rows = vec![
+            row("hypergate", 1, 120_000.0, Some(8.0)),
+            row("nginx", 1, 60_000.0, Some(16.0)),
+            row("direct", 1, 200_000.0, None),
+        ];
+        let table = table(&rows);
+        assert!(table.contains("hypergate"));
+        assert!(table.contains("120,000"));
+        assert!(table.contains("2.00 [2.00-2.00]"));
+        assert!(table.contains("0.50 [0.50-0.50]"));
+        let direct = table
+            .lines()
+            .find(|line| line.contains("direct"))
+            .expect("direct row");
+        assert!(direct.contains(" - "));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(grouped(0.0), "0");
+        assert_eq!(grouped(999.4), "999");
+        assert_eq!(grouped(1_234_567.0), "1,234,567");
+    }
+}

@@ -1,0 +1,173 @@
+//! The benchmark scenarios, as data.
+//!
+//! A scenario says what traffic the load generator sends and how the upstream and
+//! the proxies are set up for it. Adding one is adding an entry to [`SCENARIOS`];
+//! the runner, the configs and the report read only these fields.
+
+/// The request the load generator sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A bodiless GET.
+    Get,
+    /// A POST with a body of this many bytes.
+    Post {
+        /// Request body size in bytes.
+        body_bytes: usize,
+    },
+}
+
+/// One benchmark scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Name used on the command line, in the table and in the JSON.
+    pub name: &'static str,
+    /// One line for `--help`-like listings and the README.
+    pub summary: &'static str,
+    /// Concurrent client connections (closed loop: one request in flight each).
+    pub connections: usize,
+    /// The request sent.
+    pub request: RequestKind,
+    /// The request path.
+    pub path: &'static str,
+    /// The upstream's response body size in bytes.
+    pub upstream_body_bytes: usize,
+    /// The client asks for `Connection: close`, so every request opens a connection.
+    pub new_connection_per_request: bool,
+    /// Every proxy writes an access log line per request to a file.
+    pub access_log: bool,
+    /// Prefix routes `/svc0/` .. `/svc{n-1}/` that Hypergate's config lists before
+    /// its catch-all; the scenario's path matches the last of them. Peers proxy
+    /// everything with their usual single location/backend.
+    pub hypergate_prefix_routes: usize,
+    /// Part of the `--quick` smoke subset.
+    pub quick: bool,
+}
+
+/// Body size of the small responses, as `mock-upstream` defaults to.
+const SMALL_BODY_BYTES: usize = 13;
+
+/// A small keep-alive GET scenario with `connections` clients.
+const fn small_get(name: &'static str, summary: &'static str, connections: usize) -> Scenario {
+    Scenario {
+        name,
+        summary,
+        connections,
+        request: RequestKind::Get,
+        path: "/",
+        upstream_body_bytes: SMALL_BODY_BYTES,
+        new_connection_per_request: false,
+        access_log: false,
+        hypergate_prefix_routes: 0,
+        quick: false,
+    }
+}
+
+/// Every scenario, in the order they run.
+pub const SCENARIOS: &[Scenario] = &[
+    small_get(
+        "get-c16",
+        "keep-alive GET, 13-byte response, 16 connections",
+        16,
+    ),
+    Scenario {
+        quick: true,
+        ..small_get(
+            "get-c64",
+            "keep-alive GET, 13-byte response, 64 connections",
+            64,
+        )
+    },
+    small_get(
+        "get-c256",
+        "keep-alive GET, 13-byte response, 256 connections",
+        256,
+    ),
+    Scenario {
+        upstream_body_bytes: 100 * 1024,
+        ..small_get(
+            "large-100k",
+            "keep-alive GET, 100 KiB response, 64 connections",
+            64,
+        )
+    },
+    Scenario {
+        request: RequestKind::Post {
+            body_bytes: 10 * 1024,
+        },
+        quick: true,
+        ..small_get(
+            "post-10k",
+            "keep-alive POST with a 10 KiB body, 64 connections",
+            64,
+        )
+    },
+    Scenario {
+        new_connection_per_request: true,
+        quick: true,
+        ..small_get(
+            "newconn",
+            "GET with `Connection: close`: a new client connection per request, 64 connections",
+            64,
+        )
+    },
+    Scenario {
+        path: "/svc998/x",
+        hypergate_prefix_routes: 999,
+        ..small_get(
+            "routes-1000",
+            "GET matching the last of 1,000 Hypergate routes (/svc998/x), 64 connections",
+            64,
+        )
+    },
+    Scenario {
+        access_log: true,
+        ..small_get(
+            "accesslog",
+            "keep-alive GET with every proxy writing an access log file, 64 connections",
+            64,
+        )
+    },
+];
+
+/// The scenario called `name`, if any.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|scenario| scenario.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        for (index, scenario) in SCENARIOS.iter().enumerate() {
+            assert!(
+                SCENARIOS[index + 1..]
+                    .iter()
+                    .all(|other| other.name != scenario.name),
+                "duplicate scenario {}",
+                scenario.name
+            );
+        }
+    }
+
+    #[test]
+    fn quick_subset_is_the_smoke_set() {
+        let quick: Vec<_> = SCENARIOS
+            .iter()
+            .filter(|scenario| scenario.quick)
+            .map(|scenario| scenario.name)
+            .collect();
+        assert_eq!(quick, ["get-c64", "post-10k", "newconn"]);
+    }
+
+    #[test]
+    fn routes_scenario_hits_the_last_specific_route() {
+        let scenario = find("routes-1000").expect("scenario exists");
+        let routes = scenario.hypergate_prefix_routes;
+        let matching: Vec<usize> = (0..routes)
+            .filter(|index| scenario.path.starts_with(&format!("/svc{index}/")))
+            .collect();
+        assert_eq!(matching, [routes - 1]);
+    }
+}

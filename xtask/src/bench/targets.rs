@@ -1,0 +1,499 @@
+//! The systems under test: Hypergate, nginx, HAProxy, and the upstream itself.
+//!
+//! Each proxy is configured the same way, as far as the three allow:
+//! - listen on a free 127.0.0.1 port, forward everything to the one mock upstream
+//!   over pooled keep-alive connections (nginx `keepalive`, HAProxy
+//!   `http-reuse always`, Hypergate's pool);
+//! - one worker per CPU the layout gives the proxy, each bound to its CPU when the
+//!   layout is pinned (Hypergate `cpu_list`, nginx `worker_cpu_affinity`, HAProxy
+//!   `cpu-map`), on top of the whole process being bound to the set;
+//! - no access log, except in scenarios that ask for one, where each proxy appends
+//!   a line per request to a file in the scratch directory (HAProxy cannot write
+//!   files itself, so it logs to stdout, which goes to that file);
+//! - every file (config, pid, logs, nginx temp dirs) in the scratch directory,
+//!   nothing in /etc or /var, so it runs as root or not without side effects.
+//!
+//! `direct` sends the load straight to the upstream: the no-proxy limit.
+//!
+//! A target counts as started once its port accepts connections and a request
+//! through it comes back `200`; for Hypergate, `/healthz` on its admin port must
+//! also answer `200` if anything listens there.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use super::layout::Placement;
+use super::process::{Guarded, Interrupt, Output};
+use super::scenario::Scenario;
+
+/// How long a target gets to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connection limit per proxy: far above the benchmark's 256 clients plus upstream
+/// connections, and low enough that the file descriptors it needs (two per
+/// proxied connection) fit the usual 20,000 hard limit of containers.
+const MAX_CONNECTIONS: usize = 8192;
+
+/// How long a single probe request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The systems a scenario runs against, in the order each round visits them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The gateway under test.
+    Hypergate,
+    /// nginx as a reverse proxy.
+    Nginx,
+    /// HAProxy in HTTP mode.
+    Haproxy,
+    /// No proxy: the load goes straight to the upstream.
+    Direct,
+}
+
+impl Target {
+    /// Every target, in round order.
+    pub const ALL: [Target; 4] = [
+        Target::Hypergate,
+        Target::Nginx,
+        Target::Haproxy,
+        Target::Direct,
+    ];
+
+    /// The name used on the command line, in the table and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hypergate => "hypergate",
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+            Self::Direct => "direct",
+        }
+    }
+
+    /// The target called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|target| target.name() == name)
+    }
+
+    /// Whether this is one of the third-party proxies Hypergate is compared with.
+    pub fn is_peer(self) -> bool {
+        matches!(self, Self::Nginx | Self::Haproxy)
+    }
+}
+
+/// Executables the targets run.
+#[derive(Debug)]
+pub struct Programs {
+    /// `target/release/hypergate`.
+    pub hypergate: PathBuf,
+    /// nginx, if installed.
+    pub nginx: Option<PathBuf>,
+    /// haproxy, if installed.
+    pub haproxy: Option<PathBuf>,
+}
+
+/// Everything a target needs to start for one scenario.
+#[derive(Debug)]
+pub struct TargetSetup<'a> {
+    /// The scenario, for its path and access-log setting.
+    pub scenario: &'a Scenario,
+    /// The mock upstream's address.
+    pub upstream: SocketAddr,
+    /// The proxy's CPUs and worker count.
+    pub placement: &'a Placement,
+    /// A fresh directory for this target's files.
+    pub dir: PathBuf,
+}
+
+/// A started target.
+#[derive(Debug)]
+pub struct RunningTarget {
+    /// Which target.
+    pub target: Target,
+    /// Where the load generator connects.
+    pub address: SocketAddr,
+    /// The proxy process; `None` for `direct`.
+    pub process: Option<Guarded>,
+}
+
+impl RunningTarget {
+    /// Fails if the proxy process has died.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.process
+            .as_mut()
+            .map_or(Ok(()), Guarded::ensure_running)
+    }
+}
+
+/// Starts `target` for the setup and waits until it proxies a request.
+pub fn start(
+    target: Target,
+    setup: &TargetSetup<'_>,
+    programs: &Programs,
+    interrupt: &Interrupt,
+) -> anyhow::Result<RunningTarget> {
+    std::fs::create_dir_all(&setup.dir)
+        .with_context(|| format!("creating {}", setup.dir.display()))?;
+    let cpus = setup.placement.cpus.as_deref();
+    let (address, admin, process) = match target {
+        Target::Direct => (setup.upstream, None, None),
+        Target::Hypergate => {
+            let address = free_port()?;
+            let admin = free_port()?;
+            let config = setup.dir.join("hypergate.toml");
+            std::fs::write(&config, hypergate_config(setup, address, admin))?;
+            let mut command = Command::new(&programs.hypergate);
+            command.arg("run").arg("--config").arg(&config);
+            let log = Output::combined(setup.dir.join("hypergate.log"));
+            let process = Guarded::spawn("hypergate", command, cpus, log)?;
+            (address, Some(admin), Some(process))
+        }
+        Target::Nginx => {
+            let nginx = programs.nginx.as_ref().context("nginx is not installed")?;
+            let address = free_port()?;
+            let config = setup.dir.join("nginx.conf");
+            std::fs::write(&config, nginx_config(setup, address, running_as_root()))?;
+            let mut command = Command::new(nginx);
+            command
+                .arg("-p")
+                .arg(format!("{}/", setup.dir.display()))
+                .arg("-c")
+                .arg(&config)
+                .arg("-e")
+                .arg(setup.dir.join("error.log"));
+            let log = Output::combined(setup.dir.join("nginx.out"));
+            (
+                address,
+                None,
+                Some(Guarded::spawn("nginx", command, cpus, log)?),
+            )
+        }
+        Target::Haproxy => {
+            let haproxy = programs
+                .haproxy
+                .as_ref()
+                .context("haproxy is not installed")?;
+            let address = free_port()?;
+            let config = setup.dir.join("haproxy.cfg");
+            std::fs::write(&config, haproxy_config(setup, address))?;
+            let mut command = Command::new(haproxy);
+            command.arg("-f").arg(&config).arg("-db");
+            // With an access log, stdout carries it (see `haproxy_config`).
+            let stdout = if setup.scenario.access_log {
+                setup.dir.join("access.log")
+            } else {
+                setup.dir.join("haproxy.out")
+            };
+            let output = Output {
+                stdout,
+                stderr: setup.dir.join("haproxy.err"),
+            };
+            (
+                address,
+                None,
+                Some(Guarded::spawn("haproxy", command, cpus, output)?),
+            )
+        }
+    };
+    let mut running = RunningTarget {
+        target,
+        address,
+        process,
+    };
+    wait_until_ready(&mut running, setup.scenario.path, admin, interrupt)
+        .with_context(|| format!("{} did not start", target.name()))?;
+    Ok(running)
+}
+
+/// Polls until the target proxies a request with `200` (and admin says healthy).
+fn wait_until_ready(
+    running: &mut RunningTarget,
+    path: &str,
+    admin: Option<SocketAddr>,
+    interrupt: &Interrupt,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        running.ensure_running()?;
+        interrupt.check()?;
+        let problem = match probe(running.address, path) {
+            Ok(200) => match admin.map(|admin| probe(admin, "/healthz")) {
+                // Nothing listens on the admin port: the proxied request is enough.
+                None | Some(Err(_)) | Some(Ok(200)) => return Ok(()),
+                Some(Ok(status)) => format!("/healthz answered {status}"),
+            },
+            Ok(status) => format!("GET {path} answered {status}"),
+            Err(error) => format!("GET {path}: {error:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("not ready after {} s: {problem}", START_TIMEOUT.as_secs());
+        }
+        interrupt.sleep(Duration::from_millis(50))?;
+    }
+}
+
+/// Sends `GET path` with `Connection: close` and returns the status code.
+fn probe(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let mut filled = 0;
+    while filled < 12 {
+        let read = stream.read(&mut head[filled..])?;
+        if read == 0 {
+            bail!("connection closed before a status line");
+        }
+        filled += read;
+    }
+    let status_line = String::from_utf8_lossy(&head[..filled]);
+    status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP status line: {status_line:?}"))
+}
+
+/// A 127.0.0.1 address with a port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Hypergate's TOML config for the setup.
+fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
+    let placement = setup.placement;
+    let mut config = format!("[server]\nshards = {}\n", placement.workers);
+    if let Some(cpus) = &placement.cpus {
+        let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+        let _ = writeln!(config, "cpu_list = [{}]", list.join(", "));
+    }
+    let access_log = setup.dir.join("access.log");
+    let _ = write!(
+        config,
+        "\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[listeners]]\nname = \"main\"\naddress = \"{listen}\"\n\n\
+         [access_log]\nenabled = {}\npath = \"{}\"\n\n\
+         [[clusters]]\nname = \"backend\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        setup.scenario.access_log,
+        toml_escape(&access_log),
+        setup.upstream
+    );
+    let mut route = |name: &str, prefix: &str| {
+        let _ = write!(
+            config,
+            "\n[[routes]]\nname = \"{name}\"\ncluster = \"backend\"\n\
+             [routes.match]\npath_prefix = \"{prefix}\"\n"
+        );
+    };
+    for index in 0..setup.scenario.hypergate_prefix_routes {
+        route(&format!("svc{index}"), &format!("/svc{index}/"));
+    }
+    route("catch-all", "/");
+    config
+}
+
+/// nginx's config for the setup (run with `-p DIR/ -c FILE -e DIR/error.log`).
+fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> String {
+    let placement = setup.placement;
+    let dir = setup.dir.display();
+    let mut config = String::new();
+    // One worker runs in-process (no master); several need the master to fork them.
+    let master = if placement.workers > 1 { "on" } else { "off" };
+    let _ = writeln!(config, "daemon off;\nmaster_process {master};");
+    let _ = writeln!(config, "worker_processes {};", placement.workers);
+    if let Some(cpus) = &placement.cpus {
+        let masks: Vec<String> = cpus.iter().map(|&cpu| affinity_mask(cpu)).collect();
+        let _ = writeln!(config, "worker_cpu_affinity {};", masks.join(" "));
+    }
+    if as_root {
+        // Workers would otherwise run as `nobody` and could not use the scratch dir.
+        config.push_str("user root;\n");
+    }
+    let access_log = if setup.scenario.access_log {
+        format!("{dir}/access.log")
+    } else {
+        "off".to_owned()
+    };
+    let _ = write!(
+        config,
+        "pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log warn;\n\
+         worker_rlimit_nofile {files};\n\
+         events {{\n    worker_connections {MAX_CONNECTIONS};\n}}\n\
+         http {{\n\
+         \x20   access_log {access_log};\n\
+         \x20   client_body_temp_path {dir}/client_body;\n\
+         \x20   proxy_temp_path {dir}/proxy;\n\
+         \x20   fastcgi_temp_path {dir}/fastcgi;\n\
+         \x20   uwsgi_temp_path {dir}/uwsgi;\n\
+         \x20   scgi_temp_path {dir}/scgi;\n\
+         \x20   keepalive_requests 1000000;\n\
+         \x20   keepalive_timeout 60s;\n\
+         \x20   upstream backend {{\n\
+         \x20       server {upstream};\n\
+         \x20       keepalive 256;\n\
+         \x20       keepalive_requests 1000000;\n\
+         \x20   }}\n\
+         \x20   server {{\n\
+         \x20       listen {listen} backlog=4096;\n\
+         \x20       location / {{\n\
+         \x20           proxy_pass http://backend;\n\
+         \x20           proxy_http_version 1.1;\n\
+         \x20           proxy_set_header Connection \"\";\n\
+         \x20           proxy_max_temp_file_size 0;\n\
+         \x20       }}\n\
+         \x20   }}\n\
+         }}\n",
+        upstream = setup.upstream,
+        files = 2 * MAX_CONNECTIONS + 100,
+    );
+    config
+}
+
+/// nginx's `worker_cpu_affinity` bit mask for one CPU (rightmost digit = CPU 0).
+fn affinity_mask(cpu: usize) -> String {
+    let mut mask = "0".repeat(cpu + 1);
+    mask.replace_range(0..1, "1");
+    mask
+}
+
+/// HAProxy's config for the setup (run with `-f FILE -db`).
+fn haproxy_config(setup: &TargetSetup<'_>, listen: SocketAddr) -> String {
+    let placement = setup.placement;
+    let mut config = format!(
+        "global\n    nbthread {}\n    maxconn {MAX_CONNECTIONS}\n",
+        placement.workers
+    );
+    if let Some(cpus) = &placement.cpus {
+        for (thread, cpu) in cpus.iter().enumerate() {
+            let _ = writeln!(config, "    cpu-map 1/{} {cpu}", thread + 1);
+        }
+    }
+    if setup.scenario.access_log {
+        config.push_str("    log stdout format raw local0 info\n");
+    }
+    config.push_str(
+        "\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    \
+         timeout server 60s\n    timeout http-keep-alive 60s\n    http-reuse always\n",
+    );
+    if setup.scenario.access_log {
+        config.push_str("    log global\n    option httplog\n");
+    }
+    let _ = write!(
+        config,
+        "\nfrontend bench\n    bind {listen}\n    default_backend upstream\n\n\
+         backend upstream\n    server origin {}\n",
+        setup.upstream
+    );
+    config
+}
+
+/// A path as the inside of a TOML basic string.
+fn toml_escape(path: &Path) -> String {
+    path.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::scenario;
+
+    fn setup<'a>(name: &str, placement: &'a Placement) -> TargetSetup<'a> {
+        TargetSetup {
+            scenario: scenario::find(name).expect("scenario exists"),
+            upstream: SocketAddr::from(([127, 0, 0, 1], 19000)),
+            placement,
+            dir: PathBuf::from("/tmp/hg"),
+        }
+    }
+
+    fn pinned_to_cpu_1() -> Placement {
+        Placement {
+            cpus: Some(vec![1]),
+            workers: 1,
+        }
+    }
+
+    #[test]
+    fn hypergate_config_lists_prefix_routes_before_the_catch_all() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
+        let config = hypergate_config(&setup("routes-1000", &placement), listen, admin);
+        assert!(config.starts_with("[server]\nshards = 1\ncpu_list = [1]\n"));
+        assert!(config.contains("address = \"127.0.0.1:18080\""));
+        assert!(config.contains("endpoints = [{ address = \"127.0.0.1:19000\" }]"));
+        assert!(config.contains("enabled = false"));
+        assert_eq!(config.matches("[[routes]]").count(), 1000);
+        let last_specific = config.find("path_prefix = \"/svc998/\"").expect("route");
+        let catch_all = config.find("path_prefix = \"/\"").expect("catch-all");
+        assert!(last_specific < catch_all);
+    }
+
+    #[test]
+    fn access_log_scenario_turns_logs_on_everywhere() {
+        let placement = pinned_to_cpu_1();
+        let setup = setup("accesslog", &placement);
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        assert!(hypergate_config(&setup, listen, listen).contains("enabled = true"));
+        assert!(nginx_config(&setup, listen, false).contains("access_log /tmp/hg/access.log;"));
+        assert!(haproxy_config(&setup, listen).contains("option httplog"));
+        let quiet = self::setup("get-c64", &placement);
+        assert!(nginx_config(&quiet, listen, false).contains("access_log off;"));
+        assert!(!haproxy_config(&quiet, listen).contains("log"));
+    }
+
+    #[test]
+    fn workers_follow_the_placement() {
+        let placement = Placement {
+            cpus: Some(vec![2, 3]),
+            workers: 2,
+        };
+        let setup = setup("get-c64", &placement);
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let nginx = nginx_config(&setup, listen, true);
+        assert!(nginx.contains("master_process on;\nworker_processes 2;"));
+        assert!(nginx.contains("worker_cpu_affinity 100 1000;"));
+        assert!(nginx.contains("user root;"));
+        let haproxy = haproxy_config(&setup, listen);
+        assert!(haproxy.contains("nbthread 2\n"));
+        assert!(haproxy.contains("cpu-map 1/1 2\n    cpu-map 1/2 3\n"));
+        let single = pinned_to_cpu_1();
+        let nginx = nginx_config(&self::setup("get-c64", &single), listen, false);
+        assert!(nginx.contains("master_process off;"));
+        assert!(!nginx.contains("user root"));
+    }
+
+    #[test]
+    fn affinity_masks_count_from_the_right() {
+        assert_eq!(affinity_mask(0), "1");
+        assert_eq!(affinity_mask(1), "10");
+        assert_eq!(affinity_mask(3), "1000");
+    }
+
+    #[test]
+    fn target_names_round_trip() {
+        for target in Target::ALL {
+            assert_eq!(Target::from_name(target.name()), Some(target));
+        }
+        assert_eq!(Target::from_name("envoy"), None);
+    }
+}
