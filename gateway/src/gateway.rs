@@ -9,6 +9,8 @@
 
 use crate::config::diff::{diff, ConfigDiff};
 use crate::config::{self, Config, ConfigError};
+use crate::edge::ratelimit::RateLimiter;
+use crate::observability::ebpf::TcpProbe;
 use crate::observability::export::ProcessInfo;
 use crate::observability::MergedStats;
 use crate::shard::{self, ShardCommand, ShardHandle, ShardSpec};
@@ -66,6 +68,10 @@ pub struct Controller {
     draining: AtomicBool,
     io_uring: bool,
     reload_lock: Mutex<()>,
+    rate_limiter: Arc<RateLimiter>,
+    conn_limits: Arc<crate::policy::ConnectionLimits>,
+    /// The kernel TCP probe, when `[observability.ebpf]` is enabled and it loaded.
+    tcp_probe: Option<Arc<TcpProbe>>,
 }
 
 impl Controller {
@@ -75,6 +81,11 @@ impl Controller {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The kernel TCP probe, if loaded.
+    pub fn tcp_probe(&self) -> Option<&TcpProbe> {
+        self.tcp_probe.as_deref()
     }
 
     /// Whether a drain has started.
@@ -123,6 +134,11 @@ impl Controller {
             }
         }
         self.health.sync(&new);
+        self.rate_limiter
+            .install(&new.rate_limits, new.raw.redis.as_ref());
+        if let Some(probe) = &self.tcp_probe {
+            probe.update_config(&new);
+        }
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         tracing::info!(diff = %serde_json::to_string(&d).unwrap_or_default(), "config reloaded");
@@ -154,6 +170,17 @@ impl Controller {
             reloads_failed: self.reloads_failed.load(Ordering::Relaxed),
             io_uring: self.io_uring,
         }
+    }
+
+    /// Appends the process-wide edge figures: rate limiting and connection caps.
+    pub fn edge_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        self.rate_limiter.prometheus(out);
+        let _ = writeln!(
+            out,
+            "# HELP hypergate_connection_tracked_ips Client IPs holding connections (per-IP cap).\n# TYPE hypergate_connection_tracked_ips gauge\nhypergate_connection_tracked_ips {}",
+            self.conn_limits.tracked_ips()
+        );
     }
 
     /// Tells every shard to drain.
@@ -195,6 +222,21 @@ impl Gateway {
         let config = Arc::new(config);
         let health = Arc::new(HealthRegistry::default());
         health.sync(&config);
+        // Before any listener or pool socket exists: the probe only sees sockets
+        // created after it moved the process into its cgroup.
+        let tcp_probe = if config.raw.observability.ebpf.enabled {
+            match crate::observability::ebpf::start(&config) {
+                Ok(probe) => Some(Arc::new(probe)),
+                Err(e) => {
+                    tracing::warn!(
+                        "eBPF probe not loaded: {e}; continuing without kernel TCP metrics"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let use_uring = config.raw.server.io_uring && shard::io_uring_available();
         tracing::info!(
             shards = config.shards,
@@ -228,6 +270,9 @@ impl Gateway {
                 source,
             })?;
         let admin_addr = admin_listener.local_addr()?;
+        if let Some(probe) = &tcp_probe {
+            probe.listeners_bound(&listener_addrs, admin_addr);
+        }
 
         let (mut sinks, access_log_thread) = if config.raw.access_log.enabled {
             let log = crate::observability::access_log::start(
@@ -243,6 +288,9 @@ impl Gateway {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        let conn_limits = crate::policy::ConnectionLimits::new(&config.raw.protection);
+        let rate_limiter = RateLimiter::new();
+        rate_limiter.install(&config.rate_limits, config.raw.redis.as_ref());
         let mut handles: Vec<ShardHandle> = Vec::new();
         for (id, listeners) in per_shard.into_iter().enumerate() {
             handles.push(shard::spawn(ShardSpec {
@@ -254,6 +302,8 @@ impl Gateway {
                 access_log: sinks[id].take(),
                 health: health.clone(),
                 seed: seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                conn_limits: conn_limits.clone(),
+                rate_limiter: rate_limiter.clone(),
             })?);
         }
         let controller = Arc::new(Controller {
@@ -266,6 +316,9 @@ impl Gateway {
             draining: AtomicBool::new(false),
             io_uring: use_uring,
             reload_lock: Mutex::new(()),
+            rate_limiter: rate_limiter.clone(),
+            conn_limits: conn_limits.clone(),
+            tcp_probe,
         });
         for d in &config.raw.demo_upstreams {
             crate::demo::start(d)?;

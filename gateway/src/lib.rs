@@ -15,12 +15,16 @@
 pub mod admin;
 #[cfg(feature = "alloc-count")]
 pub mod alloc_count;
+pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod gateway;
 pub mod http;
 pub mod observability;
+pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod shard;
+pub mod tls;
 pub mod upstream;

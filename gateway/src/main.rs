@@ -42,6 +42,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// API key helpers.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the `sha256:<hex>` form of an API key, for `consumers[].api_keys`.
+    Hash {
+        /// The key (read from standard input when absent, so it stays out of shell history).
+        key: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +86,21 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run { config } => run(config),
+        Command::Key {
+            command: KeyCommand::Hash { key },
+        } => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            anyhow::ensure!(!key.is_empty(), "the key is empty");
+            println!("{}", hypergate::auth::hash_key(&key));
+            Ok(())
+        }
     }
 }
 

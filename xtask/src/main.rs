@@ -8,8 +8,11 @@
 //!   and HAProxy on loopback, drives each with wrk in alternating rounds, prints a
 //!   table with Hypergate/peer ratios and writes `target/bench/latest.json`
 //!   (see `bench/README.md`).
+//! - `build-ebpf`: installs the pinned nightly and bpf-linker when missing, builds the
+//!   kernel probe in `ebpf/probe` and prints the object's path (see `xtask/src/ebpf.rs`).
 
 mod bench;
+mod ebpf;
 
 use clap::{Parser, Subcommand};
 
@@ -24,10 +27,13 @@ struct Cli {
 enum Command {
     /// Benchmark Hypergate against nginx, HAProxy and the bare upstream.
     Bench(bench::BenchArgs),
+    /// Install the pinned eBPF toolchain if missing and build the kernel probe object.
+    BuildEbpf(ebpf::BuildEbpfArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
+        Command::BuildEbpf(args) => ebpf::run_build(args),
     }
 }

@@ -19,8 +19,11 @@
 //!    digits), merged at the end. Failed connects, reads, writes, timeouts and
 //!    non-2xx responses are counted as errors; a connection is never reused after an
 //!    error or a timeout.
-//! 4. One JSON line goes to stdout, with the same fields as `bench/wrk/report.lua`
-//!    prints for wrk, plus the target rate.
+//! 4. Sending stops at the end of `--duration`; requests a connection was still
+//!    behind on then are counted as `unsent` (a sign the server could not keep up,
+//!    as is `rps` below `target_rps`). Requests in flight get up to `--timeout-ms`.
+//! 5. One JSON line goes to stdout, with the same fields as `bench/wrk/report.lua`
+//!    prints for wrk, plus `unsent` and `target_rps`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -105,6 +108,7 @@ struct Report {
     errors_write: u64,
     errors_timeout: u64,
     errors_status: u64,
+    unsent: u64,
     duration_us: u64,
     rps: f64,
     p50_us: u64,
@@ -124,6 +128,7 @@ struct Tally {
     errors_write: u64,
     errors_timeout: u64,
     errors_status: u64,
+    unsent: u64,
     last_completion: std::time::Instant,
 }
 
@@ -137,6 +142,7 @@ impl Tally {
             errors_write: 0,
             errors_timeout: 0,
             errors_status: 0,
+            unsent: 0,
             last_completion: start,
         })
     }
@@ -149,6 +155,7 @@ impl Tally {
         self.errors_write += other.errors_write;
         self.errors_timeout += other.errors_timeout;
         self.errors_status += other.errors_status;
+        self.unsent += other.unsent;
         self.last_completion = self.last_completion.max(other.last_completion);
         Ok(())
     }
@@ -169,6 +176,7 @@ impl Tally {
             errors_write: self.errors_write,
             errors_timeout: self.errors_timeout,
             errors_status: self.errors_status,
+            unsent: self.unsent,
             duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
             rps: if seconds > 0.0 {
                 self.requests as f64 / seconds
@@ -385,7 +393,13 @@ async fn drive_connection(plan: &'static Plan, index: usize) -> anyhow::Result<T
             break;
         }
         sequence = sequence.saturating_add(1);
-        if Instant::now() < intended {
+        let now = Instant::now();
+        if now >= end {
+            // Behind schedule when time is up: the backlog is reported, not sent.
+            tally.unsent += 1;
+            continue;
+        }
+        if now < intended {
             monoio::time::sleep_until(intended).await;
         }
         let sent = Instant::now();

@@ -80,14 +80,49 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
     let _ = stream.write_all(reply.body.as_bytes());
 }
 
+/// Adds the probe's figures to `/stats`: the whole view under `tcp`, and each
+/// cluster's kernel RTT and handshake under `clusters.<name>.tcp`, next to its L7
+/// `upstream_latency`, so network time and application time sit side by side.
+fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
+    if let (Some(clusters), Some(upstream)) = (
+        stats.get_mut("clusters").and_then(|v| v.as_object_mut()),
+        tcp.get("upstream").and_then(|v| v.as_object()),
+    ) {
+        for (name, cluster) in clusters.iter_mut() {
+            if let Some(t) = upstream.get(name) {
+                cluster["tcp"] = serde_json::json!({
+                    "srtt": t["srtt_all"],
+                    "handshake": t["handshake"],
+                    "retransmits": t["retransmits"],
+                    "resets_received": t["resets_received"],
+                });
+            }
+        }
+    }
+    stats["tcp"] = tcp;
+}
+
 fn route(method: &str, path: &str, c: &Controller) -> Reply {
     match (method, path) {
-        ("GET", "/metrics") => Reply {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: export::prometheus(&c.snapshot(), &c.process_info()),
-        },
-        ("GET", "/stats") => json(200, export::stats_json(&c.snapshot())),
+        ("GET", "/metrics") => {
+            let mut body = export::prometheus(&c.snapshot(), &c.process_info());
+            c.edge_metrics(&mut body);
+            if let Some(probe) = c.tcp_probe() {
+                probe.prometheus(&mut body);
+            }
+            Reply {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            }
+        }
+        ("GET", "/stats") => {
+            let mut stats = export::stats_json(&c.snapshot());
+            if let Some(probe) = c.tcp_probe() {
+                add_tcp_stats(&mut stats, probe.stats_json());
+            }
+            json(200, stats)
+        }
         ("GET", "/healthz") => json(200, serde_json::json!({"status": "ok"})),
         ("GET", "/readyz") if c.is_draining() => {
             json(503, serde_json::json!({"status": "draining"}))

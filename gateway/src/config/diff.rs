@@ -1,7 +1,7 @@
 //! Reload diffs: what a new config adds, changes and removes, by name.
 //!
 //! Clusters and routes are compared by their raw sections. Sections that are
-//! bound at start (server, admin, listeners, access log) cannot change on a
+//! bound at start (server, admin, listeners, access log, observability) cannot change on a
 //! reload; such a reload is refused with the sections named, so the operator
 //! knows a restart is needed and the running config stays in place.
 
@@ -73,14 +73,39 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if fingerprint(&o.admin) != fingerprint(&n.admin) {
         restart_required.push("admin".to_string());
     }
-    if fingerprint(&o.listeners) != fingerprint(&n.listeners) {
+    // TLS settings of a listener (certificates) reload in place; the rest is bound at start.
+    let without_tls = |ls: &[super::raw::ListenerConfig]| {
+        ls.iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    l.address.clone(),
+                    l.backlog,
+                    l.tls.is_some(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if fingerprint(&without_tls(&o.listeners)) != fingerprint(&without_tls(&n.listeners)) {
         restart_required.push("listeners".to_string());
+    }
+    if (
+        o.protection.max_connections,
+        o.protection.max_connections_per_ip,
+    ) != (
+        n.protection.max_connections,
+        n.protection.max_connections_per_ip,
+    ) {
+        restart_required.push("protection.max_connections".to_string());
     }
     if fingerprint(&o.access_log) != fingerprint(&n.access_log) {
         restart_required.push("access_log".to_string());
     }
     if fingerprint(&o.demo_upstreams) != fingerprint(&n.demo_upstreams) {
         restart_required.push("demo_upstreams".to_string());
+    }
+    if fingerprint(&o.observability) != fingerprint(&n.observability) {
+        restart_required.push("observability".to_string());
     }
     ConfigDiff {
         clusters: named(&o.clusters, &n.clusters, |c| &c.name),

@@ -8,6 +8,7 @@
 //! 4. [`diff`] compares two configs for reload (added / changed / removed).
 
 pub mod diff;
+pub mod edge;
 pub mod raw;
 pub mod validate;
 
@@ -105,9 +106,19 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
             "clusters" => list(&key, value, &mut raw.clusters, &mut issues),
             "routes" => list(&key, value, &mut raw.routes, &mut issues),
             "demo_upstreams" => list(&key, value, &mut raw.demo_upstreams, &mut issues),
+            "observability" => section(&key, value, &mut raw.observability, &mut issues),
+            "consumers" => list(&key, value, &mut raw.consumers, &mut issues),
+            "auth" => section(&key, value, &mut raw.auth, &mut issues),
+            "rate_limits" => list(&key, value, &mut raw.rate_limits, &mut issues),
+            "redis" => {
+                let mut redis = raw::RedisConfig::default();
+                section(&key, value, &mut redis, &mut issues);
+                raw.redis = Some(redis);
+            }
+            "protection" => section(&key, value, &mut raw.protection, &mut issues),
             other => issues.push(ConfigIssue {
                 path: other.to_string(),
-                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams)".into(),
+                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection)".into(),
             }),
         }
     }

@@ -5,6 +5,7 @@
 //! the immutable, index-linked [`crate::config::Config`] the shards run on.
 //! `docs/config.md` documents the same fields for operators.
 
+pub use super::edge::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +38,24 @@ pub struct RawConfig {
     /// Built-in demo upstreams the gateway starts itself (for examples and demos).
     #[serde(default)]
     pub demo_upstreams: Vec<DemoUpstreamConfig>,
+    /// Optional observability extras (the kernel TCP probe).
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+    /// API consumers and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    /// Authentication methods.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Rate-limit policies, referenced by routes.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// Redis for cluster-wide rate limits.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// Connection-level protections and trusted proxies.
+    #[serde(default)]
+    pub protection: ProtectionConfig,
 }
 
 /// Process-wide settings.
@@ -154,6 +173,9 @@ pub struct ListenerConfig {
     /// Listen backlog per shard socket.
     #[serde(default = "default_backlog")]
     pub backlog: i32,
+    /// Terminate TLS on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 fn default_backlog() -> i32 {
@@ -208,6 +230,9 @@ pub struct ClusterConfig {
     /// Retry policy.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// TLS to the endpoints (plain TCP when absent).
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -379,6 +404,9 @@ pub struct RouteConfig {
     /// Time allowed for the upstream to send its response head.
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Edge policy: authentication, ACL, rate limits, IP rules, body limit, CORS.
+    #[serde(default)]
+    pub policy: RoutePolicyConfig,
 }
 
 fn default_route_timeout() -> Duration {
@@ -530,4 +558,42 @@ pub struct DemoUpstreamConfig {
 
 fn default_demo_name() -> String {
     "demo".into()
+}
+
+/// Optional observability extras, beyond the always-on metrics and access log.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// The eBPF probe: the kernel's view of every gateway TCP connection (docs/ebpf.md).
+    pub ebpf: EbpfConfig,
+}
+
+/// The eBPF TCP probe (`hypergate_tcp_*` metrics). Needs a binary built with the
+/// `ebpf` feature, root (or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN), kernel BTF and
+/// cgroup v2. If it cannot load, the gateway logs why and runs without it.
+/// Bound at start: changing it needs a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Load the probe at start.
+    pub enabled: bool,
+    /// cgroup v2 directory to move the gateway into and attach `sock_ops` to; it must
+    /// exist. Unset: the gateway creates `hypergate-<pid>` under its current cgroup v2
+    /// (removed again once empty, on a later start).
+    pub cgroup: Option<String>,
+    /// How often the control thread drains the kernel maps into the histograms (also
+    /// the period of the per-connection RTT samples). Scrapes drain first, so they
+    /// never see older data than this.
+    #[serde(with = "humantime_serde")]
+    pub drain_interval: Duration,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            cgroup: None,
+            drain_interval: Duration::from_secs(1),
+        }
+    }
 }

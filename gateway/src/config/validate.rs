@@ -7,6 +7,7 @@
 
 use super::raw::{self, LbPolicy, RawConfig};
 use super::ConfigIssue;
+use crate::edge::ratelimit::{validate_redis, RateLimitPolicy};
 use crate::routing::{PathMatch, RouteMatch, Router};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -33,6 +34,12 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Route lookup index over `routes`.
     pub router: Router,
+    /// Consumers and credential verification.
+    pub auth: crate::auth::Authenticator,
+    /// Proxies whose `X-Forwarded-For` is trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Rate-limit policies (routes refer to them by index).
+    pub rate_limits: Vec<Arc<RateLimitPolicy>>,
 }
 
 /// A data-plane listener.
@@ -44,6 +51,8 @@ pub struct ListenerSpec {
     pub addr: SocketAddr,
     /// Backlog per shard socket.
     pub backlog: i32,
+    /// TLS termination settings.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Where a hash or sticky key comes from.
@@ -74,6 +83,8 @@ pub struct Cluster {
     pub ring: Vec<(u64, u32)>,
     /// The raw section, for diffs and pools.
     pub raw: raw::ClusterConfig,
+    /// TLS to the endpoints.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// A validated endpoint.
@@ -104,6 +115,21 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Upstream response-head timeout.
     pub timeout: Duration,
+    /// Edge policy.
+    pub policy: RoutePolicy,
+}
+
+/// A route's edge policy.
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    /// Accepted authentication methods (empty: none required).
+    pub auth: Vec<crate::auth::AuthMethod>,
+    /// Consumer groups allowed (empty: any authenticated consumer).
+    pub groups: Vec<String>,
+    /// IP rules, body limit, CORS.
+    pub protection: crate::policy::RouteProtection,
+    /// Rate-limit policies (indices into `raw.rate_limits`).
+    pub rate_limits: Vec<usize>,
 }
 
 /// What a route does.
@@ -225,16 +251,21 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             );
         }
         if let Some(addr) = parse_addr(&l.address, &format!("{path}.address"), &mut issues) {
-            if Some(addr) == admin_addr {
+            if addr.port() != 0 && Some(addr) == admin_addr {
                 issues.push(
                     format!("{path}.address"),
                     "the admin listener must not share a data-plane address",
                 );
             }
+            let tls = l
+                .tls
+                .as_ref()
+                .and_then(|t| crate::tls::server_config(t, &format!("{path}.tls"), &mut issues.0));
             listeners.push(ListenerSpec {
                 name: l.name.as_str().into(),
                 addr,
                 backlog: l.backlog,
+                tls,
             });
         }
     }
@@ -257,6 +288,29 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
     }
     let cluster_index = |name: &str| clusters.iter().position(|c| &*c.name == name);
+    let auth = crate::auth::Authenticator::build(&raw.consumers, &raw.auth, &mut issues.0);
+    if let Some(r) = &raw.redis {
+        validate_redis(r, "redis", &mut issues.0);
+    }
+    let mut rate_limits = Vec::new();
+    let mut rl_names = HashSet::new();
+    for (i, r) in raw.rate_limits.iter().enumerate() {
+        let path = format!("rate_limits[{i}]");
+        if !rl_names.insert(r.name.as_str()) {
+            issues.push(
+                format!("{path}.name"),
+                format!("duplicate rate limit name {:?}", r.name),
+            );
+        }
+        if let Some(p) = RateLimitPolicy::from_raw(r, &path, raw.redis.as_ref(), &mut issues.0) {
+            rate_limits.push(Arc::new(p));
+        }
+    }
+    let trusted_proxies = crate::policy::parse_nets(
+        &raw.protection.trusted_proxies,
+        "protection.trusted_proxies",
+        &mut issues.0,
+    );
 
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
@@ -268,7 +322,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("duplicate route name {:?}", r.name),
             );
         }
-        if let Some(route) = validate_route(r, &path, &cluster_index, &mut issues) {
+        if let Some(route) =
+            validate_route(r, &path, &cluster_index, &raw, auth.has_jwt(), &mut issues)
+        {
             routes.push(route);
         }
     }
@@ -302,6 +358,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         clusters,
         routes,
         router,
+        auth,
+        trusted_proxies,
+        rate_limits,
     })
 }
 
@@ -456,6 +515,10 @@ fn validate_cluster(c: &raw::ClusterConfig, path: &str, issues: &mut Issues) -> 
     if c.retry.attempts > 5 {
         issues.push(format!("{path}.retry.attempts"), "at most 5 extra attempts");
     }
+    let tls = c
+        .tls
+        .as_ref()
+        .and_then(|t| crate::tls::client_config(t, &format!("{path}.tls"), &mut issues.0));
     if issues.0.len() > before {
         return None;
     }
@@ -472,6 +535,7 @@ fn validate_cluster(c: &raw::ClusterConfig, path: &str, issues: &mut Issues) -> 
         hash_on,
         ring,
         raw: c.clone(),
+        tls,
     })
 }
 
@@ -608,10 +672,56 @@ fn validate_match(m: &raw::MatchConfig, path: &str, issues: &mut Issues) -> Rout
     }
 }
 
+fn validate_policy(
+    p: &raw::RoutePolicyConfig,
+    path: &str,
+    raw: &RawConfig,
+    has_jwt: bool,
+    issues: &mut Issues,
+) -> RoutePolicy {
+    let mut auth = Vec::new();
+    for (i, m) in p.auth.iter().enumerate() {
+        match m.as_str() {
+            "api_key" => auth.push(crate::auth::AuthMethod::ApiKey),
+            "jwt" if has_jwt => auth.push(crate::auth::AuthMethod::Jwt),
+            "jwt" => issues.push(
+                format!("{path}.auth[{i}]"),
+                "jwt needs at least one [[auth.jwt]] issuer",
+            ),
+            other => issues.push(
+                format!("{path}.auth[{i}]"),
+                format!("unknown method {other:?} (api_key, jwt)"),
+            ),
+        }
+    }
+    if !p.groups.is_empty() && p.auth.is_empty() {
+        issues.push(format!("{path}.groups"), "groups need an auth method");
+    }
+    let mut rate_limits = Vec::new();
+    for (i, name) in p.rate_limits.iter().enumerate() {
+        match raw.rate_limits.iter().position(|r| &r.name == name) {
+            Some(idx) => rate_limits.push(idx),
+            None => issues.push(
+                format!("{path}.rate_limits[{i}]"),
+                format!("unknown rate limit {name:?}"),
+            ),
+        }
+    }
+    let protection = crate::policy::RouteProtection::from_raw(p, path, &mut issues.0);
+    RoutePolicy {
+        auth,
+        groups: p.groups.clone(),
+        protection,
+        rate_limits,
+    }
+}
+
 fn validate_route(
     r: &raw::RouteConfig,
     path: &str,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
+    raw: &RawConfig,
+    has_jwt: bool,
     issues: &mut Issues,
 ) -> Option<Route> {
     let before = issues.0.len();
@@ -732,6 +842,7 @@ fn validate_route(
     if r.timeout.is_zero() {
         issues.push(format!("{path}.timeout"), "must be greater than zero");
     }
+    let policy = validate_policy(&r.policy, &format!("{path}.policy"), raw, has_jwt, issues);
     let request_headers = validate_header_ops(
         &r.request_headers,
         &format!("{path}.request_headers"),
@@ -753,5 +864,6 @@ fn validate_route(
         request_headers,
         response_headers,
         timeout: r.timeout,
+        policy,
     })
 }

@@ -106,9 +106,10 @@ impl Reject {
 }
 
 /// How a message body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyFraming {
     /// No body.
+    #[default]
     None,
     /// Exactly this many bytes.
     Length(u64),
@@ -161,9 +162,10 @@ pub struct RequestHead {
     pub len: usize,
 }
 
-impl Default for BodyFraming {
-    fn default() -> Self {
-        BodyFraming::None
+impl RequestHead {
+    /// Whether body bytes follow the head (`Content-Length: 0` has none).
+    pub fn has_body(&self) -> bool {
+        !matches!(self.body, BodyFraming::None | BodyFraming::Length(0))
     }
 }
 
@@ -352,10 +354,9 @@ pub fn parse_request(
     head.body = if chunked {
         BodyFraming::Chunked
     } else {
-        match content_length {
-            Some(0) | None => BodyFraming::None,
-            Some(n) => BodyFraming::Length(n),
-        }
+        // `Content-Length: 0` stays `Length(0)`, so it is forwarded as sent
+        // (some origins answer 411 to a POST without a length).
+        content_length.map_or(BodyFraming::None, BodyFraming::Length)
     };
     head.keep_alive = if head.version == 1 {
         !conn_close
@@ -363,7 +364,7 @@ pub fn parse_request(
         conn_keep_alive && !conn_close
     };
     head.upgrade = conn_upgrade && has_upgrade && head.version == 1;
-    if head.body == BodyFraming::None {
+    if !head.has_body() {
         head.expect_continue = false;
     }
     Ok(Parsed::Complete(len))
@@ -392,7 +393,15 @@ fn te_seen_other(headers: &[HeaderRange], buf: &[u8]) -> bool {
     })
 }
 
+/// Whether the request line is longer than `max`. Empty lines before the request
+/// line (which httparse skips, as RFC 9112 allows) are not part of it and must not
+/// hide a long request line behind them.
 fn line_too_long(buf: &[u8], max: usize) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let buf = &buf[start..];
     match buf.iter().position(|b| *b == b'\n') {
         Some(n) => n > max,
         None => buf.len() > max,
@@ -608,6 +617,12 @@ mod tests {
         assert_eq!(parse(&long).err(), Some(Reject::UriTooLong));
         let partial_long = format!("GET /{}", "a".repeat(9000));
         assert_eq!(parse(&partial_long).err(), Some(Reject::UriTooLong));
+        // Found by the fuzzer: leading empty lines must not hide a long request line.
+        let behind_empty_lines = format!(
+            "\r\n\r\nGET /{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "a".repeat(9000)
+        );
+        assert_eq!(parse(&behind_empty_lines).err(), Some(Reject::UriTooLong));
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
         assert_eq!(parse(&raw).err(), Some(Reject::HeadersTooLarge));

@@ -48,7 +48,8 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends a complete error response with body
-/// `{"error":{"type":...,"message":...,"request_id":...}}`.
+/// `{"error":{"type":...,"message":...,"request_id":...}}`; `extra` holds
+/// pre-serialized header lines to add (CORS, challenges, rate-limit headers).
 pub fn write_error(
     out: &mut Vec<u8>,
     status: u16,
@@ -56,6 +57,7 @@ pub fn write_error(
     message: &str,
     request_id: &str,
     close: bool,
+    extra: &[u8],
 ) {
     let body = serde_json::json!({
         "error": { "type": kind, "message": message, "request_id": request_id }
@@ -72,6 +74,7 @@ pub fn write_error(
     if close {
         write_header(out, b"connection", b"close");
     }
+    out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
 }
@@ -90,10 +93,12 @@ mod tests {
             "all down",
             "abc",
             true,
+            b"retry-after: 1\r\n",
         );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\nretry-after: 1"));
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["type"], "no_healthy_endpoint");

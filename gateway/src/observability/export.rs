@@ -4,7 +4,9 @@
 //! buckets; `/stats` reports exact quantiles straight from HDR.
 
 use super::metrics::{MergedStats, STATUS_CLASSES};
+use crate::auth::AuthFailure;
 use crate::http::codec::Reject;
+use crate::proxy::EdgeReject;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -255,11 +257,87 @@ pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
     }
     header(
         &mut out,
+        "hypergate_edge_rejections_total",
+        "counter",
+        "Requests and connections refused by edge policy, by phase and reason.",
+    );
+    for r in EdgeReject::ALL {
+        let (phase, reason) = r.labels();
+        let _ = writeln!(
+            out,
+            "hypergate_edge_rejections_total{{phase=\"{phase}\",reason=\"{reason}\"}} {}",
+            m.edge_rejections[r.index()]
+        );
+    }
+    header(
+        &mut out,
+        "hypergate_auth_failures_total",
+        "counter",
+        "Authentication failures by reason.",
+    );
+    for f in AuthFailure::ALL {
+        let _ = writeln!(
+            out,
+            "hypergate_auth_failures_total{{reason=\"{}\"}} {}",
+            f.label(),
+            m.auth_failures[f.index()]
+        );
+    }
+    header(
+        &mut out,
+        "hypergate_consumer_requests_total",
+        "counter",
+        "Requests by authenticated consumer and route.",
+    );
+    for ((consumer, route), n) in &m.consumers {
+        let _ = writeln!(
+            out,
+            "hypergate_consumer_requests_total{{consumer=\"{}\",route=\"{}\"}} {n}",
+            escape(consumer),
+            escape(route)
+        );
+    }
+    header(
+        &mut out,
+        "hypergate_tls_handshakes_total",
+        "counter",
+        "Completed TLS handshakes.",
+    );
+    let _ = writeln!(out, "hypergate_tls_handshakes_total {}", m.tls_handshakes);
+    header(
+        &mut out,
+        "hypergate_tls_handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes by reason.",
+    );
+    for (i, reason) in crate::tls::HANDSHAKE_FAILURES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "hypergate_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
+            m.tls_failures[i]
+        );
+    }
+    header(
+        &mut out,
         "hypergate_config_reloads_total",
         "counter",
         "Applied configuration reloads.",
     );
     let _ = writeln!(out, "hypergate_config_reloads_total {}", p.reloads_ok);
+    #[cfg(feature = "alloc-count")]
+    {
+        header(
+            &mut out,
+            "hypergate_heap_allocations_total",
+            "counter",
+            "Heap allocations since start (alloc-count builds only).",
+        );
+        let _ = writeln!(
+            out,
+            "hypergate_heap_allocations_total {}",
+            crate::alloc_count::allocations()
+        );
+    }
     out
 }
 
@@ -333,6 +411,9 @@ pub fn stats_json(m: &MergedStats) -> Value {
         "accepted_connections": m.accepted_connections,
         "no_route": m.no_route,
         "access_log_dropped": m.access_log_dropped,
+        "edge_rejections": EdgeReject::ALL.iter().map(|r| (format!("{}/{}", r.labels().0, r.labels().1), json!(m.edge_rejections[r.index()]))).collect::<serde_json::Map<String, Value>>(),
+        "auth_failures": AuthFailure::ALL.iter().map(|f| (f.label().to_string(), json!(m.auth_failures[f.index()]))).collect::<serde_json::Map<String, Value>>(),
+        "consumers": m.consumers.iter().map(|((c, r), n)| json!({"consumer": c, "route": r, "requests": n})).collect::<Vec<_>>(),
         "rejections": rejections,
         "routes": routes,
         "clusters": clusters,

@@ -7,7 +7,9 @@
 //! thread asks each shard for a [`ShardSnapshot`] over the control channel and
 //! merges them into a [`MergedStats`], off the request path.
 
+use crate::auth::AuthFailure;
 use crate::http::codec::Reject;
+use crate::proxy::EdgeReject;
 use hdrhistogram::Histogram;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -89,6 +91,10 @@ pub struct ClusterStats {
 
 type TargetKey = (Arc<str>, Arc<str>, Arc<str>);
 type ClusterKey = (Arc<str>, Arc<str>);
+/// A latency histogram and the exact sum of its values (µs).
+type HistogramSum = (Histogram<u64>, u64);
+/// (consumer, route).
+type ConsumerKey = (Arc<str>, Arc<str>);
 
 /// All stats of one shard.
 #[derive(Default)]
@@ -106,6 +112,16 @@ pub struct ShardStats {
     pub accepted_connections: Cell<u64>,
     /// Access-log records dropped because the writer fell behind.
     pub access_log_dropped: Cell<u64>,
+    /// Edge-policy refusals by reason.
+    pub edge_rejections: [Cell<u64>; EdgeReject::ALL.len()],
+    /// Authentication failures by reason.
+    pub auth_failures: [Cell<u64>; AuthFailure::ALL.len()],
+    /// Requests per (consumer, route).
+    consumers: RefCell<HashMap<ConsumerKey, Rc<Cell<u64>>>>,
+    /// Completed TLS handshakes.
+    pub tls_handshakes: Cell<u64>,
+    /// Failed TLS handshakes by reason (see `tls::HANDSHAKE_FAILURES`).
+    pub tls_failures: [Cell<u64>; crate::tls::HANDSHAKE_FAILURES.len()],
 }
 
 impl ShardStats {
@@ -143,6 +159,33 @@ impl ShardStats {
             .entry((name.clone(), version.clone()))
             .or_default()
             .clone()
+    }
+
+    /// Counts an edge-policy refusal.
+    pub fn edge_reject(&self, r: EdgeReject) {
+        let c = &self.edge_rejections[r.index()];
+        c.set(c.get() + 1);
+    }
+
+    /// Counts an authentication failure.
+    pub fn auth_failure(&self, f: AuthFailure) {
+        let c = &self.auth_failures[f.index()];
+        c.set(c.get() + 1);
+    }
+
+    /// The request counter of (consumer, route), created on first use.
+    pub fn consumer_counter(&self, consumer: &Arc<str>, route: &Arc<str>) -> Rc<Cell<u64>> {
+        self.consumers
+            .borrow_mut()
+            .entry((consumer.clone(), route.clone()))
+            .or_default()
+            .clone()
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn tls_failure(&self, reason: usize) {
+        let c = &self.tls_failures[reason];
+        c.set(c.get() + 1);
     }
 
     /// Counts a rejection.
@@ -193,6 +236,16 @@ impl ShardStats {
             active_connections: self.active_connections.get(),
             accepted_connections: self.accepted_connections.get(),
             access_log_dropped: self.access_log_dropped.get(),
+            edge_rejections: self.edge_rejections.each_ref().map(Cell::get),
+            auth_failures: self.auth_failures.each_ref().map(Cell::get),
+            consumers: self
+                .consumers
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.get()))
+                .collect(),
+            tls_handshakes: self.tls_handshakes.get(),
+            tls_failures: self.tls_failures.each_ref().map(Cell::get),
         }
     }
 }
@@ -234,7 +287,7 @@ pub struct PoolSnapshot {
 /// Everything one shard reports.
 pub struct ShardSnapshot {
     targets: Vec<(TargetKey, [u64; 6])>,
-    routes: Vec<(Arc<str>, (Histogram<u64>, u64))>,
+    routes: Vec<(Arc<str>, HistogramSum)>,
     clusters: Vec<(ClusterKey, ClusterSnapshot)>,
     pools: Vec<PoolSnapshot>,
     rejections: [u64; Reject::ALL.len()],
@@ -242,6 +295,11 @@ pub struct ShardSnapshot {
     active_connections: u64,
     accepted_connections: u64,
     access_log_dropped: u64,
+    edge_rejections: [u64; EdgeReject::ALL.len()],
+    auth_failures: [u64; AuthFailure::ALL.len()],
+    consumers: Vec<(ConsumerKey, u64)>,
+    tls_handshakes: u64,
+    tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
 }
 
 /// Snapshots of all shards merged.
@@ -265,6 +323,16 @@ pub struct MergedStats {
     pub accepted_connections: u64,
     /// Dropped access-log records.
     pub access_log_dropped: u64,
+    /// Edge-policy refusals by reason.
+    pub edge_rejections: [u64; EdgeReject::ALL.len()],
+    /// Authentication failures by reason.
+    pub auth_failures: [u64; AuthFailure::ALL.len()],
+    /// (consumer, route) -> requests.
+    pub consumers: BTreeMap<(String, String), u64>,
+    /// Completed TLS handshakes.
+    pub tls_handshakes: u64,
+    /// Failed TLS handshakes by reason.
+    pub tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
     /// Shards that answered.
     pub shards: usize,
 }
@@ -337,6 +405,21 @@ impl MergedStats {
             m.active_connections += s.active_connections;
             m.accepted_connections += s.accepted_connections;
             m.access_log_dropped += s.access_log_dropped;
+            for (a, b) in m.edge_rejections.iter_mut().zip(&s.edge_rejections) {
+                *a += b;
+            }
+            for (a, b) in m.auth_failures.iter_mut().zip(&s.auth_failures) {
+                *a += b;
+            }
+            for ((c, r), n) in &s.consumers {
+                *m.consumers
+                    .entry((c.to_string(), r.to_string()))
+                    .or_default() += n;
+            }
+            m.tls_handshakes += s.tls_handshakes;
+            for (a, b) in m.tls_failures.iter_mut().zip(&s.tls_failures) {
+                *a += b;
+            }
         }
         m
     }

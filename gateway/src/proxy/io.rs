@@ -10,8 +10,8 @@
 use crate::http::chunked::{write_chunk_header, ChunkedDecoder, Step, LAST_CHUNK};
 use crate::http::codec::BodyFraming;
 use bytes::{Buf, BytesMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use std::io;
 use std::time::Duration;
 
@@ -29,18 +29,22 @@ pub enum ReadOutcome {
 }
 
 /// Reads more bytes into `buf` (appending), waiting at most `timeout`.
-pub async fn read_more(
-    stream: &mut TcpStream,
+pub async fn read_more<S: AsyncReadRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> ReadOutcome {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
-    let owned = std::mem::take(buf);
+    // monoio reads into a buffer from its start; read into the spare capacity
+    // instead, so bytes not consumed yet (a partial head, a split chunk-size
+    // line) are kept.
+    let len = buf.len();
+    let owned = std::mem::take(buf).slice_mut(len..);
     match monoio::time::timeout(timeout, stream.read(owned)).await {
         Ok((res, b)) => {
-            *buf = b;
+            *buf = b.into_inner();
             match res {
                 Ok(0) => ReadOutcome::Eof,
                 Ok(_) => ReadOutcome::Data,
@@ -52,8 +56,8 @@ pub async fn read_more(
 }
 
 /// Writes all of `out` and clears it, waiting at most `timeout`.
-pub async fn write_out(
-    stream: &mut TcpStream,
+pub async fn write_out<S: AsyncWriteRent>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     timeout: Duration,
 ) -> io::Result<()> {
@@ -72,8 +76,8 @@ pub async fn write_out(
 }
 
 /// Writes all of `buf` (a read buffer whose whole content is payload) and clears it.
-async fn write_buf(
-    stream: &mut TcpStream,
+async fn write_buf<S: AsyncWriteRent>(
+    stream: &mut S,
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> io::Result<()> {
@@ -131,10 +135,10 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Streams one body from `src` (with already-read bytes in `sbuf`) to `dst`.
 /// Returns the payload size. Memory stays flat: at most one read buffer and
 /// one re-framing buffer are held, whatever the body size.
-pub async fn pump(
-    src: &mut TcpStream,
+pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut R,
     sbuf: &mut BytesMut,
-    dst: &mut TcpStream,
+    dst: &mut W,
     out: &mut Vec<u8>,
     framing: BodyFraming,
     encoding: Encoding,

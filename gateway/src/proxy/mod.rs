@@ -18,6 +18,8 @@
 //! Pipelined requests are answered in order because each is handled to the
 //! end before the next head is parsed from the same buffer.
 
+mod edge;
+pub use edge::EdgeReject;
 pub mod ids;
 mod io;
 
@@ -29,17 +31,20 @@ use crate::http::codec::{
 use crate::http::{write_error, write_header, write_status_line, write_u64};
 use crate::routing::RequestInfo;
 use crate::shard::{Installed, ShardCtx};
-use crate::upstream::{ClusterRuntime, UpstreamConn};
+use crate::upstream::{ClusterRuntime, UpstreamConn, UpstreamStream};
 use bytes::{Buf, BytesMut};
 use ids::{RequestId, TraceParent};
 use io::{pump, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome};
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// Largest body copied next to its head so both leave in one write.
+const INLINE_BODY_MAX: u64 = 16 * 1024;
 
 /// What the connection does after a request.
 enum After {
@@ -56,6 +61,8 @@ struct Buffers {
     head_buf: Vec<u8>,
     head: RequestHead,
     resp: ResponseHead,
+    /// Headers the edge phase adds to whatever response is sent (CORS, challenges, rate limits).
+    extra: Vec<u8>,
 }
 
 /// A parsed request as the router and balancers see it.
@@ -87,6 +94,14 @@ impl RequestInfo for View<'_> {
 }
 
 impl View<'_> {
+    fn header_values<'b>(&'b self, lowercase_name: &'b str) -> impl Iterator<Item = &'b [u8]> + 'b {
+        self.head
+            .headers
+            .iter()
+            .filter(move |(n, _)| at(self.buf, n).eq_ignore_ascii_case(lowercase_name.as_bytes()))
+            .map(|(_, v)| at(self.buf, v))
+    }
+
     fn cookie(&self, name: &str) -> Option<&[u8]> {
         self.head
             .headers
@@ -134,12 +149,25 @@ struct Exchange {
     upstream_us: Option<u64>,
     retries: u32,
     error: &'static str,
+    consumer: Option<usize>,
 }
 
-/// Serves one downstream connection until it closes.
-pub async fn serve_connection(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let slot = ctx.conns.borrow_mut().register(stream.as_raw_fd());
+/// A downstream byte stream: plain TCP or TLS over TCP.
+pub trait ClientStream: AsyncReadRent + AsyncWriteRent + Split + 'static {}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
+
+/// Serves one downstream connection until it closes. `fd` is the underlying
+/// socket (so a drain can wake the connection when idle); `scheme` is what
+/// `X-Forwarded-Proto` says (`http` or `https`).
+pub async fn serve_connection<S: ClientStream>(
+    ctx: Rc<ShardCtx>,
+    mut stream: S,
+    fd: RawFd,
+    peer: SocketAddr,
+    scheme: &'static str,
+    _permit: crate::policy::ConnectionPermit,
+) {
+    let slot = ctx.conns.borrow_mut().register(fd);
     let active = &ctx.stats.active_connections;
     active.set(active.get() + 1);
     let mut bufs = Buffers {
@@ -148,6 +176,7 @@ pub async fn serve_connection(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: So
         head_buf: Vec::with_capacity(2048),
         head: RequestHead::default(),
         resp: ResponseHead::default(),
+        extra: Vec::with_capacity(512),
     };
     loop {
         let inst = ctx.installed.borrow().clone();
@@ -163,7 +192,7 @@ pub async fn serve_connection(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: So
                 break;
             }
         }
-        match read_head(&ctx, &inst, &mut stream, &mut bufs).await {
+        match read_head(&inst, &mut stream, &mut bufs).await {
             Ok(true) => {}
             Ok(false) => break,
             Err(reject) => {
@@ -176,12 +205,13 @@ pub async fn serve_connection(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: So
                     "the request was rejected before it was forwarded",
                     "",
                     true,
+                    &[],
                 );
                 let _ = write_out(&mut stream, &mut bufs.out, limits.idle_timeout).await;
                 break;
             }
         }
-        match handle_request(&ctx, &inst, &mut stream, &mut bufs, peer).await {
+        match handle_request(&ctx, &inst, &mut stream, &mut bufs, peer, scheme).await {
             After::KeepAlive => {}
             After::Close => break,
             After::Upgrade(up) => {
@@ -200,10 +230,9 @@ pub async fn serve_connection(ctx: Rc<ShardCtx>, mut stream: TcpStream, peer: So
 
 /// Reads and parses one request head into `bufs.head_buf`/`bufs.head`.
 /// `Ok(false)`: the client went away without a complete head.
-async fn read_head(
-    _ctx: &ShardCtx,
+async fn read_head<S: ClientStream>(
     inst: &Installed,
-    stream: &mut TcpStream,
+    stream: &mut S,
     bufs: &mut Buffers,
 ) -> Result<bool, Reject> {
     let l = &inst.config.raw.limits;
@@ -236,12 +265,13 @@ async fn read_head(
     }
 }
 
-async fn handle_request(
+async fn handle_request<S: ClientStream>(
     ctx: &ShardCtx,
     inst: &Installed,
-    stream: &mut TcpStream,
+    stream: &mut S,
     bufs: &mut Buffers,
     peer: SocketAddr,
+    scheme: &'static str,
 ) -> After {
     let started = Instant::now();
     let Buffers {
@@ -250,6 +280,7 @@ async fn handle_request(
         head_buf,
         head,
         resp,
+        extra,
     } = bufs;
     let view = View {
         buf: head_buf,
@@ -259,7 +290,7 @@ async fn handle_request(
     let trace = TraceParent::new(view.header("traceparent"), &ctx.rng);
     let mut ex = Exchange::default();
     let idle = inst.config.raw.limits.idle_timeout;
-    let has_body = head.body != BodyFraming::None;
+    let has_body = head.has_body();
     let keep_alive = head.keep_alive && !ctx.draining.get();
     let after = 'done: {
         let Some(ri) = inst.config.router.find(&view) else {
@@ -275,12 +306,62 @@ async fn handle_request(
                 "no route matches this request",
                 rid.as_str(),
                 close,
+                &[],
             );
             break 'done finish(stream, out, idle, close).await;
         };
         ex.route = Some(ri);
         let route = &inst.config.routes[ri];
-        let max_body = inst.config.raw.limits.max_body_bytes;
+        extra.clear();
+        let (consumer, client_ip) = match edge::check(ctx, inst, route, &view, peer, extra) {
+            edge::Verdict::Continue {
+                consumer,
+                client_ip,
+            } => (consumer, client_ip),
+            edge::Verdict::Refuse {
+                status,
+                kind,
+                message,
+            } => {
+                ex.status = status;
+                ex.error = kind;
+                out.clear();
+                let close = !keep_alive || has_body;
+                write_error(out, status, kind, message, rid.as_str(), close, extra);
+                break 'done finish(stream, out, idle, close).await;
+            }
+            edge::Verdict::Preflight => {
+                ex.status = 204;
+                out.clear();
+                let close = !keep_alive || has_body;
+                write_status_line(out, 204);
+                out.extend_from_slice(extra);
+                if close {
+                    write_header(out, b"connection", b"close");
+                }
+                out.extend_from_slice(b"\r\n");
+                break 'done finish(stream, out, idle, close).await;
+            }
+        };
+        if let Err((status, kind, message)) =
+            edge::rate_limit(ctx, inst, route, &view, consumer, client_ip, extra).await
+        {
+            ex.status = status;
+            ex.error = kind;
+            out.clear();
+            let close = !keep_alive || has_body;
+            write_error(out, status, kind, message, rid.as_str(), close, extra);
+            break 'done finish(stream, out, idle, close).await;
+        }
+        if let Some(c) = consumer {
+            ex.consumer = Some(c);
+            ctx.count_consumer(inst, ri, c);
+        }
+        let max_body = route
+            .policy
+            .protection
+            .max_body_bytes
+            .unwrap_or(inst.config.raw.limits.max_body_bytes);
         if let BodyFraming::Length(n) = head.body {
             if max_body > 0 && n > max_body {
                 ctx.stats.reject(Reject::BodyTooLarge);
@@ -294,6 +375,7 @@ async fn handle_request(
                     "request body exceeds the limit",
                     rid.as_str(),
                     true,
+                    extra,
                 );
                 break 'done finish(stream, out, idle, true).await;
             }
@@ -312,6 +394,7 @@ async fn handle_request(
                 write_u64(out, d.body.len() as u64);
                 out.extend_from_slice(b"\r\n");
                 write_header(out, b"x-request-id", rid.as_str().as_bytes());
+                out.extend_from_slice(extra);
                 add_route_headers(out, &route.response_headers);
                 let close = !keep_alive || has_body;
                 if close {
@@ -345,6 +428,10 @@ async fn handle_request(
                     rid: &rid,
                     trace: &trace,
                     peer,
+                    scheme,
+                    consumer,
+                    max_body,
+                    extra,
                 };
                 call.proxy(stream, rbuf, out, resp, &mut ex).await
             }
@@ -354,8 +441,8 @@ async fn handle_request(
     after
 }
 
-async fn finish(
-    stream: &mut TcpStream,
+async fn finish<S: ClientStream>(
+    stream: &mut S,
     out: &mut Vec<u8>,
     timeout: Duration,
     close: bool,
@@ -410,7 +497,8 @@ fn record_log(
     peer: SocketAddr,
     total_us: u64,
 ) {
-    let Some(sink) = &ctx.access_log else { return };
+    let sink = ctx.access_log.borrow();
+    let Some(sink) = sink.as_ref() else { return };
     let Some(mut r) = sink.take() else {
         ctx.stats
             .access_log_dropped
@@ -591,12 +679,16 @@ struct Call<'a> {
     rid: &'a RequestId,
     trace: &'a TraceParent,
     peer: SocketAddr,
+    scheme: &'static str,
+    consumer: Option<usize>,
+    max_body: u64,
+    extra: &'a [u8],
 }
 
 impl<'a> Call<'a> {
-    async fn proxy(
+    async fn proxy<S: ClientStream>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         rbuf: &mut BytesMut,
         out: &mut Vec<u8>,
         resp: &mut ResponseHead,
@@ -604,7 +696,7 @@ impl<'a> Call<'a> {
     ) -> After {
         let cluster = self.cluster;
         let head = self.view.head;
-        let has_body = head.body != BodyFraming::None;
+        let has_body = head.has_body();
         let keep_alive = head.keep_alive && !self.ctx.draining.get();
         cluster.deposit();
         let idempotent = self.view.is_idempotent();
@@ -755,10 +847,10 @@ impl<'a> Call<'a> {
 
     /// One attempt: connection, request head and body, response head.
     #[allow(clippy::too_many_arguments)]
-    async fn attempt(
+    async fn attempt<S: ClientStream>(
         &mut self,
         ep: usize,
-        stream: &mut TcpStream,
+        stream: &mut S,
         rbuf: &mut BytesMut,
         out: &mut Vec<u8>,
         resp: &mut ResponseHead,
@@ -770,7 +862,7 @@ impl<'a> Call<'a> {
         let spec = &cluster.spec.raw;
         let endpoint = &cluster.endpoints[ep];
         let head = self.view.head;
-        let conn = match cluster.checkout(ep) {
+        let conn = match cluster.checkout(ep, head.has_body()) {
             Some(c) => c,
             None => {
                 if !cluster.may_connect(ep) {
@@ -778,14 +870,13 @@ impl<'a> Call<'a> {
                 }
                 match monoio::time::timeout(
                     spec.connect_timeout,
-                    TcpStream::connect_addr(endpoint.addr),
+                    connect(endpoint.addr, cluster.spec.tls.as_ref()),
                 )
                 .await
                 {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
+                    Ok(Ok(c)) => {
                         cluster.opened(ep);
-                        UpstreamConn::new(s)
+                        c
                     }
                     Ok(Err(_)) => return Err(AttemptError::Connect),
                     Err(_) => return Err(AttemptError::ConnectTimeout),
@@ -800,7 +891,23 @@ impl<'a> Call<'a> {
         };
         let reused = lease.conn().reused;
         out.clear();
-        self.write_request_head(out);
+        self.write_request_head(out, &cluster.endpoints[ep].label);
+        // A small body that already arrived whole leaves in the same write as the head.
+        let mut body_inline = false;
+        if let BodyFraming::Length(n) = head.body {
+            if n > 0
+                && n <= INLINE_BODY_MAX
+                && rbuf.len() as u64 >= n
+                && !head.expect_continue
+                && (self.max_body == 0 || n <= self.max_body)
+            {
+                out.extend_from_slice(&rbuf[..n as usize]);
+                rbuf.advance(n as usize);
+                body_inline = true;
+                *body_started = true;
+                ex.bytes_in = n;
+            }
+        }
         let sent_at = Instant::now();
         let idle = self.inst.config.raw.limits.idle_timeout;
         if write_out(&mut lease.conn().stream, out, spec.read_timeout)
@@ -813,7 +920,7 @@ impl<'a> Call<'a> {
                 AttemptError::Write
             });
         }
-        if head.body != BodyFraming::None {
+        if head.has_body() && !body_inline {
             if head.expect_continue && !*continue_sent {
                 *continue_sent = true;
                 out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -830,7 +937,7 @@ impl<'a> Call<'a> {
             let limits = PumpLimits {
                 read_timeout: idle,
                 write_timeout: spec.read_timeout,
-                max_bytes: self.inst.config.raw.limits.max_body_bytes,
+                max_bytes: self.max_body,
             };
             let conn = lease.conn();
             match pump(
@@ -889,9 +996,9 @@ impl<'a> Call<'a> {
 
     /// Writes the response head and streams the body to the client.
     #[allow(clippy::too_many_arguments)]
-    async fn respond(
+    async fn respond<S: ClientStream>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         out: &mut Vec<u8>,
         resp: &mut ResponseHead,
         ex: &mut Exchange,
@@ -913,6 +1020,7 @@ impl<'a> Call<'a> {
                 "unexpected 101 from upstream",
                 self.rid.as_str(),
                 true,
+                self.extra,
             );
             let _ = write_out(stream, out, idle).await;
             return Responded::Close;
@@ -937,6 +1045,7 @@ impl<'a> Call<'a> {
             close,
             client_http10,
             upgrade,
+            self.extra,
         );
         conn.rbuf.advance(resp.len);
         if upgrade {
@@ -948,9 +1057,22 @@ impl<'a> Call<'a> {
                 Err(_) => Responded::Close,
             };
         }
+        // A small body that arrived with the head leaves in the same write.
+        let mut body_inline = false;
+        if let (BodyFraming::Length(n), Down::Length(_)) = (resp.body, down) {
+            if n <= INLINE_BODY_MAX && conn.rbuf.len() as u64 >= n {
+                out.extend_from_slice(&conn.rbuf[..n as usize]);
+                conn.rbuf.advance(n as usize);
+                ex.bytes_out = n;
+                body_inline = true;
+            }
+        }
         if write_out(stream, out, idle).await.is_err() {
             ex.error = "client_gone";
             return Responded::Close;
+        }
+        if body_inline {
+            return Responded::done(resp.keep_alive, close);
         }
         let encoding = if down == Down::Chunked {
             Encoding::Chunked
@@ -984,18 +1106,15 @@ impl<'a> Call<'a> {
                 return Responded::Close;
             }
         }
-        let reusable = resp.keep_alive && resp.body != BodyFraming::UntilClose;
-        match (reusable, close) {
-            (true, false) => Responded::KeepAliveBoth,
-            (true, true) => Responded::PoolUpstream,
-            (false, false) => Responded::KeepAliveClient,
-            (false, true) => Responded::Close,
-        }
+        Responded::done(
+            resp.keep_alive && resp.body != BodyFraming::UntilClose,
+            close,
+        )
     }
 
-    async fn body_failed(
+    async fn body_failed<S: ClientStream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         out: &mut Vec<u8>,
         ex: &mut Exchange,
         p: PumpError,
@@ -1026,9 +1145,9 @@ impl<'a> Call<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn fail(
+    async fn fail<S: ClientStream>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         out: &mut Vec<u8>,
         ex: &mut Exchange,
         status: u16,
@@ -1039,12 +1158,20 @@ impl<'a> Call<'a> {
         ex.status = status;
         ex.error = kind;
         out.clear();
-        write_error(out, status, kind, message, self.rid.as_str(), close);
+        write_error(
+            out,
+            status,
+            kind,
+            message,
+            self.rid.as_str(),
+            close,
+            self.extra,
+        );
         finish(stream, out, self.inst.config.raw.limits.idle_timeout, close).await
     }
 
     /// Serializes the upstream request head.
-    fn write_request_head(&self, out: &mut Vec<u8>) {
+    fn write_request_head(&self, out: &mut Vec<u8>, endpoint: &str) {
         let (buf, head, route) = (self.view.buf, self.view.head, self.route);
         out.extend_from_slice(at(buf, &head.method));
         out.push(b' ');
@@ -1067,6 +1194,8 @@ impl<'a> Call<'a> {
             out.extend_from_slice(query);
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        // A client-sent consumer header is never trusted; only the gateway sets it.
+        let consumer_header = self.inst.config.auth.consumer_header.as_bytes();
         let mut xff_written = false;
         for (n, v) in &head.headers {
             let name = at(buf, n);
@@ -1076,6 +1205,7 @@ impl<'a> Call<'a> {
                     .iter()
                     .any(|t| at(buf, t).eq_ignore_ascii_case(name))
                 || route.request_headers.drops(name)
+                || (!consumer_header.is_empty() && name.eq_ignore_ascii_case(consumer_header))
                 || [
                     &b"x-forwarded-proto"[..],
                     b"x-forwarded-host",
@@ -1112,9 +1242,20 @@ impl<'a> Call<'a> {
         if !xff_written {
             let _ = write!(out, "x-forwarded-for: {}\r\n", self.peer.ip());
         }
-        write_header(out, b"x-forwarded-proto", b"http");
-        if let Some(host) = self.view.header("host") {
-            write_header(out, b"x-forwarded-host", host);
+        write_header(out, b"x-forwarded-proto", self.scheme.as_bytes());
+        match self.view.header("host") {
+            Some(host) => write_header(out, b"x-forwarded-host", host),
+            // HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one.
+            None => write_header(out, b"host", endpoint.as_bytes()),
+        }
+        if let Some(c) = self.consumer {
+            if !consumer_header.is_empty() {
+                write_header(
+                    out,
+                    consumer_header,
+                    self.inst.config.auth.consumers[c].name.as_bytes(),
+                );
+            }
         }
         write_header(out, b"x-request-id", self.rid.as_str().as_bytes());
         write_header(out, b"traceparent", self.trace.as_bytes());
@@ -1145,6 +1286,17 @@ enum Responded {
 }
 
 impl Responded {
+    /// After a complete response: what can be kept, given whether the upstream
+    /// connection is reusable and whether the client connection closes.
+    fn done(upstream_reusable: bool, client_closes: bool) -> Self {
+        match (upstream_reusable, client_closes) {
+            (true, false) => Responded::KeepAliveBoth,
+            (true, true) => Responded::PoolUpstream,
+            (false, false) => Responded::KeepAliveClient,
+            (false, true) => Responded::Close,
+        }
+    }
+
     fn finish(self, lease: Lease<'_>) -> After {
         match self {
             Responded::KeepAliveBoth => {
@@ -1193,6 +1345,7 @@ fn write_response_head(
     close: bool,
     client_http10: bool,
     upgrade: bool,
+    extra: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     write_u64(out, u64::from(resp.status));
@@ -1239,12 +1392,35 @@ fn write_response_head(
     } else if client_http10 {
         write_header(out, b"connection", b"keep-alive");
     }
+    out.extend_from_slice(extra);
     add_route_headers(out, &route.response_headers);
     out.extend_from_slice(b"\r\n");
 }
 
+/// Connects to an endpoint (with a TLS handshake for TLS clusters).
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<&crate::tls::UpstreamTls>,
+) -> std::io::Result<UpstreamConn> {
+    let tcp = TcpStream::connect_addr(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    let stream = match tls {
+        None => UpstreamStream::Plain(tcp),
+        Some(t) => {
+            let connector = monoio_rustls::TlsConnector::from(t.config.clone());
+            let s = connector
+                .connect(t.server_name.clone(), tcp)
+                .await
+                .map_err(std::io::Error::from)?;
+            UpstreamStream::Tls(Box::new(s))
+        }
+    };
+    Ok(UpstreamConn::new(stream, fd))
+}
+
 /// Copies bytes both ways after a successful upgrade until either side closes.
-async fn tunnel(client: TcpStream, client_leftover: BytesMut, mut up: UpstreamConn) {
+async fn tunnel<S: ClientStream>(client: S, client_leftover: BytesMut, mut up: UpstreamConn) {
     if !client_leftover.is_empty() {
         let (res, _) = up.stream.write_all(client_leftover).await;
         if res.is_err() {

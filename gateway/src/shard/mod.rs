@@ -15,8 +15,11 @@ use crate::config::{Config, RouteAction};
 use crate::observability::access_log::AccessLogSink;
 use crate::observability::metrics::PoolSnapshot;
 use crate::observability::{RouteStats, ShardSnapshot, ShardStats, TargetStats};
+use crate::policy::{ConnRefusal, ConnectionLimits, ConnectionPermit};
+use crate::proxy::EdgeReject;
 use crate::upstream::health::HealthRegistry;
 use crate::upstream::ClusterRuntime;
+use monoio::io::AsyncWriteRentExt;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use std::cell::{Cell, RefCell};
@@ -46,6 +49,8 @@ pub struct RouteRuntime {
     pub local: Rc<TargetStats>,
     /// Smooth weighted round robin state for splits.
     pub split_current: Vec<Cell<i64>>,
+    /// Request counters per consumer index, filled on first use.
+    pub consumer_counters: RefCell<std::collections::HashMap<usize, Rc<Cell<u64>>>>,
 }
 
 /// A config as installed on one shard.
@@ -108,6 +113,7 @@ impl Installed {
                     targets,
                     local: stats.target(&r.name, &empty, &empty),
                     split_current: cluster_ids.iter().map(|_| Cell::new(0)).collect(),
+                    consumer_counters: RefCell::default(),
                 }
             })
             .collect();
@@ -173,13 +179,32 @@ pub struct ShardCtx {
     pub draining: Cell<bool>,
     /// Open connections.
     pub conns: RefCell<ConnRegistry>,
-    /// Access log, when enabled.
-    pub access_log: Option<AccessLogSink>,
+    /// Access log, when enabled (taken at the end of a drain so the writer can flush and exit).
+    pub access_log: RefCell<Option<AccessLogSink>>,
     /// Health verdicts.
     pub health: Arc<HealthRegistry>,
+    /// Verified JWTs (cleared on every config install).
+    pub token_cache: crate::auth::TokenCache,
+    /// Process-wide connection caps.
+    pub conn_limits: Arc<ConnectionLimits>,
+    /// This shard's rate-limit leases.
+    pub limiter: crate::edge::ratelimit::ShardLimiter,
 }
 
 impl ShardCtx {
+    /// Counts a request of an authenticated consumer on a route.
+    pub fn count_consumer(&self, inst: &Installed, route: usize, consumer: usize) {
+        let rr = &inst.routes[route];
+        let mut counters = rr.consumer_counters.borrow_mut();
+        let counter = counters.entry(consumer).or_insert_with(|| {
+            self.stats.consumer_counter(
+                &inst.config.auth.consumers[consumer].name,
+                &inst.config.routes[route].name,
+            )
+        });
+        counter.set(counter.get() + 1);
+    }
+
     fn pool_snapshot(&self) -> Vec<PoolSnapshot> {
         let inst = self.installed.borrow();
         inst.clusters
@@ -224,6 +249,10 @@ pub struct ShardSpec {
     pub health: Arc<HealthRegistry>,
     /// Seed for the balancer RNG.
     pub seed: u64,
+    /// Process-wide connection caps.
+    pub conn_limits: Arc<ConnectionLimits>,
+    /// Process-wide rate-limit state.
+    pub rate_limiter: Arc<crate::edge::ratelimit::RateLimiter>,
 }
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -284,8 +313,11 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         rng: Cell::new(spec.seed | 1),
         draining: Cell::new(false),
         conns: RefCell::new(ConnRegistry::default()),
-        access_log: spec.access_log,
+        access_log: RefCell::new(spec.access_log),
         health: spec.health,
+        token_cache: crate::auth::TokenCache::default(),
+        conn_limits: spec.conn_limits,
+        limiter: crate::edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
     });
     let mut listener_fds = Vec::new();
     for (i, std_listener) in spec.listeners.into_iter().enumerate() {
@@ -305,6 +337,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
                     Installed::prepare(config, Some(&cur), &ctx.stats, &ctx.health)
                 };
                 *ctx.installed.borrow_mut() = Rc::new(next);
+                ctx.token_cache.clear();
                 let _ = ack.send(());
             }
             ShardCommand::Snapshot(reply) => {
@@ -314,9 +347,18 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         }
     }
     drain(&ctx, &listener_fds, drain_timeout).await;
+    // Tasks still holding the context (connections past the drain timeout) may
+    // outlive this function; release what other threads wait on explicitly.
+    ctx.access_log.borrow_mut().take();
+    let config = ctx.installed.borrow().config.clone();
+    *ctx.installed.borrow_mut() = Rc::new(Installed {
+        config,
+        clusters: Vec::new(),
+        routes: Vec::new(),
+    });
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, _listener_idx: usize) {
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, listener_idx: usize) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -326,7 +368,37 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, _lis
                 ctx.stats
                     .accepted_connections
                     .set(ctx.stats.accepted_connections.get() + 1);
-                monoio::spawn(crate::proxy::serve_connection(ctx.clone(), stream, peer));
+                let permit = match ctx.conn_limits.admit(peer.ip()) {
+                    Ok(p) => p,
+                    Err(refusal) => {
+                        ctx.stats.edge_reject(match refusal {
+                            ConnRefusal::Total => EdgeReject::ConnectionLimit,
+                            ConnRefusal::PerIp => EdgeReject::ConnectionLimitPerIp,
+                        });
+                        monoio::spawn(refuse_connection(stream));
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let fd = stream.as_raw_fd();
+                let tls = ctx.installed.borrow().config.listeners[listener_idx]
+                    .tls
+                    .clone();
+                match tls {
+                    None => {
+                        monoio::spawn(crate::proxy::serve_connection(
+                            ctx.clone(),
+                            stream,
+                            fd,
+                            peer,
+                            "http",
+                            permit,
+                        ));
+                    }
+                    Some(tls) => {
+                        monoio::spawn(serve_tls(ctx.clone(), tls, stream, peer, permit));
+                    }
+                }
             }
             Err(e) => {
                 if ctx.draining.get() {
@@ -338,6 +410,48 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, _lis
             }
         }
     }
+}
+
+/// Completes a TLS handshake (bounded by the header timeout), then serves HTTP over it.
+async fn serve_tls(
+    ctx: Rc<ShardCtx>,
+    tls: Arc<rustls::ServerConfig>,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    permit: ConnectionPermit,
+) {
+    let fd = stream.as_raw_fd();
+    let timeout = ctx.installed.borrow().config.raw.limits.header_timeout;
+    let acceptor = monoio_rustls::TlsAcceptor::from(tls);
+    match monoio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            ctx.stats
+                .tls_handshakes
+                .set(ctx.stats.tls_handshakes.get() + 1);
+            crate::proxy::serve_connection(ctx, tls_stream, fd, peer, "https", permit).await;
+        }
+        Ok(Err(e)) => ctx
+            .stats
+            .tls_failure(crate::tls::classify_handshake_error(&e.into())),
+        Err(_) => ctx.stats.tls_failure(crate::tls::classify_handshake_error(
+            &std::io::ErrorKind::TimedOut.into(),
+        )),
+    }
+}
+
+/// Answers a connection over the caps with a 503 and closes it.
+async fn refuse_connection(mut stream: monoio::net::TcpStream) {
+    let mut out = Vec::with_capacity(256);
+    crate::http::write_error(
+        &mut out,
+        503,
+        "connection_limit",
+        "too many connections",
+        "",
+        true,
+        &[],
+    );
+    let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
 }
 
 /// Stops accepting, wakes idle keep-alive connections so they close, and waits

@@ -10,7 +10,10 @@ pub mod health;
 
 use crate::config::raw::LbPolicy;
 use crate::config::Cluster;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
+use monoio::BufResult;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -18,10 +21,70 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// An upstream byte stream: plain TCP, or TLS to clusters with `tls` set.
+pub enum UpstreamStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the session state is large).
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+impl AsyncReadRent for UpstreamStream {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.read(buf).await,
+            UpstreamStream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.readv(buf).await,
+            UpstreamStream::Tls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for UpstreamStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.write(buf).await,
+            UpstreamStream::Tls(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpstreamStream::Plain(s) => s.writev(buf).await,
+            UpstreamStream::Tls(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.flush().await,
+            UpstreamStream::Tls(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.shutdown().await,
+            UpstreamStream::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
+// SAFETY: both variants are `Split` (monoio's TcpStream, and rustls streams over
+// it): their reads and writes touch independent state and may run concurrently.
+unsafe impl Split for UpstreamStream {}
+
 /// An upstream connection with its read buffer.
 pub struct UpstreamConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The byte stream.
+    pub stream: UpstreamStream,
+    /// The socket's fd (for the liveness peek).
+    fd: std::os::fd::RawFd,
     /// Bytes read but not yet consumed.
     pub rbuf: bytes::BytesMut,
     /// Whether it came from the pool (a stale keep-alive may fail at first use).
@@ -30,10 +93,11 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Wraps a freshly connected socket.
-    pub fn new(stream: TcpStream) -> Self {
+    /// Wraps a freshly connected stream; `fd` is its socket.
+    pub fn new(stream: UpstreamStream, fd: std::os::fd::RawFd) -> Self {
         Self {
             stream,
+            fd,
             rbuf: bytes::BytesMut::with_capacity(16 * 1024),
             reused: false,
             idle_since: Instant::now(),
@@ -214,13 +278,16 @@ impl ClusterRuntime {
             <= u64::from(eb.in_flight.get()) * u64::from(ea.weight)
     }
 
-    /// Takes a pooled connection that has not idled out, if any.
-    pub fn checkout(&self, i: usize) -> Option<UpstreamConn> {
+    /// Takes a pooled connection that has not idled out, if any. With
+    /// `verify_open`, a connection the upstream already closed is discarded
+    /// first (one non-blocking peek): used for requests whose body cannot be
+    /// replayed, where a stale keep-alive could not be retried.
+    pub fn checkout(&self, i: usize, verify_open: bool) -> Option<UpstreamConn> {
         let e = &self.endpoints[i];
         let idle_timeout = self.spec.raw.pool.idle_timeout;
         let mut idle = e.idle.borrow_mut();
         while let Some(mut c) = idle.pop() {
-            if c.idle_since.elapsed() < idle_timeout {
+            if c.idle_since.elapsed() < idle_timeout && (!verify_open || still_open(c.fd)) {
                 c.reused = true;
                 return Some(c);
             }
@@ -332,6 +399,23 @@ impl ClusterRuntime {
         }
         false
     }
+}
+
+/// Whether an idle connection is still open and silent: a peek that would
+/// block means open; end-of-file or unexpected bytes mean it must not be reused.
+fn still_open(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the live socket of a pooled connection we own; recv with
+    // MSG_PEEK | MSG_DONTWAIT writes at most one byte into `byte` and consumes nothing.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// xorshift64*: a fast per-shard generator for balancing decisions (not for secrets).

@@ -218,6 +218,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         plan.duration.as_secs(),
         plan.warmup.as_secs()
     );
+    if load_average().is_some_and(|load| load > 0.5 * available.len() as f64) {
+        eprintln!(
+            "bench: warning: the machine is busy (load average above half its CPUs); \
+             other work will distort the numbers"
+        );
+    }
     let mut outcome = Outcome {
         rows: Vec::new(),
         failures: Vec::new(),
@@ -349,8 +355,11 @@ impl Bench<'_> {
                         index += 1;
                     }
                     Err(error) => {
+                        if let Err(stop) = self.interrupt.check() {
+                            eprintln!("interrupted");
+                            return Err(stop);
+                        }
                         eprintln!("FAILED");
-                        self.interrupt.check()?;
                         upstream
                             .ensure_running()
                             .context("the mock upstream died")?;
@@ -486,7 +495,7 @@ fn brief(error: &anyhow::Error) -> String {
     let text = format!("{error:#}");
     let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
     let first = lines.next().unwrap_or_default().to_owned();
-    match lines.last() {
+    match lines.next_back() {
         Some(last) => format!("{first} ... {last}"),
         None => first,
     }
@@ -586,7 +595,17 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-/// CPU model and count, for the report header.
+/// The 1-minute load average, if the kernel says.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU model, CPU count and load, for the report header.
 fn machine_summary(cpus: usize) -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -597,7 +616,8 @@ fn machine_summary(cpus: usize) -> String {
                 .map(|(_, model)| model.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("machine: {cpus} CPU(s) available, {model}")
+    let load = load_average().map_or_else(String::new, |load| format!(", load average {load:.2}"));
+    format!("machine: {cpus} CPU(s) available, {model}{load}")
 }
 
 #[cfg(test)]

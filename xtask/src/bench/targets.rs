@@ -6,7 +6,8 @@
 //!   `http-reuse always`, Hypergate's pool);
 //! - one worker per CPU the layout gives the proxy, each bound to its CPU when the
 //!   layout is pinned (Hypergate `cpu_list`, nginx `worker_cpu_affinity`, HAProxy
-//!   `cpu-map`), on top of the whole process being bound to the set;
+//!   `cpu-map`), on top of the whole process being bound to the set, and none
+//!   bound when it is not (Hypergate `pin_cores = false`);
 //! - no access log, except in scenarios that ask for one, where each proxy appends
 //!   a line per request to a file in the scratch directory (HAProxy cannot write
 //!   files itself, so it logs to stdout, which goes to that file);
@@ -278,9 +279,13 @@ fn running_as_root() -> bool {
 fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
     let placement = setup.placement;
     let mut config = format!("[server]\nshards = {}\n", placement.workers);
-    if let Some(cpus) = &placement.cpus {
-        let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
-        let _ = writeln!(config, "cpu_list = [{}]", list.join(", "));
+    match &placement.cpus {
+        Some(cpus) => {
+            let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+            let _ = writeln!(config, "pin_cores = true\ncpu_list = [{}]", list.join(", "));
+        }
+        // Hypergate pins shards by default; unpinned means unpinned for everyone.
+        None => config.push_str("pin_cores = false\n"),
     }
     let access_log = setup.dir.join("access.log");
     let _ = write!(
@@ -438,7 +443,7 @@ mod tests {
         let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
         let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
         let config = hypergate_config(&setup("routes-1000", &placement), listen, admin);
-        assert!(config.starts_with("[server]\nshards = 1\ncpu_list = [1]\n"));
+        assert!(config.starts_with("[server]\nshards = 1\npin_cores = true\ncpu_list = [1]\n"));
         assert!(config.contains("address = \"127.0.0.1:18080\""));
         assert!(config.contains("endpoints = [{ address = \"127.0.0.1:19000\" }]"));
         assert!(config.contains("enabled = false"));
@@ -480,6 +485,18 @@ mod tests {
         let nginx = nginx_config(&self::setup("get-c64", &single), listen, false);
         assert!(nginx.contains("master_process off;"));
         assert!(!nginx.contains("user root"));
+    }
+
+    #[test]
+    fn unpinned_hypergate_does_not_pin_its_shards() {
+        let placement = Placement {
+            cpus: None,
+            workers: 2,
+        };
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let config = hypergate_config(&setup("get-c64", &placement), listen, listen);
+        assert!(config.starts_with("[server]\nshards = 2\npin_cores = false\n"));
+        assert!(!config.contains("cpu_list"));
     }
 
     #[test]

@@ -1,0 +1,244 @@
+//! TLS with rustls: listener termination with SNI certificate selection, and
+//! verified TLS to upstream clusters.
+//!
+//! Certificates and keys are read from PEM files when the config is loaded, so a
+//! reload picks up renewed files. A listener serves the certificate whose names
+//! match the client's SNI, or its first certificate. Only TLS 1.2 and 1.3 are
+//! offered, with ALPN `http/1.1`. Handshake failures are counted by reason.
+
+use crate::config::raw::{ListenerTlsConfig, UpstreamTlsConfig};
+use crate::config::ConfigIssue;
+use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Picks a certificate by SNI, falling back to the first one.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(k) = self.by_name.get(&name) {
+            return Some(k.clone());
+        }
+        for (suffix, k) in &self.wildcard {
+            if name.len() > suffix.len()
+                && name.ends_with(suffix.as_str())
+                && !name[..name.len() - suffix.len()].contains('.')
+            {
+                return Some(k.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+fn read_certs(file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
+    let certs = certs.map_err(|e| format!("{file}: invalid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{file}: no certificate found"));
+    }
+    Ok(certs)
+}
+
+fn read_key(file: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let data = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| format!("{file}: invalid PEM: {e}"))?
+        .ok_or_else(|| format!("{file}: no private key found"))
+}
+
+/// Builds a listener's rustls config, reporting every problem.
+pub fn server_config(
+    t: &ListenerTlsConfig,
+    path: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let before = issues.len();
+    let push = |issues: &mut Vec<ConfigIssue>, p: String, r: String| {
+        issues.push(ConfigIssue { path: p, reason: r })
+    };
+    let mut keys = Vec::new();
+    for (i, c) in t.certificates.iter().enumerate() {
+        let cpath = format!("{path}.certificates[{i}]");
+        let certs =
+            read_certs(&c.cert_file).map_err(|e| push(issues, format!("{cpath}.cert_file"), e));
+        let key = read_key(&c.key_file).map_err(|e| push(issues, format!("{cpath}.key_file"), e));
+        let (Ok(certs), Ok(key)) = (certs, key) else {
+            continue;
+        };
+        match any_supported_type(&key) {
+            Ok(signing) => {
+                let ck = Arc::new(CertifiedKey::new(certs, signing));
+                if ck.keys_match().is_err() {
+                    push(
+                        issues,
+                        format!("{cpath}.key_file"),
+                        "the key does not match the certificate".into(),
+                    );
+                    continue;
+                }
+                keys.push((c.server_names.clone(), ck));
+            }
+            Err(e) => push(
+                issues,
+                format!("{cpath}.key_file"),
+                format!("unsupported key: {e}"),
+            ),
+        }
+    }
+    if t.certificates.is_empty() {
+        push(
+            issues,
+            format!("{path}.certificates"),
+            "at least one certificate is required".into(),
+        );
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match t.min_version.as_str() {
+        "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        other => {
+            push(
+                issues,
+                format!("{path}.min_version"),
+                format!("{other:?}: expected \"1.2\" or \"1.3\""),
+            );
+            &[]
+        }
+    };
+    if issues.len() > before {
+        return None;
+    }
+    let mut resolver = SniResolver {
+        by_name: HashMap::new(),
+        wildcard: Vec::new(),
+        default: keys[0].1.clone(),
+    };
+    for (names, ck) in &keys {
+        for n in names {
+            let n = n.to_ascii_lowercase();
+            match n.strip_prefix('*') {
+                Some(suffix) => resolver.wildcard.push((suffix.to_string(), ck.clone())),
+                None => {
+                    resolver.by_name.insert(n, ck.clone());
+                }
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .ok()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(Arc::new(cfg))
+}
+
+/// A cluster's TLS client settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// rustls client config with the configured CA bundle.
+    pub config: Arc<rustls::ClientConfig>,
+    /// Name verified and sent as SNI.
+    pub server_name: ServerName<'static>,
+}
+
+/// Builds a cluster's TLS client config.
+pub fn client_config(
+    t: &UpstreamTlsConfig,
+    path: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<UpstreamTls> {
+    let certs = match read_certs(&t.ca_file) {
+        Ok(c) => c,
+        Err(e) => {
+            issues.push(ConfigIssue {
+                path: format!("{path}.ca_file"),
+                reason: e,
+            });
+            return None;
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        if let Err(e) = roots.add(c) {
+            issues.push(ConfigIssue {
+                path: format!("{path}.ca_file"),
+                reason: format!("unusable CA certificate: {e}"),
+            });
+            return None;
+        }
+    }
+    let server_name = match ServerName::try_from(t.server_name.clone()) {
+        Ok(n) => n,
+        Err(_) => {
+            issues.push(ConfigIssue {
+                path: format!("{path}.server_name"),
+                reason: format!("invalid name {:?}", t.server_name),
+            });
+            return None;
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(UpstreamTls {
+        config: Arc::new(cfg),
+        server_name,
+    })
+}
+
+/// Handshake failure reasons counted in metrics.
+pub const HANDSHAKE_FAILURES: [&str; 6] = [
+    "no_shared_version_or_cipher",
+    "bad_certificate",
+    "peer_misbehaved",
+    "timeout",
+    "eof",
+    "other",
+];
+
+/// Classifies a failed handshake into one of [`HANDSHAKE_FAILURES`] (its index).
+pub fn classify_handshake_error(e: &std::io::Error) -> usize {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return 3;
+    }
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return 4;
+    }
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::PeerIncompatible(_)) => 0,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => 1,
+        Some(rustls::Error::PeerMisbehaved(_) | rustls::Error::InvalidMessage(_)) => 2,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure | rustls::AlertDescription::ProtocolVersion,
+        )) => 0,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown,
+        )) => 1,
+        _ => 5,
+    }
+}
