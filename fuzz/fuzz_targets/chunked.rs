@@ -27,17 +27,6 @@ enum Outcome {
     Failed(ChunkError),
 }
 
-/// Known issue, reported and not fixed yet: the decoder enforces its 4096-byte bound on
-/// the chunk-size line only while the line is incomplete, so a longer line is accepted
-/// when it arrives in one read and rejected (`ChunkError::Size`) when it arrives in
-/// pieces. Reproducer: `regressions/chunked/long_chunk_extension_split_dependent.bin`.
-/// While this is true, that one disagreement is tolerated so fuzzing can go on; set it
-/// to false once the decoder is fixed.
-const KNOWN_LONG_SIZE_LINE_SPLIT_DEPENDENT: bool = true;
-
-/// The decoder's bound on a chunk-size line (`MAX_SIZE_LINE` in `http/chunked.rs`).
-const MAX_SIZE_LINE: usize = 4096;
-
 /// Largest piece for each value of the seed's top three bits: from byte-by-byte
 /// to pieces larger than the decoder's 4 KiB chunk-size-line bound.
 const SPANS: [usize; 8] = [1, 2, 3, 7, 16, 64, 512, 6000];
@@ -57,13 +46,6 @@ fuzz_target!(|data: &[u8]| {
         1 + (state % span as u64) as usize
     };
     let pieces = decode(body, &mut next_piece);
-    if KNOWN_LONG_SIZE_LINE_SPLIT_DEPENDENT
-        && whole.1 != pieces.1
-        && pieces.1 == Outcome::Failed(ChunkError::Size)
-        && body.split(|b| *b == b'\n').any(|line| line.len() > MAX_SIZE_LINE)
-    {
-        return;
-    }
     assert_eq!(
         whole.1, pieces.1,
         "outcome depends on segmentation (seed {seed:#04x}, pieces up to {span} bytes)"
@@ -94,9 +76,19 @@ fn decode(input: &[u8], piece: &mut dyn FnMut() -> usize) -> (Vec<u8>, Outcome) 
                     break;
                 }
                 Ok(Step::Progress { consumed, data }) => {
-                    assert!(consumed > 0, "Progress that consumes nothing would spin the pump");
-                    assert!(consumed <= buf.len(), "consumed {consumed} of {}", buf.len());
-                    assert!(data.start <= data.end && data.end <= consumed, "data {data:?}");
+                    assert!(
+                        consumed > 0,
+                        "Progress that consumes nothing would spin the pump"
+                    );
+                    assert!(
+                        consumed <= buf.len(),
+                        "consumed {consumed} of {}",
+                        buf.len()
+                    );
+                    assert!(
+                        data.start <= data.end && data.end <= consumed,
+                        "data {data:?}"
+                    );
                     payload.extend_from_slice(&buf[data]);
                     buf.drain(..consumed);
                     consumed_total += consumed;
@@ -104,7 +96,12 @@ fn decode(input: &[u8], piece: &mut dyn FnMut() -> usize) -> (Vec<u8>, Outcome) 
                 Ok(Step::Done { consumed }) => {
                     assert!(consumed <= buf.len());
                     assert!(decoder.is_done());
-                    return (payload, Outcome::Done { end: consumed_total + consumed });
+                    return (
+                        payload,
+                        Outcome::Done {
+                            end: consumed_total + consumed,
+                        },
+                    );
                 }
             }
         }

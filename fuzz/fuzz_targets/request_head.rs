@@ -57,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(Parsed::Complete(DIRTY.len()))
     );
     let dirty_verdict = parse_request(data, &DEFAULT_LIMITS, &mut dirty);
-    assert_eq!(verdict, dirty_verdict, "verdict depends on the head's previous content");
+    assert_eq!(
+        verdict, dirty_verdict,
+        "verdict depends on the head's previous content"
+    );
 
     let Ok(Parsed::Complete(n)) = verdict else {
         return;
@@ -130,7 +133,11 @@ fn ci(a: &[u8], b: &[u8]) -> bool {
 /// Checks one accepted head of `n` bytes against the input it was parsed from.
 fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
     assert_eq!(head.len, n);
-    assert!(n > 0 && n <= data.len(), "head length {n} outside input of {}", data.len());
+    assert!(
+        n > 0 && n <= data.len(),
+        "head length {n} outside input of {}",
+        data.len()
+    );
     let buf = &data[..n];
     assert_eq!(buf.last(), Some(&b'\n'), "a head ends with a line break");
     assert!(n <= limits.max_header_bytes);
@@ -138,7 +145,10 @@ fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
     let line_start = head.method.start as usize;
     assert!(buf[..line_start].iter().all(|b| matches!(b, b'\r' | b'\n')));
     let line_end = line_start
-        + buf[line_start..].iter().position(|b| *b == b'\n').expect("a head has a request line");
+        + buf[line_start..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .expect("a head has a request line");
     // Found by this target: empty lines before the request line used to hide its
     // length from `max_request_line` (regressions/request_head/leading_*).
     assert!(
@@ -182,7 +192,10 @@ fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
         assert!(previous_end < name_range.start && name_range.end <= value_range.start);
         previous_end = value_range.end;
         let (name, value) = (at(buf, name_range), at(buf, value_range));
-        assert!(!name.is_empty() && name.iter().all(|b| is_token(*b)), "name {name:?}");
+        assert!(
+            !name.is_empty() && name.iter().all(|b| is_token(*b)),
+            "name {name:?}"
+        );
         assert!(value.iter().all(|b| is_value_byte(*b)), "value {value:?}");
         if ci(name, b"content-length") {
             content_lengths.push(value);
@@ -206,7 +219,10 @@ fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
         } else if ci(name, b"upgrade") {
             has_upgrade = true;
         } else if ci(name, b"expect") {
-            assert!(ci(value.trim_ascii(), b"100-continue"), "accepted Expect {value:?}");
+            assert!(
+                ci(value.trim_ascii(), b"100-continue"),
+                "accepted Expect {value:?}"
+            );
             expect_continue = true;
         }
     }
@@ -217,7 +233,10 @@ fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
         "accepted both Content-Length and Transfer-Encoding"
     );
     let length_of = |v: &[u8]| -> u64 {
-        assert!(!v.is_empty() && v.iter().all(u8::is_ascii_digit), "Content-Length {v:?}");
+        assert!(
+            !v.is_empty() && v.iter().all(u8::is_ascii_digit),
+            "Content-Length {v:?}"
+        );
         std::str::from_utf8(v).unwrap().parse().unwrap()
     };
     match head.body {
@@ -247,15 +266,25 @@ fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
     match hosts.first() {
         Some(v) => {
             assert!(v.start <= head.host.start && head.host.end <= v.end);
-            assert_eq!(at(buf, &head.host), host_without_port(at(buf, v).trim_ascii()));
+            assert_eq!(
+                at(buf, &head.host),
+                host_without_port(at(buf, v).trim_ascii())
+            );
         }
         None => assert_eq!(head.host, 0..0),
     }
 
     // Connection management flags.
-    let want_keep_alive = if head.version == 1 { !close } else { keep_alive && !close };
+    let want_keep_alive = if head.version == 1 {
+        !close
+    } else {
+        keep_alive && !close
+    };
     assert_eq!(head.keep_alive, want_keep_alive);
-    assert_eq!(head.upgrade, conn_upgrade && has_upgrade && head.version == 1);
+    assert_eq!(
+        head.upgrade,
+        conn_upgrade && has_upgrade && head.version == 1
+    );
     let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
     assert_eq!(head.has_body(), has_body);
     assert_eq!(head.expect_continue, expect_continue && has_body);
@@ -266,9 +295,11 @@ fn check_head(data: &[u8], n: usize, head: &RequestHead, limits: &HeadLimits) {
         assert!(!token.is_empty());
         assert!(!ci(token, b"close") && !ci(token, b"keep-alive") && !ci(token, b"upgrade"));
         assert!(
-            head.headers.iter().any(|(name, value)| ci(at(buf, name), b"connection")
-                && value.start <= t.start
-                && t.end <= value.end),
+            head.headers
+                .iter()
+                .any(|(name, value)| ci(at(buf, name), b"connection")
+                    && value.start <= t.start
+                    && t.end <= value.end),
             "connection token outside every Connection header"
         );
     }

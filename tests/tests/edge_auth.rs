@@ -315,6 +315,46 @@ fn consumer_outside_the_route_groups_gets_403_not_401() {
     );
 }
 
+/// The issue asks for the consumer in logs as well as metrics: the access-log
+/// line of an authenticated request names its consumer.
+#[test]
+fn consumer_is_recorded_in_the_access_log() {
+    let mock = MockUpstream::ok("upstream");
+    let dir = TempDir::new();
+    let log = dir.path().join("access.log");
+    let toml = config(&mock, &KeyPlaces("x-api-key", true, ""), r#""api_key""#, "").replacen(
+        "[[listeners]]",
+        &format!(
+            "[access_log]\nenabled = true\npath = \"{}\"\n\n[[listeners]]",
+            log.display()
+        ),
+        1,
+    );
+    let gw = TestGateway::start(&toml);
+    let r = gw.send(&Request::get("/api/logged").header("x-api-key", BOB_KEY));
+    assert_eq!(r.status, 200);
+    let mut line = None;
+    hypergate_tests::wait_until(
+        "the access log has the request",
+        std::time::Duration::from_secs(10),
+        || {
+            line = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains("/api/logged"))
+                .map(str::to_string);
+            line.is_some()
+        },
+    );
+    let entry: serde_json::Value =
+        serde_json::from_str(&line.expect("line")).expect("access log line is JSON");
+    assert_eq!(entry["route"], "api", "{entry}");
+    assert_eq!(
+        entry["consumer"], "bob",
+        "the access log must name the consumer: {entry}"
+    );
+}
+
 #[test]
 fn key_hash_cli_prints_the_form_a_config_accepts() {
     let (status, stdout, stderr) = run_cli(&["key", "hash", "demo-key"]);
@@ -889,8 +929,8 @@ keys = [{{ kid = "hs1", secret = "{HS_SECRET}" }}, {{ kid = "rs1", pem_file = "{
     }
     assert_eq!(
         mock.request_count(),
-        2,
-        "only the two genuine tokens got through"
+        3,
+        "only the three genuine tokens got through"
     );
 }
 

@@ -316,11 +316,21 @@ fn handshake_failures_are_counted_by_reason() {
     let s = sni_setup("1.2");
     // Plain HTTP on the TLS port.
     let before = handshakes_failed(&s.gw, "peer_misbehaved");
-    let mut plain = hypergate_tests::Conn::connect(s.gw.addr);
-    plain.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
-    assert!(
-        plain.closed_within(Duration::from_secs(5)),
-        "plain HTTP on TLS must be closed"
+    let mut plain = TcpStream::connect(s.gw.addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    plain
+        .read_to_end(&mut answer)
+        .expect("plain HTTP on TLS is answered with an alert and closed");
+    assert_eq!(
+        answer.first(),
+        Some(&0x15),
+        "a TLS alert record, not HTTP: {answer:?}"
     );
     wait_until(
         "plain HTTP counted as peer_misbehaved",

@@ -1,19 +1,25 @@
-//! Rate limiting, against the `hypergate::edge::ratelimit` module directly:
-//! accuracy with two shards (threads) under uniform and skewed load, two
-//! "gateway processes" (two `RateLimiter`s) sharing one limit through a real
-//! `redis-server`, Redis down in fail-open and fail-closed modes, and a flood of
-//! unique keys staying within `max_keys`.
+//! Rate limiting, end to end through the gateway (HTTP) and against the
+//! `hypergate::edge::ratelimit` module directly.
 //!
-//! Each shard is a thread with its own `ShardLimiter`, as in the gateway; the
-//! async `check` runs on a minimal park/unpark executor (cross-thread wakers, as
-//! monoio's). The Redis tests start `redis-server` (installed by `.ci/run`) on
-//! an ephemeral port with persistence off and kill it at the end.
+//! HTTP: 429 with `Retry-After`, the IETF `RateLimit-Policy` / `RateLimit`
+//! headers and a JSON body; accuracy with 2 shards under uniform and skewed
+//! load (admissions within 2% of rate × 10 s + burst); two in-process gateways
+//! sharing one limit through a real `redis-server`; Redis down in fail-open and
+//! fail-closed modes; a flood of unique keys staying within `max_keys`.
+//!
+//! Module: the same properties with each shard a thread holding its own
+//! `ShardLimiter`, as in the gateway; the async `check` runs on a minimal
+//! park/unpark executor (cross-thread wakers, as monoio's).
+//!
+//! The Redis tests start `redis-server` (installed by `.ci/run`) on an ephemeral
+//! port with persistence off and kill it at the end.
 
 use hypergate::config::edge::{RateLimitConfig, RateWindowConfig, RedisConfig};
 use hypergate::edge::ratelimit::{
     RateDecision, RateHeaders, RateLimitPolicy, RateLimiter, ShardLimiter,
 };
 use hypergate_tests::util::{closed_port, wait_until, TempDir};
+use hypergate_tests::{preamble, Request, TestGateway};
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -98,19 +104,6 @@ fn hammer(
     key: &'static [u8],
     duration: Duration,
 ) -> Vec<u64> {
-    hammer_counting(shards, policy, key, duration)
-        .into_iter()
-        .map(|(admitted, _)| admitted)
-        .collect()
-}
-
-/// [`hammer`], returning `(admitted, attempts)` per thread.
-fn hammer_counting(
-    shards: &[(Arc<RateLimiter>, Load)],
-    policy: &Arc<RateLimitPolicy>,
-    key: &'static [u8],
-    duration: Duration,
-) -> Vec<(u64, u64)> {
     let barrier = Arc::new(Barrier::new(shards.len()));
     let handles: Vec<_> = shards
         .iter()
@@ -122,15 +115,14 @@ fn hammer_counting(
                 let shard = ShardLimiter::new(global, i);
                 barrier.wait();
                 let end = Instant::now() + duration;
-                let (mut admitted, mut attempts) = (0, 0);
+                let mut admitted = 0;
                 while Instant::now() < end {
-                    attempts += 1;
                     if let RateDecision::Allowed(_) = block_on(shard.check(&policy, key)) {
                         admitted += 1;
                     }
                     thread::sleep(load.pause);
                 }
-                (admitted, attempts)
+                admitted
             })
         })
         .collect();
@@ -164,64 +156,56 @@ fn metric(global: &RateLimiter, series: &str) -> f64 {
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[test]
-fn two_shards_uniform_load_admit_rate_times_window_plus_burst() {
-    let limit = Limit::new("uniform", 1_000, 200);
-    let policy = limit.build(None);
-    let global = RateLimiter::new();
-    global.install(std::slice::from_ref(&policy), None);
-    // Both shards offer ~5 000 requests per second each: 10× the limit.
-    let load = Load {
-        pause: Duration::from_micros(200),
-    };
-    let per_shard = hammer(
-        &[(global.clone(), load), (global.clone(), load)],
-        &policy,
-        b"k",
-        WINDOW,
-    );
-    let total: u64 = per_shard.iter().sum();
+fn two_shards_uniform_and_skewed_load_admit_rate_times_window_plus_burst() {
+    // Both scenarios at once (separate limiters), to keep the suite short.
+    let uniform = thread::spawn(|| {
+        let policy = Limit::new("uniform", 1_000, 200).build(None);
+        let global = RateLimiter::new();
+        global.install(std::slice::from_ref(&policy), None);
+        // Both shards offer ~5 000 requests per second each: 10× the limit.
+        let load = Load {
+            pause: Duration::from_micros(200),
+        };
+        let per_shard = hammer(
+            &[(global.clone(), load), (global.clone(), load)],
+            &policy,
+            b"k",
+            WINDOW,
+        );
+        let total: u64 = per_shard.iter().sum();
+        let counted = metric(
+            &global,
+            "hypergate_ratelimit_admitted_total{policy=\"uniform\"}",
+        );
+        (per_shard, total, counted as u64)
+    });
+    let skewed = thread::spawn(|| {
+        let policy = Limit::new("skewed", 1_000, 200).build(None);
+        let global = RateLimiter::new();
+        global.install(std::slice::from_ref(&policy), None);
+        // Shard 0 offers ~5 000/s, shard 1 ~100/s: the quiet shard must not strand tokens.
+        let busy = Load {
+            pause: Duration::from_micros(200),
+        };
+        let quiet = Load {
+            pause: Duration::from_millis(10),
+        };
+        let per_shard = hammer(
+            &[(global.clone(), busy), (global, quiet)],
+            &policy,
+            b"k",
+            WINDOW,
+        );
+        per_shard.iter().sum::<u64>()
+    });
+    let (per_shard, total, counted) = uniform.join().unwrap();
     assert_within(total, 1_000 * 10 + 200, 0.02, "uniform");
     assert!(
         per_shard.iter().all(|n| *n > 3_000),
         "both shards served: {per_shard:?}"
     );
-    assert_eq!(
-        metric(
-            &global,
-            "hypergate_ratelimit_admitted_total{policy=\"uniform\"}"
-        ) as u64,
-        total
-    );
-}
-
-#[test]
-fn two_shards_skewed_load_admit_rate_times_window_plus_burst() {
-    let limit = Limit::new("skewed", 1_000, 200);
-    let policy = limit.build(None);
-    let global = RateLimiter::new();
-    global.install(std::slice::from_ref(&policy), None);
-    // Shard 0 offers ~5 000/s, shard 1 ~100/s: the quiet shard must not strand tokens.
-    let per_shard = hammer(
-        &[
-            (
-                global.clone(),
-                Load {
-                    pause: Duration::from_micros(200),
-                },
-            ),
-            (
-                global.clone(),
-                Load {
-                    pause: Duration::from_millis(10),
-                },
-            ),
-        ],
-        &policy,
-        b"k",
-        WINDOW,
-    );
-    let total: u64 = per_shard.iter().sum();
-    assert_within(total, 1_000 * 10 + 200, 0.02, "skewed");
+    assert_eq!(counted, total);
+    assert_within(skewed.join().unwrap(), 1_000 * 10 + 200, 0.02, "skewed");
 }
 
 #[test]
@@ -334,86 +318,6 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[test]
-fn two_gateways_share_one_limit_through_redis() {
-    let redis = RedisServer::start();
-    let cfg = redis.config();
-    let mut limit = Limit::new("shared", 1_000, 200);
-    limit.redis = true;
-    // Two gateway processes: two process-wide limiters, each with its own
-    // policy object (as each would validate its own config) and two shards.
-    let gateways: Vec<Arc<RateLimiter>> = (0..2)
-        .map(|_| {
-            let g = RateLimiter::new();
-            g.install(&[limit.build(Some(&cfg))], Some(&cfg));
-            g
-        })
-        .collect();
-    let policy = limit.build(Some(&cfg));
-    let load = Load {
-        pause: Duration::from_micros(500),
-    };
-    let shards = [
-        (gateways[0].clone(), load),
-        (gateways[0].clone(), load),
-        (gateways[1].clone(), load),
-        (gateways[1].clone(), load),
-    ];
-    let counts = hammer_counting(&shards, &policy, b"k", WINDOW);
-    let per_shard: Vec<u64> = counts.iter().map(|c| c.0).collect();
-    let total: u64 = per_shard.iter().sum();
-    let attempts: u64 = counts.iter().map(|c| c.1).sum();
-    assert_within(total, 1_000 * 10 + 200, 0.02, "shared through Redis");
-    let first: u64 = per_shard[..2].iter().sum();
-    assert!(
-        first > 2_000 && total - first > 2_000,
-        "both gateways served: {per_shard:?}"
-    );
-    // Redis saw leases, not requests, even with the key far over its limit.
-    let scripts = || -> f64 {
-        gateways
-            .iter()
-            .map(|g| metric(g, "hypergate_ratelimit_redis_scripts_total"))
-            .sum()
-    };
-    let over_limit_calls = scripts();
-    assert!(
-        over_limit_calls < attempts as f64 / 4.0,
-        "{over_limit_calls} Redis calls for {attempts} requests"
-    );
-
-    // A limit that never trips: almost every request is served from a lease.
-    let mut roomy = Limit::new("roomy", 100_000, 100_000);
-    roomy.redis = true;
-    for g in &gateways {
-        g.install(
-            &[limit.build(Some(&cfg)), roomy.build(Some(&cfg))],
-            Some(&cfg),
-        );
-    }
-    let roomy = roomy.build(Some(&cfg));
-    let counts = hammer_counting(&shards, &roomy, b"k", Duration::from_secs(2));
-    let attempts: u64 = counts.iter().map(|c| c.1).sum();
-    assert_eq!(
-        counts.iter().map(|c| c.0).sum::<u64>(),
-        attempts,
-        "nothing limited"
-    );
-    let calls = scripts() - over_limit_calls;
-    assert!(
-        calls < attempts as f64 / 20.0,
-        "{calls} Redis calls for {attempts} requests under the limit"
-    );
-    for g in &gateways {
-        assert_eq!(metric(g, "hypergate_ratelimit_redis_up"), 1.0);
-        let failures = metric(
-            g,
-            "hypergate_ratelimit_backend_failures_total{policy=\"shared\",decision=\"open\"}",
-        );
-        assert_eq!(failures, 0.0);
     }
 }
 
@@ -615,5 +519,430 @@ fn metrics_are_valid_prometheus_text() {
         "promtool: {}{}\n{text}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn redis_applies_burst_and_every_window() {
+    let redis = RedisServer::start();
+    let cfg = redis.config();
+    let raw = RateLimitConfig {
+        name: "windows".into(),
+        key: "consumer".into(),
+        limits: vec![
+            RateWindowConfig {
+                requests: 5,
+                per: Duration::from_secs(1),
+                burst: None,
+            },
+            RateWindowConfig {
+                requests: 8,
+                per: Duration::from_secs(60),
+                burst: None,
+            },
+        ],
+        max_keys: 100,
+        backend: "redis".into(),
+        failure_mode: "closed".into(),
+    };
+    let mut issues = Vec::new();
+    let policy = Arc::new(
+        RateLimitPolicy::from_raw(&raw, "rate_limits[0]", Some(&cfg), &mut issues).unwrap(),
+    );
+    let global = RateLimiter::new();
+    global.install(std::slice::from_ref(&policy), Some(&cfg));
+    let shard = ShardLimiter::new(global.clone(), 0);
+    let check = || block_on(shard.check(&policy, b"alice"));
+    // The per-second burst: 5, with the remaining count going down.
+    for left in (0..5).rev() {
+        let RateDecision::Allowed(h) = check() else {
+            panic!("within the burst")
+        };
+        assert_eq!(
+            h.remaining,
+            Some(left),
+            "the per-second window is the tighter: {h:?}"
+        );
+    }
+    let RateDecision::Limited {
+        retry_after_secs, ..
+    } = check()
+    else {
+        panic!("the burst is spent")
+    };
+    assert_eq!(retry_after_secs, 1);
+    // After a second, 3 more fit the minute window (burst 8), then it has a
+    // token again only every 7.5 s.
+    thread::sleep(Duration::from_millis(1_100));
+    let admitted = (0..5)
+        .filter(|_| matches!(check(), RateDecision::Allowed(_)))
+        .count();
+    assert_eq!(admitted, 3);
+    let RateDecision::Limited {
+        headers,
+        retry_after_secs,
+    } = check()
+    else {
+        panic!("the minute window is spent")
+    };
+    assert!((6..=8).contains(&retry_after_secs), "{retry_after_secs}");
+    assert_eq!(
+        (headers.quota, headers.window_secs, headers.remaining),
+        (8, 60, Some(0))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Through the gateway.
+// ---------------------------------------------------------------------------
+
+/// A gateway with `shards` shards, the given `[[rate_limits]]` (and other)
+/// sections, and a direct-answer route `/rl/...` limited by `policies`.
+fn limited_gateway(shards: usize, sections: &str, policies: &[&str]) -> TestGateway {
+    let list: Vec<String> = policies.iter().map(|p| format!("{p:?}")).collect();
+    TestGateway::start(&format!(
+        r#"{}
+{sections}
+
+[[routes]]
+name = "rl"
+[routes.match]
+path_prefix = "/rl"
+[routes.direct]
+status = 200
+body = "ok"
+[routes.policy]
+rate_limits = [{}]
+"#,
+        preamble(shards),
+        list.join(", ")
+    ))
+}
+
+fn rate_limit_section(name: &str, key: &str, requests: u64, burst: u64, extra: &str) -> String {
+    format!(
+        r#"
+[[rate_limits]]
+name = "{name}"
+key = "{key}"
+limits = [{{ requests = {requests}, per = "1s", burst = {burst} }}]
+{extra}
+"#
+    )
+}
+
+#[test]
+fn http_limited_requests_get_429_retry_after_and_ratelimit_headers() {
+    let gw = limited_gateway(
+        2,
+        &rate_limit_section("per-ip", "client_ip", 10, 10, ""),
+        &["per-ip"],
+    );
+    let mut conn = gw.conn();
+    for left in (0..10).rev() {
+        let r = conn.request(&Request::get("/rl/a"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("ratelimit-policy"), Some("\"per-ip\";q=10;w=1"));
+        assert_eq!(
+            r.header("ratelimit"),
+            Some(format!("\"per-ip\";r={left};t=1").as_str())
+        );
+    }
+    let r = conn.request(&Request::get("/rl/a"));
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("ratelimit"), Some("\"per-ip\";r=0;t=1"));
+    assert_eq!(r.header("ratelimit-policy"), Some("\"per-ip\";q=10;w=1"));
+    assert!(r
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("application/json")));
+    assert!(r.json().is_object(), "JSON error body: {}", r.text());
+    // The connection stays usable, and the limit refills at 10 per second.
+    thread::sleep(Duration::from_millis(250));
+    assert_eq!(conn.request(&Request::get("/rl/a")).status, 200);
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_admitted_total{policy=\"per-ip\"}"),
+        11.0
+    );
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_limited_total{policy=\"per-ip\"}"),
+        1.0
+    );
+}
+
+/// `(connections, pause between requests)` groups of clients sending `GET path`
+/// with `headers` for `duration`; returns (200s, statuses other than 200 and 429, requests).
+fn http_load(
+    addrs: &[SocketAddr],
+    groups: &[(usize, Duration)],
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    duration: Duration,
+) -> (u64, u64, u64) {
+    let total: usize = groups.iter().map(|g| g.0).sum::<usize>() * addrs.len();
+    let barrier = Arc::new(Barrier::new(total));
+    let mut handles = Vec::new();
+    for &addr in addrs {
+        for &(connections, pause) in groups {
+            for _ in 0..connections {
+                let barrier = barrier.clone();
+                handles.push(thread::spawn(move || {
+                    let mut conn = hypergate_tests::Conn::connect(addr);
+                    let mut req = Request::get(path);
+                    for (k, v) in headers {
+                        req = req.header(k, v);
+                    }
+                    barrier.wait();
+                    let end = Instant::now() + duration;
+                    let (mut ok, mut odd, mut sent) = (0, 0, 0);
+                    while Instant::now() < end {
+                        sent += 1;
+                        match conn.request(&req).status {
+                            200 => ok += 1,
+                            429 => {}
+                            _ => odd += 1,
+                        }
+                        thread::sleep(pause);
+                    }
+                    (ok, odd, sent)
+                }));
+            }
+        }
+    }
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+}
+
+#[test]
+fn http_two_shards_uniform_load_admit_rate_times_window_plus_burst() {
+    let gw = limited_gateway(
+        2,
+        &rate_limit_section("uniform", "route", 300, 60, ""),
+        &["uniform"],
+    );
+    // 8 keep-alive connections spread over both shards, ~2 400 requests/s offered.
+    let (ok, odd, _) = http_load(
+        &[gw.addr],
+        &[(8, Duration::from_millis(3))],
+        "/rl/u",
+        &[],
+        WINDOW,
+    );
+    assert_eq!(odd, 0);
+    assert_within(ok, 300 * 10 + 60, 0.02, "HTTP, uniform");
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_admitted_total{policy=\"uniform\"}") as u64,
+        ok
+    );
+}
+
+#[test]
+fn http_two_shards_skewed_load_admit_rate_times_window_plus_burst() {
+    let gw = limited_gateway(
+        2,
+        &rate_limit_section("skewed", "header:x-tenant", 300, 60, ""),
+        &["skewed"],
+    );
+    // One connection offers ~2 000/s, four offer ~50/s each: most of the load on
+    // one shard, a trickle on the other.
+    let (ok, odd, _) = http_load(
+        &[gw.addr],
+        &[
+            (1, Duration::from_micros(500)),
+            (4, Duration::from_millis(20)),
+        ],
+        "/rl/s",
+        &[("x-tenant", "acme")],
+        WINDOW,
+    );
+    assert_eq!(odd, 0);
+    assert_within(ok, 300 * 10 + 60, 0.02, "HTTP, skewed");
+}
+
+#[test]
+fn http_unique_key_flood_stays_within_max_keys() {
+    let gw = limited_gateway(
+        2,
+        &rate_limit_section("flood", "header:x-client", 5, 5, "max_keys = 100"),
+        &["flood"],
+    );
+    let mut conn = gw.conn();
+    let mut ok = 0;
+    for i in 0..2_000 {
+        let r = conn.request(&Request::get("/rl/f").header("x-client", &format!("spoofed-{i}")));
+        ok += u32::from(r.status == 200);
+    }
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_keys{policy=\"flood\"}"),
+        100.0
+    );
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_max_keys{policy=\"flood\"}"),
+        100.0
+    );
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_overflow_total{policy=\"flood\"}"),
+        1_900.0
+    );
+    // 100 own buckets, and the 1 900 others shared one bucket of 5 (+5/s).
+    assert!((105..200).contains(&ok), "{ok} admitted");
+    wait_until("idle keys expire", Duration::from_secs(10), || {
+        gw.metric("hypergate_ratelimit_keys{policy=\"flood\"}") == 0.0
+    });
+}
+
+fn redis_section(redis: &RedisServer) -> String {
+    format!(
+        "\n[redis]\naddress = \"{}\"\ntimeout = \"100ms\"\n",
+        redis.addr
+    )
+}
+
+#[test]
+fn http_two_gateways_share_one_limit_through_redis() {
+    let redis = RedisServer::start();
+    let sections = format!(
+        "{}{}{}",
+        redis_section(&redis),
+        rate_limit_section("cluster", "route", 300, 60, "backend = \"redis\""),
+        rate_limit_section("roomy", "route", 100_000, 100_000, "backend = \"redis\""),
+    );
+    // Plus a route `/roomy` with a limit that never trips.
+    let sections = format!(
+        "{sections}\n[[routes]]\nname = \"roomy\"\n[routes.match]\npath_prefix = \"/roomy\"\n\
+         [routes.direct]\nstatus = 200\nbody = \"ok\"\n[routes.policy]\nrate_limits = [\"roomy\"]\n"
+    );
+    let a = limited_gateway(2, &sections, &["cluster"]);
+    let b = limited_gateway(2, &sections, &["cluster"]);
+    let scripts = || {
+        a.metric("hypergate_ratelimit_redis_scripts_total")
+            + b.metric("hypergate_ratelimit_redis_scripts_total")
+    };
+    let (ok, odd, sent) = http_load(
+        &[a.addr, b.addr],
+        &[(4, Duration::from_millis(3))],
+        "/rl/c",
+        &[],
+        WINDOW,
+    );
+    assert_eq!(odd, 0);
+    assert_within(ok, 300 * 10 + 60, 0.02, "HTTP, two gateways through Redis");
+    let (from_a, from_b) = (
+        a.metric("hypergate_ratelimit_admitted_total{policy=\"cluster\"}"),
+        b.metric("hypergate_ratelimit_admitted_total{policy=\"cluster\"}"),
+    );
+    assert_eq!((from_a + from_b) as u64, ok);
+    assert!(
+        from_a > 500.0 && from_b > 500.0,
+        "both served: {from_a} {from_b}"
+    );
+    assert_eq!(a.metric("hypergate_ratelimit_redis_up"), 1.0);
+    // Redis sees leases, not requests, even with the key far over its limit ...
+    let over_limit_calls = scripts();
+    assert!(
+        over_limit_calls < sent as f64 / 4.0,
+        "{over_limit_calls} Redis calls for {sent} requests"
+    );
+    // ... and rarely when the limit does not trip.
+    let (ok, odd, sent) = http_load(
+        &[a.addr, b.addr],
+        &[(2, Duration::from_millis(1))],
+        "/roomy",
+        &[],
+        Duration::from_secs(2),
+    );
+    assert_eq!((ok, odd), (sent, 0), "nothing limited");
+    let calls = scripts() - over_limit_calls;
+    assert!(
+        calls < sent as f64 / 10.0,
+        "{calls} Redis calls for {sent} requests under the limit"
+    );
+}
+
+#[test]
+fn http_redis_down_fails_open_or_closed_as_configured() {
+    let mut redis = RedisServer::start();
+    let sections = format!(
+        "{}{}{}",
+        redis_section(&redis),
+        rate_limit_section(
+            "open",
+            "client_ip",
+            100,
+            100,
+            "backend = \"redis\"\nfailure_mode = \"open\""
+        ),
+        rate_limit_section(
+            "closed",
+            "client_ip",
+            100,
+            100,
+            "backend = \"redis\"\nfailure_mode = \"closed\""
+        ),
+    );
+    let gw = TestGateway::start(&format!(
+        r#"{}
+{sections}
+
+[[routes]]
+name = "open"
+[routes.match]
+path_prefix = "/open"
+[routes.direct]
+status = 200
+body = "ok"
+[routes.policy]
+rate_limits = ["open"]
+
+[[routes]]
+name = "closed"
+[routes.match]
+path_prefix = "/closed"
+[routes.direct]
+status = 200
+body = "ok"
+[routes.policy]
+rate_limits = ["closed"]
+"#,
+        preamble(1)
+    ));
+    assert_eq!(gw.get("/closed").status, 200);
+    assert_eq!(gw.get("/open").status, 200);
+    redis.stop();
+    // Requests from new client addresses need Redis (a shard's lease for an
+    // address it has seen may still hold tokens for up to 200 ms).
+    for i in 2..12 {
+        let source: std::net::IpAddr = format!("127.0.0.{i}").parse().unwrap();
+        let open =
+            hypergate_tests::Conn::connect_from(gw.addr, source).request(&Request::get("/open"));
+        assert_eq!(open.status, 200, "fail-open admits");
+        assert_eq!(
+            open.header("ratelimit"),
+            None,
+            "no remaining count while failing open"
+        );
+        let closed =
+            hypergate_tests::Conn::connect_from(gw.addr, source).request(&Request::get("/closed"));
+        assert_eq!(closed.status, 503, "fail-closed refuses: {}", closed.text());
+        assert!(closed.json().is_object());
+    }
+    assert_eq!(
+        gw.metric("hypergate_ratelimit_backend_failures_total{policy=\"open\",decision=\"open\"}"),
+        10.0
+    );
+    assert_eq!(
+        gw.metric(
+            "hypergate_ratelimit_backend_failures_total{policy=\"closed\",decision=\"closed\"}"
+        ),
+        10.0
+    );
+    assert_eq!(gw.metric("hypergate_ratelimit_redis_up"), 0.0);
+    redis.restart();
+    wait_until(
+        "the gateway reconnects to Redis",
+        Duration::from_secs(10),
+        || gw.get("/closed").status == 200,
     );
 }

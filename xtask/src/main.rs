@@ -10,9 +10,14 @@
 //!   (see `bench/README.md`).
 //! - `build-ebpf`: installs the pinned nightly and bpf-linker when missing, builds the
 //!   kernel probe in `ebpf/probe` and prints the object's path (see `xtask/src/ebpf.rs`).
+//! - `alloc-check`: counts heap allocations per proxied request (see `xtask/src/alloc.rs`).
+//! - `run`: builds the probe when possible, then runs the gateway (release, `ebpf`
+//!   feature on) with the given arguments; the README's first command.
 
+mod alloc;
 mod bench;
 mod ebpf;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -29,11 +34,17 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Install the pinned eBPF toolchain if missing and build the kernel probe object.
     BuildEbpf(ebpf::BuildEbpfArgs),
+    /// Build the probe (when possible) and run the gateway, by default on the embedded quickstart.
+    Run(run::RunArgs),
+    /// Count heap allocations per proxied request (an `alloc-count` build under wrk).
+    AllocCheck(alloc::AllocArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
         Command::BuildEbpf(args) => ebpf::run_build(args),
+        Command::Run(args) => run::run(args),
+        Command::AllocCheck(args) => alloc::run(args),
     }
 }

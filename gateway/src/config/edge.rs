@@ -215,7 +215,8 @@ pub struct CertificateConfig {
     pub cert_file: String,
     /// PEM private key file.
     pub key_file: String,
-    /// SNI names served with it (default: the names in the certificate).
+    /// SNI names served with it. A certificate without names is only served as
+    /// the default (the first certificate) to clients whose SNI matches no name.
     #[serde(default)]
     pub server_names: Vec<String>,
 }

@@ -716,6 +716,16 @@ fn validate_policy(
     }
 }
 
+/// The message for a route naming a cluster that did not validate: unknown, or
+/// configured with errors of its own (reported at the cluster).
+fn unknown_cluster(name: &str, raw: &RawConfig) -> String {
+    if raw.clusters.iter().any(|c| c.name == name) {
+        format!("cluster {name:?} is invalid (see its errors)")
+    } else {
+        format!("unknown cluster {name:?}")
+    }
+}
+
 fn validate_route(
     r: &raw::RouteConfig,
     path: &str,
@@ -745,10 +755,7 @@ fn validate_route(
     if let Some(name) = &r.cluster {
         match cluster_index(name) {
             Some(i) => action = Some(RouteAction::Cluster(i)),
-            None => issues.push(
-                format!("{path}.cluster"),
-                format!("unknown cluster {name:?}"),
-            ),
+            None => issues.push(format!("{path}.cluster"), unknown_cluster(name, raw)),
         }
     }
     if let Some(s) = &r.split {
@@ -758,11 +765,19 @@ fn validate_route(
                 Some(i) => targets.push((i, t.weight)),
                 None => issues.push(
                     format!("{path}.split.targets[{j}].cluster"),
-                    format!("unknown cluster {:?}", t.cluster),
+                    unknown_cluster(&t.cluster, raw),
                 ),
             }
         }
-        let total_weight: u32 = s.targets.iter().map(|t| t.weight).sum();
+        for (j, t) in s.targets.iter().enumerate() {
+            if t.weight > 1_000_000 {
+                issues.push(
+                    format!("{path}.split.targets[{j}].weight"),
+                    "must be at most 1000000",
+                );
+            }
+        }
+        let total_weight: u32 = s.targets.iter().map(|t| t.weight.min(1_000_000)).sum();
         if s.targets.is_empty() {
             issues.push(
                 format!("{path}.split.targets"),

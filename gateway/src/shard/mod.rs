@@ -264,17 +264,23 @@ pub fn io_uring_available() -> bool {
 
 fn build_runtime(io_uring: bool) -> std::io::Result<Runtime> {
     if io_uring && io_uring_available() {
-        Ok(RuntimeBuilder::<IoUringDriver>::new()
+        match RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()
             .with_entries(4096)
-            .build()?
-            .into())
-    } else {
-        Ok(RuntimeBuilder::<LegacyDriver>::new()
-            .enable_timer()
-            .build()?
-            .into())
+            .build()
+        {
+            Ok(rt) => return Ok(rt.into()),
+            // The probe ring is tiny; a large one can still fail (RLIMIT_MEMLOCK on
+            // older kernels). Fall back to epoll rather than lose the shard.
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring ring setup failed; this shard uses epoll")
+            }
+        }
     }
+    Ok(RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()?
+        .into())
 }
 
 /// Starts a shard thread.

@@ -2,9 +2,11 @@
 //!
 //! wrk runs closed-loop (each connection sends its next request when the previous
 //! response is in) for a fixed time, with `bench/wrk/report.lua` (or `post.lua`,
-//! which adds a request body) making it print one JSON line at the end. The run is
-//! bounded twice: by wrk's own `-d` and `--timeout`, and by a hard deadline after
-//! which wrk is killed.
+//! which adds a request body) making it print one JSON line at the end. Edge
+//! scenarios add their credential as a `--header`; TLS scenarios use an `https`
+//! URL (wrk does not verify the certificate). The run is bounded twice: by
+//! wrk's own `-d` and `--timeout`, and by a hard deadline after which wrk is
+//! killed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,10 @@ pub struct LoadRun<'a> {
     pub scenario: &'a Scenario,
     /// Where to send it.
     pub target: SocketAddr,
+    /// Extra headers (`Name: value`) on every request (credentials).
+    pub headers: &'a [String],
+    /// Use `https`.
+    pub tls: bool,
     /// Where wrk runs and with how many threads.
     pub generator: &'a Placement,
     /// Run time.
@@ -71,13 +77,21 @@ impl LoadRun<'_> {
         if self.scenario.new_connection_per_request {
             command.arg("--header=Connection: close");
         }
+        for header in self.headers {
+            command.arg(format!("--header={header}"));
+        }
         let script = match self.scenario.request {
             RequestKind::Get => "report.lua",
             RequestKind::Post { .. } => "post.lua",
         };
         command
             .arg(format!("--script={}", self.scripts.join(script).display()))
-            .arg(format!("http://{}{}", self.target, self.scenario.path));
+            .arg(format!(
+                "{}://{}{}",
+                if self.tls { "https" } else { "http" },
+                self.target,
+                self.scenario.path
+            ));
         if let RequestKind::Post { body_bytes } = self.scenario.request {
             command.arg("--").arg(body_bytes.to_string());
         }
@@ -150,6 +164,8 @@ mod tests {
         let run = LoadRun {
             scenario,
             target: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            headers: &[],
+            tls: false,
             generator: &placement,
             duration: Duration::from_secs(3),
             scripts: Path::new("/w/bench/wrk"),

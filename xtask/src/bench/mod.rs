@@ -12,14 +12,16 @@
 //!    targets in turn (A B C D A B C D ...) so slow drifts of the machine hit all
 //!    of them alike. Each visit is a short wrk warm-up, then a measured wrk run with
 //!    the proxy's CPU time and memory sampled from `/proc` around it.
-//! 4. Print the table and the Hypergate/peer ratios (see [`report`]) and write
-//!    every run to `<target dir>/bench/latest.json`.
+//! 4. Print the table, the Hypergate/peer ratios and, for edge and TLS
+//!    scenarios, Hypergate's CPU per request against its own plain scenario (see
+//!    [`report`]), and write every run to `<target dir>/bench/latest.json`.
 //!
 //! The exit status is non-zero only when something broke: a target that did not
 //! start or died, a run that failed or saw errors. Slow numbers never fail it.
 //! Every child process dies with the run, including on error and Ctrl-C (see
 //! [`process`]).
 
+mod edge;
 mod layout;
 mod load;
 mod process;
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 
+use edge::EdgeMaterial;
 use layout::{Layout, LayoutKind, Placement};
 use load::LoadRun;
 use process::{Guarded, Interrupt, Output, ScratchDir};
@@ -52,8 +55,9 @@ const UPSTREAM_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// CI smoke check: 1 round of 3 s over get-c64, post-10k and newconn. Fails
-    /// only if something broke, never because of the numbers.
+    /// CI smoke check: 1 round of 3 s over get-c64, post-10k, newconn,
+    /// edge-apikey-rl and tls-keepalive. Fails only if something broke, never
+    /// because of the numbers.
     #[arg(long)]
     quick: bool,
     /// Rounds per scenario [default: 3, or 1 with --quick].
@@ -299,6 +303,8 @@ impl Bench<'_> {
             .scratch
             .join(format!("{}-{}", layout.kind, scenario.name));
         std::fs::create_dir_all(&dir)?;
+        let edge = EdgeMaterial::prepare(scenario, &dir.join("edge"))
+            .with_context(|| format!("{label}: preparing credentials and certificates"))?;
         let (mut upstream, upstream_address) =
             self.start_upstream(scenario, &layout.upstream, &dir)?;
 
@@ -309,6 +315,7 @@ impl Bench<'_> {
                 upstream: upstream_address,
                 placement: &layout.proxy,
                 dir: dir.join(target.name()),
+                edge: &edge,
             };
             match targets::start(target, &setup, self.programs, self.interrupt) {
                 Ok(started) => running.push(started),
@@ -333,7 +340,7 @@ impl Bench<'_> {
                     self.plan.rounds,
                     target.target.name()
                 );
-                match self.measure(layout, scenario, round, target, &mut upstream, &dir) {
+                match self.measure(layout, scenario, &edge, round, target, &mut upstream, &dir) {
                     Ok(row) => {
                         eprintln!(
                             "{:>9.0} req/s  p99 {:>6} us  {} CPU us/req  {} errors",
@@ -430,10 +437,12 @@ impl Bench<'_> {
     }
 
     /// Warms up, then measures one run of `scenario` against `target`.
+    #[allow(clippy::too_many_arguments)]
     fn measure(
         &self,
         layout: &Layout,
         scenario: &Scenario,
+        edge: &EdgeMaterial,
         round: u32,
         target: &mut RunningTarget,
         upstream: &mut Guarded,
@@ -444,6 +453,9 @@ impl Bench<'_> {
         let load = |seconds: Duration, log: String| LoadRun {
             scenario,
             target: target.address,
+            headers: &edge.headers,
+            // `direct` is the plain mock upstream.
+            tls: scenario.tls && target.target != Target::Direct,
             generator: &layout.generator,
             duration: seconds,
             scripts: &self.scripts,
@@ -655,7 +667,16 @@ mod tests {
     #[test]
     fn quick_is_one_short_round_of_the_smoke_set() {
         let plan = plan(&["--quick"]).expect("valid");
-        assert_eq!(names(&plan), ["get-c64", "post-10k", "newconn"]);
+        assert_eq!(
+            names(&plan),
+            [
+                "get-c64",
+                "post-10k",
+                "newconn",
+                "edge-apikey-rl",
+                "tls-keepalive"
+            ]
+        );
         assert_eq!((plan.rounds, plan.duration.as_secs()), (1, 3));
     }
 

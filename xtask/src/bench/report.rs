@@ -4,12 +4,15 @@
 //! the median over rounds of each figure (errors are summed, peak RSS is the
 //! maximum). Ratios compare Hypergate with each peer *within* a round (both ran
 //! back to back on the same machine state), then take the median over rounds and
-//! show the spread as `[min-max]`.
+//! show the spread as `[min-max]`. Scenarios with a CPU baseline (edge policy,
+//! TLS) also get Hypergate's CPU per request divided by its own figure in the
+//! baseline scenario, round by round: the cost of the feature.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::scenario;
 use super::targets::Target;
 
 /// One measured run, as written to `latest.json`.
@@ -145,7 +148,7 @@ pub fn table(rows: &[Row]) -> String {
             current_layout = layout;
             let _ = writeln!(
                 out,
-                "\n== layout {layout} (medians over rounds) ==\n{:<12} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 "scenario", "proxy", "req/s", "p50 us", "p99 us", "p99.9 us", "CPU us/req", "RSS KiB", "errors"
             );
         }
@@ -171,7 +174,7 @@ pub fn table(rows: &[Row]) -> String {
             let errors: u64 = runs.iter().map(|row| row.errors).sum();
             let _ = writeln!(
                 out,
-                "{:<12} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "{:<15} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 scenario,
                 target.name(),
                 or_dash(rps.map(grouped)),
@@ -185,6 +188,7 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
 
+    out.push_str(&baseline_table(rows, &keys));
     let peers: Vec<Target> = Target::ALL
         .into_iter()
         .filter(|peer| peer.is_peer() && rows.iter().any(|row| row.proxy == peer.name()))
@@ -195,7 +199,7 @@ pub fn table(rows: &[Row]) -> String {
     }
     let _ = write!(
         out,
-        "\n== Hypergate / peer, per-round ratios: median [min-max] ==\n{:<10} {:<12}",
+        "\n== Hypergate / peer, per-round ratios: median [min-max] ==\n{:<10} {:<15}",
         "layout", "scenario"
     );
     for peer in &peers {
@@ -213,7 +217,7 @@ pub fn table(rows: &[Row]) -> String {
             .iter()
             .filter(|row| row.layout == layout && row.scenario == scenario)
             .collect();
-        let _ = write!(out, "{layout:<10} {scenario:<12}");
+        let _ = write!(out, "{layout:<10} {scenario:<15}");
         for &peer in &peers {
             let rps = paired_ratios(&scenario_rows, peer, |row| Some(row.rps));
             let p99 = paired_ratios(&scenario_rows, peer, |row| Some(row.p99_us as f64));
@@ -227,6 +231,75 @@ pub fn table(rows: &[Row]) -> String {
     out.push_str(
         "(req/s above 1 means Hypergate is faster; p99 and CPU/req below 1 mean it is better)\n",
     );
+    out
+}
+
+/// Hypergate's CPU per request in each scenario that names a baseline, against
+/// its own figure in that baseline (same layout, paired by round).
+fn baseline_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let ours = |layout: &str, scenario: &str| -> Vec<&Row> {
+        rows.iter()
+            .filter(|row| {
+                row.layout == layout
+                    && row.scenario == scenario
+                    && row.proxy == Target::Hypergate.name()
+            })
+            .collect()
+    };
+    for &(layout, name) in keys {
+        let Some(baseline) = scenario::find(name).and_then(|s| s.cpu_baseline) else {
+            continue;
+        };
+        let runs = ours(layout, name);
+        if runs.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n== Hypergate CPU per request against its own baseline scenario ==\n\
+                 {:<10} {:<15} {:<9} {:>11} {:>13} {:>20}",
+                "layout",
+                "scenario",
+                "baseline",
+                "CPU us/req",
+                "baseline us",
+                "ratio median [min-max]"
+            );
+        }
+        let base = ours(layout, baseline);
+        let cpu = median_of(&runs, |row| row.cpu_us_per_req);
+        let base_cpu = median_of(&base, |row| row.cpu_us_per_req);
+        let ratios: Vec<f64> = runs
+            .iter()
+            .filter_map(|row| {
+                let theirs = base.iter().find(|b| b.round == row.round)?;
+                let (a, b) = (row.cpu_us_per_req?, theirs.cpu_us_per_req?);
+                (b > 0.0).then(|| a / b)
+            })
+            .collect();
+        let ratio = match Spread::of(ratios) {
+            Some(spread) => format!(
+                "{} ({:+.0}%)",
+                spread.describe(),
+                (spread.median - 1.0) * 100.0
+            ),
+            None => format!("- (run --scenario {baseline} too)"),
+        };
+        let _ = writeln!(
+            out,
+            "{layout:<10} {name:<15} {baseline:<9} {:>11} {:>13} {:>20}",
+            or_dash(cpu.map(|cpu| format!("{cpu:.1}"))),
+            or_dash(base_cpu.map(|cpu| format!("{cpu:.1}"))),
+            ratio
+        );
+    }
+    if !out.is_empty() {
+        out.push_str(
+            "(edge scenarios: Hypergate applies the policy, peers run their plain config)\n",
+        );
+    }
     out
 }
 
@@ -303,6 +376,34 @@ mod tests {
             .find(|line| line.contains("direct"))
             .expect("direct row");
         assert!(direct.contains(" - "));
+    }
+
+    #[test]
+    fn edge_cost_is_hypergate_against_its_own_baseline() {
+        let mut rows = vec![
+            row("hypergate", 1, 100_000.0, Some(10.0)),
+            row("nginx", 1, 100_000.0, Some(30.0)),
+        ];
+        for (proxy, round, cpu) in [("hypergate", 1, 11.0), ("nginx", 1, 30.0)] {
+            let mut edge = row(proxy, round, 90_000.0, Some(cpu));
+            edge.scenario = "edge-apikey-rl".into();
+            rows.push(edge);
+        }
+        let table = table(&rows);
+        let line = table
+            .lines()
+            .find(|line| line.starts_with("pinned") && line.contains("edge-apikey-rl  get-c64"))
+            .unwrap_or_else(|| panic!("no baseline line in:\n{table}"));
+        assert!(line.contains("11.0"), "{line}");
+        assert!(line.contains("10.0"), "{line}");
+        assert!(line.contains("1.10 [1.10-1.10] (+10%)"), "{line}");
+        // Without the baseline scenario, the line says how to get it.
+        let alone: Vec<Row> = rows[2..].to_vec();
+        assert!(table_has(&alone, "run --scenario get-c64 too"));
+    }
+
+    fn table_has(rows: &[Row], text: &str) -> bool {
+        table(rows).contains(text)
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! A scenario says what traffic the load generator sends and how the upstream and
 //! the proxies are set up for it. Adding one is adding an entry to [`SCENARIOS`];
 //! the runner, the configs and the report read only these fields.
+//!
+//! Edge scenarios ([`Edge`]) turn on Hypergate's edge policy (API keys and a rate
+//! limit, or JWT) while nginx and HAProxy keep their plain proxy config: they are
+//! there as the usual yardstick, and the figure that matters is Hypergate's CPU
+//! per request against its own plain run ([`Scenario::cpu_baseline`]). TLS
+//! scenarios terminate TLS in every proxy with the same certificate.
 
 /// The request the load generator sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +20,18 @@ pub enum RequestKind {
         /// Request body size in bytes.
         body_bytes: usize,
     },
+}
+
+/// The edge policy Hypergate applies (peers always run their plain config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// None: the plain proxy path.
+    None,
+    /// API-key authentication (`x-api-key` header) plus a per-consumer rate limit
+    /// far above any load this can generate, so it never trips.
+    ApiKeyRateLimit,
+    /// An RS256 JWT as `Authorization: Bearer` on every request.
+    JwtRs256,
 }
 
 /// One benchmark scenario.
@@ -39,6 +57,13 @@ pub struct Scenario {
     /// its catch-all; the scenario's path matches the last of them. Peers proxy
     /// everything with their usual single location/backend.
     pub hypergate_prefix_routes: usize,
+    /// Edge policy Hypergate applies; the load carries the credential it needs.
+    pub edge: Edge,
+    /// Every proxy terminates TLS (same certificate) and the load uses `https`.
+    pub tls: bool,
+    /// Hypergate's CPU per request is also reported relative to its own figure
+    /// in this scenario (when both ran), to show what the feature costs.
+    pub cpu_baseline: Option<&'static str>,
     /// Part of the `--quick` smoke subset.
     pub quick: bool,
 }
@@ -58,6 +83,9 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
         new_connection_per_request: false,
         access_log: false,
         hypergate_prefix_routes: 0,
+        edge: Edge::None,
+        tls: false,
+        cpu_baseline: None,
         quick: false,
     }
 }
@@ -127,6 +155,46 @@ pub const SCENARIOS: &[Scenario] = &[
             64,
         )
     },
+    Scenario {
+        edge: Edge::ApiKeyRateLimit,
+        cpu_baseline: Some("get-c64"),
+        quick: true,
+        ..small_get(
+            "edge-apikey-rl",
+            "get-c64 with API-key auth and a per-consumer rate limit that never trips \
+             (Hypergate only; peers plain)",
+            64,
+        )
+    },
+    Scenario {
+        edge: Edge::JwtRs256,
+        cpu_baseline: Some("get-c64"),
+        ..small_get(
+            "edge-jwt",
+            "get-c64 with an RS256 JWT bearer on every request (Hypergate only; peers plain)",
+            64,
+        )
+    },
+    Scenario {
+        tls: true,
+        cpu_baseline: Some("get-c64"),
+        quick: true,
+        ..small_get(
+            "tls-keepalive",
+            "keep-alive GET over TLS terminated by every proxy (same certificate), 64 connections",
+            64,
+        )
+    },
+    Scenario {
+        tls: true,
+        new_connection_per_request: true,
+        cpu_baseline: Some("newconn"),
+        ..small_get(
+            "tls-newconn",
+            "GET over TLS with `Connection: close`: a TLS handshake per request, 64 connections",
+            64,
+        )
+    },
 ];
 
 /// The scenario called `name`, if any.
@@ -158,7 +226,33 @@ mod tests {
             .filter(|scenario| scenario.quick)
             .map(|scenario| scenario.name)
             .collect();
-        assert_eq!(quick, ["get-c64", "post-10k", "newconn"]);
+        assert_eq!(
+            quick,
+            [
+                "get-c64",
+                "post-10k",
+                "newconn",
+                "edge-apikey-rl",
+                "tls-keepalive"
+            ]
+        );
+    }
+
+    #[test]
+    fn cpu_baselines_name_plain_scenarios() {
+        for scenario in SCENARIOS {
+            if let Some(baseline) = scenario.cpu_baseline {
+                let base = find(baseline).expect("baseline exists");
+                assert_eq!(base.edge, Edge::None, "{}", scenario.name);
+                assert!(!base.tls, "{}", scenario.name);
+                assert_eq!(base.connections, scenario.connections, "{}", scenario.name);
+                assert_eq!(
+                    base.new_connection_per_request, scenario.new_connection_per_request,
+                    "{}",
+                    scenario.name
+                );
+            }
+        }
     }
 
     #[test]

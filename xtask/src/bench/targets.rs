@@ -14,11 +14,17 @@
 //! - every file (config, pid, logs, nginx temp dirs) in the scratch directory,
 //!   nothing in /etc or /var, so it runs as root or not without side effects.
 //!
+//! - in TLS scenarios, every proxy terminates TLS with the same certificate and
+//!   key (TLS 1.2 and 1.3, ALPN `http/1.1`) and still talks plain HTTP upstream;
+//! - in edge scenarios, Hypergate adds the scenario's policy (API key plus a rate
+//!   limit, or JWT) on its route, while nginx and HAProxy keep the plain config.
+//!
 //! `direct` sends the load straight to the upstream: the no-proxy limit.
 //!
 //! A target counts as started once its port accepts connections and a request
-//! through it comes back `200`; for Hypergate, `/healthz` on its admin port must
-//! also answer `200` if anything listens there.
+//! through it (with the scenario's credential headers; over TLS with `curl -k`
+//! in TLS scenarios) comes back `200`; for Hypergate, `/healthz` on its admin
+//! port must also answer `200` if anything listens there.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -29,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+use super::edge::{EdgeMaterial, CONSUMER, JWT_AUDIENCE, JWT_ISSUER};
 use super::layout::Placement;
 use super::process::{Guarded, Interrupt, Output};
-use super::scenario::Scenario;
+use super::scenario::{Edge, Scenario};
 
 /// How long a target gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -109,6 +116,8 @@ pub struct TargetSetup<'a> {
     pub placement: &'a Placement,
     /// A fresh directory for this target's files.
     pub dir: PathBuf,
+    /// Credentials and certificate of the scenario.
+    pub edge: &'a EdgeMaterial,
 }
 
 /// A started target.
@@ -206,24 +215,44 @@ pub fn start(
         address,
         process,
     };
-    wait_until_ready(&mut running, setup.scenario.path, admin, interrupt)
+    // `direct` is the plain mock upstream: no TLS, no credentials needed.
+    let probe = Probe {
+        path: setup.scenario.path,
+        headers: &setup.edge.headers,
+        tls: setup.scenario.tls && target != Target::Direct,
+    };
+    wait_until_ready(&mut running, &probe, admin, interrupt)
         .with_context(|| format!("{} did not start", target.name()))?;
     Ok(running)
+}
+
+/// The readiness request for a target.
+#[derive(Debug)]
+struct Probe<'a> {
+    path: &'a str,
+    headers: &'a [String],
+    tls: bool,
 }
 
 /// Polls until the target proxies a request with `200` (and admin says healthy).
 fn wait_until_ready(
     running: &mut RunningTarget,
-    path: &str,
+    request: &Probe<'_>,
     admin: Option<SocketAddr>,
     interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
+    let path = request.path;
     loop {
         running.ensure_running()?;
         interrupt.check()?;
-        let problem = match probe(running.address, path) {
-            Ok(200) => match admin.map(|admin| probe(admin, "/healthz")) {
+        let outcome = if request.tls {
+            probe_tls(running.address, path, request.headers)
+        } else {
+            probe(running.address, path, request.headers)
+        };
+        let problem = match outcome {
+            Ok(200) => match admin.map(|admin| probe(admin, "/healthz", &[])) {
                 // Nothing listens on the admin port: the proxied request is enough.
                 None | Some(Err(_)) | Some(Ok(200)) => return Ok(()),
                 Some(Ok(status)) => format!("/healthz answered {status}"),
@@ -238,15 +267,17 @@ fn wait_until_ready(
     }
 }
 
-/// Sends `GET path` with `Connection: close` and returns the status code.
-fn probe(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
+/// Sends `GET path` (plus `headers`) with `Connection: close` and returns the status code.
+fn probe(address: SocketAddr, path: &str, headers: &[String]) -> anyhow::Result<u16> {
     let mut stream = TcpStream::connect_timeout(&address, PROBE_TIMEOUT)?;
     stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
     stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for header in headers {
+        let _ = write!(request, "{header}\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut head = [0u8; 64];
     let mut filled = 0;
     while filled < 12 {
@@ -262,6 +293,30 @@ fn probe(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("not an HTTP status line: {status_line:?}"))
+}
+
+/// `probe` over TLS, through `curl -k` (the certificate is self-signed).
+fn probe_tls(address: SocketAddr, path: &str, headers: &[String]) -> anyhow::Result<u16> {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(PROBE_TIMEOUT.as_secs().to_string());
+    for header in headers {
+        command.arg("-H").arg(header);
+    }
+    let output = command
+        .arg(format!("https://{address}{path}"))
+        .output()
+        .context("running curl (TLS scenarios probe with it: apt-get install -y curl)")?;
+    let code = String::from_utf8_lossy(&output.stdout);
+    match code.trim().parse::<u16>() {
+        Ok(status) if status != 0 => Ok(status),
+        _ => bail!(
+            "curl could not complete an HTTPS request ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
 }
 
 /// A 127.0.0.1 address with a port that was free a moment ago.
@@ -291,18 +346,31 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
     let _ = write!(
         config,
         "\n[admin]\nlisten = \"{admin}\"\n\n\
-         [[listeners]]\nname = \"main\"\naddress = \"{listen}\"\n\n\
-         [access_log]\nenabled = {}\npath = \"{}\"\n\n\
+         [[listeners]]\nname = \"main\"\naddress = \"{listen}\"\n"
+    );
+    if let Some(tls) = &setup.edge.tls {
+        let _ = write!(
+            config,
+            "[listeners.tls]\nmin_version = \"1.2\"\n\
+             certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n",
+            toml_escape(&tls.cert),
+            toml_escape(&tls.key)
+        );
+    }
+    let _ = write!(
+        config,
+        "\n[access_log]\nenabled = {}\npath = \"{}\"\n\n\
          [[clusters]]\nname = \"backend\"\nendpoints = [{{ address = \"{}\" }}]\n",
         setup.scenario.access_log,
         toml_escape(&access_log),
         setup.upstream
     );
+    let policy = edge_policy(setup, &mut config);
     let mut route = |name: &str, prefix: &str| {
         let _ = write!(
             config,
             "\n[[routes]]\nname = \"{name}\"\ncluster = \"backend\"\n\
-             [routes.match]\npath_prefix = \"{prefix}\"\n"
+             [routes.match]\npath_prefix = \"{prefix}\"\n{policy}"
         );
     };
     for index in 0..setup.scenario.hypergate_prefix_routes {
@@ -310,6 +378,45 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
     }
     route("catch-all", "/");
     config
+}
+
+/// Appends the consumers, `[auth]` and `[[rate_limits]]` of the scenario's edge
+/// policy to `config` and returns the `[routes.policy]` table every route gets.
+fn edge_policy(setup: &TargetSetup<'_>, config: &mut String) -> String {
+    match setup.scenario.edge {
+        Edge::None => String::new(),
+        Edge::ApiKeyRateLimit => {
+            let hash = setup.edge.api_key_hash.as_deref().unwrap_or_default();
+            // 1,000,000 per second is the fastest window a policy may have, far
+            // above what this benchmark can send: it never trips, yet every
+            // request takes the whole rate-limit path (one hot consumer key
+            // shared by all shards, leases from the process-wide budget).
+            let _ = write!(
+                config,
+                "\n[[consumers]]\nname = \"{CONSUMER}\"\napi_keys = [\"{hash}\"]\n\n\
+                 [auth.api_key]\nheader = \"x-api-key\"\nbearer = false\n\n\
+                 [[rate_limits]]\nname = \"never-trips\"\nkey = \"consumer\"\n\
+                 limits = [{{ requests = 1000000, per = \"1s\" }}]\n"
+            );
+            "[routes.policy]\nauth = [\"api_key\"]\nrate_limits = [\"never-trips\"]\n".to_owned()
+        }
+        Edge::JwtRs256 => {
+            let public = setup
+                .edge
+                .jwt_public_key
+                .as_deref()
+                .map(toml_escape)
+                .unwrap_or_default();
+            let _ = write!(
+                config,
+                "\n[[consumers]]\nname = \"{CONSUMER}\"\n\n\
+                 [[auth.jwt]]\nname = \"bench\"\nalgorithms = [\"RS256\"]\n\
+                 issuer = \"{JWT_ISSUER}\"\naudiences = [\"{JWT_AUDIENCE}\"]\n\
+                 keys = [{{ kid = \"bench\", pem_file = \"{public}\" }}]\n"
+            );
+            "[routes.policy]\nauth = [\"jwt\"]\n".to_owned()
+        }
+    }
 }
 
 /// nginx's config for the setup (run with `-p DIR/ -c FILE -e DIR/error.log`).
@@ -355,7 +462,8 @@ fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> S
          \x20       keepalive_requests 1000000;\n\
          \x20   }}\n\
          \x20   server {{\n\
-         \x20       listen {listen} backlog=4096;\n\
+         \x20       listen {listen}{ssl} backlog=4096;\n\
+         {certificate}\
          \x20       location / {{\n\
          \x20           proxy_pass http://backend;\n\
          \x20           proxy_http_version 1.1;\n\
@@ -366,6 +474,17 @@ fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> S
          }}\n",
         upstream = setup.upstream,
         files = 2 * MAX_CONNECTIONS + 100,
+        ssl = if setup.edge.tls.is_some() { " ssl" } else { "" },
+        certificate = setup
+            .edge
+            .tls
+            .as_ref()
+            .map_or_else(String::new, |tls| format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+             ssl_protocols TLSv1.2 TLSv1.3;\n",
+                tls.cert.display(),
+                tls.key.display()
+            )),
     );
     config
 }
@@ -399,9 +518,15 @@ fn haproxy_config(setup: &TargetSetup<'_>, listen: SocketAddr) -> String {
     if setup.scenario.access_log {
         config.push_str("    log global\n    option httplog\n");
     }
+    let tls = setup.edge.tls.as_ref().map_or_else(String::new, |tls| {
+        format!(
+            " ssl crt {} alpn http/1.1 ssl-min-ver TLSv1.2",
+            tls.combined.display()
+        )
+    });
     let _ = write!(
         config,
-        "\nfrontend bench\n    bind {listen}\n    default_backend upstream\n\n\
+        "\nfrontend bench\n    bind {listen}{tls}\n    default_backend upstream\n\n\
          backend upstream\n    server origin {}\n",
         setup.upstream
     );
@@ -427,8 +552,11 @@ mod tests {
             upstream: SocketAddr::from(([127, 0, 0, 1], 19000)),
             placement,
             dir: PathBuf::from("/tmp/hg"),
+            edge: &PLAIN,
         }
     }
+
+    static PLAIN: EdgeMaterial = EdgeMaterial::NONE;
 
     fn pinned_to_cpu_1() -> Placement {
         Placement {
@@ -497,6 +625,76 @@ mod tests {
         let config = hypergate_config(&setup("get-c64", &placement), listen, listen);
         assert!(config.starts_with("[server]\nshards = 2\npin_cores = false\n"));
         assert!(!config.contains("cpu_list"));
+    }
+
+    #[test]
+    fn edge_scenarios_add_the_policy_to_hypergate_only() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let material = EdgeMaterial {
+            headers: vec!["x-api-key: k".into()],
+            api_key_hash: Some("sha256:00ff".into()),
+            ..EdgeMaterial::NONE
+        };
+        let setup = TargetSetup {
+            edge: &material,
+            ..setup("edge-apikey-rl", &placement)
+        };
+        let config = hypergate_config(&setup, listen, listen);
+        assert!(config.contains("api_keys = [\"sha256:00ff\"]"), "{config}");
+        assert!(config.contains("limits = [{ requests = 1000000, per = \"1s\" }]"));
+        assert!(config.ends_with(
+            "path_prefix = \"/\"\n[routes.policy]\nauth = [\"api_key\"]\nrate_limits = [\"never-trips\"]\n"
+        ));
+        assert!(!nginx_config(&setup, listen, false).contains("api"));
+        assert!(!haproxy_config(&setup, listen).contains("api"));
+
+        let material = EdgeMaterial {
+            jwt_public_key: Some(PathBuf::from("/tmp/hg/jwt.pub")),
+            ..EdgeMaterial::NONE
+        };
+        let setup = TargetSetup {
+            edge: &material,
+            ..self::setup("edge-jwt", &placement)
+        };
+        let config = hypergate_config(&setup, listen, listen);
+        assert!(config.contains("algorithms = [\"RS256\"]"));
+        assert!(config.contains("pem_file = \"/tmp/hg/jwt.pub\""));
+        assert!(config.ends_with("[routes.policy]\nauth = [\"jwt\"]\n"));
+    }
+
+    #[test]
+    fn tls_scenarios_serve_one_certificate_from_every_proxy() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let material = EdgeMaterial {
+            tls: Some(crate::bench::edge::TlsFiles {
+                cert: PathBuf::from("/tmp/hg/tls.crt"),
+                key: PathBuf::from("/tmp/hg/tls.key"),
+                combined: PathBuf::from("/tmp/hg/tls.pem"),
+            }),
+            ..EdgeMaterial::NONE
+        };
+        let setup = TargetSetup {
+            edge: &material,
+            ..setup("tls-keepalive", &placement)
+        };
+        let config = hypergate_config(&setup, listen, listen);
+        assert!(config.contains(
+            "address = \"127.0.0.1:18080\"\n[listeners.tls]\nmin_version = \"1.2\"\n\
+             certificates = [{ cert_file = \"/tmp/hg/tls.crt\", key_file = \"/tmp/hg/tls.key\" }]\n"
+        ));
+        let nginx = nginx_config(&setup, listen, false);
+        assert!(nginx.contains("listen 127.0.0.1:18080 ssl backlog=4096;"));
+        assert!(nginx.contains(
+            "ssl_certificate /tmp/hg/tls.crt;\n        ssl_certificate_key /tmp/hg/tls.key;"
+        ));
+        let haproxy = haproxy_config(&setup, listen);
+        assert!(haproxy.contains("bind 127.0.0.1:18080 ssl crt /tmp/hg/tls.pem alpn http/1.1"));
+        // Plain scenarios stay plain.
+        let plain = self::setup("get-c64", &placement);
+        assert!(!nginx_config(&plain, listen, false).contains("ssl"));
+        assert!(!hypergate_config(&plain, listen, listen).contains("tls"));
     }
 
     #[test]

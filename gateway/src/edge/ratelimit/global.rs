@@ -153,8 +153,13 @@ impl PolicyState {
                 }
                 return Bucket::Key(ks);
             }
-            if self.tracked.fetch_add(1, Ordering::AcqRel) >= self.max_keys.load(Ordering::Relaxed)
-            {
+            // Check before incrementing: under a flood of new keys the cap is
+            // reached, and a plain load keeps the shared counter's line uncontended.
+            let max = self.max_keys.load(Ordering::Relaxed);
+            if self.tracked.load(Ordering::Relaxed) >= max {
+                return Bucket::Overflow;
+            }
+            if self.tracked.fetch_add(1, Ordering::AcqRel) >= max {
                 self.tracked.fetch_sub(1, Ordering::AcqRel);
                 return Bucket::Overflow;
             }

@@ -21,9 +21,9 @@
 //! 3. `k` adapts per key and shard: it starts at 1, doubles while leases run out
 //!    within their TTL, shrinks to what was used when they expire, and never
 //!    exceeds `max(1, min(rate × ttl / 8, burst / (2 × shards), 4096))` for the
-//!    slowest window. Limits below ~160 requests per second (local) therefore always
-//!    lease exactly 1 token: the shard takes it for the request in hand, and the
-//!    result is plain GCRA, exact.
+//!    slowest window. Limits below 320 requests per second (80 with Redis) therefore
+//!    always lease exactly 1 token: the shard takes it for the request in hand, and
+//!    the result is plain GCRA, exact.
 //! 4. A lease lives `ttl` (50 ms local, 200 ms Redis). When it expires, the tokens
 //!    it did not use go back to the bucket, but only the part of their slots that
 //!    is still in the future (a give-back never creates capacity GCRA would not have had).
@@ -42,16 +42,23 @@
 //!    `open` admits, `closed` answers [`RateDecision::Unavailable`]; both counted
 //!    and logged at most every 10 s.
 //!
-//! Worst-case error (see `docs/ratelimit.md`). Over any interval of length `D`,
-//! admissions for one key are at most `burst + rate × (D + ttl)`: tokens are
-//! always taken from the shared budget *before* they are spent, and spent within
-//! `ttl` of being taken, so the only over-admission against exact GCRA
-//! (`burst + rate × D`) is tokens leased just before the interval and spent in it:
-//! at most `min(rate × ttl, leases outstanding)`, with at most two leases of
-//! `k_max` per shard (one with Redis prefetch pending). Under-admission is bounded by the
-//! tokens sitting unused in other shards' leases: at most `shards × k_max` (for Redis, across
-//! all gateway processes). Time is in integer nanoseconds with the emission
-//! interval rounded up, so the long-run rate is never above the configured one.
+//!    A key Redis refused is not asked about again on that shard until a full
+//!    lease has refilled (the bucket keeps those tokens), so a client far over its
+//!    limit costs about one call per lease time per shard, not one per request.
+//!
+//! Worst-case error (details in `docs/ratelimit.md`). For one key and window
+//! (rate `r`, burst `b`), with `S` shards (for Redis: in all processes) and `L` the
+//! longest a token can be held before it is spent (50 ms local; 200 ms plus the
+//! reply time, at most `2 × redis.timeout`, with Redis):
+//! - tokens are taken from the shared bucket *before* they are spent and spent
+//!   within `L`, so admissions over any interval `D` are at most `b + r × (D + L)`;
+//!   the excess over exact GCRA (`b + r × D`) is at most
+//!   `min(r × L, S × (k_max - 1))` locally and `min(r × L, 2 × S × k_max)` with
+//!   Redis (a current and a prefetched lease);
+//! - under-admission is bounded by the same count of tokens parked in leases;
+//! - with `k_max = 1` (under 320 requests/s local, 80/s Redis) the result is exact GCRA;
+//! - time is in integer nanoseconds with the emission interval rounded up, so the
+//!   long-run rate is never above the configured one (at most 0.1% below, at 1M/s).
 
 mod gcra;
 mod global;
@@ -67,7 +74,7 @@ pub use policy::{
 };
 pub use shard::ShardLimiter;
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 /// The outcome of [`ShardLimiter::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +101,8 @@ pub enum RateDecision {
 /// leases above one token it is an estimate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateHeaders {
-    /// Policy name.
-    pub policy: Arc<str>,
+    /// Policy name (a shard-local copy: cloning it costs no shared atomic).
+    pub policy: Rc<str>,
     /// Requests per window (`q`).
     pub quota: u64,
     /// Window length in seconds (`w`, at least 1).
@@ -129,7 +136,12 @@ impl RateHeaders {
 /// Builds headers for the tightest window: the one with the fewest requests
 /// left (the first on ties). `debt[i]` is window `i`'s debt in ns (TAT - now) as
 /// the shared bucket last showed it; `leased` tokens are held by this shard.
-pub(crate) fn headers_for(policy: &RateLimitPolicy, debt: &[u64], leased: u64) -> RateHeaders {
+pub(crate) fn headers_for(
+    policy: &RateLimitPolicy,
+    name: &Rc<str>,
+    debt: &[u64],
+    leased: u64,
+) -> RateHeaders {
     let mut best: Option<(u64, usize)> = None;
     for (i, g) in policy.gcra().iter().enumerate() {
         let left = g.cap.saturating_sub(debt[i]) / g.t + leased;
@@ -140,7 +152,7 @@ pub(crate) fn headers_for(policy: &RateLimitPolicy, debt: &[u64], leased: u64) -
     let (remaining, i) = best.unwrap_or((0, 0));
     let w = &policy.windows[i];
     RateHeaders {
-        policy: policy.name.clone(),
+        policy: name.clone(),
         quota: w.requests,
         window_secs: ((w.per.as_millis() + 500) / 1000).max(1) as u64,
         remaining: Some(remaining),
@@ -149,10 +161,10 @@ pub(crate) fn headers_for(policy: &RateLimitPolicy, debt: &[u64], leased: u64) -
 }
 
 /// Headers when the bucket state is unknown (failing open).
-pub(crate) fn headers_unknown(policy: &RateLimitPolicy) -> RateHeaders {
+pub(crate) fn headers_unknown(policy: &RateLimitPolicy, name: Rc<str>) -> RateHeaders {
     let w = &policy.windows[0];
     RateHeaders {
-        policy: policy.name.clone(),
+        policy: name,
         quota: w.requests,
         window_secs: ((w.per.as_millis() + 500) / 1000).max(1) as u64,
         remaining: None,

@@ -16,6 +16,7 @@ use super::redis::{Failure, Job, Op, RedisHandle, Reply};
 use super::{headers_for, headers_unknown, RateDecision, RateHeaders};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -127,7 +128,11 @@ impl Lease {
 /// One policy's leases on this shard.
 struct Slot {
     state: Arc<PolicyState>,
-    policy: Arc<RateLimitPolicy>,
+    /// The policy name for headers (a shard-local `Rc`: no shared refcount per request).
+    name: Rc<str>,
+    backend: RateBackend,
+    /// Lease TTL, ns.
+    ttl: u64,
     leases: HashMap<Box<[u8]>, Lease>,
     overflow: Lease,
     cap: usize,
@@ -237,6 +242,7 @@ impl ShardLimiter {
         let mut inner = self.inner.borrow_mut();
         let Slot {
             state,
+            name,
             leases,
             overflow,
             cap,
@@ -251,7 +257,10 @@ impl ShardLimiter {
                 give_back_local(state, Some(key), &g, now);
             }
             if let Some((g, leased)) = lease.consume(now) {
-                return allowed(counters, headers_for(policy, &g.debt_now(now), leased));
+                return allowed(
+                    counters,
+                    headers_for(policy, name, &g.debt_now(now), leased),
+                );
             }
         }
 
@@ -267,7 +276,10 @@ impl ShardLimiter {
                         give_back_local(state, None, &g, now);
                     }
                     if let Some((g, leased)) = overflow.consume(now) {
-                        return allowed(counters, headers_for(policy, &g.debt_now(now), leased));
+                        return allowed(
+                            counters,
+                            headers_for(policy, name, &g.debt_now(now), leased),
+                        );
                     }
                     (Some(&mut *overflow), state.overflow_cells())
                 }
@@ -292,13 +304,14 @@ impl ShardLimiter {
                 }
             };
             counters.leases.fetch_add(1, Ordering::Relaxed);
-            return self.decide_local(policy, counters, lease, taken, now);
+            return self.decide_local(policy, name, counters, lease, taken, now);
         }
     }
 
     fn decide_local(
         &self,
         policy: &RateLimitPolicy,
+        name: &Rc<str>,
         counters: &CounterSlot,
         lease: Option<&mut Lease>,
         taken: Taken,
@@ -309,7 +322,7 @@ impl ShardLimiter {
             *d = t.saturating_sub(now);
         }
         if taken.granted == 0 {
-            return limited(counters, headers_for(policy, &debt, 0), taken.wait);
+            return limited(counters, headers_for(policy, name, &debt, 0), taken.wait);
         }
         let grant = Grant {
             left: taken.granted - 1,
@@ -332,7 +345,7 @@ impl ShardLimiter {
             }
             None => debug_assert_eq!(grant.left, 0, "grants above 1 need a lease to hold them"),
         }
-        allowed(counters, headers_for(policy, &debt, leased))
+        allowed(counters, headers_for(policy, name, &debt, leased))
     }
 
     async fn check_redis(&self, policy: &Arc<RateLimitPolicy>, key: &[u8]) -> RateDecision {
@@ -347,7 +360,15 @@ impl ShardLimiter {
                         return d;
                     }
                 }
-                Ok(Err(failure)) => return self.backend_failure(policy, failure),
+                Ok(Err(failure)) => {
+                    let name = self
+                        .inner
+                        .borrow_mut()
+                        .slot(policy, &self.global, now_ns())
+                        .name
+                        .clone();
+                    return self.backend_failure(policy, name, failure);
+                }
                 // Another request on this shard picked the reply up; its tokens are in the lease.
                 Err(_) => {}
             }
@@ -356,10 +377,11 @@ impl ShardLimiter {
 
     /// Everything a Redis check can do without waiting.
     fn redis_step(&self, policy: &Arc<RateLimitPolicy>, key: &[u8], now: u64) -> Step {
-        let redis = self.global.redis.load_full();
+        let redis = self.global.redis.load();
         let mut inner = self.inner.borrow_mut();
         let Slot {
             state,
+            name,
             leases,
             overflow,
             cap,
@@ -371,7 +393,8 @@ impl ShardLimiter {
         let busy_for = state.longest_fill_ns + ttl;
 
         let mut temp = Lease::default();
-        let (lease, place) = if leases.contains_key(key) {
+        let known = leases.contains_key(key);
+        let (lease, place) = if known {
             (leases.get_mut(key), Place::Key)
         } else if state.touch_redis(key, now, busy_for) {
             counters.overflow.fetch_add(1, Ordering::Relaxed);
@@ -407,14 +430,14 @@ impl ShardLimiter {
             self.prefetch(policy, state, lease, key, place, now);
             return Step::Done(allowed(
                 counters,
-                headers_for(policy, &g.debt_now(now), leased),
+                headers_for(policy, name, &g.debt_now(now), leased),
             ));
         }
         if lease.blocked_until > now {
             let debt = lease.blocked_debt.map(|d| d.saturating_sub(now));
             return Step::Done(limited(
                 counters,
-                headers_for(policy, &debt, 0),
+                headers_for(policy, name, &debt, 0),
                 lease.blocked_until - now,
             ));
         }
@@ -425,7 +448,7 @@ impl ShardLimiter {
             };
         }
         // Ask Redis.
-        if place == Place::Key {
+        if known {
             // Keep the key registered while its Redis buckets may be non-full.
             state.touch_redis(key, now, busy_for);
         }
@@ -433,7 +456,7 @@ impl ShardLimiter {
         let want = lease.next_k.clamp(1, max_lease);
         let rx = match take_job(redis.as_deref(), state, rkey(place), want) {
             Ok(rx) => rx,
-            Err(f) => return Step::Done(self.backend_failure(policy, f)),
+            Err(f) => return Step::Done(self.backend_failure(policy, name.clone(), f)),
         };
         counters.leases.fetch_add(1, Ordering::Relaxed);
         if place != Place::Nowhere {
@@ -493,10 +516,11 @@ impl ShardLimiter {
         now: u64,
         consume: bool,
     ) -> Option<RateDecision> {
-        let redis = self.global.redis.load_full();
+        let redis = self.global.redis.load();
         let mut inner = self.inner.borrow_mut();
         let Slot {
             state,
+            name,
             leases,
             overflow,
             ..
@@ -520,7 +544,7 @@ impl ShardLimiter {
                 let debt = grant.debt;
                 limited(
                     counters,
-                    headers_for(policy, &debt, 0),
+                    headers_for(policy, name, &debt, 0),
                     reply.wait_us * 1000,
                 )
             });
@@ -535,9 +559,12 @@ impl ShardLimiter {
             );
         }
         let decision = if consume {
-            lease
-                .consume(now)
-                .map(|(g, leased)| allowed(counters, headers_for(policy, &g.debt_now(now), leased)))
+            lease.consume(now).map(|(g, leased)| {
+                allowed(
+                    counters,
+                    headers_for(policy, name, &g.debt_now(now), leased),
+                )
+            })
         } else {
             None
         };
@@ -555,7 +582,12 @@ impl ShardLimiter {
         decision
     }
 
-    fn backend_failure(&self, policy: &Arc<RateLimitPolicy>, failure: Failure) -> RateDecision {
+    fn backend_failure(
+        &self,
+        policy: &Arc<RateLimitPolicy>,
+        name: Rc<str>,
+        failure: Failure,
+    ) -> RateDecision {
         let state = self.global.resolve(policy);
         let counters = state.counters.slot(self.shard);
         let mode = match policy.failure_mode {
@@ -575,7 +607,7 @@ impl ShardLimiter {
             FailureMode::Open => {
                 counters.failed_open.fetch_add(1, Ordering::Relaxed);
                 counters.admitted.fetch_add(1, Ordering::Relaxed);
-                RateDecision::Allowed(headers_unknown(policy))
+                RateDecision::Allowed(headers_unknown(policy, name))
             }
             FailureMode::Closed => {
                 counters.failed_closed.fetch_add(1, Ordering::Relaxed);
@@ -644,15 +676,14 @@ impl Inner {
             }
         }
         let index = match self.slots.iter().position(|s| s.state.id == state.id) {
-            Some(i) => {
-                self.slots[i].policy = policy.clone();
-                i
-            }
+            Some(i) => i,
             None => {
                 self.slots.push(Slot {
                     cap: SHARD_KEYS.min(policy.max_keys),
+                    name: Rc::from(&*policy.name),
                     state,
-                    policy: policy.clone(),
+                    backend: policy.backend,
+                    ttl: policy.lease_ttl_ns(),
                     leases: HashMap::new(),
                     overflow: Lease::default(),
                 });
@@ -680,9 +711,7 @@ fn expire_all(slot: &mut Slot, now: u64, redis: Option<&RedisHandle>) {
 
 /// Settles expired grants (giving unused tokens back) and drops idle leases.
 fn sweep_slot(slot: &mut Slot, now: u64, redis: Option<&RedisHandle>) {
-    let ttl = slot.policy.lease_ttl_ns();
-    let state = &slot.state;
-    let backend = slot.policy.backend;
+    let (ttl, backend, state) = (slot.ttl, slot.backend, &slot.state);
     let give = |key: Option<&[u8]>, g: &Grant| match backend {
         RateBackend::Local => give_back_local(state, key, g, now),
         RateBackend::Redis => {
