@@ -55,36 +55,38 @@ pub async fn read_more<S: AsyncReadRent>(
     }
 }
 
-/// Writes all of `out` and clears it, waiting at most `timeout`.
-pub async fn write_out<S: AsyncWriteRent>(
-    stream: &mut S,
-    out: &mut Vec<u8>,
-    timeout: Duration,
-) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let owned = std::mem::take(out);
-    match monoio::time::timeout(timeout, stream.write_all(owned)).await {
-        Ok((res, mut b)) => {
-            b.clear();
-            *out = b;
-            res.map(|_| ())
-        }
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+/// A buffer written whole and then reused empty.
+pub trait ReusableBuf: monoio::buf::IoBuf + Default {
+    /// Empties it, keeping its capacity.
+    fn clear_keep(&mut self);
+}
+
+impl ReusableBuf for Vec<u8> {
+    fn clear_keep(&mut self) {
+        self.clear();
     }
 }
 
-/// Writes all of `buf` (a read buffer whose whole content is payload) and clears it.
-async fn write_buf<S: AsyncWriteRent>(
+impl ReusableBuf for BytesMut {
+    fn clear_keep(&mut self) {
+        self.clear();
+    }
+}
+
+/// Writes all of `buf` and clears it, waiting at most `timeout`. The buffer's
+/// allocation comes back for reuse unless the write timed out.
+pub async fn write_out<S: AsyncWriteRent, B: ReusableBuf>(
     stream: &mut S,
-    buf: &mut BytesMut,
+    buf: &mut B,
     timeout: Duration,
 ) -> io::Result<()> {
+    if buf.bytes_init() == 0 {
+        return Ok(());
+    }
     let owned = std::mem::take(buf);
     match monoio::time::timeout(timeout, stream.write_all(owned)).await {
         Ok((res, mut b)) => {
-            b.clear();
+            b.clear_keep();
             *buf = b;
             res.map(|_| ())
         }
@@ -172,7 +174,7 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                     check(total)?;
                     if encoding == Encoding::Raw && take == sbuf.len() && out.is_empty() {
                         // Zero-copy: the whole read buffer is payload.
-                        write_buf(dst, sbuf, limits.write_timeout)
+                        write_out(dst, sbuf, limits.write_timeout)
                             .await
                             .map_err(|_| PumpError::Destination)?;
                     } else {
