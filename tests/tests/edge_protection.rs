@@ -440,7 +440,9 @@ cluster = "backend"
 /// Asserts a connection is refused with a 503 and then closed.
 #[track_caller]
 fn assert_refused(mut conn: Conn, what: &str) {
-    conn.send(&Request::get("/x").to_bytes());
+    // The gateway answers as soon as it accepts, without reading a request; the
+    // client reads without sending (see `refusal_reaches_a_client_that_already_sent_a_request`
+    // for the other order).
     match conn.try_read_response(false) {
         Ok(r) => {
             assert_eq!(r.status, 503, "{what}: {}", r.text());
@@ -540,4 +542,32 @@ fn per_ip_connection_cap_counts_each_address_separately() {
     wait_until("no client IP is tracked", Duration::from_secs(10), || {
         gw.metric("hypergate_connection_tracked_ips") == 0.0
     });
+}
+
+/// A refused client that has already sent its request (the usual case: clients
+/// write first, then read) still gets the whole `503`, even though the gateway
+/// closes without reading the request (so the close may arrive as a reset).
+#[test]
+fn refusal_reaches_a_client_that_already_sent_a_request() {
+    let mock = MockUpstream::ok("upstream");
+    let gw = caps_gateway(&mock, 1, 0);
+    let mut held = Conn::connect_from(gw.addr, HOME);
+    assert_eq!(held.request(&Request::get("/held")).status, 200);
+    let mut refused_ok = 0;
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let mut conn = Conn::connect_from(gw.addr, HOME);
+        conn.send(&Request::get(&format!("/refused/{i}")).to_bytes());
+        // A client busy elsewhere for a moment before it reads.
+        std::thread::sleep(Duration::from_millis(20));
+        match conn.try_read_response(false) {
+            Ok(r) if r.status == 503 => refused_ok += 1,
+            Ok(r) => failures.push(format!("status {}", r.status)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert_eq!(
+        refused_ok, 20,
+        "refused clients that had sent a request did not get the 503: {failures:?}"
+    );
 }

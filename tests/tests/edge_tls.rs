@@ -151,30 +151,37 @@ fn sni_serves_each_name_its_own_certificate() {
     assert!(s.gw.metric("hypergate_tls_handshakes_total") >= 7.0);
 }
 
-/// `server_names` defaults to the names in the certificate.
+/// As documented (`CertificateConfig::server_names`, docs/config.md): only the
+/// configured `server_names` select a certificate, not the names inside it; a
+/// certificate without `server_names` is served only as the default (first).
 #[test]
-fn sni_names_default_to_the_certificate_names() {
+fn only_server_names_select_a_certificate() {
     let pki = Pki::new();
     let a = pki.issue("a", &["a.test"]);
     let b = pki.issue("b", &["b.test", "www.b.test"]);
+    let c = pki.issue("c", &["c.test"]);
     let mock = MockUpstream::ok("ok");
-    let gw = TestGateway::start(&tls_config(&[(&a, &[]), (&b, &[])], "1.2", &mock));
-    let fp_b = fingerprint(&b.cert);
+    let gw = TestGateway::start(&tls_config(
+        &[(&a, &[]), (&b, &[]), (&c, &["c.test"])],
+        "1.2",
+        &mock,
+    ));
+    let fp_a = fingerprint(&a.cert);
+    for name in ["a.test", "b.test", "www.b.test", "unknown.test"] {
+        assert_eq!(
+            served_certificate(gw.addr, name, pki.dir()),
+            fp_a,
+            "{name} gets the default certificate"
+        );
+    }
     assert_eq!(
-        served_certificate(gw.addr, "a.test", pki.dir()),
-        fingerprint(&a.cert)
+        served_certificate(gw.addr, "c.test", pki.dir()),
+        fingerprint(&c.cert)
     );
-    assert_eq!(
-        served_certificate(gw.addr, "b.test", pki.dir()),
-        fp_b,
-        "b.test from the certificate's SAN"
-    );
-    assert_eq!(
-        served_certificate(gw.addr, "www.b.test", pki.dir()),
-        fp_b,
-        "www.b.test from the certificate's SAN"
-    );
-    let out = curl(gw.addr, "www.b.test", "/", pki.ca_cert(), &[]);
+    // b.test's own certificate is never served, so a verifying client fails.
+    let out = curl(gw.addr, "b.test", "/", pki.ca_cert(), &[]);
+    assert_eq!(out.exit_code, 60, "{}", out.stderr);
+    let out = curl(gw.addr, "a.test", "/", pki.ca_cert(), &[]);
     assert_eq!(out.status, Some(200), "{}", out.stderr);
 }
 
@@ -420,6 +427,80 @@ fn certificates_reload_with_the_config() {
     );
     let out = curl(s.gw.addr, "c.test", "/still", s.pki.ca_cert(), &[]);
     assert_eq!(out.status, Some(200), "{}", out.stderr);
+}
+
+/// A client that connects and never sends a ClientHello is cut off after
+/// `limits.header_timeout` and counted as `timeout`.
+#[test]
+fn a_silent_client_times_out_the_handshake() {
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.test"]);
+    let mock = MockUpstream::ok("ok");
+    let toml = tls_config(&[(&a, &["a.test"])], "1.2", &mock).replacen(
+        "[admin]",
+        "[limits]\nheader_timeout = \"300ms\"\n\n[admin]",
+        1,
+    );
+    let gw = TestGateway::start(&toml);
+    let mut silent = TcpStream::connect(gw.addr).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a silent TLS client was not cut off"
+    );
+    wait_until(
+        "the silent client counted as timeout",
+        Duration::from_secs(5),
+        || handshakes_failed(&gw, "timeout") == 1.0,
+    );
+}
+
+/// Over `protection.max_connections`, a TLS listener must not answer in
+/// plaintext: a TLS client would read `HTTP/1.1 503` as a broken record
+/// ("wrong version number"). It should answer the 503 over TLS, or just close.
+#[test]
+fn connection_cap_on_a_tls_listener_does_not_answer_in_plaintext() {
+    let pki = Pki::new();
+    let a = pki.issue("a", &["a.test"]);
+    let mock = MockUpstream::ok("ok");
+    let toml = tls_config(&[(&a, &["a.test"])], "1.2", &mock).replacen(
+        "[admin]",
+        "[protection]\nmax_connections = 1\n\n[admin]",
+        1,
+    );
+    let gw = TestGateway::start(&toml);
+    let mut held = TlsClient::connect(gw.addr, "a.test", pki.ca_cert());
+    let (status, head, _) = held.post("/held", b"x");
+    assert_eq!(status, 200, "{head}");
+
+    let mut raw = TcpStream::connect(gw.addr).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut first = Vec::new();
+    let _ = raw.read_to_end(&mut first);
+    assert!(
+        !first.starts_with(b"HTTP/"),
+        "plaintext HTTP on a TLS port: {:?}",
+        String::from_utf8_lossy(&first)
+    );
+    let out = curl(gw.addr, "a.test", "/over-cap", pki.ca_cert(), &[]);
+    assert!(
+        out.status == Some(503) || !out.stderr.contains("wrong version number"),
+        "curl over the cap: exit {} {}",
+        out.exit_code,
+        out.stderr
+    );
+    assert_eq!(
+        gw.metric(
+            r#"hypergate_edge_rejections_total{phase="connection",reason="max_connections"}"#
+        ),
+        2.0
+    );
 }
 
 // ---------------------------------------------------------------------------

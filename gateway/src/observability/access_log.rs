@@ -40,6 +40,8 @@ pub struct AccessRecord {
     pub version: String,
     /// Endpoint that answered.
     pub endpoint: String,
+    /// Authenticated consumer (empty when the route does not authenticate).
+    pub consumer: String,
     /// Status sent (0: none).
     pub status: u16,
     /// Request body bytes received.
@@ -68,6 +70,7 @@ impl AccessRecord {
             &mut self.cluster,
             &mut self.version,
             &mut self.endpoint,
+            &mut self.consumer,
         ] {
             s.clear();
         }

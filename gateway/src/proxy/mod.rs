@@ -530,6 +530,9 @@ fn record_log(
             }
         }
     }
+    if let Some(c) = ex.consumer {
+        r.consumer.push_str(&inst.config.auth.consumers[c].name);
+    }
     r.status = ex.status;
     r.bytes_in = ex.bytes_in;
     r.bytes_out = ex.bytes_out;

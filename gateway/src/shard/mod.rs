@@ -381,7 +381,14 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, list
                             ConnRefusal::Total => EdgeReject::ConnectionLimit,
                             ConnRefusal::PerIp => EdgeReject::ConnectionLimitPerIp,
                         });
-                        monoio::spawn(refuse_connection(stream));
+                        // A plaintext 503 on a TLS port would read as a broken TLS setup:
+                        // there, the connection is just closed.
+                        if ctx.installed.borrow().config.listeners[listener_idx]
+                            .tls
+                            .is_none()
+                        {
+                            monoio::spawn(refuse_connection(stream));
+                        }
                         continue;
                     }
                 };
