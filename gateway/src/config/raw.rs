@@ -273,7 +273,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            max_idle: 128,
+            max_idle: 1024,
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
         }

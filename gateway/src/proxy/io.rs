@@ -34,8 +34,24 @@ pub async fn read_more<S: AsyncReadRent>(
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> ReadOutcome {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
+    read_sized(stream, buf, timeout, HEAD_READ).await
+}
+
+/// Room made for a read of request and response heads (and small bodies).
+const HEAD_READ: usize = 16 * 1024;
+/// Room made for a read while streaming a body: fewer, larger reads and writes
+/// for big bodies (one read buffer of this size per busy connection).
+const BODY_READ: usize = 64 * 1024;
+
+/// Reads more bytes into `buf`, making room for at least `room` bytes first.
+async fn read_sized<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    timeout: Duration,
+    room: usize,
+) -> ReadOutcome {
+    if buf.capacity() - buf.len() < room / 4 {
+        buf.reserve(room);
     }
     // monoio reads into a buffer from its start; read into the spare capacity
     // instead, so bytes not consumed yet (a partial head, a split chunk-size
@@ -228,7 +244,7 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 .await
                 .map_err(|_| PumpError::Destination)?;
         }
-        match read_more(src, sbuf, limits.read_timeout).await {
+        match read_sized(src, sbuf, limits.read_timeout, BODY_READ).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if framing == BodyFraming::UntilClose => {
                 if encoding == Encoding::Chunked {

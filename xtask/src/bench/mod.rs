@@ -5,16 +5,23 @@
 //!    with the line that installs it (nothing is installed here), a missing wrk
 //!    stops the run.
 //! 2. `cargo build --release` the benchmark tools and Hypergate; a Hypergate that
-//!    does not build stops the run with that message.
+//!    does not build stops the run with that message. When the eBPF scenario is
+//!    selected, also Hypergate with `--features ebpf`, into its own target
+//!    directory (`<target dir>/bench-ebpf`) so the plain binary is untouched;
+//!    without the probe object (`cargo xtask build-ebpf`) or root, that scenario
+//!    is skipped with the reason and the rest runs.
 //! 3. For each layout (see [`layout`]) and scenario (see [`scenario`]): start the
 //!    mock upstream, then every target on free 127.0.0.1 ports with configs in a
 //!    scratch directory (see [`targets`]), then run the rounds, visiting the
 //!    targets in turn (A B C D A B C D ...) so slow drifts of the machine hit all
-//!    of them alike. Each visit is a short wrk warm-up, then a measured wrk run with
-//!    the proxy's CPU time and memory sampled from `/proc` around it.
-//! 4. Print the table, the Hypergate/peer ratios and, for edge and TLS
-//!    scenarios, Hypergate's CPU per request against its own plain scenario (see
-//!    [`report`]), and write every run to `<target dir>/bench/latest.json`.
+//!    of them alike; the eBPF scenario's pair goes off-on, then on-off, and so
+//!    on. Each visit is a short wrk warm-up, then a measured wrk run with the
+//!    proxy's CPU time and memory and the whole machine's CPU time sampled from
+//!    `/proc` around it.
+//! 4. Print the table, the Hypergate/peer ratios, for edge and TLS scenarios
+//!    Hypergate's CPU per request against its own plain scenario, and for the
+//!    eBPF scenario probe on against off (see [`report`]), and write every run
+//!    to `<target dir>/bench/latest.json`.
 //!
 //! The exit status is non-zero only when something broke: a target that did not
 //! start or died, a run that failed or saw errors. Slow numbers never fail it.
@@ -51,6 +58,9 @@ const INSTALL_LINE: &str = "apt-get install -y nginx haproxy wrk";
 
 /// How long the mock upstream gets to say it listens.
 const UPSTREAM_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The target directory, under cargo's, of Hypergate's `ebpf` build.
+const EBPF_TARGET_SUBDIR: &str = "bench-ebpf";
 
 /// Command-line options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -171,6 +181,28 @@ impl Plan {
             warmup: Duration::from_secs(args.warmup),
         })
     }
+
+    /// The targets `scenario` runs, in round order: the selected ones, or for
+    /// the eBPF pair, Hypergate without and with the probe (none if Hypergate
+    /// is not selected).
+    fn targets_for(&self, scenario: &Scenario) -> Vec<Target> {
+        if !scenario.ebpf_pair {
+            return self.targets.clone();
+        }
+        if self.targets.contains(&Target::Hypergate) {
+            vec![Target::Hypergate, Target::HypergateEbpf]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Drops the eBPF scenario, saying why.
+    fn skip_ebpf_pair(&mut self, reason: &str) {
+        for scenario in self.scenarios.iter().filter(|s| s.ebpf_pair) {
+            eprintln!("bench: skipping {}: {reason}", scenario.name);
+        }
+        self.scenarios.retain(|scenario| !scenario.ebpf_pair);
+    }
 }
 
 /// Runs `cargo xtask bench`.
@@ -185,9 +217,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.no_build {
         build(&root, with_hypergate)?;
     }
+    let mut failures = Vec::new();
+    let hypergate_ebpf = prepare_ebpf_build(&mut plan, &root, &target_dir, !args.no_build)
+        .unwrap_or_else(|error| {
+            failures.push(format!("ebpf-probe: {}", brief(&error)));
+            plan.skip_ebpf_pair(&format!("{error:#}"));
+            None
+        });
+    if plan.scenarios.is_empty() {
+        if failures.is_empty() {
+            eprintln!("bench: no scenario left to run");
+            return Ok(());
+        }
+        bail!("no scenario left to run: {}", failures.join("; "));
+    }
     let upstream = release.join("mock-upstream");
     let programs = Programs {
         hypergate: release.join("hypergate"),
+        hypergate_ebpf,
         nginx: tools.nginx,
         haproxy: tools.haproxy,
     };
@@ -213,11 +260,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ticks_per_second: procfs::ticks_per_second()?,
         interrupt: &interrupt,
     };
+    let runs_per_layout: usize = plan
+        .scenarios
+        .iter()
+        .map(|scenario| plan.targets_for(scenario).len() * plan.rounds as usize)
+        .sum();
     eprintln!(
-        "bench: {}; {} scenario(s) x {} target(s) x {} round(s) of {} s (+{} s warm-up)",
+        "bench: {}; {} scenario(s), {} run(s) per layout: {} round(s) of {} s (+{} s warm-up) \
+         per target",
         machine_summary(available.len()),
         plan.scenarios.len(),
-        plan.targets.len(),
+        runs_per_layout,
         plan.rounds,
         plan.duration.as_secs(),
         plan.warmup.as_secs()
@@ -230,12 +283,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut outcome = Outcome {
         rows: Vec::new(),
-        failures: Vec::new(),
+        failures,
         step: 0,
-        steps: plan.layouts.len()
-            * plan.scenarios.len()
-            * plan.targets.len()
-            * plan.rounds as usize,
+        steps: plan.layouts.len() * runs_per_layout,
     };
     for &kind in plan.layouts {
         let layout = Layout::new(kind, &available);
@@ -308,8 +358,9 @@ impl Bench<'_> {
         let (mut upstream, upstream_address) =
             self.start_upstream(scenario, &layout.upstream, &dir)?;
 
-        let mut running: Vec<RunningTarget> = Vec::new();
-        for &target in &self.plan.targets {
+        // A target that died is `None` from then on.
+        let mut running: Vec<Option<RunningTarget>> = Vec::new();
+        for target in self.plan.targets_for(scenario) {
             let setup = TargetSetup {
                 scenario,
                 upstream: upstream_address,
@@ -318,7 +369,7 @@ impl Bench<'_> {
                 edge: &edge,
             };
             match targets::start(target, &setup, self.programs, self.interrupt) {
-                Ok(started) => running.push(started),
+                Ok(started) => running.push(Some(started)),
                 Err(error) => {
                     self.interrupt.check()?;
                     eprintln!("bench: {label}: {error:#}");
@@ -329,12 +380,18 @@ impl Bench<'_> {
         }
 
         for round in 1..=self.plan.rounds {
-            let mut index = 0;
-            while index < running.len() {
+            let mut order: Vec<usize> = (0..running.len()).collect();
+            if scenario.ebpf_pair && round % 2 == 0 {
+                // Off-on, then on-off: a drift within a round favours neither.
+                order.reverse();
+            }
+            for index in order {
+                let Some(target) = running[index].as_mut() else {
+                    continue;
+                };
                 outcome.step += 1;
-                let target = &mut running[index];
                 eprint!(
-                    "[{:>3}/{}] {label} round {round}/{} {:<9} ",
+                    "[{:>3}/{}] {label} round {round}/{} {:<14} ",
                     outcome.step,
                     outcome.steps,
                     self.plan.rounds,
@@ -342,12 +399,15 @@ impl Bench<'_> {
                 );
                 match self.measure(layout, scenario, &edge, round, target, &mut upstream, &dir) {
                     Ok(row) => {
+                        let us = |cpu: Option<f64>| {
+                            cpu.map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}"))
+                        };
                         eprintln!(
-                            "{:>9.0} req/s  p99 {:>6} us  {} CPU us/req  {} errors",
+                            "{:>9.0} req/s  p99 {:>6} us  {} CPU us/req (machine {})  {} errors",
                             row.rps,
                             row.p99_us,
-                            row.cpu_us_per_req
-                                .map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}")),
+                            us(row.cpu_us_per_req),
+                            us(row.machine_cpu_us_per_req),
                             row.errors
                         );
                         if row.errors > 0 {
@@ -359,7 +419,6 @@ impl Bench<'_> {
                             ));
                         }
                         outcome.rows.push(row);
-                        index += 1;
                     }
                     Err(error) => {
                         if let Err(stop) = self.interrupt.check() {
@@ -379,9 +438,7 @@ impl Bench<'_> {
                         if target.ensure_running().is_err() {
                             // Dead: its remaining rounds are skipped.
                             outcome.steps -= (self.plan.rounds - round) as usize;
-                            running.remove(index);
-                        } else {
-                            index += 1;
+                            running[index] = None;
                         }
                     }
                 }
@@ -469,17 +526,22 @@ impl Bench<'_> {
         let proxy_pid = target.process.as_ref().map(Guarded::pid);
         let proxy_before = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_before = procfs::sample_tree(upstream.pid())?;
+        let machine_before = procfs::machine_busy_ticks()?;
         let report = load(self.plan.duration, format!("wrk-{name}-{round}.log"))
             .run(self.wrk, self.interrupt)?;
+        let machine_after = procfs::machine_busy_ticks()?;
         let proxy_after = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_after = procfs::sample_tree(upstream.pid())?;
         target.ensure_running()?;
         upstream.ensure_running()?;
 
-        let per_request = |before: procfs::Sample, after: procfs::Sample| {
-            let ticks = after.cpu_ticks.saturating_sub(before.cpu_ticks);
+        let ticks_per_request = |before: u64, after: u64| {
+            let ticks = after.saturating_sub(before);
             (report.requests > 0)
                 .then(|| ticks as f64 * 1e6 / self.ticks_per_second as f64 / report.requests as f64)
+        };
+        let per_request = |before: procfs::Sample, after: procfs::Sample| {
+            ticks_per_request(before.cpu_ticks, after.cpu_ticks)
         };
         let proxy = proxy_before.zip(proxy_after);
         Ok(Row {
@@ -495,6 +557,7 @@ impl Bench<'_> {
             rss_kb: proxy.map(|(_, after)| after.peak_rss_kb),
             rss_end_kb: proxy.map(|(_, after)| after.rss_kb),
             upstream_cpu_us_per_req: per_request(upstream_before, upstream_after),
+            machine_cpu_us_per_req: ticks_per_request(machine_before, machine_after),
             requests: report.requests,
             errors: report.errors,
         })
@@ -591,6 +654,80 @@ fn build(root: &Path, with_hypergate: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Readies Hypergate's `ebpf` build when the plan has the eBPF scenario: checks
+/// that it can run (Hypergate selected, root, the probe object there), builds it
+/// with `build`, and returns its path. A missing prerequisite drops the scenario
+/// with a note and returns `None`; a build that fails is an error.
+fn prepare_ebpf_build(
+    plan: &mut Plan,
+    root: &Path,
+    target_dir: &Path,
+    build: bool,
+) -> anyhow::Result<Option<PathBuf>> {
+    if !plan.scenarios.iter().any(|scenario| scenario.ebpf_pair) {
+        return Ok(None);
+    }
+    if !plan.targets.contains(&Target::Hypergate) {
+        plan.skip_ebpf_pair("it runs Hypergate only, and Hypergate is not selected (--proxy)");
+        return Ok(None);
+    }
+    if !targets::running_as_root() {
+        plan.skip_ebpf_pair(
+            "the eBPF probe needs root (it loads BPF programs and moves the gateway into \
+             its own cgroup); run the benchmark as root",
+        );
+        return Ok(None);
+    }
+    let target_subdir = target_dir.join(EBPF_TARGET_SUBDIR);
+    let binary = target_subdir.join("release").join("hypergate");
+    if !build {
+        if binary.is_file() {
+            return Ok(Some(binary));
+        }
+        plan.skip_ebpf_pair(&format!(
+            "{} is missing; build it with `cargo build --release -p hypergate --features ebpf \
+             --target-dir {}` (or run without --no-build)",
+            binary.display(),
+            target_subdir.display()
+        ));
+        return Ok(None);
+    }
+    // The same object the gateway's build.rs embeds.
+    let object = std::env::var_os("HYPERGATE_EBPF_OBJECT")
+        .map_or_else(crate::ebpf::object_path, PathBuf::from);
+    if !object.is_file() {
+        plan.skip_ebpf_pair(&format!(
+            "the eBPF probe object {} is missing; build it with `cargo xtask build-ebpf`, \
+             then run the benchmark again",
+            object.display()
+        ));
+        return Ok(None);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "bench: cargo build --release -p hypergate --features ebpf --target-dir {}",
+        target_subdir.display()
+    );
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "hypergate",
+            "--features",
+            "ebpf",
+        ])
+        .arg("--target-dir")
+        .arg(&target_subdir)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("Hypergate did not build with `--features ebpf` (cargo's errors are above)");
+    }
+    Ok(Some(binary))
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -698,5 +835,25 @@ mod tests {
         assert!(self::plan(&["--proxy=envoy"]).is_err());
         assert!(self::plan(&["--no-peers", "--proxy=nginx"]).is_err());
         assert!(self::plan(&["--rounds=0"]).is_err());
+    }
+
+    #[test]
+    fn ebpf_pair_runs_hypergate_twice_and_nothing_else() {
+        let plan = plan(&["--scenario=ebpf-probe", "--scenario=get-c64"]).expect("valid");
+        let [pair, plain] = plan.scenarios[..] else {
+            panic!("two scenarios");
+        };
+        assert_eq!(
+            plan.targets_for(pair),
+            [Target::Hypergate, Target::HypergateEbpf]
+        );
+        assert_eq!(plan.targets_for(plain), Target::ALL);
+        let peers_only = self::plan(&["--scenario=ebpf-probe", "--proxy=nginx"]).expect("valid");
+        assert!(peers_only.targets_for(peers_only.scenarios[0]).is_empty());
+        let mut skipped =
+            self::plan(&["--scenario=ebpf-probe", "--scenario=newconn"]).expect("valid");
+        skipped.skip_ebpf_pair("test");
+        assert_eq!(names(&skipped), ["newconn"]);
+        assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"ebpf-probe"));
     }
 }

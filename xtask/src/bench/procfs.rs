@@ -9,6 +9,12 @@
 //!   requests completed.
 //! - Memory: `VmHWM` (peak resident set over the process's *lifetime*) and `VmRSS`
 //!   (resident now) from `/proc/PID/status`, in KiB, summed over the tree.
+//!
+//! The whole machine's busy CPU time comes from the aggregate `cpu` line of
+//! `/proc/stat` ([`machine_busy_ticks`]). It includes work no process is
+//! charged for, such as eBPF programs run from softirq or from another
+//! process's system call, and everything else running (load generator,
+//! upstream, unrelated jobs).
 
 use std::fs;
 
@@ -46,6 +52,32 @@ pub fn sample_tree(pid: u32) -> anyhow::Result<Sample> {
         }
     }
     Ok(total)
+}
+
+/// Busy CPU time of the whole machine since boot, in clock ticks: the sum of
+/// user, nice, system, irq and softirq on `/proc/stat`'s `cpu` line (all CPUs).
+/// Idle, iowait and steal are left out; guest time is already inside user and
+/// nice.
+pub fn machine_busy_ticks() -> anyhow::Result<u64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine_busy(&stat)
+}
+
+/// The busy ticks of `/proc/stat`'s aggregate `cpu` line.
+fn parse_machine_busy(stat: &str) -> anyhow::Result<u64> {
+    let fields: Vec<u64> = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu "))
+        .context("no `cpu` line in /proc/stat")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("a field of /proc/stat's `cpu` line")?;
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+        bail!("/proc/stat's `cpu` line has fewer than 7 fields");
+    };
+    Ok(user + nice + system + irq + softirq)
 }
 
 /// Clock ticks per second, for converting `cpu_ticks`.
@@ -148,6 +180,16 @@ mod tests {
         assert_eq!(status_kb(status, "VmHWM:"), Some(12345));
         assert_eq!(status_kb(status, "VmRSS:"), Some(2048));
         assert_eq!(status_kb(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_idle_iowait_and_steal_out() {
+        let stat = "cpu  100 2 30 5000 40 5 6 70 8 0\ncpu0 50 1 15 2500 20 2 3 35 4 0\nintr 1\n";
+        assert_eq!(parse_machine_busy(stat).expect("parses"), 143);
+        assert!(parse_machine_busy("cpu0 1 2 3\n").is_err());
+        assert!(parse_machine_busy("cpu  1 2 3 4\n").is_err());
+        let before = machine_busy_ticks().expect("/proc/stat is readable");
+        assert!(machine_busy_ticks().expect("readable") >= before);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! back to back on the same machine state), then take the median over rounds and
 //! show the spread as `[min-max]`. Scenarios with a CPU baseline (edge policy,
 //! TLS) also get Hypergate's CPU per request divided by its own figure in the
-//! baseline scenario, round by round: the cost of the feature.
+//! baseline scenario, round by round: the cost of the feature. The eBPF
+//! scenario gets its own section: probe on over probe off, paired by round, for
+//! throughput, the whole machine's CPU per request and the gateway process's,
+//! against the targets of issue 5 ([`EBPF_MIN_RPS_RATIO`],
+//! [`EBPF_MAX_MACHINE_CPU_RATIO`]).
 
 use std::fmt::Write as _;
 
@@ -14,6 +18,13 @@ use serde::Serialize;
 
 use super::scenario;
 use super::targets::Target;
+
+/// Throughput with the eBPF probe on over off should be at least this.
+pub const EBPF_MIN_RPS_RATIO: f64 = 0.97;
+
+/// Whole-machine CPU per request with the eBPF probe on over off should be at
+/// most this.
+pub const EBPF_MAX_MACHINE_CPU_RATIO: f64 = 1.05;
 
 /// One measured run, as written to `latest.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -45,6 +56,12 @@ pub struct Row {
     pub rss_end_kb: Option<u64>,
     /// Mock upstream CPU time per completed request, µs (`null` if none completed).
     pub upstream_cpu_us_per_req: Option<f64>,
+    /// The whole machine's busy CPU time (`/proc/stat`: user, nice, system, irq
+    /// and softirq of all CPUs) during the run per completed request, µs: the
+    /// proxy, the upstream, the load generator, kernel work charged to no
+    /// process (eBPF programs included) and anything else running. `null` if
+    /// none completed.
+    pub machine_cpu_us_per_req: Option<f64>,
     /// Responses received.
     pub requests: u64,
     /// Connect, read, write and timeout errors plus error statuses.
@@ -91,19 +108,20 @@ impl Spread {
     }
 }
 
-/// Per-round ratios of Hypergate's figure to `peer`'s, for one layout and scenario.
+/// Per-round ratios of `ours`' figure to `theirs`', for one layout and scenario.
 fn paired_ratios(
     rows: &[&Row],
-    peer: Target,
+    ours: Target,
+    theirs: Target,
     figure: impl Fn(&Row) -> Option<f64>,
 ) -> Option<Spread> {
     let ratios: Vec<f64> = rows
         .iter()
-        .filter(|row| row.proxy == Target::Hypergate.name())
+        .filter(|row| row.proxy == ours.name())
         .filter_map(|ours| {
             let theirs = rows
                 .iter()
-                .find(|row| row.proxy == peer.name() && row.round == ours.round)?;
+                .find(|row| row.proxy == theirs.name() && row.round == ours.round)?;
             let (ours, theirs) = (figure(ours)?, figure(theirs)?);
             (theirs > 0.0).then(|| ours / theirs)
         })
@@ -148,7 +166,7 @@ pub fn table(rows: &[Row]) -> String {
             current_layout = layout;
             let _ = writeln!(
                 out,
-                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<14} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 "scenario", "proxy", "req/s", "p50 us", "p99 us", "p99.9 us", "CPU us/req", "RSS KiB", "errors"
             );
         }
@@ -156,7 +174,7 @@ pub fn table(rows: &[Row]) -> String {
             .iter()
             .filter(|row| row.layout == layout && row.scenario == scenario)
             .collect();
-        for target in Target::ALL {
+        for target in Target::REPORTED {
             let runs: Vec<&Row> = scenario_rows
                 .iter()
                 .copied()
@@ -174,7 +192,7 @@ pub fn table(rows: &[Row]) -> String {
             let errors: u64 = runs.iter().map(|row| row.errors).sum();
             let _ = writeln!(
                 out,
-                "{:<15} {:<10} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "{:<15} {:<14} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 scenario,
                 target.name(),
                 or_dash(rps.map(grouped)),
@@ -189,6 +207,7 @@ pub fn table(rows: &[Row]) -> String {
     }
 
     out.push_str(&baseline_table(rows, &keys));
+    out.push_str(&ebpf_table(rows, &keys));
     let peers: Vec<Target> = Target::ALL
         .into_iter()
         .filter(|peer| peer.is_peer() && rows.iter().any(|row| row.proxy == peer.name()))
@@ -213,15 +232,20 @@ pub fn table(rows: &[Row]) -> String {
     }
     out.push('\n');
     for &(layout, scenario) in &keys {
+        if scenario::find(scenario).is_some_and(|s| s.ebpf_pair) {
+            // Hypergate alone: no peer to compare with.
+            continue;
+        }
         let scenario_rows: Vec<&Row> = rows
             .iter()
             .filter(|row| row.layout == layout && row.scenario == scenario)
             .collect();
         let _ = write!(out, "{layout:<10} {scenario:<15}");
         for &peer in &peers {
-            let rps = paired_ratios(&scenario_rows, peer, |row| Some(row.rps));
-            let p99 = paired_ratios(&scenario_rows, peer, |row| Some(row.p99_us as f64));
-            let cpu = paired_ratios(&scenario_rows, peer, |row| row.cpu_us_per_req);
+            let ours = Target::Hypergate;
+            let rps = paired_ratios(&scenario_rows, ours, peer, |row| Some(row.rps));
+            let p99 = paired_ratios(&scenario_rows, ours, peer, |row| Some(row.p99_us as f64));
+            let cpu = paired_ratios(&scenario_rows, ours, peer, |row| row.cpu_us_per_req);
             for spread in [rps, p99, cpu] {
                 let _ = write!(out, " {:>20}", or_dash(spread.map(Spread::describe)));
             }
@@ -303,6 +327,142 @@ fn baseline_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
     out
 }
 
+/// A limit on a ratio of the eBPF section.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// The median ratio should be at least this.
+    AtLeast(f64),
+    /// The median ratio should be at most this.
+    AtMost(f64),
+}
+
+impl Bound {
+    fn describe(self) -> String {
+        match self {
+            Self::AtLeast(limit) => format!(">= {limit:.2}"),
+            Self::AtMost(limit) => format!("<= {limit:.2}"),
+        }
+    }
+
+    fn met_by(self, ratio: f64) -> bool {
+        match self {
+            Self::AtLeast(limit) => ratio >= limit,
+            Self::AtMost(limit) => ratio <= limit,
+        }
+    }
+}
+
+/// One line of the eBPF section.
+#[derive(Debug, Clone, Copy)]
+struct PairFigure {
+    /// What the line shows.
+    name: &'static str,
+    /// The figure of a run.
+    value: fn(&Row) -> Option<f64>,
+    /// Shown as a whole number with thousands separators, not with one decimal.
+    whole: bool,
+    /// The target for the on/off ratio, if any.
+    bound: Option<Bound>,
+}
+
+/// The figures the eBPF section compares, probe on over off.
+const PAIR_FIGURES: [PairFigure; 4] = [
+    PairFigure {
+        name: "req/s",
+        value: |row| Some(row.rps),
+        whole: true,
+        bound: Some(Bound::AtLeast(EBPF_MIN_RPS_RATIO)),
+    },
+    PairFigure {
+        name: "machine CPU us/req",
+        value: |row| row.machine_cpu_us_per_req,
+        whole: false,
+        bound: Some(Bound::AtMost(EBPF_MAX_MACHINE_CPU_RATIO)),
+    },
+    PairFigure {
+        name: "process CPU us/req",
+        value: |row| row.cpu_us_per_req,
+        whole: false,
+        bound: None,
+    },
+    PairFigure {
+        name: "p99 us",
+        value: |row| Some(row.p99_us as f64),
+        whole: true,
+        bound: None,
+    },
+];
+
+/// Hypergate with the eBPF probe on against off, in each eBPF scenario: medians
+/// of both, and per-round ratios checked against the targets.
+fn ebpf_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for &(layout, name) in keys {
+        if !scenario::find(name).is_some_and(|s| s.ebpf_pair) {
+            continue;
+        }
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n== eBPF probe on / off (Hypergate; per-round ratios: median [min-max]) ==\n\
+                 {:<10} {:<15} {:<19} {:>10} {:>10} {:>20} {:>8} {:>7}",
+                "layout", "scenario", "figure", "off", "on", "on/off", "target", "median"
+            );
+        }
+        let runs: Vec<&Row> = rows
+            .iter()
+            .filter(|row| row.layout == layout && row.scenario == name)
+            .collect();
+        let of = |target: Target| -> Vec<&Row> {
+            runs.iter()
+                .copied()
+                .filter(|row| row.proxy == target.name())
+                .collect()
+        };
+        let (off, on) = (of(Target::Hypergate), of(Target::HypergateEbpf));
+        for figure in PAIR_FIGURES {
+            let shown = |value: Option<f64>| {
+                or_dash(value.map(|value| {
+                    if figure.whole {
+                        grouped(value)
+                    } else {
+                        format!("{value:.1}")
+                    }
+                }))
+            };
+            let ratio = paired_ratios(
+                &runs,
+                Target::HypergateEbpf,
+                Target::Hypergate,
+                figure.value,
+            );
+            let verdict = match (figure.bound, ratio) {
+                (Some(bound), Some(ratio)) if bound.met_by(ratio.median) => "meets",
+                (Some(_), Some(_)) => "misses",
+                (Some(_), None) => "-",
+                (None, _) => "",
+            };
+            let _ = writeln!(
+                out,
+                "{layout:<10} {name:<15} {:<19} {:>10} {:>10} {:>20} {:>8} {verdict:>7}",
+                figure.name,
+                shown(median_of(&off, figure.value)),
+                shown(median_of(&on, figure.value)),
+                or_dash(ratio.map(Spread::describe)),
+                figure.bound.map(Bound::describe).unwrap_or_default(),
+            );
+        }
+    }
+    if !out.is_empty() {
+        out.push_str(
+            "(machine CPU is the busy time of all CPUs in /proc/stat over the run, per request: \
+             the probe runs in the kernel and is not charged to the gateway process, whose own \
+             CPU is the process line)\n",
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +481,7 @@ mod tests {
             rss_kb: cpu.map(|_| 4096),
             rss_end_kb: cpu.map(|_| 4000),
             upstream_cpu_us_per_req: Some(5.0),
+            machine_cpu_us_per_req: Some(30.0),
             requests: 1000,
             errors: 0,
         }
@@ -344,7 +505,8 @@ mod tests {
             row("nginx", 3, 100.0, Some(10.0)),
         ];
         let refs: Vec<&Row> = rows.iter().collect();
-        let spread = paired_ratios(&refs, Target::Nginx, |row| Some(row.rps)).expect("ratios");
+        let spread = paired_ratios(&refs, Target::Hypergate, Target::Nginx, |row| Some(row.rps))
+            .expect("ratios");
         assert_eq!(
             spread,
             Spread {
@@ -354,7 +516,9 @@ mod tests {
             }
         );
         assert_eq!(
-            paired_ratios(&refs, Target::Haproxy, |row| Some(row.rps)),
+            paired_ratios(&refs, Target::Hypergate, Target::Haproxy, |row| {
+                Some(row.rps)
+            }),
             None
         );
     }
@@ -400,6 +564,45 @@ mod tests {
         // Without the baseline scenario, the line says how to get it.
         let alone: Vec<Row> = rows[2..].to_vec();
         assert!(table_has(&alone, "run --scenario get-c64 too"));
+    }
+
+    #[test]
+    fn ebpf_pair_gets_its_own_section_with_on_over_off_ratios() {
+        let mut rows = Vec::new();
+        for (proxy, round, rps, cpu, machine) in [
+            ("hypergate", 1, 100_000.0, 10.0, 30.0),
+            ("hypergate-ebpf", 1, 98_000.0, 10.0, 31.5),
+            ("hypergate-ebpf", 2, 90_000.0, 10.4, 33.3),
+            ("hypergate", 2, 100_000.0, 10.0, 30.0),
+        ] {
+            let mut run = row(proxy, round, rps, Some(cpu));
+            run.scenario = "ebpf-probe".into();
+            run.machine_cpu_us_per_req = Some(machine);
+            rows.push(run);
+        }
+        let table = table(&rows);
+        let line = |figure: &str| {
+            table
+                .lines()
+                .find(|line| {
+                    line.starts_with("pinned     ebpf-probe      ") && line.contains(figure)
+                })
+                .unwrap_or_else(|| panic!("no {figure} line in:\n{table}"))
+                .to_owned()
+        };
+        let rps = line("req/s");
+        assert!(rps.contains("100,000"), "{rps}");
+        assert!(rps.contains("94,000"), "{rps}");
+        assert!(rps.contains("0.94 [0.90-0.98]"), "{rps}");
+        assert!(rps.contains(">= 0.97") && rps.ends_with("misses"), "{rps}");
+        let machine = line("machine CPU us/req");
+        assert!(machine.contains("1.08 [1.05-1.11]"), "{machine}");
+        assert!(machine.ends_with("misses"), "{machine}");
+        let process = line("process CPU us/req");
+        assert!(process.contains("1.02 [1.00-1.04]"), "{process}");
+        // The rows are in the main table too, and no peer section is printed.
+        assert!(table.contains("ebpf-probe      hypergate-ebpf"), "{table}");
+        assert!(!table.contains("Hypergate / peer"), "{table}");
     }
 
     fn table_has(rows: &[Row], text: &str) -> bool {

@@ -9,6 +9,11 @@
 //! there as the usual yardstick, and the figure that matters is Hypergate's CPU
 //! per request against its own plain run ([`Scenario::cpu_baseline`]). TLS
 //! scenarios terminate TLS in every proxy with the same certificate.
+//!
+//! The eBPF scenario ([`Scenario::ebpf_pair`]) runs Hypergate alone, twice per
+//! round: without the kernel TCP probe and with it. The probe's work happens in
+//! the kernel, outside the gateway's own CPU time, so that pair is compared on
+//! the whole machine's CPU per request as well.
 
 /// The request the load generator sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,11 @@ pub struct Scenario {
     /// Hypergate's CPU per request is also reported relative to its own figure
     /// in this scenario (when both ran), to show what the feature costs.
     pub cpu_baseline: Option<&'static str>,
+    /// Hypergate only, twice per round: the normal release build, and a build
+    /// with the `ebpf` feature whose config turns the kernel TCP probe on
+    /// (`[observability.ebpf]`). Peers and direct do not run; the report shows
+    /// the pair's throughput and CPU-per-request ratios, probe on over off.
+    pub ebpf_pair: bool,
     /// Part of the `--quick` smoke subset.
     pub quick: bool,
 }
@@ -86,6 +96,7 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
         edge: Edge::None,
         tls: false,
         cpu_baseline: None,
+        ebpf_pair: false,
         quick: false,
     }
 }
@@ -195,6 +206,15 @@ pub const SCENARIOS: &[Scenario] = &[
             64,
         )
     },
+    Scenario {
+        ebpf_pair: true,
+        ..small_get(
+            "ebpf-probe",
+            "get-c64 against Hypergate without and with its eBPF TCP probe, alternating \
+             (Hypergate only)",
+            64,
+        )
+    },
 ];
 
 /// The scenario called `name`, if any.
@@ -253,6 +273,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn ebpf_pair_is_get_c64_traffic_outside_the_smoke_set() {
+        let pair = find("ebpf-probe").expect("scenario exists");
+        let plain = find("get-c64").expect("scenario exists");
+        assert!(pair.ebpf_pair && !pair.quick);
+        assert_eq!(
+            (
+                pair.connections,
+                pair.request,
+                pair.path,
+                pair.upstream_body_bytes
+            ),
+            (
+                plain.connections,
+                plain.request,
+                plain.path,
+                plain.upstream_body_bytes
+            )
+        );
+        assert!(!pair.new_connection_per_request && !pair.access_log && !pair.tls);
+        assert_eq!(pair.edge, Edge::None);
     }
 
     #[test]

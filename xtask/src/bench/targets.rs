@@ -21,10 +21,16 @@
 //!
 //! `direct` sends the load straight to the upstream: the no-proxy limit.
 //!
+//! `hypergate-ebpf` is Hypergate built with the `ebpf` feature, with the same
+//! config plus `[observability.ebpf] enabled = true`; it runs only in the eBPF
+//! scenario, beside the plain build.
+//!
 //! A target counts as started once its port accepts connections and a request
 //! through it (with the scenario's credential headers; over TLS with `curl -k`
 //! in TLS scenarios) comes back `200`; for Hypergate, `/healthz` on its admin
-//! port must also answer `200` if anything listens there.
+//! port must also answer `200` if anything listens there. `hypergate-ebpf` must
+//! also show the probe's counters on `/metrics`: a gateway whose probe did not
+//! load runs on without it, which would make the comparison meaningless.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -51,11 +57,24 @@ const MAX_CONNECTIONS: usize = 8192;
 /// How long a single probe request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What `hypergate-ebpf`'s config adds to Hypergate's: the kernel TCP probe, on.
+const EBPF_PROBE_CONFIG: &str = "\n[observability.ebpf]\nenabled = true\n";
+
+/// A counter the probe exports once it has seen a connection (the readiness
+/// request made one), with its label set opening.
+const EBPF_PROBE_METRIC: &str = "hypergate_tcp_connections_opened_total{";
+
+/// How long the probe's counters get to show up on `/metrics` after readiness.
+const EBPF_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The systems a scenario runs against, in the order each round visits them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// The gateway under test.
     Hypergate,
+    /// The gateway built with the `ebpf` feature, its kernel TCP probe on. Only
+    /// the eBPF scenario runs it; `--proxy` cannot name it.
+    HypergateEbpf,
     /// nginx as a reverse proxy.
     Nginx,
     /// HAProxy in HTTP mode.
@@ -65,9 +84,18 @@ pub enum Target {
 }
 
 impl Target {
-    /// Every target, in round order.
+    /// Every target `--proxy` can name, in round order.
     pub const ALL: [Target; 4] = [
         Target::Hypergate,
+        Target::Nginx,
+        Target::Haproxy,
+        Target::Direct,
+    ];
+
+    /// Every target, in the order the report lists them.
+    pub const REPORTED: [Target; 5] = [
+        Target::Hypergate,
+        Target::HypergateEbpf,
         Target::Nginx,
         Target::Haproxy,
         Target::Direct,
@@ -77,13 +105,14 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Self::Hypergate => "hypergate",
+            Self::HypergateEbpf => "hypergate-ebpf",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
             Self::Direct => "direct",
         }
     }
 
-    /// The target called `name`, if any.
+    /// The target called `name` that `--proxy` accepts, if any.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|target| target.name() == name)
     }
@@ -99,6 +128,8 @@ impl Target {
 pub struct Programs {
     /// `target/release/hypergate`.
     pub hypergate: PathBuf,
+    /// Hypergate built with the `ebpf` feature, when the eBPF scenario runs.
+    pub hypergate_ebpf: Option<PathBuf>,
     /// nginx, if installed.
     pub nginx: Option<PathBuf>,
     /// haproxy, if installed.
@@ -152,12 +183,22 @@ pub fn start(
     let cpus = setup.placement.cpus.as_deref();
     let (address, admin, process) = match target {
         Target::Direct => (setup.upstream, None, None),
-        Target::Hypergate => {
+        Target::Hypergate | Target::HypergateEbpf => {
             let address = free_port()?;
             let admin = free_port()?;
             let config = setup.dir.join("hypergate.toml");
-            std::fs::write(&config, hypergate_config(setup, address, admin))?;
-            let mut command = Command::new(&programs.hypergate);
+            let mut text = hypergate_config(setup, address, admin);
+            let program = if target == Target::HypergateEbpf {
+                text.push_str(EBPF_PROBE_CONFIG);
+                programs
+                    .hypergate_ebpf
+                    .as_ref()
+                    .context("Hypergate's `ebpf` build is missing")?
+            } else {
+                &programs.hypergate
+            };
+            std::fs::write(&config, text)?;
+            let mut command = Command::new(program);
             command.arg("run").arg("--config").arg(&config);
             let log = Output::combined(setup.dir.join("hypergate.log"));
             let process = Guarded::spawn("hypergate", command, cpus, log)?;
@@ -223,7 +264,42 @@ pub fn start(
     };
     wait_until_ready(&mut running, &probe, admin, interrupt)
         .with_context(|| format!("{} did not start", target.name()))?;
+    if let (Target::HypergateEbpf, Some(admin)) = (target, admin) {
+        wait_for_ebpf_probe(&mut running, admin, interrupt)?;
+    }
     Ok(running)
+}
+
+/// Waits until the probe's counters show on `/metrics`; fails, with the
+/// gateway's last log lines (its "eBPF probe not loaded: ..." warning), if they
+/// do not.
+fn wait_for_ebpf_probe(
+    running: &mut RunningTarget,
+    admin: SocketAddr,
+    interrupt: &Interrupt,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + EBPF_PROBE_TIMEOUT;
+    loop {
+        running.ensure_running()?;
+        interrupt.check()?;
+        if get_body(admin, "/metrics").is_ok_and(|body| body.contains(EBPF_PROBE_METRIC)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let log = running
+                .process
+                .as_ref()
+                .map(Guarded::output_tail)
+                .unwrap_or_default();
+            bail!(
+                "hypergate-ebpf runs without its eBPF probe (no `hypergate_tcp_*` counters on \
+                 /metrics after {} s; it needs root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, \
+                 kernel BTF and cgroup v2, see docs/ebpf.md). Its log:\n{log}",
+                EBPF_PROBE_TIMEOUT.as_secs()
+            );
+        }
+        interrupt.sleep(Duration::from_millis(100))?;
+    }
 }
 
 /// The readiness request for a target.
@@ -295,6 +371,28 @@ fn probe(address: SocketAddr, path: &str, headers: &[String]) -> anyhow::Result<
         .with_context(|| format!("not an HTTP status line: {status_line:?}"))
 }
 
+/// Sends `GET path` with `Connection: close` and returns the body of a `200`.
+fn get_body(address: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&address, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of the response head")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!(
+            "GET {path} answered {:?}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_owned())
+}
+
 /// `probe` over TLS, through `curl -k` (the certificate is self-signed).
 fn probe_tls(address: SocketAddr, path: &str, headers: &[String]) -> anyhow::Result<u16> {
     let mut command = Command::new("curl");
@@ -325,7 +423,8 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-fn running_as_root() -> bool {
+/// Whether this process runs as root.
+pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -710,5 +809,8 @@ mod tests {
             assert_eq!(Target::from_name(target.name()), Some(target));
         }
         assert_eq!(Target::from_name("envoy"), None);
+        // The probe-on build runs only in the eBPF scenario; `--proxy` cannot pick it.
+        assert_eq!(Target::from_name("hypergate-ebpf"), None);
+        assert!(Target::REPORTED.contains(&Target::HypergateEbpf));
     }
 }
