@@ -81,7 +81,7 @@ pub fn strip_ansi(s: &str) -> String {
 }
 
 /// The value after `key=` in a log line (up to the next space).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!("{key}=");
     let start = line.find(&pat)? + pat.len();
     line[start..].split_whitespace().next()
@@ -104,9 +104,14 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `hypergate run --config <file with toml>` and waits until it listens.
     pub fn spawn(toml: &str) -> GatewayProcess {
+        Self::spawn_with(&hypergate_bin(), toml)
+    }
+
+    /// The same with another build of the binary (e.g. one with the `ebpf` feature).
+    pub fn spawn_with(bin: &std::path::Path, toml: &str) -> GatewayProcess {
         let dir = TempDir::new();
         let config_path = dir.write("gateway.toml", toml);
-        let mut child = Command::new(hypergate_bin())
+        let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("NO_COLOR", "1")

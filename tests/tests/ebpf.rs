@@ -24,16 +24,16 @@
 //! - meanwhile an unrelated client/server pair in this process (not in the
 //!   gateway's cgroup) opens, resets and closes connections of its own.
 
-use hypergate_tests::process::{hypergate_bin, strip_ansi, workspace_root};
+use hypergate_tests::process::{field, hypergate_bin, workspace_root, GatewayProcess};
 use hypergate_tests::util::closed_port;
-use hypergate_tests::{Action, MockUpstream, Reply, TempDir};
+use hypergate_tests::{Action, MockUpstream, Reply};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -116,87 +116,20 @@ fn ebpf_gateway_bin() -> PathBuf {
     .clone()
 }
 
-/// A `hypergate run` child process; killed when dropped.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
-}
+/// A `hypergate run` child process built with the `ebpf` feature; on drop it is
+/// killed and its (then empty) cgroup removed, rather than left for the next start.
+struct Gateway(GatewayProcess);
 
-/// The value after `key=` in a log line.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("{key}=");
-    let start = line.find(&pat)? + pat.len();
-    line[start..].split_whitespace().next()
+impl std::ops::Deref for Gateway {
+    type Target = GatewayProcess;
+    fn deref(&self) -> &GatewayProcess {
+        &self.0
+    }
 }
 
 impl Gateway {
     fn spawn(bin: &Path, toml: &str) -> Gateway {
-        let dir = TempDir::new();
-        let config = dir.write("gateway.toml", toml);
-        let mut child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hypergate");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(strip_ansi(&line));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (addr, admin) = loop {
-            {
-                let lines = log.lock().unwrap_or_else(|e| e.into_inner());
-                let data = lines
-                    .iter()
-                    .find(|l| l.contains("listening") && l.contains("listener="))
-                    .and_then(|l| field(l, "addr")?.parse().ok());
-                let admin = lines
-                    .iter()
-                    .find(|l| l.contains("admin listening"))
-                    .and_then(|l| field(l, "admin_addr")?.parse().ok());
-                if let (Some(d), Some(a)) = (data, admin) {
-                    break (d, a);
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "hypergate exited ({status}) before listening:\n{}",
-                    log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hypergate did not log its addresses in time:\n{}",
-                log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Gateway {
-            child,
-            addr,
-            admin,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        Gateway(GatewayProcess::spawn_with(bin, toml))
     }
 
     fn admin_get(&self, path: &str) -> String {
@@ -212,11 +145,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The gateway's own cgroup is empty now; remove it rather than leave it for
-        // the next gateway start to clean up.
-        for line in self.log() {
+        self.0.signal(libc::SIGKILL);
+        let _ = self.0.wait_exit(Duration::from_secs(5));
+        for line in self.0.log() {
             if let Some(dir) = field(&line, "cgroup") {
                 if dir.contains("/hypergate-") {
                     let _ = std::fs::remove_dir(dir);
