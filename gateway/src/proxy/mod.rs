@@ -37,7 +37,6 @@ use ids::{RequestId, TraceParent};
 use io::{pump, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -63,6 +62,8 @@ struct Buffers {
     resp: ResponseHead,
     /// Headers the edge phase adds to whatever response is sent (CORS, challenges, rate limits).
     extra: Vec<u8>,
+    /// The client's IP address as text.
+    peer_ip: String,
 }
 
 /// A parsed request as the router and balancers see it.
@@ -177,6 +178,8 @@ pub async fn serve_connection<S: ClientStream>(
         head: RequestHead::default(),
         resp: ResponseHead::default(),
         extra: Vec::with_capacity(512),
+        // Formatted once per connection: X-Forwarded-For needs it on every request.
+        peer_ip: peer.ip().to_string(),
     };
     loop {
         let inst = ctx.installed.borrow().clone();
@@ -281,6 +284,7 @@ async fn handle_request<S: ClientStream>(
         head,
         resp,
         extra,
+        peer_ip,
     } = bufs;
     let view = View {
         buf: head_buf,
@@ -432,6 +436,7 @@ async fn handle_request<S: ClientStream>(
                     consumer,
                     max_body,
                     extra,
+                    peer_ip,
                 };
                 call.proxy(stream, rbuf, out, resp, &mut ex).await
             }
@@ -686,6 +691,7 @@ struct Call<'a> {
     consumer: Option<usize>,
     max_body: u64,
     extra: &'a [u8],
+    peer_ip: &'a str,
 }
 
 impl<'a> Call<'a> {
@@ -1236,14 +1242,16 @@ impl<'a> Call<'a> {
                             first = false;
                         }
                     }
-                    let _ = write!(out, ", {}\r\n", self.peer.ip());
+                    out.extend_from_slice(b", ");
+                    out.extend_from_slice(self.peer_ip.as_bytes());
+                    out.extend_from_slice(b"\r\n");
                 }
                 continue;
             }
             write_header(out, name, at(buf, v));
         }
         if !xff_written {
-            let _ = write!(out, "x-forwarded-for: {}\r\n", self.peer.ip());
+            write_header(out, b"x-forwarded-for", self.peer_ip.as_bytes());
         }
         write_header(out, b"x-forwarded-proto", self.scheme.as_bytes());
         match self.view.header("host") {
