@@ -4,9 +4,10 @@
 //! Each answers every request with a short text naming itself (`/healthz`
 //! answers `ok`), keeps connections alive, reads and discards request bodies,
 //! and fails a configurable share of requests with 500 (for canary demos).
+//! `kind = "llm"` starts the mock LLM provider of `bench/mock-llm` instead.
 //! Not a data-plane component: blocking sockets, a thread per connection.
 
-use crate::config::raw::DemoUpstreamConfig;
+use crate::config::raw::{DemoKind, DemoUpstreamConfig};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,20 @@ use std::sync::Arc;
 
 /// Binds and starts a demo upstream.
 pub fn start(cfg: &DemoUpstreamConfig) -> std::io::Result<()> {
+    if cfg.kind == DemoKind::Llm {
+        let mock = hypergate_mock_llm::MockLlm::start(
+            &cfg.address,
+            hypergate_mock_llm::MockConfig {
+                chunk_delay: cfg.chunk_delay,
+                require_auth: false,
+                ..Default::default()
+            },
+        )?;
+        tracing::info!(name = %cfg.name, address = %mock.addr(), "demo LLM provider listening");
+        // Like the HTTP demo's threads, it serves for the life of the process.
+        std::mem::forget(mock);
+        return Ok(());
+    }
     let listener = TcpListener::bind(&cfg.address)?;
     tracing::info!(name = %cfg.name, address = %cfg.address, "demo upstream listening");
     let name: Arc<str> = cfg.name.as_str().into();

@@ -70,6 +70,8 @@ pub struct Controller {
     reload_lock: Mutex<()>,
     rate_limiter: Arc<RateLimiter>,
     conn_limits: Arc<crate::policy::ConnectionLimits>,
+    /// Process-wide LLM state (budgets, feedback).
+    ai: Arc<crate::ai::AiShared>,
     /// The kernel TCP probe, when `[observability.ebpf]` is enabled and it loaded.
     tcp_probe: Option<Arc<TcpProbe>>,
 }
@@ -145,6 +147,11 @@ impl Controller {
         Ok(d)
     }
 
+    /// Budget accounts and what they used in their current windows.
+    pub fn budgets(&self) -> Vec<crate::ai::budget::AccountView> {
+        self.ai.budgets.view()
+    }
+
     /// Collects and merges stats from every shard.
     pub fn snapshot(&self) -> MergedStats {
         let rxs: Vec<_> = self
@@ -176,6 +183,7 @@ impl Controller {
     pub fn edge_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         self.rate_limiter.prometheus(out);
+        self.ai.feedback.prometheus(out);
         let _ = writeln!(
             out,
             "# HELP hypergate_connection_tracked_ips Client IPs holding connections (per-IP cap).\n# TYPE hypergate_connection_tracked_ips gauge\nhypergate_connection_tracked_ips {}",
@@ -291,6 +299,10 @@ impl Gateway {
         let conn_limits = crate::policy::ConnectionLimits::new(&config.raw.protection);
         let rate_limiter = RateLimiter::new();
         rate_limiter.install(&config.rate_limits, config.raw.redis.as_ref());
+        let ai = crate::ai::AiShared::new();
+        if !config.ai.aliases.is_empty() {
+            let _ = hypergate_ai::tokens::warm_up();
+        }
         let mut handles: Vec<ShardHandle> = Vec::new();
         for (id, listeners) in per_shard.into_iter().enumerate() {
             handles.push(shard::spawn(ShardSpec {
@@ -304,6 +316,8 @@ impl Gateway {
                 seed: seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 conn_limits: conn_limits.clone(),
                 rate_limiter: rate_limiter.clone(),
+                ai: ai.clone(),
+                shards: config.shards,
             })?);
         }
         let controller = Arc::new(Controller {
@@ -319,6 +333,7 @@ impl Gateway {
             rate_limiter: rate_limiter.clone(),
             conn_limits: conn_limits.clone(),
             tcp_probe,
+            ai,
         });
         for d in &config.raw.demo_upstreams {
             crate::demo::start(d)?;

@@ -8,11 +8,13 @@
 //! - [`proxy`]: the request pipeline, phase by phase, for one connection.
 //! - [`http`]: strict HTTP/1.1 heads and chunked framing.
 //! - [`routing`], [`upstream`]: route lookup; pools, balancing, health, outliers, retries.
+//! - [`ai`]: the LLM gateway phase (providers, translation, budgets, guardrails, cache).
 //! - [`observability`], [`admin`]: metrics, access log, and the admin listener.
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod ai;
 #[cfg(feature = "alloc-count")]
 pub mod alloc_count;
 pub mod auth;

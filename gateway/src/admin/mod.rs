@@ -118,6 +118,7 @@ fn route(method: &str, path: &str, c: &Controller) -> Reply {
         }
         ("GET", "/stats") => {
             let mut stats = export::stats_json(&c.snapshot());
+            stats["llm"]["budgets"] = serde_json::to_value(c.budgets()).unwrap_or_default();
             if let Some(probe) = c.tcp_probe() {
                 add_tcp_stats(&mut stats, probe.stats_json());
             }

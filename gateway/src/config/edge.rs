@@ -120,7 +120,7 @@ pub struct JwtKeyConfig {
     pub pem_file: Option<String>,
 }
 
-fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_str("<redacted>"),
         None => s.serialize_none(),

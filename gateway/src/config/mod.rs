@@ -7,6 +7,7 @@
 //! 3. The result is a [`Config`]: immutable, shared by all shards through `Arc`.
 //! 4. [`diff`] compares two configs for reload (added / changed / removed).
 
+pub mod ai;
 pub mod diff;
 pub mod edge;
 pub mod raw;
@@ -116,9 +117,10 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
                 raw.redis = Some(redis);
             }
             "protection" => section(&key, value, &mut raw.protection, &mut issues),
+            "ai" => section(&key, value, &mut raw.ai, &mut issues),
             other => issues.push(ConfigIssue {
                 path: other.to_string(),
-                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection)".into(),
+                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai)".into(),
             }),
         }
     }

@@ -56,6 +56,9 @@ pub struct RawConfig {
     /// Connection-level protections and trusted proxies.
     #[serde(default)]
     pub protection: ProtectionConfig,
+    /// The AI / LLM gateway: providers, model aliases, prices, budgets, guardrails, prompts.
+    #[serde(default)]
+    pub ai: super::ai::AiConfig,
 }
 
 /// Process-wide settings.
@@ -380,7 +383,7 @@ pub struct RouteConfig {
     /// What requests this route takes (everything when empty).
     #[serde(default, rename = "match")]
     pub matcher: MatchConfig,
-    /// The cluster to proxy to (exactly one of `cluster`, `split`, `direct`, `redirect`).
+    /// The cluster to proxy to (exactly one of `cluster`, `split`, `direct`, `redirect`, `ai`).
     #[serde(default)]
     pub cluster: Option<String>,
     /// Weighted traffic split across clusters (canary / blue-green).
@@ -407,6 +410,9 @@ pub struct RouteConfig {
     /// Edge policy: authentication, ACL, rate limits, IP rules, body limit, CORS.
     #[serde(default)]
     pub policy: RoutePolicyConfig,
+    /// Serve the AI API (chat completions, messages, embeddings, models, feedback, prompts).
+    #[serde(default)]
+    pub ai: Option<super::ai::AiRouteConfig>,
 }
 
 fn default_route_timeout() -> Duration {
@@ -554,6 +560,28 @@ pub struct DemoUpstreamConfig {
     /// Share of requests answered with 500, from 0.0 to 1.0.
     #[serde(default)]
     pub fail_ratio: f64,
+    /// `http` (a text answer) or `llm` (a mock LLM provider speaking the OpenAI
+    /// and Anthropic wire formats, streaming included; no key needed).
+    #[serde(default)]
+    pub kind: DemoKind,
+    /// `llm` only: pause between streamed chunks.
+    #[serde(default = "default_demo_chunk_delay", with = "humantime_serde")]
+    pub chunk_delay: Duration,
+}
+
+/// What a demo upstream serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DemoKind {
+    /// Plain HTTP text.
+    #[default]
+    Http,
+    /// A mock LLM provider.
+    Llm,
+}
+
+fn default_demo_chunk_delay() -> Duration {
+    Duration::from_millis(20)
 }
 
 fn default_demo_name() -> String {

@@ -40,6 +40,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Rate-limit policies (routes refer to them by index).
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
+    /// The AI gateway: providers (their hidden clusters are in `clusters`), aliases, budgets...
+    pub ai: crate::ai::spec::AiSpec,
 }
 
 /// A data-plane listener.
@@ -137,6 +139,8 @@ pub struct RoutePolicy {
 pub enum RouteAction {
     /// Proxy to one cluster.
     Cluster(usize),
+    /// Serve the AI API.
+    Ai(crate::ai::spec::RouteAi),
     /// Proxy to one of several clusters by weight.
     Split(Split),
     /// Answer at the gateway.
@@ -287,7 +291,24 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             clusters.push(Arc::new(cluster));
         }
     }
-    let cluster_index = |name: &str| clusters.iter().position(|c| &*c.name == name);
+    let (ai, provider_clusters) = crate::ai::spec::build(&raw.ai, clusters.len(), &mut issues.0);
+    for (i, c) in provider_clusters.iter().enumerate() {
+        if cluster_names.contains(c.name.as_str()) {
+            issues.push(
+                format!("ai.providers[{i}].name"),
+                format!("clashes with cluster {:?}", c.name),
+            );
+        }
+        if let Some(cluster) = validate_cluster(c, &format!("ai.providers[{i}]"), &mut issues) {
+            clusters.push(Arc::new(cluster));
+        }
+    }
+    let user_clusters = raw.clusters.len();
+    let cluster_index = |name: &str| {
+        clusters[..user_clusters.min(clusters.len())]
+            .iter()
+            .position(|c| &*c.name == name)
+    };
     let auth = crate::auth::Authenticator::build(&raw.consumers, &raw.auth, &mut issues.0);
     if let Some(r) = &raw.redis {
         validate_redis(r, "redis", &mut issues.0);
@@ -322,9 +343,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("duplicate route name {:?}", r.name),
             );
         }
-        if let Some(route) =
-            validate_route(r, &path, &cluster_index, &raw, auth.has_jwt(), &mut issues)
-        {
+        if let Some(route) = validate_route(
+            r,
+            &path,
+            &cluster_index,
+            &raw,
+            auth.has_jwt(),
+            &ai,
+            &mut issues,
+        ) {
             routes.push(route);
         }
     }
@@ -361,6 +388,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         auth,
         trusted_proxies,
         rate_limits,
+        ai,
     })
 }
 
@@ -732,6 +760,7 @@ fn validate_route(
     cluster_index: &dyn Fn(&str) -> Option<usize>,
     raw: &RawConfig,
     has_jwt: bool,
+    ai: &crate::ai::spec::AiSpec,
     issues: &mut Issues,
 ) -> Option<Route> {
     let before = issues.0.len();
@@ -741,6 +770,7 @@ fn validate_route(
         r.split.is_some(),
         r.direct.is_some(),
         r.redirect.is_some(),
+        r.ai.is_some(),
     ]
     .iter()
     .filter(|x| **x)
@@ -748,10 +778,18 @@ fn validate_route(
     if actions != 1 {
         issues.push(
             path.to_string(),
-            "exactly one of cluster, split, direct, redirect is required",
+            "exactly one of cluster, split, direct, redirect, ai is required",
         );
     }
     let mut action = None;
+    if let Some(a) = &r.ai {
+        action = Some(RouteAction::Ai(crate::ai::spec::route(
+            a,
+            ai,
+            path,
+            &mut issues.0,
+        )));
+    }
     if let Some(name) = &r.cluster {
         match cluster_index(name) {
             Some(i) => action = Some(RouteAction::Cluster(i)),

@@ -56,6 +56,9 @@ pub struct AccessRecord {
     pub retries: u32,
     /// Error type when the gateway answered with an error.
     pub error: &'static str,
+    /// LLM details (AI routes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<Box<crate::ai::LlmRecord>>,
 }
 
 impl AccessRecord {
@@ -82,6 +85,7 @@ impl AccessRecord {
         self.total_us = 0;
         self.retries = 0;
         self.error = "";
+        self.llm = None;
     }
 }
 

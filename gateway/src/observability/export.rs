@@ -41,7 +41,13 @@ pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>, sum_us: u64) {
+pub(crate) fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &Histogram<u64>,
+    sum_us: u64,
+) {
     let sep = if labels.is_empty() { "" } else { "," };
     for b in BUCKETS_S {
         let le_us = (b * 1e6) as u64;
@@ -340,6 +346,7 @@ pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
             crate::alloc_count::allocations()
         );
     }
+    crate::ai::stats::prometheus(&m.ai, &mut out);
     out
 }
 
@@ -419,5 +426,6 @@ pub fn stats_json(m: &MergedStats) -> Value {
         "rejections": rejections,
         "routes": routes,
         "clusters": clusters,
+        "llm": m.ai.json(),
     })
 }

@@ -43,7 +43,7 @@ impl LazyHistogram {
         self.sum_us.set(self.sum_us.get() + us);
     }
 
-    fn snapshot(&self) -> Option<(Histogram<u64>, u64)> {
+    pub(crate) fn snapshot(&self) -> Option<(Histogram<u64>, u64)> {
         self.hist
             .borrow()
             .as_ref()
@@ -195,7 +195,11 @@ impl ShardStats {
     }
 
     /// Copies everything into an owned snapshot for the admin thread.
-    pub fn snapshot(&self, pools: Vec<PoolSnapshot>) -> ShardSnapshot {
+    pub fn snapshot(
+        &self,
+        pools: Vec<PoolSnapshot>,
+        ai: crate::ai::stats::AiSnapshot,
+    ) -> ShardSnapshot {
         let targets = self
             .targets
             .borrow()
@@ -246,6 +250,7 @@ impl ShardStats {
                 .collect(),
             tls_handshakes: self.tls_handshakes.get(),
             tls_failures: self.tls_failures.each_ref().map(Cell::get),
+            ai,
         }
     }
 }
@@ -300,6 +305,7 @@ pub struct ShardSnapshot {
     consumers: Vec<(ConsumerKey, u64)>,
     tls_handshakes: u64,
     tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
+    ai: crate::ai::stats::AiSnapshot,
 }
 
 /// Snapshots of all shards merged.
@@ -335,6 +341,8 @@ pub struct MergedStats {
     pub tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
     /// Shards that answered.
     pub shards: usize,
+    /// LLM figures.
+    pub ai: crate::ai::stats::AiMerged,
 }
 
 fn add_hist(into: &mut Option<(Histogram<u64>, u64)>, from: &(Histogram<u64>, u64)) {
@@ -416,6 +424,7 @@ impl MergedStats {
                     .entry((c.to_string(), r.to_string()))
                     .or_default() += n;
             }
+            m.ai.add(&s.ai);
             m.tls_handshakes += s.tls_handshakes;
             for (a, b) in m.tls_failures.iter_mut().zip(&s.tls_failures) {
                 *a += b;

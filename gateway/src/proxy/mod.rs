@@ -21,7 +21,7 @@
 mod edge;
 pub use edge::EdgeReject;
 pub mod ids;
-mod io;
+pub(crate) mod io;
 
 use crate::config::{KeySource, Route, RouteAction};
 use crate::http::codec::{
@@ -40,6 +40,7 @@ use monoio::net::TcpStream;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest body copied next to its head so both leave in one write.
@@ -151,6 +152,7 @@ struct Exchange {
     retries: u32,
     error: &'static str,
     consumer: Option<usize>,
+    llm: Option<Box<crate::ai::LlmRecord>>,
 }
 
 /// A downstream byte stream: plain TCP or TLS over TCP.
@@ -413,6 +415,41 @@ async fn handle_request<S: ClientStream>(
                 }
                 finish(stream, out, idle, close).await
             }
+            RouteAction::Ai(route_ai) => {
+                let consumer_name: Arc<str> = match consumer {
+                    Some(c) => inst.config.auth.consumers[c].name.clone(),
+                    None => Arc::from(""),
+                };
+                let req = crate::ai::AiRequest {
+                    ctx,
+                    inst,
+                    route: &route.name,
+                    route_ai,
+                    method: view.method(),
+                    path: view.path(),
+                    body: head.body,
+                    http10: head.version == 0,
+                    request_id: rid.as_str(),
+                    consumer: consumer_name,
+                    extra,
+                    keep_alive,
+                    max_body: route.policy.protection.max_body_bytes.unwrap_or(0),
+                    cache_header: view.header("x-hypergate-cache"),
+                    prompt_version_header: view.header("x-hypergate-prompt-version"),
+                };
+                let o = crate::ai::serve(&req, stream, rbuf, out).await;
+                ex.status = o.status;
+                ex.error = o.error;
+                ex.bytes_in = o.bytes_in;
+                ex.bytes_out = o.bytes_out;
+                ex.upstream_us = o.upstream_us;
+                ex.llm = o.llm;
+                if o.keep_alive && o.status != 0 {
+                    After::KeepAlive
+                } else {
+                    After::Close
+                }
+            }
             _ => {
                 let t = choose_target(
                     route,
@@ -545,6 +582,7 @@ fn record_log(
     r.total_us = total_us;
     r.retries = ex.retries;
     r.error = ex.error;
+    r.llm.clone_from(&ex.llm);
     if !sink.submit(r) {
         ctx.stats
             .access_log_dropped
@@ -640,20 +678,20 @@ enum AttemptError {
 
 /// An upstream connection checked out for one attempt; returned to the pool
 /// only through [`Lease::release`], otherwise counted as closed when dropped.
-struct Lease<'a> {
-    cluster: &'a ClusterRuntime,
-    endpoint: usize,
-    conn: Option<UpstreamConn>,
+pub(crate) struct Lease<'a> {
+    pub(crate) cluster: &'a ClusterRuntime,
+    pub(crate) endpoint: usize,
+    pub(crate) conn: Option<UpstreamConn>,
 }
 
 impl Lease<'_> {
-    fn conn(&mut self) -> &mut UpstreamConn {
+    pub(crate) fn conn(&mut self) -> &mut UpstreamConn {
         self.conn
             .as_mut()
             .expect("lease holds a connection until released")
     }
 
-    fn release(mut self) {
+    pub(crate) fn release(mut self) {
         if let Some(c) = self.conn.take() {
             self.cluster.checkin(self.endpoint, c);
         }
@@ -1409,7 +1447,7 @@ fn write_response_head(
 }
 
 /// Connects to an endpoint (with a TLS handshake for TLS clusters).
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> std::io::Result<UpstreamConn> {

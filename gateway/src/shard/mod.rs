@@ -99,7 +99,7 @@ impl Installed {
                 let cluster_ids: Vec<usize> = match &r.action {
                     RouteAction::Cluster(i) => vec![*i],
                     RouteAction::Split(s) => s.targets.iter().map(|t| t.0).collect(),
-                    RouteAction::Direct(_) => Vec::new(),
+                    RouteAction::Direct(_) | RouteAction::Ai(_) => Vec::new(),
                 };
                 let targets = cluster_ids
                     .iter()
@@ -189,6 +189,8 @@ pub struct ShardCtx {
     pub conn_limits: Arc<ConnectionLimits>,
     /// This shard's rate-limit leases.
     pub limiter: crate::edge::ratelimit::ShardLimiter,
+    /// LLM gateway state: metrics, cache, breakers, and the process-wide budgets.
+    pub ai: crate::ai::AiShard,
 }
 
 impl ShardCtx {
@@ -253,6 +255,10 @@ pub struct ShardSpec {
     pub conn_limits: Arc<ConnectionLimits>,
     /// Process-wide rate-limit state.
     pub rate_limiter: Arc<crate::edge::ratelimit::RateLimiter>,
+    /// Process-wide LLM state (budgets, feedback).
+    pub ai: Arc<crate::ai::AiShared>,
+    /// Number of shards (the cache and feedback memory are split between them).
+    pub shards: usize,
 }
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -324,6 +330,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         token_cache: crate::auth::TokenCache::default(),
         conn_limits: spec.conn_limits,
         limiter: crate::edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
+        ai: crate::ai::AiShard::new(&spec.config.ai, spec.ai, spec.shards),
     });
     let mut listener_fds = Vec::new();
     for (i, std_listener) in spec.listeners.into_iter().enumerate() {
@@ -342,12 +349,16 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
                     let cur = ctx.installed.borrow();
                     Installed::prepare(config, Some(&cur), &ctx.stats, &ctx.health)
                 };
+                ctx.ai.install(&next.config.ai);
                 *ctx.installed.borrow_mut() = Rc::new(next);
                 ctx.token_cache.clear();
                 let _ = ack.send(());
             }
             ShardCommand::Snapshot(reply) => {
-                let _ = reply.send(ctx.stats.snapshot(ctx.pool_snapshot()));
+                let _ = reply.send(
+                    ctx.stats
+                        .snapshot(ctx.pool_snapshot(), ctx.ai.stats.snapshot()),
+                );
             }
             ShardCommand::Drain => break,
         }

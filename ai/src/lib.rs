@@ -1,0 +1,14 @@
+//! LLM wire formats for Hypergate's AI gateway, with no I/O: everything here is a
+//! pure function or a push-style state machine, so the data plane can drive it
+//! from its own sockets and it can be tested and fuzzed in isolation.
+//!
+//! - [`sse`]: incremental Server-Sent Events parser and writer.
+//! - [`translate`]: OpenAI Chat Completions <-> Anthropic Messages, for requests,
+//!   responses, errors and streams (chunk by chunk); usage extraction.
+//! - [`guard`]: guardrails: deny patterns, PII redaction (also across stream chunks).
+//! - [`tokens`]: token counting with a real BPE tokenizer, for estimates.
+
+pub mod guard;
+pub mod sse;
+pub mod tokens;
+pub mod translate;

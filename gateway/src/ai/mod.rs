@@ -1,0 +1,2118 @@
+//! The AI / LLM gateway: one OpenAI-compatible API (and the Anthropic Messages
+//! API) over several providers, run as a phase of the data plane on AI routes.
+//!
+//! A call goes through these steps, in [`serve`] and [`Chat::run`]:
+//! 1. Endpoint by path: chat completions, messages, embeddings, models, feedback,
+//!    or a published prompt template.
+//! 2. Body read (bounded) and parsed; Anthropic-format requests are translated
+//!    to the canonical OpenAI format (`hypergate_ai::translate`).
+//! 3. Alias lookup, request guardrails (deny patterns, PII redaction), prompt
+//!    size limit in tokens.
+//! 4. Cache lookup for requests that opt in; a hit is answered (or replayed as a
+//!    stream) without calling a provider.
+//! 5. Budget admission: an estimate (prompt tokens plus `max_tokens`) is reserved
+//!    on every budget of the route before any provider is called.
+//! 6. Attempts along the alias's targets (weighted first pick, then the others,
+//!    then the fallback aliases), skipping targets whose breaker is open, moving
+//!    on after 429, 5xx, timeouts and connect errors; retries wait with backoff
+//!    and jitter (or the provider's `Retry-After`, capped).
+//! 7. The answer is translated back to the client's format: whole, or event by
+//!    event as the provider streams it (never buffered), with response redaction
+//!    that holds back only a possible partial match, and the usage chunk the
+//!    gateway asked for removed unless the client asked too.
+//! 8. Usage from the provider (or counted with the tokenizer and marked
+//!    estimated), cost from the price table, budgets settled with the real
+//!    figures (also for streams the client aborted), metrics, the call record in
+//!    the access log, and the call remembered for feedback.
+
+pub mod budget;
+pub mod cache;
+pub mod client;
+pub mod feedback;
+pub mod spec;
+pub mod stats;
+
+use crate::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
+use crate::http::codec::BodyFraming;
+use crate::http::{write_header, write_status_line, write_u64};
+use crate::proxy::io::{read_more, write_out, ReadOutcome};
+use crate::shard::{Installed, ShardCtx};
+use budget::{BudgetBook, Clock, Reservation};
+use bytes::{Buf, BytesMut};
+use client::{ProviderResponse, SendError};
+use hypergate_ai::guard::StreamRedactor;
+use hypergate_ai::sse::SseParser;
+use hypergate_ai::tokens;
+use hypergate_ai::translate::{self, Usage};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use serde_json::{json, Value};
+use spec::{AiSpec, RouteAi};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest request body an AI route reads (unless the route's limit is lower).
+const MAX_AI_BODY: u64 = 16 << 20;
+/// Largest non-streamed provider answer read.
+const MAX_PROVIDER_BODY: usize = 64 << 20;
+/// Largest single SSE event accepted from a provider.
+const MAX_SSE_EVENT: usize = 4 << 20;
+/// Completion tokens reserved for Anthropic providers when the client gives no cap.
+const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
+
+/// State shared by all shards.
+pub struct AiShared {
+    /// Budget accounts.
+    pub budgets: Arc<BudgetBook>,
+    /// Feedback memory and scores.
+    pub feedback: feedback::FeedbackStore,
+}
+
+impl AiShared {
+    /// Fresh shared state.
+    pub fn new() -> Arc<AiShared> {
+        Arc::new(AiShared {
+            budgets: BudgetBook::new(),
+            feedback: feedback::FeedbackStore::default(),
+        })
+    }
+}
+
+/// Circuit-breaker state of one target on one shard.
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// A shard's AI state.
+pub struct AiShard {
+    /// Metrics.
+    pub stats: stats::AiStats,
+    cache: RefCell<cache::ResponseCache>,
+    breakers: RefCell<HashMap<Arc<str>, Breaker>>,
+    remembered: feedback::Remembered,
+    shared: Arc<AiShared>,
+    shards: usize,
+}
+
+impl AiShard {
+    /// A shard's state under `spec` (one of `shards`).
+    pub fn new(spec: &AiSpec, shared: Arc<AiShared>, shards: usize) -> Self {
+        Self {
+            stats: stats::AiStats::default(),
+            cache: RefCell::new(cache::ResponseCache::new(
+                spec.cache_bytes / shards.max(1),
+                spec.cache_ttl,
+            )),
+            breakers: RefCell::default(),
+            remembered: feedback::Remembered::default(),
+            shared,
+            shards: shards.max(1),
+        }
+    }
+
+    /// Applies a new config's cache bounds.
+    pub fn install(&self, spec: &AiSpec) {
+        self.cache
+            .borrow_mut()
+            .resize(spec.cache_bytes / self.shards, spec.cache_ttl);
+    }
+
+    fn available(&self, label: &Arc<str>, now: Instant) -> bool {
+        self.breakers
+            .borrow()
+            .get(label)
+            .and_then(|b| b.open_until)
+            .is_none_or(|t| t <= now)
+    }
+
+    fn failed(&self, spec: &AiSpec, label: &Arc<str>) {
+        let mut map = self.breakers.borrow_mut();
+        let b = map.entry(label.clone()).or_default();
+        b.failures += 1;
+        if b.failures >= spec.breaker_failures {
+            b.failures = 0;
+            b.open_until = Some(Instant::now() + spec.breaker_open_for);
+            self.stats.breaker_opened(label);
+            tracing::warn!(target_model = %label, open_for = ?spec.breaker_open_for, "LLM target ejected after consecutive failures");
+        }
+    }
+
+    fn succeeded(&self, label: &Arc<str>) {
+        if let Some(b) = self.breakers.borrow_mut().get_mut(label) {
+            b.failures = 0;
+            b.open_until = None;
+        }
+    }
+}
+
+/// The LLM details of a call, for the access log.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LlmRecord {
+    /// Alias asked for.
+    pub alias: String,
+    /// Target that answered (`provider/model`).
+    pub target: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model at the provider.
+    pub model: String,
+    /// Whether the answer was streamed.
+    pub stream: bool,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Cached prompt tokens.
+    pub cached_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// Usage counted by the gateway (the provider gave none).
+    pub estimated: bool,
+    /// Time to first token, µs (streams).
+    pub ttft_us: Option<u64>,
+    /// Prompt template name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prompt: String,
+    /// Prompt template version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prompt_version: String,
+    /// Answered from the cache.
+    pub cache_hit: bool,
+    /// Guardrail actions (`name:action`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<String>,
+    /// Provider attempts made.
+    pub attempts: u32,
+    /// The client went away before the end of the answer.
+    pub client_aborted: bool,
+    /// What went wrong after the answer had started (a truncated stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Everything the AI phase needs from the proxy.
+pub struct AiRequest<'a> {
+    /// Shard.
+    pub ctx: &'a ShardCtx,
+    /// Installed config.
+    pub inst: &'a Installed,
+    /// Route name.
+    pub route: &'a Arc<str>,
+    /// The route's AI settings.
+    pub route_ai: &'a RouteAi,
+    /// Method.
+    pub method: &'a str,
+    /// Path (no query).
+    pub path: &'a str,
+    /// Request body framing.
+    pub body: BodyFraming,
+    /// The client speaks HTTP/1.0.
+    pub http10: bool,
+    /// Request id.
+    pub request_id: &'a str,
+    /// Consumer name (empty when anonymous).
+    pub consumer: Arc<str>,
+    /// Header lines the edge phase adds (CORS, rate limits).
+    pub extra: &'a [u8],
+    /// Keep the connection after this request.
+    pub keep_alive: bool,
+    /// Body limit of the route (0 = default).
+    pub max_body: u64,
+    /// `x-hypergate-cache` header value.
+    pub cache_header: Option<&'a [u8]>,
+    /// `x-hypergate-prompt-version` header value.
+    pub prompt_version_header: Option<&'a [u8]>,
+}
+
+/// What the AI phase did, for the proxy's metrics and log.
+#[derive(Debug, Default)]
+pub struct AiOutcome {
+    /// Status sent (0 when the connection failed before).
+    pub status: u16,
+    /// Error type when answering with an error.
+    pub error: &'static str,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Request body bytes read.
+    pub bytes_in: u64,
+    /// Provider time to response head (µs).
+    pub upstream_us: Option<u64>,
+    /// Keep the connection.
+    pub keep_alive: bool,
+    /// LLM details.
+    pub llm: Option<Box<LlmRecord>>,
+}
+
+/// Which API format the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    OpenAi,
+    Anthropic,
+}
+
+/// An error answered to the client in its format.
+#[derive(Debug)]
+struct AiError {
+    status: u16,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+    /// A provider's own error body (already in the client's format).
+    body: Option<Value>,
+}
+
+impl AiError {
+    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            body: None,
+        }
+    }
+}
+
+fn error_body(format: Format, e: &AiError, request_id: &str) -> Value {
+    if let Some(b) = &e.body {
+        return b.clone();
+    }
+    match format {
+        Format::OpenAi => {
+            let mut v = translate::openai_error(e.status, e.kind, &e.message);
+            v["error"]["request_id"] = request_id.into();
+            v
+        }
+        Format::Anthropic => translate::anthropic_error(e.status, e.kind, &e.message),
+    }
+}
+
+/// Serves one request on an AI route.
+pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
+    req: &AiRequest<'_>,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> AiOutcome {
+    let spec = &req.inst.config.ai;
+    let mut outcome = AiOutcome {
+        keep_alive: req.keep_alive,
+        ..Default::default()
+    };
+    let suffix_is = |s: &str| req.path.ends_with(s);
+    let format = if suffix_is("/messages") {
+        Format::Anthropic
+    } else {
+        Format::OpenAi
+    };
+    // Read the body first, so an error answered below leaves the connection usable.
+    let body = match req.body {
+        BodyFraming::None => Ok(Vec::new()),
+        framing => {
+            let limit = if req.max_body > 0 {
+                req.max_body.min(MAX_AI_BODY)
+            } else {
+                MAX_AI_BODY
+            };
+            read_body(stream, rbuf, framing, limit).await
+        }
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            outcome.keep_alive = false;
+            let err = match e {
+                BodyReadError::TooLarge => {
+                    AiError::new(413, "request_too_large", "request body exceeds the limit")
+                }
+                BodyReadError::Bad => {
+                    AiError::new(400, "invalid_request_error", "invalid request body framing")
+                }
+                BodyReadError::Closed => return outcome,
+            };
+            return answer_error(req, stream, out, format, err, outcome).await;
+        }
+    };
+    outcome.bytes_in = body.len() as u64;
+    let prompt = spec.prompts.iter().position(|p| p.path == req.path);
+    let result = match (req.method, prompt) {
+        ("POST", Some(p)) => {
+            let mut chat = Chat::new(req, Format::OpenAi);
+            let r = chat.prompt(p, &body, stream, out).await;
+            outcome.llm = Some(Box::new(chat.rec));
+            outcome.upstream_us = chat.upstream_us;
+            r
+        }
+        ("POST", None) if suffix_is("/chat/completions") || suffix_is("/messages") => {
+            let mut chat = Chat::new(req, format);
+            let r = match parse_json(&body) {
+                Ok(v) => chat.run(v, stream, out, None).await,
+                Err(e) => Err(e),
+            };
+            outcome.llm = Some(Box::new(chat.rec));
+            outcome.upstream_us = chat.upstream_us;
+            r
+        }
+        ("POST", None) if suffix_is("/embeddings") => {
+            let mut chat = Chat::new(req, Format::OpenAi);
+            let r = chat.embeddings(&body, stream, out).await;
+            outcome.llm = Some(Box::new(chat.rec));
+            outcome.upstream_us = chat.upstream_us;
+            r
+        }
+        ("POST", None) if suffix_is("/feedback") => feedback(req, &body, stream, out).await,
+        ("GET", None) if suffix_is("/models") => {
+            let allowed =
+                |i: usize| req.route_ai.models.is_empty() || req.route_ai.models.contains(&i);
+            let data: Vec<Value> = spec
+                .aliases
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| allowed(*i))
+                .map(|(_, a)| json!({"id": &*a.name, "object": "model", "created": 0, "owned_by": "hypergate"}))
+                .collect();
+            let body = json!({"object": "list", "data": data});
+            respond_json(req, stream, out, 200, &body).await
+        }
+        _ => Err(AiError::new(
+            404,
+            "not_found_error",
+            format!(
+                "{} {} is not an AI endpoint of this gateway",
+                req.method, req.path
+            ),
+        )),
+    };
+    match result {
+        Ok(sent) => {
+            outcome.status = sent.status;
+            outcome.bytes_out = sent.bytes;
+            outcome.keep_alive &= sent.keep_alive;
+            outcome
+        }
+        Err(e) => answer_error(req, stream, out, format, e, outcome).await,
+    }
+}
+
+/// What was sent to the client.
+struct Sent {
+    status: u16,
+    bytes: u64,
+    keep_alive: bool,
+}
+
+async fn answer_error<S: AsyncWriteRent>(
+    req: &AiRequest<'_>,
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    format: Format,
+    e: AiError,
+    mut outcome: AiOutcome,
+) -> AiOutcome {
+    let body = error_body(format, &e, req.request_id).to_string();
+    out.clear();
+    let close = !outcome.keep_alive;
+    write_head(
+        out,
+        req,
+        e.status,
+        "application/json",
+        Some(body.len()),
+        close,
+    );
+    // write_head ended the head; insert Retry-After before the blank line.
+    if let Some(s) = e.retry_after {
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"retry-after: ");
+        write_u64(out, s);
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+    out.extend_from_slice(body.as_bytes());
+    outcome.status = e.status;
+    outcome.error = e.kind;
+    outcome.bytes_out = body.len() as u64;
+    if write_out(stream, out, req.inst.config.raw.limits.idle_timeout)
+        .await
+        .is_err()
+    {
+        outcome.keep_alive = false;
+    }
+    outcome
+}
+
+/// Writes a response head. `length`: `Some` for a sized body, `None` for a
+/// stream (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0).
+fn write_head(
+    out: &mut Vec<u8>,
+    req: &AiRequest<'_>,
+    status: u16,
+    content_type: &str,
+    length: Option<usize>,
+    close: bool,
+) {
+    write_status_line(out, status);
+    write_header(out, b"content-type", content_type.as_bytes());
+    match length {
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            write_u64(out, n as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        None if !req.http10 => write_header(out, b"transfer-encoding", b"chunked"),
+        None => {}
+    }
+    if length.is_none() {
+        write_header(out, b"cache-control", b"no-cache");
+    }
+    write_header(out, b"x-request-id", req.request_id.as_bytes());
+    if close || (length.is_none() && req.http10) {
+        write_header(out, b"connection", b"close");
+    } else if req.http10 {
+        write_header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(req.extra);
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn respond_json<S: AsyncWriteRent>(
+    req: &AiRequest<'_>,
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &Value,
+) -> Result<Sent, AiError> {
+    let text = body.to_string();
+    out.clear();
+    write_head(
+        out,
+        req,
+        status,
+        "application/json",
+        Some(text.len()),
+        !req.keep_alive,
+    );
+    out.extend_from_slice(text.as_bytes());
+    let ok = write_out(stream, out, req.inst.config.raw.limits.idle_timeout)
+        .await
+        .is_ok();
+    Ok(Sent {
+        status,
+        bytes: text.len() as u64,
+        keep_alive: ok,
+    })
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, AiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        AiError::new(
+            400,
+            "invalid_request_error",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(AiError::new(
+            400,
+            "invalid_request_error",
+            "request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+#[derive(Debug)]
+enum BodyReadError {
+    TooLarge,
+    Bad,
+    Closed,
+}
+
+/// Reads a whole request body (Content-Length or chunked), at most `limit` bytes.
+async fn read_body<S: AsyncReadRent>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    framing: BodyFraming,
+    limit: u64,
+) -> Result<Vec<u8>, BodyReadError> {
+    let timeout = Duration::from_secs(30);
+    let mut body = Vec::new();
+    match framing {
+        BodyFraming::Length(n) => {
+            if n > limit {
+                return Err(BodyReadError::TooLarge);
+            }
+            let n = n as usize;
+            body.reserve(n);
+            while body.len() < n {
+                if rbuf.is_empty() && read_more(stream, rbuf, timeout).await != ReadOutcome::Data {
+                    return Err(BodyReadError::Closed);
+                }
+                let take = (n - body.len()).min(rbuf.len());
+                body.extend_from_slice(&rbuf[..take]);
+                rbuf.advance(take);
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut dec = crate::http::chunked::ChunkedDecoder::default();
+            loop {
+                if !rbuf.is_empty() {
+                    match dec.step(rbuf).map_err(|_| BodyReadError::Bad)? {
+                        crate::http::chunked::Step::Progress { consumed, data } => {
+                            body.extend_from_slice(&rbuf[data]);
+                            rbuf.advance(consumed);
+                            if body.len() as u64 > limit {
+                                return Err(BodyReadError::TooLarge);
+                            }
+                            continue;
+                        }
+                        crate::http::chunked::Step::Done { consumed } => {
+                            rbuf.advance(consumed);
+                            break;
+                        }
+                        crate::http::chunked::Step::NeedMore => {}
+                    }
+                }
+                if read_more(stream, rbuf, timeout).await != ReadOutcome::Data {
+                    return Err(BodyReadError::Closed);
+                }
+            }
+        }
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    Ok(body)
+}
+
+async fn feedback<S: AsyncWriteRent>(
+    req: &AiRequest<'_>,
+    body: &[u8],
+    stream: &mut S,
+    out: &mut Vec<u8>,
+) -> Result<Sent, AiError> {
+    let v = parse_json(body)?;
+    let id = v["request_id"].as_str().ok_or_else(|| {
+        AiError::new(
+            400,
+            "invalid_request_error",
+            "request_id (string) is required",
+        )
+    })?;
+    let score = v["score"]
+        .as_f64()
+        .ok_or_else(|| AiError::new(400, "invalid_request_error", "score (number) is required"))?;
+    if !(-1000.0..=1000.0).contains(&score) {
+        return Err(AiError::new(
+            400,
+            "invalid_request_error",
+            "score must be between -1000 and 1000",
+        ));
+    }
+    let comment = v["comment"].as_str().unwrap_or("");
+    let ai = &req.ctx.ai;
+    match ai.shared.feedback.record(id, score, comment) {
+        Ok(meta) => {
+            ai.stats.feedback.set(ai.stats.feedback.get() + 1);
+            let body = json!({
+                "status": "recorded", "request_id": id, "alias": &*meta.alias,
+                "target": &*meta.target, "prompt": &*meta.prompt, "prompt_version": &*meta.version,
+            });
+            respond_json(req, stream, out, 200, &body).await
+        }
+        Err(feedback::FeedbackError::UnknownCall) => Err(AiError::new(
+            404,
+            "not_found_error",
+            format!("no recent LLM call with request_id {id:?}"),
+        )),
+    }
+}
+
+/// Calls every text of a canonical request's messages.
+fn for_each_text(req: &mut Value, mut f: impl FnMut(&mut String)) {
+    let Some(messages) = req.get_mut("messages").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for m in messages {
+        match m.get_mut("content") {
+            Some(Value::String(s)) => f(s),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    if let Some(Value::String(s)) = p.get_mut("text") {
+                        f(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One LLM call in progress.
+struct Chat<'r, 'a> {
+    req: &'r AiRequest<'a>,
+    format: Format,
+    rec: LlmRecord,
+    upstream_us: Option<u64>,
+    started: Instant,
+}
+
+/// A successful provider answer.
+struct Answered<'c> {
+    resp: ProviderResponse<'c>,
+    alias: usize,
+    target: usize,
+}
+
+impl<'r, 'a> Chat<'r, 'a> {
+    fn new(req: &'r AiRequest<'a>, format: Format) -> Self {
+        Self {
+            req,
+            format,
+            rec: LlmRecord::default(),
+            upstream_us: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn spec(&self) -> &'r AiSpec {
+        &self.req.inst.config.ai
+    }
+
+    fn alias_of(&self, req: &Value) -> Result<usize, AiError> {
+        let model = req["model"].as_str().ok_or_else(|| {
+            AiError::new(400, "invalid_request_error", "model (string) is required")
+        })?;
+        let spec = self.spec();
+        let i = *spec.alias_index.get(model).ok_or_else(|| {
+            AiError::new(
+                404,
+                "model_not_found",
+                format!("unknown model {model:?}; GET /v1/models lists the models of this gateway"),
+            )
+        })?;
+        let allowed = &self.req.route_ai.models;
+        if !allowed.is_empty() && !allowed.contains(&i) {
+            return Err(AiError::new(
+                403,
+                "permission_error",
+                format!("model {model:?} is not available on this route"),
+            ));
+        }
+        Ok(i)
+    }
+
+    /// Guardrails of the route then of the alias, at `stage`.
+    fn guards(&self, alias: usize, response: bool) -> Vec<usize> {
+        let spec = self.spec();
+        self.req
+            .route_ai
+            .guardrails
+            .iter()
+            .chain(&spec.aliases[alias].guardrails)
+            .copied()
+            .filter(|&g| {
+                let stage = spec.guardrails[g].1;
+                stage == GuardrailStage::Both || (stage == GuardrailStage::Response) == response
+            })
+            .collect()
+    }
+
+    fn note_guard(&mut self, g: usize, action: &'static str) {
+        let name: Arc<str> = self.spec().guardrails[g].0.name().into();
+        self.req.ctx.ai.stats.guardrail(&name, action);
+        let tag = format!("{name}:{action}");
+        if !self.rec.guardrails.contains(&tag) {
+            self.rec.guardrails.push(tag);
+        }
+    }
+
+    /// Deny patterns and PII redaction on the prompt.
+    fn guard_request(&mut self, alias: usize, req: &mut Value) -> Result<(), AiError> {
+        for g in self.guards(alias, false) {
+            let (guard, stage) = &self.spec().guardrails[g];
+            let mut denied = None;
+            if *stage != GuardrailStage::Response {
+                for_each_text(req, |s| {
+                    if denied.is_none() && guard.check_deny(s).is_some() {
+                        denied = Some(());
+                    }
+                });
+            }
+            if denied.is_some() {
+                self.note_guard(g, "deny");
+                return Err(AiError::new(
+                    400,
+                    "guardrail_denied",
+                    format!("the request was blocked by guardrail {:?}", guard.name()),
+                ));
+            }
+            let mut redacted = false;
+            for_each_text(req, |s| {
+                if let Some((clean, _)) = guard.redact(s) {
+                    *s = clean;
+                    redacted = true;
+                }
+            });
+            if redacted {
+                self.note_guard(g, "redact_request");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a chat call from a client request body.
+    async fn run<S: AsyncWriteRent>(
+        &mut self,
+        body: Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+        prompt_output: Option<PromptOutput>,
+    ) -> Result<Sent, AiError> {
+        let spec = self.spec();
+        let mut canonical = match self.format {
+            Format::OpenAi => body,
+            Format::Anthropic => translate::anthropic_request_to_openai(&body)
+                .map_err(|e| AiError::new(400, "invalid_request_error", e.to_string()))?,
+        };
+        if !canonical["messages"].is_array() {
+            return Err(AiError::new(
+                400,
+                "invalid_request_error",
+                "messages (array) is required",
+            ));
+        }
+        let alias = self.alias_of(&canonical)?;
+        self.rec.alias = spec.aliases[alias].name.to_string();
+        let streamed = canonical["stream"].as_bool().unwrap_or(false) && prompt_output.is_none();
+        self.rec.stream = streamed;
+        let client_usage = canonical["stream_options"]["include_usage"].as_bool() == Some(true);
+        self.guard_request(alias, &mut canonical)?;
+
+        let limit = [
+            self.req.route_ai.max_input_tokens,
+            spec.aliases[alias].max_input_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut prompt_estimate = None;
+        if let Some(limit) = limit {
+            let n = tokens::count_chat_request(&canonical);
+            prompt_estimate = Some(n);
+            if n > limit {
+                return Err(AiError::new(
+                    400,
+                    "context_length_exceeded",
+                    format!("the prompt has {n} tokens; this gateway accepts at most {limit} for model {:?}", &*spec.aliases[alias].name),
+                ));
+            }
+        }
+
+        let cache_key = self.cache_key(alias, &canonical);
+        if let Some(key) = cache_key {
+            let hit = self.req.ctx.ai.cache.borrow_mut().get(key);
+            let ai = &self.req.ctx.ai.stats;
+            match hit {
+                Some(resp) => {
+                    ai.cache_hits.set(ai.cache_hits.get() + 1);
+                    self.rec.cache_hit = true;
+                    self.rec.target = "cache".into();
+                    let sent = if streamed {
+                        self.replay_stream(&resp, stream, out, client_usage).await
+                    } else {
+                        self.respond_complete((*resp).clone(), stream, out, prompt_output)
+                            .await
+                    };
+                    self.finish_stats(
+                        alias,
+                        None,
+                        &Usage::default(),
+                        0,
+                        false,
+                        sent.as_ref().map_or(500, |s| s.status),
+                    );
+                    return sent;
+                }
+                None => ai.cache_misses.set(ai.cache_misses.get() + 1),
+            }
+        }
+
+        let reservation = self.admit(alias, &canonical, &mut prompt_estimate)?;
+        let answered = match self.attempts(alias, &canonical, streamed, out).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(r) = reservation {
+                    self.req.ctx.ai.shared.budgets.settle(r, 0, 0);
+                }
+                self.finish_stats(alias, None, &Usage::default(), 0, false, e.status);
+                return Err(e);
+            }
+        };
+        let (a_alias, target) = (answered.alias, answered.target);
+        let t = &spec.aliases[a_alias].targets[target];
+        self.rec.target = t.label.to_string();
+        self.rec.provider = spec.providers[t.provider].name.to_string();
+        self.rec.model = t.model.to_string();
+        let result = if streamed && answered.resp.event_stream {
+            self.stream_answer(answered, &canonical, stream, out, client_usage, cache_key)
+                .await
+        } else {
+            self.complete_answer(
+                answered,
+                &canonical,
+                stream,
+                out,
+                streamed,
+                client_usage,
+                prompt_output,
+                cache_key,
+            )
+            .await
+        };
+        let (sent, usage, estimated) = match result {
+            Ok(x) => x,
+            Err((e, usage, estimated)) => {
+                let cost = self.cost(a_alias, target, &usage);
+                if let Some(r) = reservation {
+                    self.req
+                        .ctx
+                        .ai
+                        .shared
+                        .budgets
+                        .settle(r, usage.prompt + usage.completion, cost);
+                }
+                self.finish_stats(
+                    alias,
+                    Some((a_alias, target)),
+                    &usage,
+                    cost,
+                    estimated,
+                    e.status,
+                );
+                return Err(e);
+            }
+        };
+        let cost = self.cost(a_alias, target, &usage);
+        if let Some(r) = reservation {
+            self.req
+                .ctx
+                .ai
+                .shared
+                .budgets
+                .settle(r, usage.prompt + usage.completion, cost);
+        }
+        self.finish_stats(
+            alias,
+            Some((a_alias, target)),
+            &usage,
+            cost,
+            estimated,
+            sent.status,
+        );
+        Ok(sent)
+    }
+
+    fn cache_key(&self, alias: usize, canonical: &Value) -> Option<u64> {
+        let asked = match self.req.cache_header {
+            Some(v)
+                if v.eq_ignore_ascii_case(b"on")
+                    || v == b"1"
+                    || v.eq_ignore_ascii_case(b"true") =>
+            {
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.req.route_ai.cache_deterministic
+                    && canonical["temperature"].as_f64() == Some(0.0)
+            }
+        };
+        asked.then(|| cache::ResponseCache::key(&self.spec().aliases[alias].name, canonical))
+    }
+
+    fn cost(&self, alias: usize, target: usize, usage: &Usage) -> u64 {
+        self.spec().aliases[alias].targets[target]
+            .price
+            .map_or(0, |p| p.cost_micros(usage))
+    }
+
+    /// Reserves the estimate on the route's budgets.
+    fn admit(
+        &mut self,
+        alias: usize,
+        canonical: &Value,
+        prompt_estimate: &mut Option<u64>,
+    ) -> Result<Option<Reservation>, AiError> {
+        let spec = self.spec();
+        let budgets: Vec<_> = self
+            .req
+            .route_ai
+            .budgets
+            .iter()
+            .map(|&b| spec.budgets[b].clone())
+            .collect();
+        if budgets.is_empty() {
+            return Ok(None);
+        }
+        let prompt = *prompt_estimate.get_or_insert_with(|| tokens::count_chat_request(canonical));
+        let default_max = budgets
+            .iter()
+            .map(|b| b.default_max_tokens)
+            .max()
+            .unwrap_or(0);
+        let completion = canonical["max_tokens"]
+            .as_u64()
+            .or_else(|| canonical["max_completion_tokens"].as_u64())
+            .unwrap_or(default_max);
+        // Cost estimate at the most expensive target the call could reach.
+        let estimate = Usage {
+            prompt,
+            completion,
+            ..Usage::default()
+        };
+        let mut chain = vec![alias];
+        chain.extend(&spec.aliases[alias].fallbacks);
+        let cost = chain
+            .iter()
+            .flat_map(|&a| spec.aliases[a].targets.iter())
+            .filter_map(|t| t.price.map(|p| p.cost_micros(&estimate)))
+            .max()
+            .unwrap_or(0);
+        let route: Arc<str> = self.req.route.clone();
+        self.req
+            .ctx
+            .ai
+            .shared
+            .budgets
+            .admit(
+                &budgets,
+                &self.req.consumer,
+                &route,
+                prompt + completion,
+                cost,
+                Clock::now(),
+            )
+            .map(Some)
+            .map_err(|r| {
+                self.req
+                    .ctx
+                    .ai
+                    .stats
+                    .budget_refused(&r.budget, r.window.label());
+                AiError {
+                    retry_after: Some(r.retry_after),
+                    ..AiError::new(
+                        429,
+                        "budget_exceeded",
+                        format!(
+                            "budget {:?} is exhausted ({}); this call needs an estimated {} tokens",
+                            &*r.budget,
+                            r.window.label(),
+                            prompt + completion
+                        ),
+                    )
+                }
+            })
+    }
+
+    /// The order in which targets are tried: a weighted pick first, then the
+    /// alias's other targets by weight, then each fallback alias the same way;
+    /// targets with an open breaker go last.
+    fn plan(&self, alias: usize) -> Vec<(usize, usize)> {
+        let spec = self.spec();
+        let ai = &self.req.ctx.ai;
+        let now = Instant::now();
+        let mut chain = vec![alias];
+        chain.extend(&spec.aliases[alias].fallbacks);
+        let mut open = Vec::new();
+        let mut plan = Vec::new();
+        for a in chain {
+            let al = &spec.aliases[a];
+            let mut order: Vec<usize> = (0..al.targets.len()).collect();
+            order.sort_by_key(|&t| std::cmp::Reverse(al.targets[t].weight));
+            let live: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&t| al.targets[t].weight > 0 && ai.available(&al.targets[t].label, now))
+                .collect();
+            let total: u64 = live.iter().map(|&t| u64::from(al.targets[t].weight)).sum();
+            if total > 0 {
+                let mut x = crate::upstream::next_random(&self.req.ctx.rng) % total;
+                let first = live
+                    .iter()
+                    .copied()
+                    .find(|&t| {
+                        let w = u64::from(al.targets[t].weight);
+                        if x < w {
+                            true
+                        } else {
+                            x -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(live[0]);
+                plan.push((a, first));
+            }
+            for t in order {
+                if plan.contains(&(a, t)) {
+                    continue;
+                }
+                if ai.available(&al.targets[t].label, now) {
+                    plan.push((a, t));
+                } else {
+                    open.push((a, t));
+                }
+            }
+        }
+        plan.extend(open);
+        plan
+    }
+
+    /// Tries targets until one answers 2xx (or a client error ends the call).
+    async fn attempts<'c>(
+        &mut self,
+        alias: usize,
+        canonical: &Value,
+        streamed: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Answered<'c>, AiError>
+    where
+        'r: 'c,
+    {
+        let spec = self.spec();
+        let plan = self.plan(alias);
+        let ai = &self.req.ctx.ai;
+        let mut last: Option<AiError> = None;
+        let mut retry_after: Option<u64> = None;
+        for attempt in 0..spec.max_attempts as usize {
+            let (a, t) = plan[attempt % plan.len()];
+            let round = (attempt / plan.len()) as u32;
+            if round > 0 {
+                let base = spec.backoff.saturating_mul(1 << (round - 1).min(10));
+                let jitter =
+                    crate::upstream::next_random(&self.req.ctx.rng) % (base.as_micros() as u64 + 1);
+                let mut wait = Duration::from_micros(jitter);
+                if let Some(s) = retry_after.take() {
+                    wait = wait.max(Duration::from_secs(s));
+                }
+                monoio::time::sleep(wait.min(spec.max_backoff)).await;
+            }
+            self.rec.attempts += 1;
+            let target = &spec.aliases[a].targets[t];
+            let provider = &spec.providers[target.provider];
+            let cluster = &self.req.inst.clusters[provider.cluster];
+            let (suffix, body) =
+                match provider_request(provider, canonical, &target.model, streamed) {
+                    Ok(x) => x,
+                    Err(e) => return Err(AiError::new(400, "invalid_request_error", e)),
+                };
+            let max_head = self.req.inst.config.raw.limits.max_response_header_bytes;
+            let reason = match client::send(
+                cluster,
+                provider,
+                "POST",
+                suffix,
+                body.as_bytes(),
+                streamed,
+                self.req.request_id,
+                out,
+                max_head,
+            )
+            .await
+            {
+                Ok(mut resp) => {
+                    self.upstream_us = Some(resp.sent_at.elapsed().as_micros() as u64);
+                    if (200..300).contains(&resp.status) {
+                        ai.succeeded(&target.label);
+                        return Ok(Answered {
+                            resp,
+                            alias: a,
+                            target: t,
+                        });
+                    }
+                    let status = resp.status;
+                    retry_after = resp.retry_after;
+                    let body = resp.read_all(1 << 20).await.unwrap_or_default();
+                    resp.finish();
+                    let provider_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let message =
+                        translate::provider_error_message(&provider_body).unwrap_or_else(|| {
+                            format!("provider {:?} answered {status}", &*provider.name)
+                        });
+                    let retryable = status == 429 || status == 408 || status >= 500;
+                    if !retryable {
+                        // The request itself is wrong: no other target would take it.
+                        ai.succeeded(&target.label);
+                        let kind = if status == 401 || status == 403 {
+                            "provider_auth_error"
+                        } else {
+                            "invalid_request_error"
+                        };
+                        return Err(AiError::new(
+                            status,
+                            kind,
+                            format!("provider {:?}: {message}", &*provider.name),
+                        ));
+                    }
+                    last = Some(AiError {
+                        retry_after,
+                        ..AiError::new(
+                            if status == 429 { 429 } else { 502 },
+                            if status == 429 {
+                                "rate_limit_error"
+                            } else {
+                                "provider_error"
+                            },
+                            format!(
+                                "provider {:?} answered {status}: {message}",
+                                &*provider.name
+                            ),
+                        )
+                    });
+                    if status == 429 {
+                        "rate_limited"
+                    } else {
+                        "server_error"
+                    }
+                }
+                Err(e) => {
+                    let (status, kind) = match e {
+                        SendError::Timeout => (504, "provider_timeout"),
+                        SendError::PoolFull => (503, "provider_unavailable"),
+                        _ => (502, "provider_unreachable"),
+                    };
+                    last = Some(AiError::new(
+                        status,
+                        kind,
+                        format!("provider {:?}: {}", &*provider.name, e.label()),
+                    ));
+                    e.label()
+                }
+            };
+            ai.failed(spec, &target.label);
+            ai.stats.fallback(&spec.aliases[alias].name, reason);
+            tracing::debug!(target_model = %target.label, reason, attempt, "LLM attempt failed");
+        }
+        let mut e = last.unwrap_or_else(|| {
+            AiError::new(503, "provider_unavailable", "no target could be tried")
+        });
+        e.message = format!(
+            "all {} attempts failed; last: {}",
+            self.rec.attempts, e.message
+        );
+        Err(e)
+    }
+
+    /// Non-streamed answer (also used when a provider answered a stream request with JSON).
+    #[allow(clippy::too_many_arguments)]
+    async fn complete_answer<S: AsyncWriteRent>(
+        &mut self,
+        mut answered: Answered<'_>,
+        canonical: &Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+        streamed: bool,
+        client_usage: bool,
+        prompt_output: Option<PromptOutput>,
+        cache_key: Option<u64>,
+    ) -> Result<(Sent, Usage, bool), (AiError, Usage, bool)> {
+        let spec = self.spec();
+        let provider =
+            &spec.providers[spec.aliases[answered.alias].targets[answered.target].provider];
+        let body = answered.resp.read_all(MAX_PROVIDER_BODY).await;
+        answered.resp.finish();
+        let fail = |m: String| {
+            (
+                AiError::new(502, "provider_error", m),
+                Usage::default(),
+                false,
+            )
+        };
+        let body =
+            body.map_err(|e| fail(format!("reading the provider's answer failed: {e:?}")))?;
+        let parsed: Value = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("the provider's answer is not JSON: {e}")))?;
+        let mut canon = match provider.kind {
+            ProviderKind::Openai => parsed,
+            ProviderKind::Anthropic => translate::anthropic_response_to_openai(&parsed, unix_now()),
+        };
+        let (usage, estimated) = match translate::Usage::from_openai(&canon["usage"]) {
+            Some(u) => (u, false),
+            None => {
+                let prompt = tokens::count_chat_request(canonical);
+                let completion = response_tokens(&canon);
+                let u = Usage {
+                    prompt,
+                    completion,
+                    ..Usage::default()
+                };
+                canon["usage"] = u.to_openai();
+                (u, true)
+            }
+        };
+        self.redact_response(answered.alias, &mut canon);
+        if let Some(key) = cache_key {
+            self.req.ctx.ai.cache.borrow_mut().put(key, canon.clone());
+        }
+        let sent = if streamed {
+            self.replay_stream(&canon, stream, out, client_usage).await
+        } else {
+            self.respond_complete(canon, stream, out, prompt_output)
+                .await
+        };
+        sent.map(|s| (s, usage, estimated))
+            .map_err(|e| (e, usage, estimated))
+    }
+
+    fn redact_response(&mut self, alias: usize, canon: &mut Value) {
+        for g in self.guards(alias, true) {
+            let guard = self.spec().guardrails[g].0.clone();
+            let mut redacted = false;
+            if let Some(choices) = canon["choices"].as_array_mut() {
+                for c in choices {
+                    if let Some(Value::String(s)) =
+                        c.get_mut("message").and_then(|m| m.get_mut("content"))
+                    {
+                        if let Some((clean, _)) = guard.redact(s) {
+                            *s = clean;
+                            redacted = true;
+                        }
+                    }
+                }
+            }
+            if redacted {
+                self.note_guard(g, "redact_response");
+            }
+        }
+    }
+
+    /// Sends a complete canonical answer in the client's format.
+    async fn respond_complete<S: AsyncWriteRent>(
+        &mut self,
+        canon: Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+        prompt_output: Option<PromptOutput>,
+    ) -> Result<Sent, AiError> {
+        let body = match (prompt_output, self.format) {
+            (Some(output), _) => {
+                let text = canon["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or("");
+                let value = match output {
+                    PromptOutput::Text => Value::String(text.to_string()),
+                    PromptOutput::Json => {
+                        serde_json::from_str(strip_fences(text)).map_err(|e| {
+                            AiError::new(
+                                502,
+                                "invalid_model_output",
+                                format!("the model's answer is not JSON ({e}): {text:?}"),
+                            )
+                        })?
+                    }
+                };
+                json!({
+                    "output": value,
+                    "prompt": &self.rec.prompt,
+                    "version": &self.rec.prompt_version,
+                    "model": &self.rec.alias,
+                    "usage": canon["usage"],
+                    "request_id": self.req.request_id,
+                })
+            }
+            (None, Format::OpenAi) => canon,
+            (None, Format::Anthropic) => translate::openai_response_to_anthropic(&canon),
+        };
+        respond_json(self.req, stream, out, 200, &body).await
+    }
+
+    /// Sends a complete canonical answer as a stream of chunks.
+    async fn replay_stream<S: AsyncWriteRent>(
+        &mut self,
+        canon: &Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+        client_usage: bool,
+    ) -> Result<Sent, AiError> {
+        let mut em = Emitter::new(
+            self.format,
+            canon["model"].as_str().unwrap_or(""),
+            client_usage,
+        );
+        out.clear();
+        write_head(
+            out,
+            self.req,
+            200,
+            "text/event-stream",
+            None,
+            !self.req.keep_alive,
+        );
+        let mut events = Vec::new();
+        for chunk in response_to_chunks(canon) {
+            em.chunk(&chunk, &mut events);
+        }
+        em.end(translate::Usage::from_openai(&canon["usage"]), &mut events);
+        let bytes = events.len() as u64;
+        frame(out, &events, self.req.http10);
+        end_stream(out, self.req.http10);
+        self.rec.ttft_us = Some(self.started.elapsed().as_micros() as u64);
+        let ok = write_out(stream, out, self.req.inst.config.raw.limits.idle_timeout)
+            .await
+            .is_ok();
+        Ok(Sent {
+            status: 200,
+            bytes,
+            keep_alive: ok && !self.req.http10,
+        })
+    }
+
+    /// Streams a provider's event stream to the client as it arrives.
+    async fn stream_answer<S: AsyncWriteRent>(
+        &mut self,
+        mut answered: Answered<'_>,
+        canonical: &Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+        client_usage: bool,
+        cache_key: Option<u64>,
+    ) -> Result<(Sent, Usage, bool), (AiError, Usage, bool)> {
+        let spec = self.spec();
+        let target = &spec.aliases[answered.alias].targets[answered.target];
+        let kind = spec.providers[target.provider].kind;
+        let idle = self.req.inst.config.raw.limits.idle_timeout;
+        let guards: Vec<_> = self
+            .guards(answered.alias, true)
+            .into_iter()
+            .map(|g| (g, spec.guardrails[g].0.clone()))
+            .collect();
+        let mut redactors: Vec<(usize, StreamRedactor)> = guards
+            .iter()
+            .map(|(g, guard)| (*g, StreamRedactor::new(guard.clone())))
+            .collect();
+        let mut parser = SseParser::new(MAX_SSE_EVENT);
+        let mut from_anthropic = (kind == ProviderKind::Anthropic)
+            .then(|| translate::AnthropicStreamToOpenAi::new(self.req.request_id, unix_now()));
+        let mut em = Emitter::new(self.format, &target.model, client_usage);
+        let mut usage: Option<Usage> = None;
+        let mut text = String::new();
+        let mut assembled = Assembler::default();
+        let mut first_token: Option<Instant> = None;
+        let mut last_token: Option<Instant> = None;
+        let stats = self.call_stats(answered.alias, answered.target);
+        let mut done = false;
+        let mut failure: Option<String> = None;
+        let mut aborted = false;
+        let mut sent_bytes = 0u64;
+        let mut piece = Vec::with_capacity(16 * 1024);
+        let mut events = Vec::with_capacity(16 * 1024);
+
+        out.clear();
+        write_head(
+            out,
+            self.req,
+            200,
+            "text/event-stream",
+            None,
+            !self.req.keep_alive,
+        );
+        if write_out(stream, out, idle).await.is_err() {
+            aborted = true;
+        }
+        while !aborted && !done {
+            piece.clear();
+            match answered.resp.next(&mut piece).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if !done {
+                        failure = Some("the provider ended the stream early".into());
+                    }
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!("the provider's stream failed: {e:?}"));
+                    break;
+                }
+            }
+            parser.push(&piece);
+            events.clear();
+            loop {
+                let ev = match parser.next_event() {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(format!("invalid event stream from the provider: {e}"));
+                        break;
+                    }
+                };
+                let chunks: Vec<Value> = match &mut from_anthropic {
+                    Some(tr) => match tr.push(&ev) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failure = Some(format!("provider stream error: {e}"));
+                            break;
+                        }
+                    },
+                    None if ev.data.trim() == "[DONE]" => {
+                        done = true;
+                        Vec::new()
+                    }
+                    None => match serde_json::from_str::<Value>(&ev.data) {
+                        Ok(v) if v.get("error").is_some() => {
+                            failure = Some(
+                                translate::provider_error_message(&v)
+                                    .unwrap_or_else(|| "provider stream error".into()),
+                            );
+                            break;
+                        }
+                        Ok(v) => vec![v],
+                        Err(e) => {
+                            failure = Some(format!("invalid chunk from the provider: {e}"));
+                            break;
+                        }
+                    },
+                };
+                for mut chunk in chunks {
+                    if let Some(u) = translate::openai_chunk_usage(&chunk) {
+                        usage = Some(u);
+                    }
+                    if translate::is_usage_only_chunk(&chunk) {
+                        continue;
+                    }
+                    if let Some(obj) = chunk.as_object_mut() {
+                        obj.remove("usage");
+                    }
+                    let has_token = chunk_has_token(&chunk);
+                    if has_token {
+                        let now = Instant::now();
+                        if first_token.is_none() {
+                            first_token = Some(now);
+                            let ttft = now.duration_since(self.started).as_micros() as u64;
+                            self.rec.ttft_us = Some(ttft);
+                            stats.ttft.record(ttft);
+                        } else if let Some(prev) = last_token {
+                            stats
+                                .itl
+                                .record(now.duration_since(prev).as_micros() as u64);
+                        }
+                        last_token = Some(now);
+                    }
+                    let finishing = chunk["choices"][0]["finish_reason"].is_string();
+                    if let Some(t) = translate::chunk_text_mut(&mut chunk) {
+                        text.push_str(t);
+                        for (g, r) in &mut redactors {
+                            let before = r.counts().total();
+                            *t = r.push(t);
+                            if r.counts().total() > before {
+                                let name: Arc<str> = spec.guardrails[*g].0.name().into();
+                                self.req.ctx.ai.stats.guardrail(&name, "redact_response");
+                                let tag = format!("{name}:redact_response");
+                                if !self.rec.guardrails.contains(&tag) {
+                                    self.rec.guardrails.push(tag);
+                                }
+                            }
+                        }
+                    }
+                    if finishing {
+                        let tail = flush_redactors(&mut redactors);
+                        if !tail.is_empty() {
+                            let mut extra = chunk.clone();
+                            extra["choices"][0]["finish_reason"] = Value::Null;
+                            extra["choices"][0]["delta"] = json!({"content": tail});
+                            assembled.add(&extra);
+                            em.chunk(&extra, &mut events);
+                        }
+                    }
+                    assembled.add(&chunk);
+                    em.chunk(&chunk, &mut events);
+                }
+                if from_anthropic.as_ref().is_some_and(|t| t.finished()) {
+                    done = true;
+                }
+                if failure.is_some() {
+                    break;
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            if !events.is_empty() {
+                out.clear();
+                frame(out, &events, self.req.http10);
+                sent_bytes += events.len() as u64;
+                if write_out(stream, out, idle).await.is_err() {
+                    aborted = true;
+                }
+            }
+        }
+        if let Some(tr) = &from_anthropic {
+            if usage.is_none() {
+                usage = tr.usage();
+            }
+        }
+        // Usage the provider did not report is counted from what it produced.
+        let estimated = usage.is_none() || aborted;
+        let usage = match usage {
+            Some(u) if !aborted => u,
+            _ => Usage {
+                prompt: tokens::count_chat_request(canonical),
+                completion: tokens::count(&text) + assembled.tool_tokens(),
+                ..Usage::default()
+            },
+        };
+        if let (Some(first), Some(last)) = (first_token, last_token) {
+            let secs = last.duration_since(first).as_secs_f64();
+            if secs > 0.0 && usage.completion > 1 {
+                stats
+                    .tokens_per_second
+                    .record(((usage.completion - 1) as f64 / secs) as u64);
+            }
+        }
+        if aborted {
+            self.rec.client_aborted = true;
+            // Dropping the response closes the provider connection: generation stops.
+            drop(answered);
+            let sent = Sent {
+                status: 200,
+                bytes: sent_bytes,
+                keep_alive: false,
+            };
+            return Ok((sent, usage, true));
+        }
+        events.clear();
+        if let Some(f) = &failure {
+            let tail = flush_redactors(&mut redactors);
+            if !tail.is_empty() {
+                em.text(&tail, &mut events);
+            }
+            em.error(f, self.req.request_id, &mut events);
+        } else {
+            let tail = flush_redactors(&mut redactors);
+            if !tail.is_empty() {
+                em.text(&tail, &mut events);
+            }
+            em.end(Some(usage), &mut events);
+        }
+        out.clear();
+        frame(out, &events, self.req.http10);
+        end_stream(out, self.req.http10);
+        sent_bytes += events.len() as u64;
+        let ok = write_out(stream, out, idle).await.is_ok();
+        if failure.is_none() {
+            answered.resp.finish();
+            if let Some(key) = cache_key {
+                if let Some(resp) = assembled.response(&target.model, usage) {
+                    self.req.ctx.ai.cache.borrow_mut().put(key, resp);
+                }
+            }
+        }
+        let sent = Sent {
+            status: 200,
+            bytes: sent_bytes,
+            keep_alive: ok && !self.req.http10 && failure.is_none(),
+        };
+        // After the status line, a failure can only be reported in the stream (done above).
+        self.rec.error = failure;
+        Ok((sent, usage, estimated))
+    }
+
+    fn call_stats(&self, alias: usize, target: usize) -> Rc<stats::CallStats> {
+        let spec = self.spec();
+        self.req.ctx.ai.stats.call((
+            self.req.route.clone(),
+            spec.aliases[alias].name.clone(),
+            spec.aliases[alias].targets[target].label.clone(),
+            self.req.consumer.clone(),
+        ))
+    }
+
+    /// Counts the call, fills the record and remembers it for feedback.
+    fn finish_stats(
+        &mut self,
+        alias: usize,
+        answered: Option<(usize, usize)>,
+        usage: &Usage,
+        cost: u64,
+        estimated: bool,
+        status: u16,
+    ) {
+        let spec = self.spec();
+        let target_label: Arc<str> = match answered {
+            Some((a, t)) => spec.aliases[a].targets[t].label.clone(),
+            None if self.rec.cache_hit => "cache".into(),
+            None => "none".into(),
+        };
+        let stats = self.req.ctx.ai.stats.call((
+            self.req.route.clone(),
+            spec.aliases[alias].name.clone(),
+            target_label.clone(),
+            self.req.consumer.clone(),
+        ));
+        if (200..300).contains(&status) && self.rec.error.is_none() && !self.rec.client_aborted {
+            stats.ok.set(stats.ok.get() + 1);
+        } else {
+            stats.errors.set(stats.errors.get() + 1);
+        }
+        if self.rec.stream {
+            stats.streamed.set(stats.streamed.get() + 1);
+        }
+        stats.usage(usage, cost, estimated);
+        stats
+            .total
+            .record(self.started.elapsed().as_micros() as u64);
+        self.rec.prompt_tokens = usage.prompt;
+        self.rec.completion_tokens = usage.completion;
+        self.rec.cached_tokens = usage.cached;
+        self.rec.reasoning_tokens = usage.reasoning;
+        self.rec.cost_usd = cost as f64 / 1e6;
+        self.rec.estimated = estimated;
+        let ai = &self.req.ctx.ai;
+        ai.shared.feedback.remember(
+            &ai.remembered,
+            self.req.request_id,
+            feedback::CallMeta {
+                alias: spec.aliases[alias].name.clone(),
+                target: target_label,
+                prompt: self.rec.prompt.as_str().into(),
+                version: self.rec.prompt_version.as_str().into(),
+                route: self.req.route.clone(),
+                consumer: self.req.consumer.clone(),
+            },
+            spec.feedback_memory / ai.shards,
+        );
+    }
+
+    /// `POST /prompts/<name>`: fills the template with the body's variables.
+    async fn prompt<S: AsyncWriteRent>(
+        &mut self,
+        p: usize,
+        body: &[u8],
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Result<Sent, AiError> {
+        let spec = self.spec();
+        let prompt = &spec.prompts[p];
+        let vars = if body.is_empty() {
+            json!({})
+        } else {
+            parse_json(body)?
+        };
+        let forced = self.req.prompt_version_header.and_then(|v| {
+            prompt
+                .versions
+                .iter()
+                .position(|x| x.version.as_bytes() == v)
+        });
+        let vi = match forced {
+            Some(i) => i,
+            None => {
+                let mut x = crate::upstream::next_random(&self.req.ctx.rng)
+                    % u64::from(prompt.total_weight.max(1));
+                prompt
+                    .versions
+                    .iter()
+                    .position(|v| {
+                        let w = u64::from(v.weight);
+                        if x < w {
+                            true
+                        } else {
+                            x -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0)
+            }
+        };
+        let v = &prompt.versions[vi];
+        self.rec.prompt = prompt.name.to_string();
+        self.rec.prompt_version = v.version.to_string();
+        let missing: Vec<&str> = v
+            .variables
+            .iter()
+            .filter(|name| vars.get(name.as_str()).is_none())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(AiError::new(
+                400,
+                "invalid_request_error",
+                format!(
+                    "prompt {:?} needs variables: {}",
+                    &*prompt.name,
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let render = |t: &str| {
+            let mut s = t.to_string();
+            for name in &v.variables {
+                let value = match &vars[name.as_str()] {
+                    Value::String(x) => x.clone(),
+                    other => other.to_string(),
+                };
+                for pattern in [format!("{{{{{name}}}}}"), format!("{{{{ {name} }}}}")] {
+                    s = s.replace(&pattern, &value);
+                }
+            }
+            s
+        };
+        let mut messages = Vec::new();
+        if let Some(sys) = &v.system {
+            messages.push(json!({"role": "system", "content": render(sys)}));
+        }
+        messages.push(json!({"role": "user", "content": render(&v.template)}));
+        let mut req = json!({"model": &*spec.aliases[v.alias].name, "messages": messages});
+        if let Some(t) = v.temperature {
+            req["temperature"] = t.into();
+        }
+        if let Some(m) = v.max_tokens {
+            req["max_tokens"] = m.into();
+        }
+        self.run(req, stream, out, Some(v.output)).await
+    }
+
+    /// `POST /v1/embeddings`: forwarded to an OpenAI-format target of the alias.
+    async fn embeddings<S: AsyncWriteRent>(
+        &mut self,
+        body: &[u8],
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Result<Sent, AiError> {
+        let spec = self.spec();
+        let req = parse_json(body)?;
+        let alias = self.alias_of(&req)?;
+        self.rec.alias = spec.aliases[alias].name.to_string();
+        let mut answered = self
+            .attempts(alias, &req, false, out)
+            .await
+            .inspect_err(|e| {
+                let _ = e;
+            })?;
+        let t = &spec.aliases[answered.alias].targets[answered.target];
+        self.rec.target = t.label.to_string();
+        self.rec.provider = spec.providers[t.provider].name.to_string();
+        self.rec.model = t.model.to_string();
+        let body = answered.resp.read_all(MAX_PROVIDER_BODY).await;
+        answered.resp.finish();
+        let v: Value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                AiError::new(502, "provider_error", "the provider's answer is not JSON")
+            })?;
+        let usage = Usage {
+            prompt: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            ..Usage::default()
+        };
+        let cost = self.cost(answered.alias, answered.target, &usage);
+        self.finish_stats(
+            alias,
+            Some((answered.alias, answered.target)),
+            &usage,
+            cost,
+            false,
+            200,
+        );
+        respond_json(self.req, stream, out, 200, &v).await
+    }
+}
+
+/// The request a provider gets: the path suffix and the JSON body.
+fn provider_request(
+    provider: &spec::Provider,
+    canonical: &Value,
+    model: &str,
+    streamed: bool,
+) -> Result<(&'static str, String), String> {
+    let is_embedding = canonical.get("input").is_some() && canonical.get("messages").is_none();
+    if is_embedding {
+        if provider.kind == ProviderKind::Anthropic {
+            return Err("embeddings need an OpenAI-format provider".into());
+        }
+        let mut body = canonical.clone();
+        body["model"] = model.into();
+        return Ok(("/embeddings", body.to_string()));
+    }
+    match provider.kind {
+        ProviderKind::Openai => {
+            let mut body = canonical.clone();
+            body["model"] = model.into();
+            if streamed {
+                body["stream"] = true.into();
+                if provider.stream_usage {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+            } else if let Some(o) = body.as_object_mut() {
+                o.remove("stream");
+                o.remove("stream_options");
+            }
+            Ok(("/chat/completions", body.to_string()))
+        }
+        ProviderKind::Anthropic => {
+            let mut body =
+                translate::openai_request_to_anthropic(canonical, DEFAULT_ANTHROPIC_MAX_TOKENS)
+                    .map_err(|e| e.to_string())?;
+            body["model"] = model.into();
+            body["stream"] = streamed.into();
+            Ok(("/messages", body.to_string()))
+        }
+    }
+}
+
+/// Splits a complete canonical answer into the chunks a provider would have
+/// streamed: role, content, tool calls, finish reason.
+fn response_to_chunks(canon: &Value) -> Vec<Value> {
+    let base = |delta: Value, finish: Value| {
+        json!({
+            "id": canon["id"], "object": "chat.completion.chunk", "created": canon["created"],
+            "model": canon["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let message = &canon["choices"][0]["message"];
+    let mut chunks = vec![base(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
+        chunks.push(base(json!({"content": text}), Value::Null));
+    }
+    for (i, tc) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        chunks.push(base(
+            json!({"tool_calls": [{"index": i, "id": tc["id"], "type": "function", "function": tc["function"]}]}),
+            Value::Null,
+        ));
+    }
+    let finish = canon["choices"][0]["finish_reason"].clone();
+    chunks.push(base(
+        json!({}),
+        if finish.is_null() {
+            "stop".into()
+        } else {
+            finish
+        },
+    ));
+    chunks
+}
+
+/// Whether a canonical chunk carries generated content (text or tool call).
+fn chunk_has_token(chunk: &Value) -> bool {
+    let delta = &chunk["choices"][0]["delta"];
+    delta["content"].as_str().is_some_and(|s| !s.is_empty()) || delta["tool_calls"].is_array()
+}
+
+fn flush_redactors(redactors: &mut [(usize, StreamRedactor)]) -> String {
+    // Each redactor holds back text the next one has not seen: flush in order,
+    // feeding each one's tail through the following ones.
+    let mut tail = String::new();
+    for (_, r) in redactors.iter_mut() {
+        let mut t = r.push(&tail);
+        t.push_str(&r.finish());
+        tail = t;
+    }
+    tail
+}
+
+/// Completion tokens of a complete answer, counted with the tokenizer.
+fn response_tokens(canon: &Value) -> u64 {
+    let mut n = 0;
+    for c in canon["choices"].as_array().into_iter().flatten() {
+        if let Some(s) = c["message"]["content"].as_str() {
+            n += tokens::count(s);
+        }
+        for tc in c["message"]["tool_calls"].as_array().into_iter().flatten() {
+            n += tokens::count(tc["function"]["name"].as_str().unwrap_or(""));
+            n += tokens::count(tc["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    n
+}
+
+/// Strips a Markdown code fence around JSON answers.
+fn strip_fences(text: &str) -> &str {
+    let t = text.trim();
+    let Some(rest) = t.strip_prefix("```") else {
+        return t;
+    };
+    let rest = rest.strip_prefix("json").unwrap_or(rest);
+    rest.strip_suffix("```").unwrap_or(rest).trim()
+}
+
+/// Rebuilds a complete answer from streamed chunks (for the cache and for
+/// counting tool-call tokens).
+#[derive(Default)]
+struct Assembler {
+    text: String,
+    tool_calls: Vec<(String, String, String)>,
+    finish_reason: Option<String>,
+    id: Option<String>,
+}
+
+impl Assembler {
+    fn add(&mut self, chunk: &Value) {
+        if self.id.is_none() {
+            self.id = chunk["id"].as_str().map(str::to_string);
+        }
+        let c = &chunk["choices"][0];
+        if let Some(t) = c["delta"]["content"].as_str() {
+            self.text.push_str(t);
+        }
+        for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let i = tc["index"].as_u64().unwrap_or(0) as usize;
+            while self.tool_calls.len() <= i {
+                self.tool_calls.push(Default::default());
+            }
+            let slot = &mut self.tool_calls[i];
+            if let Some(id) = tc["id"].as_str() {
+                slot.0 = id.to_string();
+            }
+            if let Some(n) = tc["function"]["name"].as_str() {
+                slot.1.push_str(n);
+            }
+            if let Some(a) = tc["function"]["arguments"].as_str() {
+                slot.2.push_str(a);
+            }
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            self.finish_reason = Some(f.to_string());
+        }
+    }
+
+    fn tool_tokens(&self) -> u64 {
+        self.tool_calls
+            .iter()
+            .map(|(_, n, a)| tokens::count(n) + tokens::count(a))
+            .sum()
+    }
+
+    /// The complete answer, when the stream finished with text only.
+    fn response(&self, model: &str, usage: Usage) -> Option<Value> {
+        if !self.tool_calls.is_empty() {
+            return None;
+        }
+        let finish = self.finish_reason.as_deref()?;
+        Some(json!({
+            "id": self.id.clone().unwrap_or_default(),
+            "object": "chat.completion",
+            "created": unix_now(),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": finish}],
+            "usage": usage.to_openai(),
+        }))
+    }
+}
+
+/// Turns canonical chunks into the client's event stream.
+struct Emitter {
+    format: Format,
+    client_usage: bool,
+    to_anthropic: Option<translate::OpenAiStreamToAnthropic>,
+    last: Option<Value>,
+}
+
+impl Emitter {
+    fn new(format: Format, model: &str, client_usage: bool) -> Self {
+        Self {
+            format,
+            client_usage,
+            to_anthropic: (format == Format::Anthropic)
+                .then(|| translate::OpenAiStreamToAnthropic::new(model)),
+            last: None,
+        }
+    }
+
+    fn chunk(&mut self, chunk: &Value, events: &mut Vec<u8>) {
+        match &mut self.to_anthropic {
+            None => hypergate_ai::sse::write_event(events, None, &chunk.to_string()),
+            Some(tr) => {
+                for (name, data) in tr.push(chunk) {
+                    hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
+                }
+            }
+        }
+        self.last = Some(chunk.clone());
+    }
+
+    /// Text that was held back by redaction, as one more content chunk.
+    fn text(&mut self, text: &str, events: &mut Vec<u8>) {
+        let mut c = self.last.clone().unwrap_or_else(
+            || json!({"object": "chat.completion.chunk", "choices": [{"index": 0}]}),
+        );
+        c["choices"][0]["delta"] = json!({"content": text});
+        c["choices"][0]["finish_reason"] = Value::Null;
+        self.chunk(&c, events);
+    }
+
+    fn end(&mut self, usage: Option<Usage>, events: &mut Vec<u8>) {
+        match &mut self.to_anthropic {
+            None => {
+                if self.client_usage {
+                    if let Some(u) = usage {
+                        let mut c = self
+                            .last
+                            .clone()
+                            .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
+                        c["choices"] = json!([]);
+                        c["usage"] = u.to_openai();
+                        hypergate_ai::sse::write_event(events, None, &c.to_string());
+                    }
+                }
+                hypergate_ai::sse::write_event(events, None, "[DONE]");
+            }
+            Some(tr) => {
+                for (name, data) in tr.finish(usage) {
+                    hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
+                }
+            }
+        }
+    }
+
+    fn error(&mut self, message: &str, request_id: &str, events: &mut Vec<u8>) {
+        match self.format {
+            Format::OpenAi => {
+                let mut e = translate::openai_error(502, "provider_error", message);
+                e["error"]["request_id"] = request_id.into();
+                hypergate_ai::sse::write_event(events, None, &e.to_string());
+            }
+            Format::Anthropic => {
+                let e = translate::anthropic_error(502, "api_error", message);
+                hypergate_ai::sse::write_event(events, Some("error"), &e.to_string());
+            }
+        }
+    }
+}
+
+/// Frames stream bytes: one HTTP chunk (HTTP/1.1) or raw (HTTP/1.0, close-delimited).
+fn frame(out: &mut Vec<u8>, data: &[u8], http10: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if http10 {
+        out.extend_from_slice(data);
+    } else {
+        crate::http::chunked::write_chunk_header(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn end_stream(out: &mut Vec<u8>, http10: bool) {
+    if !http10 {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+}

@@ -1,0 +1,848 @@
+//! Validated AI configuration: providers (each backed by a hidden cluster so calls
+//! use the data plane's pools, timeouts and TLS), model aliases with weighted
+//! targets and fallbacks, prices, budgets, compiled guardrails and prompt templates.
+//!
+//! Built from [`AiConfig`] by [`build`], which reports every problem with its path
+//! (`ai.models[1].targets[0].provider: unknown provider "azure"`). `${VAR}` in
+//! provider URLs, keys and headers is expanded from the environment here, once.
+
+use crate::config::ai::{
+    AiConfig, AiRouteConfig, BudgetScope, GuardrailStage, PromptOutput, ProviderKind,
+};
+use crate::config::raw::{ClusterConfig, EndpointConfig};
+use crate::config::ConfigIssue;
+use hypergate_ai::guard::{Guardrail, PiiKind};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Prefix of the hidden cluster that carries a provider's connections.
+pub const PROVIDER_CLUSTER_PREFIX: &str = "ai:";
+
+/// Validated `[ai]` section.
+#[derive(Debug, Default)]
+pub struct AiSpec {
+    /// Providers.
+    pub providers: Vec<Provider>,
+    /// Model aliases.
+    pub aliases: Vec<Alias>,
+    /// Alias name -> index.
+    pub alias_index: HashMap<String, usize>,
+    /// Budgets.
+    pub budgets: Vec<Arc<BudgetSpec>>,
+    /// Guardrails with where they apply.
+    pub guardrails: Vec<(Arc<Guardrail>, GuardrailStage)>,
+    /// Prompt templates.
+    pub prompts: Vec<Prompt>,
+    /// Cache memory over all shards, and TTL.
+    pub cache_bytes: usize,
+    /// Cache TTL.
+    pub cache_ttl: Duration,
+    /// Most provider attempts per call.
+    pub max_attempts: u32,
+    /// Retry backoff base.
+    pub backoff: Duration,
+    /// Longest `Retry-After` honoured.
+    pub max_backoff: Duration,
+    /// Consecutive failures that open a target's breaker.
+    pub breaker_failures: u32,
+    /// How long a breaker stays open.
+    pub breaker_open_for: Duration,
+    /// Calls remembered for feedback.
+    pub feedback_memory: usize,
+}
+
+/// A provider.
+#[derive(Debug)]
+pub struct Provider {
+    /// Name.
+    pub name: Arc<str>,
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// Index of its hidden cluster in `Config::clusters`.
+    pub cluster: usize,
+    /// Path prefix from the base URL (no trailing slash), e.g. `/v1`.
+    pub base_path: String,
+    /// `Host` header value.
+    pub host: String,
+    /// Headers added to every call (authentication included), pre-rendered
+    /// as `name: value\r\n` lines.
+    pub headers: Vec<u8>,
+    /// Query string appended to every call (with its leading `?`), or empty.
+    pub query: String,
+    /// Response-head and between-chunks timeout.
+    pub timeout: Duration,
+    /// Ask for usage on OpenAI-format streams.
+    pub stream_usage: bool,
+}
+
+/// One deployment of an alias.
+#[derive(Debug)]
+pub struct Target {
+    /// Provider index.
+    pub provider: usize,
+    /// Model name at the provider.
+    pub model: Arc<str>,
+    /// Weight.
+    pub weight: u32,
+    /// `provider/model`, for metrics, logs and breaker state.
+    pub label: Arc<str>,
+    /// Price, when configured.
+    pub price: Option<Price>,
+}
+
+/// Prices in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    /// Uncached prompt tokens.
+    pub input: f64,
+    /// Completion tokens.
+    pub output: f64,
+    /// Cached prompt tokens.
+    pub cached_input: f64,
+}
+
+impl Price {
+    /// Cost of a call in micro-dollars.
+    pub fn cost_micros(&self, u: &hypergate_ai::translate::Usage) -> u64 {
+        let cached = u.cached.min(u.prompt);
+        let dollars_per_million = (u.prompt - cached) as f64 * self.input
+            + cached as f64 * self.cached_input
+            + u.completion as f64 * self.output;
+        // Tokens x $/M tokens = micro-dollars.
+        dollars_per_million.round() as u64
+    }
+}
+
+/// A model alias.
+#[derive(Debug)]
+pub struct Alias {
+    /// Name clients use.
+    pub name: Arc<str>,
+    /// Deployments.
+    pub targets: Vec<Target>,
+    /// Sum of target weights.
+    pub total_weight: u32,
+    /// Fallback aliases (indices), in order.
+    pub fallbacks: Vec<usize>,
+    /// Prompt size limit.
+    pub max_input_tokens: Option<u64>,
+    /// Guardrails (indices into `AiSpec::guardrails`).
+    pub guardrails: Vec<usize>,
+}
+
+/// A validated budget.
+#[derive(Debug)]
+pub struct BudgetSpec {
+    /// Name.
+    pub name: Arc<str>,
+    /// Per consumer or per route.
+    pub scope: BudgetScope,
+    /// Tokens per minute.
+    pub tokens_per_minute: Option<u64>,
+    /// Micro-dollars per UTC day.
+    pub cost_per_day: Option<u64>,
+    /// Micro-dollars per UTC month.
+    pub cost_per_month: Option<u64>,
+    /// Completion tokens reserved when a request names no `max_tokens`.
+    pub default_max_tokens: u64,
+}
+
+/// A prompt template.
+#[derive(Debug)]
+pub struct Prompt {
+    /// Name.
+    pub name: Arc<str>,
+    /// Path it answers on.
+    pub path: String,
+    /// Versions.
+    pub versions: Vec<PromptVersion>,
+    /// Sum of version weights.
+    pub total_weight: u32,
+}
+
+/// One version of a prompt.
+#[derive(Debug)]
+pub struct PromptVersion {
+    /// Label.
+    pub version: Arc<str>,
+    /// Weight.
+    pub weight: u32,
+    /// Alias index.
+    pub alias: usize,
+    /// System template.
+    pub system: Option<String>,
+    /// User template.
+    pub template: String,
+    /// Variables the templates use.
+    pub variables: Vec<String>,
+    /// Temperature.
+    pub temperature: Option<f64>,
+    /// Completion cap.
+    pub max_tokens: Option<u64>,
+    /// Output handling.
+    pub output: PromptOutput,
+}
+
+/// A route's validated `[routes.ai]`.
+#[derive(Debug, Default)]
+pub struct RouteAi {
+    /// Aliases allowed (indices); empty = all.
+    pub models: Vec<usize>,
+    /// Budgets (indices).
+    pub budgets: Vec<usize>,
+    /// Guardrails (indices).
+    pub guardrails: Vec<usize>,
+    /// Prompt size limit.
+    pub max_input_tokens: Option<u64>,
+    /// Cache temperature-0 answers unasked.
+    pub cache_deterministic: bool,
+}
+
+fn issue(issues: &mut Vec<ConfigIssue>, path: impl Into<String>, reason: impl Into<String>) {
+    issues.push(ConfigIssue {
+        path: path.into(),
+        reason: reason.into(),
+    });
+}
+
+/// Expands `${NAME}` from the environment; a missing variable is an issue.
+fn expand_env(text: &str, path: &str, issues: &mut Vec<ConfigIssue>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            issue(issues, path, "unterminated `${` (expected `${NAME}`)");
+            return out;
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => issue(
+                issues,
+                path,
+                format!("environment variable {name:?} is not set"),
+            ),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Finds the `{{name}}` variables of a template.
+fn template_variables(t: &str) -> Result<Vec<String>, String> {
+    let mut vars = Vec::new();
+    let mut rest = t;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "unterminated `{{` placeholder".to_string())?;
+        let name = after[..end].trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "invalid placeholder name {name:?} (letters, digits, `_`)"
+            ));
+        }
+        if !vars.iter().any(|v| v == name) {
+            vars.push(name.to_string());
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(vars)
+}
+
+/// Validates `[ai]`. Returns the spec and one hidden cluster per provider (to be
+/// appended to the config's clusters at `first_cluster`, in order).
+pub fn build(
+    ai: &AiConfig,
+    first_cluster: usize,
+    issues: &mut Vec<ConfigIssue>,
+) -> (AiSpec, Vec<ClusterConfig>) {
+    let mut spec = AiSpec {
+        cache_bytes: ai.cache.max_bytes,
+        cache_ttl: ai.cache.ttl,
+        max_attempts: ai.retry.max_attempts,
+        backoff: ai.retry.backoff,
+        max_backoff: ai.retry.max_backoff,
+        breaker_failures: ai.breaker.failures,
+        breaker_open_for: ai.breaker.open_for,
+        feedback_memory: ai.feedback_memory,
+        ..Default::default()
+    };
+    if ai.retry.max_attempts == 0 {
+        issue(issues, "ai.retry.max_attempts", "must be at least 1");
+    }
+    if ai.breaker.failures == 0 {
+        issue(issues, "ai.breaker.failures", "must be at least 1");
+    }
+    if ai.cache.ttl.is_zero() {
+        issue(issues, "ai.cache.ttl", "must be greater than zero");
+    }
+    let mut clusters = Vec::new();
+    for (i, p) in ai.providers.iter().enumerate() {
+        let path = format!("ai.providers[{i}]");
+        if spec.providers.iter().any(|q| *q.name == *p.name) {
+            issue(
+                issues,
+                format!("{path}.name"),
+                format!("duplicate provider {:?}", p.name),
+            );
+        }
+        if let Some((provider, cluster)) =
+            provider(p, &path, first_cluster + clusters.len(), issues)
+        {
+            spec.providers.push(provider);
+            clusters.push(cluster);
+        }
+    }
+    let provider_index = |name: &str| spec.providers.iter().position(|p| &*p.name == name);
+
+    for (i, g) in ai.guardrails.iter().enumerate() {
+        let path = format!("ai.guardrails[{i}]");
+        if spec.guardrails.iter().any(|(q, _)| q.name() == g.name) {
+            issue(
+                issues,
+                format!("{path}.name"),
+                format!("duplicate guardrail {:?}", g.name),
+            );
+        }
+        let mut kinds = Vec::new();
+        for (j, r) in g.redact.iter().enumerate() {
+            match r.parse::<PiiKind>().ok() {
+                Some(k) => kinds.push(k),
+                None => issue(
+                    issues,
+                    format!("{path}.redact[{j}]"),
+                    format!("unknown PII kind {r:?} (expected email, phone, card, api_key)"),
+                ),
+            }
+        }
+        if g.deny.is_empty() && g.redact.is_empty() {
+            issue(issues, path.clone(), "needs deny patterns or redact kinds");
+        }
+        match Guardrail::new(&g.name, &g.deny, &kinds) {
+            Ok(guard) => spec.guardrails.push((Arc::new(guard), g.apply_to)),
+            Err(e) => issue(issues, format!("{path}.deny"), e.to_string()),
+        }
+    }
+    let guard_index =
+        |name: &str, spec: &AiSpec| spec.guardrails.iter().position(|(g, _)| g.name() == name);
+
+    let mut prices: HashMap<(Option<String>, String), Price> = HashMap::new();
+    for (i, p) in ai.prices.iter().enumerate() {
+        let path = format!("ai.prices[{i}]");
+        for (field, v) in [
+            ("input", Some(p.input)),
+            ("output", Some(p.output)),
+            ("cached_input", p.cached_input),
+        ] {
+            if let Some(v) = v {
+                if !(0.0..=1_000_000.0).contains(&v) {
+                    issue(
+                        issues,
+                        format!("{path}.{field}"),
+                        "must be between 0 and 1000000 (dollars per million tokens)",
+                    );
+                }
+            }
+        }
+        if let Some(pr) = &p.provider {
+            if provider_index(pr).is_none() {
+                issue(
+                    issues,
+                    format!("{path}.provider"),
+                    format!("unknown provider {pr:?}"),
+                );
+            }
+        }
+        prices.insert(
+            (p.provider.clone(), p.model.clone()),
+            Price {
+                input: p.input,
+                output: p.output,
+                cached_input: p.cached_input.unwrap_or(p.input),
+            },
+        );
+    }
+
+    for (i, m) in ai.models.iter().enumerate() {
+        let path = format!("ai.models[{i}]");
+        if spec.alias_index.insert(m.alias.clone(), i).is_some() {
+            issue(
+                issues,
+                format!("{path}.alias"),
+                format!("duplicate alias {:?}", m.alias),
+            );
+        }
+    }
+    for (i, m) in ai.models.iter().enumerate() {
+        let path = format!("ai.models[{i}]");
+        let mut targets = Vec::new();
+        if m.targets.is_empty() {
+            issue(
+                issues,
+                format!("{path}.targets"),
+                "at least one target is required",
+            );
+        }
+        for (j, t) in m.targets.iter().enumerate() {
+            let Some(pi) = provider_index(&t.provider) else {
+                issue(
+                    issues,
+                    format!("{path}.targets[{j}].provider"),
+                    format!("unknown provider {:?}", t.provider),
+                );
+                continue;
+            };
+            if t.weight > 1_000_000 {
+                issue(
+                    issues,
+                    format!("{path}.targets[{j}].weight"),
+                    "must be at most 1000000",
+                );
+            }
+            let price = prices
+                .get(&(Some(t.provider.clone()), t.model.clone()))
+                .or_else(|| prices.get(&(None, t.model.clone())))
+                .copied();
+            targets.push(Target {
+                provider: pi,
+                model: t.model.as_str().into(),
+                weight: t.weight,
+                label: format!("{}/{}", t.provider, t.model).into(),
+                price,
+            });
+        }
+        let total_weight = targets.iter().map(|t| t.weight.min(1_000_000)).sum();
+        if !targets.is_empty() && total_weight == 0 {
+            issue(
+                issues,
+                format!("{path}.targets"),
+                "weights must not all be 0",
+            );
+        }
+        let mut fallbacks = Vec::new();
+        for (j, f) in m.fallbacks.iter().enumerate() {
+            match ai.models.iter().position(|x| x.alias == *f) {
+                Some(k) if k == i => issue(
+                    issues,
+                    format!("{path}.fallbacks[{j}]"),
+                    "an alias cannot fall back to itself",
+                ),
+                Some(k) => fallbacks.push(k),
+                None => issue(
+                    issues,
+                    format!("{path}.fallbacks[{j}]"),
+                    format!("unknown alias {f:?}"),
+                ),
+            }
+        }
+        let mut guardrails = Vec::new();
+        for (j, g) in m.guardrails.iter().enumerate() {
+            match guard_index(g, &spec) {
+                Some(k) => guardrails.push(k),
+                None => issue(
+                    issues,
+                    format!("{path}.guardrails[{j}]"),
+                    format!("unknown guardrail {g:?}"),
+                ),
+            }
+        }
+        spec.aliases.push(Alias {
+            name: m.alias.as_str().into(),
+            targets,
+            total_weight,
+            fallbacks,
+            max_input_tokens: m.max_input_tokens,
+            guardrails,
+        });
+    }
+
+    for (i, b) in ai.budgets.iter().enumerate() {
+        let path = format!("ai.budgets[{i}]");
+        if spec.budgets.iter().any(|q| *q.name == *b.name) {
+            issue(
+                issues,
+                format!("{path}.name"),
+                format!("duplicate budget {:?}", b.name),
+            );
+        }
+        if b.tokens_per_minute.is_none() && b.cost_per_day.is_none() && b.cost_per_month.is_none() {
+            issue(
+                issues,
+                path.clone(),
+                "set at least one of tokens_per_minute, cost_per_day, cost_per_month",
+            );
+        }
+        let micros = |v: Option<f64>, field: &str, issues: &mut Vec<ConfigIssue>| {
+            v.and_then(|d| {
+                if (0.0..=1_000_000.0).contains(&d) {
+                    Some((d * 1e6).round() as u64)
+                } else {
+                    issue(
+                        issues,
+                        format!("{path}.{field}"),
+                        "must be between 0 and 1000000 dollars",
+                    );
+                    None
+                }
+            })
+        };
+        let cost_per_day = micros(b.cost_per_day, "cost_per_day", issues);
+        let cost_per_month = micros(b.cost_per_month, "cost_per_month", issues);
+        if b.tokens_per_minute.is_some_and(|t| t >= 1 << 40) {
+            issue(
+                issues,
+                format!("{path}.tokens_per_minute"),
+                "must be below 2^40",
+            );
+        }
+        spec.budgets.push(Arc::new(BudgetSpec {
+            name: b.name.as_str().into(),
+            scope: b.scope,
+            tokens_per_minute: b.tokens_per_minute,
+            cost_per_day,
+            cost_per_month,
+            default_max_tokens: b.default_max_tokens,
+        }));
+    }
+
+    for (i, p) in ai.prompts.iter().enumerate() {
+        let path = format!("ai.prompts[{i}]");
+        let route_path = p
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("/prompts/{}", p.name));
+        if !route_path.starts_with('/') {
+            issue(issues, format!("{path}.path"), "must start with '/'");
+        }
+        if spec.prompts.iter().any(|q| q.path == route_path) {
+            issue(
+                issues,
+                format!("{path}.path"),
+                format!("another prompt is served on {route_path:?}"),
+            );
+        }
+        if p.versions.is_empty() {
+            issue(
+                issues,
+                format!("{path}.versions"),
+                "at least one version is required",
+            );
+        }
+        let mut versions = Vec::new();
+        for (j, v) in p.versions.iter().enumerate() {
+            let vpath = format!("{path}.versions[{j}]");
+            let Some(&alias) = spec.alias_index.get(&v.model) else {
+                issue(
+                    issues,
+                    format!("{vpath}.model"),
+                    format!("unknown alias {:?}", v.model),
+                );
+                continue;
+            };
+            let mut variables = Vec::new();
+            for (field, t) in [
+                ("template", Some(&v.template)),
+                ("system", v.system.as_ref()),
+            ] {
+                if let Some(t) = t {
+                    match template_variables(t) {
+                        Ok(vs) => {
+                            for x in vs {
+                                if !variables.contains(&x) {
+                                    variables.push(x);
+                                }
+                            }
+                        }
+                        Err(e) => issue(issues, format!("{vpath}.{field}"), e),
+                    }
+                }
+            }
+            versions.push(PromptVersion {
+                version: v.version.as_str().into(),
+                weight: v.weight,
+                alias,
+                system: v.system.clone(),
+                template: v.template.clone(),
+                variables,
+                temperature: v.temperature,
+                max_tokens: v.max_tokens,
+                output: v.output,
+            });
+        }
+        let total_weight = versions.iter().map(|v| v.weight.min(1_000_000)).sum();
+        if !versions.is_empty() && total_weight == 0 {
+            issue(
+                issues,
+                format!("{path}.versions"),
+                "weights must not all be 0",
+            );
+        }
+        spec.prompts.push(Prompt {
+            name: p.name.as_str().into(),
+            path: route_path,
+            versions,
+            total_weight,
+        });
+    }
+    (spec, clusters)
+}
+
+fn provider(
+    p: &crate::config::ai::ProviderConfig,
+    path: &str,
+    cluster: usize,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<(Provider, ClusterConfig)> {
+    let before = issues.len();
+    let base = expand_env(&p.base_url, &format!("{path}.base_url"), issues);
+    let uri: http::Uri = match base.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            issue(
+                issues,
+                format!("{path}.base_url"),
+                format!("invalid URL: {e}"),
+            );
+            return None;
+        }
+    };
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            issue(
+                issues,
+                format!("{path}.base_url"),
+                "must start with http:// or https://",
+            );
+            return None;
+        }
+    };
+    let Some(host) = uri.host() else {
+        issue(issues, format!("{path}.base_url"), "has no host");
+        return None;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host_header = match uri.port_u16() {
+        Some(port) => format!("{}:{port}", uri.host().unwrap_or_default()),
+        None => uri.host().unwrap_or_default().to_string(),
+    };
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    let key = match (&p.api_key, &p.api_key_file) {
+        (Some(_), Some(_)) => {
+            issue(
+                issues,
+                format!("{path}.api_key"),
+                "set api_key or api_key_file, not both",
+            );
+            None
+        }
+        (Some(k), None) => Some(expand_env(k, &format!("{path}.api_key"), issues)),
+        (None, Some(f)) => {
+            let f = expand_env(f, &format!("{path}.api_key_file"), issues);
+            match std::fs::read_to_string(&f) {
+                Ok(k) => Some(k.trim().to_string()),
+                Err(e) => {
+                    issue(
+                        issues,
+                        format!("{path}.api_key_file"),
+                        format!("cannot read {f:?}: {e}"),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let mut headers = Vec::new();
+    let mut add = |name: &str, value: &str, field: String, issues: &mut Vec<ConfigIssue>| {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            issue(issues, field, format!("invalid header name {name:?}"));
+        } else if http::HeaderValue::from_str(value).is_err() {
+            issue(issues, field, "invalid header value");
+        } else {
+            headers.extend_from_slice(name.to_ascii_lowercase().as_bytes());
+            headers.extend_from_slice(b": ");
+            headers.extend_from_slice(value.as_bytes());
+            headers.extend_from_slice(b"\r\n");
+        }
+    };
+    if let Some(key) = &key {
+        let header = p.auth_header.clone().unwrap_or_else(|| match p.kind {
+            ProviderKind::Openai => "authorization".into(),
+            ProviderKind::Anthropic => "x-api-key".into(),
+        });
+        let value = if header.eq_ignore_ascii_case("authorization") {
+            format!("Bearer {key}")
+        } else {
+            key.clone()
+        };
+        add(&header, &value, format!("{path}.api_key"), issues);
+    }
+    let mut has_version = false;
+    for (k, v) in &p.headers {
+        let v = expand_env(v, &format!("{path}.headers.{k}"), issues);
+        has_version |= k.eq_ignore_ascii_case("anthropic-version");
+        add(k, &v, format!("{path}.headers.{k}"), issues);
+    }
+    if p.kind == ProviderKind::Anthropic && !has_version {
+        add(
+            "anthropic-version",
+            "2023-06-01",
+            format!("{path}.headers"),
+            issues,
+        );
+    }
+    let query = match &p.query {
+        Some(q) if !q.is_empty() => format!("?{}", q.trim_start_matches('?')),
+        _ => String::new(),
+    };
+    if p.timeout.is_zero() {
+        issue(
+            issues,
+            format!("{path}.timeout"),
+            "must be greater than zero",
+        );
+    }
+    if issues.len() > before {
+        return None;
+    }
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let cluster_cfg = ClusterConfig {
+        name: format!("{PROVIDER_CLUSTER_PREFIX}{}", p.name),
+        version: String::new(),
+        endpoints: vec![EndpointConfig { address, weight: 1 }],
+        lb: Default::default(),
+        hash_on: None,
+        connect_timeout: p.connect_timeout,
+        read_timeout: p.timeout,
+        pool: Default::default(),
+        health_check: None,
+        outlier: Default::default(),
+        retry: Default::default(),
+        tls: tls.then(|| crate::config::edge::UpstreamTlsConfig {
+            ca_file: p.ca_file.clone(),
+            server_name: host.clone(),
+        }),
+    };
+    Some((
+        Provider {
+            name: p.name.as_str().into(),
+            kind: p.kind,
+            cluster,
+            base_path,
+            host: host_header,
+            headers,
+            query,
+            timeout: p.timeout,
+            stream_usage: p.stream_usage,
+        },
+        cluster_cfg,
+    ))
+}
+
+/// Validates a route's `[routes.ai]` against the spec.
+pub fn route(
+    r: &AiRouteConfig,
+    spec: &AiSpec,
+    path: &str,
+    issues: &mut Vec<ConfigIssue>,
+) -> RouteAi {
+    let mut out = RouteAi {
+        max_input_tokens: r.max_input_tokens,
+        cache_deterministic: r.cache_deterministic,
+        ..Default::default()
+    };
+    for (j, m) in r.models.iter().enumerate() {
+        match spec.alias_index.get(m) {
+            Some(&k) => out.models.push(k),
+            None => issue(
+                issues,
+                format!("{path}.ai.models[{j}]"),
+                format!("unknown alias {m:?}"),
+            ),
+        }
+    }
+    for (j, b) in r.budgets.iter().enumerate() {
+        match spec.budgets.iter().position(|x| *x.name == **b) {
+            Some(k) => out.budgets.push(k),
+            None => issue(
+                issues,
+                format!("{path}.ai.budgets[{j}]"),
+                format!("unknown budget {b:?}"),
+            ),
+        }
+    }
+    for (j, g) in r.guardrails.iter().enumerate() {
+        match spec.guardrails.iter().position(|(x, _)| x.name() == g) {
+            Some(k) => out.guardrails.push(k),
+            None => issue(
+                issues,
+                format!("{path}.ai.guardrails[{j}]"),
+                format!("unknown guardrail {g:?}"),
+            ),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion_and_missing_variables() {
+        let mut issues = Vec::new();
+        std::env::set_var("HYPERGATE_TEST_KEY", "sk-test");
+        assert_eq!(
+            expand_env("a ${HYPERGATE_TEST_KEY} b", "x", &mut issues),
+            "a sk-test b"
+        );
+        assert!(issues.is_empty());
+        expand_env("${HYPERGATE_SURELY_UNSET_VAR}", "p.api_key", &mut issues);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].path, "p.api_key");
+        assert!(issues[0].reason.contains("HYPERGATE_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn template_variables_are_found_once() {
+        assert_eq!(
+            template_variables("Classify {{text}} in {{ lang }} ({{text}})").unwrap(),
+            vec!["text", "lang"]
+        );
+        assert!(template_variables("oops {{text").is_err());
+        assert!(template_variables("{{bad name}}").is_err());
+    }
+
+    #[test]
+    fn price_is_micro_dollars() {
+        let p = Price {
+            input: 2.5,
+            output: 10.0,
+            cached_input: 1.25,
+        };
+        let u = hypergate_ai::translate::Usage {
+            prompt: 1000,
+            completion: 500,
+            cached: 200,
+            reasoning: 0,
+        };
+        // 800 x 2.5 + 200 x 1.25 + 500 x 10 = 7,250 micro-dollars.
+        assert_eq!(p.cost_micros(&u), 7250);
+    }
+}
