@@ -6,10 +6,12 @@
 //!    [`RegexSet`] (one pass over the text however many patterns there are),
 //!    with size limits, and reports the first pattern that does not compile.
 //! 2. The PII detectors are built-in regexes compiled once per process and
-//!    shared by every guardrail. Each kind has a cheap pre-filter (an `@` for
-//!    e-mail, enough digits for phones and cards) and a validation step the
-//!    regex cannot express (Luhn for cards, date and digit-count checks for
-//!    phones, character mix and entropy for generic secrets).
+//!    shared by every guardrail (generic secrets use a byte loop instead, which
+//!    is faster for a pattern with no literal). Each kind has a cheap
+//!    pre-filter (an `@` for e-mail, enough digits for phones and cards) and a
+//!    validation step the regex cannot express (Luhn for cards, date and
+//!    digit-count checks for phones, character mix and entropy for generic
+//!    secrets).
 //! 3. [`Guardrail::redact`] collects the validated spans of every enabled kind,
 //!    keeps the leftmost (then longest) of overlapping spans, and replaces each
 //!    with `[REDACTED:<label>]`. When nothing matches it returns `None` without
@@ -955,6 +957,26 @@ mod tests {
                 .filter(|token| all(&format!("key={token};")) == "key=[REDACTED:api_key];")
                 .count();
             assert!(caught >= minimum, "{caught} of 100 caught");
+        }
+    }
+
+    #[test]
+    fn secret_runs_match_the_equivalent_regex() {
+        let regex = Regex::new(r"[A-Za-z0-9+/_-]{32,}={0,2}").unwrap();
+        let long = "Ab1+/_-".repeat(6);
+        for text in [
+            String::new(),
+            "short run only".to_owned(),
+            long.clone(),
+            format!("{long}==="),
+            format!("x {long}=={long} é{long}= {}", &long[..31]),
+            format!("{}é{}", &long[..31], &long[..32]),
+        ] {
+            let expected: Vec<_> = regex
+                .find_iter(&text)
+                .map(|m| (m.start(), m.end()))
+                .collect();
+            assert_eq!(secret_runs(&text).collect::<Vec<_>>(), expected, "{text:?}");
         }
     }
 

@@ -19,11 +19,20 @@
 //!    digits), merged at the end. Failed connects, reads, writes, timeouts and
 //!    non-2xx responses are counted as errors; a connection is never reused after an
 //!    error or a timeout.
+//!
+//!    With `--ttfb`, latency ends at the first byte of the response *body* instead
+//!    of the end of the response (for an SSE stream: its first chunk after the
+//!    head; for a bodiless response: its end). The whole response is still read
+//!    before the connection sends again.
 //! 4. Sending stops at the end of `--duration`; requests a connection was still
 //!    behind on then are counted as `unsent` (a sign the server could not keep up,
 //!    as is `rps` below `target_rps`). Requests in flight get up to `--timeout-ms`.
 //! 5. One JSON line goes to stdout, with the same fields as `bench/wrk/report.lua`
-//!    prints for wrk, plus `unsent` and `target_rps`.
+//!    prints for wrk, plus `unsent`, `target_rps` and `latency` (`"response"`, or
+//!    `"ttfb"` with `--ttfb`).
+//!
+//! A request body is `--body-size` filler bytes, or JSON from `--body` /
+//! `--body-file`, sent with `Content-Type: application/json`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -76,8 +85,18 @@ struct Args {
     #[arg(long, default_value = "GET")]
     method: String,
     /// Request body size in bytes (sent with Content-Length when above 0).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["body", "body_file"])]
     body_size: usize,
+    /// JSON request body, sent with `Content-Type: application/json`.
+    #[arg(long, conflicts_with = "body_file")]
+    body: Option<String>,
+    /// File whose content is the JSON request body (as `--body`).
+    #[arg(long, value_name = "PATH")]
+    body_file: Option<std::path::PathBuf>,
+    /// Measure latency to the first byte of the response body (time to first
+    /// byte; for SSE, the first chunk) instead of to the end of the response.
+    #[arg(long)]
+    ttfb: bool,
     /// Extra request header, `Name: value`; repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
@@ -96,6 +115,7 @@ struct Plan {
     start: std::time::Instant,
     end: std::time::Instant,
     timeout: Duration,
+    ttfb: bool,
 }
 
 /// The JSON report; the field names match `bench/wrk/report.lua`.
@@ -116,6 +136,9 @@ struct Report {
     p999_us: u64,
     max_us: u64,
     target_rps: f64,
+    /// What the latencies measure: `"response"` (to the end of the response) or
+    /// `"ttfb"` (to the first byte of its body).
+    latency: &'static str,
 }
 
 /// What one connection (and, merged, one thread) measured.
@@ -160,7 +183,7 @@ impl Tally {
         Ok(())
     }
 
-    fn report(&self, start: std::time::Instant, target_rps: f64) -> Report {
+    fn report(&self, start: std::time::Instant, target_rps: f64, ttfb: bool) -> Report {
         let duration = self.last_completion.saturating_duration_since(start);
         let errors = self.errors_connect
             + self.errors_read
@@ -188,6 +211,7 @@ impl Tally {
             p999_us: self.latency_us.value_at_quantile(0.999),
             max_us: self.latency_us.max(),
             target_rps,
+            latency: if ttfb { "ttfb" } else { "response" },
         }
     }
 }
@@ -210,15 +234,17 @@ fn main() -> anyhow::Result<()> {
         .map(cpu::parse_cpu_list)
         .transpose()
         .context("--cpu-list")?;
+    let request = build_request(&args)?;
     let start = std::time::Instant::now() + START_DELAY;
     let plan: &'static Plan = Box::leak(Box::new(Plan {
         target: args.target,
-        request: Vec::leak(build_request(&args)),
+        request: Vec::leak(request),
         rate: args.rate,
         connections: args.connections,
         start,
         end: start + Duration::from_secs_f64(args.duration),
         timeout: Duration::from_millis(args.timeout_ms),
+        ttfb: args.ttfb,
     }));
 
     let mut workers = Vec::with_capacity(threads);
@@ -241,13 +267,20 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        serde_json::to_string(&total.report(start, args.rate))?
+        serde_json::to_string(&total.report(start, args.rate, args.ttfb))?
     );
     Ok(())
 }
 
 /// The request every connection sends, head and body.
-fn build_request(args: &Args) -> Vec<u8> {
+fn build_request(args: &Args) -> anyhow::Result<Vec<u8>> {
+    let json = match (&args.body, &args.body_file) {
+        (Some(body), _) => Some(body.clone().into_bytes()),
+        (None, Some(path)) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: {}\r\n",
         args.method, args.path, args.target
@@ -256,13 +289,20 @@ fn build_request(args: &Args) -> Vec<u8> {
         head.push_str(header.trim());
         head.push_str("\r\n");
     }
-    if args.body_size > 0 {
-        head.push_str(&format!("Content-Length: {}\r\n", args.body_size));
+    if json.is_some() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    let body_length = json.as_ref().map_or(args.body_size, Vec::len);
+    if body_length > 0 {
+        head.push_str(&format!("Content-Length: {body_length}\r\n"));
     }
     head.push_str("\r\n");
     let mut request = head.into_bytes();
-    request.resize(request.len() + args.body_size, b'x');
-    request
+    match json {
+        Some(json) => request.extend_from_slice(&json),
+        None => request.resize(request.len() + args.body_size, b'x'),
+    }
+    Ok(request)
 }
 
 /// One load thread: pin, run its connections on one runtime, merge their tallies.
@@ -307,6 +347,9 @@ struct Connection {
 struct Exchange {
     status: u16,
     keep_alive: bool,
+    /// When the first byte of the body was read (the end of the response if it
+    /// had no body).
+    first_body_byte: Instant,
 }
 
 impl Connection {
@@ -354,7 +397,11 @@ impl Connection {
             }
         };
         let mut decoder = BodyDecoder::new(head.framing);
+        let mut first_body_byte = None;
         loop {
+            if first_body_byte.is_none() && !self.buffer.is_empty() {
+                first_body_byte = Some(Instant::now());
+            }
             let consumed = decoder
                 .consume(&self.buffer)
                 .map_err(|_: FramingError| ExchangeError::Read)?;
@@ -373,6 +420,7 @@ impl Connection {
         Ok(Exchange {
             status: head.status,
             keep_alive: head.keep_alive,
+            first_body_byte: first_body_byte.unwrap_or_else(Instant::now),
         })
     }
 }
@@ -424,9 +472,14 @@ async fn drive_connection(plan: &'static Plan, index: usize) -> anyhow::Result<T
         match monoio::time::timeout_at(deadline, open.exchange(plan.request)).await {
             Ok(Ok(exchange)) => {
                 let done = Instant::now();
+                let measured_until = if plan.ttfb {
+                    exchange.first_body_byte
+                } else {
+                    done
+                };
                 tally
                     .latency_us
-                    .saturating_record(micros(done.saturating_duration_since(origin)));
+                    .saturating_record(micros(measured_until.saturating_duration_since(origin)));
                 tally.requests += 1;
                 tally.last_completion = done.into_std();
                 if !(200..300).contains(&exchange.status) {

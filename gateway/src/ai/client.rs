@@ -46,15 +46,19 @@ impl SendError {
 }
 
 /// Why reading a response body failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
     /// Nothing arrived within the provider's timeout.
+    #[error("the provider sent nothing within its timeout")]
     Timeout,
     /// The connection ended before the body did.
+    #[error("the provider closed the connection before the end of the stream")]
     Truncated,
     /// Invalid chunked framing.
+    #[error("the provider's chunked framing is invalid")]
     Framing,
     /// The body is larger than allowed.
+    #[error("the provider's answer is too large")]
     TooLarge,
 }
 

@@ -183,7 +183,10 @@ mod tests {
                 3,
             );
         }
-        assert_eq!(store.record("r0", 1.0, ""), Err(FeedbackError::UnknownCall));
+        assert_eq!(
+            store.record("r0", 1.0, "").unwrap_err(),
+            FeedbackError::UnknownCall
+        );
         assert_eq!(&*store.record("r2", 1.0, "good").unwrap().version, "v1");
         store.record("r4", 0.5, "").unwrap();
         store.record("r3", -1.0, "bad").unwrap();

@@ -1435,13 +1435,11 @@ impl<'r, 'a> Chat<'r, 'a> {
             match answered.resp.next(&mut piece).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    if !done {
-                        failure = Some("the provider ended the stream early".into());
-                    }
+                    failure = Some("the provider ended the stream before its last event".into());
                     break;
                 }
                 Err(e) => {
-                    failure = Some(format!("the provider's stream failed: {e:?}"));
+                    failure = Some(e.to_string());
                     break;
                 }
             }

@@ -14,6 +14,14 @@
 //! round: without the kernel TCP probe and with it. The probe's work happens in
 //! the kernel, outside the gateway's own CPU time, so that pair is compared on
 //! the whole machine's CPU per request as well.
+//!
+//! LLM scenarios ([`Scenario::llm`]) send OpenAI chat completions at a fixed rate
+//! with `loadgen` (open loop) instead of wrk, to the mock LLM provider
+//! (`mock-llm`, no delays) instead of the mock upstream, directly and through
+//! Hypergate (an AI route with the mock as provider) and LiteLLM's proxy; the
+//! report shows what each adds over direct. The soak ([`Llm::soak`]) streams
+//! through Hypergate alone for a long run, sampling its memory; it runs only when
+//! named.
 
 /// The request the load generator sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +33,49 @@ pub enum RequestKind {
         /// Request body size in bytes.
         body_bytes: usize,
     },
+}
+
+/// A fixed-rate chat-completion load against the mock LLM provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Llm {
+    /// Ask for a streamed (SSE) answer and measure latency to its first chunk
+    /// (`loadgen --ttfb`); otherwise to the end of the JSON answer.
+    pub stream: bool,
+    /// Hypergate alone, one long run (`--duration`, default
+    /// [`SOAK_DEFAULT_SECS`]) with its resident set sampled every
+    /// [`SOAK_SAMPLE_SECS`]; only run when named with `--scenario`.
+    pub soak: bool,
+}
+
+/// Default request rate of the LLM scenarios (`--rate` changes it).
+pub const LLM_DEFAULT_RATE: f64 = 1000.0;
+
+/// The model every LLM target serves: the mock's name, Hypergate's alias and
+/// LiteLLM's `model_name` alike, so one request body fits all of them.
+pub const LLM_MODEL: &str = "mock-small";
+
+/// Default length of the soak run, seconds.
+pub const SOAK_DEFAULT_SECS: u64 = 600;
+
+/// Default length of the soak run with `--quick`, seconds.
+pub const SOAK_QUICK_SECS: u64 = 30;
+
+/// How often the soak samples the gateway's resident set, seconds.
+pub const SOAK_SAMPLE_SECS: u64 = 10;
+
+impl Llm {
+    /// The request body: one short user message (the mock answers with seven
+    /// words); streamed requests ask for usage, as Hypergate does upstream.
+    pub fn body(self) -> String {
+        let stream = if self.stream {
+            r#""stream":true,"stream_options":{"include_usage":true}"#
+        } else {
+            r#""stream":false"#
+        };
+        format!(
+            r#"{{"model":"{LLM_MODEL}","messages":[{{"role":"user","content":"Say hello to the benchmark"}}],{stream}}}"#
+        )
+    }
 }
 
 /// The edge policy Hypergate applies (peers always run their plain config).
@@ -74,6 +125,10 @@ pub struct Scenario {
     /// (`[observability.ebpf]`). Peers and direct do not run; the report shows
     /// the pair's throughput and CPU-per-request ratios, probe on over off.
     pub ebpf_pair: bool,
+    /// A fixed-rate chat-completion load against the mock LLM provider, with
+    /// Hypergate, LiteLLM and direct as targets; `request` and
+    /// `upstream_body_bytes` do not apply.
+    pub llm: Option<Llm>,
     /// Part of the `--quick` smoke subset.
     pub quick: bool,
 }
@@ -97,7 +152,17 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
         tls: false,
         cpu_baseline: None,
         ebpf_pair: false,
+        llm: None,
         quick: false,
+    }
+}
+
+/// An LLM scenario: `/v1/chat/completions` over 64 keep-alive connections.
+const fn chat(name: &'static str, summary: &'static str, llm: Llm) -> Scenario {
+    Scenario {
+        path: "/v1/chat/completions",
+        llm: Some(llm),
+        ..small_get(name, summary, 64)
     }
 }
 
@@ -215,6 +280,33 @@ pub const SCENARIOS: &[Scenario] = &[
             64,
         )
     },
+    chat(
+        "llm-chat",
+        "chat completions (JSON) at a fixed 1,000 req/s to the mock LLM: direct, through \
+         Hypergate and LiteLLM; latency to the whole answer",
+        Llm {
+            stream: false,
+            soak: false,
+        },
+    ),
+    chat(
+        "llm-stream",
+        "streamed chat completions (SSE) at a fixed 1,000 req/s to the mock LLM: direct, \
+         through Hypergate and LiteLLM; latency to the first chunk",
+        Llm {
+            stream: true,
+            soak: false,
+        },
+    ),
+    chat(
+        "llm-soak",
+        "streamed chat completions at 1,000 req/s through Hypergate for --duration \
+         (default 600 s), its memory sampled every 10 s (only when named)",
+        Llm {
+            stream: true,
+            soak: true,
+        },
+    ),
 ];
 
 /// The scenario called `name`, if any.

@@ -21,13 +21,21 @@
 //!
 //! `direct` sends the load straight to the upstream: the no-proxy limit.
 //!
+//! In LLM scenarios the upstream is the mock LLM provider, Hypergate's config
+//! is one AI route (`[routes.ai]`) with the mock as its only provider and model
+//! [`LLM_MODEL`] as an alias of it, and the peer is LiteLLM's proxy (`litellm`,
+//! installed from PyPI, optional) with the same model pointing at the mock as
+//! an OpenAI-compatible endpoint, `--num_workers` as many as the proxy's CPUs.
+//! nginx and HAProxy do not run there.
+//!
 //! `hypergate-ebpf` is Hypergate built with the `ebpf` feature, with the same
 //! config plus `[observability.ebpf] enabled = true`; it runs only in the eBPF
 //! scenario, beside the plain build.
 //!
 //! A target counts as started once its port accepts connections and a request
 //! through it (with the scenario's credential headers; over TLS with `curl -k`
-//! in TLS scenarios) comes back `200`; for Hypergate, `/healthz` on its admin
+//! in TLS scenarios; in LLM scenarios the scenario's chat completion, and up to
+//! [`LITELLM_START_TIMEOUT`] for LiteLLM, which starts slowly) comes back `200`; for Hypergate, `/healthz` on its admin
 //! port must also answer `200` if anything listens there. `hypergate-ebpf` must
 //! also show the probe's counters on `/metrics`: a gateway whose probe did not
 //! load runs on without it, which would make the comparison meaningless.
@@ -44,10 +52,13 @@ use anyhow::{bail, Context as _};
 use super::edge::{EdgeMaterial, CONSUMER, JWT_AUDIENCE, JWT_ISSUER};
 use super::layout::Placement;
 use super::process::{Guarded, Interrupt, Output};
-use super::scenario::{Edge, Scenario};
+use super::scenario::{Edge, Scenario, LLM_MODEL};
 
 /// How long a target gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long LiteLLM's proxy gets to start answering (it imports a lot of Python).
+const LITELLM_START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Connection limit per proxy: far above the benchmark's 256 clients plus upstream
 /// connections, and low enough that the file descriptors it needs (two per
@@ -79,25 +90,29 @@ pub enum Target {
     Nginx,
     /// HAProxy in HTTP mode.
     Haproxy,
+    /// LiteLLM's proxy (LLM scenarios only).
+    Litellm,
     /// No proxy: the load goes straight to the upstream.
     Direct,
 }
 
 impl Target {
     /// Every target `--proxy` can name, in round order.
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Hypergate,
         Target::Nginx,
         Target::Haproxy,
+        Target::Litellm,
         Target::Direct,
     ];
 
     /// Every target, in the order the report lists them.
-    pub const REPORTED: [Target; 5] = [
+    pub const REPORTED: [Target; 6] = [
         Target::Hypergate,
         Target::HypergateEbpf,
         Target::Nginx,
         Target::Haproxy,
+        Target::Litellm,
         Target::Direct,
     ];
 
@@ -108,6 +123,7 @@ impl Target {
             Self::HypergateEbpf => "hypergate-ebpf",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
+            Self::Litellm => "litellm",
             Self::Direct => "direct",
         }
     }
@@ -119,7 +135,17 @@ impl Target {
 
     /// Whether this is one of the third-party proxies Hypergate is compared with.
     pub fn is_peer(self) -> bool {
-        matches!(self, Self::Nginx | Self::Haproxy)
+        matches!(self, Self::Nginx | Self::Haproxy | Self::Litellm)
+    }
+
+    /// Whether this target runs in `scenario`: LiteLLM only in LLM scenarios,
+    /// nginx and HAProxy only outside them.
+    pub fn runs_in(self, scenario: &Scenario) -> bool {
+        match self {
+            Self::Litellm => scenario.llm.is_some(),
+            Self::Nginx | Self::Haproxy => scenario.llm.is_none(),
+            Self::Hypergate | Self::HypergateEbpf | Self::Direct => true,
+        }
     }
 }
 
@@ -134,6 +160,8 @@ pub struct Programs {
     pub nginx: Option<PathBuf>,
     /// haproxy, if installed.
     pub haproxy: Option<PathBuf>,
+    /// LiteLLM's `litellm` command, if installed.
+    pub litellm: Option<PathBuf>,
 }
 
 /// Everything a target needs to start for one scenario.
@@ -187,7 +215,11 @@ pub fn start(
             let address = free_port()?;
             let admin = free_port()?;
             let config = setup.dir.join("hypergate.toml");
-            let mut text = hypergate_config(setup, address, admin);
+            let mut text = if setup.scenario.llm.is_some() {
+                hypergate_llm_config(setup, address, admin)
+            } else {
+                hypergate_config(setup, address, admin)
+            };
             let program = if target == Target::HypergateEbpf {
                 text.push_str(EBPF_PROBE_CONFIG);
                 programs
@@ -250,6 +282,34 @@ pub fn start(
                 Some(Guarded::spawn("haproxy", command, cpus, output)?),
             )
         }
+        Target::Litellm => {
+            let litellm = programs
+                .litellm
+                .as_ref()
+                .context("LiteLLM is not installed")?;
+            let address = free_port()?;
+            let config = setup.dir.join("litellm.yaml");
+            std::fs::write(&config, litellm_config(setup.upstream))?;
+            let mut command = Command::new(litellm);
+            command
+                .arg("--config")
+                .arg(&config)
+                .arg("--host")
+                .arg(address.ip().to_string())
+                .arg("--port")
+                .arg(address.port().to_string())
+                .arg("--num_workers")
+                .arg(setup.placement.workers.to_string())
+                // The bundled model price list instead of a download at start.
+                .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                .env("LITELLM_LOG", "ERROR");
+            let log = Output::combined(setup.dir.join("litellm.log"));
+            (
+                address,
+                None,
+                Some(Guarded::spawn("litellm", command, cpus, log)?),
+            )
+        }
     };
     let mut running = RunningTarget {
         target,
@@ -257,12 +317,25 @@ pub fn start(
         process,
     };
     // `direct` is the plain mock upstream: no TLS, no credentials needed.
+    let chat_body = setup.scenario.llm.map(|llm| {
+        super::scenario::Llm {
+            stream: false,
+            ..llm
+        }
+        .body()
+    });
     let probe = Probe {
         path: setup.scenario.path,
         headers: &setup.edge.headers,
         tls: setup.scenario.tls && target != Target::Direct,
+        json_body: chat_body.as_deref(),
     };
-    wait_until_ready(&mut running, &probe, admin, interrupt)
+    let timeout = if target == Target::Litellm {
+        LITELLM_START_TIMEOUT
+    } else {
+        START_TIMEOUT
+    };
+    wait_until_ready(&mut running, &probe, admin, timeout, interrupt)
         .with_context(|| format!("{} did not start", target.name()))?;
     if let (Target::HypergateEbpf, Some(admin)) = (target, admin) {
         wait_for_ebpf_probe(&mut running, admin, interrupt)?;
@@ -302,12 +375,13 @@ fn wait_for_ebpf_probe(
     }
 }
 
-/// The readiness request for a target.
+/// The readiness request for a target: `GET path`, or `POST path` with a JSON body.
 #[derive(Debug)]
 struct Probe<'a> {
     path: &'a str,
     headers: &'a [String],
     tls: bool,
+    json_body: Option<&'a str>,
 }
 
 /// Polls until the target proxies a request with `200` (and admin says healthy).
@@ -315,17 +389,23 @@ fn wait_until_ready(
     running: &mut RunningTarget,
     request: &Probe<'_>,
     admin: Option<SocketAddr>,
+    timeout: Duration,
     interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let path = request.path;
+    let method = if request.json_body.is_some() {
+        "POST"
+    } else {
+        "GET"
+    };
     loop {
         running.ensure_running()?;
         interrupt.check()?;
-        let outcome = if request.tls {
-            probe_tls(running.address, path, request.headers)
-        } else {
-            probe(running.address, path, request.headers)
+        let outcome = match (request.tls, request.json_body) {
+            (true, _) => probe_tls(running.address, path, request.headers),
+            (false, Some(body)) => post_json(running.address, path, body),
+            (false, None) => probe(running.address, path, request.headers),
         };
         let problem = match outcome {
             Ok(200) => match admin.map(|admin| probe(admin, "/healthz", &[])) {
@@ -333,11 +413,11 @@ fn wait_until_ready(
                 None | Some(Err(_)) | Some(Ok(200)) => return Ok(()),
                 Some(Ok(status)) => format!("/healthz answered {status}"),
             },
-            Ok(status) => format!("GET {path} answered {status}"),
-            Err(error) => format!("GET {path}: {error:#}"),
+            Ok(status) => format!("{method} {path} answered {status}"),
+            Err(error) => format!("{method} {path}: {error:#}"),
         };
         if Instant::now() >= deadline {
-            bail!("not ready after {} s: {problem}", START_TIMEOUT.as_secs());
+            bail!("not ready after {} s: {problem}", timeout.as_secs());
         }
         interrupt.sleep(Duration::from_millis(50))?;
     }
@@ -345,14 +425,29 @@ fn wait_until_ready(
 
 /// Sends `GET path` (plus `headers`) with `Connection: close` and returns the status code.
 fn probe(address: SocketAddr, path: &str, headers: &[String]) -> anyhow::Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&address, PROBE_TIMEOUT)?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for header in headers {
         let _ = write!(request, "{header}\r\n");
     }
     request.push_str("\r\n");
+    exchange_status(address, &request)
+}
+
+/// Sends `POST path` with a JSON body and `Connection: close` and returns the status code.
+fn post_json(address: SocketAddr, path: &str, body: &str) -> anyhow::Result<u16> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    exchange_status(address, &request)
+}
+
+/// Sends one request and returns the status code of the answer.
+fn exchange_status(address: SocketAddr, request: &str) -> anyhow::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
     stream.write_all(request.as_bytes())?;
     let mut head = [0u8; 64];
     let mut filled = 0;
@@ -477,6 +572,42 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
     }
     route("catch-all", "/");
     config
+}
+
+/// Hypergate's TOML config for an LLM scenario: the server, admin and listener
+/// of [`hypergate_config`], then one AI route with the mock as its provider.
+fn hypergate_llm_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
+    let placement = setup.placement;
+    let mut config = format!("[server]\nshards = {}\n", placement.workers);
+    match &placement.cpus {
+        Some(cpus) => {
+            let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+            let _ = writeln!(config, "pin_cores = true\ncpu_list = [{}]", list.join(", "));
+        }
+        None => config.push_str("pin_cores = false\n"),
+    }
+    let _ = write!(
+        config,
+        "\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[listeners]]\nname = \"main\"\naddress = \"{listen}\"\n\n\
+         [access_log]\nenabled = false\n\n\
+         [[routes]]\nname = \"llm\"\n[routes.match]\npath_prefix = \"/v1\"\n[routes.ai]\n\n\
+         [[ai.providers]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\n\n\
+         [[ai.models]]\nalias = \"{LLM_MODEL}\"\n\
+         targets = [{{ provider = \"mock\", model = \"{LLM_MODEL}\" }}]\n\n\
+         [[ai.prices]]\nmodel = \"{LLM_MODEL}\"\ninput = 0.15\noutput = 0.60\n",
+        upstream = setup.upstream
+    );
+    config
+}
+
+/// LiteLLM's proxy config: model [`LLM_MODEL`] served by the mock at `upstream`
+/// as an OpenAI-compatible endpoint; no master key, so no authentication.
+fn litellm_config(upstream: SocketAddr) -> String {
+    format!(
+        "model_list:\n  - model_name: {LLM_MODEL}\n    litellm_params:\n      \
+         model: openai/{LLM_MODEL}\n      api_base: http://{upstream}/v1\n      api_key: x\n"
+    )
 }
 
 /// Appends the consumers, `[auth]` and `[[rate_limits]]` of the scenario's edge
