@@ -1,8 +1,9 @@
-"""OpenAI SDK chat: one complete answer, one stream with include_usage, one without.
+"""OpenAI SDK chat: a complete answer, a stream with include_usage, one without.
 
-Usage: openai_chat.py GATEWAY MODEL. Prints {"complete", "stream_with_usage",
-"stream_without_usage"}; all three calls send the same messages (a system
-message and a question), so the reassembled texts must equal the complete
+Usage: openai_chat.py GATEWAY MODEL CALL... where each CALL is "complete",
+"stream_with_usage" or "stream_without_usage", made in that order. Prints one
+object with a key per call. Every call sends the same messages (a system
+message and a question), so a reassembled stream must equal the complete
 answer's content.
 """
 
@@ -58,31 +59,32 @@ def streamed(client, model, **extra):
     }
 
 
-def main():
-    gateway = gateway_address()
-    model = sys.argv[2]
-    client = openai_client(gateway)
-    completion = client.chat.completions.create(
-        model=model,
-        messages=MESSAGES,
-    )
+def complete(client, model):
+    completion = client.chat.completions.create(model=model, messages=MESSAGES)
     choice = completion.choices[0]
-    emit(
-        {
-            "complete": {
-                "object": completion.object,
-                "model": completion.model,
-                "role": choice.message.role,
-                "content": choice.message.content,
-                "finish_reason": choice.finish_reason,
-                "usage": usage_dict(completion.usage),
-            },
-            "stream_with_usage": streamed(
-                client, model, stream_options={"include_usage": True}
-            ),
-            "stream_without_usage": streamed(client, model),
-        }
-    )
+    return {
+        "object": completion.object,
+        "model": completion.model,
+        "role": choice.message.role,
+        "content": choice.message.content,
+        "finish_reason": choice.finish_reason,
+        "usage": usage_dict(completion.usage),
+    }
+
+
+CALLS = {
+    "complete": complete,
+    "stream_with_usage": lambda client, model: streamed(
+        client, model, stream_options={"include_usage": True}
+    ),
+    "stream_without_usage": streamed,
+}
+
+
+def main():
+    client = openai_client(gateway_address())
+    model, calls = sys.argv[2], sys.argv[3:]
+    emit({name: CALLS[name](client, model) for name in calls})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! Drives wrk and reads its report.
+//! Drives wrk or `loadgen` and reads their report.
 //!
 //! wrk runs closed-loop (each connection sends its next request when the previous
 //! response is in) for a fixed time, with `bench/wrk/report.lua` (or `post.lua`,
@@ -7,6 +7,10 @@
 //! URL (wrk does not verify the certificate). The run is bounded twice: by
 //! wrk's own `-d` and `--timeout`, and by a hard deadline after which wrk is
 //! killed.
+//!
+//! LLM scenarios use `loadgen` instead: open loop at a fixed rate, `POST`ing the
+//! scenario's chat completion as JSON, with `--ttfb` for streamed answers (see
+//! `bench/src/bin/loadgen.rs`). It prints the same JSON line as wrk's script.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use serde::Deserialize;
 
 use super::layout::Placement;
 use super::process::{self, Guarded, Interrupt, Output};
-use super::scenario::{RequestKind, Scenario};
+use super::scenario::{Llm, RequestKind, Scenario};
 
 /// wrk's per-request timeout.
 const REQUEST_TIMEOUT_SECS: u64 = 5;
@@ -41,6 +45,21 @@ pub struct LoadReport {
     pub p99_us: u64,
     /// 99.9th percentile latency, µs.
     pub p999_us: u64,
+    /// Requests a fixed-rate run was still behind on when time was up
+    /// (`loadgen` only; wrk does not say).
+    #[serde(default)]
+    pub unsent: u64,
+}
+
+/// The load generators.
+#[derive(Debug)]
+pub struct LoadTools {
+    /// wrk, needed when a closed-loop scenario runs.
+    pub wrk: Option<PathBuf>,
+    /// `target/release/loadgen`.
+    pub loadgen: PathBuf,
+    /// `bench/wrk` in the workspace (wrk's scripts).
+    pub scripts: PathBuf,
 }
 
 /// One wrk invocation.
@@ -58,15 +77,46 @@ pub struct LoadRun<'a> {
     pub generator: &'a Placement,
     /// Run time.
     pub duration: Duration,
-    /// `bench/wrk` in the workspace.
-    pub scripts: &'a Path,
-    /// File for wrk's output.
+    /// Requests per second of a fixed-rate (LLM) run.
+    pub rate: f64,
+    /// The generators.
+    pub tools: &'a LoadTools,
+    /// File for the generator's output.
     pub log: PathBuf,
 }
 
 impl LoadRun<'_> {
+    /// The generator's name and command line, without CPU binding.
+    fn command(&self) -> anyhow::Result<(&'static str, Command)> {
+        if let Some(llm) = self.scenario.llm {
+            return Ok(("loadgen", self.loadgen_command(llm)));
+        }
+        let wrk = self.tools.wrk.as_deref().context("wrk is not installed")?;
+        Ok(("wrk", self.wrk_command(wrk)))
+    }
+
+    /// The `loadgen` command line of an LLM scenario, without CPU binding.
+    fn loadgen_command(&self, llm: Llm) -> Command {
+        let threads = self.generator.workers.clamp(1, self.scenario.connections);
+        let mut command = Command::new(&self.tools.loadgen);
+        command
+            .arg(format!("--target={}", self.target))
+            .arg(format!("--path={}", self.scenario.path))
+            .arg(format!("--rate={}", self.rate))
+            .arg(format!("--connections={}", self.scenario.connections))
+            .arg(format!("--duration={}", self.duration.as_secs_f64()))
+            .arg(format!("--threads={threads}"))
+            .arg(format!("--timeout-ms={}", REQUEST_TIMEOUT_SECS * 1000))
+            .arg("--method=POST")
+            .arg(format!("--body={}", llm.body()));
+        if llm.stream {
+            command.arg("--ttfb");
+        }
+        command
+    }
+
     /// The wrk command line, without CPU binding.
-    fn command(&self, wrk: &Path) -> Command {
+    fn wrk_command(&self, wrk: &Path) -> Command {
         let threads = self.generator.workers.clamp(1, self.scenario.connections);
         let mut command = Command::new(wrk);
         command
@@ -98,27 +148,49 @@ impl LoadRun<'_> {
         command
     }
 
-    /// Runs wrk to completion and returns its report.
-    pub fn run(&self, wrk: &Path, interrupt: &Interrupt) -> anyhow::Result<LoadReport> {
+    /// Runs the generator to completion and returns its report.
+    pub fn run(&self, interrupt: &Interrupt) -> anyhow::Result<LoadReport> {
+        self.run_sampling(interrupt, self.duration + DEADLINE_SLACK, |_| Ok(()))
+    }
+
+    /// Runs the generator to completion, calling `sample` with the time since it
+    /// started every `every` while it runs, and returns its report.
+    pub fn run_sampling(
+        &self,
+        interrupt: &Interrupt,
+        every: Duration,
+        mut sample: impl FnMut(Duration) -> anyhow::Result<()>,
+    ) -> anyhow::Result<LoadReport> {
+        let (name, command) = self.command()?;
         let mut child = Guarded::spawn(
-            "wrk",
-            self.command(wrk),
+            name,
+            command,
             self.generator.cpus.as_deref(),
             Output::combined(self.log.clone()),
         )?;
-        let status =
-            child.wait_until(Instant::now() + self.duration + DEADLINE_SLACK, interrupt)?;
+        let started = Instant::now();
+        let deadline = started + self.duration + DEADLINE_SLACK;
+        let status = loop {
+            let next = (Instant::now() + every).min(deadline);
+            if let Some(status) = child.wait_for(next, interrupt)? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                bail!("{name} did not finish in time");
+            }
+            sample(started.elapsed())?;
+        };
         let output = std::fs::read_to_string(&self.log)
             .with_context(|| format!("reading {}", self.log.display()))?;
         if !status.success() {
             bail!(
-                "wrk failed ({status}): {}",
+                "{name} failed ({status}): {}",
                 process::tail_of_file(&self.log, 1024).trim()
             );
         }
         parse_report(&output).with_context(|| {
             format!(
-                "no report line in wrk's output:\n{}",
+                "no report line in {name}'s output:\n{}",
                 process::tail_of_file(&self.log, 1024).trim()
             )
         })
@@ -141,6 +213,22 @@ mod tests {
     use super::*;
     use crate::bench::scenario;
 
+    fn tools() -> LoadTools {
+        LoadTools {
+            wrk: Some(PathBuf::from("wrk")),
+            loadgen: PathBuf::from("/t/release/loadgen"),
+            scripts: PathBuf::from("/w/bench/wrk"),
+        }
+    }
+
+    fn arguments(run: &LoadRun<'_>) -> Vec<String> {
+        let (_, command) = run.command().expect("a generator");
+        command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn parses_the_report_line_among_wrk_output() {
         let output = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 16 connections\n\
@@ -161,6 +249,7 @@ mod tests {
             cpus: None,
             workers: 2,
         };
+        let tools = tools();
         let run = LoadRun {
             scenario,
             target: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -168,14 +257,11 @@ mod tests {
             tls: false,
             generator: &placement,
             duration: Duration::from_secs(3),
-            scripts: Path::new("/w/bench/wrk"),
+            rate: 1000.0,
+            tools: &tools,
             log: PathBuf::from("/tmp/wrk.log"),
         };
-        let args: Vec<String> = run
-            .command(Path::new("wrk"))
-            .get_args()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect();
+        let args = arguments(&run);
         assert_eq!(
             args,
             [
@@ -189,5 +275,52 @@ mod tests {
                 "10240"
             ]
         );
+    }
+
+    #[test]
+    fn llm_scenarios_post_the_chat_at_a_fixed_rate_with_loadgen() {
+        let placement = Placement {
+            cpus: Some(vec![0]),
+            workers: 1,
+        };
+        let tools = LoadTools {
+            wrk: None,
+            ..tools()
+        };
+        let run = |name: &str| {
+            let scenario = scenario::find(name).expect("exists");
+            let run = LoadRun {
+                scenario,
+                target: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                headers: &[],
+                tls: false,
+                generator: &placement,
+                duration: Duration::from_millis(2500),
+                rate: 1000.0,
+                tools: &tools,
+                log: PathBuf::from("/tmp/loadgen.log"),
+            };
+            (run.command().map(|(name, _)| name).ok(), arguments(&run))
+        };
+        let (name, chat) = run("llm-chat");
+        assert_eq!(name, Some("loadgen"));
+        assert_eq!(
+            chat[..8],
+            [
+                "--target=127.0.0.1:8080",
+                "--path=/v1/chat/completions",
+                "--rate=1000",
+                "--connections=64",
+                "--duration=2.5",
+                "--threads=1",
+                "--timeout-ms=5000",
+                "--method=POST",
+            ]
+        );
+        assert!(chat[8].starts_with("--body={") && chat[8].contains(r#""stream":false"#));
+        assert_eq!(chat.len(), 9);
+        let (_, stream) = run("llm-stream");
+        assert!(stream[8].contains(r#""stream":true"#));
+        assert_eq!(stream.last().map(String::as_str), Some("--ttfb"));
     }
 }

@@ -177,15 +177,28 @@ impl Guarded {
         deadline: Instant,
         interrupt: &Interrupt,
     ) -> anyhow::Result<ExitStatus> {
+        match self.wait_for(deadline, interrupt)? {
+            Some(status) => Ok(status),
+            None => bail!("{} did not finish in time", self.name),
+        }
+    }
+
+    /// Waits until the child exits or `until` passes (`None`), failing on interrupt.
+    pub fn wait_for(
+        &mut self,
+        until: Instant,
+        interrupt: &Interrupt,
+    ) -> anyhow::Result<Option<ExitStatus>> {
         loop {
             if let Some(status) = self.poll_exit()? {
-                return Ok(status);
+                return Ok(Some(status));
             }
             interrupt.check()?;
-            if Instant::now() >= deadline {
-                bail!("{} did not finish in time", self.name);
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
             }
-            thread::sleep(POLL_INTERVAL);
+            thread::sleep(POLL_INTERVAL.min(until - now));
         }
     }
 

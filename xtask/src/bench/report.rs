@@ -11,12 +11,19 @@
 //! throughput, the whole machine's CPU per request and the gateway process's,
 //! against the targets of issue 5 ([`EBPF_MIN_RPS_RATIO`],
 //! [`EBPF_MAX_MACHINE_CPU_RATIO`]).
+//!
+//! LLM scenarios get a section of their own: what each gateway adds over
+//! calling the mock directly, at p50 and p99, as the difference of its
+//! percentile and direct's in the same round (median over rounds), and
+//! Hypergate's added latency over LiteLLM's, paired by round, against the
+//! targets ([`LLM_MAX_ADDED_P99_US`], [`LLM_MAX_ADDED_RATIO`]). The soak gets
+//! the gateway's resident set at the start, the end and its maximum.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::scenario;
+use super::scenario::{self, Scenario};
 use super::targets::Target;
 
 /// Throughput with the eBPF probe on over off should be at least this.
@@ -25,6 +32,22 @@ pub const EBPF_MIN_RPS_RATIO: f64 = 0.97;
 /// Whole-machine CPU per request with the eBPF probe on over off should be at
 /// most this.
 pub const EBPF_MAX_MACHINE_CPU_RATIO: f64 = 1.05;
+
+/// Hypergate's added p99 latency over calling the mock LLM directly should be
+/// below this, µs.
+pub const LLM_MAX_ADDED_P99_US: f64 = 200.0;
+
+/// Hypergate's added latency over LiteLLM's should be below this.
+pub const LLM_MAX_ADDED_RATIO: f64 = 0.1;
+
+/// One reading of the gateway's resident set during a soak.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RssSample {
+    /// Seconds since the load started.
+    pub at_s: u64,
+    /// Resident set (VmRSS, summed over the process tree), KiB.
+    pub rss_kb: u64,
+}
 
 /// One measured run, as written to `latest.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -66,6 +89,15 @@ pub struct Row {
     pub requests: u64,
     /// Connect, read, write and timeout errors plus error statuses.
     pub errors: u64,
+    /// Requests a fixed-rate run was still behind on when time was up (0 for wrk).
+    pub unsent: u64,
+    /// Soak only: the proxy's resident set (VmRSS) when the load started, KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_start_kb: Option<u64>,
+    /// Soak only: the proxy's resident set every few seconds, first and last
+    /// reading included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_samples: Vec<RssSample>,
 }
 
 /// The median of `values` (mean of the middle two for an even count).
@@ -206,11 +238,27 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
 
+    if keys.iter().any(|&(_, name)| llm_of(name).is_some_and(|llm| llm.stream)) {
+        out.push_str("(streamed LLM scenarios: latency to the first chunk of the answer)\n");
+    }
     out.push_str(&baseline_table(rows, &keys));
     out.push_str(&ebpf_table(rows, &keys));
+    out.push_str(&llm_table(rows, &keys));
+    out.push_str(&soak_table(rows, &keys));
+    // LLM scenarios have their own comparison (above).
+    let keys: Vec<(&str, &str)> = keys
+        .into_iter()
+        .filter(|&(_, name)| llm_of(name).is_none())
+        .collect();
     let peers: Vec<Target> = Target::ALL
         .into_iter()
-        .filter(|peer| peer.is_peer() && rows.iter().any(|row| row.proxy == peer.name()))
+        .filter(|peer| {
+            peer.is_peer()
+                && rows.iter().any(|row| {
+                    row.proxy == peer.name()
+                        && keys.iter().any(|&(_, name)| name == row.scenario)
+                })
+        })
         .collect();
     let has_hypergate = rows.iter().any(|row| row.proxy == Target::Hypergate.name());
     if !has_hypergate || peers.is_empty() {
@@ -463,6 +511,196 @@ fn ebpf_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
     out
 }
 
+/// The LLM load of the scenario called `name`, if it is an LLM scenario.
+fn llm_of(name: &str) -> Option<scenario::Llm> {
+    scenario::find(name).and_then(|scenario: &Scenario| scenario.llm)
+}
+
+/// Per-round differences of `target`'s percentile and direct's, as (round,
+/// µs): what the gateway adds over calling the provider directly.
+fn added_per_round(rows: &[&Row], target: Target, percentile: fn(&Row) -> u64) -> Vec<(u32, f64)> {
+    rows.iter()
+        .filter(|row| row.proxy == target.name())
+        .filter_map(|ours| {
+            let direct = rows
+                .iter()
+                .find(|row| row.proxy == Target::Direct.name() && row.round == ours.round)?;
+            let added = percentile(ours) as f64 - percentile(direct) as f64;
+            Some((ours.round, added))
+        })
+        .collect()
+}
+
+/// The values of per-round figures, rounds dropped.
+fn values(per_round: &[(u32, f64)]) -> Vec<f64> {
+    per_round.iter().map(|&(_, value)| value).collect()
+}
+
+/// The LLM section: each gateway's latency added over direct at p50 and p99,
+/// and Hypergate's added latency over LiteLLM's, paired by round.
+fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let percentiles: [(&str, fn(&Row) -> u64); 2] =
+        [("p50", |row| row.p50_us), ("p99", |row| row.p99_us)];
+    for &(layout, name) in keys {
+        if !llm_of(name).is_some_and(|llm| !llm.soak) {
+            continue;
+        }
+        if out.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n== LLM gateways: latency added over calling the mock directly, same rounds \
+                 (median [min-max] over rounds) ==\n{:<10} {:<11} {:<10} {:>9} {:>8} {:>8} {:>22} {:>22} {:>7}",
+                "layout",
+                "scenario",
+                "proxy",
+                "req/s",
+                "p50 us",
+                "p99 us",
+                "added p50 us",
+                "added p99 us",
+                "unsent"
+            );
+        }
+        let runs: Vec<&Row> = rows
+            .iter()
+            .filter(|row| row.layout == layout && row.scenario == name)
+            .collect();
+        for target in [Target::Hypergate, Target::Litellm, Target::Direct] {
+            let own: Vec<&Row> = runs
+                .iter()
+                .copied()
+                .filter(|row| row.proxy == target.name())
+                .collect();
+            if own.is_empty() {
+                continue;
+            }
+            let added = |percentile: fn(&Row) -> u64| {
+                if target == Target::Direct {
+                    return String::new();
+                }
+                let spread = Spread::of(values(&added_per_round(&runs, target, percentile)));
+                or_dash(spread.map(|spread| {
+                    format!(
+                        "{:.0} [{:.0}-{:.0}]",
+                        spread.median, spread.min, spread.max
+                    )
+                }))
+            };
+            let _ = writeln!(
+                out,
+                "{layout:<10} {name:<11} {:<10} {:>9} {:>8} {:>8} {:>22} {:>22} {:>7}",
+                target.name(),
+                or_dash(median_of(&own, |row| Some(row.rps)).map(grouped)),
+                or_dash(median_of(&own, |row| Some(row.p50_us as f64)).map(grouped)),
+                or_dash(median_of(&own, |row| Some(row.p99_us as f64)).map(grouped)),
+                added(percentiles[0].1),
+                added(percentiles[1].1),
+                own.iter().map(|row| row.unsent).sum::<u64>()
+            );
+        }
+        let hypergate_p99 = Spread::of(values(&added_per_round(
+            &runs,
+            Target::Hypergate,
+            percentiles[1].1,
+        )));
+        let verdict = |met: bool| if met { "meets" } else { "misses" };
+        if let Some(added) = hypergate_p99 {
+            let _ = writeln!(
+                out,
+                "{layout:<10} {name:<11} hypergate added p99 {:.0} us: target < {LLM_MAX_ADDED_P99_US:.0} us, {}",
+                added.median,
+                verdict(added.median < LLM_MAX_ADDED_P99_US)
+            );
+        }
+        for (label, percentile) in percentiles {
+            let ours = added_per_round(&runs, Target::Hypergate, percentile);
+            let theirs = added_per_round(&runs, Target::Litellm, percentile);
+            let ratios: Vec<f64> = ours
+                .iter()
+                .filter_map(|&(round, ours)| {
+                    let &(_, theirs) = theirs.iter().find(|&&(other, _)| other == round)?;
+                    (theirs > 0.0).then(|| ours / theirs)
+                })
+                .collect();
+            if let Some(spread) = Spread::of(ratios) {
+                let _ = writeln!(
+                    out,
+                    "{layout:<10} {name:<11} hypergate / litellm added {label}: {}: target < {LLM_MAX_ADDED_RATIO:.2}, {}",
+                    spread.describe(),
+                    verdict(spread.median < LLM_MAX_ADDED_RATIO)
+                );
+            }
+        }
+    }
+    if !out.is_empty() {
+        out.push_str(
+            "(added = the gateway's percentile minus direct's in the same round; fixed-rate \
+             open-loop load, so a target that cannot keep up shows its queueing in p99 and \
+             `unsent`)\n",
+        );
+    }
+    out
+}
+
+/// The soak section: the gateway's resident set at the start and end of the
+/// run, its maximum over the samples, and the growth.
+fn soak_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for &(layout, name) in keys {
+        if !llm_of(name).is_some_and(|llm| llm.soak) {
+            continue;
+        }
+        for row in rows
+            .iter()
+            .filter(|row| row.layout == layout && row.scenario == name)
+        {
+            if out.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\n== Soak: gateway resident set (KiB) ==\n{:<10} {:<9} {:<10} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16} {:>16} {:>7}",
+                    "layout", "scenario", "proxy", "secs", "req/s", "start", "end", "max",
+                    "end - start", "2nd half", "errors"
+                );
+            }
+            let end = row.rss_samples.last().map(|sample| sample.rss_kb);
+            let max = row.rss_samples.iter().map(|sample| sample.rss_kb).max();
+            let half_time = row.rss_samples.last().map_or(0, |sample| sample.at_s / 2);
+            let middle = row
+                .rss_samples
+                .iter()
+                .find(|sample| sample.at_s >= half_time)
+                .map(|sample| sample.rss_kb);
+            let growth = |from: Option<u64>| {
+                or_dash(from.zip(end).map(|(from, end)| {
+                    let change = end as f64 - from as f64;
+                    format!("{change:+.0} ({:+.1}%)", change * 100.0 / from.max(1) as f64)
+                }))
+            };
+            let _ = writeln!(
+                out,
+                "{layout:<10} {name:<9} {:<10} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16} {:>16} {:>7}",
+                row.proxy,
+                row.rss_samples.last().map_or(0, |sample| sample.at_s),
+                grouped(row.rps),
+                or_dash(row.rss_start_kb.map(|kb| grouped(kb as f64))),
+                or_dash(end.map(|kb| grouped(kb as f64))),
+                or_dash(max.map(|kb| grouped(kb as f64))),
+                growth(row.rss_start_kb),
+                growth(middle),
+                row.errors
+            );
+        }
+    }
+    if !out.is_empty() {
+        out.push_str(
+            "(VmRSS sampled every 10 s while the load runs, in latest.json as `rss_samples`; \
+             2nd half = the change from the sample at half time to the end)\n",
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +722,9 @@ mod tests {
             machine_cpu_us_per_req: Some(30.0),
             requests: 1000,
             errors: 0,
+            unsent: 0,
+            rss_start_kb: None,
+            rss_samples: Vec::new(),
         }
     }
 

@@ -52,7 +52,7 @@ use anyhow::{bail, Context as _};
 use super::edge::{EdgeMaterial, CONSUMER, JWT_AUDIENCE, JWT_ISSUER};
 use super::layout::Placement;
 use super::process::{Guarded, Interrupt, Output};
-use super::scenario::{Edge, Scenario, LLM_MODEL};
+use super::scenario::{Edge, Llm, Scenario, LLM_MODEL};
 
 /// How long a target gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -317,13 +317,10 @@ pub fn start(
         process,
     };
     // `direct` is the plain mock upstream: no TLS, no credentials needed.
-    let chat_body = setup.scenario.llm.map(|llm| {
-        super::scenario::Llm {
-            stream: false,
-            ..llm
-        }
-        .body()
-    });
+    let chat_body = setup
+        .scenario
+        .llm
+        .map(|llm| Llm { stream: false, ..llm }.body());
     let probe = Probe {
         path: setup.scenario.path,
         headers: &setup.edge.headers,
@@ -524,9 +521,8 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Hypergate's TOML config for the setup.
-fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
-    let placement = setup.placement;
+/// Hypergate's `[server]` section: one shard per CPU of the placement.
+fn hypergate_server_section(placement: &Placement) -> String {
     let mut config = format!("[server]\nshards = {}\n", placement.workers);
     match &placement.cpus {
         Some(cpus) => {
@@ -536,6 +532,12 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
         // Hypergate pins shards by default; unpinned means unpinned for everyone.
         None => config.push_str("pin_cores = false\n"),
     }
+    config
+}
+
+/// Hypergate's TOML config for the setup.
+fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
+    let mut config = hypergate_server_section(setup.placement);
     let access_log = setup.dir.join("access.log");
     let _ = write!(
         config,
@@ -577,15 +579,7 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
 /// Hypergate's TOML config for an LLM scenario: the server, admin and listener
 /// of [`hypergate_config`], then one AI route with the mock as its provider.
 fn hypergate_llm_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
-    let placement = setup.placement;
-    let mut config = format!("[server]\nshards = {}\n", placement.workers);
-    match &placement.cpus {
-        Some(cpus) => {
-            let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
-            let _ = writeln!(config, "pin_cores = true\ncpu_list = [{}]", list.join(", "));
-        }
-        None => config.push_str("pin_cores = false\n"),
-    }
+    let mut config = hypergate_server_section(setup.placement);
     let _ = write!(
         config,
         "\n[admin]\nlisten = \"{admin}\"\n\n\
