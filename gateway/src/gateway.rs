@@ -141,6 +141,7 @@ impl Controller {
         if let Some(probe) = &self.tcp_probe {
             probe.update_config(&new);
         }
+        self.ai.install(&new);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         tracing::info!(diff = %serde_json::to_string(&d).unwrap_or_default(), "config reloaded");
@@ -299,7 +300,7 @@ impl Gateway {
         let conn_limits = crate::policy::ConnectionLimits::new(&config.raw.protection);
         let rate_limiter = RateLimiter::new();
         rate_limiter.install(&config.rate_limits, config.raw.redis.as_ref());
-        let ai = crate::ai::AiShared::new();
+        let ai = crate::ai::AiShared::new(&config);
         if !config.ai.aliases.is_empty() {
             let _ = hypergate_ai::tokens::warm_up();
         }

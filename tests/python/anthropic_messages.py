@@ -70,23 +70,26 @@ def helper_stream(client, model):
 
 
 def raw_stream(client, model):
-    events, text, stop_reason, output_tokens, input_tokens = [], "", None, None, None
+    events, text, stop_reason = [], "", None
+    start_input_tokens, delta_input_tokens, output_tokens = None, None, None
     for event in client.messages.create(
         model=model, max_tokens=MAX_TOKENS, system=SYSTEM, messages=QUESTION, stream=True
     ):
         events.append(event.type)
         if event.type == "message_start":
-            input_tokens = event.message.usage.input_tokens
+            start_input_tokens = event.message.usage.input_tokens
         elif event.type == "content_block_delta" and event.delta.type == "text_delta":
             text += event.delta.text
         elif event.type == "message_delta":
             stop_reason = event.delta.stop_reason
+            delta_input_tokens = event.usage.input_tokens
             output_tokens = event.usage.output_tokens
     return {
         "events": events,
         "text": text,
         "stop_reason": stop_reason,
-        "input_tokens": input_tokens,
+        "start_input_tokens": start_input_tokens,
+        "delta_input_tokens": delta_input_tokens,
         "output_tokens": output_tokens,
     }
 

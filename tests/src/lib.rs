@@ -11,6 +11,7 @@
 //!   signal, drain and CLI tests.
 //! - [`client`]: a raw HTTP/1.1 client that sends exact bytes and reads responses
 //!   strictly, with timeouts on every read.
+//! - [`redis`]: a real `redis-server` on an ephemeral port.
 //! - [`body`]: generated bodies and fingerprints for streaming gigabytes without
 //!   holding them.
 //! - [`util`]: polling with deadlines, temp dirs, closed ports.
@@ -26,6 +27,7 @@ pub mod client;
 pub mod gateway;
 pub mod mock;
 pub mod process;
+pub mod redis;
 pub mod tls;
 pub mod util;
 

@@ -833,3 +833,65 @@ fn unknown_models_endpoints_and_bad_bodies_get_clear_errors() {
         "Mock reply to: chunked"
     );
 }
+
+#[test]
+fn redis_budgets_are_shared_by_gateways_and_fail_as_configured() {
+    let mut redis = hypergate_tests::redis::RedisServer::start();
+    let slow = mock(MockConfig {
+        latency: Duration::from_millis(200),
+        reply: Some("a b c".into()),
+        ..Default::default()
+    });
+    let redis_addr = redis.addr;
+    let config = |mode: &str| {
+        format!(
+            "{}\n[redis]\naddress = \"{}\"\ntimeout = \"200ms\"\n[[ai.budgets]]\nname = \"shared\"\nscope = \"route\"\nbackend = \"redis\"\nfailure_mode = \"{mode}\"\ntokens_per_minute = 1000\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
+            provider("p", "openai", &slow),
+            redis_addr
+        )
+    };
+    let one = gateway("budgets = [\"shared\"]", &config("closed"));
+    let two = gateway("budgets = [\"shared\"]", &config("closed"));
+    let ok = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for i in 0..40 {
+            let addr = if i % 2 == 0 { one.addr } else { two.addr };
+            let ok = &ok;
+            s.spawn(move || {
+                let mut c = Conn::connect(addr);
+                let r = c.request(&Request::post(
+                    "/v1/chat/completions",
+                    chat("a", "count to five", json!({"max_tokens": 80})),
+                ));
+                match r.status {
+                    200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    429 => assert_eq!(r.json()["error"]["type"], "budget_exceeded"),
+                    s => panic!("unexpected {s}: {}", r.text()),
+                }
+            });
+        }
+    });
+    // One budget for both gateways: 10 to 12 reservations of 80-100 tokens fit in 1000.
+    let ok = ok.into_inner();
+    assert!((10..=12).contains(&ok), "admitted {ok} across two gateways");
+    assert_eq!(slow.requests(), ok);
+    // Redis down: this budget fails closed.
+    redis.stop();
+    let r = post(
+        &one,
+        "/v1/chat/completions",
+        chat("a", "hi", json!({"max_tokens": 5})),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "budget_unavailable");
+    // The same budget failing open admits.
+    let open = gateway("budgets = [\"shared\"]", &config("open"));
+    let r = post(
+        &open,
+        "/v1/chat/completions",
+        chat("a", "hi", json!({"max_tokens": 5})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}

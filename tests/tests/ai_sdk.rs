@@ -117,7 +117,9 @@ fn run_script(script: &str, gateway: &TestGateway, args: &[&str]) -> Value {
     );
     let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
     line.and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("{script} printed no JSON line; stdout:\n{stdout}\nstderr:\n{stderr}"))
+        .unwrap_or_else(|| {
+            panic!("{script} printed no JSON line; stdout:\n{stdout}\nstderr:\n{stderr}")
+        })
 }
 
 /// A mock provider with the default configuration (prompt, correct, with usage).
@@ -184,7 +186,10 @@ fn llm_stats(gw: &TestGateway, alias: &str, target: &str, calls: u64) -> Value {
                 .find(|c| c["alias"] == alias && c["target"] == target)
                 .cloned();
             match entry {
-                Some(e) if e["ok"].as_u64().unwrap_or(0) + e["errors"].as_u64().unwrap_or(0) >= calls => {
+                Some(e)
+                    if e["ok"].as_u64().unwrap_or(0) + e["errors"].as_u64().unwrap_or(0)
+                        >= calls =>
+                {
                     found = e;
                     true
                 }
@@ -259,7 +264,10 @@ fn openai_sdk_chat_complete_and_streamed_with_usage() {
         "the usage chunk has no choices: {out}"
     );
     assert_eq!(streamed["usage"], complete["usage"], "{out}");
-    assert!(streamed["chunks"].as_u64().unwrap() > 3, "streamed in pieces: {out}");
+    assert!(
+        streamed["chunks"].as_u64().unwrap() > 3,
+        "streamed in pieces: {out}"
+    );
 
     // The provider got its own key (not the client's), the provider model, and
     // for the stream a request for usage.
@@ -267,7 +275,10 @@ fn openai_sdk_chat_complete_and_streamed_with_usage() {
     assert_eq!(log.len(), 2, "{log:?}");
     for request in &log {
         assert!(request.0.ends_with("/v1/chat/completions"), "{request:?}");
-        assert_eq!(header(request, "authorization"), Some("Bearer provider-key"));
+        assert_eq!(
+            header(request, "authorization"),
+            Some("Bearer provider-key")
+        );
         assert_eq!(request.2["model"], "mock-gpt");
     }
     assert!(log[0].2.get("stream").is_none(), "{:?}", log[0].2);
@@ -294,11 +305,16 @@ fn openai_sdk_stream_without_include_usage_gets_no_usage_chunk_but_is_metered() 
     let streamed = &out["stream_without_usage"];
     assert_eq!(streamed["text"], ANSWER, "{out}");
     assert_eq!(streamed["finish_reason"], "stop", "{out}");
-    assert_eq!(streamed["chunks_with_usage"], 0, "no usage reached the client: {out}");
+    assert_eq!(
+        streamed["chunks_with_usage"], 0,
+        "no usage reached the client: {out}"
+    );
     assert_eq!(streamed["empty_choice_chunks"], 0, "{out}");
 
     // The gateway asked the provider for usage all the same.
-    let sent = provider_mock.last_request().expect("the provider got the call");
+    let sent = provider_mock
+        .last_request()
+        .expect("the provider got the call");
     assert_eq!(sent["stream"], true, "{sent}");
     assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
 
@@ -307,9 +323,14 @@ fn openai_sdk_stream_without_include_usage_gets_no_usage_chunk_but_is_metered() 
     llm_stats(&gw, "gpt", "oai/mock-gpt", 1);
     let metrics = gw.metrics();
     let labels = r#"route="llm",alias="gpt",target="oai/mock-gpt",consumer="""#;
-    let series = |name: &str, extra: &str| metric_value(&metrics, &format!("{name}{{{labels}{extra}}}"));
+    let series =
+        |name: &str, extra: &str| metric_value(&metrics, &format!("{name}{{{labels}{extra}}}"));
     let (prompt, completion) = (15.0, ANSWER_TOKENS as f64);
-    assert_eq!(series("hypergate_llm_streamed_requests_total", ""), 1.0, "{metrics}");
+    assert_eq!(
+        series("hypergate_llm_streamed_requests_total", ""),
+        1.0,
+        "{metrics}"
+    );
     assert_eq!(
         series("hypergate_llm_tokens_total", r#",kind="completion""#),
         completion,
@@ -328,7 +349,10 @@ fn openai_sdk_stream_without_include_usage_gets_no_usage_chunk_but_is_metered() 
     // $1000 and $2000 per million tokens: a thousandth and two thousandths of a dollar each.
     let cost = series("hypergate_llm_cost_usd_total", "");
     let want = prompt * 0.001 + completion * 0.002;
-    assert!(cost > 0.0 && (cost - want).abs() < 1e-9, "cost {cost}, want {want}: {metrics}");
+    assert!(
+        cost > 0.0 && (cost - want).abs() < 1e-9,
+        "cost {cost}, want {want}: {metrics}"
+    );
 }
 
 #[test]
@@ -353,7 +377,10 @@ fn openai_sdk_tool_calls_complete_and_streamed() {
         let id = &out[flow]["tool_calls"][0]["id"];
         let assistant = openai_messages_with_role(follow_up, "assistant");
         assert_eq!(assistant[0]["tool_calls"][0]["id"], *id, "{follow_up}");
-        assert_eq!(assistant[0]["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(
+            assistant[0]["tool_calls"][0]["function"]["name"],
+            "get_weather"
+        );
         let tool = openai_messages_with_role(follow_up, "tool");
         assert_eq!(tool.len(), 1, "{follow_up}");
         assert_eq!(tool[0]["tool_call_id"], *id, "{follow_up}");
@@ -370,7 +397,11 @@ fn assert_tool_round_trips(out: &Value) {
         let calls = o["tool_calls"].as_array().expect("tool_calls");
         assert_eq!(calls.len(), 1, "{flow}: {out}");
         assert_eq!(calls[0]["name"], "get_weather", "{flow}: {out}");
-        assert_eq!(calls[0]["arguments"], json!({"city": "Paris"}), "{flow}: {out}");
+        assert_eq!(
+            calls[0]["arguments"],
+            json!({"city": "Paris"}),
+            "{flow}: {out}"
+        );
         assert!(
             calls[0]["id"].as_str().is_some_and(|id| !id.is_empty()),
             "{flow}: {out}"
@@ -379,7 +410,10 @@ fn assert_tool_round_trips(out: &Value) {
         assert_eq!(o["final"]["content"], TOOL_ANSWER, "{flow}: {out}");
         assert_eq!(o["final"]["finish_reason"], "stop", "{flow}: {out}");
     }
-    assert_eq!(out["complete"]["tool_calls"][0]["type"], "function", "{out}");
+    assert_eq!(
+        out["complete"]["tool_calls"][0]["type"], "function",
+        "{out}"
+    );
 }
 
 #[test]
@@ -403,7 +437,13 @@ fn openai_sdk_errors_map_to_sdk_exceptions() {
     let unknown = &out["no-such-model"];
     assert_eq!(unknown["class"], "NotFoundError", "{out}");
     assert_eq!(unknown["status"], 404, "{out}");
-    assert!(unknown["message"].as_str().unwrap().contains("no-such-model"), "{out}");
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-model"),
+        "{out}"
+    );
 
     let bad_request = &out["bad-request"];
     assert_eq!(bad_request["class"], "BadRequestError", "{out}");
@@ -413,12 +453,20 @@ fn openai_sdk_errors_map_to_sdk_exceptions() {
     let all_fail = &out["all-fail"];
     assert_eq!(all_fail["is_api_status_error"], true, "{out}");
     assert_eq!(all_fail["status"], 502, "{out}");
-    assert_eq!((down_a.requests(), down_b.requests()), (1, 1), "each target tried once");
+    assert_eq!(
+        (down_a.requests(), down_b.requests()),
+        (1, 1),
+        "each target tried once"
+    );
 
     let rate_limited = &out["rate-limited"];
     assert_eq!(rate_limited["class"], "RateLimitError", "{out}");
     assert_eq!(rate_limited["status"], 429, "{out}");
-    assert_eq!(limited.requests(), 2, "the one target was retried up to max_attempts");
+    assert_eq!(
+        limited.requests(),
+        2,
+        "the one target was retried up to max_attempts"
+    );
 }
 
 #[test]
@@ -445,7 +493,11 @@ fn openai_sdk_embeddings_and_model_list() {
     // The base64 answer the SDK decoded is the float answer for the same input.
     let floats: Vec<f64> = serde_json::from_value(out["float"]["vector"].clone()).expect("floats");
     for (a, b) in vectors[0].iter().zip(&floats) {
-        assert!((a - b).abs() < 1e-6, "base64 {:?} vs float {floats:?}", vectors[0]);
+        assert!(
+            (a - b).abs() < 1e-6,
+            "base64 {:?} vs float {floats:?}",
+            vectors[0]
+        );
     }
     assert_eq!(out["models"], json!(["embed", "gpt"]), "{out}");
     assert_eq!(out["model_objects"], json!(["model"]), "{out}");
@@ -458,7 +510,11 @@ fn openai_sdk_embeddings_and_model_list() {
     assert_eq!(calls[0]["model"], "mock-embed");
     assert_eq!(calls[0]["input"], json!(["first text", "second text"]));
     assert_eq!(calls[1]["encoding_format"], "float");
-    assert_eq!(provider_mock.requests(), 2, "GET /v1/models is not forwarded");
+    assert_eq!(
+        provider_mock.requests(),
+        2,
+        "GET /v1/models is not forwarded"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -475,14 +531,28 @@ fn openai_sdk_chat_through_anthropic_provider() {
     let out = run_script(
         "openai_chat.py",
         &gw,
-        &["claude", "complete", "stream_with_usage", "stream_without_usage"],
+        &[
+            "claude",
+            "complete",
+            "stream_with_usage",
+            "stream_without_usage",
+        ],
     );
 
     let complete = &out["complete"];
     assert_eq!(complete["content"], ANSWER, "{out}");
-    assert_eq!(complete["finish_reason"], "stop", "end_turn becomes stop: {out}");
-    assert!(complete["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{out}");
-    assert_eq!(complete["usage"]["completion_tokens"], ANSWER_TOKENS, "{out}");
+    assert_eq!(
+        complete["finish_reason"], "stop",
+        "end_turn becomes stop: {out}"
+    );
+    assert!(
+        complete["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    assert_eq!(
+        complete["usage"]["completion_tokens"], ANSWER_TOKENS,
+        "{out}"
+    );
     let with_usage = &out["stream_with_usage"];
     assert_eq!(with_usage["text"], ANSWER, "{out}");
     assert_eq!(with_usage["finish_reason"], "stop", "{out}");
@@ -527,10 +597,16 @@ fn openai_sdk_tool_calls_through_anthropic_provider() {
     assert_eq!(calls.len(), 4, "{calls:?}");
     for (follow_up, flow) in [(&calls[1], "complete"), (&calls[3], "stream")] {
         let id = &out[flow]["tool_calls"][0]["id"];
-        assert_eq!(follow_up["system"], "Use tools when they help.", "{follow_up}");
+        assert_eq!(
+            follow_up["system"], "Use tools when they help.",
+            "{follow_up}"
+        );
         assert!(follow_up["max_tokens"].as_u64().is_some(), "{follow_up}");
         assert_eq!(follow_up["tools"][0]["name"], "get_weather", "{follow_up}");
-        assert_eq!(follow_up["tools"][0]["input_schema"]["required"], json!(["city"]));
+        assert_eq!(
+            follow_up["tools"][0]["input_schema"]["required"],
+            json!(["city"])
+        );
         let messages = follow_up["messages"].as_array().expect("messages");
         assert_eq!(messages.len(), 3, "{follow_up}");
         let tool_use = messages[1]["content"]
@@ -565,22 +641,37 @@ fn assert_anthropic_messages(out: &Value) {
     let create = &out["create"];
     assert_eq!(create["type"], "message", "{out}");
     assert_eq!(create["role"], "assistant", "{out}");
-    assert_eq!(create["content"], json!([{"type": "text", "text": ANSWER}]), "{out}");
+    assert_eq!(
+        create["content"],
+        json!([{"type": "text", "text": ANSWER}]),
+        "{out}"
+    );
     assert_eq!(create["stop_reason"], "end_turn", "{out}");
-    assert!(create["usage"]["input_tokens"].as_u64().unwrap() > 0, "{out}");
+    assert!(
+        create["usage"]["input_tokens"].as_u64().unwrap() > 0,
+        "{out}"
+    );
     assert_eq!(create["usage"]["output_tokens"], ANSWER_TOKENS, "{out}");
 
     let helper = &out["helper_stream"];
     assert_eq!(helper["text"], ANSWER, "{out}");
     assert_eq!(helper["final"]["content"], create["content"], "{out}");
     assert_eq!(helper["final"]["stop_reason"], "end_turn", "{out}");
-    assert_eq!(helper["final"]["usage"]["output_tokens"], ANSWER_TOKENS, "{out}");
+    assert_eq!(
+        helper["final"]["usage"]["output_tokens"], ANSWER_TOKENS,
+        "{out}"
+    );
 
     let raw = &out["raw_stream"];
     assert_eq!(raw["text"], ANSWER, "{out}");
     assert_eq!(raw["stop_reason"], "end_turn", "{out}");
     assert_eq!(raw["output_tokens"], ANSWER_TOKENS, "{out}");
-    assert_eq!(raw["input_tokens"], create["usage"]["input_tokens"], "{out}");
+    // The final usage (message_delta) has the prompt's tokens; whether
+    // message_start has them too depends on the provider (see the tests).
+    assert_eq!(
+        raw["delta_input_tokens"], create["usage"]["input_tokens"],
+        "{out}"
+    );
     let events: Vec<&str> = raw["events"]
         .as_array()
         .unwrap()
@@ -589,7 +680,14 @@ fn assert_anthropic_messages(out: &Value) {
         .collect();
     assert_eq!(events.first(), Some(&"message_start"), "{out}");
     assert_eq!(events.get(1), Some(&"content_block_start"), "{out}");
-    assert!(events.iter().filter(|e| **e == "content_block_delta").count() > 1, "{out}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| **e == "content_block_delta")
+            .count()
+            > 1,
+        "{out}"
+    );
     assert_eq!(
         &events[events.len() - 3..],
         ["content_block_stop", "message_delta", "message_stop"],
@@ -607,10 +705,20 @@ fn assert_anthropic_messages(out: &Value) {
             .collect();
         assert_eq!(tool_use.len(), 1, "{flow}: {out}");
         assert_eq!(tool_use[0]["name"], "get_weather", "{flow}: {out}");
-        assert_eq!(tool_use[0]["input"], json!({"city": "Paris"}), "{flow}: {out}");
-        assert!(first["usage"]["output_tokens"].as_u64().unwrap() > 0, "{flow}: {out}");
+        assert_eq!(
+            tool_use[0]["input"],
+            json!({"city": "Paris"}),
+            "{flow}: {out}"
+        );
+        assert!(
+            first["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{flow}: {out}"
+        );
         assert_eq!(out[flow]["final"]["text"], TOOL_ANSWER, "{flow}: {out}");
-        assert_eq!(out[flow]["final"]["stop_reason"], "end_turn", "{flow}: {out}");
+        assert_eq!(
+            out[flow]["final"]["stop_reason"], "end_turn",
+            "{flow}: {out}"
+        );
     }
 }
 
@@ -686,14 +794,38 @@ fn anthropic_sdk_through_anthropic_provider() {
     assert_eq!(first["system"], "You are terse.", "{first}");
     assert_eq!(first["max_tokens"], 256, "{first}");
     assert_eq!(first["model"], "mock-claude", "{first}");
-    assert_eq!(first["messages"], json!([{"role": "user", "content": QUESTION}]), "{first}");
+    assert_eq!(
+        first["messages"],
+        json!([{"role": "user", "content": QUESTION}]),
+        "{first}"
+    );
     for follow_up in [&calls[4], &calls[6]] {
-        assert_eq!(follow_up["tools"][0]["input_schema"]["required"], json!(["city"]));
-        let last = follow_up["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            follow_up["tools"][0]["input_schema"]["required"],
+            json!(["city"])
+        );
+        let last = follow_up["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
         assert_eq!(last["role"], "user", "{follow_up}");
         assert_eq!(last["content"][0]["type"], "tool_result", "{follow_up}");
-        assert_eq!(tool_result_text(&last["content"][0]), TOOL_RESULT, "{follow_up}");
+        assert_eq!(
+            tool_result_text(&last["content"][0]),
+            TOOL_RESULT,
+            "{follow_up}"
+        );
     }
+
+    // An Anthropic provider reports the prompt's tokens in message_start (as
+    // the real API does, and clients reading the raw stream take them from
+    // there); the gateway must pass them on, not zero them.
+    assert_eq!(
+        out["raw_stream"]["start_input_tokens"], out["create"]["usage"]["input_tokens"],
+        "message_start usage.input_tokens: {out}"
+    );
 }
 
 #[test]

@@ -18,11 +18,12 @@ use hypergate::config::edge::{RateLimitConfig, RateWindowConfig, RedisConfig};
 use hypergate::edge::ratelimit::{
     RateDecision, RateHeaders, RateLimitPolicy, RateLimiter, ShardLimiter,
 };
-use hypergate_tests::util::{closed_port, wait_until, TempDir};
+use hypergate_tests::redis::RedisServer;
+use hypergate_tests::util::{closed_port, wait_until};
 use hypergate_tests::{preamble, Request, TestGateway};
 use std::future::Future;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
@@ -260,65 +261,6 @@ fn unique_key_flood_stays_within_max_keys() {
         ),
         1_000.0
     );
-}
-
-/// A `redis-server` on an ephemeral port, without persistence; killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let mut server = RedisServer {
-            child: None,
-            addr: closed_port(),
-            dir: TempDir::new(),
-        };
-        server.restart();
-        server
-    }
-
-    fn config(&self) -> RedisConfig {
-        RedisConfig {
-            address: self.addr.to_string(),
-            timeout: Duration::from_millis(100),
-        }
-    }
-
-    /// Starts (again) on the same port.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.addr.port().to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt-get install -y redis-server; .ci/run installs it)");
-        self.child = Some(child);
-        let addr = self.addr;
-        wait_until(
-            "redis-server accepts connections",
-            Duration::from_secs(10),
-            || TcpStream::connect(addr).is_ok(),
-        );
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[test]

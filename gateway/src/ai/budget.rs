@@ -68,6 +68,26 @@ impl Clock {
         }
     }
 
+    /// Minutes since the Unix epoch.
+    pub fn minute(&self) -> u64 {
+        self.minute
+    }
+
+    /// Days since the Unix epoch.
+    pub fn day(&self) -> u64 {
+        self.day
+    }
+
+    /// Months since January 1970.
+    pub fn month(&self) -> u64 {
+        self.month
+    }
+
+    /// Seconds until the current UTC day ends.
+    pub fn day_left(&self) -> u64 {
+        86_400 - self.secs % 86_400
+    }
+
     /// Windows now.
     pub fn now() -> Clock {
         let secs = std::time::SystemTime::now()
@@ -263,7 +283,7 @@ impl BudgetBook {
                         acc.tokens.settle(clock.minute, tokens, 0, clock.minute);
                     }
                     self.release(&mut res);
-                    return Err(refuse(Window::Day, 86_400 - clock.secs % 86_400));
+                    return Err(refuse(Window::Day, clock.day_left()));
                 }
             }
             if let Some(limit) = b.cost_per_month {
@@ -350,6 +370,8 @@ mod tests {
             cost_per_day: day,
             cost_per_month: None,
             default_max_tokens: 100,
+            backend: Default::default(),
+            failure_mode: Default::default(),
         })
     }
 

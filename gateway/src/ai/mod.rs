@@ -26,6 +26,7 @@
 //!    the access log, and the call remembered for feedback.
 
 pub mod budget;
+pub mod budget_redis;
 pub mod cache;
 pub mod client;
 pub mod feedback;
@@ -68,15 +69,73 @@ pub struct AiShared {
     pub budgets: Arc<BudgetBook>,
     /// Feedback memory and scores.
     pub feedback: feedback::FeedbackStore,
+    /// The Redis worker of `backend = "redis"` budgets, with the address it uses.
+    redis: arc_swap::ArcSwapOption<(String, budget_redis::BudgetRedis)>,
 }
 
 impl AiShared {
-    /// Fresh shared state.
-    pub fn new() -> Arc<AiShared> {
-        Arc::new(AiShared {
+    /// Fresh shared state for `config`.
+    pub fn new(config: &crate::config::Config) -> Arc<AiShared> {
+        let shared = Arc::new(AiShared {
             budgets: BudgetBook::new(),
             feedback: feedback::FeedbackStore::default(),
-        })
+            redis: arc_swap::ArcSwapOption::empty(),
+        });
+        shared.install(config);
+        shared
+    }
+
+    /// Starts (or restarts, when its address changed) the budget Redis worker if
+    /// `config` has Redis budgets. Runs on the control thread at start and reload.
+    pub fn install(&self, config: &crate::config::Config) {
+        let wants = config
+            .ai
+            .budgets
+            .iter()
+            .any(|b| b.backend == crate::config::ai::BudgetBackend::Redis);
+        match (&config.raw.redis, wants) {
+            (Some(r), true) => {
+                let current = self.redis.load();
+                if current.as_ref().is_none_or(|c| c.0 != r.address) {
+                    let worker = budget_redis::BudgetRedis::start(r);
+                    self.redis
+                        .store(Some(Arc::new((r.address.clone(), worker))));
+                }
+            }
+            _ => self.redis.store(None),
+        }
+    }
+}
+
+/// The budget Redis worker with the address it talks to.
+type RedisWorker = Arc<(String, budget_redis::BudgetRedis)>;
+
+/// A call's budget reservations, settled when it ends.
+struct Held {
+    local: Option<Reservation>,
+    /// Redis windows reserved (with the amounts reserved), and their worker.
+    redis: Option<(RedisWorker, Vec<budget_redis::RedisWindow>)>,
+    tokens: u64,
+    cost: u64,
+}
+
+impl Held {
+    /// Replaces the reservations by the real figures.
+    fn settle(self, shared: &AiShared, tokens: u64, cost: u64) {
+        if let Some(r) = self.local {
+            shared.budgets.settle(r, tokens, cost);
+        }
+        if let Some((worker, mut windows)) = self.redis {
+            for w in &mut windows {
+                let (reserved, actual) = if w.tokens {
+                    (self.tokens, tokens)
+                } else {
+                    (self.cost, cost)
+                };
+                w.amount = actual as i64 - reserved as i64;
+            }
+            worker.1.settle(windows);
+        }
     }
 }
 
@@ -828,6 +887,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                     ai.cache_hits.set(ai.cache_hits.get() + 1);
                     self.rec.cache_hit = true;
                     self.rec.target = "cache".into();
+                    self.remember(alias, "cache".into());
                     let sent = if streamed {
                         self.replay_stream(&resp, stream, out, client_usage).await
                     } else {
@@ -848,12 +908,12 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
         }
 
-        let reservation = self.admit(alias, &canonical, &mut prompt_estimate)?;
+        let reservation = self.admit(alias, &canonical, &mut prompt_estimate).await?;
         let answered = match self.attempts(alias, &canonical, streamed, out).await {
             Ok(a) => a,
             Err(e) => {
                 if let Some(r) = reservation {
-                    self.req.ctx.ai.shared.budgets.settle(r, 0, 0);
+                    r.settle(&self.req.ctx.ai.shared, 0, 0);
                 }
                 self.finish_stats(alias, None, &Usage::default(), 0, false, e.status);
                 return Err(e);
@@ -864,6 +924,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.target = t.label.to_string();
         self.rec.provider = spec.providers[t.provider].name.to_string();
         self.rec.model = t.model.to_string();
+        self.remember(alias, t.label.clone());
         let result = if streamed && answered.resp.event_stream {
             self.stream_answer(answered, &canonical, stream, out, client_usage, cache_key)
                 .await
@@ -885,12 +946,11 @@ impl<'r, 'a> Chat<'r, 'a> {
             Err((e, usage, estimated)) => {
                 let cost = self.cost(a_alias, target, &usage);
                 if let Some(r) = reservation {
-                    self.req
-                        .ctx
-                        .ai
-                        .shared
-                        .budgets
-                        .settle(r, usage.prompt + usage.completion, cost);
+                    r.settle(
+                        &self.req.ctx.ai.shared,
+                        usage.prompt + usage.completion,
+                        cost,
+                    );
                 }
                 self.finish_stats(
                     alias,
@@ -905,12 +965,11 @@ impl<'r, 'a> Chat<'r, 'a> {
         };
         let cost = self.cost(a_alias, target, &usage);
         if let Some(r) = reservation {
-            self.req
-                .ctx
-                .ai
-                .shared
-                .budgets
-                .settle(r, usage.prompt + usage.completion, cost);
+            r.settle(
+                &self.req.ctx.ai.shared,
+                usage.prompt + usage.completion,
+                cost,
+            );
         }
         self.finish_stats(
             alias,
@@ -947,13 +1006,15 @@ impl<'r, 'a> Chat<'r, 'a> {
             .map_or(0, |p| p.cost_micros(usage))
     }
 
-    /// Reserves the estimate on the route's budgets.
-    fn admit(
+    /// Reserves the estimate on the route's budgets (local ones in this process,
+    /// Redis ones on the server).
+    async fn admit(
         &mut self,
         alias: usize,
         canonical: &Value,
         prompt_estimate: &mut Option<u64>,
-    ) -> Result<Option<Reservation>, AiError> {
+    ) -> Result<Option<Held>, AiError> {
+        use crate::config::ai::{BudgetBackend, BudgetFailureMode};
         let spec = self.spec();
         let budgets: Vec<_> = self
             .req
@@ -989,41 +1050,133 @@ impl<'r, 'a> Chat<'r, 'a> {
             .filter_map(|t| t.price.map(|p| p.cost_micros(&estimate)))
             .max()
             .unwrap_or(0);
+        let tokens = prompt + completion;
+        let clock = Clock::now();
         let route: Arc<str> = self.req.route.clone();
-        self.req
-            .ctx
-            .ai
-            .shared
-            .budgets
-            .admit(
-                &budgets,
-                &self.req.consumer,
-                &route,
-                prompt + completion,
-                cost,
-                Clock::now(),
+        let refused = |budget: &Arc<str>, window: budget::Window, retry_after: u64| {
+            self.req.ctx.ai.stats.budget_refused(budget, window.label());
+            AiError {
+                retry_after: Some(retry_after),
+                ..AiError::new(
+                    429,
+                    "budget_exceeded",
+                    format!(
+                        "budget {:?} is exhausted ({}); this call needs an estimated {tokens} tokens",
+                        &**budget,
+                        window.label(),
+                    ),
+                )
+            }
+        };
+        let (local, shared): (Vec<_>, Vec<_>) = budgets
+            .into_iter()
+            .partition(|b| b.backend == BudgetBackend::Local);
+        let shared_state = &self.req.ctx.ai.shared;
+        let local = if local.is_empty() {
+            None
+        } else {
+            Some(
+                shared_state
+                    .budgets
+                    .admit(&local, &self.req.consumer, &route, tokens, cost, clock)
+                    .map_err(|r| refused(&r.budget, r.window, r.retry_after))?,
             )
-            .map(Some)
-            .map_err(|r| {
+        };
+        let mut held = Held {
+            local,
+            redis: None,
+            tokens,
+            cost,
+        };
+        if shared.is_empty() {
+            return Ok(Some(held));
+        }
+        let worker = shared_state.redis.load_full();
+        let mut windows = Vec::new();
+        let mut owners = Vec::new();
+        for b in &shared {
+            let key = match b.scope {
+                crate::config::ai::BudgetScope::Consumer => &self.req.consumer,
+                crate::config::ai::BudgetScope::Route => &route,
+            };
+            let base = format!("hypergate:budget:{}:{}", b.name, key);
+            for (window, limit, amount, id, tag, ttl) in [
+                (
+                    budget::Window::Minute,
+                    b.tokens_per_minute,
+                    tokens,
+                    clock.minute(),
+                    "m",
+                    120,
+                ),
+                (
+                    budget::Window::Day,
+                    b.cost_per_day,
+                    cost,
+                    clock.day(),
+                    "d",
+                    2 * 86_400,
+                ),
+                (
+                    budget::Window::Month,
+                    b.cost_per_month,
+                    cost,
+                    clock.month(),
+                    "M",
+                    32 * 86_400,
+                ),
+            ] {
+                if limit.is_some() {
+                    windows.push(budget_redis::RedisWindow {
+                        key: format!("{base}:{tag}:{id}"),
+                        limit,
+                        amount: amount as i64,
+                        ttl_s: ttl,
+                        tokens: window == budget::Window::Minute,
+                    });
+                    owners.push((b.clone(), window));
+                }
+            }
+        }
+        let answer = match &worker {
+            Some(w) => w.1.reserve(windows.clone()).await,
+            None => budget_redis::RedisAnswer::Unavailable,
+        };
+        match answer {
+            budget_redis::RedisAnswer::Reserved => {
+                held.redis = worker.map(|w| (w, windows));
+                Ok(Some(held))
+            }
+            budget_redis::RedisAnswer::Full(i) => {
+                held.settle(shared_state, 0, 0);
+                let (b, window) = &owners[i.min(owners.len() - 1)];
+                let retry_after = match window {
+                    budget::Window::Minute => clock.minute_left,
+                    _ => clock.day_left(),
+                };
+                Err(refused(&b.name, *window, retry_after))
+            }
+            budget_redis::RedisAnswer::Unavailable => {
                 self.req
                     .ctx
                     .ai
                     .stats
-                    .budget_refused(&r.budget, r.window.label());
-                AiError {
-                    retry_after: Some(r.retry_after),
-                    ..AiError::new(
-                        429,
-                        "budget_exceeded",
-                        format!(
-                            "budget {:?} is exhausted ({}); this call needs an estimated {} tokens",
-                            &*r.budget,
-                            r.window.label(),
-                            prompt + completion
-                        ),
-                    )
+                    .budget_refused(&Arc::from("redis"), "unavailable");
+                if shared
+                    .iter()
+                    .any(|b| b.failure_mode == BudgetFailureMode::Closed)
+                {
+                    held.settle(shared_state, 0, 0);
+                    Err(AiError::new(
+                        503,
+                        "budget_unavailable",
+                        "the budget store (Redis) cannot be reached and this budget fails closed",
+                    ))
+                } else {
+                    Ok(Some(held))
                 }
-            })
+            }
+        }
     }
 
     /// The order in which targets are tried: a weighted pick first, then the
@@ -1675,13 +1828,19 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.reasoning_tokens = usage.reasoning;
         self.rec.cost_usd = cost as f64 / 1e6;
         self.rec.estimated = estimated;
+    }
+
+    /// Remembers the call for `POST /v1/feedback`, before its answer is sent (a
+    /// client may send feedback the moment it has the answer).
+    fn remember(&self, alias: usize, target: Arc<str>) {
+        let spec = self.spec();
         let ai = &self.req.ctx.ai;
         ai.shared.feedback.remember(
             &ai.remembered,
             self.req.request_id,
             feedback::CallMeta {
                 alias: spec.aliases[alias].name.clone(),
-                target: target_label,
+                target,
                 prompt: self.rec.prompt.as_str().into(),
                 version: self.rec.prompt_version.as_str().into(),
                 route: self.req.route.clone(),
@@ -1801,6 +1960,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.target = t.label.to_string();
         self.rec.provider = spec.providers[t.provider].name.to_string();
         self.rec.model = t.model.to_string();
+        self.remember(alias, t.label.clone());
         let body = answered.resp.read_all(MAX_PROVIDER_BODY).await;
         answered.resp.finish();
         let v: Value = body

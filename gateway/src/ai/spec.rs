@@ -7,7 +7,8 @@
 //! provider URLs, keys and headers is expanded from the environment here, once.
 
 use crate::config::ai::{
-    AiConfig, AiRouteConfig, BudgetScope, GuardrailStage, PromptOutput, ProviderKind,
+    AiConfig, AiRouteConfig, BudgetBackend, BudgetFailureMode, BudgetScope, GuardrailStage,
+    PromptOutput, ProviderKind,
 };
 use crate::config::raw::{ClusterConfig, EndpointConfig};
 use crate::config::ConfigIssue;
@@ -146,6 +147,10 @@ pub struct BudgetSpec {
     pub cost_per_month: Option<u64>,
     /// Completion tokens reserved when a request names no `max_tokens`.
     pub default_max_tokens: u64,
+    /// Local or Redis.
+    pub backend: BudgetBackend,
+    /// Redis unreachable: admit or refuse.
+    pub failure_mode: BudgetFailureMode,
 }
 
 /// A prompt template.
@@ -259,6 +264,7 @@ fn template_variables(t: &str) -> Result<Vec<String>, String> {
 /// appended to the config's clusters at `first_cluster`, in order).
 pub fn build(
     ai: &AiConfig,
+    has_redis: bool,
     first_cluster: usize,
     issues: &mut Vec<ConfigIssue>,
 ) -> (AiSpec, Vec<ClusterConfig>) {
@@ -494,6 +500,13 @@ pub fn build(
         };
         let cost_per_day = micros(b.cost_per_day, "cost_per_day", issues);
         let cost_per_month = micros(b.cost_per_month, "cost_per_month", issues);
+        if b.backend == BudgetBackend::Redis && !has_redis {
+            issue(
+                issues,
+                format!("{path}.backend"),
+                "\"redis\" needs a [redis] section",
+            );
+        }
         if b.tokens_per_minute.is_some_and(|t| t >= 1 << 40) {
             issue(
                 issues,
@@ -508,6 +521,8 @@ pub fn build(
             cost_per_day,
             cost_per_month,
             default_max_tokens: b.default_max_tokens,
+            backend: b.backend,
+            failure_mode: b.failure_mode,
         }));
     }
 

@@ -201,6 +201,35 @@ pub struct BudgetConfig {
     /// Completion tokens reserved when a request gives no `max_tokens`.
     #[serde(default = "default_reserve_tokens")]
     pub default_max_tokens: u64,
+    /// `local` (this process, exact across its shards) or `redis` (shared by every
+    /// gateway using the `[redis]` server).
+    #[serde(default)]
+    pub backend: BudgetBackend,
+    /// With Redis unreachable: `open` admits the call unbudgeted, `closed` refuses it (503).
+    #[serde(default)]
+    pub failure_mode: BudgetFailureMode,
+}
+
+/// Where budget accounts live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetBackend {
+    /// In this process.
+    #[default]
+    Local,
+    /// In the `[redis]` server.
+    Redis,
+}
+
+/// What a Redis budget does when Redis cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetFailureMode {
+    /// Admit the call without a reservation.
+    #[default]
+    Open,
+    /// Refuse it with 503.
+    Closed,
 }
 
 fn default_reserve_tokens() -> u64 {

@@ -291,7 +291,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             clusters.push(Arc::new(cluster));
         }
     }
-    let (ai, provider_clusters) = crate::ai::spec::build(&raw.ai, clusters.len(), &mut issues.0);
+    let (ai, provider_clusters) =
+        crate::ai::spec::build(&raw.ai, raw.redis.is_some(), clusters.len(), &mut issues.0);
     for (i, c) in provider_clusters.iter().enumerate() {
         if cluster_names.contains(c.name.as_str()) {
             issues.push(

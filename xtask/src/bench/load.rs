@@ -135,7 +135,10 @@ impl LoadRun<'_> {
             RequestKind::Post { .. } => "post.lua",
         };
         command
-            .arg(format!("--script={}", self.scripts.join(script).display()))
+            .arg(format!(
+                "--script={}",
+                self.tools.scripts.join(script).display()
+            ))
             .arg(format!(
                 "{}://{}{}",
                 if self.tls { "https" } else { "http" },

@@ -1,10 +1,12 @@
-//! `cargo xtask bench`: Hypergate against nginx, HAProxy and the bare upstream.
+//! `cargo xtask bench`: Hypergate against nginx, HAProxy and the bare upstream,
+//! and as an LLM gateway against LiteLLM and the bare mock provider.
 //!
 //! How a run goes:
-//! 1. Check that wrk, nginx and HAProxy are installed; a missing peer is skipped
-//!    with the line that installs it (nothing is installed here), a missing wrk
-//!    stops the run.
-//! 2. `cargo build --release` the benchmark tools and Hypergate; a Hypergate that
+//! 1. Check that wrk, nginx and HAProxy are installed (and LiteLLM, when an LLM
+//!    scenario runs); a missing peer is skipped with the line that installs it
+//!    (nothing is installed here), a missing wrk stops a run that needs it.
+//! 2. `cargo build --release` the benchmark tools (and the mock LLM provider for
+//!    LLM scenarios) and Hypergate; a Hypergate that
 //!    does not build stops the run with that message. When the eBPF scenario is
 //!    selected, also Hypergate with `--features ebpf`, into its own target
 //!    directory (`<target dir>/bench-ebpf`) so the plain binary is untouched;
@@ -17,10 +19,14 @@
 //!    of them alike; the eBPF scenario's pair goes off-on, then on-off, and so
 //!    on. Each visit is a short wrk warm-up, then a measured wrk run with the
 //!    proxy's CPU time and memory and the whole machine's CPU time sampled from
-//!    `/proc` around it.
+//!    `/proc` around it. LLM scenarios do the same with the mock LLM provider
+//!    and `loadgen` at a fixed rate; the soak is one long run through Hypergate
+//!    with its memory sampled every few seconds.
 //! 4. Print the table, the Hypergate/peer ratios, for edge and TLS scenarios
 //!    Hypergate's CPU per request against its own plain scenario, and for the
-//!    eBPF scenario probe on against off (see [`report`]), and write every run
+//!    eBPF scenario probe on against off, for LLM scenarios the latency each
+//!    gateway adds over direct and for the soak the memory (see [`report`]),
+//!    and write every run
 //!    to `<target dir>/bench/latest.json`.
 //!
 //! The exit status is non-zero only when something broke: a target that did not
@@ -47,14 +53,22 @@ use clap::ValueEnum;
 
 use edge::EdgeMaterial;
 use layout::{Layout, LayoutKind, Placement};
-use load::LoadRun;
+use load::{LoadRun, LoadTools};
 use process::{Guarded, Interrupt, Output, ScratchDir};
-use report::Row;
+use report::{Row, RssSample};
 use scenario::Scenario;
 use targets::{Programs, RunningTarget, Target, TargetSetup};
 
 /// The line that installs every external tool the benchmark uses.
 const INSTALL_LINE: &str = "apt-get install -y nginx haproxy wrk";
+
+/// Where the benchmark looks for LiteLLM's `litellm` command besides PATH,
+/// under the home directory: the virtualenv [`LITELLM_INSTALL_LINE`] makes.
+const LITELLM_VENV_COMMAND: &str = ".cache/hypergate/litellm/bin/litellm";
+
+/// The lines that install LiteLLM's proxy where the benchmark finds it.
+const LITELLM_INSTALL_LINE: &str = "python3 -m venv ~/.cache/hypergate/litellm && \
+     ~/.cache/hypergate/litellm/bin/pip install 'litellm[proxy]'";
 
 /// How long the mock upstream gets to say it listens.
 const UPSTREAM_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,24 +87,29 @@ pub struct BenchArgs {
     /// Rounds per scenario [default: 3, or 1 with --quick].
     #[arg(long, value_name = "N")]
     rounds: Option<u32>,
-    /// Seconds per measured run [default: 10, or 3 with --quick].
+    /// Seconds per measured run [default: 10, or 3 with --quick; llm-soak: 600,
+    /// or 30 with --quick].
     #[arg(long, value_name = "SECS")]
     duration: Option<u64>,
     /// Seconds of warm-up load before each measured run (0 for none).
     #[arg(long, value_name = "SECS", default_value_t = 1)]
     warmup: u64,
-    /// Run only this scenario; repeatable [default: all, or the quick subset].
+    /// Run only this scenario; repeatable [default: all but llm-soak, or the
+    /// quick subset].
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// CPU layout; the pinned one is the headline.
     #[arg(long, value_enum, default_value_t = LayoutChoice::Pinned)]
     layout: LayoutChoice,
-    /// Leave out nginx and HAProxy: Hypergate and direct only.
+    /// Leave out nginx, HAProxy and LiteLLM: Hypergate and direct only.
     #[arg(long)]
     no_peers: bool,
-    /// Run only this target (hypergate, nginx, haproxy, direct); repeatable.
+    /// Run only this target (hypergate, nginx, haproxy, litellm, direct); repeatable.
     #[arg(long = "proxy", value_name = "NAME")]
     proxies: Vec<String>,
+    /// Requests per second of the LLM scenarios (a fixed rate, open loop).
+    #[arg(long, value_name = "REQ_PER_SEC", default_value_t = scenario::LLM_DEFAULT_RATE)]
+    rate: f64,
     /// Use the release binaries already built instead of running cargo.
     #[arg(long)]
     no_build: bool,
@@ -123,6 +142,10 @@ struct Plan {
     rounds: u32,
     duration: Duration,
     warmup: Duration,
+    /// Requests per second of the LLM scenarios.
+    rate: f64,
+    /// Length of the soak's one run.
+    soak_duration: Duration,
 }
 
 impl Plan {
@@ -131,6 +154,7 @@ impl Plan {
             scenario::SCENARIOS
                 .iter()
                 .filter(|scenario| !args.quick || scenario.quick)
+                .filter(|scenario| !scenario.llm.is_some_and(|llm| llm.soak))
                 .collect()
         } else {
             args.scenarios
@@ -149,7 +173,9 @@ impl Plan {
             let mut chosen = Vec::new();
             for name in &args.proxies {
                 let target = Target::from_name(name).with_context(|| {
-                    format!("unknown proxy {name:?}; known: hypergate, nginx, haproxy, direct")
+                    format!(
+                        "unknown proxy {name:?}; known: hypergate, nginx, haproxy, litellm, direct"
+                    )
                 })?;
                 if !chosen.contains(&target) {
                     chosen.push(target);
@@ -172,6 +198,14 @@ impl Plan {
         if rounds == 0 || duration == 0 {
             bail!("--rounds and --duration must be at least 1");
         }
+        if !(args.rate.is_finite() && args.rate > 0.0) {
+            bail!("--rate must be a positive number");
+        }
+        let soak = args.duration.unwrap_or(if args.quick {
+            scenario::SOAK_QUICK_SECS
+        } else {
+            scenario::SOAK_DEFAULT_SECS
+        });
         Ok(Self {
             scenarios,
             targets,
@@ -179,21 +213,59 @@ impl Plan {
             rounds,
             duration: Duration::from_secs(duration),
             warmup: Duration::from_secs(args.warmup),
+            rate: args.rate,
+            soak_duration: Duration::from_secs(soak),
         })
     }
 
-    /// The targets `scenario` runs, in round order: the selected ones, or for
-    /// the eBPF pair, Hypergate without and with the probe (none if Hypergate
-    /// is not selected).
-    fn targets_for(&self, scenario: &Scenario) -> Vec<Target> {
-        if !scenario.ebpf_pair {
-            return self.targets.clone();
-        }
-        if self.targets.contains(&Target::Hypergate) {
-            vec![Target::Hypergate, Target::HypergateEbpf]
+    /// Rounds of `scenario`: one for the soak.
+    fn rounds_for(&self, scenario: &Scenario) -> u32 {
+        if scenario.llm.is_some_and(|llm| llm.soak) {
+            1
         } else {
-            Vec::new()
+            self.rounds
         }
+    }
+
+    /// Length of each measured run of `scenario`.
+    fn duration_for(&self, scenario: &Scenario) -> Duration {
+        if scenario.llm.is_some_and(|llm| llm.soak) {
+            self.soak_duration
+        } else {
+            self.duration
+        }
+    }
+
+    /// Whether any selected scenario is an LLM one.
+    fn has_llm(&self) -> bool {
+        self.scenarios.iter().any(|scenario| scenario.llm.is_some())
+    }
+
+    /// The targets `scenario` runs, in round order: the selected ones that
+    /// apply to it (see [`Target::runs_in`]); for the eBPF pair, Hypergate
+    /// without and with the probe; for the soak, Hypergate alone (none if
+    /// Hypergate is not selected).
+    fn targets_for(&self, scenario: &Scenario) -> Vec<Target> {
+        let hypergate = self.targets.contains(&Target::Hypergate);
+        if scenario.ebpf_pair {
+            return if hypergate {
+                vec![Target::Hypergate, Target::HypergateEbpf]
+            } else {
+                Vec::new()
+            };
+        }
+        if scenario.llm.is_some_and(|llm| llm.soak) {
+            return if hypergate {
+                vec![Target::Hypergate]
+            } else {
+                Vec::new()
+            };
+        }
+        self.targets
+            .iter()
+            .copied()
+            .filter(|target| target.runs_in(scenario))
+            .collect()
     }
 
     /// Drops the eBPF scenario, saying why.
@@ -210,12 +282,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let interrupt = Interrupt::install()?;
     let mut plan = Plan::from_args(&args)?;
     let root = workspace_root();
-    let tools = find_tools(&mut plan.targets)?;
+    let tools = find_tools(&mut plan)?;
     let target_dir = target_dir(&root);
     let release = target_dir.join("release");
     let with_hypergate = plan.targets.contains(&Target::Hypergate);
+    let with_llm = plan.has_llm();
     if !args.no_build {
-        build(&root, with_hypergate)?;
+        build(&root, with_hypergate, with_llm)?;
     }
     let mut failures = Vec::new();
     let hypergate_ebpf = prepare_ebpf_build(&mut plan, &root, &target_dir, !args.no_build)
@@ -232,17 +305,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("no scenario left to run: {}", failures.join("; "));
     }
     let upstream = release.join("mock-upstream");
+    let mock_llm = release.join("mock-llm");
+    let load_tools = LoadTools {
+        wrk: tools.wrk,
+        loadgen: release.join("loadgen"),
+        scripts: root.join("bench").join("wrk"),
+    };
     let programs = Programs {
         hypergate: release.join("hypergate"),
         hypergate_ebpf,
         nginx: tools.nginx,
         haproxy: tools.haproxy,
+        litellm: tools.litellm,
     };
-    for (binary, needed) in [(&upstream, true), (&programs.hypergate, with_hypergate)] {
+    for (binary, needed) in [
+        (&upstream, true),
+        (&load_tools.loadgen, with_llm),
+        (&mock_llm, with_llm),
+        (&programs.hypergate, with_hypergate),
+    ] {
         if needed && !binary.is_file() {
             bail!(
-                "{} is missing; build it with `cargo build --release -p hypergate -p hypergate-bench` \
-                 (or run without --no-build)",
+                "{} is missing; build it with `cargo build --release -p hypergate -p hypergate-bench \
+                 -p hypergate-mock-llm` (or run without --no-build)",
                 binary.display()
             );
         }
@@ -253,9 +338,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bench = Bench {
         plan: &plan,
         programs: &programs,
-        wrk: &tools.wrk,
+        load_tools: &load_tools,
         upstream: &upstream,
-        scripts: root.join("bench").join("wrk"),
+        mock_llm: &mock_llm,
         scratch: scratch.path().to_owned(),
         ticks_per_second: procfs::ticks_per_second()?,
         interrupt: &interrupt,
@@ -263,7 +348,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runs_per_layout: usize = plan
         .scenarios
         .iter()
-        .map(|scenario| plan.targets_for(scenario).len() * plan.rounds as usize)
+        .map(|scenario| plan.targets_for(scenario).len() * plan.rounds_for(scenario) as usize)
         .sum();
     eprintln!(
         "bench: {}; {} scenario(s), {} run(s) per layout: {} round(s) of {} s (+{} s warm-up) \
@@ -331,9 +416,9 @@ struct Outcome {
 struct Bench<'a> {
     plan: &'a Plan,
     programs: &'a Programs,
-    wrk: &'a Path,
+    load_tools: &'a LoadTools,
     upstream: &'a Path,
-    scripts: PathBuf,
+    mock_llm: &'a Path,
     scratch: PathBuf,
     ticks_per_second: u64,
     interrupt: &'a Interrupt,
@@ -348,6 +433,7 @@ impl Bench<'_> {
         outcome: &mut Outcome,
     ) -> anyhow::Result<()> {
         let label = format!("{} {}", layout.kind, scenario.name);
+        let rounds = self.plan.rounds_for(scenario);
         eprintln!("bench: scenario {}: {}", scenario.name, scenario.summary);
         let dir = self
             .scratch
@@ -374,12 +460,12 @@ impl Bench<'_> {
                     self.interrupt.check()?;
                     eprintln!("bench: {label}: {error:#}");
                     outcome.failures.push(format!("{label}: {}", brief(&error)));
-                    outcome.steps -= self.plan.rounds as usize;
+                    outcome.steps -= rounds as usize;
                 }
             }
         }
 
-        for round in 1..=self.plan.rounds {
+        for round in 1..=rounds {
             let mut order: Vec<usize> = (0..running.len()).collect();
             if scenario.ebpf_pair && round % 2 == 0 {
                 // Off-on, then on-off: a drift within a round favours neither.
@@ -391,10 +477,9 @@ impl Bench<'_> {
                 };
                 outcome.step += 1;
                 eprint!(
-                    "[{:>3}/{}] {label} round {round}/{} {:<14} ",
+                    "[{:>3}/{}] {label} round {round}/{rounds} {:<14} ",
                     outcome.step,
                     outcome.steps,
-                    self.plan.rounds,
                     target.target.name()
                 );
                 match self.measure(layout, scenario, &edge, round, target, &mut upstream, &dir) {
@@ -437,7 +522,7 @@ impl Bench<'_> {
                         ));
                         if target.ensure_running().is_err() {
                             // Dead: its remaining rounds are skipped.
-                            outcome.steps -= (self.plan.rounds - round) as usize;
+                            outcome.steps -= (rounds - round) as usize;
                             running[index] = None;
                         }
                     }
@@ -447,24 +532,37 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Starts `mock-upstream` for the scenario and returns it with its address.
+    /// Starts the scenario's upstream (`mock-upstream`, or `mock-llm` without
+    /// any delay for LLM scenarios) and returns it with its address.
     fn start_upstream(
         &self,
         scenario: &Scenario,
         placement: &Placement,
         dir: &Path,
     ) -> anyhow::Result<(Guarded, SocketAddr)> {
-        let mut command = Command::new(self.upstream);
-        command
-            .arg("--listen=127.0.0.1:0")
-            .arg(format!("--threads={}", placement.workers))
-            .arg(format!("--body-size={}", scenario.upstream_body_bytes));
-        if placement.cpus.is_some() {
-            command.arg(format!("--cpu-list={}", placement.describe()));
-        }
+        let (name, command) = if scenario.llm.is_some() {
+            let mut command = Command::new(self.mock_llm);
+            command.args([
+                "--listen=127.0.0.1:0",
+                "--no-auth",
+                "--latency-ms=0",
+                "--chunk-delay-ms=0",
+            ]);
+            ("mock-llm", command)
+        } else {
+            let mut command = Command::new(self.upstream);
+            command
+                .arg("--listen=127.0.0.1:0")
+                .arg(format!("--threads={}", placement.workers))
+                .arg(format!("--body-size={}", scenario.upstream_body_bytes));
+            if placement.cpus.is_some() {
+                command.arg(format!("--cpu-list={}", placement.describe()));
+            }
+            ("mock-upstream", command)
+        };
         let log = dir.join("upstream.log");
         let mut upstream = Guarded::spawn(
-            "mock-upstream",
+            name,
             command,
             placement.cpus.as_deref(),
             Output::combined(log.clone()),
@@ -480,12 +578,12 @@ impl Bench<'_> {
                 let address = address
                     .trim()
                     .parse()
-                    .with_context(|| format!("mock-upstream printed {address:?}"))?;
+                    .with_context(|| format!("{name} printed {address:?}"))?;
                 return Ok((upstream, address));
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "mock-upstream did not start listening:\n{}",
+                    "{name} did not start listening:\n{}",
                     upstream.output_tail()
                 );
             }
@@ -507,6 +605,11 @@ impl Bench<'_> {
     ) -> anyhow::Result<Row> {
         target.ensure_running()?;
         let name = target.target.name();
+        let generator = if scenario.llm.is_some() {
+            "loadgen"
+        } else {
+            "wrk"
+        };
         let load = |seconds: Duration, log: String| LoadRun {
             scenario,
             target: target.address,
@@ -515,20 +618,49 @@ impl Bench<'_> {
             tls: scenario.tls && target.target != Target::Direct,
             generator: &layout.generator,
             duration: seconds,
-            scripts: &self.scripts,
+            rate: self.plan.rate,
+            tools: self.load_tools,
             log: dir.join(log),
         };
         if !self.plan.warmup.is_zero() {
-            load(self.plan.warmup, format!("wrk-{name}-{round}-warmup.log"))
-                .run(self.wrk, self.interrupt)
-                .context("warm-up")?;
+            load(
+                self.plan.warmup,
+                format!("{generator}-{name}-{round}-warmup.log"),
+            )
+            .run(self.interrupt)
+            .context("warm-up")?;
         }
         let proxy_pid = target.process.as_ref().map(Guarded::pid);
         let proxy_before = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_before = procfs::sample_tree(upstream.pid())?;
         let machine_before = procfs::machine_busy_ticks()?;
-        let report = load(self.plan.duration, format!("wrk-{name}-{round}.log"))
-            .run(self.wrk, self.interrupt)?;
+        let run = load(
+            self.plan.duration_for(scenario),
+            format!("{generator}-{name}-{round}.log"),
+        );
+        let mut rss_samples = Vec::new();
+        let report = match (scenario.llm, proxy_pid.zip(proxy_before)) {
+            (Some(llm), Some((pid, before))) if llm.soak => {
+                rss_samples.push(RssSample {
+                    at_s: 0,
+                    rss_kb: before.rss_kb,
+                });
+                let every = Duration::from_secs(scenario::SOAK_SAMPLE_SECS);
+                let report = run.run_sampling(self.interrupt, every, |elapsed| {
+                    rss_samples.push(RssSample {
+                        at_s: elapsed.as_secs(),
+                        rss_kb: procfs::sample_tree(pid)?.rss_kb,
+                    });
+                    Ok(())
+                })?;
+                rss_samples.push(RssSample {
+                    at_s: run.duration.as_secs(),
+                    rss_kb: procfs::sample_tree(pid)?.rss_kb,
+                });
+                report
+            }
+            _ => run.run(self.interrupt)?,
+        };
         let machine_after = procfs::machine_busy_ticks()?;
         let proxy_after = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_after = procfs::sample_tree(upstream.pid())?;
@@ -560,6 +692,9 @@ impl Bench<'_> {
             machine_cpu_us_per_req: ticks_per_request(machine_before, machine_after),
             requests: report.requests,
             errors: report.errors,
+            unsent: report.unsent,
+            rss_start_kb: rss_samples.first().map(|sample| sample.rss_kb),
+            rss_samples,
         })
     }
 }
@@ -579,43 +714,85 @@ fn brief(error: &anyhow::Error) -> String {
 /// External tools found on this machine.
 #[derive(Debug)]
 struct Tools {
-    wrk: PathBuf,
+    wrk: Option<PathBuf>,
     nginx: Option<PathBuf>,
     haproxy: Option<PathBuf>,
+    litellm: Option<PathBuf>,
 }
 
-/// Finds wrk, nginx and haproxy; drops missing peers from `targets` with a note.
-fn find_tools(targets: &mut Vec<Target>) -> anyhow::Result<Tools> {
-    let wrk = find_program("wrk");
-    let nginx = find_program("nginx");
-    let haproxy = find_program("haproxy");
-    let missing: Vec<&str> = [("nginx", &nginx), ("haproxy", &haproxy), ("wrk", &wrk)]
-        .into_iter()
-        .filter(|(_, path)| path.is_none())
-        .map(|(name, _)| name)
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "bench: not installed: {}\nbench: install them with:\n    {INSTALL_LINE}",
-            missing.join(", ")
-        );
-    }
-    let Some(wrk) = wrk else {
-        bail!("wrk is required to generate load; install it with `{INSTALL_LINE}`");
-    };
-    for (target, path) in [(Target::Nginx, &nginx), (Target::Haproxy, &haproxy)] {
-        if path.is_none() && targets.contains(&target) {
-            eprintln!("bench: skipping {} (not installed)", target.name());
-            targets.retain(|&kept| kept != target);
+/// Finds the tools the plan's scenarios need: wrk, nginx and haproxy for the
+/// closed-loop ones, LiteLLM for the LLM ones. Drops missing peers from the
+/// targets with a note that says how to install them; a missing wrk is an error.
+fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
+    let closed_loop = plan.scenarios.iter().any(|s| s.llm.is_none());
+    let find = |name: &str, needed: bool| needed.then(|| find_program(name)).flatten();
+    let wrk = find("wrk", closed_loop);
+    let nginx = find(
+        "nginx",
+        closed_loop && plan.targets.contains(&Target::Nginx),
+    );
+    let haproxy = find(
+        "haproxy",
+        closed_loop && plan.targets.contains(&Target::Haproxy),
+    );
+    if closed_loop {
+        let missing: Vec<&str> = [("nginx", &nginx), ("haproxy", &haproxy), ("wrk", &wrk)]
+            .into_iter()
+            .filter(|(_, path)| path.is_none())
+            .map(|(name, _)| name)
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "bench: not installed: {}\nbench: install them with:\n    {INSTALL_LINE}",
+                missing.join(", ")
+            );
+        }
+        if wrk.is_none() {
+            bail!("wrk is required to generate load; install it with `{INSTALL_LINE}`");
         }
     }
-    if targets.is_empty() {
+    let litellm_runs = plan.targets.contains(&Target::Litellm)
+        && plan
+            .scenarios
+            .iter()
+            .any(|scenario| Target::Litellm.runs_in(scenario));
+    let litellm = litellm_runs.then(find_litellm).flatten();
+    if litellm_runs && litellm.is_none() {
+        eprintln!(
+            "bench: LiteLLM (the LLM scenarios' peer) is not installed; install it with:\n    \
+             {LITELLM_INSTALL_LINE}"
+        );
+    }
+    for (target, path) in [
+        (Target::Nginx, &nginx),
+        (Target::Haproxy, &haproxy),
+        (Target::Litellm, &litellm),
+    ] {
+        if path.is_none() && plan.targets.contains(&target) {
+            if closed_loop || target == Target::Litellm {
+                eprintln!("bench: skipping {} (not installed)", target.name());
+            }
+            plan.targets.retain(|&kept| kept != target);
+        }
+    }
+    if plan.targets.is_empty() {
         bail!("no target left to benchmark");
     }
     Ok(Tools {
         wrk,
         nginx,
         haproxy,
+        litellm,
+    })
+}
+
+/// LiteLLM's `litellm` command: on PATH, or in the virtualenv under the home
+/// directory that [`LITELLM_INSTALL_LINE`] creates.
+fn find_litellm() -> Option<PathBuf> {
+    find_program("litellm").or_else(|| {
+        let home = std::env::var_os("HOME")?;
+        let command = Path::new(&home).join(LITELLM_VENV_COMMAND);
+        command.is_file().then_some(command)
     })
 }
 
@@ -629,9 +806,12 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Builds the release binaries the benchmark runs.
-fn build(root: &Path, with_hypergate: bool) -> anyhow::Result<()> {
+fn build(root: &Path, with_hypergate: bool, with_mock_llm: bool) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut packages = vec!["hypergate-bench"];
+    if with_mock_llm {
+        packages.push("hypergate-mock-llm");
+    }
     if with_hypergate {
         packages.push("hypergate");
     }
@@ -650,7 +830,7 @@ fn build(root: &Path, with_hypergate: bool) -> anyhow::Result<()> {
                      `--proxy nginx --proxy haproxy --proxy direct`."
                 );
             }
-            bail!("the benchmark tools (hypergate-bench) did not build; cargo's errors are above");
+            bail!("the benchmark tools ({package}) did not build; cargo's errors are above");
         }
     }
     Ok(())
@@ -793,9 +973,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_run_everything_three_times() {
+    fn defaults_run_everything_but_the_soak_three_times() {
         let plan = plan(&[]).expect("valid");
-        assert_eq!(plan.scenarios.len(), scenario::SCENARIOS.len());
+        assert_eq!(plan.scenarios.len(), scenario::SCENARIOS.len() - 1);
+        assert!(!names(&plan).contains(&"llm-soak"));
         assert_eq!(plan.targets, Target::ALL);
         assert_eq!((plan.rounds, plan.duration.as_secs()), (3, 10));
         assert_eq!(plan.layouts, [LayoutKind::Pinned]);
@@ -847,7 +1028,15 @@ mod tests {
             plan.targets_for(pair),
             [Target::Hypergate, Target::HypergateEbpf]
         );
-        assert_eq!(plan.targets_for(plain), Target::ALL);
+        assert_eq!(
+            plan.targets_for(plain),
+            [
+                Target::Hypergate,
+                Target::Nginx,
+                Target::Haproxy,
+                Target::Direct
+            ]
+        );
         let peers_only = self::plan(&["--scenario=ebpf-probe", "--proxy=nginx"]).expect("valid");
         assert!(peers_only.targets_for(peers_only.scenarios[0]).is_empty());
         let mut skipped =
@@ -855,5 +1044,34 @@ mod tests {
         skipped.skip_ebpf_pair("test");
         assert_eq!(names(&skipped), ["newconn"]);
         assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"ebpf-probe"));
+    }
+
+    #[test]
+    fn llm_scenarios_run_hypergate_litellm_and_direct() {
+        let plan = plan(&["--scenario=llm-chat", "--scenario=llm-soak"]).expect("valid");
+        let [chat, soak] = plan.scenarios[..] else {
+            panic!("two scenarios");
+        };
+        assert_eq!(
+            plan.targets_for(chat),
+            [Target::Hypergate, Target::Litellm, Target::Direct]
+        );
+        assert_eq!(plan.targets_for(soak), [Target::Hypergate]);
+        assert_eq!((plan.rounds_for(chat), plan.rounds_for(soak)), (3, 1));
+        assert_eq!(plan.duration_for(chat).as_secs(), 10);
+        assert_eq!(plan.duration_for(soak).as_secs(), 600);
+        assert_eq!(plan.rate, 1000.0);
+        let no_peers = self::plan(&["--scenario=llm-stream", "--no-peers"]).expect("valid");
+        assert_eq!(
+            no_peers.targets_for(no_peers.scenarios[0]),
+            [Target::Hypergate, Target::Direct]
+        );
+        let short =
+            self::plan(&["--scenario=llm-soak", "--duration=120", "--rate=500"]).expect("valid");
+        assert_eq!(short.duration_for(short.scenarios[0]).as_secs(), 120);
+        assert_eq!(short.rate, 500.0);
+        let quick = self::plan(&["--quick", "--scenario=llm-soak"]).expect("valid");
+        assert_eq!(quick.duration_for(quick.scenarios[0]).as_secs(), 30);
+        assert!(self::plan(&["--rate=0"]).is_err());
     }
 }

@@ -171,18 +171,6 @@ impl Guarded {
         Ok(())
     }
 
-    /// Waits until the child exits, failing once `deadline` passes or on interrupt.
-    pub fn wait_until(
-        &mut self,
-        deadline: Instant,
-        interrupt: &Interrupt,
-    ) -> anyhow::Result<ExitStatus> {
-        match self.wait_for(deadline, interrupt)? {
-            Some(status) => Ok(status),
-            None => bail!("{} did not finish in time", self.name),
-        }
-    }
-
     /// Waits until the child exits or `until` passes (`None`), failing on interrupt.
     pub fn wait_for(
         &mut self,

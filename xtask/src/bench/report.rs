@@ -238,7 +238,10 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
 
-    if keys.iter().any(|&(_, name)| llm_of(name).is_some_and(|llm| llm.stream)) {
+    if keys
+        .iter()
+        .any(|&(_, name)| llm_of(name).is_some_and(|llm| llm.stream))
+    {
         out.push_str("(streamed LLM scenarios: latency to the first chunk of the answer)\n");
     }
     out.push_str(&baseline_table(rows, &keys));
@@ -255,8 +258,7 @@ pub fn table(rows: &[Row]) -> String {
         .filter(|peer| {
             peer.is_peer()
                 && rows.iter().any(|row| {
-                    row.proxy == peer.name()
-                        && keys.iter().any(|&(_, name)| name == row.scenario)
+                    row.proxy == peer.name() && keys.iter().any(|&(_, name)| name == row.scenario)
                 })
         })
         .collect();
@@ -516,9 +518,16 @@ fn llm_of(name: &str) -> Option<scenario::Llm> {
     scenario::find(name).and_then(|scenario: &Scenario| scenario.llm)
 }
 
+/// A latency percentile of a run, µs.
+type Percentile = fn(&Row) -> u64;
+
+/// The percentiles the LLM section compares, with their labels.
+const LLM_PERCENTILES: [(&str, Percentile); 2] =
+    [("p50", |row| row.p50_us), ("p99", |row| row.p99_us)];
+
 /// Per-round differences of `target`'s percentile and direct's, as (round,
 /// µs): what the gateway adds over calling the provider directly.
-fn added_per_round(rows: &[&Row], target: Target, percentile: fn(&Row) -> u64) -> Vec<(u32, f64)> {
+fn added_per_round(rows: &[&Row], target: Target, percentile: Percentile) -> Vec<(u32, f64)> {
     rows.iter()
         .filter(|row| row.proxy == target.name())
         .filter_map(|ours| {
@@ -540,10 +549,8 @@ fn values(per_round: &[(u32, f64)]) -> Vec<f64> {
 /// and Hypergate's added latency over LiteLLM's, paired by round.
 fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
     let mut out = String::new();
-    let percentiles: [(&str, fn(&Row) -> u64); 2] =
-        [("p50", |row| row.p50_us), ("p99", |row| row.p99_us)];
     for &(layout, name) in keys {
-        if !llm_of(name).is_some_and(|llm| !llm.soak) {
+        if llm_of(name).is_none_or(|llm| llm.soak) {
             continue;
         }
         if out.is_empty() {
@@ -575,16 +582,13 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             if own.is_empty() {
                 continue;
             }
-            let added = |percentile: fn(&Row) -> u64| {
+            let added = |percentile: Percentile| {
                 if target == Target::Direct {
                     return String::new();
                 }
                 let spread = Spread::of(values(&added_per_round(&runs, target, percentile)));
                 or_dash(spread.map(|spread| {
-                    format!(
-                        "{:.0} [{:.0}-{:.0}]",
-                        spread.median, spread.min, spread.max
-                    )
+                    format!("{:.0} [{:.0}-{:.0}]", spread.median, spread.min, spread.max)
                 }))
             };
             let _ = writeln!(
@@ -594,15 +598,15 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
                 or_dash(median_of(&own, |row| Some(row.rps)).map(grouped)),
                 or_dash(median_of(&own, |row| Some(row.p50_us as f64)).map(grouped)),
                 or_dash(median_of(&own, |row| Some(row.p99_us as f64)).map(grouped)),
-                added(percentiles[0].1),
-                added(percentiles[1].1),
+                added(LLM_PERCENTILES[0].1),
+                added(LLM_PERCENTILES[1].1),
                 own.iter().map(|row| row.unsent).sum::<u64>()
             );
         }
         let hypergate_p99 = Spread::of(values(&added_per_round(
             &runs,
             Target::Hypergate,
-            percentiles[1].1,
+            LLM_PERCENTILES[1].1,
         )));
         let verdict = |met: bool| if met { "meets" } else { "misses" };
         if let Some(added) = hypergate_p99 {
@@ -613,7 +617,7 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
                 verdict(added.median < LLM_MAX_ADDED_P99_US)
             );
         }
-        for (label, percentile) in percentiles {
+        for (label, percentile) in LLM_PERCENTILES {
             let ours = added_per_round(&runs, Target::Hypergate, percentile);
             let theirs = added_per_round(&runs, Target::Litellm, percentile);
             let ratios: Vec<f64> = ours
@@ -674,7 +678,10 @@ fn soak_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             let growth = |from: Option<u64>| {
                 or_dash(from.zip(end).map(|(from, end)| {
                     let change = end as f64 - from as f64;
-                    format!("{change:+.0} ({:+.1}%)", change * 100.0 / from.max(1) as f64)
+                    format!(
+                        "{change:+.0} ({:+.1}%)",
+                        change * 100.0 / from.max(1) as f64
+                    )
                 }))
             };
             let _ = writeln!(

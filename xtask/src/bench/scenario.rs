@@ -399,4 +399,25 @@ mod tests {
             .collect();
         assert_eq!(matching, [routes - 1]);
     }
+
+    #[test]
+    fn llm_bodies_are_chat_requests_for_the_shared_model() {
+        for name in ["llm-chat", "llm-stream", "llm-soak"] {
+            let scenario = find(name).expect("scenario exists");
+            let llm = scenario.llm.expect("an LLM scenario");
+            assert!(!scenario.quick, "{name}");
+            let body: serde_json::Value =
+                serde_json::from_str(&llm.body()).expect("the body is JSON");
+            assert_eq!(body["model"], LLM_MODEL, "{name}");
+            assert_eq!(body["stream"], llm.stream, "{name}");
+            assert_eq!(
+                body["stream_options"]["include_usage"].as_bool(),
+                llm.stream.then_some(true),
+                "{name}"
+            );
+        }
+        assert!(find("llm-soak")
+            .and_then(|s| s.llm)
+            .is_some_and(|llm| llm.soak));
+    }
 }

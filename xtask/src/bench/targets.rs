@@ -317,10 +317,13 @@ pub fn start(
         process,
     };
     // `direct` is the plain mock upstream: no TLS, no credentials needed.
-    let chat_body = setup
-        .scenario
-        .llm
-        .map(|llm| Llm { stream: false, ..llm }.body());
+    let chat_body = setup.scenario.llm.map(|llm| {
+        Llm {
+            stream: false,
+            ..llm
+        }
+        .body()
+    });
     let probe = Probe {
         path: setup.scenario.path,
         headers: &setup.edge.headers,

@@ -68,6 +68,7 @@ mod shard;
 
 pub use gcra::MAX_WINDOWS;
 pub use global::RateLimiter;
+pub(crate) use policy::redis_url;
 pub use policy::{
     validate_redis, FailureMode, RateBackend, RateKey, RateLimitPolicy, RateWindow,
     LOCAL_LEASE_TTL, REDIS_LEASE_TTL,
