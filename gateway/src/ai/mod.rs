@@ -1503,6 +1503,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             canon["model"].as_str().unwrap_or(""),
             client_usage,
         );
+        em.input_tokens =
+            Usage::from_openai(&canon["usage"]).map(|u| u.prompt.saturating_sub(u.cached));
         out.clear();
         write_head(
             out,
@@ -1634,6 +1636,17 @@ impl<'r, 'a> Chat<'r, 'a> {
                         }
                     },
                 };
+                if em.input_tokens.is_none() && self.format == Format::Anthropic {
+                    // Anthropic clients read the prompt size from `message_start`:
+                    // the provider's figure when it gave one up front, else the estimate.
+                    em.input_tokens = Some(
+                        from_anthropic
+                            .as_ref()
+                            .and_then(|t| t.usage())
+                            .map(|u| u.prompt.saturating_sub(u.cached))
+                            .unwrap_or_else(|| tokens::count_chat_request(canonical)),
+                    );
+                }
                 for mut chunk in chunks {
                     if let Some(u) = translate::openai_chunk_usage(&chunk) {
                         usage = Some(u);
@@ -2181,6 +2194,8 @@ struct Emitter {
     client_usage: bool,
     to_anthropic: Option<translate::OpenAiStreamToAnthropic>,
     last: Option<Value>,
+    /// Prompt tokens for Anthropic's `message_start` (which reports them up front).
+    input_tokens: Option<u64>,
 }
 
 impl Emitter {
@@ -2191,6 +2206,7 @@ impl Emitter {
             to_anthropic: (format == Format::Anthropic)
                 .then(|| translate::OpenAiStreamToAnthropic::new(model)),
             last: None,
+            input_tokens: None,
         }
     }
 
@@ -2198,7 +2214,10 @@ impl Emitter {
         match &mut self.to_anthropic {
             None => hypergate_ai::sse::write_event(events, None, &chunk.to_string()),
             Some(tr) => {
-                for (name, data) in tr.push(chunk) {
+                for (name, mut data) in tr.push(chunk) {
+                    if let (Some(n), "message_start") = (self.input_tokens, name.as_str()) {
+                        data["message"]["usage"]["input_tokens"] = n.into();
+                    }
                     hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
                 }
             }
