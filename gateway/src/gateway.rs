@@ -38,6 +38,9 @@ pub enum StartError {
     /// Any other I/O failure while starting.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The call store could not be opened.
+    #[error("cannot open the call store {0}: {1}")]
+    Store(String, rusqlite::Error),
 }
 
 /// Why a reload was refused.
@@ -72,6 +75,10 @@ pub struct Controller {
     conn_limits: Arc<crate::policy::ConnectionLimits>,
     /// Process-wide LLM state (budgets, feedback).
     ai: Arc<crate::ai::AiShared>,
+    /// The call store's database, when enabled.
+    store_path: Option<PathBuf>,
+    /// The call store's counters.
+    store_counters: Option<Arc<crate::hypercare::store::StoreCounters>>,
     /// The kernel TCP probe, when `[observability.ebpf]` is enabled and it loaded.
     tcp_probe: Option<Arc<TcpProbe>>,
 }
@@ -148,6 +155,11 @@ impl Controller {
         Ok(d)
     }
 
+    /// The call store's database file, when the store is enabled.
+    pub fn store_path(&self) -> Option<&std::path::Path> {
+        self.store_path.as_deref()
+    }
+
     /// Budget accounts and what they used in their current windows.
     pub fn budgets(&self) -> Vec<crate::ai::budget::AccountView> {
         self.ai.budgets.view()
@@ -185,6 +197,9 @@ impl Controller {
         use std::fmt::Write;
         self.rate_limiter.prometheus(out);
         self.ai.feedback.prometheus(out);
+        if let Some(c) = &self.store_counters {
+            c.prometheus(out);
+        }
         let _ = writeln!(
             out,
             "# HELP hypergate_connection_tracked_ips Client IPs holding connections (per-IP cap).\n# TYPE hypergate_connection_tracked_ips gauge\nhypergate_connection_tracked_ips {}",
@@ -283,9 +298,28 @@ impl Gateway {
             probe.listeners_bound(&listener_addrs, admin_addr);
         }
 
-        let (mut sinks, access_log_thread) = if config.raw.access_log.enabled {
+        let store_config = &config.raw.hypercare.store;
+        let store_path = store_config
+            .enabled
+            .then(|| crate::hypercare::store::resolve_path(store_config, config_path.as_deref()));
+        let store = match &store_path {
+            Some(path) => {
+                let store = crate::hypercare::store::CallStore::open(path, store_config.clone())
+                    .map_err(|e| StartError::Store(path.display().to_string(), e))?;
+                tracing::info!(path = %path.display(), "call store open");
+                Some(store)
+            }
+            None => None,
+        };
+        let store_counters = store.as_ref().map(|s| s.counters.clone());
+        let (mut sinks, access_log_thread) = if config.raw.access_log.enabled || store.is_some() {
             let log = crate::observability::access_log::start(
-                &config.raw.access_log.path,
+                config
+                    .raw
+                    .access_log
+                    .enabled
+                    .then_some(config.raw.access_log.path.as_str()),
+                store,
                 config.shards,
                 config.raw.access_log.buffer,
             )?;
@@ -335,6 +369,8 @@ impl Gateway {
             conn_limits: conn_limits.clone(),
             tcp_probe,
             ai,
+            store_path,
+            store_counters,
         });
         for d in &config.raw.demo_upstreams {
             crate::demo::start(d)?;

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod edge;
 pub mod gateway;
 pub mod http;
+pub mod hypercare;
 pub mod observability;
 pub mod policy;
 pub mod proxy;

@@ -1,4 +1,5 @@
-//! The `hypergate` command line: `run`, `check`, `--version`, `--help`.
+//! The `hypergate` command line: `run`, `check`, `calls`, `summary`, `key hash`,
+//! `--version`, `--help`.
 //!
 //! Everything but argument parsing, logging set-up and signal wiring lives in
 //! the library.
@@ -41,6 +42,31 @@ enum Command {
         /// TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Recent call records from the call store, newest first (JSON lines).
+    Calls {
+        /// The store's database (default: `[hypercare.store] path` of --config, or ./hypercare.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Config file whose store to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Filters: route, consumer, version, status (503 or 5xx), min_latency_ms,
+        /// since / until (Unix ms, RFC 3339 or a duration ago like 15m), limit, cursor.
+        #[arg(value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+    },
+    /// Traffic, errors, latency, tokens and cost per route and version (from rollups).
+    Summary {
+        /// The store's database.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Config file whose store to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How far back, e.g. 15m, 1h, 24h.
+        #[arg(long, default_value = "1h")]
+        window: String,
     },
     /// API key helpers.
     Key {
@@ -86,6 +112,31 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run { config } => run(config),
+        Command::Calls {
+            db,
+            config,
+            filters,
+        } => {
+            let conn = open_store(db, config)?;
+            let filter =
+                hypergate::hypercare::query::CallFilter::from_query(&filters.join("&"), now_ms())?;
+            let page = hypergate::hypercare::query::calls(&conn, &filter)?;
+            for call in page["calls"].as_array().into_iter().flatten() {
+                println!("{call}");
+            }
+            if let Some(next) = page["next_cursor"].as_i64() {
+                eprintln!("more: add cursor={next}");
+            }
+            Ok(())
+        }
+        Command::Summary { db, config, window } => {
+            let conn = open_store(db, config)?;
+            let window = humantime::parse_duration(&window)
+                .with_context(|| format!("--window {window:?}: expected a duration like 1h"))?;
+            let s = hypergate::hypercare::query::summary(&conn, window, now_ms())?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(())
+        }
         Command::Key {
             command: KeyCommand::Hash { key },
         } => {
@@ -102,6 +153,31 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Opens the call store read-only: `--db`, else the store of `--config`, else the
+/// embedded config's (`./hypercare.db`).
+fn open_store(
+    db: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<rusqlite::Connection> {
+    let path = match (db, config) {
+        (Some(db), _) => db,
+        (None, Some(c)) => {
+            let cfg = config::load_file(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+            hypergate::hypercare::store::resolve_path(&cfg.raw.hypercare.store, Some(&c))
+        }
+        (None, None) => PathBuf::from(&config::raw::RawConfig::default().hypercare.store.path),
+    };
+    anyhow::ensure!(path.exists(), "no call store at {}", path.display());
+    hypergate::hypercare::store::open_for_reading(&path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 fn run(path: Option<PathBuf>) -> anyhow::Result<()> {

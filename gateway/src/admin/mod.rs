@@ -4,7 +4,8 @@
 //! connection), never on a shard and never on a data-plane port. Endpoints:
 //! `GET /metrics` (Prometheus text), `GET /stats` (JSON with exact quantiles),
 //! `GET /config` (running config as JSON, secrets redacted), `GET /healthz`,
-//! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file).
+//! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
+//! `GET /hypercare/calls` and `GET /hypercare/summary` (the call store).
 
 use crate::gateway::Controller;
 use crate::observability::export;
@@ -67,8 +68,11 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
             _ => return,
         }
     };
-    let path_only = path.split('?').next().unwrap_or("");
-    let reply = route(&method, path_only, controller);
+    let (path_only, query) = path.split_once('?').unwrap_or((&path, ""));
+    let reply = match path_only.strip_prefix("/hypercare/") {
+        Some(what) if method == "GET" => hypercare(what, query, controller),
+        _ => route(&method, path_only, controller),
+    };
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         reply.status,
@@ -100,6 +104,50 @@ fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
         }
     }
     stats["tcp"] = tcp;
+}
+
+/// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
+fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
+    use crate::hypercare::query;
+    let Some(path) = c.store_path() else {
+        return json(
+            404,
+            serde_json::json!({"error": "the call store is disabled ([hypercare.store] enabled = false)"}),
+        );
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let result = crate::hypercare::store::open_for_reading(path)
+        .map_err(query::QueryError::from)
+        .and_then(|conn| match what {
+            "calls" => {
+                query::CallFilter::from_query(query, now_ms).and_then(|f| query::calls(&conn, &f))
+            }
+            "summary" => {
+                let window = query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("window="))
+                    .unwrap_or("1h");
+                humantime::parse_duration(window)
+                    .map_err(|_| {
+                        query::QueryError::BadFilter(format!(
+                            "window: {window:?} is not a duration like 1h"
+                        ))
+                    })
+                    .and_then(|w| query::summary(&conn, w, now_ms))
+            }
+            other => Err(query::QueryError::BadFilter(format!(
+                "unknown endpoint /hypercare/{other}"
+            ))),
+        });
+    match result {
+        Ok(v) => json(200, v),
+        Err(e @ query::QueryError::BadFilter(_)) => {
+            json(400, serde_json::json!({"error": e.to_string()}))
+        }
+        Err(e) => json(500, serde_json::json!({"error": e.to_string()})),
+    }
 }
 
 fn route(method: &str, path: &str, c: &Controller) -> Reply {

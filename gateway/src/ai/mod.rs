@@ -253,6 +253,20 @@ pub struct LlmRecord {
     /// What went wrong after the answer had started (a truncated stream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Feedback this request carried (on `POST /v1/feedback`), for the call store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackRecord>,
+}
+
+/// A score for an earlier call.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct FeedbackRecord {
+    /// The scored call.
+    pub request_id: String,
+    /// Score.
+    pub score: f64,
+    /// Free text.
+    pub comment: String,
 }
 
 /// Everything the AI phase needs from the proxy.
@@ -425,7 +439,16 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             outcome.upstream_us = chat.upstream_us;
             r
         }
-        ("POST", None) if suffix_is("/feedback") => feedback(req, &body, stream, out).await,
+        ("POST", None) if suffix_is("/feedback") => {
+            let (r, f) = feedback(req, &body, stream, out).await;
+            outcome.llm = f.map(|f| {
+                Box::new(LlmRecord {
+                    feedback: Some(f),
+                    ..LlmRecord::default()
+                })
+            });
+            r
+        }
         ("GET", None) if suffix_is("/models") => {
             let allowed =
                 |i: usize| req.route_ai.models.is_empty() || req.route_ai.models.contains(&i);
@@ -652,24 +675,20 @@ async fn feedback<S: AsyncWriteRent>(
     body: &[u8],
     stream: &mut S,
     out: &mut Vec<u8>,
-) -> Result<Sent, AiError> {
-    let v = parse_json(body)?;
-    let id = v["request_id"].as_str().ok_or_else(|| {
-        AiError::new(
-            400,
-            "invalid_request_error",
-            "request_id (string) is required",
-        )
-    })?;
-    let score = v["score"]
-        .as_f64()
-        .ok_or_else(|| AiError::new(400, "invalid_request_error", "score (number) is required"))?;
+) -> (Result<Sent, AiError>, Option<FeedbackRecord>) {
+    let v = match parse_json(body) {
+        Ok(v) => v,
+        Err(e) => return (Err(e), None),
+    };
+    let bad = |m: &str| (Err(AiError::new(400, "invalid_request_error", m)), None);
+    let Some(id) = v["request_id"].as_str() else {
+        return bad("request_id (string) is required");
+    };
+    let Some(score) = v["score"].as_f64() else {
+        return bad("score (number) is required");
+    };
     if !(-1000.0..=1000.0).contains(&score) {
-        return Err(AiError::new(
-            400,
-            "invalid_request_error",
-            "score must be between -1000 and 1000",
-        ));
+        return bad("score must be between -1000 and 1000");
     }
     let comment = v["comment"].as_str().unwrap_or("");
     let ai = &req.ctx.ai;
@@ -680,13 +699,24 @@ async fn feedback<S: AsyncWriteRent>(
                 "status": "recorded", "request_id": id, "alias": &*meta.alias,
                 "target": &*meta.target, "prompt": &*meta.prompt, "prompt_version": &*meta.version,
             });
-            respond_json(req, stream, out, 200, &body).await
+            let record = FeedbackRecord {
+                request_id: id.to_string(),
+                score,
+                comment: comment.to_string(),
+            };
+            (
+                respond_json(req, stream, out, 200, &body).await,
+                Some(record),
+            )
         }
-        Err(feedback::FeedbackError::UnknownCall) => Err(AiError::new(
-            404,
-            "not_found_error",
-            format!("no recent LLM call with request_id {id:?}"),
-        )),
+        Err(feedback::FeedbackError::UnknownCall) => (
+            Err(AiError::new(
+                404,
+                "not_found_error",
+                format!("no recent LLM call with request_id {id:?}"),
+            )),
+            None,
+        ),
     }
 }
 

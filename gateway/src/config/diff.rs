@@ -104,6 +104,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if fingerprint(&o.demo_upstreams) != fingerprint(&n.demo_upstreams) {
         restart_required.push("demo_upstreams".to_string());
     }
+    if fingerprint(&o.hypercare.store) != fingerprint(&n.hypercare.store) {
+        restart_required.push("hypercare.store".to_string());
+    }
     if fingerprint(&o.observability) != fingerprint(&n.observability) {
         restart_required.push("observability".to_string());
     }

@@ -10,6 +10,7 @@
 pub mod ai;
 pub mod diff;
 pub mod edge;
+pub mod hypercare;
 pub mod raw;
 pub mod validate;
 
@@ -118,9 +119,10 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
             }
             "protection" => section(&key, value, &mut raw.protection, &mut issues),
             "ai" => section(&key, value, &mut raw.ai, &mut issues),
+            "hypercare" => section(&key, value, &mut raw.hypercare, &mut issues),
             other => issues.push(ConfigIssue {
                 path: other.to_string(),
-                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai)".into(),
+                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai, hypercare)".into(),
             }),
         }
     }

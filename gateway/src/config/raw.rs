@@ -59,6 +59,9 @@ pub struct RawConfig {
     /// The AI / LLM gateway: providers, model aliases, prices, budgets, guardrails, prompts.
     #[serde(default)]
     pub ai: super::ai::AiConfig,
+    /// Hypercare: the call-record store.
+    #[serde(default)]
+    pub hypercare: super::hypercare::HypercareConfig,
 }
 
 /// Process-wide settings.

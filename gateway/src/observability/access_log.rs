@@ -1,14 +1,17 @@
-//! Structured JSON access log, written off the hot path with bounded memory.
+//! Call records, written off the hot path with bounded memory: the JSON access
+//! log (one line per request, to stdout, stderr or a file) and the hypercare
+//! call store (SQLite, `hypercare::store`), fed by the same records.
 //!
 //! Each shard owns a fixed number of reusable [`AccessRecord`] boxes. A
 //! request fills one (string buffers are cleared and refilled, so after
 //! warm-up nothing is allocated) and hands it to the writer thread through a
-//! bounded channel with `try_send`. The writer formats the JSON line, writes
-//! it, and sends the box back to its shard. When a shard has no free box, or
-//! the channel is full, the record is dropped and counted: requests never wait
-//! for the log.
+//! bounded channel with `try_send`. The writer formats the JSON line, queues the
+//! row for the store, and sends the box back to its shard; the store commits in
+//! batches. When a shard has no free box, or the channel is full (a slow disk),
+//! the record is dropped and counted: requests never wait for either.
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crate::hypercare::store::CallStore;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::Serialize;
 use std::cell::Cell;
 use std::io::Write;
@@ -135,17 +138,24 @@ pub struct AccessLog {
     pub thread: std::thread::JoinHandle<()>,
 }
 
-/// Opens the log target and starts the writer thread.
-pub fn start(path: &str, shards: usize, buffer: usize) -> std::io::Result<AccessLog> {
-    let out: Box<dyn Write + Send> = match path {
-        "stdout" => Box::new(std::io::stdout()),
-        "stderr" => Box::new(std::io::stderr()),
-        file => Box::new(
+/// Opens the JSON log target (`json`: `stdout`, `stderr` or a file; `None`: no
+/// JSON lines) and starts the writer thread, which also feeds `store`.
+pub fn start(
+    json: Option<&str>,
+    store: Option<CallStore>,
+    shards: usize,
+    buffer: usize,
+) -> std::io::Result<AccessLog> {
+    let out: Option<Box<dyn Write + Send>> = match json {
+        None => None,
+        Some("stdout") => Some(Box::new(std::io::stdout())),
+        Some("stderr") => Some(Box::new(std::io::stderr())),
+        Some(file) => Some(Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(file)?,
-        ),
+        )),
     };
     let (tx, rx) = bounded::<Envelope>(buffer * shards);
     let mut returns = Vec::new();
@@ -164,7 +174,7 @@ pub fn start(path: &str, shards: usize, buffer: usize) -> std::io::Result<Access
     drop(tx);
     let thread = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || writer(out, rx, returns))?;
+        .spawn(move || writer(out, store, rx, returns))?;
     Ok(AccessLog { sinks, thread })
 }
 
@@ -176,33 +186,59 @@ struct Line<'a> {
 }
 
 fn writer(
-    out: Box<dyn Write + Send>,
+    out: Option<Box<dyn Write + Send>>,
+    mut store: Option<CallStore>,
     rx: Receiver<Envelope>,
     returns: Vec<Sender<Box<AccessRecord>>>,
 ) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok((shard, record)) = rx.recv() {
-        let mut batch = Some((shard, record));
+    let mut out = out.map(|o| std::io::BufWriter::with_capacity(64 * 1024, o));
+    let tick = std::time::Duration::from_millis(100);
+    loop {
+        let first = match rx.recv_timeout(tick) {
+            Ok(env) => Some(env),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = first;
         while let Some((shard, record)) = batch.take() {
-            let time = humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.unix_ms),
-            )
-            .to_string();
-            if serde_json::to_writer(
-                &mut out,
-                &Line {
-                    time,
-                    record: &record,
-                },
-            )
-            .is_ok()
-            {
-                let _ = out.write_all(b"\n");
+            if let Some(out) = out.as_mut() {
+                let time = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.unix_ms),
+                )
+                .to_string();
+                if serde_json::to_writer(
+                    &mut *out,
+                    &Line {
+                        time,
+                        record: &record,
+                    },
+                )
+                .is_ok()
+                {
+                    let _ = out.write_all(b"\n");
+                }
+            }
+            if let Some(store) = store.as_mut() {
+                store.add(&record);
             }
             let _ = returns[shard].try_send(record);
+            // Commit while records keep coming, so a busy stream still lands in time.
+            if store.as_ref().is_some_and(CallStore::due) {
+                break;
+            }
             batch = rx.try_recv().ok();
         }
+        if let Some(out) = out.as_mut() {
+            let _ = out.flush();
+        }
+        if let Some(store) = store.as_mut() {
+            store.tick();
+        }
+    }
+    if let Some(out) = out.as_mut() {
         let _ = out.flush();
     }
-    let _ = out.flush();
+    if let Some(store) = store.as_mut() {
+        store.flush_all();
+    }
 }

@@ -1,0 +1,357 @@
+//! Read-side queries over the call store, shared by the admin API
+//! (`/hypercare/calls`, `/hypercare/summary`) and the CLI (`hypergate calls`,
+//! `hypergate summary`), so both always say the same thing.
+
+use super::store::add_histogram_json;
+use crate::observability::metrics::new_histogram;
+use hdrhistogram::Histogram;
+use rusqlite::{params_from_iter, Connection};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Filters of `/hypercare/calls`.
+#[derive(Debug, Default, Clone)]
+pub struct CallFilter {
+    /// Route name.
+    pub route: Option<String>,
+    /// Consumer name.
+    pub consumer: Option<String>,
+    /// Cluster version label.
+    pub version: Option<String>,
+    /// Exact status (`503`) or class (`5xx`).
+    pub status: Option<String>,
+    /// Minimum total latency in milliseconds.
+    pub min_latency_ms: Option<u64>,
+    /// Unix milliseconds, inclusive.
+    pub since_ms: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until_ms: Option<i64>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Continue after this row id (from the previous page's `next_cursor`).
+    pub cursor: Option<i64>,
+}
+
+/// Why a query could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// A filter value is invalid.
+    #[error("{0}")]
+    BadFilter(String),
+    /// The database failed.
+    #[error("call store: {0}")]
+    Store(#[from] rusqlite::Error),
+}
+
+/// Parses a time filter: Unix milliseconds, RFC 3339, or a duration ago (`15m`, `24h`).
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, QueryError> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64));
+    }
+    humantime::parse_duration(text)
+        .map(|d| now_ms - d.as_millis() as i64)
+        .map_err(|_| {
+            QueryError::BadFilter(format!(
+                "{text:?}: expected Unix milliseconds, an RFC 3339 time or a duration like 15m"
+            ))
+        })
+}
+
+impl CallFilter {
+    /// Builds a filter from `key=value` query parameters (unknown keys are errors).
+    pub fn from_query(query: &str, now_ms: i64) -> Result<CallFilter, QueryError> {
+        let mut f = CallFilter::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| QueryError::BadFilter(format!("{k}: {v:?} is not a number")))
+            };
+            match k {
+                "route" => f.route = Some(v),
+                "consumer" => f.consumer = Some(v),
+                "version" => f.version = Some(v),
+                "status" => f.status = Some(v),
+                "min_latency_ms" => f.min_latency_ms = Some(num(&v)?),
+                "since" => f.since_ms = Some(parse_time(&v, now_ms)?),
+                "until" => f.until_ms = Some(parse_time(&v, now_ms)?),
+                "limit" => f.limit = Some(num(&v)? as usize),
+                "cursor" => f.cursor = Some(num(&v)? as i64),
+                other => {
+                    return Err(QueryError::BadFilter(format!(
+                        "unknown filter {other:?} (route, consumer, version, status, min_latency_ms, since, until, limit, cursor)"
+                    )))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Newest calls first, one page.
+pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
+    let mut sql = String::from(
+        "SELECT id, ts_ms, request_id, trace_id, method, path, route, consumer, cluster, version,
+            endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out, retries,
+            provider, model, alias, target, prompt_tokens, completion_tokens, cached_tokens,
+            reasoning_tokens, cost_usd, estimated, prompt, prompt_version, cache_hit, guardrails,
+            feedback_score, feedback_comment
+         FROM calls WHERE 1 = 1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |clause: &str, v: rusqlite::types::Value| {
+        sql.push_str(" AND ");
+        sql.push_str(clause);
+        args.push(v);
+    };
+    if let Some(v) = &f.route {
+        add("route = ?", v.clone().into());
+    }
+    if let Some(v) = &f.consumer {
+        add("consumer = ?", v.clone().into());
+    }
+    if let Some(v) = &f.version {
+        add("version = ?", v.clone().into());
+    }
+    if let Some(s) = &f.status {
+        match s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
+            Some(class) => {
+                let c: i64 = class
+                    .parse()
+                    .map_err(|_| QueryError::BadFilter(format!("status: {s:?}")))?;
+                add("status / 100 = ?", c.into());
+            }
+            None => {
+                let c: i64 = s
+                    .parse()
+                    .map_err(|_| QueryError::BadFilter(format!("status: {s:?}")))?;
+                add("status = ?", c.into());
+            }
+        }
+    }
+    if let Some(ms) = f.min_latency_ms {
+        add("total_us >= ?", (ms as i64 * 1000).into());
+    }
+    if let Some(t) = f.since_ms {
+        add("ts_ms >= ?", t.into());
+    }
+    if let Some(t) = f.until_ms {
+        add("ts_ms < ?", t.into());
+    }
+    if let Some(c) = f.cursor {
+        add("id < ?", c.into());
+    }
+    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push((limit as i64).into());
+    let mut stmt = conn.prepare(&sql)?;
+    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut out = Vec::new();
+    let mut last_id = None;
+    while let Some(row) = rows.next()? {
+        let mut obj = serde_json::Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let v: rusqlite::types::Value = row.get(i)?;
+            let j = match v {
+                rusqlite::types::Value::Null => continue,
+                rusqlite::types::Value::Integer(n) => json!(n),
+                rusqlite::types::Value::Real(x) => json!(x),
+                rusqlite::types::Value::Text(t) => json!(t),
+                rusqlite::types::Value::Blob(_) => continue,
+            };
+            obj.insert(name.clone(), j);
+        }
+        last_id = obj.get("id").and_then(Value::as_i64);
+        out.push(Value::Object(obj));
+    }
+    let next = if out.len() == limit { last_id } else { None };
+    Ok(json!({"calls": out, "next_cursor": next}))
+}
+
+/// Figures of one group of rollups.
+#[derive(Default)]
+pub struct Aggregate {
+    /// Requests.
+    pub requests: u64,
+    /// By status class 1xx..5xx (5xx includes answers that never got a status).
+    pub by_class: [u64; 5],
+    /// Latency histogram (µs).
+    pub latency: Option<Histogram<u64>>,
+    /// Sum of latencies (µs).
+    pub latency_sum_us: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+}
+
+impl Aggregate {
+    /// Share of 5xx answers.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.by_class[4] as f64 / self.requests as f64
+        }
+    }
+
+    /// A latency quantile in µs (0 without data).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.latency.as_ref().map_or(0, |h| h.value_at_quantile(q))
+    }
+
+    /// JSON for APIs and reports.
+    pub fn json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "status": {"1xx": self.by_class[0], "2xx": self.by_class[1], "3xx": self.by_class[2], "4xx": self.by_class[3], "5xx": self.by_class[4]},
+            "error_rate": self.error_rate(),
+            "latency_ms": {
+                "mean": if self.requests == 0 { 0.0 } else { self.latency_sum_us as f64 / self.requests as f64 / 1000.0 },
+                "p50": self.quantile_us(0.5) as f64 / 1000.0,
+                "p90": self.quantile_us(0.9) as f64 / 1000.0,
+                "p99": self.quantile_us(0.99) as f64 / 1000.0,
+            },
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+        })
+    }
+}
+
+/// Rollup key for grouping: (route, cluster, version, model).
+pub type GroupKey = (String, String, String, String);
+
+/// Sums rollups from `since_minute` (inclusive) to `until_minute` (exclusive)
+/// per (route, cluster, version, model).
+pub fn aggregate(
+    conn: &Connection,
+    since_minute: i64,
+    until_minute: i64,
+) -> Result<BTreeMap<GroupKey, Aggregate>, QueryError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT route, cluster, version, model, requests, status_1xx, status_2xx, status_3xx,
+            status_4xx, status_5xx, latency_sum_us, latency_hist, prompt_tokens,
+            completion_tokens, cost_usd
+         FROM rollups WHERE minute >= ?1 AND minute < ?2",
+    )?;
+    let mut rows = stmt.query([since_minute, until_minute])?;
+    let mut groups: BTreeMap<GroupKey, Aggregate> = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let key = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let a = groups.entry(key).or_default();
+        a.requests += r.get::<_, i64>(4)? as u64;
+        for i in 0..5 {
+            a.by_class[i] += r.get::<_, i64>(5 + i)? as u64;
+        }
+        a.latency_sum_us += r.get::<_, i64>(10)? as u64;
+        add_histogram_json(
+            a.latency.get_or_insert_with(new_histogram),
+            &r.get::<_, String>(11)?,
+        );
+        a.prompt_tokens += r.get::<_, i64>(12)? as u64;
+        a.completion_tokens += r.get::<_, i64>(13)? as u64;
+        a.cost_usd += r.get::<_, f64>(14)?;
+    }
+    Ok(groups)
+}
+
+/// `/hypercare/summary`: per route and version over the last `window`.
+pub fn summary(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value, QueryError> {
+    let until = now_ms / 60_000 + 1;
+    let since = (now_ms - window.as_millis() as i64) / 60_000;
+    let groups = aggregate(conn, since, until)?;
+    let mut total = Aggregate::default();
+    let mut out = Vec::new();
+    for ((route, cluster, version, model), a) in &groups {
+        total.requests += a.requests;
+        for i in 0..5 {
+            total.by_class[i] += a.by_class[i];
+        }
+        if let Some(h) = &a.latency {
+            let _ = total.latency.get_or_insert_with(new_histogram).add(h);
+        }
+        total.latency_sum_us += a.latency_sum_us;
+        total.prompt_tokens += a.prompt_tokens;
+        total.completion_tokens += a.completion_tokens;
+        total.cost_usd += a.cost_usd;
+        let mut v = a.json();
+        v["route"] = route.as_str().into();
+        v["cluster"] = cluster.as_str().into();
+        v["version"] = version.as_str().into();
+        v["model"] = model.as_str().into();
+        out.push(v);
+    }
+    Ok(json!({
+        "window": humantime::format_duration(window).to_string(),
+        "since_ms": since * 60_000,
+        "until_ms": until * 60_000,
+        "total": total.json(),
+        "groups": out,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_reject_unknown_keys() {
+        let f = CallFilter::from_query(
+            "route=api&status=5xx&since=15m&limit=5&consumer=a%20b",
+            1_000_000,
+        )
+        .unwrap();
+        assert_eq!(f.route.as_deref(), Some("api"));
+        assert_eq!(f.consumer.as_deref(), Some("a b"));
+        assert_eq!(f.since_ms, Some(1_000_000 - 900_000));
+        assert!(CallFilter::from_query("rout=api", 0).is_err());
+        assert!(CallFilter::from_query("limit=x", 0).is_err());
+        assert_eq!(
+            parse_time("2026-11-27T00:00:00Z", 0).unwrap(),
+            1_795_737_600_000
+        );
+    }
+}

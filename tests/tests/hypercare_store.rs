@@ -1,0 +1,321 @@
+//! The call store: every request recorded in SQLite off the hot path, queryable
+//! through the admin API and the CLI; rollups equal the sum of the raw records;
+//! a stalled disk drops records (counted) but never holds a request up;
+//! feedback lands on its call.
+
+use hypergate_mock_llm::{MockConfig, MockLlm};
+use hypergate_tests::process::run_cli;
+use hypergate_tests::{
+    cluster, preamble, route_all, wait_until, Conn, MockUpstream, Reply, Request, TestGateway,
+};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn store_section(extra: &str) -> String {
+    format!("\n[hypercare.store]\nflush_interval = \"20ms\"\nrollup_interval = \"50ms\"\n{extra}\n")
+}
+
+/// A gateway over one upstream that answers 500 for paths under `/fail`.
+fn gateway(extra: &str) -> (TestGateway, MockUpstream) {
+    let up = MockUpstream::start(|r| {
+        if r.path().starts_with("/fail") {
+            Reply::status(500).into()
+        } else {
+            Reply::ok("ok").into()
+        }
+    });
+    let gw = TestGateway::start(&format!(
+        "{}{}{}{}",
+        preamble(2),
+        cluster("app", &[up.addr()], "version = \"v7\""),
+        route_all("app", "app", ""),
+        store_section(extra)
+    ));
+    (gw, up)
+}
+
+fn store(gw: &TestGateway) -> rusqlite::Connection {
+    let path = gw.inner().controller.store_path().expect("store enabled");
+    rusqlite::Connection::open(path).expect("open store")
+}
+
+fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn calls_are_recorded_and_queryable_under_load() {
+    let (gw, _up) = gateway("");
+    let addr = gw.addr;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            s.spawn(move || {
+                let mut c = Conn::connect(addr);
+                for i in 0..250 {
+                    let path = if i % 10 == 0 {
+                        format!("/fail/{t}/{i}")
+                    } else {
+                        format!("/ok/{t}/{i}")
+                    };
+                    let r = c.request(&Request::get(&path));
+                    assert!(r.status == 200 || r.status == 500);
+                }
+            });
+        }
+    });
+    let conn = store(&gw);
+    wait_until("1000 calls stored", Duration::from_secs(10), || {
+        count(&conn, "SELECT COUNT(*) FROM calls") == 1000
+    });
+    assert_eq!(
+        count(&conn, "SELECT COUNT(*) FROM calls WHERE status = 500"),
+        100
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM calls WHERE version = 'v7' AND route = 'app'"
+        ),
+        1000
+    );
+
+    let page = gw
+        .admin_request("GET", "/hypercare/calls?status=5xx&limit=30")
+        .json();
+    let calls = page["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 30);
+    assert!(calls
+        .iter()
+        .all(|c| c["status"] == 500 && c["path"].as_str().unwrap().starts_with("/fail")));
+    let ids: Vec<i64> = calls.iter().map(|c| c["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    // Pages follow the cursor without overlap and end.
+    let mut seen = calls.len();
+    let mut cursor = page["next_cursor"].as_i64();
+    while let Some(c) = cursor {
+        let p = gw
+            .admin_request(
+                "GET",
+                &format!("/hypercare/calls?status=5xx&limit=30&cursor={c}"),
+            )
+            .json();
+        seen += p["calls"].as_array().unwrap().len();
+        cursor = p["next_cursor"].as_i64();
+    }
+    assert_eq!(seen, 100);
+    let bad = gw.admin_request("GET", "/hypercare/calls?colour=red");
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("unknown filter"));
+
+    wait_until("rollups cover every call", Duration::from_secs(10), || {
+        count(&conn, "SELECT COALESCE(SUM(requests), 0) FROM rollups") == 1000
+    });
+    let summary = gw
+        .admin_request("GET", "/hypercare/summary?window=1h")
+        .json();
+    assert_eq!(summary["total"]["requests"], 1000);
+    assert_eq!(summary["total"]["status"]["5xx"], 100);
+    assert!((summary["total"]["error_rate"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+    let group = &summary["groups"][0];
+    assert_eq!(group["version"], "v7");
+    assert!(group["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+
+    // The CLI reads the same store.
+    let db = gw
+        .inner()
+        .controller
+        .store_path()
+        .unwrap()
+        .display()
+        .to_string();
+    let (st, out, err) = run_cli(&["calls", "--db", &db, "status=500", "limit=3"]);
+    assert!(st.success(), "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["status"] == 500));
+    let (st, out, err) = run_cli(&["summary", "--db", &db, "--window", "2h"]);
+    assert!(st.success(), "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["total"]["requests"], 1000);
+}
+
+/// (minute, route, cluster, version, requests, 2xx, 5xx, latency sum in µs).
+type RollupRow = (i64, String, String, String, i64, i64, i64, i64);
+
+#[test]
+fn rollups_equal_the_sum_of_raw_records() {
+    let (gw, _up) = gateway("");
+    let mut c = gw.conn();
+    for i in 0..300 {
+        let path = if i % 7 == 0 { "/fail" } else { "/ok" };
+        c.request(&Request::get(path));
+    }
+    let conn = store(&gw);
+    wait_until("rolled up", Duration::from_secs(10), || {
+        count(&conn, "SELECT COALESCE(SUM(requests), 0) FROM rollups") == 300
+    });
+    let mut raw = conn
+        .prepare(
+            "SELECT ts_ms / 60000, route, cluster, version, COUNT(*), SUM(status / 100 = 2),
+                SUM(status / 100 = 5), SUM(total_us) FROM calls GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        )
+        .unwrap();
+    let raw: Vec<RollupRow> = raw
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut rolled = conn
+        .prepare(
+            "SELECT minute, route, cluster, version, requests, status_2xx, status_5xx, latency_sum_us,
+                latency_hist FROM rollups ORDER BY 1, 2, 3, 4",
+        )
+        .unwrap();
+    let rolled: Vec<(RollupRow, String)> = rolled
+        .query_map([], |r| {
+            Ok((
+                (
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ),
+                r.get(8)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        raw,
+        rolled.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+    );
+    // The histograms hold exactly the rows' count.
+    for ((_, _, _, _, n, ..), hist) in &rolled {
+        let pairs: Vec<[u64; 2]> = serde_json::from_str(hist).unwrap();
+        assert_eq!(pairs.iter().map(|p| p[1]).sum::<u64>() as i64, *n);
+    }
+}
+
+#[test]
+fn a_stalled_disk_drops_records_but_never_holds_requests() {
+    let (gw, _up) = gateway("");
+    let conn = store(&gw);
+    // Hold the database's write lock: the writer's next commit waits on it.
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut c = gw.conn();
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut sent = 0u64;
+    for _ in 0..20_000 {
+        sent += 1;
+        let t = Instant::now();
+        assert_eq!(c.request(&Request::get("/ok")).status, 200);
+        slowest = slowest.max(t.elapsed());
+        if start.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    // The lock lasts longer than any request took: nobody waited for the store.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request took {slowest:?}"
+    );
+    wait_until(
+        "records dropped and counted",
+        Duration::from_secs(5),
+        || gw.metric("hypergate_access_log_dropped_total") > 0.0,
+    );
+    conn.execute_batch("COMMIT").unwrap();
+    // Once the disk is back, the writer works off its backlog: every request is
+    // then either stored or counted as dropped.
+    wait_until("backlog written", Duration::from_secs(15), || {
+        gw.metric("hypergate_callstore_written_total")
+            + gw.metric("hypergate_access_log_dropped_total")
+            == sent as f64
+    });
+    let before = count(&conn, "SELECT COUNT(*) FROM calls");
+    for _ in 0..10 {
+        c.request(&Request::get("/after"));
+    }
+    wait_until("recording resumed", Duration::from_secs(15), || {
+        count(&conn, "SELECT COUNT(*) FROM calls WHERE path = '/after'") == 10
+    });
+    assert!(count(&conn, "SELECT COUNT(*) FROM calls") > before);
+    assert!(gw.metric("hypergate_callstore_written_total") > 0.0);
+}
+
+#[test]
+fn llm_calls_are_recorded_with_tokens_cost_and_feedback() {
+    let m = MockLlm::start(
+        "127.0.0.1:0",
+        MockConfig {
+            require_auth: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let gw = TestGateway::start(&format!(
+        "{}\n[[routes]]\nname = \"llm\"\n[routes.match]\npath_prefix = \"/v1\"\n[routes.ai]\n\n[[ai.providers]]\nname = \"p\"\nbase_url = \"http://{}/v1\"\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n[[ai.prices]]\nmodel = \"m1\"\ninput = 10.0\noutput = 20.0\n{}",
+        preamble(2),
+        m.addr(),
+        store_section("")
+    ));
+    let body = json!({"model": "a", "stream": true, "messages": [{"role": "user", "content": "hello there"}]});
+    let r = gw.send(
+        &Request::post("/v1/chat/completions", body.to_string()).header("x-request-id", "llm-1"),
+    );
+    assert_eq!(r.status, 200);
+    let f = gw.send(&Request::post(
+        "/v1/feedback",
+        json!({"request_id": "llm-1", "score": 1, "comment": "spot on"}).to_string(),
+    ));
+    assert_eq!(f.status, 200, "{}", f.text());
+    let conn = store(&gw);
+    wait_until(
+        "feedback stored on the call",
+        Duration::from_secs(10),
+        || {
+            conn.query_row(
+                "SELECT feedback_score FROM calls WHERE request_id = 'llm-1'",
+                [],
+                |r| r.get::<_, Option<f64>>(0),
+            )
+            .ok()
+            .flatten()
+                == Some(1.0)
+        },
+    );
+    let (alias, target, prompt, completion, cost, ttft, comment): (String, String, i64, i64, f64, Option<i64>, String) = conn
+        .query_row(
+            "SELECT alias, target, prompt_tokens, completion_tokens, cost_usd, ttft_us, feedback_comment
+             FROM calls WHERE request_id = 'llm-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )
+        .unwrap();
+    assert_eq!((alias.as_str(), target.as_str()), ("a", "p/m1"));
+    assert_eq!(completion, 5);
+    assert!(prompt > 0);
+    assert!((cost - (prompt as f64 * 10.0 + completion as f64 * 20.0) / 1e6).abs() < 1e-12);
+    assert!(ttft.is_some());
+    assert_eq!(comment, "spot on");
+}
