@@ -79,6 +79,8 @@ pub struct Controller {
     store_path: Option<PathBuf>,
     /// The call store's counters.
     store_counters: Option<Arc<crate::hypercare::store::StoreCounters>>,
+    /// What the hypercare engine shows (alerts).
+    hypercare: crate::hypercare::engine::SharedView,
     /// The kernel TCP probe, when `[observability.ebpf]` is enabled and it loaded.
     tcp_probe: Option<Arc<TcpProbe>>,
 }
@@ -153,6 +155,11 @@ impl Controller {
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         tracing::info!(diff = %serde_json::to_string(&d).unwrap_or_default(), "config reloaded");
         Ok(d)
+    }
+
+    /// What the hypercare engine shows.
+    pub fn hypercare(&self) -> &crate::hypercare::engine::SharedView {
+        &self.hypercare
     }
 
     /// The call store's database file, when the store is enabled.
@@ -371,7 +378,9 @@ impl Gateway {
             ai,
             store_path,
             store_counters,
+            hypercare: Default::default(),
         });
+        crate::hypercare::engine::start(Arc::downgrade(&controller), controller.hypercare.clone())?;
         for d in &config.raw.demo_upstreams {
             crate::demo::start(d)?;
         }

@@ -68,10 +68,25 @@ enum Command {
         #[arg(long, default_value = "1h")]
         window: String,
     },
+    /// Export configuration in other tools' formats.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// API key helpers.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Prometheus alerting rules equivalent to `[[hypercare.alerts]]` (YAML on stdout).
+    PrometheusRules {
+        /// TOML config file (the embedded quickstart when absent).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -112,6 +127,20 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run { config } => run(config),
+        Command::Export {
+            command: ExportCommand::PrometheusRules { config: path },
+        } => {
+            let cfg = match &path {
+                Some(p) => config::load_file(p),
+                None => config::load_str(config::EMBEDDED_QUICKSTART, "<embedded quickstart>"),
+            }
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!(
+                "{}",
+                hypergate::hypercare::alerts::prometheus_rules(&cfg.raw.hypercare.alerts)
+            );
+            Ok(())
+        }
         Command::Calls {
             db,
             config,

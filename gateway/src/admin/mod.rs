@@ -5,7 +5,8 @@
 //! `GET /metrics` (Prometheus text), `GET /stats` (JSON with exact quantiles),
 //! `GET /config` (running config as JSON, secrets redacted), `GET /healthz`,
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
-//! `GET /hypercare/calls` and `GET /hypercare/summary` (the call store).
+//! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
+//! `GET /hypercare/alerts` (the hypercare engine).
 
 use crate::gateway::Controller;
 use crate::observability::export;
@@ -109,6 +110,10 @@ fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
 /// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
 fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
     use crate::hypercare::query;
+    if what == "alerts" {
+        let view = c.hypercare().lock().unwrap_or_else(|e| e.into_inner());
+        return json(200, view.alerts_json());
+    }
     let Some(path) = c.store_path() else {
         return json(
             404,

@@ -1,14 +1,33 @@
-//! Raw (serde) types of the `[hypercare]` section: the call-record store.
+//! Raw (serde) types of the `[hypercare]` section: the call-record store, alert
+//! rules and webhooks.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The `[hypercare]` section.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HypercareConfig {
     /// Call records in SQLite.
     pub store: CallStoreConfig,
+    /// How often alerts, canaries and hypercare windows are evaluated.
+    #[serde(with = "humantime_serde")]
+    pub evaluation_interval: Duration,
+    /// Alert rules.
+    pub alerts: Vec<AlertRuleConfig>,
+    /// Webhooks told about alerts firing and resolving.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for HypercareConfig {
+    fn default() -> Self {
+        Self {
+            store: CallStoreConfig::default(),
+            evaluation_interval: Duration::from_secs(5),
+            alerts: Vec::new(),
+            webhooks: Vec::new(),
+        }
+    }
 }
 
 /// The call-record store (`[hypercare.store]`).
@@ -48,4 +67,115 @@ impl Default for CallStoreConfig {
             rollup_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// What an alert rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Share of answers that are 5xx (threshold: 0.0 to 1.0).
+    ErrorRate,
+    /// A latency quantile in milliseconds (route latency; upstream latency when a version is given).
+    Latency,
+    /// A latency quantile over the window divided by the same quantile of the
+    /// scope's baseline (`baseline_window` from the call store; threshold: ratio, e.g. 1.5).
+    LatencyVsBaseline,
+    /// LLM spend in US dollars per hour.
+    LlmCost,
+    /// LLM tokens (prompt + completion) per minute.
+    LlmTokens,
+    /// Requests refused by rate limits, per second.
+    RateLimited,
+    /// Kernel TCP retransmits per second (needs the eBPF probe).
+    TcpRetransmits,
+}
+
+/// Alert severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    #[default]
+    Warning,
+    /// Blocks the end of a hypercare window.
+    Critical,
+}
+
+/// An alert rule (`[[hypercare.alerts]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    /// Unique name.
+    pub name: String,
+    /// What it watches.
+    pub kind: AlertKind,
+    /// Limit to one route (all routes when absent).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Limit to one version label (all when absent).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Limit LLM rules to one model alias.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// The look-back window the value is computed over.
+    #[serde(default = "default_alert_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Fires when the value is above this.
+    pub threshold: f64,
+    /// Quantile for latency kinds.
+    #[serde(default = "default_quantile")]
+    pub quantile: f64,
+    /// How long the condition must hold before firing.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_duration: Duration,
+    /// Severity.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Requests needed in the window before error and latency rules judge.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// `latency_vs_baseline`: how far back the baseline reaches.
+    #[serde(default = "default_baseline_window", with = "humantime_serde")]
+    pub baseline_window: Duration,
+}
+
+fn default_alert_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_quantile() -> f64 {
+    0.99
+}
+fn default_min_requests() -> u64 {
+    20
+}
+fn default_baseline_window() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+/// A webhook notified of alert changes (`[[hypercare.webhooks]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host:port/path` (plain HTTP; put a TLS proxy in front for https).
+    pub url: String,
+    /// Time allowed for one delivery.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Deliveries retried with exponential backoff, at most this many times.
+    #[serde(default = "default_webhook_retries")]
+    pub max_retries: u32,
+    /// First retry delay (doubles each time).
+    #[serde(default = "default_webhook_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_webhook_retries() -> u32 {
+    5
+}
+fn default_webhook_backoff() -> Duration {
+    Duration::from_millis(500)
 }

@@ -3,6 +3,83 @@
 //! - [`store`]: every call as a row in SQLite, with per-minute rollups, written by
 //!   the record writer thread off the hot path.
 //! - [`query`]: read-side queries over the store, shared by the admin API and the CLI.
+//! - [`engine`]: the control thread that evaluates, every few seconds, from
+//!   merged shard snapshots kept in a short [`series`] history:
+//!   [`alerts`] (pending / firing / resolved, webhooks, Prometheus rules export).
 
+pub mod alerts;
+pub mod engine;
 pub mod query;
+pub mod series;
 pub mod store;
+
+use crate::config::hypercare::{AlertKind, HypercareConfig};
+use crate::config::ConfigIssue;
+
+/// Checks `[hypercare]`, adding every problem to `issues`.
+pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigIssue>) {
+    let mut push = |path: String, reason: String| issues.push(ConfigIssue { path, reason });
+    if h.evaluation_interval.is_zero() {
+        push(
+            "hypercare.evaluation_interval".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if h.store.path.is_empty() {
+        push("hypercare.store.path".into(), "must not be empty".into());
+    }
+    for (field, d) in [
+        ("flush_interval", h.store.flush_interval),
+        ("rollup_interval", h.store.rollup_interval),
+        ("retention", h.store.retention),
+        ("rollup_retention", h.store.rollup_retention),
+    ] {
+        if d.is_zero() {
+            push(
+                format!("hypercare.store.{field}"),
+                "must be greater than zero".into(),
+            );
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, a) in h.alerts.iter().enumerate() {
+        let path = format!("hypercare.alerts[{i}]");
+        if !names.insert(a.name.as_str()) {
+            push(
+                format!("{path}.name"),
+                format!("duplicate alert {:?}", a.name),
+            );
+        }
+        if !a.threshold.is_finite() || a.threshold < 0.0 {
+            push(format!("{path}.threshold"), "must be a number >= 0".into());
+        }
+        if a.kind == AlertKind::ErrorRate && a.threshold > 1.0 {
+            push(
+                format!("{path}.threshold"),
+                "an error rate is a share between 0 and 1".into(),
+            );
+        }
+        if !(a.quantile > 0.0 && a.quantile < 1.0) {
+            push(
+                format!("{path}.quantile"),
+                "must be between 0 and 1 (exclusive)".into(),
+            );
+        }
+        if a.window.is_zero() {
+            push(format!("{path}.window"), "must be greater than zero".into());
+        }
+        if let Some(r) = &a.route {
+            if !routes.contains(r) {
+                push(format!("{path}.route"), format!("unknown route {r:?}"));
+            }
+        }
+    }
+    for (i, w) in h.webhooks.iter().enumerate() {
+        if !w.url.starts_with("http://") {
+            push(
+                format!("hypercare.webhooks[{i}].url"),
+                "must be an http:// URL (put a TLS proxy in front for https)".into(),
+            );
+        }
+    }
+}

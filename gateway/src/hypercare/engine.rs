@@ -1,0 +1,131 @@
+//! The hypercare engine: one control thread that, every `evaluation_interval`,
+//! takes a merged stats snapshot from the shards (the same one `/metrics` uses,
+//! so nothing new runs on the request path), adds it to the history, and
+//! evaluates alert rules. Its view is what `/hypercare/alerts` shows.
+//!
+//! The thread ends when the gateway drains.
+
+use super::alerts::{self, AlertEvent, AlertState, AlertStatus, Notifier};
+use super::series::{total_retransmits, Point, Series};
+use crate::gateway::Controller;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Alert events kept for `/hypercare/alerts` and reports.
+const EVENTS_KEPT: usize = 1000;
+
+/// What the engine shows to the admin API.
+#[derive(Default)]
+pub struct EngineView {
+    /// Every rule with its state.
+    pub alerts: Vec<AlertStatus>,
+    /// Recent firing/resolved events, oldest first.
+    pub events: VecDeque<AlertEvent>,
+}
+
+impl EngineView {
+    /// `/hypercare/alerts`.
+    pub fn alerts_json(&self) -> Value {
+        json!({
+            "alerts": self.alerts,
+            "firing": self.alerts.iter().filter(|a| a.state == AlertState::Firing).map(|a| &a.rule.name).collect::<Vec<_>>(),
+            "events": self.events,
+        })
+    }
+}
+
+/// The engine's shared view.
+pub type SharedView = Arc<Mutex<EngineView>>;
+
+/// Starts the engine thread for `controller`.
+pub fn start(controller: Weak<Controller>, view: SharedView) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("hypercare".into())
+        .spawn(move || run(&controller, &view))?;
+    Ok(())
+}
+
+fn run(controller: &Weak<Controller>, view: &SharedView) {
+    let mut series = Series::new(Duration::from_secs(3600));
+    let mut notifier: Option<(Vec<crate::config::hypercare::WebhookConfig>, Notifier)> = None;
+    loop {
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        if c.is_draining() {
+            return;
+        }
+        let config = c.config();
+        let hc = &config.raw.hypercare;
+        let interval = hc.evaluation_interval;
+        if notifier
+            .as_ref()
+            .is_none_or(|(hooks, _)| *hooks != hc.webhooks)
+        {
+            notifier = (!hc.webhooks.is_empty())
+                .then(|| (hc.webhooks.clone(), Notifier::start(hc.webhooks.clone())));
+        }
+        let keep = hc
+            .alerts
+            .iter()
+            .map(|a| a.window)
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(600))
+            + interval * 2;
+        series.set_keep(keep);
+        series.push(Point {
+            at: Instant::now(),
+            stats: Arc::new(c.snapshot()),
+            retransmits: c.tcp_probe().map(|p| total_retransmits(&p.stats_json())),
+        });
+        let store = c
+            .store_path()
+            .and_then(|p| super::store::open_for_reading(p).ok());
+        let mut events = Vec::new();
+        {
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            // Keep the state of rules that are still configured (by name and definition).
+            let mut next: Vec<AlertStatus> = Vec::with_capacity(hc.alerts.len());
+            for rule in &hc.alerts {
+                let status = v
+                    .alerts
+                    .iter()
+                    .find(|s| s.rule == *rule)
+                    .cloned()
+                    .unwrap_or_else(|| AlertStatus::new(rule.clone()));
+                next.push(status);
+            }
+            let now = Instant::now();
+            for status in &mut next {
+                let value = alerts::value(&status.rule, &series, store.as_ref());
+                if let Some(e) = alerts::step(status, value, now) {
+                    events.push(e);
+                }
+            }
+            v.alerts = next;
+            for e in &events {
+                v.events.push_back(e.clone());
+                if v.events.len() > EVENTS_KEPT {
+                    v.events.pop_front();
+                }
+            }
+        }
+        for e in events {
+            match e.state {
+                AlertState::Firing => {
+                    tracing::warn!(alert = %e.alert, severity = ?e.severity, value = ?e.value, threshold = e.threshold, "alert firing: {}", e.summary)
+                }
+                _ => tracing::info!(alert = %e.alert, "alert resolved: {}", e.summary),
+            }
+            if let Some((_, n)) = &notifier {
+                n.send(alerts::webhook_payload(&e));
+            }
+        }
+        drop(store);
+        drop(c);
+        std::thread::sleep(interval);
+    }
+}
