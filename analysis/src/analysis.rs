@@ -496,3 +496,253 @@ fn rollback_reason(evidence: &Evidence) -> Option<RollbackReason> {
 fn seconds<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(duration.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MeanJudge, Step};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// `requests` requests with `errors` errors, latencies spread evenly over
+    /// 10–20 ms, and a TTFT metric around `ttft_ms` when given.
+    fn window(requests: u64, errors: u64, ttft_ms: Option<f64>) -> Window {
+        let mut window = Window::new();
+        window.requests = requests;
+        window.errors = errors;
+        let mut ttft = MeanSample::default();
+        for i in 0..requests {
+            window
+                .latency
+                .record(10_000 + (i * 10_000) / requests)
+                .unwrap();
+            if let Some(mean) = ttft_ms {
+                ttft.record(mean + (i % 10) as f64 - 4.5);
+            }
+        }
+        if ttft_ms.is_some() {
+            window.extra.insert("ttft_ms".into(), ttft);
+        }
+        window
+    }
+
+    fn plan(weights: &[u32], min_requests: u64) -> CanaryPlan {
+        CanaryPlan {
+            steps: weights
+                .iter()
+                .map(|&weight| Step {
+                    weight,
+                    bake: 10 * SECOND,
+                    min_requests,
+                })
+                .collect(),
+            error_margin: 0.005,
+            latency_quantile: 0.99,
+            latency_tolerance: 0.1,
+            alpha: 0.01,
+            extra: vec![],
+        }
+    }
+
+    /// Feeds the same windows every second from `from` to `to` seconds, deciding
+    /// after each; returns the decisions.
+    fn run(
+        analysis: &mut CanaryAnalysis,
+        from: u32,
+        to: u32,
+        stable: &Window,
+        canary: &Window,
+    ) -> Vec<Decision> {
+        (from..=to)
+            .map(|second| {
+                let now = second * SECOND;
+                analysis.observe(now, stable, canary).unwrap();
+                analysis.decide(now)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn healthy_canary_is_promoted_through_every_step_and_completes() {
+        let mut analysis = CanaryAnalysis::new(plan(&[10, 50], 1_000)).unwrap();
+        let healthy = window(200, 2, None);
+        assert_eq!(analysis.weight(), 10);
+        let first = run(&mut analysis, 1, 10, &healthy, &healthy);
+        assert!(
+            matches!(&first[0], Decision::Hold { reason: HoldReason::Baking { remaining }, .. } if *remaining == 9 * SECOND)
+        );
+        let Decision::Promote {
+            from: 10,
+            to: 50,
+            evidence,
+        } = &first[9]
+        else {
+            panic!("{:?}", first[9])
+        };
+        assert_eq!(
+            (evidence.step, evidence.weight, evidence.step_elapsed),
+            (0, 10, 10 * SECOND)
+        );
+        assert_eq!(
+            evidence.error_rate.canary,
+            ErrorCounts {
+                requests: 2_000,
+                errors: 20
+            }
+        );
+        // Identical sides: nothing is worse (2000 samples are too few to prove the p99 within 10 %).
+        assert_eq!(evidence.latency.verdict, Verdict::Inconclusive);
+        assert_eq!(evidence.latency.canary_above_bound, 0);
+        assert_eq!(analysis.weight(), 50);
+
+        // The new step starts from fresh totals.
+        assert_eq!(analysis.status().canary, ErrorCounts::default());
+        let second = run(&mut analysis, 11, 20, &healthy, &healthy);
+        assert!(matches!(second[8], Decision::Hold { .. }));
+        assert!(matches!(&second[9], Decision::Complete { evidence } if evidence.step == 1));
+        assert_eq!(
+            (analysis.phase(), analysis.weight()),
+            (Phase::Completed, 100)
+        );
+
+        // Holds are merged: hold, promote, hold, complete.
+        let kinds: Vec<(u64, usize, u32)> = analysis
+            .history()
+            .iter()
+            .map(|r| (r.at.as_secs(), r.step, r.weight))
+            .collect();
+        assert_eq!(kinds, [(9, 0, 10), (10, 0, 10), (19, 1, 50), (20, 1, 50)]);
+
+        // Completion is final.
+        let bad = window(200, 200, None);
+        analysis.observe(21 * SECOND, &healthy, &bad).unwrap();
+        assert!(matches!(
+            analysis.decide(21 * SECOND),
+            Decision::Complete { .. }
+        ));
+        assert_eq!(analysis.history().len(), 4);
+    }
+
+    #[test]
+    fn holds_while_requests_are_short_then_promotes() {
+        let mut analysis = CanaryAnalysis::new(plan(&[10, 50], 1_000)).unwrap();
+        let thin = window(50, 0, None);
+        let decisions = run(&mut analysis, 1, 20, &thin, &thin);
+        let Decision::Hold { reason, .. } = &decisions[9] else {
+            panic!("{:?}", decisions[9])
+        };
+        assert_eq!(
+            *reason,
+            HoldReason::ShortOfRequests {
+                stable: 500,
+                canary: 500,
+                needed: 1_000
+            }
+        );
+        assert!(decisions[10..19].iter().all(|d| matches!(
+            d,
+            Decision::Hold {
+                reason: HoldReason::ShortOfRequests { .. },
+                ..
+            }
+        )));
+        assert!(matches!(
+            decisions[19],
+            Decision::Promote {
+                from: 10,
+                to: 50,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn error_regression_rolls_back_mid_step_and_stays_rolled_back() {
+        let mut analysis = CanaryAnalysis::new(plan(&[10, 50], 1_000)).unwrap();
+        let decisions = run(
+            &mut analysis,
+            1,
+            5,
+            &window(200, 2, None),
+            &window(200, 40, None),
+        );
+        let rollback = decisions
+            .iter()
+            .position(|d| matches!(d, Decision::Rollback { .. }))
+            .unwrap();
+        let Decision::Rollback { reason, evidence } = &decisions[rollback] else {
+            unreachable!()
+        };
+        assert_eq!(*reason, RollbackReason::ErrorRate);
+        assert_eq!(evidence.error_rate.verdict, Verdict::Worse);
+        assert!(evidence.error_rate.statistic > evidence.error_rate.threshold);
+        assert!(
+            decisions[rollback..]
+                .iter()
+                .all(|d| d == &decisions[rollback]),
+            "rollback is final"
+        );
+        assert_eq!(
+            (analysis.phase(), analysis.weight()),
+            (Phase::RolledBack, 0)
+        );
+
+        let json = serde_json::to_value(analysis.status()).unwrap();
+        assert_eq!(json["phase"], "rolled_back");
+        let history = json["history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "rolled back at the first look");
+        let last = &history[0]["decision"];
+        assert_eq!(last["action"], "rollback");
+        assert_eq!(last["reason"]["kind"], "error_rate");
+        assert_eq!(last["evidence"]["error_rate"]["verdict"], "worse");
+        assert!(last["evidence"]["error_rate"]["method"]
+            .as_str()
+            .unwrap()
+            .contains("Agresti-Caffo"));
+    }
+
+    #[test]
+    fn extra_judge_rolls_back_a_slower_time_to_first_token() {
+        let mut plan = plan(&[10], 1_000);
+        plan.extra.push(MeanJudge {
+            name: "ttft_ms".into(),
+            higher_is_worse: true,
+            tolerance: 0.1,
+        });
+        let mut analysis = CanaryAnalysis::new(plan).unwrap();
+        let decisions = run(
+            &mut analysis,
+            1,
+            5,
+            &window(200, 2, Some(300.0)),
+            &window(200, 2, Some(400.0)),
+        );
+        let Some(Decision::Rollback { reason, evidence }) = decisions.last() else {
+            panic!("{decisions:?}")
+        };
+        assert_eq!(
+            *reason,
+            RollbackReason::Extra {
+                name: "ttft_ms".into()
+            }
+        );
+        assert_eq!(evidence.extra[0].canary.mean, 400.0);
+        assert_eq!(evidence.extra[0].verdict, Verdict::Worse);
+    }
+
+    #[test]
+    fn a_histogram_beyond_the_bounds_is_refused() {
+        let mut analysis = CanaryAnalysis::new(plan(&[10], 1_000)).unwrap();
+        let mut wide = Window::new();
+        wide.latency = Histogram::new_with_bounds(1, 10 * crate::LATENCY_HIGHEST_US, 3).unwrap();
+        wide.latency.record(5 * crate::LATENCY_HIGHEST_US).unwrap();
+        let result = analysis.observe(SECOND, &Window::new(), &wide);
+        assert!(matches!(result, Err(AnalysisError::Histogram(_))));
+    }
+
+    #[test]
+    fn an_invalid_plan_is_refused() {
+        let errors = CanaryAnalysis::new(plan(&[], 1_000)).unwrap_err();
+        assert_eq!(errors[0].path, "steps");
+    }
+}

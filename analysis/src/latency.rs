@@ -98,7 +98,8 @@ impl LatencyTest {
     }
 
     /// Evaluates the test on cumulative histograms since the step began. Runs in
-    /// one pass over each histogram's buckets and allocates nothing.
+    /// a pass over each histogram's buckets up to the quantile, plus the canary's
+    /// buckets above the bound, and allocates nothing.
     pub fn evaluate(&self, stable: &Histogram<u64>, canary: &Histogram<u64>) -> LatencyEvidence {
         let (stable_count, canary_count) = (stable.len(), canary.len());
         let quantile_of = |h: &Histogram<u64>| {
@@ -110,7 +111,13 @@ impl LatencyTest {
         };
         let stable_quantile = quantile_of(stable);
         let bound = (stable_quantile as f64 * (1.0 + self.tolerance)).ceil() as u64;
-        let canary_above_bound = canary_count - canary.count_between(0, bound);
+        // Whole buckets above the one holding `bound`, scanning only up to the max.
+        let canary_above_bound =
+            if canary_count == 0 || canary.highest_equivalent(bound) >= canary.max() {
+                0
+            } else {
+                canary.count_between(canary.highest_equivalent(bound) + 1, canary.max())
+            };
         let canary_fraction_above = if canary_count == 0 {
             0.0
         } else {

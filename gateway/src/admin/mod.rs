@@ -6,7 +6,7 @@
 //! `GET /config` (running config as JSON, secrets redacted), `GET /healthz`,
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
 //! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
-//! `GET /hypercare/alerts` (the hypercare engine).
+//! `GET /hypercare/alerts` and `GET /hypercare/canary` (the hypercare engine).
 
 use crate::gateway::Controller;
 use crate::observability::export;
@@ -110,9 +110,16 @@ fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
 /// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
 fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
     use crate::hypercare::query;
-    if what == "alerts" {
+    if what == "alerts" || what == "canary" {
         let view = c.hypercare().lock().unwrap_or_else(|e| e.into_inner());
-        return json(200, view.alerts_json());
+        return json(
+            200,
+            if what == "alerts" {
+                view.alerts_json()
+            } else {
+                view.canary_json()
+            },
+        );
     }
     let Some(path) = c.store_path() else {
         return json(

@@ -17,6 +17,8 @@ pub struct HypercareConfig {
     pub alerts: Vec<AlertRuleConfig>,
     /// Webhooks told about alerts firing and resolving.
     pub webhooks: Vec<WebhookConfig>,
+    /// Canary analyses of weighted splits.
+    pub canaries: Vec<CanaryConfig>,
 }
 
 impl Default for HypercareConfig {
@@ -26,6 +28,7 @@ impl Default for HypercareConfig {
             evaluation_interval: Duration::from_secs(5),
             alerts: Vec::new(),
             webhooks: Vec::new(),
+            canaries: Vec::new(),
         }
     }
 }
@@ -178,4 +181,57 @@ fn default_webhook_retries() -> u32 {
 }
 fn default_webhook_backoff() -> Duration {
     Duration::from_millis(500)
+}
+
+/// Automated canary analysis of a weighted split (`[[hypercare.canaries]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// A route with a `split` that has both clusters.
+    pub route: String,
+    /// The cluster of the release in production.
+    pub stable: String,
+    /// The cluster of the new release.
+    pub canary: String,
+    /// Steps of canary weight (percent, 1-99, increasing); after the last, 100%.
+    pub steps: Vec<CanaryStepConfig>,
+    /// Error-rate excess the canary may have (0.005 = half a point).
+    #[serde(default = "default_error_margin")]
+    pub error_margin: f64,
+    /// Latency quantile compared.
+    #[serde(default = "default_quantile")]
+    pub latency_quantile: f64,
+    /// Relative slowdown of that quantile still acceptable (0.1 = 10%).
+    #[serde(default = "default_latency_tolerance")]
+    pub latency_tolerance: f64,
+    /// Chance of rolling back an acceptable canary over the whole rollout.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+}
+
+/// One step of a canary plan.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStepConfig {
+    /// Percent of the route's traffic to the canary.
+    pub weight: u32,
+    /// Least time at this weight before promotion.
+    #[serde(with = "humantime_serde")]
+    pub bake: Duration,
+    /// Requests each side must serve in this step before promotion.
+    #[serde(default = "default_step_requests")]
+    pub min_requests: u64,
+}
+
+fn default_error_margin() -> f64 {
+    0.005
+}
+fn default_latency_tolerance() -> f64 {
+    0.1
+}
+fn default_alpha() -> f64 {
+    0.01
+}
+fn default_step_requests() -> u64 {
+    1000
 }

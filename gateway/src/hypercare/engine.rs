@@ -6,6 +6,7 @@
 //! The thread ends when the gateway drains.
 
 use super::alerts::{self, AlertEvent, AlertState, AlertStatus, Notifier};
+use super::canary::CanaryRun;
 use super::series::{total_retransmits, Point, Series};
 use crate::gateway::Controller;
 use serde_json::{json, Value};
@@ -23,9 +24,21 @@ pub struct EngineView {
     pub alerts: Vec<AlertStatus>,
     /// Recent firing/resolved events, oldest first.
     pub events: VecDeque<AlertEvent>,
+    /// Canary runs.
+    pub canaries: Vec<CanaryRun>,
+    /// Canary decisions other than repeated holds, oldest first.
+    pub decisions: VecDeque<Value>,
 }
 
 impl EngineView {
+    /// `/hypercare/canary`.
+    pub fn canary_json(&self) -> Value {
+        json!({
+            "canaries": self.canaries.iter().map(CanaryRun::json).collect::<Vec<_>>(),
+            "decisions": self.decisions,
+        })
+    }
+
     /// `/hypercare/alerts`.
     pub fn alerts_json(&self) -> Value {
         json!({
@@ -85,6 +98,42 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
             .store_path()
             .and_then(|p| super::store::open_for_reading(p).ok());
         let mut events = Vec::new();
+        let mut decisions = Vec::new();
+        {
+            // Canaries: keep runs whose configuration did not change. The view
+            // stays locked while they act (weight changes take milliseconds), so
+            // readers never see a run missing.
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            let mut old = std::mem::take(&mut v.canaries);
+            v.canaries = hc
+                .canaries
+                .iter()
+                .filter_map(|cfg| match old.iter().position(|r| r.config == *cfg) {
+                    Some(i) => Some(old.swap_remove(i)),
+                    None => CanaryRun::new(cfg.clone()),
+                })
+                .collect();
+            for run in &mut v.canaries {
+                let outcome = run.tick(&series, &c);
+                if let Some(record) = outcome.record {
+                    decisions.push(record);
+                }
+                if outcome.rolled_back {
+                    events.push(AlertEvent {
+                        alert: format!("canary-rollback:{}", run.config.route),
+                        state: AlertState::Firing,
+                        severity: crate::config::hypercare::Severity::Critical,
+                        value: None,
+                        threshold: 0.0,
+                        summary: format!(
+                            "canary {} of route {} was rolled back to 0% (stable {} takes all traffic)",
+                            run.config.canary, run.config.route, run.config.stable
+                        ),
+                        at_ms: now_ms(),
+                    });
+                }
+            }
+        }
         {
             let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
             // Keep the state of rules that are still configured (by name and definition).
@@ -112,6 +161,17 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                     v.events.pop_front();
                 }
             }
+            for d in &decisions {
+                v.decisions.push_back(d.clone());
+                if v.decisions.len() > EVENTS_KEPT {
+                    v.decisions.pop_front();
+                }
+            }
+        }
+        if !events.is_empty() || !decisions.is_empty() {
+            if let Some(path) = c.store_path() {
+                record_events(path, &events, &decisions);
+            }
         }
         for e in events {
             match e.state {
@@ -127,5 +187,41 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
         drop(store);
         drop(c);
         std::thread::sleep(interval);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes alert events and canary decisions to the store's `events` table.
+fn record_events(path: &std::path::Path, events: &[AlertEvent], decisions: &[Value]) {
+    let result = (|| -> rusqlite::Result<()> {
+        let mut conn = super::store::open_for_writing(path)?;
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO events (ts_ms, kind, subject, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for e in events {
+                let body = serde_json::to_string(e).unwrap_or_default();
+                insert.execute(rusqlite::params![e.at_ms as i64, "alert", e.alert, body])?;
+            }
+            for d in decisions {
+                let subject = d["route"].as_str().unwrap_or("");
+                insert.execute(rusqlite::params![
+                    now_ms() as i64,
+                    "canary",
+                    subject,
+                    d.to_string()
+                ])?;
+            }
+        }
+        tx.commit()
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "hypercare: cannot record events in the call store");
     }
 }

@@ -5,9 +5,11 @@
 //! - [`query`]: read-side queries over the store, shared by the admin API and the CLI.
 //! - [`engine`]: the control thread that evaluates, every few seconds, from
 //!   merged shard snapshots kept in a short [`series`] history:
-//!   [`alerts`] (pending / firing / resolved, webhooks, Prometheus rules export).
+//!   [`alerts`] (pending / firing / resolved, webhooks, Prometheus rules export)
+//!   and [`canary`] analysis (promote, hold or roll back a weighted split).
 
 pub mod alerts;
+pub mod canary;
 pub mod engine;
 pub mod query;
 pub mod series;

@@ -123,63 +123,19 @@ impl Series {
     /// cluster in the scope, latency is the upstream latency of the matching
     /// clusters; otherwise the route's total latency.
     pub fn figures(&self, scope: &Scope, window: Duration) -> WindowFigures {
-        let (Some(now), Some(then)) = (self.latest(), self.base(window)) else {
+        match (self.latest(), self.base(window)) {
+            (Some(now), Some(then)) => between(now, then, scope),
+            _ => WindowFigures::default(),
+        }
+    }
+
+    /// Figures of `scope` between the two newest points (the last tick).
+    pub fn last_step(&self, scope: &Scope) -> WindowFigures {
+        let n = self.points.len();
+        if n < 2 {
             return WindowFigures::default();
-        };
-        let mut f = WindowFigures {
-            span: now.at.duration_since(then.at),
-            ..Default::default()
-        };
-        if std::ptr::eq(now, then) {
-            return f;
         }
-        for (key, counts) in &now.stats.targets {
-            if !scope.matches(&key.0, &key.1, &key.2) {
-                continue;
-            }
-            let old = then.stats.targets.get(key).copied().unwrap_or([0; 6]);
-            let d: Vec<u64> = counts
-                .iter()
-                .zip(old)
-                .map(|(a, b)| a.saturating_sub(b))
-                .collect();
-            f.requests += d.iter().sum::<u64>();
-            f.errors += d[0] + d[5];
-        }
-        let mut add = |h: Histogram<u64>| match &mut f.latency {
-            Some(acc) => {
-                let _ = acc.add(&h);
-            }
-            None => f.latency = Some(h),
-        };
-        if scope.version.is_some() || scope.cluster.is_some() {
-            let keys: BTreeSet<(String, String)> = now
-                .stats
-                .targets
-                .keys()
-                .filter(|k| scope.matches(&k.0, &k.1, &k.2))
-                .map(|k| (k.1.clone(), k.2.clone()))
-                .collect();
-            for key in &keys {
-                let latency = now.stats.clusters.get(key).and_then(|c| c.latency.as_ref());
-                if let Some((h, _)) = latency {
-                    let old = then
-                        .stats
-                        .clusters
-                        .get(key)
-                        .and_then(|c| c.latency.as_ref())
-                        .map(|(h, _)| h);
-                    add(sub_hist(h, old));
-                }
-            }
-        } else {
-            for (route, (h, _)) in &now.stats.routes {
-                if scope.route.as_deref().is_none_or(|r| r == route) {
-                    add(sub_hist(h, then.stats.routes.get(route).map(|(h, _)| h)));
-                }
-            }
-        }
-        f
+        between(&self.points[n - 1], &self.points[n - 2], scope)
     }
 
     /// LLM (tokens, micro-dollars) over `window`, optionally for one route and alias,
@@ -250,4 +206,62 @@ pub fn total_retransmits(v: &serde_json::Value) -> u64 {
         serde_json::Value::Array(a) => a.iter().map(total_retransmits).sum(),
         _ => 0,
     }
+}
+
+/// Figures of `scope` from point `then` to point `now`.
+fn between(now: &Point, then: &Point, scope: &Scope) -> WindowFigures {
+    let mut f = WindowFigures {
+        span: now.at.duration_since(then.at),
+        ..Default::default()
+    };
+    if std::ptr::eq(now, then) {
+        return f;
+    }
+    for (key, counts) in &now.stats.targets {
+        if !scope.matches(&key.0, &key.1, &key.2) {
+            continue;
+        }
+        let old = then.stats.targets.get(key).copied().unwrap_or([0; 6]);
+        let d: Vec<u64> = counts
+            .iter()
+            .zip(old)
+            .map(|(a, b)| a.saturating_sub(b))
+            .collect();
+        f.requests += d.iter().sum::<u64>();
+        f.errors += d[0] + d[5];
+    }
+    let mut add = |h: Histogram<u64>| match &mut f.latency {
+        Some(acc) => {
+            let _ = acc.add(&h);
+        }
+        None => f.latency = Some(h),
+    };
+    if scope.version.is_some() || scope.cluster.is_some() {
+        let keys: BTreeSet<(String, String)> = now
+            .stats
+            .targets
+            .keys()
+            .filter(|k| scope.matches(&k.0, &k.1, &k.2))
+            .map(|k| (k.1.clone(), k.2.clone()))
+            .collect();
+        for key in &keys {
+            let latency = now.stats.clusters.get(key).and_then(|c| c.latency.as_ref());
+            if let Some((h, _)) = latency {
+                let old = then
+                    .stats
+                    .clusters
+                    .get(key)
+                    .and_then(|c| c.latency.as_ref())
+                    .map(|(h, _)| h);
+                add(sub_hist(h, old));
+            }
+        }
+    } else {
+        for (route, (h, _)) in &now.stats.routes {
+            if scope.route.as_deref().is_none_or(|r| r == route) {
+                add(sub_hist(h, then.stats.routes.get(route).map(|(h, _)| h)));
+            }
+        }
+    }
+    f
 }

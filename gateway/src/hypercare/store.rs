@@ -86,6 +86,14 @@ CREATE TABLE IF NOT EXISTS rollups (
     cost_usd REAL NOT NULL,
     PRIMARY KEY (minute, route, cluster, version, model)
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
 ";
 
 /// Resolves the store's path: relative paths are relative to the config file's directory.

@@ -1,0 +1,228 @@
+//! Automated canary analysis in the gateway: for each `[[hypercare.canaries]]`,
+//! the engine feeds `hypergate-analysis` with what each side of the route's split
+//! served since the previous tick (requests, 5xx, upstream latency histogram of
+//! the side's cluster), and acts on the decision by changing the split's weights
+//! itself: a new config with the canary's weight is validated and installed on
+//! every shard like a reload (so `/config` shows the weights in force).
+//!
+//! Promotion moves to the next step's weight, completion sends 100% to the
+//! canary, and a rollback sends it nothing, fires an alert event (webhooks, log)
+//! and stays until the canary's configuration changes. Every decision other than
+//! a repeated hold is kept with its evidence for `/hypercare/canary`, the
+//! dashboard and the report, and written to the call store's `events` table.
+
+use super::series::{Scope, Series};
+use crate::config::hypercare::CanaryConfig;
+use crate::gateway::Controller;
+use hypergate_analysis::{CanaryAnalysis, CanaryPlan, Decision, Phase, Step, Window};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// One canary being analysed.
+pub struct CanaryRun {
+    /// Its configuration (a change starts a new run).
+    pub config: CanaryConfig,
+    analysis: CanaryAnalysis,
+    started: Instant,
+    /// Weight (percent to the canary) this run wants in force.
+    wanted: u32,
+}
+
+/// The plan a config describes.
+pub fn plan(c: &CanaryConfig) -> CanaryPlan {
+    CanaryPlan {
+        steps: c
+            .steps
+            .iter()
+            .map(|s| Step {
+                weight: s.weight,
+                bake: s.bake,
+                min_requests: s.min_requests,
+            })
+            .collect(),
+        error_margin: c.error_margin,
+        latency_quantile: c.latency_quantile,
+        latency_tolerance: c.latency_tolerance,
+        alpha: c.alpha,
+        extra: Vec::new(),
+    }
+}
+
+/// What a tick decided, for the engine to announce.
+pub struct Outcome {
+    /// A JSON record of the decision (absent for repeated holds).
+    pub record: Option<Value>,
+    /// The canary was rolled back on this tick.
+    pub rolled_back: bool,
+}
+
+impl CanaryRun {
+    /// Starts a run (the config was validated, so the plan is valid).
+    pub fn new(config: CanaryConfig) -> Option<CanaryRun> {
+        let analysis = CanaryAnalysis::new(plan(&config)).ok()?;
+        let wanted = analysis.weight();
+        Some(CanaryRun {
+            config,
+            analysis,
+            started: Instant::now(),
+            wanted,
+        })
+    }
+
+    /// Feeds the last tick's traffic, decides, and applies the weight.
+    pub fn tick(&mut self, series: &Series, controller: &Controller) -> Outcome {
+        let mut out = Outcome {
+            record: None,
+            rolled_back: false,
+        };
+        if self.analysis.phase() == Phase::Running {
+            let side = |cluster: &str| {
+                let f = series.last_step(&Scope {
+                    route: Some(self.config.route.clone()),
+                    version: None,
+                    cluster: Some(cluster.to_string()),
+                });
+                let mut w = Window::new();
+                w.requests = f.requests;
+                w.errors = f.errors;
+                if let Some(h) = f.latency {
+                    let _ = w.latency.add(&h);
+                }
+                w
+            };
+            let (stable, canary) = (side(&self.config.stable), side(&self.config.canary));
+            let now = self.started.elapsed();
+            if self.analysis.observe(now, &stable, &canary).is_ok() {
+                let history_before = self.analysis.history().len();
+                let decision = self.analysis.decide(now);
+                out.rolled_back = matches!(decision, Decision::Rollback { .. });
+                if !matches!(decision, Decision::Hold { .. })
+                    || self.analysis.history().len() > history_before
+                {
+                    let record = json!({
+                        "route": self.config.route,
+                        "stable": self.config.stable,
+                        "canary": self.config.canary,
+                        "at_s": now.as_secs_f64(),
+                        "decision": decision,
+                    });
+                    match &decision {
+                        Decision::Rollback { reason, .. } => {
+                            tracing::error!(route = %self.config.route, canary = %self.config.canary, ?reason, "canary rolled back")
+                        }
+                        Decision::Promote { from, to, .. } => {
+                            tracing::info!(route = %self.config.route, canary = %self.config.canary, from, to, "canary promoted")
+                        }
+                        Decision::Complete { .. } => {
+                            tracing::info!(route = %self.config.route, canary = %self.config.canary, "canary complete: all traffic on the new release")
+                        }
+                        Decision::Hold { .. } => {}
+                    }
+                    out.record = Some(record);
+                }
+                self.wanted = self.analysis.weight();
+            }
+        }
+        self.enforce(controller);
+        out
+    }
+
+    /// Installs the wanted weights if the running config differs (also after a reload).
+    fn enforce(&self, controller: &Controller) {
+        let config = controller.config();
+        let mut raw = config.raw.clone();
+        let Some(split) = raw
+            .routes
+            .iter_mut()
+            .find(|r| r.name == self.config.route)
+            .and_then(|r| r.split.as_mut())
+        else {
+            return;
+        };
+        let mut changed = false;
+        for t in &mut split.targets {
+            let w = if t.cluster == self.config.canary {
+                self.wanted
+            } else if t.cluster == self.config.stable {
+                100 - self.wanted
+            } else {
+                continue;
+            };
+            if t.weight != w {
+                t.weight = w;
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        match crate::config::validate::validate(raw) {
+            Ok(new) => {
+                if let Err(e) = controller.apply(new) {
+                    tracing::error!(error = %e, route = %self.config.route, "canary: cannot change the split weights");
+                }
+            }
+            Err(issues) => {
+                tracing::error!(?issues, "canary: the adjusted config does not validate")
+            }
+        }
+    }
+
+    /// `/hypercare/canary` entry.
+    pub fn json(&self) -> Value {
+        json!({
+            "route": self.config.route,
+            "stable": self.config.stable,
+            "canary": self.config.canary,
+            "weight": self.wanted,
+            "status": self.analysis.status(),
+            "plan": plan(&self.config),
+        })
+    }
+}
+
+/// Checks `[[hypercare.canaries]]` against the routes.
+pub fn validate(
+    canaries: &[CanaryConfig],
+    routes: &[crate::config::raw::RouteConfig],
+    issues: &mut Vec<crate::config::ConfigIssue>,
+) {
+    let mut push =
+        |path: String, reason: String| issues.push(crate::config::ConfigIssue { path, reason });
+    for (i, c) in canaries.iter().enumerate() {
+        let path = format!("hypercare.canaries[{i}]");
+        match routes.iter().find(|r| r.name == c.route) {
+            None => push(
+                format!("{path}.route"),
+                format!("unknown route {:?}", c.route),
+            ),
+            Some(r) => match &r.split {
+                None => push(
+                    format!("{path}.route"),
+                    format!("route {:?} has no split", c.route),
+                ),
+                Some(s) => {
+                    for (field, name) in [("stable", &c.stable), ("canary", &c.canary)] {
+                        if !s.targets.iter().any(|t| t.cluster == *name) {
+                            push(
+                                format!("{path}.{field}"),
+                                format!(
+                                    "cluster {name:?} is not a side of route {:?}'s split",
+                                    c.route
+                                ),
+                            );
+                        }
+                    }
+                }
+            },
+        }
+        if c.stable == c.canary {
+            push(format!("{path}.canary"), "must differ from stable".into());
+        }
+        if let Err(errors) = plan(c).validate() {
+            for e in errors {
+                push(format!("{path}.{}", e.path), e.message);
+            }
+        }
+    }
+}
