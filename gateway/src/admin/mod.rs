@@ -136,7 +136,7 @@ fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
             "calls" => {
                 query::CallFilter::from_query(query, now_ms).and_then(|f| query::calls(&conn, &f))
             }
-            "summary" => {
+            "summary" | "series" => {
                 let window = query
                     .split('&')
                     .find_map(|p| p.strip_prefix("window="))
@@ -147,7 +147,13 @@ fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
                             "window: {window:?} is not a duration like 1h"
                         ))
                     })
-                    .and_then(|w| query::summary(&conn, w, now_ms))
+                    .and_then(|w| {
+                        if what == "summary" {
+                            query::summary(&conn, w, now_ms)
+                        } else {
+                            query::series(&conn, w, now_ms)
+                        }
+                    })
             }
             other => Err(query::QueryError::BadFilter(format!(
                 "unknown endpoint /hypercare/{other}"

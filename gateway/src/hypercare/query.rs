@@ -355,3 +355,50 @@ mod tests {
         );
     }
 }
+
+/// `/hypercare/series`: per minute and (route, version), over the last `window`:
+/// requests, 5xx, p50 and p99 latency (ms), tokens and cost; for charts.
+pub fn series(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value, QueryError> {
+    let since = (now_ms - window.as_millis() as i64) / 60_000;
+    let mut stmt = conn.prepare_cached(
+        "SELECT minute, route, version, requests, status_5xx, latency_hist,
+            prompt_tokens + completion_tokens, cost_usd
+         FROM rollups WHERE minute >= ?1 ORDER BY minute",
+    )?;
+    let mut rows = stmt.query([since])?;
+    // (route, version) -> minute -> figures (several clusters or models may share a minute).
+    type Minute = (u64, u64, Histogram<u64>, u64, f64);
+    let mut by: BTreeMap<(String, String), BTreeMap<i64, Minute>> = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let key = (r.get::<_, String>(1)?, r.get::<_, String>(2)?);
+        let m = by
+            .entry(key)
+            .or_default()
+            .entry(r.get(0)?)
+            .or_insert_with(|| (0, 0, new_histogram(), 0, 0.0));
+        m.0 += r.get::<_, i64>(3)? as u64;
+        m.1 += r.get::<_, i64>(4)? as u64;
+        add_histogram_json(&mut m.2, &r.get::<_, String>(5)?);
+        m.3 += r.get::<_, i64>(6)? as u64;
+        m.4 += r.get::<_, f64>(7)?;
+    }
+    let series: Vec<Value> = by
+        .into_iter()
+        .map(|((route, version), minutes)| {
+            let (mut t, mut req, mut err, mut p50, mut p99, mut tok, mut cost) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            for (minute, (n, e, h, tk, c)) in minutes {
+                t.push(minute * 60);
+                req.push(n);
+                err.push(e);
+                p50.push(h.value_at_quantile(0.5) as f64 / 1000.0);
+                p99.push(h.value_at_quantile(0.99) as f64 / 1000.0);
+                tok.push(tk);
+                cost.push(c);
+            }
+            json!({"route": route, "version": version, "t": t, "requests": req, "errors": err,
+                   "p50_ms": p50, "p99_ms": p99, "tokens": tok, "cost_usd": cost})
+        })
+        .collect();
+    Ok(json!({"window": humantime::format_duration(window).to_string(), "series": series}))
+}
