@@ -115,6 +115,12 @@ impl TestGateway {
         admin_request(self.admin, method, path)
     }
 
+    /// Any request (with a body) to the admin listener.
+    pub fn admin_send(&self, req: &Request) -> Response {
+        let mut c = Conn::connect(self.admin);
+        c.request(&req.clone().header("Connection", "close"))
+    }
+
     /// `GET /metrics` text.
     pub fn metrics(&self) -> String {
         let r = self.admin_request("GET", "/metrics");

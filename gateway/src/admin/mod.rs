@@ -6,7 +6,8 @@
 //! `GET /config` (running config as JSON, secrets redacted), `GET /healthz`,
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
 //! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
-//! `GET /hypercare/alerts` and `GET /hypercare/canary` (the hypercare engine).
+//! `GET /hypercare/alerts`, `GET /hypercare/canary`, `GET /hypercare/windows` and
+//! `POST /hypercare/windows` (the hypercare engine).
 
 use crate::gateway::Controller;
 use crate::observability::export;
@@ -14,6 +15,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod ui;
 
 /// Starts the admin thread on an already bound listener.
 pub fn start(listener: TcpListener, controller: Arc<Controller>) -> std::io::Result<()> {
@@ -48,7 +51,7 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::with_capacity(2048);
     let mut chunk = [0u8; 2048];
-    let (method, path) = loop {
+    let (method, path, head_len, content_length) = loop {
         let Ok(n) = stream.read(&mut chunk) else {
             return;
         };
@@ -59,19 +62,45 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(n)) => {
+                let length = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .unwrap_or(0);
                 break (
                     req.method.unwrap_or("").to_string(),
                     req.path.unwrap_or("").to_string(),
-                )
+                    n,
+                    length,
+                );
             }
             Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
             _ => return,
         }
     };
+    // Request bodies (small JSON documents) are read whole, up to 64 KiB.
+    let mut body = buf.split_off(head_len.min(buf.len()));
+    while body.len() < content_length.min(64 * 1024) {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
     let (path_only, query) = path.split_once('?').unwrap_or((&path, ""));
+    if path_only.starts_with("/ui") {
+        return ui::serve(&mut stream, &method, path_only);
+    }
     let reply = match path_only.strip_prefix("/hypercare/") {
         Some(what) if method == "GET" => hypercare(what, query, controller),
+        Some("windows") if method == "POST" => open_window(&body, controller),
         _ => route(&method, path_only, controller),
     };
     let head = format!(
@@ -107,17 +136,57 @@ fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
     stats["tcp"] = tcp;
 }
 
+/// `POST /hypercare/windows`: opens a hypercare window (the `[[hypercare.windows]]`
+/// fields as JSON), kept until the process restarts.
+fn open_window(body: &[u8], c: &Controller) -> Reply {
+    let w: crate::config::hypercare::WindowConfig = match serde_json::from_slice(body) {
+        Ok(w) => w,
+        Err(e) => {
+            return json(
+                400,
+                serde_json::json!({"error": format!("invalid window: {e}")}),
+            )
+        }
+    };
+    let routes: Vec<String> = c
+        .config()
+        .raw
+        .routes
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let problems = crate::hypercare::windows::check(&w, &routes);
+    if !problems.is_empty() {
+        let errors: Vec<String> = problems.iter().map(|(f, r)| format!("{f}: {r}")).collect();
+        return json(
+            400,
+            serde_json::json!({"error": "invalid window", "errors": errors}),
+        );
+    }
+    let mut view = c.hypercare().lock().unwrap_or_else(|e| e.into_inner());
+    if view.windows.iter().any(|x| x.config.name == w.name) {
+        return json(
+            409,
+            serde_json::json!({"error": format!("a window named {:?} exists", w.name)}),
+        );
+    }
+    let name = w.name.clone();
+    view.windows
+        .push(crate::hypercare::windows::WindowRun::new(w, true));
+    json(201, serde_json::json!({"status": "opened", "name": name}))
+}
+
 /// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
 fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
     use crate::hypercare::query;
-    if what == "alerts" || what == "canary" {
+    if matches!(what, "alerts" | "canary" | "windows") {
         let view = c.hypercare().lock().unwrap_or_else(|e| e.into_inner());
         return json(
             200,
-            if what == "alerts" {
-                view.alerts_json()
-            } else {
-                view.canary_json()
+            match what {
+                "alerts" => view.alerts_json(),
+                "canary" => view.canary_json(),
+                _ => view.windows_json(),
             },
         );
     }

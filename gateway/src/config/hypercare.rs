@@ -19,6 +19,8 @@ pub struct HypercareConfig {
     pub webhooks: Vec<WebhookConfig>,
     /// Canary analyses of weighted splits.
     pub canaries: Vec<CanaryConfig>,
+    /// Hypercare windows with exit criteria.
+    pub windows: Vec<WindowConfig>,
 }
 
 impl Default for HypercareConfig {
@@ -29,6 +31,7 @@ impl Default for HypercareConfig {
             alerts: Vec::new(),
             webhooks: Vec::new(),
             canaries: Vec::new(),
+            windows: Vec::new(),
         }
     }
 }
@@ -234,4 +237,52 @@ fn default_alpha() -> f64 {
 }
 fn default_step_requests() -> u64 {
     1000
+}
+
+/// A hypercare window with exit criteria (`[[hypercare.windows]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Unique name.
+    pub name: String,
+    /// Route watched (all when absent).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Release (version label) watched (all when absent).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// How long the criteria must hold without a break to exit hypercare.
+    #[serde(with = "humantime_serde")]
+    pub sustain: Duration,
+    /// After this long without meeting the criteria, the verdict is `extend`.
+    #[serde(default = "default_window_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Each evaluation looks at this much recent traffic.
+    #[serde(default = "default_window_lookback", with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Criterion: 5xx share below this.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// Criterion: p99 latency below this many milliseconds.
+    #[serde(default)]
+    pub max_p99_ms: Option<f64>,
+    /// Criterion: no critical alert firing.
+    #[serde(default = "default_true")]
+    pub no_critical_alerts: bool,
+    /// Verdict `roll_back` when the error rate goes above this.
+    #[serde(default)]
+    pub roll_back_error_rate: Option<f64>,
+    /// Requests needed in the lookback before the criteria count as met.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+fn default_window_deadline() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_window_lookback() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
 }

@@ -8,6 +8,7 @@
 use super::alerts::{self, AlertEvent, AlertState, AlertStatus, Notifier};
 use super::canary::CanaryRun;
 use super::series::{total_retransmits, Point, Series};
+use super::windows::WindowRun;
 use crate::gateway::Controller;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -28,6 +29,8 @@ pub struct EngineView {
     pub canaries: Vec<CanaryRun>,
     /// Canary decisions other than repeated holds, oldest first.
     pub decisions: VecDeque<Value>,
+    /// Hypercare windows (from the config, and opened through the admin API).
+    pub windows: Vec<WindowRun>,
 }
 
 impl EngineView {
@@ -37,6 +40,11 @@ impl EngineView {
             "canaries": self.canaries.iter().map(CanaryRun::json).collect::<Vec<_>>(),
             "decisions": self.decisions,
         })
+    }
+
+    /// `/hypercare/windows`.
+    pub fn windows_json(&self) -> Value {
+        json!({"windows": self.windows.iter().map(WindowRun::json).collect::<Vec<_>>()})
     }
 
     /// `/hypercare/alerts`.
@@ -155,6 +163,24 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 }
             }
             v.alerts = next;
+            // Windows: config ones follow the config (keeping progress when unchanged),
+            // admin-opened ones stay.
+            let mut old = std::mem::take(&mut v.windows);
+            let mut windows: Vec<WindowRun> = hc
+                .windows
+                .iter()
+                .map(
+                    |cfg| match old.iter().position(|w| !w.dynamic && w.config == *cfg) {
+                        Some(i) => old.swap_remove(i),
+                        None => WindowRun::new(cfg.clone(), false),
+                    },
+                )
+                .collect();
+            windows.extend(old.into_iter().filter(|w| w.dynamic));
+            for w in &mut windows {
+                w.tick(&series, &v.alerts, now);
+            }
+            v.windows = windows;
             for e in &events {
                 v.events.push_back(e.clone());
                 if v.events.len() > EVENTS_KEPT {

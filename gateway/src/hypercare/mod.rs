@@ -6,7 +6,8 @@
 //! - [`engine`]: the control thread that evaluates, every few seconds, from
 //!   merged shard snapshots kept in a short [`series`] history:
 //!   [`alerts`] (pending / firing / resolved, webhooks, Prometheus rules export)
-//!   and [`canary`] analysis (promote, hold or roll back a weighted split).
+//!   [`canary`] analysis (promote, hold or roll back a weighted split) and
+//!   hypercare [`windows`] (exit criteria, progress and verdict).
 
 pub mod alerts;
 pub mod canary;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod query;
 pub mod series;
 pub mod store;
+pub mod windows;
 
 use crate::config::hypercare::{AlertKind, HypercareConfig};
 use crate::config::ConfigIssue;
