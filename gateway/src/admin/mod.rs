@@ -96,7 +96,8 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
     }
     let (path_only, query) = path.split_once('?').unwrap_or((&path, ""));
     if path_only.starts_with("/ui") {
-        return ui::serve(&mut stream, &method, path_only);
+        ui::serve(&mut stream, &method, path_only);
+        return;
     }
     let reply = match path_only.strip_prefix("/hypercare/") {
         Some(what) if method == "GET" => hypercare(what, query, controller),

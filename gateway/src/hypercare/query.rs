@@ -333,29 +333,6 @@ pub fn summary(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_parse_and_reject_unknown_keys() {
-        let f = CallFilter::from_query(
-            "route=api&status=5xx&since=15m&limit=5&consumer=a%20b",
-            1_000_000,
-        )
-        .unwrap();
-        assert_eq!(f.route.as_deref(), Some("api"));
-        assert_eq!(f.consumer.as_deref(), Some("a b"));
-        assert_eq!(f.since_ms, Some(1_000_000 - 900_000));
-        assert!(CallFilter::from_query("rout=api", 0).is_err());
-        assert!(CallFilter::from_query("limit=x", 0).is_err());
-        assert_eq!(
-            parse_time("2026-11-27T00:00:00Z", 0).unwrap(),
-            1_795_737_600_000
-        );
-    }
-}
-
 /// `/hypercare/series`: per minute and (route, version), over the last `window`:
 /// requests, 5xx, p50 and p99 latency (ms), tokens and cost; for charts.
 pub fn series(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value, QueryError> {
@@ -401,4 +378,27 @@ pub fn series(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value,
         })
         .collect();
     Ok(json!({"window": humantime::format_duration(window).to_string(), "series": series}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_reject_unknown_keys() {
+        let f = CallFilter::from_query(
+            "route=api&status=5xx&since=15m&limit=5&consumer=a%20b",
+            1_000_000,
+        )
+        .unwrap();
+        assert_eq!(f.route.as_deref(), Some("api"));
+        assert_eq!(f.consumer.as_deref(), Some("a b"));
+        assert_eq!(f.since_ms, Some(1_000_000 - 900_000));
+        assert!(CallFilter::from_query("rout=api", 0).is_err());
+        assert!(CallFilter::from_query("limit=x", 0).is_err());
+        assert_eq!(
+            parse_time("2026-11-27T00:00:00Z", 0).unwrap(),
+            1_795_737_600_000
+        );
+    }
 }
