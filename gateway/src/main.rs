@@ -1,5 +1,5 @@
-//! The `hypergate` command line: `run`, `check`, `calls`, `summary`, `key hash`,
-//! `--version`, `--help`.
+//! The `hypergate` command line: `run`, `check`, `calls`, `summary`, `diff`,
+//! `report`, `export prometheus-rules`, `key hash`, `--version`, `--help`.
 //!
 //! Everything but argument parsing, logging set-up and signal wiring lives in
 //! the library.
@@ -68,6 +68,43 @@ enum Command {
         #[arg(long, default_value = "1h")]
         window: String,
     },
+    /// Compare two releases (version labels) from the call store, with significance.
+    Diff {
+        /// The release before.
+        #[arg(long)]
+        from: String,
+        /// The release after.
+        #[arg(long)]
+        to: String,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// How far back the baselines reach.
+        #[arg(long, default_value = "24h")]
+        window: String,
+        /// The store's database.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Config file whose store to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The hypercare report: traffic, errors, latency against baselines, canary
+    /// decisions, alerts, LLM usage and cost, feedback, hypercare windows.
+    Report {
+        /// How far back, e.g. 24h.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// `md` or `html`.
+        #[arg(long, default_value = "md")]
+        format: String,
+        /// The store's database.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Config file whose store to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Export configuration in other tools' formats.
     Export {
         #[command(subcommand)]
@@ -127,6 +164,48 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run { config } => run(config),
+        Command::Diff {
+            from,
+            to,
+            route,
+            window,
+            db,
+            config,
+        } => {
+            let conn = open_store(db, config)?;
+            let window = humantime::parse_duration(&window)
+                .with_context(|| format!("--window {window:?}: expected a duration like 24h"))?;
+            let d = hypergate::hypercare::diff::diff(
+                &conn,
+                &from,
+                &to,
+                route.as_deref(),
+                window,
+                now_ms(),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+            Ok(())
+        }
+        Command::Report {
+            since,
+            format,
+            db,
+            config,
+        } => {
+            let conn = open_store(db, config)?;
+            let since = humantime::parse_duration(&since)
+                .with_context(|| format!("--since {since:?}: expected a duration like 24h"))?;
+            let format = match format.as_str() {
+                "md" | "markdown" => hypergate::hypercare::report::Format::Markdown,
+                "html" => hypergate::hypercare::report::Format::Html,
+                other => anyhow::bail!("--format {other:?}: expected md or html"),
+            };
+            print!(
+                "{}",
+                hypergate::hypercare::report::report(&conn, since, now_ms(), format)?
+            );
+            Ok(())
+        }
         Command::Export {
             command: ExportCommand::PrometheusRules { config: path },
         } => {

@@ -225,6 +225,36 @@ fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
                         }
                     })
             }
+            "diff" => {
+                let param = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|p| p.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                };
+                match (param("from"), param("to")) {
+                    (Some(from), Some(to)) => {
+                        humantime::parse_duration(param("window").unwrap_or("24h"))
+                            .map_err(|_| {
+                                query::QueryError::BadFilter(
+                                    "window: expected a duration like 24h".into(),
+                                )
+                            })
+                            .and_then(|w| {
+                                crate::hypercare::diff::diff(
+                                    &conn,
+                                    from,
+                                    to,
+                                    param("route"),
+                                    w,
+                                    now_ms,
+                                )
+                            })
+                    }
+                    _ => Err(query::QueryError::BadFilter(
+                        "from and to (version labels) are required".into(),
+                    )),
+                }
+            }
             other => Err(query::QueryError::BadFilter(format!(
                 "unknown endpoint /hypercare/{other}"
             ))),

@@ -107,6 +107,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
             .and_then(|p| super::store::open_for_reading(p).ok());
         let mut events = Vec::new();
         let mut decisions = Vec::new();
+        let mut window_changes = Vec::new();
         {
             // Canaries: keep runs whose configuration did not change. The view
             // stays locked while they act (weight changes take milliseconds), so
@@ -178,7 +179,12 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 .collect();
             windows.extend(old.into_iter().filter(|w| w.dynamic));
             for w in &mut windows {
+                let before = w.evaluated().then(|| w.verdict().to_string());
                 w.tick(&series, &v.alerts, now);
+                if before.as_deref() != Some(w.verdict()) {
+                    tracing::info!(window = %w.config.name, verdict = w.verdict(), "hypercare window verdict");
+                    window_changes.push(w.json());
+                }
             }
             v.windows = windows;
             for e in &events {
@@ -194,9 +200,9 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 }
             }
         }
-        if !events.is_empty() || !decisions.is_empty() {
+        if !events.is_empty() || !decisions.is_empty() || !window_changes.is_empty() {
             if let Some(path) = c.store_path() {
-                record_events(path, &events, &decisions);
+                record_events(path, &events, &decisions, &window_changes);
             }
         }
         for e in events {
@@ -222,8 +228,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Writes alert events and canary decisions to the store's `events` table.
-fn record_events(path: &std::path::Path, events: &[AlertEvent], decisions: &[Value]) {
+/// Writes alert events, canary decisions and window verdict changes to the
+/// store's `events` table.
+fn record_events(
+    path: &std::path::Path,
+    events: &[AlertEvent],
+    decisions: &[Value],
+    windows: &[Value],
+) {
     let result = (|| -> rusqlite::Result<()> {
         let mut conn = super::store::open_for_writing(path)?;
         let tx = conn.transaction()?;
@@ -242,6 +254,15 @@ fn record_events(path: &std::path::Path, events: &[AlertEvent], decisions: &[Val
                     "canary",
                     subject,
                     d.to_string()
+                ])?;
+            }
+            for w in windows {
+                let subject = w["name"].as_str().unwrap_or("");
+                insert.execute(rusqlite::params![
+                    now_ms() as i64,
+                    "window",
+                    subject,
+                    w.to_string()
                 ])?;
             }
         }

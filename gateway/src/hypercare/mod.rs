@@ -8,11 +8,15 @@
 //!   [`alerts`] (pending / firing / resolved, webhooks, Prometheus rules export)
 //!   [`canary`] analysis (promote, hold or roll back a weighted split) and
 //!   hypercare [`windows`] (exit criteria, progress and verdict).
+//! - [`diff`]: release baselines compared with significance tests; [`report`]:
+//!   the hypercare report in Markdown or HTML, from the store alone.
 
 pub mod alerts;
 pub mod canary;
+pub mod diff;
 pub mod engine;
 pub mod query;
+pub mod report;
 pub mod series;
 pub mod store;
 pub mod windows;

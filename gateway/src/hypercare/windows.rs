@@ -142,6 +142,16 @@ impl WindowRun {
         });
     }
 
+    /// Whether it was evaluated at least once.
+    pub fn evaluated(&self) -> bool {
+        !self.last.is_null()
+    }
+
+    /// The current verdict.
+    pub fn verdict(&self) -> &str {
+        self.last["verdict"].as_str().unwrap_or("in_progress")
+    }
+
     /// The last evaluation (`/hypercare/windows` entry).
     pub fn json(&self) -> Value {
         if self.last.is_null() {

@@ -1,0 +1,428 @@
+//! The hypercare report (`hypergate report --since 24h --format md|html`), built
+//! from the call store alone, so it can be run anywhere the database is:
+//! traffic and errors with the top failing routes, latency per route and
+//! version against each version's 7-day baseline, canary decisions, alerts,
+//! LLM usage and cost, feedback scores, and the last verdict of every
+//! hypercare window.
+
+use super::query::{aggregate, Aggregate, QueryError};
+use rusqlite::Connection;
+use serde_json::Value;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Markdown.
+    Markdown,
+    /// A standalone HTML page.
+    Html,
+}
+
+/// A report section: a title, lines of text, and an optional table.
+struct Section {
+    title: String,
+    lines: Vec<String>,
+    table: Option<(Vec<String>, Vec<Vec<String>>)>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+/// Builds the report over the last `since`.
+pub fn report(
+    conn: &Connection,
+    since: Duration,
+    now_ms: i64,
+    format: Format,
+) -> Result<String, QueryError> {
+    let until_min = now_ms / 60_000 + 1;
+    let since_ms = now_ms - since.as_millis() as i64;
+    let since_min = since_ms / 60_000;
+    let groups = aggregate(conn, since_min, until_min)?;
+    let baseline = aggregate(conn, (now_ms - 7 * 86_400_000) / 60_000, until_min)?;
+    let mut sections = Vec::new();
+
+    // Traffic and errors.
+    let mut total = Aggregate::default();
+    let mut by_route: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    for ((route, _, _, _), a) in &groups {
+        total.requests += a.requests;
+        total.by_class[4] += a.by_class[4];
+        let e = by_route.entry(route.as_str()).or_default();
+        e.0 += a.requests;
+        e.1 += a.by_class[4];
+    }
+    let mut failing: Vec<(&str, u64, u64)> = by_route
+        .iter()
+        .map(|(r, (n, e))| (*r, *n, *e))
+        .filter(|x| x.2 > 0)
+        .collect();
+    failing.sort_by_key(|x| std::cmp::Reverse(x.2));
+    sections.push(Section {
+        title: "Traffic and errors".into(),
+        lines: vec![format!(
+            "{} requests, {} answered 5xx ({}), on {} routes.",
+            total.requests,
+            total.by_class[4],
+            pct(total.error_rate()),
+            by_route.len()
+        )],
+        table: (!failing.is_empty()).then(|| {
+            (
+                vec![
+                    "Top failing route".into(),
+                    "Requests".into(),
+                    "5xx".into(),
+                    "Error rate".into(),
+                ],
+                failing
+                    .iter()
+                    .take(10)
+                    .map(|(r, n, e)| {
+                        vec![
+                            r.to_string(),
+                            n.to_string(),
+                            e.to_string(),
+                            pct(*e as f64 / *n as f64),
+                        ]
+                    })
+                    .collect(),
+            )
+        }),
+    });
+
+    // Latency against baselines.
+    let mut rows = Vec::new();
+    for ((route, cluster, version, model), a) in &groups {
+        let key = (
+            route.clone(),
+            cluster.clone(),
+            version.clone(),
+            model.clone(),
+        );
+        let base = baseline.get(&key);
+        let p99 = a.quantile_us(0.99);
+        let base_p99 = base.map_or(0, |b| b.quantile_us(0.99));
+        let change = if base_p99 > 0 {
+            format!("{:+.0}%", (p99 as f64 / base_p99 as f64 - 1.0) * 100.0)
+        } else {
+            "n/a".into()
+        };
+        rows.push(vec![
+            route.clone(),
+            if version.is_empty() {
+                "-".into()
+            } else {
+                version.clone()
+            },
+            a.requests.to_string(),
+            ms(a.quantile_us(0.5)),
+            ms(p99),
+            ms(base_p99),
+            change,
+        ]);
+    }
+    sections.push(Section {
+        title: "Latency against baselines".into(),
+        lines: vec![
+            "p99 of the period against the same route and version over the last 7 days.".into(),
+        ],
+        table: (!rows.is_empty()).then(|| {
+            (
+                [
+                    "Route",
+                    "Version",
+                    "Requests",
+                    "p50 ms",
+                    "p99 ms",
+                    "Baseline p99 ms",
+                    "Change",
+                ]
+                .map(String::from)
+                .to_vec(),
+                rows,
+            )
+        }),
+    });
+
+    // Canary decisions and alerts, from the events table.
+    let mut events = conn.prepare(
+        "SELECT ts_ms, kind, subject, body FROM events WHERE ts_ms >= ?1 ORDER BY ts_ms",
+    )?;
+    let events: Vec<(i64, String, String, String)> = events
+        .query_map([since_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let when = |t: i64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(t as u64))
+            .to_string()
+    };
+    let mut canary_rows = Vec::new();
+    let mut alert_rows = Vec::new();
+    let mut window_state: std::collections::BTreeMap<String, Value> = Default::default();
+    for (t, kind, subject, body) in &events {
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        match kind.as_str() {
+            "canary" => {
+                let d = &v["decision"];
+                let e = &d["evidence"];
+                let evidence = format!(
+                    "errors {}/{} vs {}/{} (z {:.2}, threshold {:.2}); p{} {} vs {} µs",
+                    e["error_rate"]["canary"]["errors"],
+                    e["error_rate"]["canary"]["requests"],
+                    e["error_rate"]["stable"]["errors"],
+                    e["error_rate"]["stable"]["requests"],
+                    e["error_rate"]["statistic"].as_f64().unwrap_or(0.0),
+                    e["error_rate"]["threshold"].as_f64().unwrap_or(0.0),
+                    e["latency"]["quantile"].as_f64().unwrap_or(0.99) * 100.0,
+                    e["latency"]["canary_quantile"],
+                    e["latency"]["stable_quantile"],
+                );
+                canary_rows.push(vec![
+                    when(*t),
+                    subject.clone(),
+                    format!(
+                        "{} -> {}",
+                        v["stable"].as_str().unwrap_or(""),
+                        v["canary"].as_str().unwrap_or("")
+                    ),
+                    d["action"].as_str().unwrap_or("").to_string(),
+                    d["reason"]["kind"]
+                        .as_str()
+                        .map_or_else(|| e["weight"].to_string() + "%", str::to_string),
+                    evidence,
+                ]);
+            }
+            "alert" => alert_rows.push(vec![
+                when(*t),
+                subject.clone(),
+                v["state"].as_str().unwrap_or("").to_string(),
+                v["severity"].as_str().unwrap_or("").to_string(),
+                v["summary"].as_str().unwrap_or("").to_string(),
+            ]),
+            "window" => {
+                window_state.insert(subject.clone(), v);
+            }
+            _ => {}
+        }
+    }
+    sections.push(Section {
+        title: "Canary decisions".into(),
+        lines: vec![format!("{} decisions.", canary_rows.len())],
+        table: (!canary_rows.is_empty()).then(|| {
+            (
+                [
+                    "Time",
+                    "Route",
+                    "Stable -> canary",
+                    "Decision",
+                    "Reason / weight",
+                    "Evidence",
+                ]
+                .map(String::from)
+                .to_vec(),
+                canary_rows,
+            )
+        }),
+    });
+    sections.push(Section {
+        title: "Alerts".into(),
+        lines: vec![format!("{} alert events.", alert_rows.len())],
+        table: (!alert_rows.is_empty()).then(|| {
+            (
+                ["Time", "Alert", "State", "Severity", "Summary"]
+                    .map(String::from)
+                    .to_vec(),
+                alert_rows,
+            )
+        }),
+    });
+
+    // LLM usage and cost, and feedback.
+    let mut llm = conn.prepare(
+        "SELECT COALESCE(alias, ''), COALESCE(target, ''), COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
+            SUM(cost_usd), SUM(estimated), AVG(ttft_us), AVG(feedback_score), COUNT(feedback_score)
+         FROM calls WHERE ts_ms >= ?1 AND alias IS NOT NULL GROUP BY 1, 2 ORDER BY 6 DESC",
+    )?;
+    let llm_rows: Vec<Vec<String>> = llm
+        .query_map([since_ms], |r| {
+            Ok(vec![
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?.to_string(),
+                r.get::<_, Option<i64>>(3)?.unwrap_or(0).to_string(),
+                r.get::<_, Option<i64>>(4)?.unwrap_or(0).to_string(),
+                format!("${:.4}", r.get::<_, Option<f64>>(5)?.unwrap_or(0.0)),
+                r.get::<_, Option<i64>>(6)?.unwrap_or(0).to_string(),
+                r.get::<_, Option<f64>>(7)?
+                    .map_or("-".into(), |t| format!("{:.1}", t / 1000.0)),
+                match (r.get::<_, Option<f64>>(8)?, r.get::<_, i64>(9)?) {
+                    (Some(s), n) => format!("{s:.2} ({n})"),
+                    _ => "-".into(),
+                },
+            ])
+        })?
+        .collect::<Result<_, _>>()?;
+    sections.push(Section {
+        title: "LLM usage, cost and feedback".into(),
+        lines: vec![],
+        table: (!llm_rows.is_empty()).then(|| {
+            (
+                [
+                    "Alias",
+                    "Target",
+                    "Calls",
+                    "Prompt tokens",
+                    "Completion tokens",
+                    "Cost",
+                    "Estimated",
+                    "Avg TTFT ms",
+                    "Feedback (n)",
+                ]
+                .map(String::from)
+                .to_vec(),
+                llm_rows,
+            )
+        }),
+    });
+    let mut prompts = conn.prepare(
+        "SELECT prompt, prompt_version, COUNT(*), AVG(feedback_score), COUNT(feedback_score)
+         FROM calls WHERE ts_ms >= ?1 AND prompt IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    let prompt_rows: Vec<Vec<String>> = prompts
+        .query_map([since_ms], |r| {
+            Ok(vec![
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                r.get::<_, i64>(2)?.to_string(),
+                r.get::<_, Option<f64>>(3)?
+                    .map_or("-".into(), |s| format!("{s:.2}")),
+                r.get::<_, i64>(4)?.to_string(),
+            ])
+        })?
+        .collect::<Result<_, _>>()?;
+    if !prompt_rows.is_empty() {
+        sections.push(Section {
+            title: "Prompt versions by feedback".into(),
+            lines: vec![],
+            table: Some((
+                ["Prompt", "Version", "Calls", "Avg score", "Scores"]
+                    .map(String::from)
+                    .to_vec(),
+                prompt_rows,
+            )),
+        });
+    }
+
+    // Exit criteria.
+    let window_rows: Vec<Vec<String>> = window_state
+        .iter()
+        .map(|(name, v)| {
+            vec![
+                name.clone(),
+                v["verdict"].as_str().unwrap_or("").to_string(),
+                v["progress"].as_str().unwrap_or("").to_string(),
+                v["failing_now"].as_array().map_or(String::new(), |f| {
+                    f.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            ]
+        })
+        .collect();
+    sections.push(Section {
+        title: "Hypercare windows".into(),
+        lines: vec![if window_rows.is_empty() {
+            "No hypercare window reported a verdict in this period.".into()
+        } else {
+            "Last verdict of each window in the period.".into()
+        }],
+        table: (!window_rows.is_empty()).then(|| {
+            (
+                ["Window", "Verdict", "Progress", "Failing"]
+                    .map(String::from)
+                    .to_vec(),
+                window_rows,
+            )
+        }),
+    });
+
+    let title = format!("Hypercare report: {} to {}", when(since_ms), when(now_ms));
+    Ok(match format {
+        Format::Markdown => markdown(&title, &sections),
+        Format::Html => html(&title, &sections),
+    })
+}
+
+fn markdown(title: &str, sections: &[Section]) -> String {
+    let mut out = format!("# {title}\n");
+    for s in sections {
+        let _ = write!(out, "\n## {}\n\n", s.title);
+        for l in &s.lines {
+            let _ = writeln!(out, "{l}\n");
+        }
+        if let Some((head, rows)) = &s.table {
+            let cell = |c: &str| c.replace('|', "\\|");
+            let _ = writeln!(
+                out,
+                "| {} |",
+                head.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | ")
+            );
+            let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+            for r in rows {
+                let _ = writeln!(
+                    out,
+                    "| {} |",
+                    r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                );
+            }
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn html(title: &str, sections: &[Section]) -> String {
+    let mut out = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#1d2433}}table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}th,td{{border:1px solid #d5dae3;padding:.3rem .6rem;text-align:left;font-size:.9rem}}th{{background:#f1f4f9}}h2{{margin-top:2rem}}</style></head><body>\n<h1>{t}</h1>\n",
+        t = escape(title)
+    );
+    for s in sections {
+        let _ = writeln!(out, "<h2>{}</h2>", escape(&s.title));
+        for l in &s.lines {
+            let _ = writeln!(out, "<p>{}</p>", escape(l));
+        }
+        if let Some((head, rows)) = &s.table {
+            out.push_str("<table><thead><tr>");
+            for h in head {
+                let _ = write!(out, "<th>{}</th>", escape(h));
+            }
+            out.push_str("</tr></thead><tbody>\n");
+            for r in rows {
+                out.push_str("<tr>");
+                for c in r {
+                    let _ = write!(out, "<td>{}</td>", escape(c));
+                }
+                out.push_str("</tr>\n");
+            }
+            out.push_str("</tbody></table>\n");
+        }
+    }
+    out.push_str("</body></html>\n");
+    out
+}
