@@ -277,9 +277,9 @@ fn llm_calls_are_recorded_with_tokens_cost_and_feedback() {
         "{}\n[[routes]]\nname = \"llm\"\n[routes.match]\npath_prefix = \"/v1\"\n[routes.ai]\n\n[[ai.providers]]\nname = \"p\"\nbase_url = \"http://{}/v1\"\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n[[ai.prices]]\nmodel = \"m1\"\ninput = 10.0\noutput = 20.0\n{}",
         preamble(2),
         m.addr(),
-        store_section("")
+        store_section("capture_llm_bodies = 1.0")
     ));
-    let body = json!({"model": "a", "stream": true, "messages": [{"role": "user", "content": "hello there"}]});
+    let body = json!({"model": "a", "stream": true, "messages": [{"role": "user", "content": "hello there, I am bob@example.com"}]});
     let r = gw.send(
         &Request::post("/v1/chat/completions", body.to_string()).header("x-request-id", "llm-1"),
     );
@@ -313,9 +313,25 @@ fn llm_calls_are_recorded_with_tokens_cost_and_feedback() {
         )
         .unwrap();
     assert_eq!((alias.as_str(), target.as_str()), ("a", "p/m1"));
-    assert_eq!(completion, 5);
+    assert_eq!(completion, 8);
     assert!(prompt > 0);
     assert!((cost - (prompt as f64 * 10.0 + completion as f64 * 20.0) / 1e6).abs() < 1e-12);
     assert!(ttft.is_some());
     assert_eq!(comment, "spot on");
+    // Captured bodies, with PII redacted.
+    let (request, response): (String, String) = conn
+        .query_row(
+            "SELECT request_body, response_body FROM calls WHERE request_id = 'llm-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        request.contains("[REDACTED:email]") && !request.contains("bob@example.com"),
+        "{request}"
+    );
+    assert!(
+        response.starts_with("Mock reply to: hello there, I am [REDACTED:email]"),
+        "{response}"
+    );
 }

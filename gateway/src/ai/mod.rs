@@ -256,6 +256,33 @@ pub struct LlmRecord {
     /// Feedback this request carried (on `POST /v1/feedback`), for the call store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feedback: Option<FeedbackRecord>,
+    /// The prompt as sent (canonical JSON, PII redacted), on sampled calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// The answer (PII redacted), on sampled calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
+/// Redacts every PII kind and cuts to `max` bytes, for captured bodies.
+fn capture_text(text: &str, max: usize) -> String {
+    static GUARD: std::sync::OnceLock<Option<hypergate_ai::guard::Guardrail>> =
+        std::sync::OnceLock::new();
+    let guard = GUARD.get_or_init(|| {
+        hypergate_ai::guard::Guardrail::new("capture", &[], &hypergate_ai::guard::PiiKind::ALL).ok()
+    });
+    let mut out = guard
+        .as_ref()
+        .and_then(|g| g.redact(text).map(|(t, _)| t))
+        .unwrap_or_else(|| text.to_string());
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
 }
 
 /// A score for an earlier call.
@@ -908,6 +935,17 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
         }
 
+        let store = &self.req.inst.config.raw.hypercare.store;
+        let capture = store.enabled
+            && store.capture_llm_bodies > 0.0
+            && ((crate::upstream::next_random(&self.req.ctx.rng) % 1_000_000) as f64)
+                < store.capture_llm_bodies * 1_000_000.0;
+        if capture {
+            self.rec.request_body = Some(capture_text(
+                &canonical.to_string(),
+                store.capture_max_bytes,
+            ));
+        }
         let cache_key = self.cache_key(alias, &canonical);
         if let Some(key) = cache_key {
             let hit = self.req.ctx.ai.cache.borrow_mut().get(key);
@@ -1445,6 +1483,10 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
         };
         self.redact_response(answered.alias, &mut canon);
+        if self.rec.request_body.is_some() {
+            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes;
+            self.rec.response_body = Some(capture_text(&canon["choices"].to_string(), max));
+        }
         if let Some(key) = cache_key {
             self.req.ctx.ai.cache.borrow_mut().put(key, canon.clone());
         }
@@ -1765,6 +1807,10 @@ impl<'r, 'a> Chat<'r, 'a> {
                 ..Usage::default()
             },
         };
+        if self.rec.request_body.is_some() {
+            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes;
+            self.rec.response_body = Some(capture_text(&text, max));
+        }
         if let (Some(first), Some(last)) = (first_token, last_token) {
             let secs = last.duration_since(first).as_secs_f64();
             if secs > 0.0 && usage.completion > 1 {

@@ -59,6 +59,11 @@ pub struct CallStoreConfig {
     /// Rollups of the current minutes are merged into the database this often.
     #[serde(with = "humantime_serde")]
     pub rollup_interval: Duration,
+    /// Share of LLM calls (0.0 to 1.0) whose prompt and answer are stored with the
+    /// call, PII redacted (e-mail, phone, card, API keys).
+    pub capture_llm_bodies: f64,
+    /// Longest captured body, in bytes (cut beyond).
+    pub capture_max_bytes: usize,
 }
 
 impl Default for CallStoreConfig {
@@ -71,6 +76,8 @@ impl Default for CallStoreConfig {
             rollup_retention: Duration::from_secs(90 * 86_400),
             flush_interval: Duration::from_millis(200),
             rollup_interval: Duration::from_secs(10),
+            capture_llm_bodies: 0.0,
+            capture_max_bytes: 16 * 1024,
         }
     }
 }

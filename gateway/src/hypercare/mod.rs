@@ -33,6 +33,12 @@ pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigI
             "must be greater than zero".into(),
         );
     }
+    if !(0.0..=1.0).contains(&h.store.capture_llm_bodies) {
+        push(
+            "hypercare.store.capture_llm_bodies".into(),
+            "a share between 0.0 and 1.0".into(),
+        );
+    }
     if h.store.path.is_empty() {
         push("hypercare.store.path".into(), "must not be empty".into());
     }

@@ -134,7 +134,7 @@ pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
             endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out, retries,
             provider, model, alias, target, prompt_tokens, completion_tokens, cached_tokens,
             reasoning_tokens, cost_usd, estimated, prompt, prompt_version, cache_hit, guardrails,
-            feedback_score, feedback_comment
+            feedback_score, feedback_comment, request_body, response_body
          FROM calls WHERE 1 = 1",
     );
     let mut args: Vec<rusqlite::types::Value> = Vec::new();

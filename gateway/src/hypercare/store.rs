@@ -62,7 +62,9 @@ CREATE TABLE IF NOT EXISTS calls (
     cache_hit INTEGER,
     guardrails TEXT,
     feedback_score REAL,
-    feedback_comment TEXT
+    feedback_comment TEXT,
+    request_body TEXT,
+    response_body TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts_ms);
 CREATE INDEX IF NOT EXISTS calls_route_ts ON calls (route, ts_ms);
@@ -112,6 +114,17 @@ pub fn open_for_writing(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    // Databases created before body capture existed lack its columns.
+    let mut columns = conn.prepare("SELECT name FROM pragma_table_info('calls')")?;
+    let have: Vec<String> = columns
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    drop(columns);
+    for column in ["request_body", "response_body"] {
+        if !have.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} TEXT"))?;
+        }
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(conn)
 }
@@ -409,9 +422,9 @@ fn write_rows(conn: &mut Connection, rows: &[Row], feedback: &[Feedback]) -> rus
                 version, endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out,
                 retries, provider, model, alias, target, prompt_tokens, completion_tokens,
                 cached_tokens, reasoning_tokens, cost_usd, estimated, prompt, prompt_version,
-                cache_hit, guardrails)
+                cache_hit, guardrails, request_body, response_body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
         )?;
         for r in rows {
             let l = r.llm.as_deref();
@@ -450,6 +463,8 @@ fn write_rows(conn: &mut Connection, rows: &[Row], feedback: &[Feedback]) -> rus
                 l.map(|l| l.cache_hit),
                 l.filter(|l| !l.guardrails.is_empty())
                     .map(|l| l.guardrails.join(",")),
+                l.and_then(|l| l.request_body.as_deref()),
+                l.and_then(|l| l.response_body.as_deref()),
             ])?;
         }
         let mut update = tx.prepare_cached(
