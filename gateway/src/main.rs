@@ -138,6 +138,16 @@ enum KeyCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Commands that print (calls, report, ...) end quietly when their reader
+        // goes away (`| head`), like other command-line tools; the server keeps
+        // Rust's default of ignoring SIGPIPE and handling EPIPE per connection.
+        // SAFETY: called once at start-up, before any other thread exists;
+        // SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

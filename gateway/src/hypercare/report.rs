@@ -1,7 +1,7 @@
 //! The hypercare report (`hypergate report --since 24h --format md|html`), built
 //! from the call store alone, so it can be run anywhere the database is:
 //! traffic and errors with the top failing routes, latency per route and
-//! version against each version's 7-day baseline, canary decisions, alerts,
+//! version against its baseline (the 7 days before the period), canary decisions, alerts,
 //! LLM usage and cost, feedback scores, and the last verdict of every
 //! hypercare window.
 
@@ -46,7 +46,8 @@ pub fn report(
     let since_ms = now_ms - since.as_millis() as i64;
     let since_min = since_ms / 60_000;
     let groups = aggregate(conn, since_min, until_min)?;
-    let baseline = aggregate(conn, (now_ms - 7 * 86_400_000) / 60_000, until_min)?;
+    // The baseline is the week before the period, so the period is judged against its past.
+    let baseline = aggregate(conn, (since_ms - 7 * 86_400_000) / 60_000, since_min)?;
     let mut sections = Vec::new();
 
     // Traffic and errors.
