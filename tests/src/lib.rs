@@ -12,6 +12,8 @@
 //! - [`client`]: a raw HTTP/1.1 client that sends exact bytes and reads responses
 //!   strictly, with timeouts on every read.
 //! - [`redis`]: a real `redis-server` on an ephemeral port.
+//! - [`browser`]: headless Chromium over the DevTools protocol, recording
+//!   console errors, for tests of the admin dashboard.
 //! - [`body`]: generated bodies and fingerprints for streaming gigabytes without
 //!   holding them.
 //! - [`util`]: polling with deadlines, temp dirs, closed ports.
@@ -23,6 +25,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod body;
+pub mod browser;
 pub mod client;
 pub mod gateway;
 pub mod mock;

@@ -7,7 +7,7 @@
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
 //! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
 //! `GET /hypercare/alerts`, `GET /hypercare/canary`, `GET /hypercare/windows` and
-//! `POST /hypercare/windows` (the hypercare engine).
+//! `POST /hypercare/windows` (the hypercare engine), and the dashboard at `/ui`.
 
 use crate::gateway::Controller;
 use crate::observability::export;

@@ -1,9 +1,9 @@
 //! The dashboard: a static web page on the admin listener at `/ui`.
 //!
-//! The page (`ui/index.html`, `ui/app.js`, `ui/errors.js`, `ui/style.css`) and
-//! the vendored uPlot charting library (`ui/vendor/`, MIT, licence served next to
-//! it) are compiled into the binary with `include_str!`: nothing is built or read
-//! from disk at run time. In the browser, `app.js` polls the admin JSON endpoints
+//! The page (`ui/index.html`, `ui/app.js`, `ui/style.css`, `ui/favicon.svg`)
+//! and the vendored uPlot 1.6.32 charting library (`ui/vendor/`, from npm, MIT,
+//! licence served next to it) are compiled into the binary with `include_str!`:
+//! nothing is built or read from disk at run time. In the browser, `app.js` polls the admin JSON endpoints
 //! (`/stats`, `/hypercare/series`, `/hypercare/canary`, `/hypercare/alerts`,
 //! `/hypercare/windows`, `/hypercare/summary`) every 2 s on the same origin and
 //! draws the charts and panels. Every response carries a `Content-Security-Policy`
@@ -21,6 +21,7 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// Every file of the page: path, content type, body.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -28,8 +29,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/ui/", HTML, include_str!("ui/index.html")),
     ("/ui/index.html", HTML, include_str!("ui/index.html")),
     ("/ui/app.js", JS, include_str!("ui/app.js")),
-    ("/ui/errors.js", JS, include_str!("ui/errors.js")),
     ("/ui/style.css", CSS, include_str!("ui/style.css")),
+    ("/ui/favicon.svg", SVG, include_str!("ui/favicon.svg")),
     (
         "/ui/vendor/uPlot.iife.min.js",
         JS,
@@ -93,8 +94,8 @@ mod tests {
             ("/ui", "text/html", "<title>Hypergate dashboard</title>"),
             ("/ui/", "text/html", "/ui/app.js"),
             ("/ui/app.js", "text/javascript", "POLL_MS"),
-            ("/ui/errors.js", "text/javascript", "securitypolicyviolation"),
             ("/ui/style.css", "text/css", ".card"),
+            ("/ui/favicon.svg", "image/svg+xml", "<svg"),
             ("/ui/vendor/uPlot.iife.min.js", "text/javascript", "uPlot"),
             ("/ui/vendor/uPlot.min.css", "text/css", ".uplot"),
             ("/ui/vendor/uPlot.LICENSE", "text/plain", "MIT"),

@@ -1,0 +1,672 @@
+// Hypergate dashboard. Polls the admin API every 2 s and draws charts (uPlot) and
+// panels. Plain JS, no framework, no build step; the DOM is built with
+// textContent only (no HTML strings), so names from the config are never markup.
+//
+// Live request and 5xx rates are deltas of the cumulative counters in /stats
+// between two polls; history, latency, tokens and cost come from the per-minute
+// rollups of /hypercare/series. Once charts hold data, `document.body.dataset.ready`
+// is the number of charts drawn with at least one point (the browser test reads it).
+"use strict";
+
+(function () {
+  const POLL_MS = 2000;
+  const LIVE_POINTS = 150; // five minutes of live samples
+  const PALETTE = [
+    "#2f6fdf", "#e8590c", "#2b8a3e", "#ae3ec9", "#0b7285",
+    "#c92a2a", "#f08c00", "#5f3dc4", "#087f5b", "#868e96",
+  ];
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---------- DOM and formatting helpers ----------
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "width") e.style.width = v;
+      else e.setAttribute(k, v);
+    }
+    for (const c of children.flat()) {
+      if (c === undefined || c === null || c === false) continue;
+      e.append(c instanceof Node ? c : String(c));
+    }
+    return e;
+  }
+
+  function replace(id, ...children) {
+    $(id).replaceChildren(...children.flat().filter((c) => c));
+  }
+
+  function none(text) {
+    return el("div", { class: "none" }, text);
+  }
+
+  function table(headers, rows) {
+    return el("table", {},
+      el("thead", {}, el("tr", {}, headers.map((h) =>
+        el("th", { class: h.startsWith("#") ? "num" : null }, h.replace(/^#/, ""))))),
+      el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c, i) =>
+        el("td", { class: headers[i].startsWith("#") ? "num" : (headers[i] === "Reason" || headers[i] === "Evidence") ? "wrap" : null }, c))))));
+  }
+
+  function badge(text, tone) {
+    return el("span", { class: "badge " + (tone || "") }, text);
+  }
+
+  const finite = (v) => typeof v === "number" && Number.isFinite(v);
+
+  function fmtNum(v) {
+    if (!finite(v)) return "–";
+    const a = Math.abs(v);
+    if (a >= 1e9) return (v / 1e9).toFixed(2) + " G";
+    if (a >= 1e6) return (v / 1e6).toFixed(2) + " M";
+    if (a >= 1e4) return (v / 1e3).toFixed(1) + " k";
+    if (Number.isInteger(v)) return String(v);
+    return v.toFixed(a >= 100 ? 0 : a >= 10 ? 1 : 2);
+  }
+  function fmtRate(v) { return finite(v) ? fmtNum(v) + "/s" : "–"; }
+  function fmtPct(share) {
+    if (!finite(share)) return "–";
+    const p = share * 100;
+    return (p === 0 ? "0" : p < 0.1 ? p.toFixed(3) : p < 10 ? p.toFixed(2) : p.toFixed(1)) + " %";
+  }
+  function fmtMs(ms) {
+    if (!finite(ms)) return "–";
+    if (ms === 0) return "0 ms";
+    if (ms >= 1000) return (ms / 1000).toFixed(2) + " s";
+    return (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2)) + " ms";
+  }
+  const fmtUs = (us) => (finite(us) ? fmtMs(us / 1000) : "–");
+  function fmtUsd(v) {
+    if (!finite(v)) return "–";
+    return "$" + (v === 0 ? "0" : v < 0.01 ? v.toFixed(5) : v < 100 ? v.toFixed(3) : v.toFixed(0));
+  }
+  function fmtDuration(s) {
+    if (!finite(s)) return "–";
+    s = Math.max(0, Math.round(s));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+  function fmtSince(unixMs) {
+    if (!finite(unixMs) || unixMs <= 0) return "–";
+    return fmtDuration((Date.now() - unixMs) / 1000) + " ago";
+  }
+  const fmtZ = (v) => (finite(v) ? v.toFixed(2) : "n/a");
+
+  // ---------- charts ----------
+
+  // One colour per route/version (or other series key), the same in every chart.
+  const colours = new Map();
+  function colour(key) {
+    if (!colours.has(key)) colours.set(key, PALETTE[colours.size % PALETTE.length]);
+    return colours.get(key);
+  }
+
+  const charts = [];
+
+  // A uPlot chart that is rebuilt when its set of series changes and otherwise
+  // just gets new data. `series`: [{label, key, values, dash}], aligned with `t`.
+  // `xRange`, when given, returns the [from, to] unix seconds the x axis spans.
+  class Chart {
+    constructor(id, title, fmt, xRange) {
+      this.root = $(id);
+      this.title = title;
+      this.fmt = fmt;
+      this.xRange = xRange;
+      this.plot = null;
+      this.signature = "";
+      this.points = 0;
+      this.empty = el("div", { class: "empty" }, "No data yet");
+      charts.push(this);
+    }
+
+    update(t, series) {
+      const signature = series.map((s) => s.label).join("\n");
+      if (!this.plot || signature !== this.signature) {
+        if (this.plot) this.plot.destroy();
+        this.plot = new uPlot(this.options(series), [t, ...series.map((s) => s.values)], this.root);
+        this.signature = signature;
+      } else {
+        this.plot.setData([t, ...series.map((s) => s.values)]);
+      }
+      this.points = series.reduce((n, s) => n + s.values.filter(finite).length, 0);
+      if (this.points === 0) this.root.append(this.empty);
+      else this.empty.remove();
+    }
+
+    options(series) {
+      const fmt = this.fmt;
+      return {
+        title: this.title,
+        width: Math.max(this.root.clientWidth, 300),
+        height: 220,
+        cursor: { drag: { x: false, y: false } },
+        legend: { live: false },
+        scales: {
+          x: this.xRange ? { time: true, range: () => this.xRange() } : { time: true },
+          y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] },
+        },
+        series: [
+          {},
+          ...series.map((s) => ({
+            label: s.label,
+            stroke: colour(s.key),
+            width: s.dash ? 1.25 : 1.75,
+            dash: s.dash ? [5, 4] : undefined,
+            spanGaps: false,
+            points: { size: 5 },
+          })),
+        ],
+        axes: [
+          { stroke: "#6b7488", grid: { stroke: "#eef0f4" }, ticks: { stroke: "#e3e7ee" } },
+          {
+            stroke: "#6b7488",
+            grid: { stroke: "#eef0f4" },
+            ticks: { stroke: "#e3e7ee" },
+            size: 64,
+            values: (u, vals) => vals.map((v) => fmt(v)),
+          },
+        ],
+      };
+    }
+
+    resize() {
+      if (this.plot) this.plot.setSize({ width: Math.max(this.root.clientWidth, 300), height: 220 });
+    }
+  }
+
+  // Live samples: poll times, and per route/version key the request rate and
+  // 5xx share between the previous poll and this one (`latest`: the last pair).
+  const live = { t: [], keys: [], rate: new Map(), errors: new Map(), prev: null, latest: new Map() };
+
+  // Live charts span at least a minute, so the time axis has whole-second ticks.
+  const liveRange = () => {
+    const last = live.t.length ? live.t[live.t.length - 1] : Date.now() / 1000;
+    return [Math.min(live.t.length ? live.t[0] : last, last - 60), last];
+  };
+  const liveRate = new Chart("chart-live-rate", "Request rate by route / version", fmtRate, liveRange);
+  const liveErrors = new Chart("chart-live-errors", "5xx share by route / version", (v) => fmtPct(v / 100), liveRange);
+  // History charts span the selected window, up to now.
+  const WINDOW_SECONDS = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400 };
+  const historyRange = () => {
+    const now = Date.now() / 1000;
+    return [now - (WINDOW_SECONDS[$("window").value] || 3600), now];
+  };
+  const histRequests = new Chart("chart-hist-requests", "Requests per minute", fmtNum, historyRange);
+  const histErrors = new Chart("chart-hist-errors", "5xx share per minute", (v) => fmtPct(v / 100), historyRange);
+  const histLatency = new Chart("chart-hist-latency", "Latency p50 (dashed) / p99", fmtMs, historyRange);
+  const llmTokens = new Chart("chart-llm-tokens", "LLM tokens per minute", fmtNum, historyRange);
+  const llmCost = new Chart("chart-llm-cost", "LLM cost per minute", fmtUsd, historyRange);
+
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => charts.forEach((c) => c.resize()), 150);
+  });
+
+  // ---------- live rates from /stats ----------
+
+  // Cumulative totals per route/version target with traffic: key -> {route, total, errors}.
+  function targetTotals(stats) {
+    const out = new Map();
+    for (const [route, r] of Object.entries((stats && stats.routes) || {})) {
+      for (const target of r.by_target || []) {
+        const side = target.version || target.cluster || "";
+        const key = side ? route + " · " + side : route;
+        const status = target.status || {};
+        const total = Object.values(status).reduce((a, b) => a + (finite(b) ? b : 0), 0);
+        if (total === 0) continue;
+        const prev = out.get(key) || { route, total: 0, errors: 0 };
+        prev.total += total;
+        prev.errors += finite(status["5xx"]) ? status["5xx"] : 0;
+        out.set(key, prev);
+      }
+    }
+    return out;
+  }
+
+  function pushLive(stats, nowS) {
+    const totals = targetTotals(stats);
+    const prev = live.prev;
+    live.prev = { at: nowS, totals };
+    if (!prev || nowS <= prev.at) return;
+    const dt = nowS - prev.at;
+    live.t.push(nowS);
+    for (const key of totals.keys()) {
+      if (!live.rate.has(key)) {
+        live.keys.push(key);
+        live.rate.set(key, live.t.slice(0, -1).map(() => null));
+        live.errors.set(key, live.t.slice(0, -1).map(() => null));
+      }
+    }
+    live.latest = new Map();
+    for (const key of live.keys) {
+      const now = totals.get(key);
+      const before = prev.totals.get(key) || { total: 0, errors: 0 };
+      let rate = null;
+      let share = null;
+      if (now && now.total >= before.total) {
+        const d = now.total - before.total;
+        rate = d / dt;
+        share = d > 0 ? Math.max(0, now.errors - before.errors) / d : null;
+        live.latest.set(key, { rate, share });
+      }
+      live.rate.get(key).push(rate);
+      live.errors.get(key).push(share === null ? null : share * 100);
+    }
+    if (live.t.length > LIVE_POINTS) {
+      live.t.shift();
+      for (const key of live.keys) {
+        live.rate.get(key).shift();
+        live.errors.get(key).shift();
+      }
+    }
+  }
+
+  function drawLive() {
+    liveRate.update(live.t, live.keys.map((key) => ({ label: key, key, values: live.rate.get(key) })));
+    liveErrors.update(live.t, live.keys.map((key) => ({ label: key, key, values: live.errors.get(key) })));
+  }
+
+  // ---------- history from /hypercare/series ----------
+
+  // Aligns the per-entry minute arrays on one time axis.
+  function alignSeries(entries) {
+    const times = [...new Set(entries.flatMap((e) => e.t || []))].sort((a, b) => a - b);
+    const index = new Map(times.map((t, i) => [t, i]));
+    const column = (e, pick) => {
+      const out = times.map(() => null);
+      (e.t || []).forEach((t, i) => {
+        const v = pick(i);
+        out[index.get(t)] = finite(v) ? v : null;
+      });
+      return out;
+    };
+    return { times, column };
+  }
+
+  function drawHistory(data) {
+    const entries = ((data && data.series) || []).filter((e) => Array.isArray(e.t));
+    const { times, column } = alignSeries(entries);
+    const label = (e) => (e.version ? e.route + " · " + e.version : e.route);
+    const sum = (a) => (a || []).reduce((x, y) => x + (finite(y) ? y : 0), 0);
+    histRequests.update(times, entries.map((e) => ({
+      label: label(e), key: label(e), values: column(e, (i) => e.requests[i]),
+    })));
+    histErrors.update(times, entries.map((e) => ({
+      label: label(e), key: label(e),
+      values: column(e, (i) => (e.requests[i] > 0 ? (100 * e.errors[i]) / e.requests[i] : null)),
+    })));
+    histLatency.update(times, entries.flatMap((e) => [
+      { label: label(e) + " p50", key: label(e), dash: true, values: column(e, (i) => (e.requests[i] > 0 ? e.p50_ms[i] : null)) },
+      { label: label(e) + " p99", key: label(e), values: column(e, (i) => (e.requests[i] > 0 ? e.p99_ms[i] : null)) },
+    ]));
+    const llm = entries.filter((e) => sum(e.tokens) > 0 || sum(e.cost_usd) > 0);
+    llmTokens.update(times, llm.map((e) => ({ label: label(e), key: label(e), values: column(e, (i) => e.tokens[i]) })));
+    llmCost.update(times, llm.map((e) => ({ label: label(e), key: label(e), values: column(e, (i) => e.cost_usd[i]) })));
+  }
+
+  // ---------- tiles ----------
+
+  function tile(label, value, sub, tone) {
+    return el("div", { class: "tile " + (tone || "") },
+      el("div", { class: "label" }, label),
+      el("div", { class: "value" }, value),
+      el("div", { class: "sub" }, sub || "\u00a0"));
+  }
+
+  function drawTiles(stats, canary, alerts, summary) {
+    let rate = null;
+    let errors = 0;
+    for (const v of live.latest.values()) {
+      rate = (rate || 0) + v.rate;
+      if (finite(v.share)) errors += v.share * v.rate;
+    }
+    const share = rate > 0 ? errors / rate : null;
+    const canaries = (canary && canary.canaries) || [];
+    const firstCanary = canaries[0];
+    const firing = ((alerts && alerts.alerts) || []).filter((a) => a.state === "firing");
+    const calls = (stats && stats.llm && stats.llm.calls) || [];
+    const cost = calls.reduce((a, c) => a + (finite(c.cost_usd) ? c.cost_usd : 0), 0);
+    const tokens = calls.reduce((a, c) => a + (c.prompt || 0) + (c.completion || 0), 0);
+    const total = (summary && summary.total) || {};
+    const total5xx = total.status && total.status["5xx"];
+    replace("tiles",
+      tile("Requests", fmtRate(rate), finite(total.requests) ? fmtNum(total.requests) + " in the last " + windowLabel() : null),
+      tile("5xx share (live)", fmtPct(share), finite(total5xx) ? fmtNum(total5xx) + " 5xx in the last " + windowLabel() : null,
+        share > 0.01 ? "bad" : null),
+      tile("Connections", fmtNum(stats && stats.active_connections),
+        stats ? fmtNum(stats.accepted_connections) + " accepted, " + fmtNum(stats.shards) + " shards" : null),
+      firstCanary
+        ? tile("Canary " + firstCanary.route, (firstCanary.weight ?? "–") + " %",
+          phaseText(firstCanary.status && firstCanary.status.phase) + (canaries.length > 1 ? " (+" + (canaries.length - 1) + " more)" : ""),
+          phaseTone(firstCanary.status && firstCanary.status.phase) === "bad" ? "bad" : null)
+        : tile("Canary", "none", "no canary configured"),
+      tile("Alerts firing", String(firing.length),
+        firing.length ? firing.map((a) => a.rule && a.rule.name).join(", ") : ((alerts && alerts.alerts) || []).length + " rules",
+        firing.length ? "bad" : "good"),
+      tile("LLM spend", fmtUsd(cost), fmtNum(tokens) + " tokens since start"));
+  }
+
+  // ---------- routes ----------
+
+  function drawRoutes(stats) {
+    const routes = Object.entries((stats && stats.routes) || {}).sort(([a], [b]) => a.localeCompare(b));
+    if (routes.length === 0) return replace("routes", none("No requests routed yet."));
+    const rows = [];
+    for (const [route, r] of routes) {
+      const lat = r.latency || {};
+      const served = (r.by_target || []).filter((t) => Object.values(t.status || {}).some((n) => n > 0));
+      const targets = served.length ? served : [{}];
+      targets.forEach((target, i) => {
+        const st = target.status || {};
+        const total = Object.values(st).reduce((a, b) => a + (finite(b) ? b : 0), 0);
+        const side = target.version || target.cluster || "";
+        const now = live.latest.get(side ? route + " · " + side : route) || {};
+        rows.push([
+          i === 0 ? el("strong", {}, route) : "",
+          target.cluster || "–",
+          target.version || "–",
+          fmtNum(total),
+          fmtNum(st["2xx"] || 0),
+          fmtNum(st["4xx"] || 0),
+          fmtNum(st["5xx"] || 0),
+          fmtRate(now.rate),
+          fmtPct(now.share),
+          i === 0 ? fmtUs(lat.p50_us) : "",
+          i === 0 ? fmtUs(lat.p99_us) : "",
+        ]);
+      });
+    }
+    replace("routes", table(
+      ["Route", "Cluster", "Version", "#Requests", "#2xx", "#4xx", "#5xx", "#Rate", "#5xx share", "#Route p50", "#Route p99"],
+      rows));
+  }
+
+  // ---------- canary ----------
+
+  function phaseText(phase) {
+    return { running: "running", rolled_back: "rolled back", completed: "completed" }[phase] || phase || "unknown";
+  }
+  function phaseTone(phase) {
+    return { running: "info", rolled_back: "bad", completed: "ok" }[phase] || "";
+  }
+  function actionTone(action) {
+    return { hold: "", promote: "info", rollback: "bad", complete: "ok" }[action] || "";
+  }
+
+  // A decision's reason (a string or a tagged object) in words.
+  function reasonText(reason) {
+    if (reason === undefined || reason === null) return "";
+    if (typeof reason !== "object") return String(reason);
+    const kind = (reason.kind || "").replace(/_/g, " ");
+    const rest = Object.entries(reason)
+      .filter(([k]) => k !== "kind")
+      .map(([k, v]) => k.replace(/_/g, " ") + " " + (typeof v === "number" ? fmtNum(v) : JSON.stringify(v)));
+    return [kind, rest.join(", ")].filter((s) => s).join(": ");
+  }
+
+  // Error-rate and latency evidence: counts, rates, statistic vs threshold.
+  function evidenceText(ev) {
+    if (!ev) return "";
+    const parts = [];
+    const er = ev.error_rate;
+    if (er) {
+      const s = er.stable || {};
+      const c = er.canary || {};
+      parts.push("errors: canary " + fmtPct(er.canary_rate) + " (" + fmtNum(c.errors) + "/" + fmtNum(c.requests) +
+        ") vs stable " + fmtPct(er.stable_rate) + " (" + fmtNum(s.errors) + "/" + fmtNum(s.requests) +
+        "), z " + fmtZ(er.statistic) + " vs " + fmtZ(er.threshold) + (er.verdict ? ", " + er.verdict.replace(/_/g, " ") : ""));
+    }
+    const lat = ev.latency;
+    if (lat) {
+      const q = finite(lat.quantile) ? "p" + Math.round(lat.quantile * 100) : "quantile";
+      parts.push("latency " + q + ": canary " + fmtUs(lat.canary_quantile) + " vs stable " + fmtUs(lat.stable_quantile) +
+        " (bound " + fmtUs(lat.bound) + "), z " + fmtZ(lat.statistic) + " vs " + fmtZ(lat.threshold) +
+        (lat.verdict ? ", " + lat.verdict.replace(/_/g, " ") : ""));
+    }
+    for (const extra of ev.extra || []) {
+      parts.push((extra.name || "judge") + ": z " + fmtZ(extra.statistic) + " vs " + fmtZ(extra.threshold) +
+        (extra.verdict ? ", " + extra.verdict.replace(/_/g, " ") : ""));
+    }
+    return parts.join("; ");
+  }
+
+  function side(label, counts) {
+    const c = counts || {};
+    const share = c.requests > 0 ? c.errors / c.requests : null;
+    return el("div", { class: "side" },
+      el("div", { class: "label" }, label),
+      el("div", { class: "value" }, fmtNum(c.requests || 0) + " req"),
+      el("div", { class: "subtle" }, fmtNum(c.errors || 0) + " errors · " + fmtPct(share)));
+  }
+
+  function drawCanary(data) {
+    const canaries = (data && data.canaries) || [];
+    if (canaries.length === 0) {
+      return replace("canaries", el("div", { class: "card" }, none("No canary configured.")));
+    }
+    replace("canaries", canaries.map((c) => {
+      const st = c.status || {};
+      const steps = (c.plan && c.plan.steps) || [];
+      const history = (st.history || []).slice(-8).reverse();
+      const weight = finite(c.weight) ? c.weight : 0;
+      return el("div", { class: "card" },
+        el("div", { class: "canary-head" },
+          el("h3", {}, c.route),
+          el("span", { class: "flow" }, (c.stable || "?") + " → " + (c.canary || "?")),
+          badge(phaseText(st.phase), phaseTone(st.phase)),
+          el("span", { class: "subtle" }, steps.length
+            ? "step " + ((st.step || 0) + 1) + " of " + steps.length
+            : "step " + ((st.step || 0) + 1))),
+        el("div", { class: "canary-sides" },
+          side("Stable " + (c.stable || ""), st.stable),
+          side("Canary " + (c.canary || ""), st.canary),
+          el("div", { class: "side" },
+            el("div", { class: "label" }, "Canary weight"),
+            el("div", { class: "value" }, weight + " %"),
+            el("div", { class: "bar " + (st.phase === "rolled_back" ? "bad" : st.phase === "completed" ? "ok" : "") },
+              el("div", { width: Math.min(100, Math.max(0, weight)) + "%" })))),
+        history.length === 0
+          ? none("No decision yet.")
+          : table(["When", "#Step", "#Weight", "Decision", "Reason", "Evidence"], history.map((h) => {
+            const d = h.decision || {};
+            return [
+              "t+" + fmtDuration(h.at),
+              String((h.step || 0) + 1),
+              (h.weight ?? "–") + " %",
+              badge(d.action || "?", actionTone(d.action)),
+              reasonText(d.reason),
+              evidenceText(d.evidence),
+            ];
+          })));
+    }));
+  }
+
+  // ---------- alerts ----------
+
+  function alertTone(state) {
+    return { firing: "bad", pending: "warn", resolved: "ok", inactive: "" }[state] || "";
+  }
+
+  function alertValue(kind, v) {
+    if (!finite(v)) return "–";
+    if (kind === "error_rate") return fmtPct(v);
+    if (kind === "latency") return fmtMs(v);
+    if (kind && kind.includes("cost")) return fmtUsd(v);
+    return fmtNum(v);
+  }
+
+  function drawAlerts(data) {
+    const alerts = (data && data.alerts) || [];
+    if (alerts.length === 0) return replace("alerts", none("No alert rules configured."));
+    const order = { firing: 0, pending: 1, resolved: 2, inactive: 3 };
+    const sorted = [...alerts].sort((a, b) => (order[a.state] ?? 9) - (order[b.state] ?? 9));
+    replace("alerts", table(["Rule", "Kind", "Scope", "State", "#Value", "#Threshold", "Since"], sorted.map((a) => {
+      const r = a.rule || {};
+      return [
+        el("span", {}, el("strong", {}, r.name || "?"), r.severity ? el("span", { class: "subtle" }, " · " + r.severity) : null),
+        (r.kind || "").replace(/_/g, " ") + (r.kind === "latency" && finite(r.quantile) ? " p" + Math.round(r.quantile * 100) : ""),
+        [r.route, r.version, r.model].filter((x) => x).join(" · ") || "all",
+        badge(a.state || "?", alertTone(a.state)),
+        alertValue(r.kind, a.value),
+        alertValue(r.kind, r.threshold),
+        fmtSince(a.since_ms),
+      ];
+    })));
+  }
+
+  // ---------- hypercare windows ----------
+
+  function verdictTone(v) {
+    return { exit: "ok", extend: "warn", roll_back: "bad", in_progress: "info" }[v] || "";
+  }
+
+  function criterionValue(v) {
+    if (v === null || v === undefined) return "no data";
+    if (Array.isArray(v)) return v.length ? v.join(", ") : "none";
+    if (typeof v === "number") return fmtNum(v);
+    return String(v);
+  }
+
+  function drawWindows(data) {
+    const windows = (data && data.windows) || [];
+    if (windows.length === 0) return replace("windows", none("No hypercare windows configured."));
+    replace("windows", windows.map((w) => {
+      const share = w.required_s > 0 ? Math.min(1, (w.met_for_s || 0) / w.required_s) : 0;
+      return el("div", { class: "window" },
+        el("div", { class: "head" },
+          el("h3", {}, w.name || "?"),
+          el("span", { class: "subtle" }, [w.route, w.version].filter((x) => x).join(" · ") || "all routes"),
+          badge((w.verdict || "in_progress").replace(/_/g, " "), verdictTone(w.verdict))),
+        el("div", { class: "subtle" }, w.progress || ""),
+        el("div", { class: "bar " + (w.verdict === "exit" ? "ok" : w.verdict === "roll_back" ? "bad" : "") },
+          el("div", { width: (share * 100).toFixed(1) + "%" })),
+        el("ul", {}, (w.criteria || []).map((c) => el("li", {},
+          el("span", { class: c.met ? "mark-ok" : "mark-bad" }, c.met ? "✓" : "✗"),
+          c.description || "",
+          el("span", { class: "subtle" }, " (" + criterionValue(c.value) + ")")))));
+    }));
+  }
+
+  // ---------- LLM ----------
+
+  function drawLlm(stats) {
+    const llm = (stats && stats.llm) || {};
+    const calls = llm.calls || [];
+    if (calls.length === 0) return replace("llm", none("No LLM calls yet."));
+    const q = (h, k) => (h ? fmtUs(h[k]) : "–");
+    const cache = (llm.cache_hits || 0) + (llm.cache_misses || 0);
+    replace("llm",
+      table(["Route", "Alias", "Target", "Consumer", "#OK", "#Errors", "#Prompt tok", "#Completion tok", "#Cost",
+        "#TTFT p50", "#TTFT p99", "#ITL p50", "#ITL p99"],
+      calls.map((c) => [
+        c.route || "–", c.alias || "–", c.target || "–", c.consumer || "–",
+        fmtNum(c.ok), fmtNum(c.errors), fmtNum(c.prompt), fmtNum(c.completion), fmtUsd(c.cost_usd),
+        q(c.ttft, "p50_us"), q(c.ttft, "p99_us"), q(c.itl, "p50_us"), q(c.itl, "p99_us"),
+      ])),
+      el("div", { class: "subtle" }, "Response cache: " + fmtNum(llm.cache_hits || 0) + " hits of " + fmtNum(cache) +
+        " lookups" + (cache > 0 ? " (" + fmtPct((llm.cache_hits || 0) / cache) + ")" : "")));
+  }
+
+  // ---------- kernel TCP ----------
+
+  function drawTcp(stats) {
+    const tcp = stats && stats.tcp;
+    const section = $("tcp-section");
+    if (!tcp || typeof tcp !== "object") {
+      section.hidden = true;
+      return;
+    }
+    section.hidden = false;
+    if (tcp.error) return replace("tcp", none(String(tcp.error)));
+    const q = (h, k) => (h && h.count ? fmtUs(h[k]) : "–");
+    const row = (kind, name, p) => [
+      kind, name, fmtNum(p.open), fmtNum(p.opened), fmtNum(p.connect_failures),
+      q(p.srtt_all || p.srtt, "p50_us"), q(p.srtt_all || p.srtt, "p99_us"),
+      q(p.handshake, "p50_us"), q(p.handshake, "p99_us"),
+      fmtNum(p.retransmits), fmtNum(p.resets_received), fmtNum(p.resets_sent),
+    ];
+    const rows = [
+      ...Object.entries(tcp.downstream || {}).map(([n, p]) => row("listener", n, p)),
+      ...Object.entries(tcp.upstream || {}).map(([n, p]) => row("cluster", n, p)),
+    ];
+    const probe = tcp.probe || {};
+    replace("tcp",
+      rows.length === 0 ? none("No connections seen by the probe yet.") : table(
+        ["Side", "Name", "#Open", "#Opened", "#Connect failures", "#sRTT p50", "#sRTT p99", "#Handshake p50",
+          "#Handshake p99", "#Retransmits", "#Resets in", "#Resets out"], rows),
+      el("div", { class: "subtle" }, "Probe: " + fmtNum(probe.events_lost || 0) + " events lost, " +
+        fmtNum(probe.untracked_connections || 0) + " connections untracked"));
+  }
+
+  // ---------- polling ----------
+
+  const windowSelect = $("window");
+  const windowLabel = () => windowSelect.options[windowSelect.selectedIndex].text;
+
+  async function getJson(path) {
+    const response = await fetch(path, { cache: "no-store" });
+    if (!response.ok) {
+      const err = new Error(path + ": HTTP " + response.status);
+      err.status = response.status;
+      throw err;
+    }
+    return response.json();
+  }
+
+  function setStatus(ok, text) {
+    $("status").className = "status " + (ok ? "ok" : "down");
+    $("status-text").textContent = text;
+  }
+
+  // Runs one panel's renderer; a failure is reported and leaves the others drawn.
+  function safely(name, draw, ...args) {
+    try {
+      draw(...args);
+    } catch (e) {
+      console.error("dashboard: drawing " + name + " failed:", e);
+    }
+  }
+
+  async function poll() {
+    const w = encodeURIComponent(windowSelect.value);
+    const [stats, series, summary, canary, alerts, windows] = await Promise.allSettled([
+      getJson("/stats"),
+      getJson("/hypercare/series?window=" + w),
+      getJson("/hypercare/summary?window=" + w),
+      getJson("/hypercare/canary"),
+      getJson("/hypercare/alerts"),
+      getJson("/hypercare/windows"),
+    ]);
+    const value = (r) => (r.status === "fulfilled" ? r.value : null);
+    if (stats.status === "fulfilled") {
+      setStatus(true, "updated " + new Date().toLocaleTimeString());
+      safely("live rates", pushLive, stats.value, Date.now() / 1000);
+    } else {
+      setStatus(false, "admin API unreachable: " + stats.reason.message);
+    }
+    safely("live charts", drawLive);
+    safely("history", drawHistory, value(series));
+    safely("tiles", drawTiles, value(stats), value(canary), value(alerts), value(summary));
+    safely("routes", drawRoutes, value(stats));
+    safely("canary", drawCanary, value(canary));
+    safely("alerts", drawAlerts, value(alerts));
+    safely("windows", drawWindows, value(windows));
+    safely("LLM", drawLlm, value(stats));
+    safely("TCP", drawTcp, value(stats));
+    const drawn = charts.filter((c) => c.points > 0).length;
+    if (drawn > 0) document.body.dataset.ready = String(drawn);
+  }
+
+  async function loop() {
+    await poll();
+    setTimeout(loop, POLL_MS);
+  }
+
+  windowSelect.addEventListener("change", () => poll());
+  loop();
+})();
