@@ -12,7 +12,7 @@ use super::spec::Provider;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::codec::{at, parse_response, BodyFraming, Parsed, ResponseHead};
 use crate::proxy::io::{read_more, write_out, ReadOutcome};
-use crate::proxy::{connect, Lease};
+use crate::proxy::{lease, Lease, LeaseError};
 use crate::upstream::ClusterRuntime;
 use bytes::Buf;
 use std::time::{Duration, Instant};
@@ -98,37 +98,14 @@ pub async fn send<'a>(
     out: &mut Vec<u8>,
     max_head: usize,
 ) -> Result<ProviderResponse<'a>, SendError> {
-    let ep = 0;
-    let endpoint = &cluster.endpoints[ep];
-    let spec = &cluster.spec.raw;
     let mut attempt_fresh = false;
     loop {
-        let conn = match (attempt_fresh, cluster.checkout(ep, true)) {
-            (false, Some(c)) => c,
-            _ => {
-                if !cluster.may_connect(ep) {
-                    return Err(SendError::PoolFull);
-                }
-                match monoio::time::timeout(
-                    spec.connect_timeout,
-                    connect(endpoint.addr, cluster.spec.tls.as_ref()),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => {
-                        cluster.opened(ep);
-                        c
-                    }
-                    Ok(Err(_)) => return Err(SendError::Connect),
-                    Err(_) => return Err(SendError::Timeout),
-                }
-            }
-        };
-        endpoint.in_flight.set(endpoint.in_flight.get() + 1);
-        let mut lease = Lease {
-            cluster,
-            endpoint: ep,
-            conn: Some(conn),
+        // A pooled connection that turned out closed is retried once on a fresh one.
+        let mut lease = match lease(cluster, 0, !attempt_fresh, true).await {
+            Ok(l) => l,
+            Err(LeaseError::PoolFull) => return Err(SendError::PoolFull),
+            Err(LeaseError::Connect) => return Err(SendError::Connect),
+            Err(LeaseError::ConnectTimeout) => return Err(SendError::Timeout),
         };
         let reused = lease.conn().reused;
         out.clear();

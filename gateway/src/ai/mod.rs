@@ -1009,27 +1009,10 @@ impl<'r, 'a> Chat<'r, 'a> {
             )
             .await
         };
-        let (sent, usage, estimated) = match result {
-            Ok(x) => x,
-            Err((e, usage, estimated)) => {
-                let cost = self.cost(a_alias, target, &usage);
-                if let Some(r) = reservation {
-                    r.settle(
-                        &self.req.ctx.ai.shared,
-                        usage.prompt + usage.completion,
-                        cost,
-                    );
-                }
-                self.finish_stats(
-                    alias,
-                    Some((a_alias, target)),
-                    &usage,
-                    cost,
-                    estimated,
-                    e.status,
-                );
-                return Err(e);
-            }
+        // Settle and count with what was produced, whether the answer went out or not.
+        let (usage, estimated, status) = match &result {
+            Ok((sent, usage, estimated)) => (*usage, *estimated, sent.status),
+            Err((e, usage, estimated)) => (*usage, *estimated, e.status),
         };
         let cost = self.cost(a_alias, target, &usage);
         if let Some(r) = reservation {
@@ -1045,9 +1028,9 @@ impl<'r, 'a> Chat<'r, 'a> {
             &usage,
             cost,
             estimated,
-            sent.status,
+            status,
         );
-        Ok(sent)
+        result.map(|(sent, ..)| sent).map_err(|(e, ..)| e)
     }
 
     fn cache_key(&self, alias: usize, canonical: &Value) -> Option<u64> {

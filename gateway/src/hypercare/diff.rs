@@ -12,7 +12,6 @@
 //! A change is flagged `significant` at p < 0.01.
 
 use super::query::{aggregate, Aggregate, QueryError};
-use crate::observability::metrics::new_histogram;
 use hdrhistogram::Histogram;
 use hypergate_analysis::stats::normal_upper_tail;
 use rusqlite::Connection;
@@ -37,17 +36,7 @@ pub fn baseline(
         if v != version || route.is_some_and(|x| x != r) {
             continue;
         }
-        total.requests += a.requests;
-        for i in 0..5 {
-            total.by_class[i] += a.by_class[i];
-        }
-        if let Some(h) = &a.latency {
-            let _ = total.latency.get_or_insert_with(new_histogram).add(h);
-        }
-        total.latency_sum_us += a.latency_sum_us;
-        total.prompt_tokens += a.prompt_tokens;
-        total.completion_tokens += a.completion_tokens;
-        total.cost_usd += a.cost_usd;
+        total.absorb(&a);
     }
     Ok(total)
 }
@@ -169,6 +158,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observability::metrics::new_histogram;
 
     #[test]
     fn two_proportion_z_on_a_known_table() {

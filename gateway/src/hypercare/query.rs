@@ -228,6 +228,21 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
+    /// Adds another group's figures.
+    pub fn absorb(&mut self, a: &Aggregate) {
+        self.requests += a.requests;
+        for i in 0..5 {
+            self.by_class[i] += a.by_class[i];
+        }
+        if let Some(h) = &a.latency {
+            let _ = self.latency.get_or_insert_with(new_histogram).add(h);
+        }
+        self.latency_sum_us += a.latency_sum_us;
+        self.prompt_tokens += a.prompt_tokens;
+        self.completion_tokens += a.completion_tokens;
+        self.cost_usd += a.cost_usd;
+    }
+
     /// Share of 5xx answers.
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
@@ -306,17 +321,7 @@ pub fn summary(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value
     let mut total = Aggregate::default();
     let mut out = Vec::new();
     for ((route, cluster, version, model), a) in &groups {
-        total.requests += a.requests;
-        for i in 0..5 {
-            total.by_class[i] += a.by_class[i];
-        }
-        if let Some(h) = &a.latency {
-            let _ = total.latency.get_or_insert_with(new_histogram).add(h);
-        }
-        total.latency_sum_us += a.latency_sum_us;
-        total.prompt_tokens += a.prompt_tokens;
-        total.completion_tokens += a.completion_tokens;
-        total.cost_usd += a.cost_usd;
+        total.absorb(a);
         let mut v = a.json();
         v["route"] = route.as_str().into();
         v["cluster"] = cluster.as_str().into();

@@ -907,34 +907,12 @@ impl<'a> Call<'a> {
     ) -> Result<Lease<'a>, AttemptError> {
         let cluster = self.cluster;
         let spec = &cluster.spec.raw;
-        let endpoint = &cluster.endpoints[ep];
         let head = self.view.head;
-        let conn = match cluster.checkout(ep, head.has_body()) {
-            Some(c) => c,
-            None => {
-                if !cluster.may_connect(ep) {
-                    return Err(AttemptError::PoolFull);
-                }
-                match monoio::time::timeout(
-                    spec.connect_timeout,
-                    connect(endpoint.addr, cluster.spec.tls.as_ref()),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => {
-                        cluster.opened(ep);
-                        c
-                    }
-                    Ok(Err(_)) => return Err(AttemptError::Connect),
-                    Err(_) => return Err(AttemptError::ConnectTimeout),
-                }
-            }
-        };
-        endpoint.in_flight.set(endpoint.in_flight.get() + 1);
-        let mut lease = Lease {
-            cluster,
-            endpoint: ep,
-            conn: Some(conn),
+        let mut lease = match lease(cluster, ep, true, head.has_body()).await {
+            Ok(l) => l,
+            Err(LeaseError::PoolFull) => return Err(AttemptError::PoolFull),
+            Err(LeaseError::Connect) => return Err(AttemptError::Connect),
+            Err(LeaseError::ConnectTimeout) => return Err(AttemptError::ConnectTimeout),
         };
         let reused = lease.conn().reused;
         out.clear();
@@ -1446,8 +1424,57 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Why no connection could be leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseError {
+    /// The endpoint's pool is at `max_connections`.
+    PoolFull,
+    /// Connecting (or the TLS handshake) failed.
+    Connect,
+    /// Connecting took longer than the cluster's `connect_timeout`.
+    ConnectTimeout,
+}
+
+/// A connection to endpoint `ep` for one exchange: from the pool when `pooled`
+/// (checked for liveness first when `verify_open`), else newly connected.
+pub(crate) async fn lease(
+    cluster: &ClusterRuntime,
+    ep: usize,
+    pooled: bool,
+    verify_open: bool,
+) -> Result<Lease<'_>, LeaseError> {
+    let endpoint = &cluster.endpoints[ep];
+    let conn = match pooled.then(|| cluster.checkout(ep, verify_open)).flatten() {
+        Some(c) => c,
+        None => {
+            if !cluster.may_connect(ep) {
+                return Err(LeaseError::PoolFull);
+            }
+            match monoio::time::timeout(
+                cluster.spec.raw.connect_timeout,
+                connect(endpoint.addr, cluster.spec.tls.as_ref()),
+            )
+            .await
+            {
+                Ok(Ok(c)) => {
+                    cluster.opened(ep);
+                    c
+                }
+                Ok(Err(_)) => return Err(LeaseError::Connect),
+                Err(_) => return Err(LeaseError::ConnectTimeout),
+            }
+        }
+    };
+    endpoint.in_flight.set(endpoint.in_flight.get() + 1);
+    Ok(Lease {
+        cluster,
+        endpoint: ep,
+        conn: Some(conn),
+    })
+}
+
 /// Connects to an endpoint (with a TLS handshake for TLS clusters).
-pub(crate) async fn connect(
+async fn connect(
     addr: SocketAddr,
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> std::io::Result<UpstreamConn> {
