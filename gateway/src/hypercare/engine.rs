@@ -99,7 +99,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
         series.set_keep(keep);
         series.push(Point {
             at: Instant::now(),
-            stats: Arc::new(c.snapshot()),
+            stats: super::series::Compact::of(&c.snapshot()),
             retransmits: c.tcp_probe().map(|p| total_retransmits(&p.stats_json())),
         });
         let store = c

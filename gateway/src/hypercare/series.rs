@@ -8,19 +8,102 @@
 //! newest point and the newest point at least that old (HDR histograms subtract
 //! exactly), so counters restarting (a reload that drops a route) only shorten
 //! what a window sees.
+//!
+//! A point keeps only what windows need, with each histogram reduced to its
+//! non-empty buckets (a full HDR histogram is about 140 KiB; a sparse copy is a
+//! few hundred pairs), so ten minutes of history stays small however busy the
+//! gateway is.
 
-use crate::observability::metrics::MergedStats;
+use crate::observability::metrics::{new_histogram, MergedStats};
 use hdrhistogram::Histogram;
-use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
+
+/// A histogram's non-empty buckets: (highest equivalent value, cumulative count), by value.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Sparse(Vec<(u64, u64)>);
+
+impl Sparse {
+    fn of(h: &Histogram<u64>) -> Sparse {
+        Sparse(
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        )
+    }
+
+    /// `self - then` as a histogram (counts that went down, after a reload
+    /// re-created the series, count as new).
+    fn minus(&self, then: Option<&Sparse>) -> Histogram<u64> {
+        let mut h = new_histogram();
+        let old = then.map_or(&[][..], |t| &t.0[..]);
+        let mut j = 0;
+        for &(value, count) in &self.0 {
+            while j < old.len() && old[j].0 < value {
+                j += 1;
+            }
+            let before = old.get(j).filter(|o| o.0 == value).map_or(0, |o| o.1);
+            let n = if count >= before {
+                count - before
+            } else {
+                count
+            };
+            if n > 0 {
+                h.saturating_record_n(value, n);
+            }
+        }
+        h
+    }
+}
+
+/// What a point keeps of a merged snapshot.
+#[derive(Debug, Default)]
+pub struct Compact {
+    /// (route, cluster, version) -> counts by status class.
+    targets: BTreeMap<(String, String, String), [u64; 6]>,
+    /// Route latency.
+    routes: BTreeMap<String, Sparse>,
+    /// (cluster, version) upstream latency.
+    clusters: BTreeMap<(String, String), Sparse>,
+    /// (route, alias) -> (tokens, micro-dollars).
+    llm: BTreeMap<(String, String), (u64, u64)>,
+    /// Rate-limit refusals.
+    rate_limited: u64,
+}
+
+impl Compact {
+    /// Keeps what windows need from a merged snapshot.
+    pub fn of(m: &MergedStats) -> Compact {
+        let mut llm: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for ((route, alias, _, _), v) in &m.ai.calls {
+            let e = llm.entry((route.clone(), alias.clone())).or_default();
+            e.0 += v.counters[4] + v.counters[5];
+            e.1 += v.counters[8];
+        }
+        Compact {
+            targets: m.targets.clone(),
+            routes: m
+                .routes
+                .iter()
+                .map(|(r, (h, _))| (r.clone(), Sparse::of(h)))
+                .collect(),
+            clusters: m
+                .clusters
+                .iter()
+                .filter_map(|(k, c)| c.latency.as_ref().map(|(h, _)| (k.clone(), Sparse::of(h))))
+                .collect(),
+            llm,
+            rate_limited: m.edge_rejections[crate::proxy::EdgeReject::RateLimited.index()],
+        }
+    }
+}
 
 /// One sample of the cumulative figures.
 pub struct Point {
     /// When it was taken.
     pub at: Instant,
-    /// The merged shard stats.
-    pub stats: Arc<MergedStats>,
+    /// What windows need of the merged shard stats.
+    pub stats: Compact,
     /// Kernel TCP retransmits so far (when the probe runs).
     pub retransmits: Option<u64>,
 }
@@ -62,18 +145,6 @@ impl Scope {
             && self.version.as_deref().is_none_or(|v| v == version)
             && self.cluster.as_deref().is_none_or(|c| c == cluster)
     }
-}
-
-fn sub_hist(now: &Histogram<u64>, then: Option<&Histogram<u64>>) -> Histogram<u64> {
-    let mut h = now.clone();
-    if let Some(t) = then {
-        // Counters only grow, except after a reload re-created them: then the
-        // subtraction fails and the whole current histogram is the window.
-        if h.subtract(t).is_err() {
-            return now.clone();
-        }
-    }
-    h
 }
 
 impl Series {
@@ -149,15 +220,11 @@ impl Series {
         let (Some(now), Some(then)) = (self.latest(), self.base(window)) else {
             return (0, 0.0, Duration::ZERO);
         };
-        let sum = |m: &MergedStats| {
-            m.ai.calls
+        let sum = |m: &Compact| {
+            m.llm
                 .iter()
-                .filter(|((r, a, _, _), _)| {
-                    route.is_none_or(|x| x == r) && alias.is_none_or(|x| x == a)
-                })
-                .fold((0u64, 0u64), |(t, c), (_, v)| {
-                    (t + v.counters[4] + v.counters[5], c + v.counters[8])
-                })
+                .filter(|((r, a), _)| route.is_none_or(|x| x == r) && alias.is_none_or(|x| x == a))
+                .fold((0u64, 0u64), |(t, c), (_, v)| (t + v.0, c + v.1))
         };
         let (t1, c1) = sum(&now.stats);
         let (t0, c0) = sum(&then.stats);
@@ -173,10 +240,10 @@ impl Series {
         let (Some(now), Some(then)) = (self.latest(), self.base(window)) else {
             return (0, Duration::ZERO);
         };
-        let count =
-            |m: &MergedStats| m.edge_rejections[crate::proxy::EdgeReject::RateLimited.index()];
         (
-            count(&now.stats).saturating_sub(count(&then.stats)),
+            now.stats
+                .rate_limited
+                .saturating_sub(then.stats.rate_limited),
             now.at.duration_since(then.at),
         )
     }
@@ -245,23 +312,39 @@ fn between(now: &Point, then: &Point, scope: &Scope) -> WindowFigures {
             .map(|k| (k.1.clone(), k.2.clone()))
             .collect();
         for key in &keys {
-            let latency = now.stats.clusters.get(key).and_then(|c| c.latency.as_ref());
-            if let Some((h, _)) = latency {
-                let old = then
-                    .stats
-                    .clusters
-                    .get(key)
-                    .and_then(|c| c.latency.as_ref())
-                    .map(|(h, _)| h);
-                add(sub_hist(h, old));
+            if let Some(h) = now.stats.clusters.get(key) {
+                add(h.minus(then.stats.clusters.get(key)));
             }
         }
     } else {
-        for (route, (h, _)) in &now.stats.routes {
+        for (route, h) in &now.stats.routes {
             if scope.route.as_deref().is_none_or(|r| r == route) {
-                add(sub_hist(h, then.stats.routes.get(route).map(|(h, _)| h)));
+                add(h.minus(then.stats.routes.get(route)));
             }
         }
     }
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_difference_equals_the_histogram_difference() {
+        let (mut then, mut now) = (new_histogram(), new_histogram());
+        for v in [5, 50, 500, 5000, 50_000] {
+            then.record_n(v, 3).unwrap();
+            now.record_n(v, 10).unwrap();
+        }
+        now.record_n(777, 4).unwrap();
+        let d = Sparse::of(&now).minus(Some(&Sparse::of(&then)));
+        let mut expect = now.clone();
+        expect.subtract(&then).unwrap();
+        assert_eq!(d.len(), expect.len());
+        for q in [0.1, 0.5, 0.9, 0.99] {
+            assert_eq!(d.value_at_quantile(q), expect.value_at_quantile(q));
+        }
+        assert_eq!(Sparse::of(&now).minus(None).len(), now.len());
+    }
 }
