@@ -199,3 +199,75 @@ fn loadgen_counts_connect_failures() {
     assert!(number(&report, "errors_connect") > 0.0, "{report}");
     assert_eq!(number(&report, "requests"), 0.0, "{report}");
 }
+
+/// A one-connection server that answers every request with a chunked body whose
+/// first chunk comes at once and the rest `delay` later, and hands back the
+/// first request it read.
+fn slow_stream_server(delay: Duration) -> (SocketAddr, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let address = listener.local_addr().expect("has an address");
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accepts");
+        stream.set_nodelay(true).expect("sets nodelay");
+        let mut first_request = None;
+        let mut buffer = [0u8; 4096];
+        // Each request fits one read here: the body is small and sent with its head.
+        while let Ok(read) = stream.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            first_request.get_or_insert_with(|| String::from_utf8_lossy(&buffer[..read]).into());
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata:1\r\n";
+            if stream.write_all(head.as_bytes()).is_err() {
+                break;
+            }
+            std::thread::sleep(delay);
+            if stream.write_all(b"6\r\ndata:2\r\n0\r\n\r\n").is_err() {
+                break;
+            }
+        }
+        first_request.unwrap_or_default()
+    });
+    (address, server)
+}
+
+#[test]
+fn loadgen_posts_json_and_measures_time_to_first_byte() {
+    let body = r#"{"model":"m","stream":true}"#;
+    let run = |ttfb: bool| {
+        let (address, server) = slow_stream_server(Duration::from_millis(50));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+        command
+            .args(["--target", &address.to_string(), "--path", "/v1/chat"])
+            .args(["--rate", "10", "--connections", "1", "--duration", "1"])
+            .args(["--method", "POST", "--body", body]);
+        if ttfb {
+            command.arg("--ttfb");
+        }
+        let output = command.output().expect("loadgen runs");
+        assert!(output.status.success(), "{output:?}");
+        let report: Value = serde_json::from_slice(&output.stdout).expect("a report");
+        (report, server.join().expect("the server ran"))
+    };
+    let (ttfb, request) = run(true);
+    assert!(
+        request.starts_with("POST /v1/chat HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.contains("Content-Type: application/json\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.ends_with(&format!("Content-Length: {}\r\n\r\n{body}", body.len())),
+        "{request}"
+    );
+    assert_eq!(ttfb["latency"], "ttfb", "{ttfb}");
+    assert_eq!(number(&ttfb, "errors"), 0.0, "{ttfb}");
+    assert!(number(&ttfb, "requests") >= 5.0, "{ttfb}");
+    assert!(number(&ttfb, "p50_us") < 25_000.0, "{ttfb}");
+    // Without --ttfb the latency runs to the end of the stream.
+    let (whole, _) = run(false);
+    assert_eq!(whole["latency"], "response", "{whole}");
+    assert!(number(&whole, "p50_us") >= 50_000.0, "{whole}");
+}

@@ -350,9 +350,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|scenario| plan.targets_for(scenario).len() * plan.rounds_for(scenario) as usize)
         .sum();
+    let soak = plan
+        .scenarios
+        .iter()
+        .find(|scenario| scenario.llm.is_some_and(|llm| llm.soak))
+        .map_or_else(String::new, |scenario| {
+            format!(
+                "; {}: one run of {} s",
+                scenario.name,
+                plan.soak_duration.as_secs()
+            )
+        });
     eprintln!(
         "bench: {}; {} scenario(s), {} run(s) per layout: {} round(s) of {} s (+{} s warm-up) \
-         per target",
+         per target{soak}",
         machine_summary(available.len()),
         plan.scenarios.len(),
         runs_per_layout,
@@ -645,6 +656,7 @@ impl Bench<'_> {
                     at_s: 0,
                     rss_kb: before.rss_kb,
                 });
+                let started = Instant::now();
                 let every = Duration::from_secs(scenario::SOAK_SAMPLE_SECS);
                 let report = run.run_sampling(self.interrupt, every, |elapsed| {
                     rss_samples.push(RssSample {
@@ -654,7 +666,7 @@ impl Bench<'_> {
                     Ok(())
                 })?;
                 rss_samples.push(RssSample {
-                    at_s: run.duration.as_secs(),
+                    at_s: started.elapsed().as_secs(),
                     rss_kb: procfs::sample_tree(pid)?.rss_kb,
                 });
                 report

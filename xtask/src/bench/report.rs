@@ -557,7 +557,7 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             let _ = writeln!(
                 out,
                 "\n== LLM gateways: latency added over calling the mock directly, same rounds \
-                 (median [min-max] over rounds) ==\n{:<10} {:<11} {:<10} {:>9} {:>8} {:>8} {:>22} {:>22} {:>7}",
+                 (median [min-max] over rounds) ==\n{:<10} {:<11} {:<10} {:>9} {:>10} {:>10} {:>26} {:>26} {:>7}",
                 "layout",
                 "scenario",
                 "proxy",
@@ -593,7 +593,7 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{layout:<10} {name:<11} {:<10} {:>9} {:>8} {:>8} {:>22} {:>22} {:>7}",
+                "{layout:<10} {name:<11} {:<10} {:>9} {:>10} {:>10} {:>26} {:>26} {:>7}",
                 target.name(),
                 or_dash(median_of(&own, |row| Some(row.rps)).map(grouped)),
                 or_dash(median_of(&own, |row| Some(row.p50_us as f64)).map(grouped)),
@@ -630,8 +630,11 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             if let Some(spread) = Spread::of(ratios) {
                 let _ = writeln!(
                     out,
-                    "{layout:<10} {name:<11} hypergate / litellm added {label}: {}: target < {LLM_MAX_ADDED_RATIO:.2}, {}",
-                    spread.describe(),
+                    "{layout:<10} {name:<11} hypergate / litellm added {label}: \
+                     {:.3} [{:.3}-{:.3}]: target < {LLM_MAX_ADDED_RATIO:.2}, {}",
+                    spread.median,
+                    spread.min,
+                    spread.max,
                     verdict(spread.median < LLM_MAX_ADDED_RATIO)
                 );
             }
@@ -851,6 +854,59 @@ mod tests {
         // The rows are in the main table too, and no peer section is printed.
         assert!(table.contains("ebpf-probe      hypergate-ebpf"), "{table}");
         assert!(!table.contains("Hypergate / peer"), "{table}");
+    }
+
+    #[test]
+    fn llm_section_shows_added_latency_and_the_ratio_to_litellm() {
+        let mut rows = Vec::new();
+        for round in [1, 2] {
+            for (proxy, p50, p99) in [
+                ("hypergate", 150, 400),
+                ("litellm", 10_150, 20_400),
+                ("direct", 100, 300),
+            ] {
+                let mut run = row(proxy, round, 1000.0, Some(10.0));
+                run.scenario = "llm-chat".into();
+                (run.p50_us, run.p99_us) = (p50, p99);
+                rows.push(run);
+            }
+        }
+        let table = table(&rows);
+        let line = |start: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start:?} line in:\n{table}"))
+                .to_owned()
+        };
+        let hypergate = line("pinned     llm-chat    hypergate ");
+        assert!(hypergate.contains("50 [50-50]"), "{hypergate}");
+        assert!(hypergate.contains("100 [100-100]"), "{hypergate}");
+        let litellm = line("pinned     llm-chat    litellm ");
+        assert!(litellm.contains("20100 [20100-20100]"), "{litellm}");
+        assert!(line("pinned     llm-chat    hypergate added p99")
+            .ends_with("100 us: target < 200 us, meets"));
+        assert!(line("pinned     llm-chat    hypergate / litellm added p99")
+            .contains("0.005 [0.005-0.005]: target < 0.10, meets"));
+        assert!(!table.contains("Hypergate / peer"), "{table}");
+    }
+
+    #[test]
+    fn soak_section_shows_start_end_and_growth() {
+        let mut run = row("hypergate", 1, 1000.0, Some(10.0));
+        run.scenario = "llm-soak".into();
+        run.rss_start_kb = Some(1000);
+        run.rss_samples = [(0, 1000), (10, 1400), (20, 1500), (30, 1100), (40, 1200)]
+            .map(|(at_s, rss_kb)| RssSample { at_s, rss_kb })
+            .to_vec();
+        let table = table(&[run]);
+        let line = table
+            .lines()
+            .find(|line| line.starts_with("pinned     llm-soak "))
+            .unwrap_or_else(|| panic!("no soak line in:\n{table}"));
+        for figure in ["1,000", "1,200", "1,500", "+200 (+20.0%)", "-300 (-20.0%)"] {
+            assert!(line.contains(figure), "{figure} in {line}");
+        }
     }
 
     fn table_has(rows: &[Row], text: &str) -> bool {

@@ -157,7 +157,8 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
     }
 }
 
-/// An LLM scenario: `/v1/chat/completions` over 64 keep-alive connections.
+/// An LLM scenario: `/v1/chat/completions` over 64 keep-alive connections
+/// (enough for a fixed rate of 1,000 req/s with up to 64 ms per answer).
 const fn chat(name: &'static str, summary: &'static str, llm: Llm) -> Scenario {
     Scenario {
         path: "/v1/chat/completions",
@@ -282,8 +283,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     chat(
         "llm-chat",
-        "chat completions (JSON) at a fixed 1,000 req/s to the mock LLM: direct, through \
-         Hypergate and LiteLLM; latency to the whole answer",
+        "chat completions (JSON) at a fixed rate (--rate, default 1,000 req/s) to the mock \
+         LLM: direct, through Hypergate and through LiteLLM; latency to the whole answer",
         Llm {
             stream: false,
             soak: false,
@@ -291,8 +292,9 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     chat(
         "llm-stream",
-        "streamed chat completions (SSE) at a fixed 1,000 req/s to the mock LLM: direct, \
-         through Hypergate and LiteLLM; latency to the first chunk",
+        "streamed chat completions (SSE) at a fixed rate (--rate, default 1,000 req/s) to \
+         the mock LLM: direct, through Hypergate and through LiteLLM; latency to the first \
+         chunk",
         Llm {
             stream: true,
             soak: false,
@@ -300,8 +302,9 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     chat(
         "llm-soak",
-        "streamed chat completions at 1,000 req/s through Hypergate for --duration \
-         (default 600 s), its memory sampled every 10 s (only when named)",
+        "streamed chat completions at a fixed rate (--rate, default 1,000 req/s) through \
+         Hypergate for --duration (default 600 s), its memory sampled every 10 s (only \
+         when named)",
         Llm {
             stream: true,
             soak: true,

@@ -599,11 +599,13 @@ fn hypergate_llm_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: Sock
 }
 
 /// LiteLLM's proxy config: model [`LLM_MODEL`] served by the mock at `upstream`
-/// as an OpenAI-compatible endpoint; no master key, so no authentication.
+/// as an OpenAI-compatible endpoint; no master key, so no authentication, as on
+/// Hypergate's route (recent LiteLLM refuses to start without one unless told).
 fn litellm_config(upstream: SocketAddr) -> String {
     format!(
         "model_list:\n  - model_name: {LLM_MODEL}\n    litellm_params:\n      \
-         model: openai/{LLM_MODEL}\n      api_base: http://{upstream}/v1\n      api_key: x\n"
+         model: openai/{LLM_MODEL}\n      api_base: http://{upstream}/v1\n      api_key: x\n\
+         general_settings:\n  dangerously_permit_weak_or_unset_master_key: true\n"
     )
 }
 
@@ -940,5 +942,30 @@ mod tests {
         // The probe-on build runs only in the eBPF scenario; `--proxy` cannot pick it.
         assert_eq!(Target::from_name("hypergate-ebpf"), None);
         assert!(Target::REPORTED.contains(&Target::HypergateEbpf));
+    }
+
+    #[test]
+    fn llm_scenarios_serve_the_model_from_the_mock_llm() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
+        let setup = setup("llm-chat", &placement);
+        let config = hypergate_llm_config(&setup, listen, admin);
+        assert!(config.starts_with("[server]\nshards = 1\npin_cores = true\ncpu_list = [1]\n"));
+        assert!(config.contains("address = \"127.0.0.1:18080\""));
+        assert!(config.contains("path_prefix = \"/v1\"\n[routes.ai]\n"));
+        assert!(config.contains("base_url = \"http://127.0.0.1:19000/v1\""));
+        assert!(config.contains(
+            "alias = \"mock-small\"\ntargets = [{ provider = \"mock\", model = \"mock-small\" }]"
+        ));
+        let litellm = litellm_config(setup.upstream);
+        assert!(litellm.contains("model_name: mock-small\n"));
+        assert!(litellm.contains("model: openai/mock-small\n"));
+        assert!(litellm.contains("api_base: http://127.0.0.1:19000/v1\n"));
+        let llm = setup.scenario;
+        let plain = scenario::find("get-c64").expect("scenario exists");
+        assert!(Target::Litellm.runs_in(llm) && !Target::Litellm.runs_in(plain));
+        assert!(!Target::Nginx.runs_in(llm) && Target::Haproxy.runs_in(plain));
+        assert!(Target::Hypergate.runs_in(llm) && Target::Direct.runs_in(llm));
     }
 }
