@@ -416,6 +416,13 @@ fn streamed_calls_have_usage_and_cost_without_a_usage_chunk_for_the_client() {
         gw.metric(&format!("hypergate_llm_estimated_usage_total{{{key}}}")),
         0.0
     );
+    // The provider connection was read to its end and pooled, not closed.
+    let idle = gw.metric(
+        "hypergate_upstream_pool_idle_connections{cluster=\"ai:p\",endpoint=\"127.0.0.1:PORT\"}"
+            .replace("PORT", &m.addr().port().to_string())
+            .as_str(),
+    );
+    assert!(idle >= 1.0, "no pooled provider connection after a stream");
     // When the client asks, it gets the usage chunk.
     let r = post(
         &gw,

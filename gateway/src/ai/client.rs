@@ -276,6 +276,13 @@ impl ProviderResponse<'_> {
         Ok(body)
     }
 
+    /// Reads and discards what is left of the body (at most `limit` bytes), so
+    /// the connection can be reused.
+    pub async fn drain(&mut self, limit: usize) {
+        let mut rest = Vec::new();
+        while rest.len() <= limit && matches!(self.next(&mut rest).await, Ok(true)) {}
+    }
+
     /// Returns the connection to the pool if the body was read to its end and
     /// the provider keeps it alive; closes it otherwise.
     pub fn finish(self) {

@@ -1833,6 +1833,10 @@ impl<'r, 'a> Chat<'r, 'a> {
         sent_bytes += events.len() as u64;
         let ok = write_out(stream, out, idle).await.is_ok();
         if failure.is_none() {
+            // The last event came before the body's end (the terminating chunk):
+            // read it, so the provider connection goes back to the pool instead of
+            // a new connection for every streamed call.
+            answered.resp.drain(64 * 1024).await;
             answered.resp.finish();
             if let Some(key) = cache_key {
                 if let Some(resp) = assembled.response(&target.model, usage) {
