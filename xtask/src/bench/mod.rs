@@ -16,15 +16,17 @@
 //!    mock upstream, then every target on free 127.0.0.1 ports with configs in a
 //!    scratch directory (see [`targets`]), then run the rounds, visiting the
 //!    targets in turn (A B C D A B C D ...) so slow drifts of the machine hit all
-//!    of them alike; the eBPF scenario's pair goes off-on, then on-off, and so
-//!    on. Each visit is a short wrk warm-up, then a measured wrk run with the
+//!    of them alike; a pair scenario's two Hypergate targets (eBPF probe, call
+//!    store) go off-on, then on-off, and so on. Each visit is a short wrk warm-up, then a measured wrk run with the
 //!    proxy's CPU time and memory and the whole machine's CPU time sampled from
 //!    `/proc` around it. LLM scenarios do the same with the mock LLM provider
 //!    and `loadgen` at a fixed rate; the soak is one long run through Hypergate
 //!    with its memory sampled every few seconds.
 //! 4. Print the table, the Hypergate/peer ratios, for edge and TLS scenarios
 //!    Hypergate's CPU per request against its own plain scenario, and for the
-//!    eBPF scenario probe on against off, for LLM scenarios the latency each
+//!    pair scenarios the feature on against off (with the records per second
+//!    the call store wrote, read from the gateway's `/metrics` around each
+//!    call-store run), for LLM scenarios the latency each
 //!    gateway adds over direct and for the soak the memory (see [`report`]),
 //!    and write every run
 //!    to `<target dir>/bench/latest.json`.
@@ -56,7 +58,7 @@ use layout::{Layout, LayoutKind, Placement};
 use load::{LoadRun, LoadTools};
 use process::{Guarded, Interrupt, Output, ScratchDir};
 use report::{Row, RssSample};
-use scenario::Scenario;
+use scenario::{Pair, Scenario};
 use targets::{Programs, RunningTarget, Target, TargetSetup};
 
 /// The line that installs every external tool the benchmark uses.
@@ -242,14 +244,14 @@ impl Plan {
     }
 
     /// The targets `scenario` runs, in round order: the selected ones that
-    /// apply to it (see [`Target::runs_in`]); for the eBPF pair, Hypergate
-    /// without and with the probe; for the soak, Hypergate alone (none if
+    /// apply to it (see [`Target::runs_in`]); for a pair, Hypergate without
+    /// and with the feature; for the soak, Hypergate alone (none if
     /// Hypergate is not selected).
     fn targets_for(&self, scenario: &Scenario) -> Vec<Target> {
         let hypergate = self.targets.contains(&Target::Hypergate);
-        if scenario.ebpf_pair {
+        if let Some(pair) = scenario.pair {
             return if hypergate {
-                vec![Target::Hypergate, Target::HypergateEbpf]
+                vec![Target::Hypergate, pair.on_target()]
             } else {
                 Vec::new()
             };
@@ -270,10 +272,11 @@ impl Plan {
 
     /// Drops the eBPF scenario, saying why.
     fn skip_ebpf_pair(&mut self, reason: &str) {
-        for scenario in self.scenarios.iter().filter(|s| s.ebpf_pair) {
+        let ebpf = |scenario: &Scenario| scenario.pair == Some(Pair::EbpfProbe);
+        for scenario in self.scenarios.iter().filter(|s| ebpf(s)) {
             eprintln!("bench: skipping {}: {reason}", scenario.name);
         }
-        self.scenarios.retain(|scenario| !scenario.ebpf_pair);
+        self.scenarios.retain(|scenario| !ebpf(scenario));
     }
 }
 
@@ -478,7 +481,7 @@ impl Bench<'_> {
 
         for round in 1..=rounds {
             let mut order: Vec<usize> = (0..running.len()).collect();
-            if scenario.ebpf_pair && round % 2 == 0 {
+            if scenario.pair.is_some() && round % 2 == 0 {
                 // Off-on, then on-off: a drift within a round favours neither.
                 order.reverse();
             }
@@ -488,7 +491,7 @@ impl Bench<'_> {
                 };
                 outcome.step += 1;
                 eprint!(
-                    "[{:>3}/{}] {label} round {round}/{rounds} {:<14} ",
+                    "[{:>3}/{}] {label} round {round}/{rounds} {:<19} ",
                     outcome.step,
                     outcome.steps,
                     target.target.name()
@@ -645,6 +648,7 @@ impl Bench<'_> {
         let proxy_before = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_before = procfs::sample_tree(upstream.pid())?;
         let machine_before = procfs::machine_busy_ticks()?;
+        let store_before = self.call_store_counters(target)?;
         let run = load(
             self.plan.duration_for(scenario),
             format!("{generator}-{name}-{round}.log"),
@@ -676,6 +680,7 @@ impl Bench<'_> {
         let machine_after = procfs::machine_busy_ticks()?;
         let proxy_after = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_after = procfs::sample_tree(upstream.pid())?;
+        let store_after = self.call_store_counters(target)?;
         target.ensure_running()?;
         upstream.ensure_running()?;
 
@@ -707,7 +712,32 @@ impl Bench<'_> {
             unsent: report.unsent,
             rss_start_kb: rss_samples.first().map(|sample| sample.rss_kb),
             rss_samples,
+            callstore_records_per_s: store_before.zip(store_after).map(
+                |((before, at), (after, until))| {
+                    let seconds = until.duration_since(at).as_secs_f64();
+                    after.written.saturating_sub(before.written) as f64 / seconds.max(1e-3)
+                },
+            ),
+            callstore_dropped: store_before
+                .zip(store_after)
+                .map(|((before, _), (after, _))| after.dropped.saturating_sub(before.dropped)),
         })
+    }
+
+    /// For `hypergate-callstore`, its call store's counters and when they were
+    /// read (`None` for every other target). The store commits every
+    /// `flush_interval` (200 ms), so a reading lags the requests by up to that.
+    fn call_store_counters(
+        &self,
+        target: &RunningTarget,
+    ) -> anyhow::Result<Option<(targets::CallStoreCounters, Instant)>> {
+        match (target.target, target.admin) {
+            (Target::HypergateCallstore, Some(admin)) => {
+                let counters = targets::call_store_counters(admin)?;
+                Ok(Some((counters, Instant::now())))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -858,7 +888,11 @@ fn prepare_ebpf_build(
     target_dir: &Path,
     build: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
-    if !plan.scenarios.iter().any(|scenario| scenario.ebpf_pair) {
+    if !plan
+        .scenarios
+        .iter()
+        .any(|scenario| scenario.pair == Some(Pair::EbpfProbe))
+    {
         return Ok(None);
     }
     if !plan.targets.contains(&Target::Hypergate) {
@@ -1056,6 +1090,20 @@ mod tests {
         skipped.skip_ebpf_pair("test");
         assert_eq!(names(&skipped), ["newconn"]);
         assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"ebpf-probe"));
+    }
+
+    #[test]
+    fn callstore_pair_runs_the_plain_binary_twice_and_survives_the_ebpf_skip() {
+        let mut plan = plan(&["--scenario=callstore", "--scenario=ebpf-probe"]).expect("valid");
+        let callstore = scenario::find("callstore").expect("scenario exists");
+        assert_eq!(
+            plan.targets_for(callstore),
+            [Target::Hypergate, Target::HypergateCallstore]
+        );
+        plan.skip_ebpf_pair("test");
+        assert_eq!(names(&plan), ["callstore"]);
+        assert!(Target::from_name("hypergate-callstore").is_none());
+        assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"callstore"));
     }
 
     #[test]

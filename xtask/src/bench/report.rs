@@ -6,11 +6,14 @@
 //! back to back on the same machine state), then take the median over rounds and
 //! show the spread as `[min-max]`. Scenarios with a CPU baseline (edge policy,
 //! TLS) also get Hypergate's CPU per request divided by its own figure in the
-//! baseline scenario, round by round: the cost of the feature. The eBPF
-//! scenario gets its own section: probe on over probe off, paired by round, for
-//! throughput, the whole machine's CPU per request and the gateway process's,
-//! against the targets of issue 5 ([`EBPF_MIN_RPS_RATIO`],
-//! [`EBPF_MAX_MACHINE_CPU_RATIO`]).
+//! baseline scenario, round by round: the cost of the feature. Each pair
+//! scenario gets its own section: feature on over off, paired by round, for
+//! throughput, the whole machine's CPU per request and the gateway process's.
+//! The eBPF probe is held to the targets of issue 5 ([`EBPF_MIN_RPS_RATIO`],
+//! [`EBPF_MAX_MACHINE_CPU_RATIO`]); the call store to
+//! [`CALLSTORE_MAX_CPU_RATIO`] on the gateway's own CPU per request, and its
+//! section adds the records per second the store committed during the "on"
+//! runs and the records dropped.
 //!
 //! LLM scenarios get a section of their own: what each gateway adds over
 //! calling the mock directly, at p50 and p99, as the difference of its
@@ -23,7 +26,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::scenario::{self, Scenario};
+use super::scenario::{self, Pair, Scenario};
 use super::targets::Target;
 
 /// Throughput with the eBPF probe on over off should be at least this.
@@ -32,6 +35,10 @@ pub const EBPF_MIN_RPS_RATIO: f64 = 0.97;
 /// Whole-machine CPU per request with the eBPF probe on over off should be at
 /// most this.
 pub const EBPF_MAX_MACHINE_CPU_RATIO: f64 = 1.05;
+
+/// Gateway CPU per request with every call recorded to the SQLite call store
+/// over without should be at most this.
+pub const CALLSTORE_MAX_CPU_RATIO: f64 = 1.10;
 
 /// Hypergate's added p99 latency over calling the mock LLM directly should be
 /// below this, µs.
@@ -98,6 +105,15 @@ pub struct Row {
     /// reading included.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rss_samples: Vec<RssSample>,
+    /// `hypergate-callstore` only: call records the store committed per second
+    /// of the measured run (`hypergate_callstore_written_total`, read from
+    /// `/metrics` before and after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callstore_records_per_s: Option<f64>,
+    /// `hypergate-callstore` only: records dropped during the measured run
+    /// because the writer fell behind (`hypergate_access_log_dropped_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callstore_dropped: Option<u64>,
 }
 
 /// The median of `values` (mean of the middle two for an even count).
@@ -198,7 +214,7 @@ pub fn table(rows: &[Row]) -> String {
             current_layout = layout;
             let _ = writeln!(
                 out,
-                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<14} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<19} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 "scenario", "proxy", "req/s", "p50 us", "p99 us", "p99.9 us", "CPU us/req", "RSS KiB", "errors"
             );
         }
@@ -224,7 +240,7 @@ pub fn table(rows: &[Row]) -> String {
             let errors: u64 = runs.iter().map(|row| row.errors).sum();
             let _ = writeln!(
                 out,
-                "{:<15} {:<14} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "{:<15} {:<19} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 scenario,
                 target.name(),
                 or_dash(rps.map(grouped)),
@@ -245,7 +261,8 @@ pub fn table(rows: &[Row]) -> String {
         out.push_str("(streamed LLM scenarios: latency to the first chunk of the answer)\n");
     }
     out.push_str(&baseline_table(rows, &keys));
-    out.push_str(&ebpf_table(rows, &keys));
+    out.push_str(&pair_table(rows, &keys, Pair::EbpfProbe));
+    out.push_str(&pair_table(rows, &keys, Pair::CallStore));
     out.push_str(&llm_table(rows, &keys));
     out.push_str(&soak_table(rows, &keys));
     // LLM scenarios have their own comparison (above).
@@ -282,7 +299,7 @@ pub fn table(rows: &[Row]) -> String {
     }
     out.push('\n');
     for &(layout, scenario) in &keys {
-        if scenario::find(scenario).is_some_and(|s| s.ebpf_pair) {
+        if scenario::find(scenario).is_some_and(|s| s.pair.is_some()) {
             // Hypergate alone: no peer to compare with.
             continue;
         }
@@ -377,7 +394,7 @@ fn baseline_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
     out
 }
 
-/// A limit on a ratio of the eBPF section.
+/// A limit on a ratio of a pair's section.
 #[derive(Debug, Clone, Copy)]
 enum Bound {
     /// The median ratio should be at least this.
@@ -402,7 +419,7 @@ impl Bound {
     }
 }
 
-/// One line of the eBPF section.
+/// One line of a pair's section.
 #[derive(Debug, Clone, Copy)]
 struct PairFigure {
     /// What the line shows.
@@ -416,7 +433,7 @@ struct PairFigure {
 }
 
 /// The figures the eBPF section compares, probe on over off.
-const PAIR_FIGURES: [PairFigure; 4] = [
+const EBPF_FIGURES: [PairFigure; 4] = [
     PairFigure {
         name: "req/s",
         value: |row| Some(row.rps),
@@ -443,18 +460,66 @@ const PAIR_FIGURES: [PairFigure; 4] = [
     },
 ];
 
-/// Hypergate with the eBPF probe on against off, in each eBPF scenario: medians
-/// of both, and per-round ratios checked against the targets.
-fn ebpf_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
+/// The figures the call-store section compares, store on over off: the
+/// target is on the gateway's own CPU, where the store's writer thread runs.
+const CALLSTORE_FIGURES: [PairFigure; 4] = [
+    PairFigure {
+        name: "req/s",
+        value: |row| Some(row.rps),
+        whole: true,
+        bound: None,
+    },
+    PairFigure {
+        name: "process CPU us/req",
+        value: |row| row.cpu_us_per_req,
+        whole: false,
+        bound: Some(Bound::AtMost(CALLSTORE_MAX_CPU_RATIO)),
+    },
+    PairFigure {
+        name: "machine CPU us/req",
+        value: |row| row.machine_cpu_us_per_req,
+        whole: false,
+        bound: None,
+    },
+    PairFigure {
+        name: "p99 us",
+        value: |row| Some(row.p99_us as f64),
+        whole: true,
+        bound: None,
+    },
+];
+
+/// Hypergate with `pair`'s feature on against off, in each scenario of that
+/// pair: medians of both, and per-round ratios checked against the targets;
+/// for the call store also what the store wrote and dropped.
+fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
+    let (title, figures, note) = match pair {
+        Pair::EbpfProbe => (
+            "eBPF probe on / off",
+            EBPF_FIGURES,
+            "(machine CPU is the busy time of all CPUs in /proc/stat over the run, per request: \
+             the probe runs in the kernel and is not charged to the gateway process, whose own \
+             CPU is the process line)\n",
+        ),
+        Pair::CallStore => (
+            "call store on / off",
+            CALLSTORE_FIGURES,
+            "(process CPU includes the call store's writer thread; store records/s is what \
+             SQLite committed per second of each measured \"on\" run, from \
+             hypergate_callstore_written_total, and dropped is the sum over them of \
+             hypergate_access_log_dropped_total)\n",
+        ),
+    };
+    let on_target = pair.on_target();
     let mut out = String::new();
     for &(layout, name) in keys {
-        if !scenario::find(name).is_some_and(|s| s.ebpf_pair) {
+        if scenario::find(name).and_then(|s| s.pair) != Some(pair) {
             continue;
         }
         if out.is_empty() {
             let _ = writeln!(
                 out,
-                "\n== eBPF probe on / off (Hypergate; per-round ratios: median [min-max]) ==\n\
+                "\n== {title} (Hypergate; per-round ratios: median [min-max]) ==\n\
                  {:<10} {:<15} {:<19} {:>10} {:>10} {:>20} {:>8} {:>7}",
                 "layout", "scenario", "figure", "off", "on", "on/off", "target", "median"
             );
@@ -469,8 +534,8 @@ fn ebpf_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
                 .filter(|row| row.proxy == target.name())
                 .collect()
         };
-        let (off, on) = (of(Target::Hypergate), of(Target::HypergateEbpf));
-        for figure in PAIR_FIGURES {
+        let (off, on) = (of(Target::Hypergate), of(on_target));
+        for figure in figures {
             let shown = |value: Option<f64>| {
                 or_dash(value.map(|value| {
                     if figure.whole {
@@ -480,12 +545,7 @@ fn ebpf_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
                     }
                 }))
             };
-            let ratio = paired_ratios(
-                &runs,
-                Target::HypergateEbpf,
-                Target::Hypergate,
-                figure.value,
-            );
+            let ratio = paired_ratios(&runs, on_target, Target::Hypergate, figure.value);
             let verdict = match (figure.bound, ratio) {
                 (Some(bound), Some(ratio)) if bound.met_by(ratio.median) => "meets",
                 (Some(_), Some(_)) => "misses",
@@ -502,13 +562,27 @@ fn ebpf_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
                 figure.bound.map(Bound::describe).unwrap_or_default(),
             );
         }
+        if pair == Pair::CallStore {
+            let records = median_of(&on, |row| row.callstore_records_per_s);
+            let dropped = on
+                .iter()
+                .filter_map(|row| row.callstore_dropped)
+                .reduce(|a, b| a + b);
+            let _ = writeln!(
+                out,
+                "{layout:<10} {name:<15} {:<19} {:>10} {:>10}\n\
+                 {layout:<10} {name:<15} {:<19} {:>10} {:>10}",
+                "store records/s",
+                "-",
+                or_dash(records.map(grouped)),
+                "records dropped",
+                "-",
+                or_dash(dropped.map(|dropped| grouped(dropped as f64))),
+            );
+        }
     }
     if !out.is_empty() {
-        out.push_str(
-            "(machine CPU is the busy time of all CPUs in /proc/stat over the run, per request: \
-             the probe runs in the kernel and is not charged to the gateway process, whose own \
-             CPU is the process line)\n",
-        );
+        out.push_str(note);
     }
     out
 }
@@ -735,6 +809,8 @@ mod tests {
             unsent: 0,
             rss_start_kb: None,
             rss_samples: Vec::new(),
+            callstore_records_per_s: None,
+            callstore_dropped: None,
         }
     }
 
@@ -815,6 +891,45 @@ mod tests {
         // Without the baseline scenario, the line says how to get it.
         let alone: Vec<Row> = rows[2..].to_vec();
         assert!(table_has(&alone, "run --scenario get-c64 too"));
+    }
+
+    #[test]
+    fn callstore_pair_reports_cpu_ratio_records_and_drops() {
+        let mut rows = Vec::new();
+        for (proxy, round, cpu, records, dropped) in [
+            ("hypergate", 1, 10.0, None, None),
+            ("hypergate-callstore", 1, 10.5, Some(100_000.0), Some(0)),
+            ("hypergate-callstore", 2, 11.4, Some(90_000.0), Some(3)),
+            ("hypergate", 2, 10.0, None, None),
+        ] {
+            let mut run = row(proxy, round, 100_000.0, Some(cpu));
+            run.scenario = "callstore".into();
+            run.callstore_records_per_s = records;
+            run.callstore_dropped = dropped;
+            rows.push(run);
+        }
+        let table = table(&rows);
+        let line = |figure: &str| {
+            table
+                .lines()
+                .find(|line| {
+                    line.starts_with("pinned     callstore       ") && line.contains(figure)
+                })
+                .unwrap_or_else(|| panic!("no {figure} line in:\n{table}"))
+                .to_owned()
+        };
+        assert!(table.contains("== call store on / off"), "{table}");
+        assert!(!table.contains("eBPF probe on / off"), "{table}");
+        let process = line("process CPU us/req");
+        assert!(process.contains("1.10 [1.05-1.14]"), "{process}");
+        assert!(
+            process.contains("<= 1.10") && process.ends_with("meets"),
+            "{process}"
+        );
+        assert!(line("store records/s").ends_with("95,000"), "{table}");
+        assert!(line("records dropped").ends_with(" 3"), "{table}");
+        assert!(!line("req/s").ends_with("meets"), "no target on throughput");
+        assert!(!table.contains("Hypergate / peer"), "{table}");
     }
 
     #[test]

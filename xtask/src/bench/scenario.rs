@@ -10,10 +10,12 @@
 //! per request against its own plain run ([`Scenario::cpu_baseline`]). TLS
 //! scenarios terminate TLS in every proxy with the same certificate.
 //!
-//! The eBPF scenario ([`Scenario::ebpf_pair`]) runs Hypergate alone, twice per
-//! round: without the kernel TCP probe and with it. The probe's work happens in
-//! the kernel, outside the gateway's own CPU time, so that pair is compared on
-//! the whole machine's CPU per request as well.
+//! Pair scenarios ([`Scenario::pair`]) run Hypergate alone, twice per round,
+//! with one feature off and on ([`Pair`]). The eBPF pair turns the kernel TCP
+//! probe on; its work happens in the kernel, outside the gateway's own CPU
+//! time, so that pair is compared on the whole machine's CPU per request as
+//! well. The call-store pair records every request into the SQLite call store
+//! (`[hypercare.store]`), which the plain target turns off.
 //!
 //! LLM scenarios ([`Scenario::llm`]) send OpenAI chat completions at a fixed rate
 //! with `loadgen` (open loop) instead of wrk, to the mock LLM provider
@@ -22,6 +24,8 @@
 //! report shows what each adds over direct. The soak ([`Llm::soak`]) streams
 //! through Hypergate alone for a long run, sampling its memory; it runs only when
 //! named.
+
+use super::targets::Target;
 
 /// The request the load generator sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,27 @@ pub enum RequestKind {
         /// Request body size in bytes.
         body_bytes: usize,
     },
+}
+
+/// The feature a pair scenario turns on in its second Hypergate target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    /// The kernel TCP probe: Hypergate built with the `ebpf` feature, its
+    /// config with `[observability.ebpf] enabled = true` (`hypergate-ebpf`).
+    EbpfProbe,
+    /// The SQLite call store: the same binary, its config with
+    /// `[hypercare.store] enabled = true` (`hypergate-callstore`).
+    CallStore,
+}
+
+impl Pair {
+    /// The target that runs with the feature on; the plain `hypergate` is off.
+    pub fn on_target(self) -> Target {
+        match self {
+            Self::EbpfProbe => Target::HypergateEbpf,
+            Self::CallStore => Target::HypergateCallstore,
+        }
+    }
 }
 
 /// A fixed-rate chat-completion load against the mock LLM provider.
@@ -120,11 +145,10 @@ pub struct Scenario {
     /// Hypergate's CPU per request is also reported relative to its own figure
     /// in this scenario (when both ran), to show what the feature costs.
     pub cpu_baseline: Option<&'static str>,
-    /// Hypergate only, twice per round: the normal release build, and a build
-    /// with the `ebpf` feature whose config turns the kernel TCP probe on
-    /// (`[observability.ebpf]`). Peers and direct do not run; the report shows
-    /// the pair's throughput and CPU-per-request ratios, probe on over off.
-    pub ebpf_pair: bool,
+    /// Hypergate only, twice per round: the plain target, and the same gateway
+    /// with one feature on (see [`Pair`]). Peers and direct do not run; the
+    /// report shows the pair's throughput and CPU-per-request ratios, on over off.
+    pub pair: Option<Pair>,
     /// A fixed-rate chat-completion load against the mock LLM provider, with
     /// Hypergate, LiteLLM and direct as targets; `request` and
     /// `upstream_body_bytes` do not apply.
@@ -151,7 +175,7 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
         edge: Edge::None,
         tls: false,
         cpu_baseline: None,
-        ebpf_pair: false,
+        pair: None,
         llm: None,
         quick: false,
     }
@@ -273,11 +297,20 @@ pub const SCENARIOS: &[Scenario] = &[
         )
     },
     Scenario {
-        ebpf_pair: true,
+        pair: Some(Pair::EbpfProbe),
         ..small_get(
             "ebpf-probe",
             "get-c64 against Hypergate without and with its eBPF TCP probe, alternating \
              (Hypergate only)",
+            64,
+        )
+    },
+    Scenario {
+        pair: Some(Pair::CallStore),
+        ..small_get(
+            "callstore",
+            "get-c64 against Hypergate without and with every call recorded to its SQLite \
+             call store, alternating (Hypergate only)",
             64,
         )
     },
@@ -371,10 +404,21 @@ mod tests {
     }
 
     #[test]
-    fn ebpf_pair_is_get_c64_traffic_outside_the_smoke_set() {
-        let pair = find("ebpf-probe").expect("scenario exists");
+    fn pairs_are_get_c64_traffic_outside_the_smoke_set() {
+        for (name, kind) in [
+            ("ebpf-probe", Pair::EbpfProbe),
+            ("callstore", Pair::CallStore),
+        ] {
+            assert_pair_is_get_c64(name, kind);
+        }
+        assert_eq!(Pair::CallStore.on_target(), Target::HypergateCallstore);
+        assert_eq!(Pair::EbpfProbe.on_target(), Target::HypergateEbpf);
+    }
+
+    fn assert_pair_is_get_c64(name: &str, kind: Pair) {
+        let pair = find(name).expect("scenario exists");
         let plain = find("get-c64").expect("scenario exists");
-        assert!(pair.ebpf_pair && !pair.quick);
+        assert!(pair.pair == Some(kind) && !pair.quick, "{name}");
         assert_eq!(
             (
                 pair.connections,

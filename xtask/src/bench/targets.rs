@@ -11,6 +11,9 @@
 //! - no access log, except in scenarios that ask for one, where each proxy appends
 //!   a line per request to a file in the scratch directory (HAProxy cannot write
 //!   files itself, so it logs to stdout, which goes to that file);
+//! - no request records anywhere else: Hypergate's SQLite call store
+//!   (`[hypercare.store]`, on by default) is off in every Hypergate target but
+//!   `hypergate-callstore`;
 //! - every file (config, pid, logs, nginx temp dirs) in the scratch directory,
 //!   nothing in /etc or /var, so it runs as root or not without side effects.
 //!
@@ -30,7 +33,10 @@
 //!
 //! `hypergate-ebpf` is Hypergate built with the `ebpf` feature, with the same
 //! config plus `[observability.ebpf] enabled = true`; it runs only in the eBPF
-//! scenario, beside the plain build.
+//! scenario, beside the plain build. `hypergate-callstore` is the plain binary
+//! with `[hypercare.store] enabled = true` and its database in the target's
+//! scratch directory; it runs only in the call-store scenario, beside the
+//! plain target, and [`call_store_counters`] reads what the store wrote.
 //!
 //! A target counts as started once its port accepts connections and a request
 //! through it (with the scenario's credential headers; over TLS with `curl -k`
@@ -71,6 +77,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What `hypergate-ebpf`'s config adds to Hypergate's: the kernel TCP probe, on.
 const EBPF_PROBE_CONFIG: &str = "\n[observability.ebpf]\nenabled = true\n";
 
+/// `hypergate-callstore`'s SQLite database, in the target's directory.
+const CALL_STORE_FILE: &str = "hypercare.db";
+
 /// A counter the probe exports once it has seen a connection (the readiness
 /// request made one), with its label set opening.
 const EBPF_PROBE_METRIC: &str = "hypergate_tcp_connections_opened_total{";
@@ -86,6 +95,9 @@ pub enum Target {
     /// The gateway built with the `ebpf` feature, its kernel TCP probe on. Only
     /// the eBPF scenario runs it; `--proxy` cannot name it.
     HypergateEbpf,
+    /// The gateway recording every request into its SQLite call store. Only the
+    /// call-store scenario runs it; `--proxy` cannot name it.
+    HypergateCallstore,
     /// nginx as a reverse proxy.
     Nginx,
     /// HAProxy in HTTP mode.
@@ -107,9 +119,10 @@ impl Target {
     ];
 
     /// Every target, in the order the report lists them.
-    pub const REPORTED: [Target; 6] = [
+    pub const REPORTED: [Target; 7] = [
         Target::Hypergate,
         Target::HypergateEbpf,
+        Target::HypergateCallstore,
         Target::Nginx,
         Target::Haproxy,
         Target::Litellm,
@@ -121,6 +134,7 @@ impl Target {
         match self {
             Self::Hypergate => "hypergate",
             Self::HypergateEbpf => "hypergate-ebpf",
+            Self::HypergateCallstore => "hypergate-callstore",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
             Self::Litellm => "litellm",
@@ -144,7 +158,7 @@ impl Target {
         match self {
             Self::Litellm => scenario.llm.is_some(),
             Self::Nginx | Self::Haproxy => scenario.llm.is_none(),
-            Self::Hypergate | Self::HypergateEbpf | Self::Direct => true,
+            Self::Hypergate | Self::HypergateEbpf | Self::HypergateCallstore | Self::Direct => true,
         }
     }
 }
@@ -186,6 +200,8 @@ pub struct RunningTarget {
     pub target: Target,
     /// Where the load generator connects.
     pub address: SocketAddr,
+    /// Hypergate's admin listener (`/metrics`); `None` for the others.
+    pub admin: Option<SocketAddr>,
     /// The proxy process; `None` for `direct`.
     pub process: Option<Guarded>,
 }
@@ -211,17 +227,11 @@ pub fn start(
     let cpus = setup.placement.cpus.as_deref();
     let (address, admin, process) = match target {
         Target::Direct => (setup.upstream, None, None),
-        Target::Hypergate | Target::HypergateEbpf => {
+        Target::Hypergate | Target::HypergateEbpf | Target::HypergateCallstore => {
             let address = free_port()?;
             let admin = free_port()?;
             let config = setup.dir.join("hypergate.toml");
-            let mut text = if setup.scenario.llm.is_some() {
-                hypergate_llm_config(setup, address, admin)
-            } else {
-                hypergate_config(setup, address, admin)
-            };
             let program = if target == Target::HypergateEbpf {
-                text.push_str(EBPF_PROBE_CONFIG);
                 programs
                     .hypergate_ebpf
                     .as_ref()
@@ -229,7 +239,10 @@ pub fn start(
             } else {
                 &programs.hypergate
             };
-            std::fs::write(&config, text)?;
+            std::fs::write(
+                &config,
+                hypergate_target_config(target, setup, address, admin),
+            )?;
             let mut command = Command::new(program);
             command.arg("run").arg("--config").arg(&config);
             let log = Output::combined(setup.dir.join("hypergate.log"));
@@ -314,6 +327,7 @@ pub fn start(
     let mut running = RunningTarget {
         target,
         address,
+        admin,
         process,
     };
     // `direct` is the plain mock upstream: no TLS, no credentials needed.
@@ -341,6 +355,42 @@ pub fn start(
         wait_for_ebpf_probe(&mut running, admin, interrupt)?;
     }
     Ok(running)
+}
+
+/// What Hypergate's call store has done so far, from its admin `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallStoreCounters {
+    /// Records committed to SQLite (`hypergate_callstore_written_total`).
+    pub written: u64,
+    /// Records dropped because the writer thread fell behind
+    /// (`hypergate_access_log_dropped_total`).
+    pub dropped: u64,
+}
+
+/// Reads the call store's counters from the gateway's admin `/metrics`.
+pub fn call_store_counters(admin: SocketAddr) -> anyhow::Result<CallStoreCounters> {
+    let metrics = get_body(admin, "/metrics").context("reading the gateway's /metrics")?;
+    parse_call_store_counters(&metrics)
+}
+
+/// The call store's counters in Prometheus text; fails when the written
+/// counter is missing (the store is off).
+fn parse_call_store_counters(metrics: &str) -> anyhow::Result<CallStoreCounters> {
+    let value = |name: &str| {
+        metrics.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // Unlabelled counters only: `name value`.
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+    };
+    let written = value("hypergate_callstore_written_total").context(
+        "no hypergate_callstore_written_total on /metrics: the call store is not running",
+    )?;
+    let dropped = value("hypergate_access_log_dropped_total").unwrap_or(0.0);
+    Ok(CallStoreCounters {
+        written: written as u64,
+        dropped: dropped as u64,
+    })
 }
 
 /// Waits until the probe's counters show on `/metrics`; fails, with the
@@ -579,6 +629,36 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
     config
 }
 
+/// The whole config a Hypergate target runs with: the scenario's (LLM or
+/// proxy), the eBPF probe for `hypergate-ebpf`, and the call store, on with its
+/// database in the target's directory for `hypergate-callstore` and off for
+/// the others.
+fn hypergate_target_config(
+    target: Target,
+    setup: &TargetSetup<'_>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> String {
+    let mut config = if setup.scenario.llm.is_some() {
+        hypergate_llm_config(setup, listen, admin)
+    } else {
+        hypergate_config(setup, listen, admin)
+    };
+    if target == Target::HypergateEbpf {
+        config.push_str(EBPF_PROBE_CONFIG);
+    }
+    if target == Target::HypergateCallstore {
+        let _ = write!(
+            config,
+            "\n[hypercare.store]\nenabled = true\npath = \"{}\"\n",
+            toml_escape(&setup.dir.join(CALL_STORE_FILE))
+        );
+    } else {
+        config.push_str("\n[hypercare.store]\nenabled = false\n");
+    }
+    config
+}
+
 /// Hypergate's TOML config for an LLM scenario: the server, admin and listener
 /// of [`hypergate_config`], then one AI route with the mock as its provider.
 fn hypergate_llm_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAddr) -> String {
@@ -808,6 +888,64 @@ mod tests {
         let last_specific = config.find("path_prefix = \"/svc998/\"").expect("route");
         let catch_all = config.find("path_prefix = \"/\"").expect("catch-all");
         assert!(last_specific < catch_all);
+    }
+
+    #[test]
+    fn only_the_callstore_target_records_calls() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let store = |target: Target, scenario: &str| {
+            let text =
+                hypergate_target_config(target, &setup(scenario, &placement), listen, listen);
+            let config: toml::Table = text.parse().expect("the config is TOML");
+            config["hypercare"]["store"].clone()
+        };
+        for scenario in ["get-c64", "accesslog", "llm-chat"] {
+            assert_eq!(
+                store(Target::Hypergate, scenario)["enabled"].as_bool(),
+                Some(false),
+                "{scenario}"
+            );
+        }
+        let ebpf = hypergate_target_config(
+            Target::HypergateEbpf,
+            &setup("ebpf-probe", &placement),
+            listen,
+            listen,
+        );
+        let ebpf: toml::Table = ebpf.parse().expect("the config is TOML");
+        assert_eq!(
+            ebpf["observability"]["ebpf"]["enabled"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(ebpf["hypercare"]["store"]["enabled"].as_bool(), Some(false));
+        let on = store(Target::HypergateCallstore, "callstore");
+        assert_eq!(on["enabled"].as_bool(), Some(true));
+        assert_eq!(on["path"].as_str(), Some("/tmp/hg/hypercare.db"));
+        let plain = hypergate_config(&setup("callstore", &placement), listen, listen);
+        let on = hypergate_target_config(
+            Target::HypergateCallstore,
+            &setup("callstore", &placement),
+            listen,
+            listen,
+        );
+        assert!(on.starts_with(&plain), "the same config plus the store");
+    }
+
+    #[test]
+    fn call_store_counters_come_from_prometheus_text() {
+        let metrics = "# TYPE hypergate_access_log_dropped_total counter\n\
+                       hypergate_access_log_dropped_total 7\n\
+                       hypergate_callstore_written_total_x 1\n\
+                       hypergate_callstore_written_total 123456\n";
+        assert_eq!(
+            parse_call_store_counters(metrics).expect("counters"),
+            CallStoreCounters {
+                written: 123_456,
+                dropped: 7
+            }
+        );
+        assert!(parse_call_store_counters("hypergate_access_log_dropped_total 0\n").is_err());
     }
 
     #[test]
