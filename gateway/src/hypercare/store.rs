@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS calls (
     response_body TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts_ms);
-CREATE INDEX IF NOT EXISTS calls_route_ts ON calls (route, ts_ms);
 CREATE INDEX IF NOT EXISTS calls_request_id ON calls (request_id);
 CREATE TABLE IF NOT EXISTS rollups (
     minute INTEGER NOT NULL,
@@ -157,11 +156,10 @@ pub fn add_histogram_json(into: &mut Histogram<u64>, text: &str) {
     }
 }
 
-/// Rollup key: (minute, route, cluster, version, model).
-type RollupKey = (i64, String, String, String, String);
-
 /// One rollup being aggregated.
 struct Rollup {
+    /// Route, cluster, version, model.
+    labels: [String; 4],
     by_class: [u64; 6],
     latency: Histogram<u64>,
     latency_sum_us: u64,
@@ -179,6 +177,8 @@ pub struct StoreCounters {
     pub failed_batches: AtomicU64,
     /// Rows deleted by retention.
     pub expired: AtomicU64,
+    /// Records lost with a failed transaction.
+    pub lost: AtomicU64,
 }
 
 impl StoreCounters {
@@ -202,6 +202,11 @@ impl StoreCounters {
                 "Call-store rows deleted by retention.",
                 &self.expired,
             ),
+            (
+                "hypergate_callstore_lost_total",
+                "Call records lost with a failed call-store transaction.",
+                &self.lost,
+            ),
         ] {
             header(out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
@@ -217,39 +222,25 @@ struct Feedback {
 }
 
 /// The writer side of the store.
+///
+/// Records are inserted as they come, straight from the pooled record (no copy),
+/// inside a transaction that stays open until the batch is due; rollups are keyed
+/// by a hash of their labels so counting a record allocates nothing.
 pub struct CallStore {
     conn: Connection,
     config: CallStoreConfig,
-    rows: Vec<Row>,
+    /// Rows inserted in the open transaction.
+    pending: u64,
+    in_tx: bool,
+    /// An insert failed: the open batch is lost, and records are skipped until the next flush.
+    broken: bool,
     feedback: Vec<Feedback>,
-    rollups: HashMap<RollupKey, Rollup>,
+    rollups: HashMap<(i64, u64), Rollup>,
     last_flush: Instant,
     last_rollup: Instant,
     last_retention: Instant,
     /// Totals since start.
     pub counters: Arc<StoreCounters>,
-}
-
-/// A record copied out of the pooled `AccessRecord` (which goes back to its shard at once).
-struct Row {
-    ts_ms: i64,
-    request_id: String,
-    trace_id: String,
-    method: String,
-    path: String,
-    route: String,
-    consumer: String,
-    cluster: String,
-    version: String,
-    endpoint: String,
-    status: u16,
-    error: &'static str,
-    total_us: u64,
-    upstream_us: Option<u64>,
-    bytes_in: u64,
-    bytes_out: u64,
-    retries: u32,
-    llm: Option<Box<crate::ai::LlmRecord>>,
 }
 
 impl CallStore {
@@ -260,7 +251,9 @@ impl CallStore {
         Ok(CallStore {
             conn,
             config,
-            rows: Vec::with_capacity(1024),
+            pending: 0,
+            in_tx: false,
+            broken: false,
             feedback: Vec::new(),
             rollups: HashMap::new(),
             last_flush: now,
@@ -270,7 +263,7 @@ impl CallStore {
         })
     }
 
-    /// Queues a record (and counts it into its rollup).
+    /// Stores a record (and counts it into its rollup).
     pub fn add(&mut self, r: &AccessRecord) {
         if let Some(f) = r.llm.as_ref().and_then(|l| l.feedback.as_ref()) {
             self.feedback.push(Feedback {
@@ -280,14 +273,19 @@ impl CallStore {
             });
         }
         let model = r.llm.as_ref().map_or("", |l| l.model.as_str());
-        let key = (
-            (r.unix_ms / 60_000) as i64,
-            r.route.clone(),
-            r.cluster.clone(),
-            r.version.clone(),
-            model.to_string(),
-        );
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for part in [&r.route, &r.cluster, &r.version, model] {
+            hasher.update(part.as_bytes());
+            hasher.update(&[0]);
+        }
+        let key = ((r.unix_ms / 60_000) as i64, hasher.digest());
         let roll = self.rollups.entry(key).or_insert_with(|| Rollup {
+            labels: [
+                r.route.clone(),
+                r.cluster.clone(),
+                r.version.clone(),
+                model.to_string(),
+            ],
             by_class: [0; 6],
             latency: new_histogram(),
             latency_sum_us: 0,
@@ -303,36 +301,52 @@ impl CallStore {
             roll.completion_tokens += l.completion_tokens;
             roll.cost_usd += l.cost_usd;
         }
-        self.rows.push(Row {
-            ts_ms: r.unix_ms as i64,
-            request_id: r.request_id.clone(),
-            trace_id: r.trace_id.clone(),
-            method: r.method.clone(),
-            path: r.path.clone(),
-            route: r.route.clone(),
-            consumer: r.consumer.clone(),
-            cluster: r.cluster.clone(),
-            version: r.version.clone(),
-            endpoint: r.endpoint.clone(),
-            status: r.status,
-            error: r.error,
-            total_us: r.total_us,
-            upstream_us: r.upstream_us,
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out,
-            retries: r.retries,
-            llm: r.llm.clone(),
-        });
+        self.insert(r);
+    }
+
+    fn insert(&mut self, r: &AccessRecord) {
+        if self.broken {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let result = (|| {
+            if !self.in_tx {
+                self.conn.execute_batch("BEGIN")?;
+                self.in_tx = true;
+            }
+            insert_row(&self.conn, r)
+        })();
+        match result {
+            Ok(()) => self.pending += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, records = self.pending + 1, "call store: batch lost");
+                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .lost
+                    .fetch_add(self.pending + 1, Ordering::Relaxed);
+                self.abort();
+                self.broken = true;
+            }
+        }
+    }
+
+    /// Rolls the open transaction back (its rows are lost).
+    fn abort(&mut self) {
+        if self.in_tx {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.in_tx = false;
+        self.pending = 0;
     }
 
     /// Whether a batch is due (by time or size).
     pub fn due(&self) -> bool {
-        self.rows.len() >= 4096 || self.last_flush.elapsed() >= self.config.flush_interval
+        self.pending >= 4096 || self.last_flush.elapsed() >= self.config.flush_interval
     }
 
     /// Commits what is due: the batch, rollups, retention.
     pub fn tick(&mut self) {
-        if !self.rows.is_empty() || !self.feedback.is_empty() {
+        if self.in_tx || self.broken || !self.feedback.is_empty() {
             if self.due() {
                 self.flush();
             }
@@ -355,17 +369,32 @@ impl CallStore {
 
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        let n = self.rows.len() as u64;
-        match write_rows(&mut self.conn, &self.rows, &self.feedback) {
+        self.broken = false;
+        let n = self.pending;
+        let result = (|| {
+            if !self.in_tx && !self.feedback.is_empty() {
+                self.conn.execute_batch("BEGIN")?;
+                self.in_tx = true;
+            }
+            if !self.in_tx {
+                return Ok(());
+            }
+            apply_feedback(&self.conn, &self.feedback)?;
+            self.conn.execute_batch("COMMIT")
+        })();
+        match result {
             Ok(()) => {
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
+                self.in_tx = false;
+                self.pending = 0;
             }
             Err(e) => {
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.counters.lost.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(error = %e, records = n, "call store: batch lost");
+                self.abort();
             }
         }
-        self.rows.clear();
         self.feedback.clear();
     }
 
@@ -373,6 +402,10 @@ impl CallStore {
         self.last_rollup = Instant::now();
         if self.rollups.is_empty() {
             return;
+        }
+        // Rollups are merged in their own transaction, after the rows they count.
+        if self.in_tx || self.broken {
+            self.flush();
         }
         let rollups = std::mem::take(&mut self.rollups);
         if let Err(e) = merge_rollups(&mut self.conn, rollups) {
@@ -382,6 +415,9 @@ impl CallStore {
 
     fn retention(&mut self) {
         self.last_retention = Instant::now();
+        if self.in_tx || self.broken {
+            self.flush();
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -414,72 +450,73 @@ impl CallStore {
     }
 }
 
-fn write_rows(conn: &mut Connection, rows: &[Row], feedback: &[Feedback]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO calls (ts_ms, request_id, trace_id, method, path, route, consumer, cluster,
-                version, endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out,
-                retries, provider, model, alias, target, prompt_tokens, completion_tokens,
-                cached_tokens, reasoning_tokens, cost_usd, estimated, prompt, prompt_version,
-                cache_hit, guardrails, request_body, response_body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
-        )?;
-        for r in rows {
-            let l = r.llm.as_deref();
-            let text = |f: fn(&crate::ai::LlmRecord) -> &str| l.map(f).filter(|s| !s.is_empty());
-            insert.execute(params![
-                r.ts_ms,
-                r.request_id,
-                r.trace_id,
-                r.method,
-                r.path,
-                r.route,
-                r.consumer,
-                r.cluster,
-                r.version,
-                r.endpoint,
-                r.status,
-                r.error,
-                r.total_us as i64,
-                r.upstream_us.map(|v| v as i64),
-                l.and_then(|l| l.ttft_us).map(|v| v as i64),
-                r.bytes_in as i64,
-                r.bytes_out as i64,
-                r.retries,
-                text(|l| &l.provider),
-                text(|l| &l.model),
-                text(|l| &l.alias),
-                text(|l| &l.target),
-                l.map(|l| l.prompt_tokens as i64),
-                l.map(|l| l.completion_tokens as i64),
-                l.map(|l| l.cached_tokens as i64),
-                l.map(|l| l.reasoning_tokens as i64),
-                l.map(|l| l.cost_usd),
-                l.map(|l| l.estimated),
-                text(|l| &l.prompt),
-                text(|l| &l.prompt_version),
-                l.map(|l| l.cache_hit),
-                l.filter(|l| !l.guardrails.is_empty())
-                    .map(|l| l.guardrails.join(",")),
-                l.and_then(|l| l.request_body.as_deref()),
-                l.and_then(|l| l.response_body.as_deref()),
-            ])?;
-        }
-        let mut update = tx.prepare_cached(
-            "UPDATE calls SET feedback_score = ?1, feedback_comment = ?2 WHERE request_id = ?3",
-        )?;
-        for f in feedback {
-            update.execute(params![f.score, f.comment, f.request_id])?;
-        }
+/// Inserts one record (in the caller's transaction).
+fn insert_row(conn: &Connection, r: &AccessRecord) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO calls (ts_ms, request_id, trace_id, method, path, route, consumer, cluster,
+            version, endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out,
+            retries, provider, model, alias, target, prompt_tokens, completion_tokens,
+            cached_tokens, reasoning_tokens, cost_usd, estimated, prompt, prompt_version,
+            cache_hit, guardrails, request_body, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
+    )?;
+    let l = r.llm.as_deref();
+    let text = |f: fn(&crate::ai::LlmRecord) -> &str| l.map(f).filter(|s| !s.is_empty());
+    insert.execute(params![
+        r.unix_ms as i64,
+        r.request_id,
+        r.trace_id,
+        r.method,
+        r.path,
+        r.route,
+        r.consumer,
+        r.cluster,
+        r.version,
+        r.endpoint,
+        r.status,
+        r.error,
+        r.total_us as i64,
+        r.upstream_us.map(|v| v as i64),
+        l.and_then(|l| l.ttft_us).map(|v| v as i64),
+        r.bytes_in as i64,
+        r.bytes_out as i64,
+        r.retries,
+        text(|l| &l.provider),
+        text(|l| &l.model),
+        text(|l| &l.alias),
+        text(|l| &l.target),
+        l.map(|l| l.prompt_tokens as i64),
+        l.map(|l| l.completion_tokens as i64),
+        l.map(|l| l.cached_tokens as i64),
+        l.map(|l| l.reasoning_tokens as i64),
+        l.map(|l| l.cost_usd),
+        l.map(|l| l.estimated),
+        text(|l| &l.prompt),
+        text(|l| &l.prompt_version),
+        l.map(|l| l.cache_hit),
+        l.filter(|l| !l.guardrails.is_empty())
+            .map(|l| l.guardrails.join(",")),
+        l.and_then(|l| l.request_body.as_deref()),
+        l.and_then(|l| l.response_body.as_deref()),
+    ])?;
+    Ok(())
+}
+
+/// Attaches feedback to stored calls (in the caller's transaction).
+fn apply_feedback(conn: &Connection, feedback: &[Feedback]) -> rusqlite::Result<()> {
+    let mut update = conn.prepare_cached(
+        "UPDATE calls SET feedback_score = ?1, feedback_comment = ?2 WHERE request_id = ?3",
+    )?;
+    for f in feedback {
+        update.execute(params![f.score, f.comment, f.request_id])?;
     }
-    tx.commit()
+    Ok(())
 }
 
 fn merge_rollups(
     conn: &mut Connection,
-    rollups: HashMap<RollupKey, Rollup>,
+    rollups: HashMap<(i64, u64), Rollup>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -494,7 +531,8 @@ fn merge_rollups(
                 latency_hist, prompt_tokens, completion_tokens, cost_usd)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
-        for ((minute, route, cluster, version, model), mut r) in rollups {
+        for ((minute, _), mut r) in rollups {
+            let [route, cluster, version, model] = std::mem::take(&mut r.labels);
             let existing = select
                 .query_row(params![minute, route, cluster, version, model], |row| {
                     Ok((
