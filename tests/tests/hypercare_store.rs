@@ -217,7 +217,8 @@ fn rollups_equal_the_sum_of_raw_records() {
 
 #[test]
 fn a_stalled_disk_drops_records_but_never_holds_requests() {
-    let (gw, _up) = gateway("");
+    // Few record buffers per shard, so a stalled writer shows at once.
+    let (gw, _up) = gateway("[access_log]\nbuffer = 64");
     let conn = store(&gw);
     // Hold the database's write lock: the writer's next commit waits on it.
     conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
@@ -295,7 +296,7 @@ fn llm_calls_are_recorded_with_tokens_cost_and_feedback() {
         Duration::from_secs(10),
         || {
             conn.query_row(
-                "SELECT feedback_score FROM calls WHERE request_id = 'llm-1'",
+                "SELECT score FROM feedback WHERE request_id = 'llm-1'",
                 [],
                 |r| r.get::<_, Option<f64>>(0),
             )
@@ -306,8 +307,8 @@ fn llm_calls_are_recorded_with_tokens_cost_and_feedback() {
     );
     let (alias, target, prompt, completion, cost, ttft, comment): (String, String, i64, i64, f64, Option<i64>, String) = conn
         .query_row(
-            "SELECT alias, target, prompt_tokens, completion_tokens, cost_usd, ttft_us, feedback_comment
-             FROM calls WHERE request_id = 'llm-1'",
+            "SELECT alias, target, prompt_tokens, completion_tokens, cost_usd, ttft_us, f.comment
+             FROM calls c JOIN feedback f ON f.request_id = c.request_id WHERE c.request_id = 'llm-1'",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
         )

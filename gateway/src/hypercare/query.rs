@@ -130,12 +130,13 @@ fn percent_decode(v: &str) -> String {
 /// Newest calls first, one page.
 pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
     let mut sql = String::from(
-        "SELECT id, ts_ms, request_id, trace_id, method, path, route, consumer, cluster, version,
-            endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out, retries,
-            provider, model, alias, target, prompt_tokens, completion_tokens, cached_tokens,
-            reasoning_tokens, cost_usd, estimated, prompt, prompt_version, cache_hit, guardrails,
-            feedback_score, feedback_comment, request_body, response_body
-         FROM calls WHERE 1 = 1",
+        "SELECT c.id, c.ts_ms, c.request_id, trace_id, method, path, route, consumer, cluster,
+            version, endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out,
+            retries, provider, model, alias, target, prompt_tokens, completion_tokens,
+            cached_tokens, reasoning_tokens, cost_usd, estimated, prompt, prompt_version,
+            cache_hit, guardrails, f.score AS feedback_score, f.comment AS feedback_comment,
+            request_body, response_body
+         FROM calls c LEFT JOIN feedback f ON f.request_id = c.request_id WHERE 1 = 1",
     );
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut add = |clause: &str, v: rusqlite::types::Value| {
@@ -172,16 +173,16 @@ pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
         add("total_us >= ?", (ms as i64 * 1000).into());
     }
     if let Some(t) = f.since_ms {
-        add("ts_ms >= ?", t.into());
+        add("c.ts_ms >= ?", t.into());
     }
     if let Some(t) = f.until_ms {
-        add("ts_ms < ?", t.into());
+        add("c.ts_ms < ?", t.into());
     }
     if let Some(c) = f.cursor {
-        add("id < ?", c.into());
+        add("c.id < ?", c.into());
     }
     let limit = f.limit.unwrap_or(100).clamp(1, 1000);
-    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    sql.push_str(" ORDER BY c.id DESC LIMIT ?");
     args.push((limit as i64).into());
     let mut stmt = conn.prepare(&sql)?;
     let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();

@@ -250,8 +250,9 @@ pub fn report(
     // LLM usage and cost, and feedback.
     let mut llm = conn.prepare(
         "SELECT COALESCE(alias, ''), COALESCE(target, ''), COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
-            SUM(cost_usd), SUM(estimated), AVG(ttft_us), AVG(feedback_score), COUNT(feedback_score)
-         FROM calls WHERE ts_ms >= ?1 AND alias IS NOT NULL GROUP BY 1, 2 ORDER BY 6 DESC",
+            SUM(cost_usd), SUM(estimated), AVG(ttft_us), AVG(f.score), COUNT(f.score)
+         FROM calls c LEFT JOIN feedback f ON f.request_id = c.request_id
+         WHERE c.ts_ms >= ?1 AND alias IS NOT NULL GROUP BY 1, 2 ORDER BY 6 DESC",
     )?;
     let llm_rows: Vec<Vec<String>> = llm
         .query_map([since_ms], |r| {
@@ -295,8 +296,9 @@ pub fn report(
         }),
     });
     let mut prompts = conn.prepare(
-        "SELECT prompt, prompt_version, COUNT(*), AVG(feedback_score), COUNT(feedback_score)
-         FROM calls WHERE ts_ms >= ?1 AND prompt IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT prompt, prompt_version, COUNT(*), AVG(f.score), COUNT(f.score)
+         FROM calls c LEFT JOIN feedback f ON f.request_id = c.request_id
+         WHERE c.ts_ms >= ?1 AND prompt IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
     )?;
     let prompt_rows: Vec<Vec<String>> = prompts
         .query_map([since_ms], |r| {

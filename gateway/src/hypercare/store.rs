@@ -61,13 +61,16 @@ CREATE TABLE IF NOT EXISTS calls (
     prompt_version TEXT,
     cache_hit INTEGER,
     guardrails TEXT,
-    feedback_score REAL,
-    feedback_comment TEXT,
     request_body TEXT,
     response_body TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts_ms);
-CREATE INDEX IF NOT EXISTS calls_request_id ON calls (request_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    score REAL NOT NULL,
+    comment TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollups (
     minute INTEGER NOT NULL,
     route TEXT NOT NULL,
@@ -214,9 +217,11 @@ impl StoreCounters {
     }
 }
 
-/// A feedback update for a stored call.
+/// A score for a stored call (kept in its own table, joined on `request_id`, so
+/// the calls table needs no index on that random key).
 struct Feedback {
     request_id: String,
+    ts_ms: i64,
     score: f64,
     comment: String,
 }
@@ -268,6 +273,7 @@ impl CallStore {
         if let Some(f) = r.llm.as_ref().and_then(|l| l.feedback.as_ref()) {
             self.feedback.push(Feedback {
                 request_id: f.request_id.clone(),
+                ts_ms: r.unix_ms as i64,
                 score: f.score,
                 comment: f.comment.clone(),
             });
@@ -438,6 +444,9 @@ impl CallStore {
             }
             n += self
                 .conn
+                .execute("DELETE FROM feedback WHERE ts_ms < ?1", [raw_cut])?;
+            n += self
+                .conn
                 .execute("DELETE FROM rollups WHERE minute < ?1", [roll_cut])?;
             Ok(n)
         })();
@@ -503,13 +512,13 @@ fn insert_row(conn: &Connection, r: &AccessRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Attaches feedback to stored calls (in the caller's transaction).
+/// Records feedback on stored calls (in the caller's transaction).
 fn apply_feedback(conn: &Connection, feedback: &[Feedback]) -> rusqlite::Result<()> {
-    let mut update = conn.prepare_cached(
-        "UPDATE calls SET feedback_score = ?1, feedback_comment = ?2 WHERE request_id = ?3",
+    let mut insert = conn.prepare_cached(
+        "INSERT OR REPLACE INTO feedback (request_id, ts_ms, score, comment) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for f in feedback {
-        update.execute(params![f.score, f.comment, f.request_id])?;
+        insert.execute(params![f.request_id, f.ts_ms, f.score, f.comment])?;
     }
     Ok(())
 }
