@@ -11,7 +11,7 @@ use crate::config::ai::{
     PromptOutput, ProviderKind,
 };
 use crate::config::raw::{ClusterConfig, EndpointConfig};
-use crate::config::ConfigIssue;
+use crate::config::{expand_env, ConfigIssue};
 use hypergate_ai::guard::{Guardrail, PiiKind};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -209,32 +209,6 @@ fn issue(issues: &mut Vec<ConfigIssue>, path: impl Into<String>, reason: impl In
         path: path.into(),
         reason: reason.into(),
     });
-}
-
-/// Expands `${NAME}` from the environment; a missing variable is an issue.
-fn expand_env(text: &str, path: &str, issues: &mut Vec<ConfigIssue>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            issue(issues, path, "unterminated `${` (expected `${NAME}`)");
-            return out;
-        };
-        let name = &after[..end];
-        match std::env::var(name) {
-            Ok(v) => out.push_str(&v),
-            Err(_) => issue(
-                issues,
-                path,
-                format!("environment variable {name:?} is not set"),
-            ),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Finds the `{{name}}` variables of a template.

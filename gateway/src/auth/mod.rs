@@ -174,16 +174,6 @@ pub fn hash_key(key: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
-/// Expands `${NAME}` from the environment (whole value only).
-fn expand_env(v: &str) -> Result<String, String> {
-    match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-        Some(name) => {
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
-        }
-        None => Ok(v.to_string()),
-    }
-}
-
 fn parse_algorithm(name: &str) -> Option<Algorithm> {
     Some(match name {
         "HS256" => Algorithm::HS256,
@@ -237,19 +227,26 @@ fn load_issuer(j: &JwtConfig, path: &str, issues: &mut Vec<ConfigIssue>) -> Opti
     for (i, k) in j.keys.iter().enumerate() {
         let kpath = format!("{path}.keys[{i}]");
         match (&k.secret, &k.pem_file) {
-            (Some(secret), None) => match expand_env(secret) {
-                Ok(s) if s.len() >= 16 => keys.push(JwtKey {
-                    kid: k.kid.clone(),
-                    family: Family::Hmac,
-                    key: DecodingKey::from_secret(s.as_bytes()),
-                }),
-                Ok(_) => push(
-                    issues,
-                    format!("{kpath}.secret"),
-                    "HMAC secrets must be at least 16 bytes".into(),
-                ),
-                Err(e) => push(issues, format!("{kpath}.secret"), e),
-            },
+            (Some(secret), None) => {
+                let before = issues.len();
+                let s = crate::config::expand_env(secret, &format!("{kpath}.secret"), issues);
+                // A missing environment variable was reported by `expand_env`.
+                if issues.len() == before {
+                    if s.len() >= 16 {
+                        keys.push(JwtKey {
+                            kid: k.kid.clone(),
+                            family: Family::Hmac,
+                            key: DecodingKey::from_secret(s.as_bytes()),
+                        });
+                    } else {
+                        push(
+                            issues,
+                            format!("{kpath}.secret"),
+                            "HMAC secrets must be at least 16 bytes".into(),
+                        );
+                    }
+                }
+            }
             (None, Some(file)) => match std::fs::read(file) {
                 Ok(pem) => match pem_key(&pem) {
                     Some((family, key)) => keys.push(JwtKey {

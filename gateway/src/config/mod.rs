@@ -64,6 +64,35 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Expands `${NAME}` in a config value from the environment (anywhere in the
+/// value, any number of times); a missing variable is an issue at `path`.
+pub(crate) fn expand_env(text: &str, path: &str, issues: &mut Vec<ConfigIssue>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            issues.push(ConfigIssue {
+                path: path.to_string(),
+                reason: "unterminated `${` (expected `${NAME}`)".into(),
+            });
+            return out;
+        };
+        let name = &after[..end];
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => issues.push(ConfigIssue {
+                path: path.to_string(),
+                reason: format!("environment variable {name:?} is not set"),
+            }),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
