@@ -29,6 +29,14 @@ fn provider(name: &str, kind: &str, m: &MockLlm) -> String {
     )
 }
 
+/// Provider `p` (OpenAI format) on `m` and the alias `a` to its model `m1`.
+fn one_alias(m: &MockLlm) -> String {
+    format!(
+        "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
+        provider("p", "openai", m)
+    )
+}
+
 /// A gateway with an AI route on `/v1` and `/prompts`, plus `ai` TOML.
 fn gateway(route_ai: &str, ai: &str) -> TestGateway {
     TestGateway::start(&format!(
@@ -383,13 +391,7 @@ fn aborted_stream_is_billed_for_what_was_produced() {
 #[test]
 fn streamed_calls_have_usage_and_cost_without_a_usage_chunk_for_the_client() {
     let m = mock(MockConfig::default());
-    let gw = gateway(
-        "",
-        &format!(
-            "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
-            provider("p", "openai", &m)
-        ),
-    );
+    let gw = gateway("", &one_alias(&m));
     let r = post(
         &gw,
         "/v1/chat/completions",
@@ -525,13 +527,7 @@ targets = [{{ provider = \"p\", model = \"m1\" }}]
 #[test]
 fn prompt_size_limit_in_tokens() {
     let m = mock(MockConfig::default());
-    let gw = gateway(
-        "max_input_tokens = 50",
-        &format!(
-            "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
-            provider("p", "openai", &m)
-        ),
-    );
+    let gw = gateway("max_input_tokens = 50", &one_alias(&m));
     let long = "lorem ipsum dolor sit amet ".repeat(40);
     let r = post(&gw, "/v1/chat/completions", chat("a", &long, json!({})));
     assert_eq!(r.status, 400);
@@ -547,13 +543,7 @@ fn prompt_size_limit_in_tokens() {
 #[test]
 fn cache_answers_repeats_and_replays_them_as_streams() {
     let m = mock(MockConfig::default());
-    let gw = gateway(
-        "cache_deterministic = true",
-        &format!(
-            "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
-            provider("p", "openai", &m)
-        ),
-    );
+    let gw = gateway("cache_deterministic = true", &one_alias(&m));
     let first = post(
         &gw,
         "/v1/chat/completions",
@@ -675,13 +665,7 @@ temperature = 0.5
 #[test]
 fn feedback_is_attributed_to_the_call() {
     let m = mock(MockConfig::default());
-    let gw = gateway(
-        "",
-        &format!(
-            "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
-            provider("p", "openai", &m)
-        ),
-    );
+    let gw = gateway("", &one_alias(&m));
     let r = gw.send(
         &Request::post("/v1/chat/completions", chat("a", "hi", json!({})))
             .header("x-request-id", "call-123"),
@@ -800,13 +784,7 @@ redact = ["ssn"]
 #[test]
 fn unknown_models_endpoints_and_bad_bodies_get_clear_errors() {
     let m = mock(MockConfig::default());
-    let gw = gateway(
-        "",
-        &format!(
-            "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
-            provider("p", "openai", &m)
-        ),
-    );
+    let gw = gateway("", &one_alias(&m));
     let r = post(&gw, "/v1/chat/completions", chat("nope", "hi", json!({})));
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["type"], "model_not_found");

@@ -153,6 +153,8 @@ pub struct AiShard {
     cache: RefCell<cache::ResponseCache>,
     breakers: RefCell<HashMap<Arc<str>, Breaker>>,
     remembered: feedback::Remembered,
+    /// The consumer label of anonymous calls (shared, so a call allocates none).
+    pub anonymous: Arc<str>,
     shared: Arc<AiShared>,
     shards: usize,
 }
@@ -168,6 +170,7 @@ impl AiShard {
             )),
             breakers: RefCell::default(),
             remembered: feedback::Remembered::default(),
+            anonymous: Arc::from(""),
             shared,
             shards: shards.max(1),
         }
@@ -850,6 +853,16 @@ impl<'r, 'a> Chat<'r, 'a> {
         let tag = format!("{name}:{action}");
         if !self.rec.guardrails.contains(&tag) {
             self.rec.guardrails.push(tag);
+        }
+    }
+
+    /// Counts the stream redactors that redacted anything, once per call (as for
+    /// complete answers).
+    fn note_redactions(&mut self, redactors: &[(usize, StreamRedactor)]) {
+        for (g, r) in redactors {
+            if r.counts().total() > 0 {
+                self.note_guard(*g, "redact_response");
+            }
         }
     }
 
@@ -1730,17 +1743,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                     let finishing = chunk["choices"][0]["finish_reason"].is_string();
                     if let Some(t) = translate::chunk_text_mut(&mut chunk) {
                         text.push_str(t);
-                        for (g, r) in &mut redactors {
-                            let before = r.counts().total();
+                        for (_, r) in &mut redactors {
                             *t = r.push(t);
-                            if r.counts().total() > before {
-                                let name: Arc<str> = spec.guardrails[*g].0.name().into();
-                                self.req.ctx.ai.stats.guardrail(&name, "redact_response");
-                                let tag = format!("{name}:redact_response");
-                                if !self.rec.guardrails.contains(&tag) {
-                                    self.rec.guardrails.push(tag);
-                                }
-                            }
                         }
                     }
                     if finishing {
@@ -1803,6 +1807,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
         }
         if aborted {
+            self.note_redactions(&redactors);
             self.rec.client_aborted = true;
             // Dropping the response closes the provider connection: generation stops.
             drop(answered);
@@ -1814,18 +1819,14 @@ impl<'r, 'a> Chat<'r, 'a> {
             return Ok((sent, usage, true));
         }
         events.clear();
-        if let Some(f) = &failure {
-            let tail = flush_redactors(&mut redactors);
-            if !tail.is_empty() {
-                em.text(&tail, &mut events);
-            }
-            em.error(f, self.req.request_id, &mut events);
-        } else {
-            let tail = flush_redactors(&mut redactors);
-            if !tail.is_empty() {
-                em.text(&tail, &mut events);
-            }
-            em.end(Some(usage), &mut events);
+        let tail = flush_redactors(&mut redactors);
+        if !tail.is_empty() {
+            em.text(&tail, &mut events);
+        }
+        self.note_redactions(&redactors);
+        match &failure {
+            Some(f) => em.error(f, self.req.request_id, &mut events),
+            None => em.end(Some(usage), &mut events),
         }
         out.clear();
         frame(out, &events, self.req.http10);

@@ -418,7 +418,7 @@ async fn handle_request<S: ClientStream>(
             RouteAction::Ai(route_ai) => {
                 let consumer_name: Arc<str> = match consumer {
                     Some(c) => inst.config.auth.consumers[c].name.clone(),
-                    None => Arc::from(""),
+                    None => ctx.ai.anonymous.clone(),
                 };
                 let req = crate::ai::AiRequest {
                     ctx,
