@@ -56,6 +56,20 @@ enum Command {
         #[arg(value_name = "KEY=VALUE")]
         filters: Vec<String>,
     },
+    /// Any read-only SQL over the call store, rows printed as JSON lines. The
+    /// table `calls` (one row per call) exists only through Hypergate: the
+    /// store keeps calls in blocks, so the plain `sqlite3` shell sees
+    /// `call_blocks`, `rollups`, `feedback` and `events` but not `calls`.
+    Sql {
+        /// The store's database.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Config file whose store to read.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The query, e.g. "SELECT route, COUNT(*) FROM calls WHERE status >= 500 GROUP BY 1".
+        query: String,
+    },
     /// Traffic, errors, latency, tokens and cost per route and version (from rollups).
     Summary {
         /// The store's database.
@@ -245,6 +259,13 @@ fn main() -> anyhow::Result<()> {
             if let Some(next) = page["next_cursor"].as_i64() {
                 eprintln!("more: add cursor={next}");
             }
+            Ok(())
+        }
+        Command::Sql { db, config, query } => {
+            let conn = open_store(db, config)?;
+            hypergate::hypercare::query::rows_as_json(&conn, &query, [], true, |row| {
+                println!("{row}");
+            })?;
             Ok(())
         }
         Command::Summary { db, config, window } => {

@@ -127,7 +127,7 @@ max_error_rate = 0.01
         .unwrap()
         .display()
         .to_string();
-    let conn = rusqlite::Connection::open(&db).unwrap();
+    let conn = hypergate::hypercare::store::open_for_reading(std::path::Path::new(&db)).unwrap();
     wait_until("rolled up", Duration::from_secs(10), || {
         let rolled: i64 = conn
             .query_row("SELECT COALESCE(SUM(requests), 0) FROM rollups", [], |r| {

@@ -1,7 +1,8 @@
 //! Hypercare: what the gateway records and concludes about the releases behind it.
 //!
-//! - [`store`]: every call as a row in SQLite, with per-minute rollups, written by
-//!   the record writer thread off the hot path.
+//! - [`store`]: every call recorded in SQLite, with per-minute rollups, written by
+//!   the record writer thread off the hot path; [`blocks`]: the calls' encoding
+//!   in blocks, and the `calls` SQL table that reads them back.
 //! - [`query`]: read-side queries over the store, shared by the admin API and the CLI.
 //! - [`engine`]: the control thread that evaluates, every few seconds, from
 //!   merged shard snapshots kept in a short [`series`] history:
@@ -12,6 +13,7 @@
 //!   the hypercare report in Markdown or HTML, from the store alone.
 
 pub mod alerts;
+pub mod blocks;
 pub mod canary;
 pub mod diff;
 pub mod engine;

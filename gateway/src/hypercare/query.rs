@@ -184,29 +184,46 @@ pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
     let limit = f.limit.unwrap_or(100).clamp(1, 1000);
     sql.push_str(" ORDER BY c.id DESC LIMIT ?");
     args.push((limit as i64).into());
-    let mut stmt = conn.prepare(&sql)?;
-    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
-    let mut rows = stmt.query(params_from_iter(args))?;
     let mut out = Vec::new();
     let mut last_id = None;
+    rows_as_json(conn, &sql, params_from_iter(args), false, |obj| {
+        last_id = obj.get("id").and_then(Value::as_i64);
+        out.push(obj);
+    })?;
+    let next = if out.len() == limit { last_id } else { None };
+    Ok(json!({"calls": out, "next_cursor": next}))
+}
+
+/// Runs a query and hands each row to `each` as a JSON object keyed by column
+/// name (NULLs as `null`, or left out when `nulls` is false; blobs as hex).
+pub fn rows_as_json(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    nulls: bool,
+    mut each: impl FnMut(Value),
+) -> Result<(), QueryError> {
+    let mut stmt = conn.prepare(sql)?;
+    let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+    let mut rows = stmt.query(params)?;
     while let Some(row) = rows.next()? {
         let mut obj = serde_json::Map::new();
         for (i, name) in names.iter().enumerate() {
-            let v: rusqlite::types::Value = row.get(i)?;
-            let j = match v {
-                rusqlite::types::Value::Null => continue,
+            let j = match row.get::<_, rusqlite::types::Value>(i)? {
+                rusqlite::types::Value::Null if !nulls => continue,
+                rusqlite::types::Value::Null => Value::Null,
                 rusqlite::types::Value::Integer(n) => json!(n),
                 rusqlite::types::Value::Real(x) => json!(x),
                 rusqlite::types::Value::Text(t) => json!(t),
-                rusqlite::types::Value::Blob(_) => continue,
+                rusqlite::types::Value::Blob(b) => {
+                    json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+                }
             };
             obj.insert(name.clone(), j);
         }
-        last_id = obj.get("id").and_then(Value::as_i64);
-        out.push(Value::Object(obj));
+        each(Value::Object(obj));
     }
-    let next = if out.len() == limit { last_id } else { None };
-    Ok(json!({"calls": out, "next_cursor": next}))
+    Ok(())
 }
 
 /// Figures of one group of rollups.

@@ -1,18 +1,22 @@
-//! The call-record store: every request as a row in an embedded SQLite database,
-//! plus per-minute rollups, written off the hot path.
+//! The call-record store: every request recorded in an embedded SQLite
+//! database, plus per-minute rollups, written off the hot path.
 //!
 //! The record writer thread (`observability::access_log`) owns the only write
-//! connection. It appends records to a batch and [`CallStore::tick`] commits the
-//! batch in one transaction (WAL mode, `synchronous = NORMAL`) at most every
-//! `flush_interval`. Rollups per (minute, route, cluster, version, model) are
-//! aggregated in memory from the same records (counts by status class, an HDR
-//! latency histogram, tokens, cost) and merged into the `rollups` table every
-//! `rollup_interval`, so a rollup is exactly the sum of the raw rows it covers.
-//! Retention deletes raw rows by age and count, and rollups by age, once a minute.
-//! Readers (admin API, CLI) open their own read-only connections; WAL lets them
-//! read while the writer writes.
+//! connection. It hands records over in batches; each call is encoded into the
+//! open block (`hypercare::blocks`), and [`CallStore::tick`] writes the block as
+//! one row of `call_blocks` in one transaction at most every `flush_interval`
+//! (WAL mode, `synchronous = NORMAL`). Readers see the calls as the SQL table
+//! `calls` (a virtual table over the blocks, installed by [`open_for_reading`]).
+//! Rollups per (minute, route, cluster, version, model) are aggregated in
+//! memory from the same records (counts by status class, an HDR latency
+//! histogram, tokens, cost) and merged into the `rollups` table every
+//! `rollup_interval`, so a rollup is exactly the sum of the calls it covers.
+//! Retention deletes blocks by age and count, and rollups by age, once a
+//! minute. Readers (admin API, CLI) open their own read-only connections; WAL
+//! lets them read while the writer writes.
 
 use crate::config::hypercare::CallStoreConfig;
+use crate::hypercare::blocks::{self, BlockWriter};
 use crate::observability::access_log::AccessRecord;
 use crate::observability::metrics::new_histogram;
 use hdrhistogram::Histogram;
@@ -23,48 +27,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version written to `PRAGMA user_version`. 1: a row per call in a
+/// `calls` table; 2: calls in blocks (`call_blocks`).
+const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    trace_id TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    route TEXT NOT NULL,
-    consumer TEXT NOT NULL,
-    cluster TEXT NOT NULL,
-    version TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    error TEXT NOT NULL,
-    total_us INTEGER NOT NULL,
-    upstream_us INTEGER,
-    ttft_us INTEGER,
-    bytes_in INTEGER NOT NULL,
-    bytes_out INTEGER NOT NULL,
-    retries INTEGER NOT NULL,
-    provider TEXT,
-    model TEXT,
-    alias TEXT,
-    target TEXT,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    cached_tokens INTEGER,
-    reasoning_tokens INTEGER,
-    cost_usd REAL,
-    estimated INTEGER,
-    prompt TEXT,
-    prompt_version TEXT,
-    cache_hit INTEGER,
-    guardrails TEXT,
-    request_body TEXT,
-    response_body TEXT
+/// Calls per block at most (a block is written sooner when `flush_interval` is due).
+const BLOCK_CALLS: u32 = 4096;
+
+/// Tables of the store.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS call_blocks (
+    first_id INTEGER PRIMARY KEY,
+    last_id INTEGER NOT NULL,
+    min_ts_ms INTEGER NOT NULL,
+    max_ts_ms INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    data BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts_ms);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY,
     ts_ms INTEGER NOT NULL,
@@ -112,20 +91,28 @@ pub fn resolve_path(config: &CallStoreConfig, config_file: Option<&Path>) -> Pat
 /// Opens (creating if needed) the database for writing.
 pub fn open_for_writing(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        // Larger pages: fewer B-tree pages and WAL frames per block (new databases only).
+        conn.pragma_update(None, "page_size", 16384)?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
-    // Databases created before body capture existed lack its columns.
-    let mut columns = conn.prepare("SELECT name FROM pragma_table_info('calls')")?;
-    let have: Vec<String> = columns
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    drop(columns);
-    for column in ["request_body", "response_body"] {
-        if !have.iter().any(|c| c == column) {
-            conn.execute_batch(&format!("ALTER TABLE calls ADD COLUMN {column} TEXT"))?;
-        }
+    let old_calls: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'calls'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old_calls {
+        // A version 1 database kept a row per call in a real `calls` table,
+        // which would hide the virtual one: it stays, renamed, for plain SQL.
+        conn.execute_batch("ALTER TABLE calls RENAME TO calls_v1")?;
+        tracing::warn!(
+            path = %path.display(),
+            "call store: calls recorded by an earlier version are kept in table calls_v1"
+        );
     }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(conn)
@@ -138,6 +125,7 @@ pub fn open_for_reading(path: &Path) -> rusqlite::Result<Connection> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    blocks::register(&conn)?;
     Ok(conn)
 }
 
@@ -228,17 +216,15 @@ struct Feedback {
 
 /// The writer side of the store.
 ///
-/// Records are inserted as they come, straight from the pooled record (no copy),
-/// inside a transaction that stays open until the batch is due; rollups are keyed
-/// by a hash of their labels so counting a record allocates nothing.
+/// Records are encoded into the open block straight from the pooled records
+/// (no copy); rollups are keyed by a hash of their labels so counting a record
+/// allocates nothing.
 pub struct CallStore {
     conn: Connection,
     config: CallStoreConfig,
-    /// Rows inserted in the open transaction.
-    pending: u64,
-    in_tx: bool,
-    /// An insert failed: the open batch is lost, and records are skipped until the next flush.
-    broken: bool,
+    /// The id of the next call.
+    next_id: i64,
+    block: BlockWriter,
     feedback: Vec<Feedback>,
     rollups: HashMap<(i64, u64), Rollup>,
     last_flush: Instant,
@@ -252,13 +238,14 @@ impl CallStore {
     /// Opens the store at `path`.
     pub fn open(path: &Path, config: CallStoreConfig) -> rusqlite::Result<CallStore> {
         let conn = open_for_writing(path)?;
+        let last_id: Option<i64> =
+            conn.query_row("SELECT MAX(last_id) FROM call_blocks", [], |r| r.get(0))?;
         let now = Instant::now();
         Ok(CallStore {
             conn,
             config,
-            pending: 0,
-            in_tx: false,
-            broken: false,
+            next_id: last_id.unwrap_or(0) + 1,
+            block: BlockWriter::default(),
             feedback: Vec::new(),
             rollups: HashMap::new(),
             last_flush: now,
@@ -268,8 +255,16 @@ impl CallStore {
         })
     }
 
-    /// Stores a record (and counts it into its rollup).
-    pub fn add(&mut self, r: &AccessRecord) {
+    /// Stores records (and counts each into its rollup).
+    pub fn add_batch<R: std::ops::Deref<Target = AccessRecord>>(&mut self, records: &[R]) {
+        for r in records {
+            self.count(r);
+            self.block.push(r);
+        }
+    }
+
+    /// Counts a record into its rollup, and queues its feedback.
+    fn count(&mut self, r: &AccessRecord) {
         if let Some(f) = r.llm.as_ref().and_then(|l| l.feedback.as_ref()) {
             self.feedback.push(Feedback {
                 request_id: f.request_id.clone(),
@@ -307,57 +302,17 @@ impl CallStore {
             roll.completion_tokens += l.completion_tokens;
             roll.cost_usd += l.cost_usd;
         }
-        self.insert(r);
     }
 
-    fn insert(&mut self, r: &AccessRecord) {
-        if self.broken {
-            self.counters.lost.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let result = (|| {
-            if !self.in_tx {
-                self.conn.execute_batch("BEGIN")?;
-                self.in_tx = true;
-            }
-            insert_row(&self.conn, r)
-        })();
-        match result {
-            Ok(()) => self.pending += 1,
-            Err(e) => {
-                tracing::warn!(error = %e, records = self.pending + 1, "call store: batch lost");
-                self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .lost
-                    .fetch_add(self.pending + 1, Ordering::Relaxed);
-                self.abort();
-                self.broken = true;
-            }
-        }
-    }
-
-    /// Rolls the open transaction back (its rows are lost).
-    fn abort(&mut self) {
-        if self.in_tx {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-        self.in_tx = false;
-        self.pending = 0;
-    }
-
-    /// Whether a batch is due (by time or size).
+    /// Whether a block is due (by time or size).
     pub fn due(&self) -> bool {
-        self.pending >= 4096 || self.last_flush.elapsed() >= self.config.flush_interval
+        self.block.len() >= BLOCK_CALLS || self.last_flush.elapsed() >= self.config.flush_interval
     }
 
-    /// Commits what is due: the batch, rollups, retention.
+    /// Commits what is due: the block, rollups, retention.
     pub fn tick(&mut self) {
-        if self.in_tx || self.broken || !self.feedback.is_empty() {
-            if self.due() {
-                self.flush();
-            }
-        } else {
-            self.last_flush = Instant::now();
+        if self.due() {
+            self.flush();
         }
         if self.last_rollup.elapsed() >= self.config.rollup_interval {
             self.flush_rollups();
@@ -373,35 +328,37 @@ impl CallStore {
         self.flush_rollups();
     }
 
+    /// Writes the open block and queued feedback in one transaction.
     fn flush(&mut self) {
         self.last_flush = Instant::now();
-        self.broken = false;
-        let n = self.pending;
+        if self.block.is_empty() && self.feedback.is_empty() {
+            return;
+        }
+        let n = u64::from(self.block.len());
+        let first_id = self.next_id;
         let result = (|| {
-            if !self.in_tx && !self.feedback.is_empty() {
-                self.conn.execute_batch("BEGIN")?;
-                self.in_tx = true;
-            }
-            if !self.in_tx {
-                return Ok(());
+            self.conn.execute_batch("BEGIN")?;
+            if !self.block.is_empty() {
+                self.block.write(&self.conn, first_id)?;
             }
             apply_feedback(&self.conn, &self.feedback)?;
             self.conn.execute_batch("COMMIT")
         })();
+        // Ids are used once, even by a block that failed.
+        self.next_id += n as i64;
+        self.block.clear();
+        self.feedback.clear();
         match result {
             Ok(()) => {
                 self.counters.written.fetch_add(n, Ordering::Relaxed);
-                self.in_tx = false;
-                self.pending = 0;
             }
             Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
                 self.counters.failed_batches.fetch_add(1, Ordering::Relaxed);
                 self.counters.lost.fetch_add(n, Ordering::Relaxed);
                 tracing::warn!(error = %e, records = n, "call store: batch lost");
-                self.abort();
             }
         }
-        self.feedback.clear();
     }
 
     fn flush_rollups(&mut self) {
@@ -409,10 +366,8 @@ impl CallStore {
         if self.rollups.is_empty() {
             return;
         }
-        // Rollups are merged in their own transaction, after the rows they count.
-        if self.in_tx || self.broken {
-            self.flush();
-        }
+        // Rollups are merged in their own transaction, after the calls they count.
+        self.flush();
         let rollups = std::mem::take(&mut self.rollups);
         if let Err(e) = merge_rollups(&mut self.conn, rollups) {
             tracing::warn!(error = %e, "call store: rollups lost");
@@ -421,27 +376,27 @@ impl CallStore {
 
     fn retention(&mut self) {
         self.last_retention = Instant::now();
-        if self.in_tx || self.broken {
-            self.flush();
-        }
+        self.flush();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let raw_cut = now_ms - self.config.retention.as_millis() as i64;
         let roll_cut = (now_ms - self.config.rollup_retention.as_millis() as i64) / 60_000;
         let result = (|| -> rusqlite::Result<usize> {
-            let mut n = self
-                .conn
-                .execute("DELETE FROM calls WHERE ts_ms < ?1", [raw_cut])?;
-            let max_id: Option<i64> =
-                self.conn
-                    .query_row("SELECT MAX(id) FROM calls", [], |r| r.get(0))?;
-            if let Some(max_id) = max_id {
-                n += self.conn.execute(
-                    "DELETE FROM calls WHERE id <= ?1",
-                    [max_id - self.config.max_calls as i64],
-                )?;
-            }
+            // Whole blocks go: those all older than the age limit, and those
+            // wholly behind the newest `max_calls` calls.
+            let mut expired = self.conn.prepare_cached(
+                "DELETE FROM call_blocks
+                 WHERE max_ts_ms < ?1 OR last_id <= ?2 - ?3
+                 RETURNING calls",
+            )?;
+            let mut n: usize = expired
+                .query_map(
+                    params![raw_cut, self.next_id - 1, self.config.max_calls as i64],
+                    |r| r.get::<_, i64>(0),
+                )?
+                .map(|c| c.map(|c| c as usize))
+                .sum::<rusqlite::Result<usize>>()?;
             n += self
                 .conn
                 .execute("DELETE FROM feedback WHERE ts_ms < ?1", [raw_cut])?;
@@ -457,59 +412,6 @@ impl CallStore {
             Err(e) => tracing::warn!(error = %e, "call store: retention failed"),
         }
     }
-}
-
-/// Inserts one record (in the caller's transaction).
-fn insert_row(conn: &Connection, r: &AccessRecord) -> rusqlite::Result<()> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO calls (ts_ms, request_id, trace_id, method, path, route, consumer, cluster,
-            version, endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out,
-            retries, provider, model, alias, target, prompt_tokens, completion_tokens,
-            cached_tokens, reasoning_tokens, cost_usd, estimated, prompt, prompt_version,
-            cache_hit, guardrails, request_body, response_body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)",
-    )?;
-    let l = r.llm.as_deref();
-    let text = |f: fn(&crate::ai::LlmRecord) -> &str| l.map(f).filter(|s| !s.is_empty());
-    insert.execute(params![
-        r.unix_ms as i64,
-        r.request_id,
-        r.trace_id,
-        r.method,
-        r.path,
-        r.route,
-        r.consumer,
-        r.cluster,
-        r.version,
-        r.endpoint,
-        r.status,
-        r.error,
-        r.total_us as i64,
-        r.upstream_us.map(|v| v as i64),
-        l.and_then(|l| l.ttft_us).map(|v| v as i64),
-        r.bytes_in as i64,
-        r.bytes_out as i64,
-        r.retries,
-        text(|l| &l.provider),
-        text(|l| &l.model),
-        text(|l| &l.alias),
-        text(|l| &l.target),
-        l.map(|l| l.prompt_tokens as i64),
-        l.map(|l| l.completion_tokens as i64),
-        l.map(|l| l.cached_tokens as i64),
-        l.map(|l| l.reasoning_tokens as i64),
-        l.map(|l| l.cost_usd),
-        l.map(|l| l.estimated),
-        text(|l| &l.prompt),
-        text(|l| &l.prompt_version),
-        l.map(|l| l.cache_hit),
-        l.filter(|l| !l.guardrails.is_empty())
-            .map(|l| l.guardrails.join(",")),
-        l.and_then(|l| l.request_body.as_deref()),
-        l.and_then(|l| l.response_body.as_deref()),
-    ])?;
-    Ok(())
 }
 
 /// Records feedback on stored calls (in the caller's transaction).
@@ -610,6 +512,109 @@ mod tests {
         for q in [0.1, 0.5, 0.9, 0.99] {
             assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q));
         }
+    }
+
+    fn temp_db(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hypergate-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("calls.db")
+    }
+
+    fn call(i: u64, unix_ms: u64) -> Box<AccessRecord> {
+        Box::new(AccessRecord {
+            unix_ms,
+            request_id: format!("r{i}"),
+            route: "api".into(),
+            status: 200,
+            total_us: 100,
+            ..AccessRecord::default()
+        })
+    }
+
+    #[test]
+    fn calls_survive_a_restart_and_retention_drops_whole_old_blocks() {
+        let path = temp_db("retention");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let config = CallStoreConfig {
+            max_calls: 150,
+            retention: Duration::from_secs(3600),
+            ..CallStoreConfig::default()
+        };
+        // Two hours old, then three fresh blocks of 100.
+        let mut store = CallStore::open(&path, config.clone()).unwrap();
+        store.add_batch(
+            &(0..100)
+                .map(|i| call(i, now - 7_200_000))
+                .collect::<Vec<_>>(),
+        );
+        store.flush_all();
+        drop(store);
+        let mut store = CallStore::open(&path, config).unwrap();
+        for b in 1..4 {
+            store.add_batch(
+                &(b * 100..b * 100 + 100)
+                    .map(|i| call(i, now))
+                    .collect::<Vec<_>>(),
+            );
+            store.flush_all();
+        }
+        let reader = open_for_reading(&path).unwrap();
+        let ids = |sql: &str| -> (i64, i64, i64) {
+            reader
+                .query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+        };
+        // Ids go on after a restart.
+        assert_eq!(
+            ids("SELECT COUNT(*), MIN(id), MAX(id) FROM calls"),
+            (400, 1, 400)
+        );
+        store.retention();
+        // The old block goes by age; of the rest, blocks wholly behind the
+        // newest 150 calls go (ids 101..200), the block holding the 150th stays.
+        assert_eq!(
+            ids("SELECT COUNT(*), MIN(id), MAX(id) FROM calls"),
+            (200, 201, 400)
+        );
+        assert_eq!(store.counters.expired.load(Ordering::Relaxed), 200);
+        let first: String = reader
+            .query_row("SELECT request_id FROM calls WHERE id = 201", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(first, "r200");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_version_1_calls_table_is_kept_aside() {
+        let path = temp_db("v1");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE calls (id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, path TEXT);
+                 INSERT INTO calls (ts_ms, path) VALUES (1, '/old');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let mut store = CallStore::open(&path, CallStoreConfig::default()).unwrap();
+        store.add_batch(&[call(1, 5)]);
+        store.flush_all();
+        let reader = open_for_reading(&path).unwrap();
+        let count = |sql: &str| -> i64 { reader.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            count("SELECT COUNT(*) FROM calls_v1 WHERE path = '/old'"),
+            1
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM calls"), 1);
+        assert_eq!(count("PRAGMA user_version"), SCHEMA_VERSION);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]

@@ -5,15 +5,15 @@
 //! Each shard owns a fixed number of reusable [`AccessRecord`] boxes. A
 //! request fills one (string buffers are cleared and refilled, so after
 //! warm-up nothing is allocated) and hands it to the writer thread through a
-//! bounded channel with `try_send`. The writer formats the JSON line, queues the
-//! row for the store, and sends the box back to its shard; the store commits in
-//! batches. When a shard has no free box, or the channel is full (a slow disk),
+//! bounded channel with `try_send`. The writer takes them in batches, formats
+//! the JSON lines, inserts the rows into the store, and sends the boxes back to
+//! their shards; the store commits in batches. When a shard has no free box, or the channel is full (a slow disk),
 //! the record is dropped and counted: requests never wait for either.
 
 use crate::hypercare::store::CallStore;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use serde::Serialize;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -94,19 +94,35 @@ impl AccessRecord {
 
 type Envelope = (usize, Box<AccessRecord>);
 
+/// Records going back to their shard's pool. Boxed on purpose: a record moves
+/// between threads and back as a pointer, and keeps its string buffers.
+#[allow(clippy::vec_box)]
+type Boxes = Vec<Box<AccessRecord>>;
+
 /// A shard's handle to the access log.
 pub struct AccessLogSink {
     shard: usize,
     tx: Sender<Envelope>,
-    free: Receiver<Box<AccessRecord>>,
+    /// Boxes come back from the writer a batch at a time (one channel operation
+    /// per batch, not per record) and wait in `spare`.
+    free: Receiver<Boxes>,
+    spare: RefCell<Boxes>,
     allocated: Cell<usize>,
     capacity: usize,
+    /// Whether JSON lines are written (the fields only they show are filled only then).
+    pub json: bool,
 }
 
 impl AccessLogSink {
     /// A cleared record to fill, or `None` when all are in flight (counted as dropped by the caller).
     pub fn take(&self) -> Option<Box<AccessRecord>> {
-        if let Ok(mut r) = self.free.try_recv() {
+        let mut spare = self.spare.borrow_mut();
+        if spare.is_empty() {
+            if let Ok(batch) = self.free.try_recv() {
+                *spare = batch;
+            }
+        }
+        if let Some(mut r) = spare.pop() {
             r.reset();
             return Some(r);
         }
@@ -158,6 +174,8 @@ pub fn start(
         )),
     };
     let (tx, rx) = bounded::<Envelope>(buffer * shards);
+    // At most `buffer` boxes per shard exist, so at most that many non-empty
+    // batches: sending one back never finds the channel full.
     let mut returns = Vec::new();
     let mut sinks = Vec::new();
     for shard in 0..shards {
@@ -167,8 +185,10 @@ pub fn start(
             shard,
             tx: tx.clone(),
             free: ret_rx,
+            spare: RefCell::new(Vec::new()),
             allocated: Cell::new(0),
             capacity: buffer,
+            json: json.is_some(),
         });
     }
     drop(tx);
@@ -185,48 +205,72 @@ struct Line<'a> {
     record: &'a AccessRecord,
 }
 
+/// Records handled per pass (JSON lines, one store batch, boxes returned).
+const BATCH: usize = 256;
+
+/// Pause between passes while records keep coming: the shards' queues fill
+/// meanwhile, so a busy writer drains them in batches and a shard sending a
+/// record finds nobody asleep to wake (no system call on the request path).
+/// When a pass finds nothing, the writer blocks until the next record instead.
+const POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 fn writer(
     out: Option<Box<dyn Write + Send>>,
     mut store: Option<CallStore>,
     rx: Receiver<Envelope>,
-    returns: Vec<Sender<Box<AccessRecord>>>,
+    returns: Vec<Sender<Boxes>>,
 ) {
     let mut out = out.map(|o| std::io::BufWriter::with_capacity(64 * 1024, o));
     let tick = std::time::Duration::from_millis(100);
-    loop {
-        let first = match rx.recv_timeout(tick) {
-            Ok(env) => Some(env),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut batch = first;
-        while let Some((shard, record)) = batch.take() {
+    let mut records: Boxes = Vec::with_capacity(BATCH);
+    let mut shards: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut back: Vec<Boxes> = returns.iter().map(|_| Vec::new()).collect();
+    let mut waiting = None;
+    let mut open = true;
+    while open {
+        let mut handled = 0;
+        loop {
+            if let Some((shard, record)) = waiting.take() {
+                shards.push(shard);
+                records.push(record);
+            }
+            while records.len() < BATCH {
+                match rx.try_recv() {
+                    Ok((shard, record)) => {
+                        shards.push(shard);
+                        records.push(record);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if records.is_empty() {
+                break;
+            }
+            handled += records.len();
             if let Some(out) = out.as_mut() {
-                let time = humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.unix_ms),
-                )
-                .to_string();
-                if serde_json::to_writer(
-                    &mut *out,
-                    &Line {
-                        time,
-                        record: &record,
-                    },
-                )
-                .is_ok()
-                {
-                    let _ = out.write_all(b"\n");
+                for record in &records {
+                    write_line(out, record);
                 }
             }
             if let Some(store) = store.as_mut() {
-                store.add(&record);
+                store.add_batch(&records);
+                // Commit while records keep coming, so a busy stream still lands in time.
+                if store.due() {
+                    store.tick();
+                }
             }
-            let _ = returns[shard].try_send(record);
-            // Commit while records keep coming, so a busy stream still lands in time.
-            if store.as_ref().is_some_and(CallStore::due) {
-                break;
+            for (shard, record) in shards.drain(..).zip(records.drain(..)) {
+                back[shard].push(record);
             }
-            batch = rx.try_recv().ok();
+            for (shard, boxes) in back.iter_mut().enumerate() {
+                if !boxes.is_empty() {
+                    let _ = returns[shard].try_send(std::mem::take(boxes));
+                }
+            }
         }
         if let Some(out) = out.as_mut() {
             let _ = out.flush();
@@ -234,11 +278,34 @@ fn writer(
         if let Some(store) = store.as_mut() {
             store.tick();
         }
+        if !open {
+            break;
+        }
+        if handled > 0 {
+            std::thread::sleep(POLL);
+        } else {
+            match rx.recv_timeout(tick) {
+                Ok(envelope) => waiting = Some(envelope),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
     }
     if let Some(out) = out.as_mut() {
         let _ = out.flush();
     }
     if let Some(store) = store.as_mut() {
         store.flush_all();
+    }
+}
+
+/// Writes one JSON access-log line.
+fn write_line(out: &mut impl Write, record: &AccessRecord) {
+    let time = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.unix_ms),
+    )
+    .to_string();
+    if serde_json::to_writer(&mut *out, &Line { time, record }).is_ok() {
+        let _ = out.write_all(b"\n");
     }
 }

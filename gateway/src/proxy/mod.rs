@@ -552,10 +552,13 @@ fn record_log(
         .map_or(0, |d| d.as_millis() as u64);
     r.request_id.push_str(rid.as_str());
     r.trace_id.push_str(trace.trace_id());
-    r.client = Some(peer);
     r.method.push_str(view.method());
-    r.host
-        .push_str(std::str::from_utf8(view.header("host").unwrap_or_default()).unwrap_or(""));
+    if sink.json {
+        // Only JSON lines show these; the call store does not keep them.
+        r.client = Some(peer);
+        r.host
+            .push_str(std::str::from_utf8(view.header("host").unwrap_or_default()).unwrap_or(""));
+    }
     r.path.push_str(view.path());
     if !view.query().is_empty() {
         r.path.push('?');
