@@ -32,7 +32,7 @@ use std::mem::discriminant;
 use std::time::Duration;
 
 use hdrhistogram::{AdditionError, Histogram};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::error_rate::{ErrorCounts, ErrorRateEvidence, ErrorRateTest};
@@ -92,7 +92,7 @@ pub enum AnalysisError {
 }
 
 /// Where the rollout stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Stepping through the plan.
@@ -125,7 +125,7 @@ pub enum HoldReason {
 }
 
 /// Which test found the canary worse.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RollbackReason {
     /// The error-rate test.
@@ -240,6 +240,19 @@ pub struct CanaryStatus<'a> {
     pub history: &'a [DecisionRecord],
 }
 
+/// Where a rollout stands, kept by the gateway so that a restart resumes it:
+/// at the same step (which starts over: its bake time and samples begin
+/// again), or rolled back, or completed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Running, rolled back or completed.
+    pub phase: Phase,
+    /// Current step index.
+    pub step: usize,
+    /// Which test rolled the canary back, once it has.
+    pub rollback: Option<RollbackReason>,
+}
+
 /// One side's totals in the current step.
 #[derive(Debug)]
 struct SideTotals {
@@ -320,6 +333,39 @@ impl CanaryAnalysis {
             history: Vec::new(),
             outcome: None,
         })
+    }
+
+    /// Resumes a rollout where `progress` left it, at time zero: the current
+    /// step starts over; a rollback or completion stands (and `decide` repeats it).
+    pub fn resume(plan: CanaryPlan, progress: &Progress) -> Result<Self, Vec<PlanError>> {
+        let mut analysis = Self::new(plan)?;
+        analysis.step = progress.step.min(analysis.plan.steps.len() - 1);
+        analysis.phase = progress.phase;
+        let evidence = analysis.evidence(Duration::ZERO);
+        analysis.outcome = match progress.phase {
+            Phase::Running => None,
+            Phase::RolledBack => Some(Decision::Rollback {
+                reason: progress
+                    .rollback
+                    .clone()
+                    .unwrap_or(RollbackReason::ErrorRate),
+                evidence,
+            }),
+            Phase::Completed => Some(Decision::Complete { evidence }),
+        };
+        Ok(analysis)
+    }
+
+    /// Where the rollout stands, for [`CanaryAnalysis::resume`].
+    pub fn progress(&self) -> Progress {
+        Progress {
+            phase: self.phase,
+            step: self.step,
+            rollback: match &self.outcome {
+                Some(Decision::Rollback { reason, .. }) => Some(reason.clone()),
+                _ => None,
+            },
+        }
     }
 
     /// Takes in each side's traffic since the previous call. Ignored once the
@@ -560,6 +606,47 @@ mod tests {
                 analysis.decide(now)
             })
             .collect()
+    }
+
+    #[test]
+    fn a_resumed_rollout_keeps_its_step_and_its_outcome() {
+        let healthy = window(200, 2, None);
+        let mut analysis = CanaryAnalysis::new(plan(&[10, 50, 80], 1_000)).unwrap();
+        run(&mut analysis, 1, 10, &healthy, &healthy);
+        let progress = analysis.progress();
+        assert_eq!((progress.phase, progress.step), (Phase::Running, 1));
+        // Through JSON, as the gateway keeps it.
+        let text = serde_json::to_string(&progress).unwrap();
+        let back: Progress = serde_json::from_str(&text).unwrap();
+        let mut resumed = CanaryAnalysis::resume(plan(&[10, 50, 80], 1_000), &back).unwrap();
+        assert_eq!(resumed.weight(), 50);
+        // The step starts over: it bakes again from the resume.
+        assert!(matches!(
+            resumed.decide(SECOND),
+            Decision::Hold {
+                reason: HoldReason::Baking { .. },
+                ..
+            }
+        ));
+        // A rollback stands after a resume.
+        let failing = window(200, 40, None);
+        let decisions = run(&mut resumed, 2, 30, &healthy, &failing);
+        assert!(decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Rollback { .. })));
+        let rolled_back = resumed.progress();
+        assert_eq!(rolled_back.phase, Phase::RolledBack);
+        assert_eq!(rolled_back.rollback, Some(RollbackReason::ErrorRate));
+        let mut again = CanaryAnalysis::resume(plan(&[10, 50, 80], 1_000), &rolled_back).unwrap();
+        assert_eq!(again.weight(), 0);
+        again.observe(SECOND, &healthy, &healthy).unwrap();
+        assert!(matches!(
+            again.decide(SECOND),
+            Decision::Rollback {
+                reason: RollbackReason::ErrorRate,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -65,7 +65,7 @@ use serde::Serialize;
 
 pub use analysis::{
     AnalysisError, CanaryAnalysis, CanaryStatus, Decision, DecisionRecord, Evidence, HoldReason,
-    Phase, RollbackReason, Window,
+    Phase, Progress, RollbackReason, Window,
 };
 pub use error_rate::{ErrorCounts, ErrorRateEvidence, ErrorRateTest};
 pub use latency::{LatencyEvidence, LatencyTest};

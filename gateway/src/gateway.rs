@@ -250,6 +250,14 @@ fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::T
 impl Gateway {
     /// Starts everything for `config`; `config_path` is what reloads re-read.
     pub fn start(config: Config, config_path: Option<PathBuf>) -> Result<Gateway, StartError> {
+        let store_config = &config.raw.hypercare.store;
+        let store_path = store_config
+            .enabled
+            .then(|| crate::hypercare::store::resolve_path(store_config, config_path.as_deref()));
+        let config = match &store_path {
+            Some(path) => crate::hypercare::canary::with_saved_weights(config, path),
+            None => config,
+        };
         let config = Arc::new(config);
         let health = Arc::new(HealthRegistry::default());
         health.sync(&config);
@@ -306,9 +314,6 @@ impl Gateway {
         }
 
         let store_config = &config.raw.hypercare.store;
-        let store_path = store_config
-            .enabled
-            .then(|| crate::hypercare::store::resolve_path(store_config, config_path.as_deref()));
         let store = match &store_path {
             Some(path) => {
                 let store = crate::hypercare::store::CallStore::open(path, store_config.clone())

@@ -3,6 +3,7 @@
 //! traffic back to the stable version by itself, says why, and tells webhooks.
 //! A healthy canary is promoted step by step instead.
 
+use hypergate_tests::util::TempDir;
 use hypergate_tests::{cluster, preamble, wait_until, MockUpstream, Reply, Request, TestGateway};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -80,12 +81,19 @@ fn a_failing_canary_is_rolled_back_by_the_gateway() {
         }
     });
     let hook = MockUpstream::ok("ok");
-    let gw = TestGateway::start(&config(
-        &stable,
-        &canary,
-        &hook,
-        r#"{ weight = 10, bake = "60s", min_requests = 1000 }, { weight = 50, bake = "60s", min_requests = 1000 }"#,
-    ));
+    // The store in a directory of its own, so that a second gateway finds it.
+    let store = TempDir::new();
+    let toml = format!(
+        "{}\n[hypercare.store]\npath = \"{}\"\n",
+        config(
+            &stable,
+            &canary,
+            &hook,
+            r#"{ weight = 10, bake = "60s", min_requests = 1000 }, { weight = 50, bake = "60s", min_requests = 1000 }"#,
+        ),
+        store.path().join("hypercare.db").display()
+    );
+    let gw = TestGateway::start(&toml);
     // The plan's first step is in force from the start.
     wait_until("step 1 weights installed", Duration::from_secs(5), || {
         canary_view(&gw)["canaries"][0]["weight"] == 10
@@ -147,6 +155,31 @@ fn a_failing_canary_is_rolled_back_by_the_gateway() {
         )
         .unwrap();
     assert_eq!(n, 1);
+
+    // A restart resumes the rollout where it stood: the canary stays at 0% from
+    // the first request on (the file still says 10%), and the decision history
+    // is back on /hypercare/canary.
+    drop(gw);
+    let gw = TestGateway::start(&toml);
+    let before = canary.request_count();
+    let mut c = gw.conn();
+    for _ in 0..100 {
+        assert_eq!(c.request(&Request::get("/buy")).text(), "v1");
+    }
+    assert_eq!(canary.request_count(), before);
+    wait_until("resumed run shown", Duration::from_secs(5), || {
+        canary_view(&gw)["canaries"][0]["status"]["phase"] == "rolled_back"
+    });
+    let view = canary_view(&gw);
+    assert_eq!(view["canaries"][0]["weight"], 0);
+    assert!(
+        view["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["decision"]["action"] == "rollback"),
+        "{view}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Hypercare windows: progress and verdicts (exit, roll back, in progress) from
 //! live traffic, and windows opened through the admin API.
 
+use hypergate_tests::util::TempDir;
 use hypergate_tests::{
     cluster, preamble, route_all, wait_until, MockUpstream, Reply, Request, TestGateway,
 };
@@ -145,4 +146,73 @@ fn windows_can_be_opened_through_the_admin_api() {
     for field in ["route", "sustain", "max_error_rate"] {
         assert!(errors.contains(field), "{errors}");
     }
+}
+
+#[test]
+fn window_progress_survives_a_restart() {
+    let up = MockUpstream::ok("ok");
+    let store = TempDir::new();
+    let toml = format!(
+        r#"{}{}{}
+[hypercare]
+evaluation_interval = "100ms"
+
+[[hypercare.windows]]
+name = "launch"
+route = "app"
+sustain = "1h"
+lookback = "5s"
+max_error_rate = 0.01
+min_requests = 10
+
+[hypercare.store]
+path = "{}"
+"#,
+        preamble(1),
+        cluster("app", &[up.addr()], ""),
+        route_all("app", "app", ""),
+        store.path().join("hypercare.db").display()
+    );
+    let gw = TestGateway::start(&toml);
+    let opened = gw.admin_send(
+        &Request::post(
+            "/hypercare/windows",
+            json!({"name": "release-7", "sustain": "2h"}).to_string(),
+        )
+        .header("content-type", "application/json"),
+    );
+    assert_eq!(opened.status, 201, "{}", opened.text());
+    let mut c = gw.conn();
+    wait_until("criteria met for 2 s", Duration::from_secs(20), || {
+        for _ in 0..20 {
+            assert_eq!(c.request(&Request::get("/")).status, 200);
+        }
+        window(&gw, "launch")["met_for_s"]
+            .as_u64()
+            .is_some_and(|s| s >= 2)
+    });
+    let release_opened = window(&gw, "release-7")["opened_ms"].clone();
+    assert!(release_opened.is_u64(), "{release_opened}");
+    drop(c);
+    drop(gw);
+
+    // Restarted, with no traffic yet: the streak goes on (too few requests
+    // right after a restart do not break it), and the admin-opened window is back.
+    let gw = TestGateway::start(&toml);
+    wait_until("launch restored", Duration::from_secs(5), || {
+        window(&gw, "launch")["met_for_s"]
+            .as_u64()
+            .is_some_and(|s| s >= 2)
+    });
+    let launch = window(&gw, "launch");
+    assert!(
+        launch["progress"]
+            .as_str()
+            .unwrap()
+            .contains("restored after a restart"),
+        "{launch}"
+    );
+    let release = window(&gw, "release-7");
+    assert_eq!(release["dynamic"], true, "{release}");
+    assert_eq!(release["opened_ms"], release_opened);
 }

@@ -10,11 +10,14 @@
 //! and stays until the canary's configuration changes. Every decision other than
 //! a repeated hold is kept with its evidence for `/hypercare/canary`, the
 //! dashboard and the report, and written to the call store's `events` table.
+//! Where the rollout stands (step, rolled back, completed) is saved in the
+//! store too (`hypercare::state`): after a restart the run resumes at its step,
+//! and a rolled-back canary stays at 0%.
 
 use super::series::{Scope, Series};
 use crate::config::hypercare::CanaryConfig;
 use crate::gateway::Controller;
-use hypergate_analysis::{CanaryAnalysis, CanaryPlan, Decision, Phase, Step, Window};
+use hypergate_analysis::{CanaryAnalysis, CanaryPlan, Decision, Phase, Progress, Step, Window};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -67,6 +70,24 @@ impl CanaryRun {
             started: Instant::now(),
             wanted,
         })
+    }
+
+    /// Resumes a run where a previous process left it.
+    pub fn resume(config: CanaryConfig, progress: &Progress) -> Option<CanaryRun> {
+        let analysis = CanaryAnalysis::resume(plan(&config), progress).ok()?;
+        let wanted = analysis.weight();
+        tracing::info!(route = %config.route, canary = %config.canary, phase = ?progress.phase, weight = wanted, "canary resumed from the call store");
+        Some(CanaryRun {
+            config,
+            analysis,
+            started: Instant::now(),
+            wanted,
+        })
+    }
+
+    /// Where the rollout stands, to save.
+    pub fn progress(&self) -> Progress {
+        self.analysis.progress()
     }
 
     /// Feeds the last tick's traffic, decides, and applies the weight.
@@ -129,31 +150,8 @@ impl CanaryRun {
 
     /// Installs the wanted weights if the running config differs (also after a reload).
     fn enforce(&self, controller: &Controller) {
-        let config = controller.config();
-        let mut raw = config.raw.clone();
-        let Some(split) = raw
-            .routes
-            .iter_mut()
-            .find(|r| r.name == self.config.route)
-            .and_then(|r| r.split.as_mut())
-        else {
-            return;
-        };
-        let mut changed = false;
-        for t in &mut split.targets {
-            let w = if t.cluster == self.config.canary {
-                self.wanted
-            } else if t.cluster == self.config.stable {
-                100 - self.wanted
-            } else {
-                continue;
-            };
-            if t.weight != w {
-                t.weight = w;
-                changed = true;
-            }
-        }
-        if !changed {
+        let mut raw = controller.config().raw.clone();
+        if !set_weights(&mut raw, &self.config, self.wanted) {
             return;
         }
         match crate::config::validate::validate(raw) {
@@ -178,6 +176,80 @@ impl CanaryRun {
             "status": self.analysis.status(),
             "plan": plan(&self.config),
         })
+    }
+}
+
+/// Gives the canary `wanted` percent of its route's split (the stable side the
+/// rest); returns whether a weight changed.
+fn set_weights(raw: &mut crate::config::raw::RawConfig, c: &CanaryConfig, wanted: u32) -> bool {
+    let Some(split) = raw
+        .routes
+        .iter_mut()
+        .find(|r| r.name == c.route)
+        .and_then(|r| r.split.as_mut())
+    else {
+        return false;
+    };
+    let mut changed = false;
+    for t in &mut split.targets {
+        let w = if t.cluster == c.canary {
+            wanted
+        } else if t.cluster == c.stable {
+            100 - wanted
+        } else {
+            continue;
+        };
+        if t.weight != w {
+            t.weight = w;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// `config` with the weights that the canary runs saved in the store at `path`
+/// want (same definitions only). Applied before the data plane starts, so a
+/// restart sends no request to a canary that was rolled back.
+pub fn with_saved_weights(
+    config: crate::config::Config,
+    path: &std::path::Path,
+) -> crate::config::Config {
+    if config.raw.hypercare.canaries.is_empty() || !path.exists() {
+        return config;
+    }
+    let Ok(conn) = super::store::open_for_reading(path) else {
+        return config;
+    };
+    let saved = super::state::Saved::load(&conn);
+    let mut raw = config.raw.clone();
+    let mut changed = false;
+    for c in &config.raw.hypercare.canaries {
+        let progress = saved
+            .get("canary", &c.route, &super::state::definition(c))
+            .and_then(|p| serde_json::from_value::<Progress>(p.clone()).ok());
+        let Some(weight) = progress
+            .and_then(|p| CanaryAnalysis::resume(plan(c), &p).ok())
+            .map(|a| a.weight())
+        else {
+            continue;
+        };
+        changed |= set_weights(&mut raw, c, weight);
+    }
+    if !changed {
+        return config;
+    }
+    match crate::config::validate::validate(raw) {
+        Ok(resumed) => {
+            tracing::info!(path = %path.display(), "canary weights resumed from the call store");
+            resumed
+        }
+        Err(issues) => {
+            tracing::error!(
+                ?issues,
+                "canary: the resumed weights do not validate; starting with the file's"
+            );
+            config
+        }
     }
 }
 

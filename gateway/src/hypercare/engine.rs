@@ -3,12 +3,18 @@
 //! so nothing new runs on the request path), adds it to the history, and
 //! evaluates alert rules. Its view is what `/hypercare/alerts` shows.
 //!
+//! Canary and window progress is saved in the call store when it changes and
+//! restored on the first tick (`hypercare::state`), with the recent canary
+//! decisions, so a restart resumes rollouts and windows where they were.
+//!
 //! The thread ends when the gateway drains.
 
 use super::alerts::{self, AlertEvent, AlertState, AlertStatus, Notifier};
 use super::canary::CanaryRun;
 use super::series::{total_retransmits, Point, Series};
+use super::state::{self, definition, Entry, Saved};
 use super::windows::WindowRun;
+use crate::config::hypercare::WindowConfig;
 use crate::gateway::Controller;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -71,6 +77,9 @@ pub fn start(controller: Weak<Controller>, view: SharedView) -> std::io::Result<
 fn run(controller: &Weak<Controller>, view: &SharedView) {
     let mut series = Series::new(Duration::from_secs(3600));
     let mut notifier: Option<(Vec<crate::config::hypercare::WebhookConfig>, Notifier)> = None;
+    // Progress saved by an earlier process: read on the first tick.
+    let mut saved: Option<Saved> = None;
+    let mut last_saved: [Vec<(String, Entry)>; 2] = Default::default();
     loop {
         let Some(c) = controller.upgrade() else {
             return;
@@ -105,6 +114,25 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
         let store = c
             .store_path()
             .and_then(|p| super::store::open_for_reading(p).ok());
+        let saved = saved.get_or_insert_with(|| {
+            let Some(conn) = store.as_ref() else {
+                return Saved::default();
+            };
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            v.decisions = state::recent_events(conn, "canary", EVENTS_KEPT).into();
+            let saved = Saved::load(conn);
+            // Windows opened through the admin API come back with their definition.
+            for (name, entry) in saved.of_kind("window") {
+                let dynamic = entry.state["dynamic"].as_bool().unwrap_or(false);
+                let config = serde_json::from_str::<WindowConfig>(&entry.config);
+                if let (true, Ok(config)) = (dynamic, config) {
+                    if !v.windows.iter().any(|w| w.config.name == name) {
+                        v.windows.push(WindowRun::restore(config, &entry.state));
+                    }
+                }
+            }
+            saved
+        });
         let mut events = Vec::new();
         let mut decisions = Vec::new();
         let mut window_changes = Vec::new();
@@ -119,7 +147,15 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 .iter()
                 .filter_map(|cfg| match old.iter().position(|r| r.config == *cfg) {
                     Some(i) => Some(old.swap_remove(i)),
-                    None => CanaryRun::new(cfg.clone()),
+                    None => {
+                        let progress = saved
+                            .get("canary", &cfg.route, &definition(cfg))
+                            .and_then(|p| serde_json::from_value(p.clone()).ok());
+                        match progress {
+                            Some(p) => CanaryRun::resume(cfg.clone(), &p),
+                            None => CanaryRun::new(cfg.clone()),
+                        }
+                    }
                 })
                 .collect();
             for run in &mut v.canaries {
@@ -173,7 +209,10 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 .map(
                     |cfg| match old.iter().position(|w| !w.dynamic && w.config == *cfg) {
                         Some(i) => old.swap_remove(i),
-                        None => WindowRun::new(cfg.clone(), false),
+                        None => match saved.get("window", &cfg.name, &definition(cfg)) {
+                            Some(state) => WindowRun::restore(cfg.clone(), state),
+                            None => WindowRun::new(cfg.clone(), false),
+                        },
                     },
                 )
                 .collect();
@@ -199,6 +238,30 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                     v.decisions.pop_front();
                 }
             }
+            if let Some(path) = c.store_path() {
+                let canaries: Vec<(String, Entry)> = v
+                    .canaries
+                    .iter()
+                    .map(|r| {
+                        let state = serde_json::to_value(r.progress()).unwrap_or_default();
+                        (r.config.route.clone(), entry(&r.config, state))
+                    })
+                    .collect();
+                let windows: Vec<(String, Entry)> = v
+                    .windows
+                    .iter()
+                    .map(|w| (w.config.name.clone(), entry(&w.config, w.saved())))
+                    .collect();
+                for (i, (kind, now)) in [("canary", canaries), ("window", windows)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if last_saved[i] != now {
+                        state::save(path, kind, &now);
+                        last_saved[i] = now;
+                    }
+                }
+            }
         }
         if !events.is_empty() || !decisions.is_empty() || !window_changes.is_empty() {
             if let Some(path) = c.store_path() {
@@ -219,6 +282,13 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
         drop(store);
         drop(c);
         std::thread::sleep(interval);
+    }
+}
+
+fn entry(config: &impl serde::Serialize, state: Value) -> Entry {
+    Entry {
+        config: definition(config),
+        state,
     }
 }
 

@@ -9,6 +9,7 @@
 //!   [`alerts`] (pending / firing / resolved, webhooks, Prometheus rules export)
 //!   [`canary`] analysis (promote, hold or roll back a weighted split) and
 //!   hypercare [`windows`] (exit criteria, progress and verdict).
+//! - [`state`]: canary and window progress kept in the store, so a restart resumes them.
 //! - [`diff`]: release baselines compared with significance tests; [`report`]:
 //!   the hypercare report in Markdown or HTML, from the store alone.
 
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod query;
 pub mod report;
 pub mod series;
+pub mod state;
 pub mod store;
 pub mod windows;
 

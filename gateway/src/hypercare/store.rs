@@ -77,6 +77,14 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
+CREATE TABLE IF NOT EXISTS hypercare_state (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 ";
 
 /// Resolves the store's path: relative paths are relative to the config file's directory.

@@ -7,8 +7,12 @@
 //! streak; any miss resets it. The verdict is `exit` once the streak reaches
 //! `sustain`, `roll_back` while the error rate is above `roll_back_error_rate`,
 //! `extend` when `deadline` passed without an exit, else `in_progress`.
-//! Windows come from the config or from `POST /hypercare/windows` (kept until
-//! the process restarts); progress is kept in memory.
+//! Windows come from the config or from `POST /hypercare/windows`. Their
+//! progress (when opened, since when the criteria hold) is saved in the call
+//! store (`hypercare::state`) and restored after a restart, admin-opened
+//! windows included. The engine's traffic history starts empty after a
+//! restart, so for one `lookback` a restored streak is not broken by too few
+//! requests (only by criteria that fail on the traffic there is).
 
 use super::alerts::{AlertState, AlertStatus};
 use super::series::{Scope, Series};
@@ -25,7 +29,22 @@ pub struct WindowRun {
     opened: Instant,
     opened_unix_ms: u64,
     met_since: Option<Instant>,
+    met_since_unix_ms: Option<u64>,
+    /// Restored after a restart: until then, too few requests do not break the streak.
+    warming_up_until: Option<Instant>,
     last: Value,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The instant `ms` (Unix milliseconds) was, given that `now` is `now_ms`.
+fn instant_at(now: Instant, now_ms: u64, ms: u64) -> Instant {
+    now.checked_sub(Duration::from_millis(now_ms.saturating_sub(ms)))
+        .unwrap_or(now)
 }
 
 fn human(d: Duration) -> String {
@@ -44,12 +63,38 @@ impl WindowRun {
             config,
             dynamic,
             opened: Instant::now(),
-            opened_unix_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            opened_unix_ms: unix_ms(),
             met_since: None,
+            met_since_unix_ms: None,
+            warming_up_until: None,
             last: Value::Null,
         }
+    }
+
+    /// A window as a previous process saved it ([`WindowRun::saved`]).
+    pub fn restore(config: WindowConfig, saved: &Value) -> WindowRun {
+        let (now, now_ms) = (Instant::now(), unix_ms());
+        let opened_ms = saved["opened_ms"].as_u64().unwrap_or(now_ms);
+        let met_ms = saved["met_since_ms"].as_u64();
+        WindowRun {
+            dynamic: saved["dynamic"].as_bool().unwrap_or(false),
+            opened: instant_at(now, now_ms, opened_ms),
+            opened_unix_ms: opened_ms,
+            met_since: met_ms.map(|ms| instant_at(now, now_ms, ms)),
+            met_since_unix_ms: met_ms,
+            warming_up_until: Some(now + config.lookback),
+            config,
+            last: Value::Null,
+        }
+    }
+
+    /// What to save so that a restart can [`restore`](WindowRun::restore) it.
+    pub fn saved(&self) -> Value {
+        json!({
+            "opened_ms": self.opened_unix_ms,
+            "met_since_ms": self.met_since_unix_ms,
+            "dynamic": self.dynamic,
+        })
     }
 
     /// Re-evaluates the criteria.
@@ -102,10 +147,21 @@ impl WindowRun {
             }));
         }
         let all_met = criteria.iter().all(|x| x["met"] == true);
+        // Right after a restart the history holds less than `lookback`: a
+        // restored streak survives a shortage of requests, not a failure.
+        let warming_up = self.warming_up_until.is_some_and(|t| now < t);
+        let short_only = criteria
+            .iter()
+            .skip(1)
+            .all(|x| x["met"] == true || x["value"].is_null());
         if all_met {
-            self.met_since.get_or_insert(now);
-        } else {
+            if self.met_since.is_none() {
+                self.met_since = Some(now);
+                self.met_since_unix_ms = Some(unix_ms());
+            }
+        } else if !(warming_up && short_only && f.requests < c.min_requests) {
             self.met_since = None;
+            self.met_since_unix_ms = None;
         }
         let met_for = self
             .met_since
@@ -137,7 +193,12 @@ impl WindowRun {
             "criteria": criteria,
             "met_for_s": met_for.as_secs(),
             "required_s": c.sustain.as_secs(),
-            "progress": format!("criteria met for {} of {}", human(met_for.min(c.sustain)), human(c.sustain)),
+            "progress": format!(
+                "criteria met for {} of {}{}",
+                human(met_for.min(c.sustain)),
+                human(c.sustain),
+                if warming_up { " (restored after a restart; gathering traffic)" } else { "" }
+            ),
             "failing_now": failing,
         });
     }
