@@ -172,6 +172,11 @@ impl Controller {
         self.ai.budgets.view()
     }
 
+    /// Feedback scores so far per (alias, target): count, sum, sum of squares.
+    pub fn feedback_scores(&self) -> std::collections::BTreeMap<(String, String), (u64, f64, f64)> {
+        self.ai.feedback.target_scores()
+    }
+
     /// Collects and merges stats from every shard.
     pub fn snapshot(&self) -> MergedStats {
         let rxs: Vec<_> = self

@@ -3,9 +3,10 @@
 //! traffic back to the stable version by itself, says why, and tells webhooks.
 //! A healthy canary is promoted step by step instead.
 
+use hypergate_mock_llm::{MockConfig, MockLlm};
 use hypergate_tests::util::TempDir;
 use hypergate_tests::{cluster, preamble, wait_until, MockUpstream, Reply, Request, TestGateway};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,14 +236,160 @@ route = "r"
 stable = "a"
 canary = "b"
 steps = [{ weight = 100, bake = "1s" }]
+ttft_tolerance = 0.2
+[[ai.providers]]
+name = "p"
+base_url = "http://127.0.0.1:9/v1"
+[[ai.models]]
+alias = "smart"
+targets = [{ provider = "p", model = "m1" }]
+[[hypercare.canaries]]
+alias = "smart"
+stable = "p/m1"
+canary = "p/m2"
+steps = [{ weight = 10, bake = "1s" }]
+[[hypercare.canaries]]
+alias = "nope"
+route = "r"
+stable = "x"
+canary = "y"
+steps = [{ weight = 10, bake = "1s" }]
 "#;
     let e = hypergate::config::load_str(text, "t.toml").unwrap_err();
     let paths: Vec<&str> = e.issues.iter().map(|i| i.path.as_str()).collect();
-    assert!(paths.contains(&"hypercare.canaries[0].route"), "{paths:?}");
+    for path in [
+        "hypercare.canaries[0].route",
+        "hypercare.canaries[0].ttft_tolerance",
+        "hypercare.canaries[1].canary",
+        "hypercare.canaries[2].alias",
+        "hypercare.canaries[2].route",
+    ] {
+        assert!(paths.contains(&path), "{path} missing from {paths:?}");
+    }
     assert!(
         paths
             .iter()
             .any(|p| p.starts_with("hypercare.canaries[0].steps")),
         "{paths:?}"
     );
+    assert!(
+        !paths.contains(&"hypercare.canaries[1].stable"),
+        "{paths:?}"
+    );
+}
+
+#[test]
+fn a_slower_llm_target_is_rolled_back_on_time_to_first_token() {
+    let mock = |latency_ms: u64| {
+        MockLlm::start(
+            "127.0.0.1:0",
+            MockConfig {
+                require_auth: false,
+                latency: Duration::from_millis(latency_ms),
+                ..MockConfig::default()
+            },
+        )
+        .expect("mock LLM starts")
+    };
+    let (fast, slow) = (mock(0), mock(60));
+    let toml = format!(
+        r#"{}
+[[routes]]
+name = "llm"
+[routes.match]
+path_prefix = "/v1"
+[routes.ai]
+
+[[ai.providers]]
+name = "fast"
+base_url = "http://{}/v1"
+api_key = "sk-test"
+
+[[ai.providers]]
+name = "slow"
+base_url = "http://{}/v1"
+api_key = "sk-test"
+
+[[ai.models]]
+alias = "smart"
+targets = [{{ provider = "fast", model = "m1", weight = 80 }}, {{ provider = "slow", model = "m1", weight = 20 }}]
+
+[[ai.prices]]
+model = "m1"
+input = 1.0
+output = 2.0
+
+[hypercare]
+evaluation_interval = "200ms"
+
+[[hypercare.canaries]]
+alias = "smart"
+stable = "fast/m1"
+canary = "slow/m1"
+steps = [{{ weight = 20, bake = "60s", min_requests = 1000 }}]
+# Judged on the mean time to first token (and cost); the whole-call latency
+# judge is made lenient so that the TTFT judge is the one that decides.
+latency_tolerance = 3.0
+ttft_tolerance = 0.5
+cost_tolerance = 0.5
+"#,
+        preamble(2),
+        fast.addr(),
+        slow.addr()
+    );
+    let gw = TestGateway::start(&toml);
+    let stream = || {
+        Request::post(
+            "/v1/chat/completions",
+            json!({"model": "smart", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        )
+        .header("content-type", "application/json")
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = gw.conn();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                    assert_eq!(c.request(&stream()).status, 200);
+                    n += 1;
+                }
+            });
+        }
+        wait_until("alias canary rolled back", Duration::from_secs(60), || {
+            canary_view(&gw)["canaries"][0]["status"]["phase"] == "rolled_back"
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    let view = canary_view(&gw);
+    assert_eq!(view["canaries"][0]["route"], "alias:smart");
+    let decision = &view["decisions"].as_array().unwrap().last().unwrap()["decision"];
+    assert_eq!(decision["action"], "rollback", "{decision}");
+    assert_eq!(decision["reason"]["kind"], "extra", "{decision}");
+    assert_eq!(decision["reason"]["name"], "ttft_ms", "{decision}");
+    let ttft = decision["evidence"]["extra"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "ttft_ms")
+        .unwrap();
+    assert!(
+        ttft["canary"]["mean"].as_f64().unwrap() > 50.0
+            && ttft["stable"]["mean"].as_f64().unwrap() < 30.0,
+        "{ttft}"
+    );
+    // The alias's weights changed in the running config, and the slow target
+    // gets no call any more.
+    let config = gw.admin_request("GET", "/config").json();
+    let targets = &config["ai"]["models"][0]["targets"];
+    assert_eq!(targets[0]["weight"], 100, "{targets}");
+    assert_eq!(targets[1]["weight"], 0, "{targets}");
+    let before = slow.requests();
+    let mut c = gw.conn();
+    for _ in 0..50 {
+        assert_eq!(c.request(&stream()).status, 200);
+    }
+    assert_eq!(slow.requests(), before);
 }

@@ -32,11 +32,15 @@ pub struct CallMeta {
 
 type ScoreKey = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
 
-/// Score totals: count and sum in thousandths.
+/// Scores per (alias, target): count, sum, sum of squares.
+pub type TargetScores = std::collections::BTreeMap<(String, String), (u64, f64, f64)>;
+
+/// Score totals: count, sum in thousandths, sum of squares in millionths.
 #[derive(Default, Debug)]
 struct Score {
     count: AtomicU64,
     sum_milli: AtomicI64,
+    sum_sq_micro: AtomicU64,
 }
 
 /// Process-wide feedback state.
@@ -98,6 +102,8 @@ impl FeedbackStore {
         s.count.fetch_add(1, Ordering::Relaxed);
         s.sum_milli
             .fetch_add((score * 1000.0).round() as i64, Ordering::Relaxed);
+        s.sum_sq_micro
+            .fetch_add((score * score * 1e6).round() as u64, Ordering::Relaxed);
         tracing::info!(
             target: "hypergate::feedback",
             request_id = id,
@@ -112,6 +118,21 @@ impl FeedbackStore {
             "feedback"
         );
         Ok(meta)
+    }
+
+    /// Scores so far per (alias, target), all prompts together: (count, sum,
+    /// sum of squares), for canary analysis of an alias's targets.
+    pub fn target_scores(&self) -> TargetScores {
+        let mut out = TargetScores::new();
+        for ((alias, target, _, _), s) in self.scores.pin().iter() {
+            let e: &mut (u64, f64, f64) = out
+                .entry((alias.to_string(), target.to_string()))
+                .or_default();
+            e.0 += s.count.load(Ordering::Relaxed);
+            e.1 += s.sum_milli.load(Ordering::Relaxed) as f64 / 1e3;
+            e.2 += s.sum_sq_micro.load(Ordering::Relaxed) as f64 / 1e6;
+        }
+        out
     }
 
     /// Renders score sums and counts for `/metrics`.
@@ -169,6 +190,23 @@ mod tests {
             route: "llm".into(),
             consumer: "".into(),
         }
+    }
+
+    #[test]
+    fn target_scores_add_up_over_prompt_versions() {
+        let store = FeedbackStore::default();
+        let shard = Remembered::default();
+        for (i, v) in ["v1", "v2", "v1"].iter().enumerate() {
+            store.remember(&shard, &format!("r{i}"), meta(v), 10);
+        }
+        for (id, score) in [("r0", 1.0), ("r1", 0.5), ("r2", -0.25)] {
+            store.record(id, score, "").unwrap();
+        }
+        let scores = store.target_scores();
+        let (n, sum, sum_sq) = scores[&("demo".to_string(), "mock/m".to_string())];
+        assert_eq!(n, 3);
+        assert!((sum - 1.25).abs() < 1e-9, "{sum}");
+        assert!((sum_sq - 1.3125).abs() < 1e-9, "{sum_sq}");
     }
 
     #[test]

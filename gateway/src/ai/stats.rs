@@ -37,6 +37,9 @@ pub struct CallStats {
     pub reasoning_tokens: Cell<u64>,
     /// Cost in micro-dollars.
     pub cost_micros: Cell<u64>,
+    /// Sum of each call's cost squared, in dollars² (with the sum and the
+    /// count, canary analysis compares the mean cost per call).
+    pub cost_sq: Cell<f64>,
     /// Time to first token (µs).
     pub ttft: LazyHistogram,
     /// Time between streamed content chunks (µs).
@@ -59,6 +62,8 @@ impl CallStats {
         add(&self.cached_tokens, u.cached);
         add(&self.reasoning_tokens, u.reasoning);
         add(&self.cost_micros, cost_micros);
+        let dollars = cost_micros as f64 / 1e6;
+        self.cost_sq.set(self.cost_sq.get() + dollars * dollars);
         if estimated {
             add(&self.estimated, 1);
         }
@@ -136,6 +141,7 @@ impl AiStats {
                             v.reasoning_tokens.get(),
                             v.cost_micros.get(),
                         ],
+                        cost_sq: v.cost_sq.get(),
                         ttft: v.ttft.snapshot(),
                         itl: v.itl.snapshot(),
                         total: v.total.snapshot(),
@@ -177,6 +183,8 @@ type HistogramSum = Option<(Histogram<u64>, u64)>;
 pub struct CallSnapshot {
     /// See [`COUNTER_NAMES`].
     pub counters: [u64; 9],
+    /// Sum of each call's cost squared (dollars²).
+    pub cost_sq: f64,
     /// Time to first token.
     pub ttft: HistogramSum,
     /// Inter-token latency.
@@ -251,6 +259,7 @@ impl AiMerged {
             for (x, y) in e.counters.iter_mut().zip(&v.counters) {
                 *x += y;
             }
+            e.cost_sq += v.cost_sq;
             add_hist(&mut e.ttft, &v.ttft);
             add_hist(&mut e.itl, &v.itl);
             add_hist(&mut e.total, &v.total);

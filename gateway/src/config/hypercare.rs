@@ -197,11 +197,16 @@ fn default_webhook_backoff() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryConfig {
-    /// A route with a `split` that has both clusters.
+    /// A route with a `split` that has both clusters (empty for an alias canary).
+    #[serde(default)]
     pub route: String,
-    /// The cluster of the release in production.
+    /// An LLM alias (`[[ai.models]]`) whose two targets are compared instead
+    /// of a route's clusters; `stable` and `canary` are then `provider/model`.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// The cluster (or alias target) of the release in production.
     pub stable: String,
-    /// The cluster of the new release.
+    /// The cluster (or alias target) of the new release.
     pub canary: String,
     /// Steps of canary weight (percent, 1-99, increasing); after the last, 100%.
     pub steps: Vec<CanaryStepConfig>,
@@ -217,6 +222,27 @@ pub struct CanaryConfig {
     /// Chance of rolling back an acceptable canary over the whole rollout.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// Alias canaries: relative rise of the mean time to first token still
+    /// acceptable (0.2 = 20%); not judged when absent.
+    #[serde(default)]
+    pub ttft_tolerance: Option<f64>,
+    /// Alias canaries: relative rise of the mean cost per call still acceptable.
+    #[serde(default)]
+    pub cost_tolerance: Option<f64>,
+    /// Alias canaries: relative fall of the mean feedback score still acceptable.
+    #[serde(default)]
+    pub feedback_tolerance: Option<f64>,
+}
+
+impl CanaryConfig {
+    /// What the canary is named by in views, events and saved progress: the
+    /// route, or `alias:<name>`.
+    pub fn subject(&self) -> String {
+        match &self.alias {
+            Some(alias) => format!("alias:{alias}"),
+            None => self.route.clone(),
+        }
+    }
 }
 
 /// One step of a canary plan.

@@ -375,7 +375,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
 
     let route_names: Vec<String> = raw.routes.iter().map(|r| r.name.clone()).collect();
     crate::hypercare::validate(&raw.hypercare, &route_names, &mut issues.0);
-    crate::hypercare::canary::validate(&raw.hypercare.canaries, &raw.routes, &mut issues.0);
+    crate::hypercare::canary::validate(&raw.hypercare.canaries, &raw, &mut issues.0);
     crate::hypercare::windows::validate(&raw.hypercare.windows, &route_names, &mut issues.0);
 
     if !issues.0.is_empty() {

@@ -5,6 +5,11 @@
 //! itself: a new config with the canary's weight is validated and installed on
 //! every shard like a reload (so `/config` shows the weights in force).
 //!
+//! An alias canary (`alias = "..."`) compares two targets of an LLM alias the
+//! same way (calls, errors, whole-call latency), plus, when their tolerances are
+//! set, the mean time to first token, the mean cost per call and the mean
+//! feedback score (Welch t judges), and changes the two targets' weights.
+//!
 //! Promotion moves to the next step's weight, completion sends 100% to the
 //! canary, and a rollback sends it nothing, fires an alert event (webhooks, log)
 //! and stays until the canary's configuration changes. Every decision other than
@@ -17,7 +22,9 @@
 use super::series::{Scope, Series};
 use crate::config::hypercare::CanaryConfig;
 use crate::gateway::Controller;
-use hypergate_analysis::{CanaryAnalysis, CanaryPlan, Decision, Phase, Progress, Step, Window};
+use hypergate_analysis::{
+    CanaryAnalysis, CanaryPlan, Decision, MeanJudge, Phase, Progress, Step, Window,
+};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -47,9 +54,27 @@ pub fn plan(c: &CanaryConfig) -> CanaryPlan {
         latency_quantile: c.latency_quantile,
         latency_tolerance: c.latency_tolerance,
         alpha: c.alpha,
-        extra: Vec::new(),
+        extra: [
+            (TTFT, true, c.ttft_tolerance),
+            (COST, true, c.cost_tolerance),
+            (FEEDBACK, false, c.feedback_tolerance),
+        ]
+        .into_iter()
+        .filter_map(|(name, higher_is_worse, tolerance)| {
+            tolerance.map(|tolerance| MeanJudge {
+                name: name.into(),
+                higher_is_worse,
+                tolerance,
+            })
+        })
+        .collect(),
     }
 }
+
+/// Names of the alias canaries' mean judges (keys of `Window::extra`).
+const TTFT: &str = "ttft_ms";
+const COST: &str = "cost_usd";
+const FEEDBACK: &str = "feedback";
 
 /// What a tick decided, for the engine to announce.
 pub struct Outcome {
@@ -76,7 +101,7 @@ impl CanaryRun {
     pub fn resume(config: CanaryConfig, progress: &Progress) -> Option<CanaryRun> {
         let analysis = CanaryAnalysis::resume(plan(&config), progress).ok()?;
         let wanted = analysis.weight();
-        tracing::info!(route = %config.route, canary = %config.canary, phase = ?progress.phase, weight = wanted, "canary resumed from the call store");
+        tracing::info!(route = %config.subject(), canary = %config.canary, phase = ?progress.phase, weight = wanted, "canary resumed from the call store");
         Some(CanaryRun {
             config,
             analysis,
@@ -97,19 +122,38 @@ impl CanaryRun {
             rolled_back: false,
         };
         if self.analysis.phase() == Phase::Running {
-            let side = |cluster: &str| {
-                let f = series.last_step(&Scope {
-                    route: Some(self.config.route.clone()),
-                    version: None,
-                    cluster: Some(cluster.to_string()),
-                });
-                let mut w = Window::new();
-                w.requests = f.requests;
-                w.errors = f.errors;
-                if let Some(h) = f.latency {
-                    let _ = w.latency.add(&h);
+            let side = |name: &str| match &self.config.alias {
+                None => {
+                    let f = series.last_step(&Scope {
+                        route: Some(self.config.route.clone()),
+                        version: None,
+                        cluster: Some(name.to_string()),
+                    });
+                    let mut w = Window::new();
+                    w.requests = f.requests;
+                    w.errors = f.errors;
+                    if let Some(h) = f.latency {
+                        let _ = w.latency.add(&h);
+                    }
+                    w
                 }
-                w
+                Some(alias) => {
+                    let f = series.llm_target_step(alias, name);
+                    let mut w = Window::new();
+                    w.requests = f.requests;
+                    w.errors = f.errors;
+                    if let Some(h) = f.latency {
+                        let _ = w.latency.add(&h);
+                    }
+                    for (judge, sample) in [
+                        (TTFT, f.ttft_ms),
+                        (COST, f.cost_usd),
+                        (FEEDBACK, f.feedback),
+                    ] {
+                        w.extra.insert(judge.into(), sample);
+                    }
+                    w
+                }
             };
             let (stable, canary) = (side(&self.config.stable), side(&self.config.canary));
             let now = self.started.elapsed();
@@ -121,7 +165,8 @@ impl CanaryRun {
                     || self.analysis.history().len() > history_before
                 {
                     let record = json!({
-                        "route": self.config.route,
+                        "route": self.config.subject(),
+                        "alias": self.config.alias,
                         "stable": self.config.stable,
                         "canary": self.config.canary,
                         "at_s": now.as_secs_f64(),
@@ -129,13 +174,13 @@ impl CanaryRun {
                     });
                     match &decision {
                         Decision::Rollback { reason, .. } => {
-                            tracing::error!(route = %self.config.route, canary = %self.config.canary, ?reason, "canary rolled back")
+                            tracing::error!(route = %self.config.subject(), canary = %self.config.canary, ?reason, "canary rolled back")
                         }
                         Decision::Promote { from, to, .. } => {
-                            tracing::info!(route = %self.config.route, canary = %self.config.canary, from, to, "canary promoted")
+                            tracing::info!(route = %self.config.subject(), canary = %self.config.canary, from, to, "canary promoted")
                         }
                         Decision::Complete { .. } => {
-                            tracing::info!(route = %self.config.route, canary = %self.config.canary, "canary complete: all traffic on the new release")
+                            tracing::info!(route = %self.config.subject(), canary = %self.config.canary, "canary complete: all traffic on the new release")
                         }
                         Decision::Hold { .. } => {}
                     }
@@ -157,7 +202,7 @@ impl CanaryRun {
         match crate::config::validate::validate(raw) {
             Ok(new) => {
                 if let Err(e) = controller.apply(new) {
-                    tracing::error!(error = %e, route = %self.config.route, "canary: cannot change the split weights");
+                    tracing::error!(error = %e, route = %self.config.subject(), "canary: cannot change the split weights");
                 }
             }
             Err(issues) => {
@@ -169,7 +214,8 @@ impl CanaryRun {
     /// `/hypercare/canary` entry.
     pub fn json(&self) -> Value {
         json!({
-            "route": self.config.route,
+            "route": self.config.subject(),
+            "alias": self.config.alias,
             "stable": self.config.stable,
             "canary": self.config.canary,
             "weight": self.wanted,
@@ -182,6 +228,27 @@ impl CanaryRun {
 /// Gives the canary `wanted` percent of its route's split (the stable side the
 /// rest); returns whether a weight changed.
 fn set_weights(raw: &mut crate::config::raw::RawConfig, c: &CanaryConfig, wanted: u32) -> bool {
+    if let Some(alias) = &c.alias {
+        let Some(model) = raw.ai.models.iter_mut().find(|m| m.alias == *alias) else {
+            return false;
+        };
+        let mut changed = false;
+        for t in &mut model.targets {
+            let name = format!("{}/{}", t.provider, t.model);
+            let w = if name == c.canary {
+                wanted
+            } else if name == c.stable {
+                100 - wanted
+            } else {
+                continue;
+            };
+            if t.weight != w {
+                t.weight = w;
+                changed = true;
+            }
+        }
+        return changed;
+    }
     let Some(split) = raw
         .routes
         .iter_mut()
@@ -225,7 +292,7 @@ pub fn with_saved_weights(
     let mut changed = false;
     for c in &config.raw.hypercare.canaries {
         let progress = saved
-            .get("canary", &c.route, &super::state::definition(c))
+            .get("canary", &c.subject(), &super::state::definition(c))
             .and_then(|p| serde_json::from_value::<Progress>(p.clone()).ok());
         let Some(weight) = progress
             .and_then(|p| CanaryAnalysis::resume(plan(c), &p).ok())
@@ -253,40 +320,90 @@ pub fn with_saved_weights(
     }
 }
 
-/// Checks `[[hypercare.canaries]]` against the routes.
+/// Checks `[[hypercare.canaries]]` against the routes and LLM aliases.
 pub fn validate(
     canaries: &[CanaryConfig],
-    routes: &[crate::config::raw::RouteConfig],
+    raw: &crate::config::raw::RawConfig,
     issues: &mut Vec<crate::config::ConfigIssue>,
 ) {
     let mut push =
         |path: String, reason: String| issues.push(crate::config::ConfigIssue { path, reason });
+    let mut subjects = std::collections::HashSet::new();
     for (i, c) in canaries.iter().enumerate() {
         let path = format!("hypercare.canaries[{i}]");
-        match routes.iter().find(|r| r.name == c.route) {
-            None => push(
-                format!("{path}.route"),
-                format!("unknown route {:?}", c.route),
-            ),
-            Some(r) => match &r.split {
-                None => push(
-                    format!("{path}.route"),
-                    format!("route {:?} has no split", c.route),
-                ),
-                Some(s) => {
-                    for (field, name) in [("stable", &c.stable), ("canary", &c.canary)] {
-                        if !s.targets.iter().any(|t| t.cluster == *name) {
-                            push(
-                                format!("{path}.{field}"),
-                                format!(
-                                    "cluster {name:?} is not a side of route {:?}'s split",
-                                    c.route
-                                ),
-                            );
+        if !subjects.insert(c.subject()) {
+            push(path.clone(), format!("a second canary for {}", c.subject()));
+        }
+        match &c.alias {
+            Some(alias) => {
+                if !c.route.is_empty() {
+                    push(
+                        format!("{path}.route"),
+                        "a canary names a route (clusters) or an alias (targets), not both".into(),
+                    );
+                }
+                match raw.ai.models.iter().find(|m| m.alias == *alias) {
+                    None => push(
+                        format!("{path}.alias"),
+                        format!("unknown alias {alias:?} (no [[ai.models]] with it)"),
+                    ),
+                    Some(m) => {
+                        for (field, name) in [("stable", &c.stable), ("canary", &c.canary)] {
+                            if !m
+                                .targets
+                                .iter()
+                                .any(|t| format!("{}/{}", t.provider, t.model) == *name)
+                            {
+                                push(
+                                    format!("{path}.{field}"),
+                                    format!(
+                                        "{name:?} is not a target (provider/model) of alias {alias:?}"
+                                    ),
+                                );
+                            }
                         }
                     }
                 }
-            },
+            }
+            None => {
+                for (field, v) in [
+                    ("ttft_tolerance", c.ttft_tolerance),
+                    ("cost_tolerance", c.cost_tolerance),
+                    ("feedback_tolerance", c.feedback_tolerance),
+                ] {
+                    if v.is_some() {
+                        push(
+                            format!("{path}.{field}"),
+                            "only for alias canaries (LLM targets)".into(),
+                        );
+                    }
+                }
+                match raw.routes.iter().find(|r| r.name == c.route) {
+                    None => push(
+                        format!("{path}.route"),
+                        format!("unknown route {:?}", c.route),
+                    ),
+                    Some(r) => match &r.split {
+                        None => push(
+                            format!("{path}.route"),
+                            format!("route {:?} has no split", c.route),
+                        ),
+                        Some(s) => {
+                            for (field, name) in [("stable", &c.stable), ("canary", &c.canary)] {
+                                if !s.targets.iter().any(|t| t.cluster == *name) {
+                                    push(
+                                        format!("{path}.{field}"),
+                                        format!(
+                                            "cluster {name:?} is not a side of route {:?}'s split",
+                                            c.route
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                    },
+                }
+            }
         }
         if c.stable == c.canary {
             push(format!("{path}.canary"), "must differ from stable".into());

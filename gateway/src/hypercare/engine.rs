@@ -108,7 +108,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
         series.set_keep(keep);
         series.push(Point {
             at: Instant::now(),
-            stats: super::series::Compact::of(&c.snapshot()),
+            stats: super::series::Compact::of(&c.snapshot(), &c.feedback_scores()),
             retransmits: c.tcp_probe().map(|p| total_retransmits(&p.stats_json())),
         });
         let store = c
@@ -149,7 +149,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                     Some(i) => Some(old.swap_remove(i)),
                     None => {
                         let progress = saved
-                            .get("canary", &cfg.route, &definition(cfg))
+                            .get("canary", &cfg.subject(), &definition(cfg))
                             .and_then(|p| serde_json::from_value(p.clone()).ok());
                         match progress {
                             Some(p) => CanaryRun::resume(cfg.clone(), &p),
@@ -165,14 +165,16 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 }
                 if outcome.rolled_back {
                     events.push(AlertEvent {
-                        alert: format!("canary-rollback:{}", run.config.route),
+                        alert: format!("canary-rollback:{}", run.config.subject()),
                         state: AlertState::Firing,
                         severity: crate::config::hypercare::Severity::Critical,
                         value: None,
                         threshold: 0.0,
                         summary: format!(
-                            "canary {} of route {} was rolled back to 0% (stable {} takes all traffic)",
-                            run.config.canary, run.config.route, run.config.stable
+                            "canary {} of {} was rolled back to 0% (stable {} takes all traffic)",
+                            run.config.canary,
+                            run.config.subject(),
+                            run.config.stable
                         ),
                         at_ms: now_ms(),
                     });
@@ -244,7 +246,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                     .iter()
                     .map(|r| {
                         let state = serde_json::to_value(r.progress()).unwrap_or_default();
-                        (r.config.route.clone(), entry(&r.config, state))
+                        (r.config.subject(), entry(&r.config, state))
                     })
                     .collect();
                 let windows: Vec<(String, Entry)> = v

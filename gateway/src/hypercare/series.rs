@@ -67,19 +67,77 @@ pub struct Compact {
     clusters: BTreeMap<(String, String), Sparse>,
     /// (route, alias) -> (tokens, micro-dollars).
     llm: BTreeMap<(String, String), (u64, u64)>,
+    /// (alias, target) over all routes and consumers, for canary analysis of aliases.
+    llm_targets: BTreeMap<(String, String), LlmTarget>,
     /// Rate-limit refusals.
     rate_limited: u64,
 }
 
+/// Cumulative figures of one LLM alias target.
+#[derive(Debug, Default)]
+struct LlmTarget {
+    ok: u64,
+    errors: u64,
+    cost_micros: u64,
+    cost_sq: f64,
+    ttft: Sparse,
+    total: Sparse,
+    /// Feedback scores: count, sum, sum of squares.
+    feedback: (u64, f64, f64),
+}
+
+/// One alias target's calls over a step, as canary analysis wants them.
+#[derive(Debug, Default)]
+pub struct LlmStep {
+    /// Calls.
+    pub requests: u64,
+    /// Calls that ended in an error.
+    pub errors: u64,
+    /// Whole-call latency (µs).
+    pub latency: Option<Histogram<u64>>,
+    /// Time to first token, milliseconds (from the histogram's buckets).
+    pub ttft_ms: hypergate_analysis::MeanSample,
+    /// Cost per call, dollars.
+    pub cost_usd: hypergate_analysis::MeanSample,
+    /// Feedback scores received in the step.
+    pub feedback: hypergate_analysis::MeanSample,
+}
+
 impl Compact {
-    /// Keeps what windows need from a merged snapshot.
-    pub fn of(m: &MergedStats) -> Compact {
+    /// Keeps what windows need from a merged snapshot; `feedback` is the
+    /// scores so far per (alias, target) (count, sum, sum of squares).
+    pub fn of(m: &MergedStats, feedback: &crate::ai::feedback::TargetScores) -> Compact {
         let mut llm: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-        for ((route, alias, _, _), v) in &m.ai.calls {
+        // Per (alias, target): the figures, and the TTFT and total histograms merged.
+        type Merging = (LlmTarget, Histogram<u64>, Histogram<u64>);
+        let mut targets: BTreeMap<(String, String), Merging> = BTreeMap::new();
+        for ((route, alias, target, _), v) in &m.ai.calls {
             let e = llm.entry((route.clone(), alias.clone())).or_default();
             e.0 += v.counters[4] + v.counters[5];
             e.1 += v.counters[8];
+            let (t, ttft, total) = targets
+                .entry((alias.clone(), target.clone()))
+                .or_insert_with(|| (LlmTarget::default(), new_histogram(), new_histogram()));
+            t.ok += v.counters[0];
+            t.errors += v.counters[1];
+            t.cost_micros += v.counters[8];
+            t.cost_sq += v.cost_sq;
+            if let Some((h, _)) = &v.ttft {
+                let _ = ttft.add(h);
+            }
+            if let Some((h, _)) = &v.total {
+                let _ = total.add(h);
+            }
         }
+        let llm_targets = targets
+            .into_iter()
+            .map(|(k, (mut t, ttft, total))| {
+                t.ttft = Sparse::of(&ttft);
+                t.total = Sparse::of(&total);
+                t.feedback = feedback.get(&k).copied().unwrap_or_default();
+                (k, t)
+            })
+            .collect();
         Compact {
             targets: m.targets.clone(),
             routes: m
@@ -93,6 +151,7 @@ impl Compact {
                 .filter_map(|(k, c)| c.latency.as_ref().map(|(h, _)| (k.clone(), Sparse::of(h))))
                 .collect(),
             llm,
+            llm_targets,
             rate_limited: m.edge_rejections[crate::proxy::EdgeReject::RateLimited.index()],
         }
     }
@@ -207,6 +266,52 @@ impl Series {
             return WindowFigures::default();
         }
         between(&self.points[n - 1], &self.points[n - 2], scope)
+    }
+
+    /// An alias target's calls between the two newest points (the last tick).
+    pub fn llm_target_step(&self, alias: &str, target: &str) -> LlmStep {
+        let n = self.points.len();
+        if n < 2 {
+            return LlmStep::default();
+        }
+        let key = (alias.to_string(), target.to_string());
+        let (Some(now), then) = (
+            self.points[n - 1].stats.llm_targets.get(&key),
+            self.points[n - 2].stats.llm_targets.get(&key),
+        ) else {
+            return LlmStep::default();
+        };
+        let zero = LlmTarget::default();
+        let then = then.unwrap_or(&zero);
+        let requests = (now.ok + now.errors).saturating_sub(then.ok + then.errors);
+        let ttft = now.ttft.minus(Some(&then.ttft));
+        let mut ttft_ms = hypergate_analysis::MeanSample::default();
+        for v in ttft.iter_recorded() {
+            let ms = v.value_iterated_to() as f64 / 1000.0;
+            let c = v.count_at_value();
+            ttft_ms.n += c;
+            ttft_ms.sum += ms * c as f64;
+            ttft_ms.sum_sq += ms * ms * c as f64;
+        }
+        let cost_usd = hypergate_analysis::MeanSample {
+            n: requests,
+            sum: now.cost_micros.saturating_sub(then.cost_micros) as f64 / 1e6,
+            sum_sq: (now.cost_sq - then.cost_sq).max(0.0),
+        };
+        let feedback = hypergate_analysis::MeanSample {
+            n: now.feedback.0.saturating_sub(then.feedback.0),
+            sum: now.feedback.1 - then.feedback.1,
+            sum_sq: (now.feedback.2 - then.feedback.2).max(0.0),
+        };
+        let latency = now.total.minus(Some(&then.total));
+        LlmStep {
+            requests,
+            errors: now.errors.saturating_sub(then.errors),
+            latency: (!latency.is_empty()).then_some(latency),
+            ttft_ms,
+            cost_usd,
+            feedback,
+        }
     }
 
     /// LLM (tokens, micro-dollars) over `window`, optionally for one route and alias,
