@@ -163,26 +163,16 @@ pub fn client_config(
     path: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<UpstreamTls> {
-    let certs = match read_certs(&t.ca_file) {
+    let config = match verifying_client_config(&t.ca_file) {
         Ok(c) => c,
-        Err(e) => {
+        Err(reason) => {
             issues.push(ConfigIssue {
                 path: format!("{path}.ca_file"),
-                reason: e,
+                reason,
             });
             return None;
         }
     };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        if let Err(e) = roots.add(c) {
-            issues.push(ConfigIssue {
-                path: format!("{path}.ca_file"),
-                reason: format!("unusable CA certificate: {e}"),
-            });
-            return None;
-        }
-    }
     let server_name = match ServerName::try_from(t.server_name.clone()) {
         Ok(n) => n,
         Err(_) => {
@@ -193,17 +183,29 @@ pub fn client_config(
             return None;
         }
     };
+    Some(UpstreamTls {
+        config,
+        server_name,
+    })
+}
+
+/// A TLS client config (HTTP/1.1) that verifies servers against the PEM CA
+/// bundle `ca_file`; the error says what is wrong with the file.
+pub fn verifying_client_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca_file)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("unusable CA certificate: {e}"))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .ok()?
+        .map_err(|e| format!("TLS versions: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Some(UpstreamTls {
-        config: Arc::new(cfg),
-        server_name,
-    })
+    Ok(Arc::new(cfg))
 }
 
 /// Handshake failure reasons counted in metrics.

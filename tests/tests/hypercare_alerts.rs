@@ -2,6 +2,7 @@
 //! failing one), show in `/hypercare/alerts`, and export as Prometheus rules.
 
 use hypergate_tests::process::run_cli;
+use hypergate_tests::tls::Pki;
 use hypergate_tests::{
     cluster, preamble, route_all, wait_until, MockUpstream, Reply, Request, TempDir, TestGateway,
 };
@@ -204,7 +205,10 @@ route = "nope"
 threshold = 5.0
 quantile = 1.5
 [[hypercare.webhooks]]
-url = "https://example.com"
+url = "ftp://example.com"
+[[hypercare.webhooks]]
+url = "https://example.com/hook"
+ca_file = "/nonexistent/ca.pem"
 "#;
     let e = hypergate::config::load_str(text, "t.toml").unwrap_err();
     let paths: Vec<&str> = e.issues.iter().map(|i| i.path.as_str()).collect();
@@ -213,7 +217,92 @@ url = "https://example.com"
         "hypercare.alerts[0].threshold",
         "hypercare.alerts[0].quantile",
         "hypercare.webhooks[0].url",
+        "hypercare.webhooks[1].ca_file",
     ] {
         assert!(paths.contains(&want), "missing {want}: {paths:?}");
     }
+}
+
+#[test]
+fn https_webhooks_are_verified_against_their_ca() {
+    // The receiver: a second gateway terminating TLS (a certificate for
+    // 127.0.0.1 from a throwaway CA) in front of a recording upstream.
+    let pki = Pki::new();
+    let cert = pki.issue("hooks", &["127.0.0.1"]);
+    let hook = MockUpstream::ok("thanks");
+    let receiver = TestGateway::start(&format!(
+        r#"
+[server]
+shards = 1
+pin_cores = false
+drain_timeout = "2s"
+
+[admin]
+listen = "127.0.0.2:0"
+
+[[listeners]]
+name = "tls"
+address = "127.0.0.1:0"
+[listeners.tls]
+certificates = [{{ cert_file = "{}", key_file = "{}" }}]
+{}{}"#,
+        cert.cert.display(),
+        cert.key.display(),
+        cluster("hooks", &[hook.addr()], ""),
+        route_all("hooks", "hooks", "")
+    ));
+    let up = MockUpstream::always(Reply::status(503).into());
+    let other_ca = Pki::new();
+    let gw = TestGateway::start(&format!(
+        r#"{}{}{}
+[hypercare]
+evaluation_interval = "100ms"
+
+[[hypercare.alerts]]
+name = "app-errors"
+kind = "error_rate"
+route = "app"
+window = "1s"
+threshold = 0.2
+min_requests = 10
+
+[[hypercare.webhooks]]
+url = "https://127.0.0.1:{port}/verified"
+ca_file = "{}"
+
+[[hypercare.webhooks]]
+url = "https://127.0.0.1:{port}/unverified"
+ca_file = "{}"
+max_retries = 1
+backoff = "10ms"
+"#,
+        preamble(1),
+        cluster("app", &[up.addr()], ""),
+        route_all("app", "app", ""),
+        pki.ca_cert().display(),
+        other_ca.ca_cert().display(),
+        port = receiver.addr.port()
+    ));
+    let mut c = gw.conn();
+    wait_until(
+        "the alert reaches the https webhook",
+        Duration::from_secs(10),
+        || {
+            for _ in 0..20 {
+                c.request(&Request::get("/x"));
+            }
+            hook.count_path("/verified") >= 1
+        },
+    );
+    let delivered = hook
+        .requests()
+        .into_iter()
+        .find(|r| r.path() == "/verified")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&delivered.body).unwrap();
+    assert_eq!(body["event"]["alert"], "app-errors");
+    assert_eq!(body["event"]["state"], "firing");
+    // A webhook whose certificate does not chain to its CA gets nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hook.count_path("/unverified"), 0);
 }

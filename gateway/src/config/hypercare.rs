@@ -170,8 +170,11 @@ fn default_baseline_window() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` (plain HTTP; put a TLS proxy in front for https).
+    /// `http://host:port/path` or `https://host:port/path`.
     pub url: String,
+    /// PEM CA bundle an `https` webhook's certificate must chain to.
+    #[serde(default = "default_webhook_ca_file")]
+    pub ca_file: String,
     /// Time allowed for one delivery.
     #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -183,6 +186,9 @@ pub struct WebhookConfig {
     pub backoff: Duration,
 }
 
+fn default_webhook_ca_file() -> String {
+    "/etc/ssl/certs/ca-certificates.crt".into()
+}
 fn default_webhook_timeout() -> Duration {
     Duration::from_secs(2)
 }

@@ -254,10 +254,23 @@ impl Notifier {
         let _ = std::thread::Builder::new()
             .name("hypercare-webhooks".into())
             .spawn(move || {
+                // Each hook's address and TLS settings, worked out once.
+                let hooks: Vec<(WebhookConfig, Result<Hook, String>)> = hooks
+                    .into_iter()
+                    .map(|h| {
+                        let hook = Hook::new(&h);
+                        if let Err(e) = &hook {
+                            tracing::error!(url = %h.url, error = %e, "webhook unusable");
+                        }
+                        (h, hook)
+                    })
+                    .collect();
                 while let Ok(event) = rx.recv() {
                     let body = event.to_string();
-                    for hook in &hooks {
-                        deliver(hook, &body);
+                    for (config, hook) in &hooks {
+                        if let Ok(hook) = hook {
+                            deliver(config, hook, &body);
+                        }
                     }
                 }
             });
@@ -272,45 +285,125 @@ impl Notifier {
     }
 }
 
+/// Where a webhook URL points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookTarget {
+    /// `https`.
+    pub tls: bool,
+    /// Host name or IP address.
+    pub host: String,
+    /// Port (80 or 443 when the URL has none).
+    pub port: u16,
+    /// Path and query.
+    pub path: String,
+}
+
+impl WebhookTarget {
+    /// Parses an `http://` or `https://` URL.
+    pub fn parse(url: &str) -> Result<WebhookTarget, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("not a URL ({e}): {url:?}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("must be an http:// or https:// URL: {url:?}")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("no host in {url:?}"))?;
+        Ok(WebhookTarget {
+            tls,
+            // `[::1]` in the URL, `::1` to connect and verify.
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            path: uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.as_str().to_string()),
+        })
+    }
+}
+
+/// A webhook ready to post to.
+struct Hook {
+    target: WebhookTarget,
+    /// For `https`: the client config and the name verified.
+    tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Hook {
+    fn new(config: &WebhookConfig) -> Result<Hook, String> {
+        let target = WebhookTarget::parse(&config.url)?;
+        let tls = if target.tls {
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|_| format!("invalid server name {:?}", target.host))?;
+            Some((crate::tls::verifying_client_config(&config.ca_file)?, name))
+        } else {
+            None
+        };
+        Ok(Hook { target, tls })
+    }
+}
+
 /// POSTs `body` to the hook, retrying with exponential backoff.
-fn deliver(hook: &WebhookConfig, body: &str) {
-    let mut delay = hook.backoff;
-    for attempt in 0..=hook.max_retries {
-        match post(hook, body) {
+fn deliver(config: &WebhookConfig, hook: &Hook, body: &str) {
+    let mut delay = config.backoff;
+    for attempt in 0..=config.max_retries {
+        match post(config, hook, body) {
             Ok(status) if (200..300).contains(&status) => return,
             Ok(status) => {
-                tracing::warn!(url = %hook.url, status, attempt, "webhook refused an alert")
+                tracing::warn!(url = %config.url, status, attempt, "webhook refused an alert")
             }
-            Err(e) => tracing::warn!(url = %hook.url, error = %e, attempt, "webhook unreachable"),
+            Err(e) => tracing::warn!(url = %config.url, error = %e, attempt, "webhook unreachable"),
         }
-        if attempt < hook.max_retries {
+        if attempt < config.max_retries {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(60));
         }
     }
-    tracing::error!(url = %hook.url, "alert notification given up after retries");
+    tracing::error!(url = %config.url, "alert notification given up after retries");
 }
 
-/// One HTTP/1.1 POST over a fresh connection; returns the status code.
-fn post(hook: &WebhookConfig, body: &str) -> std::io::Result<u16> {
-    let rest = hook
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other("only http:// webhooks are supported"))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?
+/// One HTTP/1.1 POST over a fresh connection (TLS for `https`); returns the status code.
+fn post(config: &WebhookConfig, hook: &Hook, body: &str) -> std::io::Result<u16> {
+    let t = &hook.target;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(t.host.as_str(), t.port))?
         .next()
         .ok_or_else(|| std::io::Error::other("no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, hook.timeout)?;
-    s.set_read_timeout(Some(hook.timeout))?;
-    s.set_write_timeout(Some(hook.timeout))?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, config.timeout)?;
+    tcp.set_read_timeout(Some(config.timeout))?;
+    tcp.set_write_timeout(Some(config.timeout))?;
+    let authority = if (t.tls && t.port == 443) || (!t.tls && t.port == 80) {
+        t.host.clone()
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
     let req = format!(
-        "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nuser-agent: hypergate\r\n\r\n{body}",
+        "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nuser-agent: hypergate\r\n\r\n{body}",
+        t.path,
         body.len()
     );
-    s.write_all(req.as_bytes())?;
+    match &hook.tls {
+        None => exchange(tcp, req.as_bytes()),
+        Some((tls, name)) => {
+            let conn = rustls::ClientConnection::new(tls.clone(), name.clone())
+                .map_err(std::io::Error::other)?;
+            exchange(rustls::StreamOwned::new(conn, tcp), req.as_bytes())
+        }
+    }
+}
+
+/// Writes the request and reads the response head's status code.
+fn exchange(mut s: impl Read + Write, req: &[u8]) -> std::io::Result<u16> {
+    s.write_all(req)?;
+    s.flush()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {

@@ -93,11 +93,14 @@ pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigI
         }
     }
     for (i, w) in h.webhooks.iter().enumerate() {
-        if !w.url.starts_with("http://") {
-            push(
-                format!("hypercare.webhooks[{i}].url"),
-                "must be an http:// URL (put a TLS proxy in front for https)".into(),
-            );
+        match alerts::WebhookTarget::parse(&w.url) {
+            Err(reason) => push(format!("hypercare.webhooks[{i}].url"), reason),
+            Ok(target) if target.tls => {
+                if let Err(reason) = crate::tls::verifying_client_config(&w.ca_file) {
+                    push(format!("hypercare.webhooks[{i}].ca_file"), reason);
+                }
+            }
+            Ok(_) => {}
         }
     }
 }
