@@ -363,3 +363,63 @@ fn llm_calls_are_recorded_with_tokens_cost_and_feedback() {
         "{response}"
     );
 }
+
+#[test]
+fn sampled_api_bodies_are_captured_redacted_and_cut() {
+    let up = MockUpstream::start(|r| {
+        if r.path() == "/echo" {
+            Reply::ok("").echo().chunked(7).into()
+        } else {
+            Reply::ok("plain").into()
+        }
+    });
+    let gw = TestGateway::start(&format!(
+        "{}{}{}{}",
+        preamble(1),
+        cluster("app", &[up.addr()], ""),
+        route_all("app", "app", ""),
+        store_section("capture_api_bodies = 1.0\ncapture_max_bytes = 48")
+    ));
+    let conn = store(&gw);
+    // A JSON body with an address in it, longer than the capture keeps; the
+    // upstream echoes it back chunked (the capture is of the payload).
+    let body = r#"{"to": "carol@example.com", "note": "0123456789012345678901234567890123456789"}"#;
+    let r = gw.send(
+        &Request::post("/echo", body.as_bytes().to_vec())
+            .header("x-request-id", "captured-1")
+            .header("content-type", "application/json"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body.as_bytes());
+    wait_until("captured call stored", Duration::from_secs(10), || {
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM calls WHERE request_id = 'captured-1'",
+        ) == 1
+    });
+    let (request, response): (String, String) = conn
+        .query_row(
+            "SELECT request_body, response_body FROM calls WHERE request_id = 'captured-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    for captured in [&request, &response] {
+        assert!(captured.len() <= 48, "{captured}");
+        assert!(
+            captured.starts_with(r#"{"to": "[REDACTED:email]""#),
+            "{captured}"
+        );
+        assert!(!captured.contains("carol@"), "{captured}");
+    }
+    // A GET has no request body; its (short) response is kept whole.
+    let r = gw.send(&Request::get("/plain").header("x-request-id", "captured-2"));
+    assert_eq!(r.text(), "plain");
+    wait_until("second call stored", Duration::from_secs(10), || {
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM calls WHERE request_id = 'captured-2' \
+             AND request_body = '' AND response_body = 'plain'",
+        ) == 1
+    });
+}

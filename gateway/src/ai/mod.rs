@@ -268,7 +268,7 @@ pub struct LlmRecord {
 }
 
 /// Redacts every PII kind and cuts to `max` bytes, for captured bodies.
-fn capture_text(text: &str, max: usize) -> String {
+pub(crate) fn capture_text(text: &str, max: usize) -> String {
     static GUARD: std::sync::OnceLock<Option<hypergate_ai::guard::Guardrail>> =
         std::sync::OnceLock::new();
     let guard = GUARD.get_or_init(|| {

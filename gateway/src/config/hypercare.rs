@@ -62,6 +62,10 @@ pub struct CallStoreConfig {
     /// Share of LLM calls (0.0 to 1.0) whose prompt and answer are stored with the
     /// call, PII redacted (e-mail, phone, card, API keys).
     pub capture_llm_bodies: f64,
+    /// Share of other proxied calls (0.0 to 1.0) whose request and response
+    /// bodies (their first `capture_max_bytes`, de-chunked) are stored with
+    /// the call, PII redacted the same way.
+    pub capture_api_bodies: f64,
     /// Longest captured body, in bytes (cut beyond).
     pub capture_max_bytes: usize,
 }
@@ -77,6 +81,7 @@ impl Default for CallStoreConfig {
             flush_interval: Duration::from_millis(200),
             rollup_interval: Duration::from_secs(10),
             capture_llm_bodies: 0.0,
+            capture_api_bodies: 0.0,
             capture_max_bytes: 16 * 1024,
         }
     }

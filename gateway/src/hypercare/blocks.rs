@@ -41,6 +41,9 @@ struct Stored<'a> {
     request_id: &'a str,
     trace_id: &'a str,
     path: &'a str,
+    /// Captured bodies (sampled calls, redacted), LLM calls' included.
+    request_body: Option<&'a str>,
+    response_body: Option<&'a str>,
     #[serde(borrow)]
     labels: [Option<&'a str>; API_LABELS],
     #[serde(borrow)]
@@ -60,8 +63,6 @@ struct StoredLlm<'a> {
     cost_usd: f64,
     estimated: bool,
     cache_hit: bool,
-    request_body: Option<&'a str>,
-    response_body: Option<&'a str>,
 }
 
 /// Method, route, consumer, cluster, version, endpoint, error.
@@ -152,6 +153,14 @@ impl BlockWriter {
             request_id: &r.request_id,
             trace_id: &r.trace_id,
             path: &r.path,
+            request_body: r
+                .request_body
+                .as_deref()
+                .or(r.llm.as_ref().and_then(|l| l.request_body.as_deref())),
+            response_body: r
+                .response_body
+                .as_deref()
+                .or(r.llm.as_ref().and_then(|l| l.response_body.as_deref())),
             labels: labels[..API_LABELS].try_into().unwrap_or_default(),
             llm: r.llm.as_deref().map(|l| StoredLlm {
                 labels: labels[API_LABELS..].try_into().unwrap_or_default(),
@@ -163,8 +172,6 @@ impl BlockWriter {
                 cost_usd: l.cost_usd,
                 estimated: l.estimated,
                 cache_hit: l.cache_hit,
-                request_body: l.request_body.as_deref(),
-                response_body: l.response_body.as_deref(),
             }),
         };
         let data = std::mem::take(&mut self.data);
@@ -278,6 +285,8 @@ struct Row {
     bytes_out: u64,
     retries: u32,
     spans: [(u32, u32); SPANS],
+    request_body: Option<(u32, u32)>,
+    response_body: Option<(u32, u32)>,
     llm: Option<RowLlm>,
 }
 
@@ -291,8 +300,6 @@ struct RowLlm {
     cost_usd: f64,
     estimated: bool,
     cache_hit: bool,
-    request_body: Option<(u32, u32)>,
-    response_body: Option<(u32, u32)>,
 }
 
 /// Where `s` (borrowed from `data`) sits in `data`.
@@ -335,8 +342,6 @@ fn decode_one<'a>(
             cost_usd: l.cost_usd,
             estimated: l.estimated,
             cache_hit: l.cache_hit,
-            request_body: l.request_body.map(|b| span(data, b)),
-            response_body: l.response_body.map(|b| span(data, b)),
         }
     });
     let row = Row {
@@ -349,6 +354,8 @@ fn decode_one<'a>(
         bytes_out: s.bytes_out,
         retries: s.retries,
         spans,
+        request_body: s.request_body.map(|b| span(data, b)),
+        response_body: s.response_body.map(|b| span(data, b)),
         llm,
     };
     Ok((row, given, rest))
@@ -688,8 +695,8 @@ unsafe impl VTabCursor for CallsCursor<'_> {
             30 => ctx.set_result(&llm_text(5)),
             31 => ctx.set_result(&l.map(|l| l.cache_hit)),
             32 => ctx.set_result(&llm_text(6)),
-            33 => ctx.set_result(&l.and_then(|l| l.request_body).map(|s| self.text(s))),
-            34 => ctx.set_result(&l.and_then(|l| l.response_body).map(|s| self.text(s))),
+            33 => ctx.set_result(&r.request_body.map(|s| self.text(s))),
+            34 => ctx.set_result(&r.response_body.map(|s| self.text(s))),
             _ => ctx.set_result(&rusqlite::types::Null),
         }
     }

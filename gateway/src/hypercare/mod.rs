@@ -37,11 +37,16 @@ pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigI
             "must be greater than zero".into(),
         );
     }
-    if !(0.0..=1.0).contains(&h.store.capture_llm_bodies) {
-        push(
-            "hypercare.store.capture_llm_bodies".into(),
-            "a share between 0.0 and 1.0".into(),
-        );
+    for (field, share) in [
+        ("capture_llm_bodies", h.store.capture_llm_bodies),
+        ("capture_api_bodies", h.store.capture_api_bodies),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            push(
+                format!("hypercare.store.{field}"),
+                "a share between 0.0 and 1.0".into(),
+            );
+        }
     }
     if h.store.path.is_empty() {
         push("hypercare.store.path".into(), "must not be empty".into());

@@ -62,6 +62,13 @@ pub struct AccessRecord {
     /// LLM details (AI routes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<Box<crate::ai::LlmRecord>>,
+    /// Request body as captured (sampled calls of proxied routes), redacted by
+    /// the writer before it is written anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// Response body as captured, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
 }
 
 impl AccessRecord {
@@ -89,6 +96,8 @@ impl AccessRecord {
         self.retries = 0;
         self.error = "";
         self.llm = None;
+        self.request_body = None;
+        self.response_body = None;
     }
 }
 
@@ -251,6 +260,9 @@ fn writer(
                 break;
             }
             handled += records.len();
+            for record in &mut records {
+                redact_capture(record);
+            }
             if let Some(out) = out.as_mut() {
                 for record in &records {
                     write_line(out, record);
@@ -296,6 +308,16 @@ fn writer(
     }
     if let Some(store) = store.as_mut() {
         store.flush_all();
+    }
+}
+
+/// Redacts (every PII kind) a captured call's bodies in place; they were cut
+/// to `capture_max_bytes` when captured, and stay within that length.
+fn redact_capture(record: &mut AccessRecord) {
+    for body in [&mut record.request_body, &mut record.response_body] {
+        if let Some(text) = body.as_mut() {
+            *text = crate::ai::capture_text(text, text.len());
+        }
     }
 }
 

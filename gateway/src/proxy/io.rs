@@ -147,12 +147,31 @@ pub struct PumpLimits {
     pub max_bytes: u64,
 }
 
+/// Keeps the first bytes of the payload a pump carries, for a call whose
+/// body is captured (sampled; `None` costs one branch per buffer).
+pub struct Tap<'a> {
+    /// Where the bytes go.
+    pub buf: &'a mut Vec<u8>,
+    /// How many to keep at most.
+    pub max: usize,
+}
+
+impl Tap<'_> {
+    /// Keeps what fits of `bytes`.
+    pub fn keep(&mut self, bytes: &[u8]) {
+        let room = self.max.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
 /// Flush threshold for the re-framing buffer.
 const FLUSH_AT: usize = 64 * 1024;
 
 /// Streams one body from `src` (with already-read bytes in `sbuf`) to `dst`.
 /// Returns the payload size. Memory stays flat: at most one read buffer and
-/// one re-framing buffer are held, whatever the body size.
+/// one re-framing buffer are held, whatever the body size. `tap` keeps the
+/// first payload bytes (de-chunked) for body capture.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     src: &mut R,
     sbuf: &mut BytesMut,
@@ -161,6 +180,7 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     framing: BodyFraming,
     encoding: Encoding,
     limits: PumpLimits,
+    mut tap: Option<Tap<'_>>,
 ) -> Result<u64, PumpError> {
     let mut total: u64 = 0;
     let mut remaining = match framing {
@@ -188,6 +208,9 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                     };
                     total += take as u64;
                     check(total)?;
+                    if let Some(t) = tap.as_mut() {
+                        t.keep(&sbuf[..take]);
+                    }
                     if encoding == Encoding::Raw && take == sbuf.len() && out.is_empty() {
                         // Zero-copy: the whole read buffer is payload.
                         write_out(dst, sbuf, limits.write_timeout)
@@ -208,6 +231,9 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                             total += data.len() as u64;
                             check(total)?;
                             if !data.is_empty() {
+                                if let Some(t) = tap.as_mut() {
+                                    t.keep(&sbuf[data.clone()]);
+                                }
                                 emit(out, &sbuf[data], encoding);
                             }
                             sbuf.advance(consumed);

@@ -34,7 +34,7 @@ use crate::shard::{Installed, ShardCtx};
 use crate::upstream::{ClusterRuntime, UpstreamConn, UpstreamStream};
 use bytes::{Buf, BytesMut};
 use ids::{RequestId, TraceParent};
-use io::{pump, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome};
+use io::{pump, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome, Tap};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
 use std::net::SocketAddr;
@@ -153,6 +153,32 @@ struct Exchange {
     error: &'static str,
     consumer: Option<usize>,
     llm: Option<Box<crate::ai::LlmRecord>>,
+    /// The bodies' first bytes, on a call sampled for capture.
+    capture: Option<Box<Captured>>,
+}
+
+/// A sampled call's body capture (`[hypercare.store] capture_api_bodies`):
+/// the first `max` bytes of each body, redacted later by the record writer.
+struct Captured {
+    request: Vec<u8>,
+    response: Vec<u8>,
+    max: usize,
+}
+
+impl Captured {
+    fn request(&mut self) -> Tap<'_> {
+        Tap {
+            buf: &mut self.request,
+            max: self.max,
+        }
+    }
+
+    fn response(&mut self) -> Tap<'_> {
+        Tap {
+            buf: &mut self.response,
+            max: self.max,
+        }
+    }
 }
 
 /// A downstream byte stream: plain TCP or TLS over TCP.
@@ -586,6 +612,11 @@ fn record_log(
     r.retries = ex.retries;
     r.error = ex.error;
     r.llm.clone_from(&ex.llm);
+    if let Some(c) = &ex.capture {
+        // Redacted (and cut) by the record writer, off the request path.
+        r.request_body = Some(String::from_utf8_lossy(&c.request).into_owned());
+        r.response_body = Some(String::from_utf8_lossy(&c.response).into_owned());
+    }
     if !sink.submit(r) {
         ctx.stats
             .access_log_dropped
@@ -755,6 +786,18 @@ impl<'a> Call<'a> {
             .hash_on
             .as_ref()
             .and_then(|k| self.view.key_hash(k, self.peer));
+        let store = &self.inst.config.raw.hypercare.store;
+        if store.enabled
+            && store.capture_api_bodies > 0.0
+            && ((crate::upstream::next_random(&self.ctx.rng) % 1_000_000) as f64)
+                < store.capture_api_bodies * 1_000_000.0
+        {
+            ex.capture = Some(Box::new(Captured {
+                request: Vec::new(),
+                response: Vec::new(),
+                max: store.capture_max_bytes,
+            }));
+        }
         let max_attempts = 1 + cluster.spec.raw.retry.attempts;
         let mut attempt = 0;
         let mut tried = 0u64;
@@ -930,6 +973,10 @@ impl<'a> Call<'a> {
                 && (self.max_body == 0 || n <= self.max_body)
             {
                 out.extend_from_slice(&rbuf[..n as usize]);
+                if let Some(c) = ex.capture.as_mut() {
+                    c.request.clear();
+                    c.request().keep(&rbuf[..n as usize]);
+                }
                 rbuf.advance(n as usize);
                 body_inline = true;
                 *body_started = true;
@@ -968,6 +1015,10 @@ impl<'a> Call<'a> {
                 max_bytes: self.max_body,
             };
             let conn = lease.conn();
+            let tap = ex.capture.as_mut().map(|c| {
+                c.request.clear();
+                c.request()
+            });
             match pump(
                 stream,
                 rbuf,
@@ -976,6 +1027,7 @@ impl<'a> Call<'a> {
                 head.body,
                 encoding,
                 limits,
+                tap,
             )
             .await
             {
@@ -1090,6 +1142,9 @@ impl<'a> Call<'a> {
         if let (BodyFraming::Length(n), Down::Length(_)) = (resp.body, down) {
             if n <= INLINE_BODY_MAX && conn.rbuf.len() as u64 >= n {
                 out.extend_from_slice(&conn.rbuf[..n as usize]);
+                if let Some(c) = ex.capture.as_mut() {
+                    c.response().keep(&conn.rbuf[..n as usize]);
+                }
                 conn.rbuf.advance(n as usize);
                 ex.bytes_out = n;
                 body_inline = true;
@@ -1121,6 +1176,7 @@ impl<'a> Call<'a> {
             resp.body,
             encoding,
             limits,
+            ex.capture.as_mut().map(|c| c.response()),
         )
         .await
         {
