@@ -55,6 +55,12 @@ struct Stored<'a> {
 struct StoredLlm<'a> {
     #[serde(borrow)]
     labels: [Option<&'a str>; LLM_LABELS],
+    figures: LlmFigures,
+}
+
+/// An LLM call's numbers, as stored and as read back.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct LlmFigures {
     ttft_us: Option<u64>,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -164,14 +170,16 @@ impl BlockWriter {
             labels: labels[..API_LABELS].try_into().unwrap_or_default(),
             llm: r.llm.as_deref().map(|l| StoredLlm {
                 labels: labels[API_LABELS..].try_into().unwrap_or_default(),
-                ttft_us: l.ttft_us,
-                prompt_tokens: l.prompt_tokens,
-                completion_tokens: l.completion_tokens,
-                cached_tokens: l.cached_tokens,
-                reasoning_tokens: l.reasoning_tokens,
-                cost_usd: l.cost_usd,
-                estimated: l.estimated,
-                cache_hit: l.cache_hit,
+                figures: LlmFigures {
+                    ttft_us: l.ttft_us,
+                    prompt_tokens: l.prompt_tokens,
+                    completion_tokens: l.completion_tokens,
+                    cached_tokens: l.cached_tokens,
+                    reasoning_tokens: l.reasoning_tokens,
+                    cost_usd: l.cost_usd,
+                    estimated: l.estimated,
+                    cache_hit: l.cache_hit,
+                },
             }),
         };
         let data = std::mem::take(&mut self.data);
@@ -287,19 +295,7 @@ struct Row {
     spans: [(u32, u32); SPANS],
     request_body: Option<(u32, u32)>,
     response_body: Option<(u32, u32)>,
-    llm: Option<RowLlm>,
-}
-
-#[derive(Clone)]
-struct RowLlm {
-    ttft_us: Option<u64>,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cached_tokens: u64,
-    reasoning_tokens: u64,
-    cost_usd: f64,
-    estimated: bool,
-    cache_hit: bool,
+    llm: Option<LlmFigures>,
 }
 
 /// Where `s` (borrowed from `data`) sits in `data`.
@@ -333,16 +329,7 @@ fn decode_one<'a>(
                 given[API_LABELS + i] = true;
             }
         }
-        RowLlm {
-            ttft_us: l.ttft_us,
-            prompt_tokens: l.prompt_tokens,
-            completion_tokens: l.completion_tokens,
-            cached_tokens: l.cached_tokens,
-            reasoning_tokens: l.reasoning_tokens,
-            cost_usd: l.cost_usd,
-            estimated: l.estimated,
-            cache_hit: l.cache_hit,
-        }
+        l.figures
     });
     let row = Row {
         id: 0,
@@ -866,22 +853,19 @@ mod tests {
             count("SELECT COUNT(*) FROM calls WHERE route = 'llm' AND model = 'gpt-0'"),
             100
         );
-        let newest: Vec<i64> = conn
-            .prepare("SELECT id FROM calls WHERE id < 500 ORDER BY id DESC LIMIT 3")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(newest, [499, 498, 497]);
-        let oldest: Vec<i64> = conn
-            .prepare("SELECT id FROM calls ORDER BY id LIMIT 2")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(oldest, [1, 2]);
+        let ids = |sql: &str| -> Vec<i64> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            ids("SELECT id FROM calls WHERE id < 500 ORDER BY id DESC LIMIT 3"),
+            [499, 498, 497]
+        );
+        assert_eq!(ids("SELECT id FROM calls ORDER BY id LIMIT 2"), [1, 2]);
         assert_eq!(count("SELECT COUNT(*) FROM calls WHERE id = NULL"), 0);
     }
 }

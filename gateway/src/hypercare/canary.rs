@@ -228,46 +228,36 @@ impl CanaryRun {
 /// Gives the canary `wanted` percent of its route's split (the stable side the
 /// rest); returns whether a weight changed.
 fn set_weights(raw: &mut crate::config::raw::RawConfig, c: &CanaryConfig, wanted: u32) -> bool {
-    if let Some(alias) = &c.alias {
-        let Some(model) = raw.ai.models.iter_mut().find(|m| m.alias == *alias) else {
-            return false;
-        };
-        let mut changed = false;
-        for t in &mut model.targets {
-            let name = format!("{}/{}", t.provider, t.model);
-            let w = if name == c.canary {
-                wanted
-            } else if name == c.stable {
-                100 - wanted
-            } else {
-                continue;
-            };
-            if t.weight != w {
-                t.weight = w;
-                changed = true;
-            }
-        }
-        return changed;
-    }
-    let Some(split) = raw
-        .routes
-        .iter_mut()
-        .find(|r| r.name == c.route)
-        .and_then(|r| r.split.as_mut())
-    else {
-        return false;
+    // The sides and their weights: an alias's targets, or a route's split.
+    let sides: Vec<(String, &mut u32)> = match &c.alias {
+        Some(alias) => raw
+            .ai
+            .models
+            .iter_mut()
+            .filter(|m| m.alias == *alias)
+            .flat_map(|m| &mut m.targets)
+            .map(|t| (format!("{}/{}", t.provider, t.model), &mut t.weight))
+            .collect(),
+        None => raw
+            .routes
+            .iter_mut()
+            .filter(|r| r.name == c.route)
+            .filter_map(|r| r.split.as_mut())
+            .flat_map(|s| &mut s.targets)
+            .map(|t| (t.cluster.clone(), &mut t.weight))
+            .collect(),
     };
     let mut changed = false;
-    for t in &mut split.targets {
-        let w = if t.cluster == c.canary {
+    for (name, weight) in sides {
+        let w = if name == c.canary {
             wanted
-        } else if t.cluster == c.stable {
+        } else if name == c.stable {
             100 - wanted
         } else {
             continue;
         };
-        if t.weight != w {
-            t.weight = w;
+        if *weight != w {
+            *weight = w;
             changed = true;
         }
     }
