@@ -75,6 +75,8 @@ struct LlmFigures {
 const API_LABELS: usize = 7;
 /// Provider, model, alias, target, prompt, prompt version, guardrails.
 const LLM_LABELS: usize = 7;
+/// The labels a rollup is keyed by: route, cluster, version, model.
+const ROLLUP_LABELS: [usize; 4] = [1, 3, 4, API_LABELS + 1];
 
 /// Encodes calls into one block.
 #[derive(Default)]
@@ -88,6 +90,8 @@ pub struct BlockWriter {
     /// reused), and which of them have been written in it.
     last_labels: [String; API_LABELS + LLM_LABELS],
     written: [bool; API_LABELS + LLM_LABELS],
+    /// Whether the call before had an LLM part.
+    last_was_llm: bool,
 }
 
 impl BlockWriter {
@@ -101,8 +105,9 @@ impl BlockWriter {
         self.calls == 0
     }
 
-    /// Appends a call.
-    pub fn push(&mut self, r: &AccessRecord) {
+    /// Appends a call; returns whether its route, cluster, version and model
+    /// are those of the call before it in the block (so its rollup is too).
+    pub fn push(&mut self, r: &AccessRecord) -> bool {
         let ts = r.unix_ms as i64;
         if self.calls == 0 {
             self.min_ts_ms = ts;
@@ -140,8 +145,11 @@ impl BlockWriter {
             API_LABELS
         };
         let mut labels = [None; API_LABELS + LLM_LABELS];
+        let was_llm = std::mem::replace(&mut self.last_was_llm, r.llm.is_some());
+        let mut same_rollup = self.calls > 0 && was_llm == r.llm.is_some();
         for (i, value) in fresh.iter().enumerate().take(n) {
             if !self.written[i] || !same(&self.last_labels[i], value) {
+                same_rollup &= !ROLLUP_LABELS.contains(&i);
                 labels[i] = Some(*value);
                 self.last_labels[i].clear();
                 self.last_labels[i].push_str(value);
@@ -187,6 +195,7 @@ impl BlockWriter {
         self.data = postcard::to_extend(&stored, data).unwrap_or_default();
         self.last_ts_ms = ts;
         self.calls += 1;
+        same_rollup
     }
 
     /// Writes the block as one row (in the caller's transaction) with ids
@@ -759,6 +768,39 @@ mod tests {
             w.write(&conn, first).unwrap();
         }
         conn
+    }
+
+    #[test]
+    fn push_tells_when_the_rollup_labels_repeat() {
+        let call = |route: &str, model: Option<&str>, endpoint: &str| AccessRecord {
+            route: route.into(),
+            endpoint: endpoint.into(),
+            llm: model.map(|m| {
+                Box::new(LlmRecord {
+                    model: m.into(),
+                    ..LlmRecord::default()
+                })
+            }),
+            ..AccessRecord::default()
+        };
+        let mut w = BlockWriter::default();
+        let seen: Vec<bool> = [
+            call("a", None, "e1"),
+            call("a", None, "e2"),
+            call("b", None, "e2"),
+            call("b", Some("m1"), "e2"),
+            call("b", Some("m1"), "e1"),
+            call("b", Some("m2"), "e1"),
+            call("b", None, "e1"),
+        ]
+        .iter()
+        .map(|c| w.push(c))
+        .collect();
+        // The endpoint is not a rollup label; the route, the model and having
+        // an LLM part or not are.
+        assert_eq!(seen, [false, true, false, false, true, false, false]);
+        w.clear();
+        assert!(!w.push(&call("b", None, "e1")), "a new block starts afresh");
     }
 
     #[test]

@@ -235,6 +235,8 @@ pub struct CallStore {
     block: BlockWriter,
     feedback: Vec<Feedback>,
     rollups: HashMap<(i64, u64), Rollup>,
+    /// The rollup key of the last call counted.
+    last_key: Option<(i64, u64)>,
     last_flush: Instant,
     last_rollup: Instant,
     last_retention: Instant,
@@ -256,6 +258,7 @@ impl CallStore {
             block: BlockWriter::default(),
             feedback: Vec::new(),
             rollups: HashMap::new(),
+            last_key: None,
             last_flush: now,
             last_rollup: now,
             last_retention: now,
@@ -266,13 +269,15 @@ impl CallStore {
     /// Stores records (and counts each into its rollup).
     pub fn add_batch<R: std::ops::Deref<Target = AccessRecord>>(&mut self, records: &[R]) {
         for r in records {
-            self.count(r);
-            self.block.push(r);
+            let same_labels = self.block.push(r);
+            self.count(r, same_labels);
         }
     }
 
-    /// Counts a record into its rollup, and queues its feedback.
-    fn count(&mut self, r: &AccessRecord) {
+    /// Counts a record into its rollup, and queues its feedback; with
+    /// `same_labels` (the call before had the same rollup labels) the label
+    /// hash of the call before is reused.
+    fn count(&mut self, r: &AccessRecord, same_labels: bool) {
         if let Some(f) = r.llm.as_ref().and_then(|l| l.feedback.as_ref()) {
             self.feedback.push(Feedback {
                 request_id: f.request_id.clone(),
@@ -282,12 +287,19 @@ impl CallStore {
             });
         }
         let model = r.llm.as_ref().map_or("", |l| l.model.as_str());
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for part in [&r.route, &r.cluster, &r.version, model] {
-            hasher.update(part.as_bytes());
-            hasher.update(&[0]);
-        }
-        let key = ((r.unix_ms / 60_000) as i64, hasher.digest());
+        let minute = (r.unix_ms / 60_000) as i64;
+        let key = match self.last_key {
+            Some((m, hash)) if same_labels && m == minute => (m, hash),
+            _ => {
+                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+                for part in [&r.route, &r.cluster, &r.version, model] {
+                    hasher.update(part.as_bytes());
+                    hasher.update(&[0]);
+                }
+                (minute, hasher.digest())
+            }
+        };
+        self.last_key = Some(key);
         let roll = self.rollups.entry(key).or_insert_with(|| Rollup {
             labels: [
                 r.route.clone(),

@@ -280,7 +280,8 @@ fn writer(
             }
             for (shard, boxes) in back.iter_mut().enumerate() {
                 if !boxes.is_empty() {
-                    let _ = returns[shard].try_send(std::mem::take(boxes));
+                    let full = std::mem::replace(boxes, Vec::with_capacity(BATCH));
+                    let _ = returns[shard].try_send(full);
                 }
             }
         }
