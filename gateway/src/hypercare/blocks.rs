@@ -32,12 +32,7 @@ use std::marker::PhantomData;
 struct Stored<'a> {
     /// Milliseconds since the call before (the first: since the Unix epoch).
     ts_delta_ms: i64,
-    status: u16,
-    total_us: u64,
-    upstream_us: Option<u64>,
-    bytes_in: u64,
-    bytes_out: u64,
-    retries: u32,
+    figures: CallFigures,
     request_id: &'a str,
     trace_id: &'a str,
     path: &'a str,
@@ -48,6 +43,17 @@ struct Stored<'a> {
     labels: [Option<&'a str>; API_LABELS],
     #[serde(borrow)]
     llm: Option<StoredLlm<'a>>,
+}
+
+/// A call's numbers, as stored and as read back.
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+struct CallFigures {
+    status: u16,
+    total_us: u64,
+    upstream_us: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    retries: u32,
 }
 
 /// The LLM part of a stored call.
@@ -158,12 +164,14 @@ impl BlockWriter {
         }
         let stored = Stored {
             ts_delta_ms: ts - self.last_ts_ms,
-            status: r.status,
-            total_us: r.total_us,
-            upstream_us: r.upstream_us,
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out,
-            retries: r.retries,
+            figures: CallFigures {
+                status: r.status,
+                total_us: r.total_us,
+                upstream_us: r.upstream_us,
+                bytes_in: r.bytes_in,
+                bytes_out: r.bytes_out,
+                retries: r.retries,
+            },
             request_id: &r.request_id,
             trace_id: &r.trace_id,
             path: &r.path,
@@ -295,12 +303,7 @@ const SPANS: usize = FIRST_LABEL + API_LABELS + LLM_LABELS;
 struct Row {
     id: i64,
     ts_ms: i64,
-    status: u16,
-    total_us: u64,
-    upstream_us: Option<u64>,
-    bytes_in: u64,
-    bytes_out: u64,
-    retries: u32,
+    figures: CallFigures,
     spans: [(u32, u32); SPANS],
     request_body: Option<(u32, u32)>,
     response_body: Option<(u32, u32)>,
@@ -343,12 +346,7 @@ fn decode_one<'a>(
     let row = Row {
         id: 0,
         ts_ms: s.ts_delta_ms,
-        status: s.status,
-        total_us: s.total_us,
-        upstream_us: s.upstream_us,
-        bytes_in: s.bytes_in,
-        bytes_out: s.bytes_out,
-        retries: s.retries,
+        figures: s.figures,
         spans,
         request_body: s.request_body.map(|b| span(data, b)),
         response_body: s.response_body.map(|b| span(data, b)),
@@ -672,14 +670,14 @@ unsafe impl VTabCursor for CallsCursor<'_> {
             8 => ctx.set_result(&label(3)),
             9 => ctx.set_result(&label(4)),
             10 => ctx.set_result(&label(5)),
-            11 => ctx.set_result(&r.status),
+            11 => ctx.set_result(&r.figures.status),
             12 => ctx.set_result(&label(6)),
-            13 => ctx.set_result(&(r.total_us as i64)),
-            14 => ctx.set_result(&r.upstream_us.map(|v| v as i64)),
+            13 => ctx.set_result(&(r.figures.total_us as i64)),
+            14 => ctx.set_result(&r.figures.upstream_us.map(|v| v as i64)),
             15 => ctx.set_result(&l.and_then(|l| l.ttft_us).map(|v| v as i64)),
-            16 => ctx.set_result(&(r.bytes_in as i64)),
-            17 => ctx.set_result(&(r.bytes_out as i64)),
-            18 => ctx.set_result(&r.retries),
+            16 => ctx.set_result(&(r.figures.bytes_in as i64)),
+            17 => ctx.set_result(&(r.figures.bytes_out as i64)),
+            18 => ctx.set_result(&r.figures.retries),
             19..=22 => ctx.set_result(&llm_text(i as usize - 19)),
             23 => ctx.set_result(&l.map(|l| l.prompt_tokens as i64)),
             24 => ctx.set_result(&l.map(|l| l.completion_tokens as i64)),
