@@ -70,7 +70,10 @@ pub use analysis::{
 pub use error_rate::{ErrorCounts, ErrorRateEvidence, ErrorRateTest};
 pub use latency::{LatencyEvidence, LatencyTest};
 pub use mean::{MeanEvidence, MeanSample, MeanStats, MeanTest};
-pub use plan::{CanaryPlan, MeanJudge, PlanError, Step};
+pub use plan::{
+    default_alpha, default_error_margin, default_latency_quantile, default_latency_tolerance,
+    CanaryPlan, MeanJudge, PlanError, Step,
+};
 
 /// Lowest latency the histograms distinguish, in microseconds.
 pub const LATENCY_LOWEST_US: u64 = 1;

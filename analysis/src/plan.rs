@@ -76,20 +76,23 @@ pub struct PlanError {
     pub message: String,
 }
 
-fn default_error_margin() -> f64 {
+/// Default `error_margin`: half a point.
+pub fn default_error_margin() -> f64 {
     0.005
 }
 
-fn default_latency_quantile() -> f64 {
+/// Default `latency_quantile`: p99.
+pub fn default_latency_quantile() -> f64 {
     0.99
 }
 
-fn default_latency_tolerance() -> f64 {
+/// Default `latency_tolerance`: 10% slower.
+pub fn default_latency_tolerance() -> f64 {
     0.1
 }
 
-/// One false rollback in a hundred rollouts of an acceptable canary.
-fn default_alpha() -> f64 {
+/// Default `alpha`: one false rollback in a hundred rollouts of an acceptable canary.
+pub fn default_alpha() -> f64 {
     0.01
 }
 

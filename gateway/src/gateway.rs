@@ -336,6 +336,7 @@ impl Gateway {
                     .access_log
                     .enabled
                     .then_some(config.raw.access_log.path.as_str()),
+                config.raw.hypercare.store.capture_max_bytes,
                 store,
                 config.shards,
                 config.raw.access_log.buffer,

@@ -295,9 +295,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    hypergate::hypercare::unix_ms() as i64
 }
 
 /// Opens the call store read-only: `--db`, else the store of `--config`, else the

@@ -197,9 +197,7 @@ fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
             serde_json::json!({"error": "the call store is disabled ([hypercare.store] enabled = false)"}),
         );
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::hypercare::unix_ms() as i64;
     let result = crate::hypercare::store::open_for_reading(path)
         .map_err(query::QueryError::from)
         .and_then(|conn| match what {

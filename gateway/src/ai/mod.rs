@@ -267,7 +267,21 @@ pub struct LlmRecord {
     pub response_body: Option<String>,
 }
 
-/// Redacts every PII kind and cuts to `max` bytes, for captured bodies.
+/// Room kept past `capture_max_bytes` when a body is captured, so that the
+/// redaction (in the record writer) sees whole what straddles the cut.
+pub(crate) const CAPTURE_SLACK: usize = 256;
+
+/// The first `max` bytes of `text` (at a character boundary).
+pub(crate) fn cut_text(text: &str, max: usize) -> &str {
+    let mut cut = max.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
+/// Redacts every PII kind and cuts to `max` bytes: what the record writer
+/// does to captured bodies before they are stored or logged.
 pub(crate) fn capture_text(text: &str, max: usize) -> String {
     static GUARD: std::sync::OnceLock<Option<hypergate_ai::guard::Guardrail>> =
         std::sync::OnceLock::new();
@@ -278,13 +292,8 @@ pub(crate) fn capture_text(text: &str, max: usize) -> String {
         .as_ref()
         .and_then(|g| g.redact(text).map(|(t, _)| t))
         .unwrap_or_else(|| text.to_string());
-    if out.len() > max {
-        let mut cut = max;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
+    let kept = cut_text(&out, max).len();
+    out.truncate(kept);
     out
 }
 
@@ -954,10 +963,9 @@ impl<'r, 'a> Chat<'r, 'a> {
             && ((crate::upstream::next_random(&self.req.ctx.rng) % 1_000_000) as f64)
                 < store.capture_llm_bodies * 1_000_000.0;
         if capture {
-            self.rec.request_body = Some(capture_text(
-                &canonical.to_string(),
-                store.capture_max_bytes,
-            ));
+            let text = canonical.to_string();
+            let max = store.capture_max_bytes + CAPTURE_SLACK;
+            self.rec.request_body = Some(cut_text(&text, max).to_string());
         }
         let cache_key = self.cache_key(alias, &canonical);
         if let Some(key) = cache_key {
@@ -1480,8 +1488,9 @@ impl<'r, 'a> Chat<'r, 'a> {
         };
         self.redact_response(answered.alias, &mut canon);
         if self.rec.request_body.is_some() {
-            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes;
-            self.rec.response_body = Some(capture_text(&canon["choices"].to_string(), max));
+            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
+            let text = canon["choices"].to_string();
+            self.rec.response_body = Some(cut_text(&text, max).to_string());
         }
         if let Some(key) = cache_key {
             self.req.ctx.ai.cache.borrow_mut().put(key, canon.clone());
@@ -1795,8 +1804,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             },
         };
         if self.rec.request_body.is_some() {
-            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes;
-            self.rec.response_body = Some(capture_text(&text, max));
+            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
+            self.rec.response_body = Some(cut_text(&text, max).to_string());
         }
         if let (Some(first), Some(last)) = (first_token, last_token) {
             let secs = last.duration_since(first).as_secs_f64();

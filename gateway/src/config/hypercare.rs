@@ -50,6 +50,8 @@ pub struct CallStoreConfig {
     pub retention: Duration,
     /// Most raw call records kept (the oldest go first).
     pub max_calls: u64,
+    /// Most bytes of encoded calls kept (the oldest blocks go first; 0: no limit).
+    pub max_bytes: u64,
     /// Per-minute rollups older than this are deleted.
     #[serde(with = "humantime_serde")]
     pub rollup_retention: Duration,
@@ -77,6 +79,7 @@ impl Default for CallStoreConfig {
             path: "hypercare.db".into(),
             retention: Duration::from_secs(7 * 86_400),
             max_calls: 5_000_000,
+            max_bytes: 1 << 30,
             rollup_retention: Duration::from_secs(90 * 86_400),
             flush_interval: Duration::from_millis(200),
             rollup_interval: Duration::from_secs(10),
@@ -222,16 +225,16 @@ pub struct CanaryConfig {
     /// Steps of canary weight (percent, 1-99, increasing); after the last, 100%.
     pub steps: Vec<CanaryStepConfig>,
     /// Error-rate excess the canary may have (0.005 = half a point).
-    #[serde(default = "default_error_margin")]
+    #[serde(default = "hypergate_analysis::default_error_margin")]
     pub error_margin: f64,
     /// Latency quantile compared.
-    #[serde(default = "default_quantile")]
+    #[serde(default = "hypergate_analysis::default_latency_quantile")]
     pub latency_quantile: f64,
     /// Relative slowdown of that quantile still acceptable (0.1 = 10%).
-    #[serde(default = "default_latency_tolerance")]
+    #[serde(default = "hypergate_analysis::default_latency_tolerance")]
     pub latency_tolerance: f64,
     /// Chance of rolling back an acceptable canary over the whole rollout.
-    #[serde(default = "default_alpha")]
+    #[serde(default = "hypergate_analysis::default_alpha")]
     pub alpha: f64,
     /// Alias canaries: relative rise of the mean time to first token still
     /// acceptable (0.2 = 20%); not judged when absent.
@@ -270,15 +273,6 @@ pub struct CanaryStepConfig {
     pub min_requests: u64,
 }
 
-fn default_error_margin() -> f64 {
-    0.005
-}
-fn default_latency_tolerance() -> f64 {
-    0.1
-}
-fn default_alpha() -> f64 {
-    0.01
-}
 fn default_step_requests() -> u64 {
     1000
 }

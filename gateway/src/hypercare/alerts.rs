@@ -16,7 +16,7 @@ use crate::config::hypercare::{AlertKind, AlertRuleConfig, Severity, WebhookConf
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Where a rule stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,12 +66,6 @@ pub struct AlertEvent {
     pub at_ms: u64,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl AlertStatus {
     /// A rule, not yet evaluated.
     pub fn new(rule: AlertRuleConfig) -> Self {
@@ -79,7 +73,7 @@ impl AlertStatus {
             rule,
             state: AlertState::Inactive,
             value: None,
-            since_ms: unix_ms(),
+            since_ms: super::unix_ms(),
             pending_since: None,
         }
     }
@@ -137,7 +131,7 @@ pub fn value(
 
 /// The scope's latency quantile (µs) over its baseline window, from rollups.
 fn baseline_quantile(conn: &rusqlite::Connection, rule: &AlertRuleConfig) -> Option<f64> {
-    let now_min = (unix_ms() / 60_000) as i64;
+    let now_min = (super::unix_ms() / 60_000) as i64;
     let since = now_min - (rule.baseline_window.as_secs() / 60) as i64;
     let groups = super::query::aggregate(conn, since, now_min + 1).ok()?;
     let mut h = crate::observability::metrics::new_histogram();
@@ -178,7 +172,7 @@ pub fn step(status: &mut AlertStatus, value: Option<f64>, now: Instant) -> Optio
         status.pending_since = None;
     }
     if status.state != before {
-        status.since_ms = unix_ms();
+        status.since_ms = super::unix_ms();
     }
     let notify = matches!(
         (before, status.state),
@@ -194,7 +188,7 @@ pub fn step(status: &mut AlertStatus, value: Option<f64>, now: Instant) -> Optio
         value,
         threshold: status.rule.threshold,
         summary: describe(&status.rule, value),
-        at_ms: unix_ms(),
+        at_ms: super::unix_ms(),
     })
 }
 

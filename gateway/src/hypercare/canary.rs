@@ -34,8 +34,6 @@ pub struct CanaryRun {
     pub config: CanaryConfig,
     analysis: CanaryAnalysis,
     started: Instant,
-    /// Weight (percent to the canary) this run wants in force.
-    wanted: u32,
 }
 
 /// The plan a config describes.
@@ -88,25 +86,21 @@ impl CanaryRun {
     /// Starts a run (the config was validated, so the plan is valid).
     pub fn new(config: CanaryConfig) -> Option<CanaryRun> {
         let analysis = CanaryAnalysis::new(plan(&config)).ok()?;
-        let wanted = analysis.weight();
         Some(CanaryRun {
             config,
             analysis,
             started: Instant::now(),
-            wanted,
         })
     }
 
     /// Resumes a run where a previous process left it.
     pub fn resume(config: CanaryConfig, progress: &Progress) -> Option<CanaryRun> {
         let analysis = CanaryAnalysis::resume(plan(&config), progress).ok()?;
-        let wanted = analysis.weight();
-        tracing::info!(route = %config.subject(), canary = %config.canary, phase = ?progress.phase, weight = wanted, "canary resumed from the call store");
+        tracing::info!(route = %config.subject(), canary = %config.canary, phase = ?progress.phase, weight = analysis.weight(), "canary resumed from the call store");
         Some(CanaryRun {
             config,
             analysis,
             started: Instant::now(),
-            wanted,
         })
     }
 
@@ -186,7 +180,6 @@ impl CanaryRun {
                     }
                     out.record = Some(record);
                 }
-                self.wanted = self.analysis.weight();
             }
         }
         self.enforce(controller);
@@ -196,7 +189,7 @@ impl CanaryRun {
     /// Installs the wanted weights if the running config differs (also after a reload).
     fn enforce(&self, controller: &Controller) {
         let mut raw = controller.config().raw.clone();
-        if !set_weights(&mut raw, &self.config, self.wanted) {
+        if !set_weights(&mut raw, &self.config, self.analysis.weight()) {
             return;
         }
         match crate::config::validate::validate(raw) {
@@ -218,7 +211,7 @@ impl CanaryRun {
             "alias": self.config.alias,
             "stable": self.config.stable,
             "canary": self.config.canary,
-            "weight": self.wanted,
+            "weight": self.analysis.weight(),
             "status": self.analysis.status(),
             "plan": plan(&self.config),
         })

@@ -176,7 +176,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                             run.config.subject(),
                             run.config.stable
                         ),
-                        at_ms: now_ms(),
+                        at_ms: super::unix_ms(),
                     });
                 }
             }
@@ -294,12 +294,6 @@ fn entry(config: &impl serde::Serialize, state: Value) -> Entry {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Writes alert events, canary decisions and window verdict changes to the
 /// store's `events` table.
 fn record_events(
@@ -319,23 +313,18 @@ fn record_events(
                 let body = serde_json::to_string(e).unwrap_or_default();
                 insert.execute(rusqlite::params![e.at_ms as i64, "alert", e.alert, body])?;
             }
-            for d in decisions {
-                let subject = d["route"].as_str().unwrap_or("");
-                insert.execute(rusqlite::params![
-                    now_ms() as i64,
-                    "canary",
-                    subject,
-                    d.to_string()
-                ])?;
-            }
-            for w in windows {
-                let subject = w["name"].as_str().unwrap_or("");
-                insert.execute(rusqlite::params![
-                    now_ms() as i64,
-                    "window",
-                    subject,
-                    w.to_string()
-                ])?;
+            // Canary decisions are named by their route, window verdicts by their name.
+            for (kind, items, subject) in
+                [("canary", decisions, "route"), ("window", windows, "name")]
+            {
+                for item in items {
+                    insert.execute(rusqlite::params![
+                        super::unix_ms() as i64,
+                        kind,
+                        item[subject].as_str().unwrap_or(""),
+                        item.to_string()
+                    ])?;
+                }
             }
         }
         tx.commit()

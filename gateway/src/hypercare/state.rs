@@ -88,9 +88,7 @@ pub fn save(path: &Path, kind: &str, entries: &[(String, Entry)]) {
                 "INSERT INTO hypercare_state (kind, key, config, state, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = super::unix_ms() as i64;
             for (key, e) in entries {
                 insert.execute(params![kind, key, e.config, e.state.to_string(), now])?;
             }

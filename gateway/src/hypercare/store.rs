@@ -394,25 +394,50 @@ impl CallStore {
         }
     }
 
+    /// The first id of the newest block that no longer fits in `max_bytes`
+    /// (counting from the newest), or `i64::MIN` when all fit.
+    fn size_cut(&self) -> rusqlite::Result<i64> {
+        if self.config.max_bytes == 0 {
+            return Ok(i64::MIN);
+        }
+        let mut blocks = self.conn.prepare_cached(
+            "SELECT first_id, length(data) FROM call_blocks ORDER BY first_id DESC",
+        )?;
+        let mut rows = blocks.query([])?;
+        let mut total = 0u64;
+        while let Some(row) = rows.next()? {
+            total += row.get::<_, i64>(1)? as u64;
+            if total > self.config.max_bytes {
+                return row.get(0);
+            }
+        }
+        Ok(i64::MIN)
+    }
+
     fn retention(&mut self) {
         self.last_retention = Instant::now();
         self.flush();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = super::unix_ms() as i64;
         let raw_cut = now_ms - self.config.retention.as_millis() as i64;
         let roll_cut = (now_ms - self.config.rollup_retention.as_millis() as i64) / 60_000;
         let result = (|| -> rusqlite::Result<usize> {
-            // Whole blocks go: those all older than the age limit, and those
-            // wholly behind the newest `max_calls` calls.
+            // Whole blocks go: those all older than the age limit, those
+            // wholly behind the newest `max_calls` calls, and those behind the
+            // newest blocks that fit in `max_bytes`.
+            let size_cut = self.size_cut()?;
             let mut expired = self.conn.prepare_cached(
                 "DELETE FROM call_blocks
-                 WHERE max_ts_ms < ?1 OR last_id <= ?2 - ?3
+                 WHERE max_ts_ms < ?1 OR last_id <= ?2 - ?3 OR first_id <= ?4
                  RETURNING calls",
             )?;
             let mut n: usize = expired
                 .query_map(
-                    params![raw_cut, self.next_id - 1, self.config.max_calls as i64],
+                    params![
+                        raw_cut,
+                        self.next_id - 1,
+                        self.config.max_calls as i64,
+                        size_cut
+                    ],
                     |r| r.get::<_, i64>(0),
                 )?
                 .map(|c| c.map(|c| c as usize))
@@ -556,10 +581,7 @@ mod tests {
     #[test]
     fn calls_survive_a_restart_and_retention_drops_whole_old_blocks() {
         let path = temp_db("retention");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = crate::hypercare::unix_ms();
         let config = CallStoreConfig {
             max_calls: 150,
             retention: Duration::from_secs(3600),
@@ -608,6 +630,41 @@ mod tests {
             })
             .unwrap();
         assert_eq!(first, "r200");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_blocks_that_fit_in_max_bytes() {
+        let path = temp_db("bytes");
+        let now = crate::hypercare::unix_ms();
+        let mut store = CallStore::open(&path, CallStoreConfig::default()).unwrap();
+        for b in 0..3 {
+            store.add_batch(
+                &(b * 100..b * 100 + 100)
+                    .map(|i| call(i, now))
+                    .collect::<Vec<_>>(),
+            );
+            store.flush_all();
+        }
+        let sizes: Vec<u64> = store
+            .conn
+            .prepare("SELECT length(data) FROM call_blocks ORDER BY first_id DESC")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Room for the two newest blocks and half of the oldest: it goes whole.
+        store.config.max_bytes = sizes[0] + sizes[1] + sizes[2] / 2;
+        store.retention();
+        let reader = open_for_reading(&path).unwrap();
+        let (n, first): (i64, i64) = reader
+            .query_row("SELECT COUNT(*), MIN(id) FROM calls", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((n, first), (200, 101));
+        assert_eq!(store.counters.expired.load(Ordering::Relaxed), 100);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

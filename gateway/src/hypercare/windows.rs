@@ -18,7 +18,7 @@ use super::alerts::{AlertState, AlertStatus};
 use super::series::{Scope, Series};
 use crate::config::hypercare::{Severity, WindowConfig};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A window being tracked.
 pub struct WindowRun {
@@ -33,12 +33,6 @@ pub struct WindowRun {
     /// Restored after a restart: until then, too few requests do not break the streak.
     warming_up_until: Option<Instant>,
     last: Value,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The instant `ms` (Unix milliseconds) was, given that `now` is `now_ms`.
@@ -63,7 +57,7 @@ impl WindowRun {
             config,
             dynamic,
             opened: Instant::now(),
-            opened_unix_ms: unix_ms(),
+            opened_unix_ms: super::unix_ms(),
             met_since: None,
             met_since_unix_ms: None,
             warming_up_until: None,
@@ -73,7 +67,7 @@ impl WindowRun {
 
     /// A window as a previous process saved it ([`WindowRun::saved`]).
     pub fn restore(config: WindowConfig, saved: &Value) -> WindowRun {
-        let (now, now_ms) = (Instant::now(), unix_ms());
+        let (now, now_ms) = (Instant::now(), super::unix_ms());
         let opened_ms = saved["opened_ms"].as_u64().unwrap_or(now_ms);
         let met_ms = saved["met_since_ms"].as_u64();
         WindowRun {
@@ -157,7 +151,7 @@ impl WindowRun {
         if all_met {
             if self.met_since.is_none() {
                 self.met_since = Some(now);
-                self.met_since_unix_ms = Some(unix_ms());
+                self.met_since_unix_ms = Some(super::unix_ms());
             }
         } else if !(warming_up && short_only && f.requests < c.min_requests) {
             self.met_since = None;

@@ -164,9 +164,11 @@ pub struct AccessLog {
 }
 
 /// Opens the JSON log target (`json`: `stdout`, `stderr` or a file; `None`: no
-/// JSON lines) and starts the writer thread, which also feeds `store`.
+/// JSON lines) and starts the writer thread, which also feeds `store` and cuts
+/// captured bodies to `capture_max` bytes once redacted.
 pub fn start(
     json: Option<&str>,
+    capture_max: usize,
     store: Option<CallStore>,
     shards: usize,
     buffer: usize,
@@ -203,7 +205,7 @@ pub fn start(
     drop(tx);
     let thread = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || writer(out, store, rx, returns))?;
+        .spawn(move || writer(out, capture_max, store, rx, returns))?;
     Ok(AccessLog { sinks, thread })
 }
 
@@ -225,6 +227,7 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn writer(
     out: Option<Box<dyn Write + Send>>,
+    capture_max: usize,
     mut store: Option<CallStore>,
     rx: Receiver<Envelope>,
     returns: Vec<Sender<Boxes>>,
@@ -261,7 +264,7 @@ fn writer(
             }
             handled += records.len();
             for record in &mut records {
-                redact_capture(record);
+                redact_capture(record, capture_max);
             }
             if let Some(out) = out.as_mut() {
                 for record in &records {
@@ -312,13 +315,20 @@ fn writer(
     }
 }
 
-/// Redacts (every PII kind) a captured call's bodies in place; they were cut
-/// to `capture_max_bytes` when captured, and stay within that length.
-fn redact_capture(record: &mut AccessRecord) {
-    for body in [&mut record.request_body, &mut record.response_body] {
+/// Redacts (every PII kind) a captured call's bodies in place, proxied and
+/// LLM calls alike, and cuts them to `max` bytes: redaction runs here, off the
+/// request path, on what the shard kept (a little more than `max`).
+fn redact_capture(record: &mut AccessRecord, max: usize) {
+    let redact = |body: &mut Option<String>| {
         if let Some(text) = body.as_mut() {
-            *text = crate::ai::capture_text(text, text.len());
+            *text = crate::ai::capture_text(text, max);
         }
+    };
+    redact(&mut record.request_body);
+    redact(&mut record.response_body);
+    if let Some(l) = record.llm.as_deref_mut() {
+        redact(&mut l.request_body);
+        redact(&mut l.response_body);
     }
 }
 

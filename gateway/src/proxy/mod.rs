@@ -158,7 +158,8 @@ struct Exchange {
 }
 
 /// A sampled call's body capture (`[hypercare.store] capture_api_bodies`):
-/// the first `max` bytes of each body, redacted later by the record writer.
+/// the first `max` bytes of each body (`capture_max_bytes` and some slack),
+/// redacted and cut later by the record writer.
 struct Captured {
     request: Vec<u8>,
     response: Vec<u8>,
@@ -573,9 +574,7 @@ fn record_log(
             .set(ctx.stats.access_log_dropped.get() + 1);
         return;
     };
-    r.unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    r.unix_ms = crate::hypercare::unix_ms();
     r.request_id.push_str(rid.as_str());
     r.trace_id.push_str(trace.trace_id());
     r.method.push_str(view.method());
@@ -795,7 +794,7 @@ impl<'a> Call<'a> {
             ex.capture = Some(Box::new(Captured {
                 request: Vec::new(),
                 response: Vec::new(),
-                max: store.capture_max_bytes,
+                max: store.capture_max_bytes + crate::ai::CAPTURE_SLACK,
             }));
         }
         let max_attempts = 1 + cluster.spec.raw.retry.attempts;
