@@ -958,11 +958,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         }
 
         let store = &self.req.inst.config.raw.hypercare.store;
-        let capture = store.enabled
-            && store.capture_llm_bodies > 0.0
-            && ((crate::upstream::next_random(&self.req.ctx.rng) % 1_000_000) as f64)
-                < store.capture_llm_bodies * 1_000_000.0;
-        if capture {
+        if store.enabled && crate::upstream::sampled(&self.req.ctx.rng, store.capture_llm_bodies) {
             let text = canonical.to_string();
             let max = store.capture_max_bytes + CAPTURE_SLACK;
             self.rec.request_body = Some(cut_text(&text, max).to_string());

@@ -786,11 +786,7 @@ impl<'a> Call<'a> {
             .as_ref()
             .and_then(|k| self.view.key_hash(k, self.peer));
         let store = &self.inst.config.raw.hypercare.store;
-        if store.enabled
-            && store.capture_api_bodies > 0.0
-            && ((crate::upstream::next_random(&self.ctx.rng) % 1_000_000) as f64)
-                < store.capture_api_bodies * 1_000_000.0
-        {
+        if store.enabled && crate::upstream::sampled(&self.ctx.rng, store.capture_api_bodies) {
             ex.capture = Some(Box::new(Captured {
                 request: Vec::new(),
                 response: Vec::new(),
