@@ -35,6 +35,14 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A demo upstream could not start.
+    #[error("cannot start the demo upstream on {address}: {source}")]
+    Demo {
+        /// Its configured address.
+        address: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// Any other I/O failure while starting.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -219,13 +227,46 @@ impl Controller {
         );
     }
 
-    /// Tells every shard to drain.
-    pub fn start_drain(&self) {
-        if !self.draining.swap(true, Ordering::Relaxed) {
-            tracing::info!("draining: no new connections, finishing in-flight requests");
-            for tx in &self.shards {
-                let _ = tx.send_blocking(ShardCommand::Drain);
-            }
+    /// Starts a graceful shutdown (SIGTERM, SIGINT): `/readyz` answers 503 at
+    /// once while the shards keep accepting and serving for `server.drain_delay`
+    /// (the lame-duck period, so a load balancer notices), then the shards drain.
+    pub fn start_drain(self: &Arc<Self>) {
+        if self.draining.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let delay = self.config().raw.server.drain_delay;
+        if delay.is_zero() {
+            self.drain_shards();
+            return;
+        }
+        tracing::info!(
+            delay = %humantime::format_duration(delay),
+            "lame duck: /readyz answers 503; still serving until the drain starts"
+        );
+        let controller = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lame-duck".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                controller.drain_shards();
+            });
+        if spawned.is_err() {
+            self.drain_shards();
+        }
+    }
+
+    /// Drains now, without a lame-duck period (an embedding program shutting down).
+    pub fn drain_now(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.drain_shards();
+    }
+
+    fn drain_shards(&self) {
+        tracing::info!(
+            "draining: listeners closed, answers carry Connection: close, finishing in-flight requests"
+        );
+        for tx in &self.shards {
+            let _ = tx.send_blocking(ShardCommand::Drain);
         }
     }
 }
@@ -240,6 +281,29 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<()>>,
     access_log_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Warns when the open-file limit cannot hold `max_connections` client
+/// connections and as many upstream ones: accepts would then fail with EMFILE
+/// before the cap is reached.
+fn warn_if_files_short(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the valid `rlimit` struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let needed = (max_connections as u64).saturating_mul(2);
+    if max_connections > 0 && lim.rlim_cur < needed {
+        tracing::warn!(
+            open_file_limit = lim.rlim_cur,
+            max_connections,
+            "the open-file limit holds fewer than 2 x protection.max_connections descriptors; \
+             raise it (LimitNOFILE in systemd) or lower protection.max_connections"
+        );
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
@@ -350,6 +414,7 @@ impl Gateway {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
         let conn_limits = crate::policy::ConnectionLimits::new(&config.raw.protection);
+        warn_if_files_short(config.raw.protection.max_connections);
         let rate_limiter = RateLimiter::new();
         rate_limiter.install(&config.rate_limits, config.raw.redis.as_ref());
         let ai = crate::ai::AiShared::new(&config);
@@ -393,7 +458,10 @@ impl Gateway {
         });
         crate::hypercare::engine::start(Arc::downgrade(&controller), controller.hypercare.clone())?;
         for d in &config.raw.demo_upstreams {
-            crate::demo::start(d)?;
+            crate::demo::start(d).map_err(|source| StartError::Demo {
+                address: d.address.clone(),
+                source,
+            })?;
         }
         crate::admin::start(admin_listener, controller.clone())?;
         tracing::info!(%admin_addr, "admin listening");
@@ -406,9 +474,10 @@ impl Gateway {
         })
     }
 
-    /// Drains and waits for every shard to finish (and the access log to flush).
+    /// Drains at once (no lame-duck period) and waits for every shard to finish
+    /// (and the access log to flush).
     pub fn shutdown(self) {
-        self.controller.start_drain();
+        self.controller.drain_now();
         self.wait();
     }
 

@@ -10,6 +10,7 @@
 //! - [`routing`], [`upstream`]: route lookup; pools, balancing, health, outliers, retries.
 //! - [`ai`]: the LLM gateway phase (providers, translation, budgets, guardrails, cache).
 //! - [`observability`], [`admin`]: metrics, access log, and the admin listener.
+//! - [`secret`]: [`secret::Secret`], the type of every secret in the config (never printed).
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -28,6 +29,7 @@ pub mod observability;
 pub mod policy;
 pub mod proxy;
 pub mod routing;
+pub mod secret;
 pub mod shard;
 pub mod tls;
 pub mod upstream;

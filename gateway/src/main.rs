@@ -150,7 +150,53 @@ enum KeyCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        // One line: what failed and why, each cause once. A backtrace only when
+        // asked for (RUST_BACKTRACE), as `{:?}` of the error.
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("hypergate: error: {e:?}");
+        } else {
+            eprintln!("hypergate: error: {}", one_line(&e));
+        }
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes as `a: b: c`, leaving out a cause whose text the
+/// message before it already contains (as `thiserror` messages often do).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// Lifts the soft limit on open files to the hard limit: every client and
+/// upstream connection is a file descriptor, and the usual soft limit of 1024
+/// would cap the gateway far below its connection caps.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the valid `rlimit` struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         // Commands that print (calls, report, ...) end quietly when their reader
@@ -332,7 +378,14 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let gateway = Gateway::start(cfg, path).context("starting the gateway")?;
+    raise_open_file_limit();
+    #[cfg(not(feature = "alloc-count"))]
+    hypergate::shard::set_memory_release(|| {
+        // SAFETY: mi_collect only frees (and, forced, purges at once) unused allocator pages;
+        // mimalloc is the global allocator of this binary.
+        unsafe { libmimalloc_sys::mi_collect(true) }
+    });
+    let gateway = Gateway::start(cfg, path).context("cannot start the gateway")?;
     let controller = gateway.controller.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,

@@ -115,10 +115,10 @@ impl TestGateway {
         admin_request(self.admin, method, path)
     }
 
-    /// Any request (with a body) to the admin listener.
+    /// Any request (with a body) to the admin listener; `Host` is the admin
+    /// address unless the request sets one.
     pub fn admin_send(&self, req: &Request) -> Response {
-        let mut c = Conn::connect(self.admin);
-        c.request(&req.clone().header("Connection", "close"))
+        admin_send(self.admin, req)
     }
 
     /// `GET /metrics` text.
@@ -162,10 +162,24 @@ impl Drop for TestGateway {
     }
 }
 
-/// One request to an admin listener.
+/// One request to an admin listener (with `Host` set to its address, which the
+/// admin's DNS-rebinding check accepts).
 pub fn admin_request(admin: SocketAddr, method: &str, path: &str) -> Response {
-    let mut c = Conn::connect(admin);
-    c.request(&Request::new(method, path).header("Connection", "close"))
+    admin_send(admin, &Request::new(method, path))
+}
+
+/// Any request to an admin listener on a fresh connection, closed after it;
+/// `Host` is the admin address unless the request sets one.
+pub fn admin_send(admin: SocketAddr, req: &Request) -> Response {
+    let mut req = req.clone().header("Connection", "close");
+    if !req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        req.headers.insert(0, ("Host".into(), admin.to_string()));
+    }
+    Conn::connect(admin).request(&req)
 }
 
 /// The value of `series` (e.g. `hypergate_rejections_total{reason="bad_chunk"}`) in a

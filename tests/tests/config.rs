@@ -154,3 +154,38 @@ cluster = "c"
     assert_ne!(gw.addr, gw.admin);
     assert_eq!(gw.get("/").text(), "ok");
 }
+
+#[test]
+fn a_start_up_failure_is_one_line_without_a_backtrace() {
+    // The data port is taken: binding it is what fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = TempDir::new();
+    let path = dir.write(
+        "clash.toml",
+        &format!(
+            "[server]\nshards = 1\npin_cores = false\n\n[admin]\nlisten = \"127.0.0.2:0\"\n\n\
+             [[listeners]]\nname = \"main\"\naddress = \"127.0.0.1:{port}\"\n\n\
+             [[routes]]\nname = \"r\"\ndirect = {{ body = \"x\" }}\n"
+        ),
+    );
+    let out = std::process::Command::new(hypergate_tests::process::hypergate_bin())
+        .args(["run", "--config", path.to_str().expect("utf-8 path")])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "error")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("run hypergate");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "hypergate: error: cannot start the gateway: cannot bind listener \"main\" \
+             127.0.0.1:{port}: Address already in use (os error 98)"
+        )],
+        "{stderr}"
+    );
+}

@@ -10,6 +10,9 @@
 //! exceptions, `console.error`, failed loads or fetches, CSP violations). A
 //! full-page screenshot is saved as a CI artifact in `$HYPERGATE_ARTIFACTS`
 //! (default `target/ci-artifacts/dashboard.png`).
+//!
+//! With `admin.token` set, the page asks for the token when the API answers 401,
+//! asks again after a wrong one, and then polls with it (kept for the tab).
 
 use hypergate_mock_llm::{MockConfig, MockLlm};
 use hypergate_tests::browser::Browser;
@@ -298,4 +301,60 @@ fn an_idle_gateway_gets_empty_panels_without_errors() {
         "the page had console errors:\n{}",
         browser.problems().join("\n")
     );
+}
+
+#[test]
+fn with_an_admin_token_the_page_asks_for_it_once_and_works() {
+    let up = MockUpstream::ok("ok");
+    let listen = "listen = \"127.0.0.2:0\"\n";
+    let gw = TestGateway::start(&format!(
+        "{}{}{}",
+        preamble(1).replace(listen, &format!("{listen}token = \"dashboard-token\"\n")),
+        cluster("app", &[up.addr()], ""),
+        route_all("app", "app", "")
+    ));
+    let mut browser = Browser::launch(1400, 1000);
+    browser.navigate(&format!("http://{}/ui", gw.admin));
+    let form_shown = "document.getElementById('login')?.hidden === false";
+    browser.wait_for("the token form", Duration::from_secs(30), form_shown, |v| {
+        *v == serde_json::Value::Bool(true)
+    });
+    let submit = |browser: &mut Browser, token: &str| {
+        browser.evaluate(&format!(
+            "document.getElementById('login-token').value = {token:?}; \
+             document.getElementById('login').requestSubmit(); true"
+        ));
+    };
+    // A wrong token is refused and asked for again.
+    submit(&mut browser, "wrong-token");
+    browser.wait_for(
+        "the refusal",
+        Duration::from_secs(10),
+        "document.getElementById('login').hidden ? '' : document.getElementById('login-error').textContent",
+        |v| v.as_str().is_some_and(|s| s.contains("refused")),
+    );
+    submit(&mut browser, "dashboard-token");
+    browser.wait_for(
+        "a poll with the token",
+        Duration::from_secs(30),
+        "document.getElementById('status-text')?.textContent || ''",
+        |v| v.as_str().is_some_and(|s| s.starts_with("updated")),
+    );
+    assert_eq!(browser.evaluate(form_shown), serde_json::Value::Bool(false));
+    // The token is kept for the tab: a reload does not ask again.
+    browser.navigate(&format!("http://{}/ui", gw.admin));
+    browser.wait_for(
+        "a poll after the reload",
+        Duration::from_secs(30),
+        "document.getElementById('status-text')?.textContent || ''",
+        |v| v.as_str().is_some_and(|s| s.starts_with("updated")),
+    );
+    assert_eq!(browser.evaluate(form_shown), serde_json::Value::Bool(false));
+    // The only console errors are the fetches answered 401 before the token.
+    let others: Vec<&String> = browser
+        .problems()
+        .iter()
+        .filter(|p| !p.contains("401"))
+        .collect();
+    assert!(others.is_empty(), "console errors: {others:#?}");
 }

@@ -163,7 +163,7 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     // One write: the head arrives in one segment.
-    let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(head.as_bytes()).expect("send request");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read response");

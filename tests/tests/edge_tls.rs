@@ -438,7 +438,7 @@ fn a_silent_client_times_out_the_handshake() {
     let mock = MockUpstream::ok("ok");
     let toml = tls_config(&[(&a, &["a.test"])], "1.2", &mock).replacen(
         "[admin]",
-        "[limits]\nheader_timeout = \"300ms\"\n\n[admin]",
+        "[limits]\ntls_handshake_timeout = \"300ms\"\n\n[admin]",
         1,
     );
     let gw = TestGateway::start(&toml);

@@ -385,6 +385,7 @@ fn redis_unreachable_from_the_start_fails_closed_quickly() {
     let cfg = RedisConfig {
         address: closed_port().to_string(),
         timeout: Duration::from_millis(50),
+        ..RedisConfig::default()
     };
     let mut limit = Limit::new("never", 100, 100);
     limit.redis = true;

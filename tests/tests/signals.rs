@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Two shards; no lame-duck period (tests/tests/security_drain.rs covers it).
 fn process_config(upstream: &MockUpstream, drain: &str) -> String {
     format!(
         r#"
 [server]
 shards = 2
 pin_cores = false
+drain_delay = "0s"
 drain_timeout = "{drain}"
 
 [admin]

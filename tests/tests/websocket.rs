@@ -1,5 +1,6 @@
-//! Upgrades: a `101 Switching Protocols` passes through and the connection
-//! becomes a byte tunnel carrying WebSocket frames both ways.
+//! Upgrades: on a route that allows `websocket`, a `101 Switching Protocols`
+//! passes through and the connection becomes a byte tunnel carrying WebSocket
+//! frames both ways (tests/tests/security_upgrade.rs covers the refusals).
 
 use hypergate_tests::mock::{ws_client_frame, ws_parse_frame};
 use hypergate_tests::util::assert_bytes_eq;
@@ -25,7 +26,7 @@ fn websocket_upgrade_and_bidirectional_echo() {
         "{}{}{}",
         preamble(1),
         cluster("ws", &[mock.addr()], ""),
-        route_all("ws", "ws", "")
+        route_all("ws", "ws", "upgrade = [\"websocket\"]")
     ));
     let mut conn = gw.conn();
     conn.send(
@@ -110,7 +111,7 @@ fn frames_sent_right_behind_the_upgrade_request_are_tunnelled() {
         "{}{}{}",
         preamble(1),
         cluster("ws", &[mock.addr()], ""),
-        route_all("ws", "ws", "")
+        route_all("ws", "ws", "upgrade = [\"websocket\"]")
     ));
     let mut conn = gw.conn();
     let mut raw = b"GET /chat HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec();

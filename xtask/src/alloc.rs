@@ -62,7 +62,9 @@ fn free_port() -> Result<SocketAddr> {
 fn counters(admin: SocketAddr) -> Result<(u64, u64)> {
     let mut s = TcpStream::connect(admin)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     let value = |line: &str| {

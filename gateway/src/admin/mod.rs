@@ -3,39 +3,113 @@
 //! It runs on its own thread with blocking std sockets (a thread per admin
 //! connection), never on a shard and never on a data-plane port. Endpoints:
 //! `GET /metrics` (Prometheus text), `GET /stats` (JSON with exact quantiles),
-//! `GET /config` (running config as JSON, secrets redacted), `GET /healthz`,
+//! `GET /config` (running config as JSON, secrets shown as `<redacted>`), `GET /healthz`,
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
 //! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
 //! `GET /hypercare/alerts`, `GET /hypercare/canary`, `GET /hypercare/windows` and
 //! `POST /hypercare/windows` (the hypercare engine), and the dashboard at `/ui`.
+//!
+//! Every connection passes, in order ([`serve`], then [`check_access`]):
+//! 1. A bound on the listener's own resources: at most [`MAX_CONNECTIONS`] at
+//!    once (more are answered 503 and closed), [`REQUEST_DEADLINE`] in total to
+//!    receive the request head and body (408 and closed after), and as long for
+//!    each write of the answer.
+//! 2. `Host` must name this admin: a loopback address, `localhost`, the address
+//!    the client connected to, or one of `admin.allowed_hosts` (port ignored);
+//!    without `Host` only a loopback peer is served. A web page on another name
+//!    that resolves to 127.0.0.1 (DNS rebinding) gets 403.
+//! 3. A mutating request (any method but GET, HEAD and OPTIONS, on any path) is
+//!    refused with 403 when `Sec-Fetch-Site` is present and not `same-origin` or
+//!    `none`, or when `Origin` is present and names a host that rule 2 does not
+//!    allow (`Origin: null` included): no cross-site form or fetch can reload.
+//! 4. With `admin.token` set, every request except `GET /healthz`, `GET /readyz`
+//!    and the static dashboard files under `/ui` (which hold no data; the page asks
+//!    for the token) needs `Authorization: Bearer <token>` (401 otherwise).
 
+use crate::config::raw::AdminConfig;
 use crate::gateway::Controller;
 use crate::observability::export;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use crate::secret::Secret;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod ui;
+
+/// Admin connections served at once; more are answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time allowed to receive a whole request (head and body) once connected.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Largest request head, and largest request body read.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// `WWW-Authenticate` of a 401.
+const CHALLENGE: &str = "www-authenticate: Bearer realm=\"hypergate-admin\"\r\n";
 
 /// Starts the admin thread on an already bound listener.
 pub fn start(listener: TcpListener, controller: Arc<Controller>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming().flatten() {
+                // Only this thread adds, so the count cannot pass the bound.
+                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                    refuse_busy(stream);
+                    continue;
+                }
+                let slot = Slot::take(&active);
                 let c = controller.clone();
+                // If the thread cannot start, the closure (and the slot) is dropped.
                 let _ = std::thread::Builder::new()
                     .name("admin-conn".into())
-                    .spawn(move || serve(stream, &c));
+                    .spawn(move || {
+                        let _slot = slot;
+                        serve(stream, &c);
+                    });
             }
         })?;
     Ok(())
 }
 
+/// One of the [`MAX_CONNECTIONS`] connection slots, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Slot {
+        active.fetch_add(1, Ordering::AcqRel);
+        Slot(active.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers 503 on a connection beyond the bound, from the accept thread without
+/// ever blocking it, and closes it.
+fn refuse_busy(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    // Whatever request already arrived is read, so closing sends FIN, not RST.
+    let _ = stream.read(&mut [0u8; 4096]);
+    let reply = json(
+        503,
+        serde_json::json!({"error": "too many admin connections; try again"}),
+    );
+    write_reply(&mut stream, &reply);
+}
+
 struct Reply {
     status: u16,
     content_type: &'static str,
+    /// Extra header lines, each ending in CRLF.
+    headers: &'static str,
     body: String,
 }
 
@@ -43,76 +117,286 @@ fn json(status: u16, v: serde_json::Value) -> Reply {
     Reply {
         status,
         content_type: "application/json",
+        headers: "",
         body: v.to_string() + "\n",
     }
 }
 
-fn serve(mut stream: TcpStream, controller: &Controller) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 2048];
-    let (method, path, head_len, content_length) = loop {
-        let Ok(n) = stream.read(&mut chunk) else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let length = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()?
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                    })
-                    .unwrap_or(0);
-                break (
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
-                    n,
-                    length,
-                );
-            }
-            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
-            _ => return,
-        }
-    };
-    // Request bodies (small JSON documents) are read whole, up to 64 KiB.
-    let mut body = buf.split_off(head_len.min(buf.len()));
-    while body.len() < content_length.min(64 * 1024) {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let (path_only, query) = path.split_once('?').unwrap_or((&path, ""));
-    if path_only.starts_with("/ui") {
-        ui::serve(&mut stream, &method, path_only);
-        return;
-    }
-    let reply = match path_only.strip_prefix("/hypercare/") {
-        Some(what) if method == "GET" => hypercare(what, query, controller),
-        Some("windows") if method == "POST" => open_window(&body, controller),
-        _ => route(&method, path_only, controller),
-    };
+fn error(status: u16, message: &str) -> Reply {
+    json(status, serde_json::json!({ "error": message }))
+}
+
+fn write_reply(stream: &mut TcpStream, reply: &Reply) {
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
         reply.status,
         crate::http::reason(reply.status),
         reply.content_type,
-        reply.body.len()
+        reply.body.len(),
+        reply.headers,
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(reply.body.as_bytes());
+}
+
+/// A request as read, with the headers the access rules look at.
+#[derive(Debug, Default)]
+struct AdminRequest {
+    method: String,
+    target: String,
+    /// Every `Host` header (more than one is refused).
+    hosts: Vec<String>,
+    origin: Option<String>,
+    fetch_site: Option<String>,
+    authorization: Option<String>,
+    content_length: usize,
+    body: Vec<u8>,
+}
+
+/// Why no request could be read.
+enum ReadFailure {
+    /// [`REQUEST_DEADLINE`] passed with part of a request received.
+    Deadline,
+    /// The peer closed, reset, sent nothing by the deadline, or sent a malformed
+    /// or oversized head: the connection is dropped without an answer.
+    Dropped,
+}
+
+/// Reads one request, head and body, by `deadline` (each read waits only for what
+/// is left of it, so trickling bytes cannot stretch it).
+fn read_request(stream: &mut TcpStream, deadline: Instant) -> Result<AdminRequest, ReadFailure> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 2048];
+    let mut read = |stream: &mut TcpStream, received: usize| -> Result<Vec<u8>, ReadFailure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let late = if received > 0 {
+            ReadFailure::Deadline
+        } else {
+            ReadFailure::Dropped
+        };
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(late);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => Err(ReadFailure::Dropped),
+            Ok(n) => Ok(chunk[..n].to_vec()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(late),
+            Err(_) => Err(ReadFailure::Dropped),
+        }
+    };
+    let (mut request, head_len) = loop {
+        let piece = read(stream, buf.len())?;
+        buf.extend_from_slice(&piece);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => break (AdminRequest::from_head(&req), n),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_BYTES => {}
+            _ => return Err(ReadFailure::Dropped),
+        }
+    };
+    // Request bodies (small JSON documents) are read whole, up to 64 KiB.
+    let want = request.content_length.min(MAX_REQUEST_BYTES);
+    let mut body = buf.split_off(head_len.min(buf.len()));
+    while body.len() < want {
+        match read(stream, head_len + body.len()) {
+            Ok(piece) => body.extend_from_slice(&piece),
+            Err(ReadFailure::Deadline) => return Err(ReadFailure::Deadline),
+            Err(ReadFailure::Dropped) => break,
+        }
+    }
+    request.body = body;
+    Ok(request)
+}
+
+impl AdminRequest {
+    fn from_head(req: &httparse::Request<'_, '_>) -> AdminRequest {
+        let mut out = AdminRequest {
+            method: req.method.unwrap_or("").to_string(),
+            target: req.path.unwrap_or("").to_string(),
+            ..AdminRequest::default()
+        };
+        for h in req.headers.iter() {
+            let value = || String::from_utf8_lossy(h.value).trim().to_string();
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                out.hosts.push(value());
+            } else if name.eq_ignore_ascii_case("origin") {
+                out.origin = Some(value());
+            } else if name.eq_ignore_ascii_case("sec-fetch-site") {
+                out.fetch_site = Some(value());
+            } else if name.eq_ignore_ascii_case("authorization") {
+                out.authorization = Some(value());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                out.content_length = value().parse().unwrap_or(0);
+            }
+        }
+        out
+    }
+}
+
+fn serve(mut stream: TcpStream, controller: &Controller) {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    // A client that stops reading its answer cannot hold a slot for long either.
+    let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let request = match read_request(&mut stream, deadline) {
+        Ok(r) => r,
+        Err(ReadFailure::Deadline) => {
+            let reply = error(408, "the request did not arrive in time");
+            write_reply(&mut stream, &reply);
+            return;
+        }
+        Err(ReadFailure::Dropped) => return,
+    };
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    let config = controller.config();
+    if let Some(refusal) = check_access(&request, path, peer.ip(), local.ip(), &config.raw.admin) {
+        tracing::debug!(%peer, method = %request.method, path, status = refusal.status, "admin request refused");
+        write_reply(&mut stream, &refusal);
+        return;
+    }
+    drop(config);
+    let method = request.method.as_str();
+    if path.starts_with("/ui") {
+        ui::serve(&mut stream, method, path);
+        return;
+    }
+    let reply = match path.strip_prefix("/hypercare/") {
+        Some(what) if method == "GET" => hypercare(what, query, controller),
+        Some("windows") if method == "POST" => open_window(&request.body, controller),
+        _ => route(method, path, controller),
+    };
+    write_reply(&mut stream, &reply);
+}
+
+/// The access rules of the [module docs](self), in order; `Some` is the refusal.
+fn check_access(
+    req: &AdminRequest,
+    path: &str,
+    peer: IpAddr,
+    local: IpAddr,
+    admin: &AdminConfig,
+) -> Option<Reply> {
+    match req.hosts.as_slice() {
+        [] if peer.to_canonical().is_loopback() => {}
+        [] => {
+            return Some(error(
+                403,
+                "a request without Host is served to loopback clients only",
+            ))
+        }
+        [host] if split_authority(host).is_some_and(|h| host_allowed(h, local, admin)) => {}
+        [_] => {
+            return Some(error(
+                403,
+                "Host does not name this admin listener (a loopback address, localhost, \
+                 its own address, or a name in admin.allowed_hosts)",
+            ))
+        }
+        _ => return Some(error(400, "more than one Host header")),
+    }
+    if !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        if let Some(site) = &req.fetch_site {
+            if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
+                return Some(error(
+                    403,
+                    "cross-site request refused (Sec-Fetch-Site); the admin API only \
+                     takes changes from its own pages or from non-browser clients",
+                ));
+            }
+        }
+        if let Some(origin) = &req.origin {
+            if !origin_allowed(origin, local, admin) {
+                return Some(error(
+                    403,
+                    "cross-origin request refused: Origin does not name this admin listener",
+                ));
+            }
+        }
+    }
+    let open = req.method == "GET" && matches!(path, "/healthz" | "/readyz");
+    let static_page = path == "/ui" || path.starts_with("/ui/");
+    if let Some(token) = &admin.token {
+        if !open && !static_page && !bearer_matches(req.authorization.as_deref(), token) {
+            return Some(Reply {
+                headers: CHALLENGE,
+                ..error(
+                    401,
+                    "the admin API needs a token: send Authorization: Bearer <admin.token>",
+                )
+            });
+        }
+    }
+    None
+}
+
+/// Whether `Authorization` carries `Bearer <token>` with the configured token
+/// (compared in constant time).
+fn bearer_matches(authorization: Option<&str>, token: &Secret) -> bool {
+    let Some((scheme, presented)) = authorization.and_then(|a| a.split_once(' ')) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && Secret::new(presented.trim()) == *token
+}
+
+/// The host of a `Host` value or an origin's authority: `name`, `name:port`,
+/// `[v6]` or `[v6]:port` (brackets removed); `None` when it is none of those.
+fn split_authority(authority: &str) -> Option<&str> {
+    let port_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        if !after.is_empty() && !after.strip_prefix(':').is_some_and(port_ok) {
+            return None;
+        }
+        ip
+    } else {
+        match authority.split_once(':') {
+            None => authority,
+            Some((host, port)) if port_ok(port) => host,
+            Some(_) => return None,
+        }
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Whether a host (from `split_authority`) names this admin listener: a loopback
+/// address, `localhost`, the address the client connected to (`local`), or a
+/// name in `admin.allowed_hosts`, compared without case and trailing dot.
+fn host_allowed(host: &str, local: IpAddr, admin: &AdminConfig) -> bool {
+    let host = host.trim_end_matches('.');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let ip = ip.to_canonical();
+        if ip.is_loopback() || ip == local.to_canonical() {
+            return true;
+        }
+    }
+    host.eq_ignore_ascii_case("localhost")
+        || admin.allowed_hosts.iter().any(|allowed| {
+            allowed
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(host)
+        })
+}
+
+/// Whether an `Origin` (`scheme://authority`) names a host `host_allowed`
+/// accepts; `null` and anything else never do.
+fn origin_allowed(origin: &str, local: IpAddr, admin: &AdminConfig) -> bool {
+    match origin.split_once("://") {
+        Some((scheme, authority))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            split_authority(authority).is_some_and(|h| host_allowed(h, local, admin))
+        }
+        _ => false,
+    }
 }
 
 /// Adds the probe's figures to `/stats`: the whole view under `tcp`, and each
@@ -277,6 +561,7 @@ fn route(method: &str, path: &str, c: &Controller) -> Reply {
             Reply {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
+                headers: "",
                 body,
             }
         }
@@ -308,5 +593,186 @@ fn route(method: &str, path: &str, c: &Controller) -> Reply {
             json(405, serde_json::json!({"error": "method not allowed"}))
         }
         _ => json(404, serde_json::json!({"error": "not found"})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const REMOTE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+    const OWN: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 5));
+
+    fn request(method: &str, host: Option<&str>) -> AdminRequest {
+        AdminRequest {
+            method: method.into(),
+            target: "/config".into(),
+            hosts: host.map(String::from).into_iter().collect(),
+            ..AdminRequest::default()
+        }
+    }
+
+    fn status(req: &AdminRequest, path: &str, peer: IpAddr, admin: &AdminConfig) -> u16 {
+        check_access(req, path, peer, OWN, admin).map_or(200, |r| r.status)
+    }
+
+    #[test]
+    fn host_must_name_the_admin() {
+        let admin = AdminConfig {
+            allowed_hosts: vec!["admin.internal".into(), "[2001:db8::1]".into()],
+            ..AdminConfig::default()
+        };
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9901",
+            "127.8.9.10:1",
+            "[::1]",
+            "[::1]:9901",
+            "localhost",
+            "LOCALHOST:9901",
+            "localhost.",
+            "10.0.0.5:9901",
+            "admin.internal",
+            "Admin.Internal:443",
+            "[2001:db8::1]:9901",
+        ] {
+            assert_eq!(
+                status(&request("GET", Some(ok)), "/config", REMOTE, &admin),
+                200,
+                "{ok}"
+            );
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:9901",
+            "127.0.0.1.attacker.example",
+            "localhost.attacker.example",
+            "admin.internal.attacker.example",
+            "10.0.0.6",
+            "127.1",
+            "::1",
+            "[::1]x",
+            "localhost:http",
+            "",
+            "user@127.0.0.1",
+        ] {
+            assert_eq!(
+                status(&request("GET", Some(bad)), "/config", REMOTE, &admin),
+                403,
+                "{bad:?}"
+            );
+        }
+        let mut twice = request("GET", Some("127.0.0.1"));
+        twice.hosts.push("attacker.example".into());
+        assert_eq!(status(&twice, "/config", LOOPBACK, &admin), 400);
+    }
+
+    #[test]
+    fn no_host_only_from_loopback() {
+        let admin = AdminConfig::default();
+        assert_eq!(
+            status(&request("GET", None), "/config", LOOPBACK, &admin),
+            200
+        );
+        let mapped = IpAddr::V6(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        assert_eq!(
+            status(&request("GET", None), "/config", mapped, &admin),
+            200
+        );
+        assert_eq!(
+            status(&request("GET", None), "/config", REMOTE, &admin),
+            403
+        );
+    }
+
+    #[test]
+    fn mutations_must_come_from_the_same_origin() {
+        let admin = AdminConfig {
+            allowed_hosts: vec!["admin.internal".into()],
+            ..AdminConfig::default()
+        };
+        let with = |method: &str, origin: Option<&str>, site: Option<&str>| {
+            let mut r = request(method, Some("127.0.0.1:9901"));
+            r.origin = origin.map(String::from);
+            r.fetch_site = site.map(String::from);
+            status(&r, "/reload", LOOPBACK, &admin)
+        };
+        assert_eq!(with("POST", None, None), 200);
+        assert_eq!(
+            with("POST", Some("http://127.0.0.1:9901"), Some("same-origin")),
+            200
+        );
+        assert_eq!(with("POST", Some("https://admin.internal"), None), 200);
+        assert_eq!(with("POST", None, Some("none")), 200);
+        for method in ["POST", "PUT", "DELETE", "PATCH", "PURGE"] {
+            assert_eq!(
+                with(method, Some("http://evil.example"), None),
+                403,
+                "{method}"
+            );
+            assert_eq!(with(method, None, Some("cross-site")), 403, "{method}");
+        }
+        assert_eq!(with("POST", None, Some("same-site")), 403);
+        assert_eq!(with("POST", Some("null"), None), 403);
+        assert_eq!(with("POST", Some("file://"), None), 403);
+        assert_eq!(
+            with("POST", Some("http://127.0.0.1.evil.example"), None),
+            403
+        );
+        // Reads are left to the Host rule (and the token).
+        for method in ["GET", "HEAD", "OPTIONS"] {
+            assert_eq!(
+                with(method, Some("http://evil.example"), Some("cross-site")),
+                200
+            );
+        }
+    }
+
+    #[test]
+    fn token_guards_everything_but_health_and_the_static_page() {
+        let admin = AdminConfig {
+            token: Some(Secret::new("s3cret-token")),
+            ..AdminConfig::default()
+        };
+        let with = |method: &str, path: &str, auth: Option<&str>| {
+            let mut r = request(method, Some("localhost"));
+            r.authorization = auth.map(String::from);
+            check_access(&r, path, LOOPBACK, OWN, &admin)
+        };
+        for (method, path) in [
+            ("GET", "/config"),
+            ("GET", "/metrics"),
+            ("GET", "/stats"),
+            ("POST", "/reload"),
+            ("GET", "/hypercare/alerts"),
+            ("POST", "/hypercare/windows"),
+            ("HEAD", "/healthz"),
+            ("GET", "/uix"),
+            ("GET", "/nope"),
+        ] {
+            let refusal = with(method, path, None).expect("refused");
+            assert_eq!(refusal.status, 401, "{method} {path}");
+            assert!(refusal.headers.contains("Bearer realm=\"hypergate-admin\""));
+            assert!(!refusal.body.contains("s3cret"));
+            for wrong in [
+                "Bearer s3cret",
+                "Bearer s3cret-token2",
+                "Basic s3cret-token",
+                "s3cret-token",
+            ] {
+                assert_eq!(with(method, path, Some(wrong)).map(|r| r.status), Some(401));
+            }
+            assert!(with(method, path, Some("Bearer s3cret-token")).is_none());
+            assert!(with(method, path, Some("bearer  s3cret-token")).is_none());
+        }
+        for (method, path) in [
+            ("GET", "/healthz"),
+            ("GET", "/readyz"),
+            ("GET", "/ui"),
+            ("GET", "/ui/app.js"),
+        ] {
+            assert!(with(method, path, None).is_none(), "{method} {path}");
+        }
     }
 }

@@ -9,6 +9,11 @@
 //! draws the charts and panels. Every response carries a `Content-Security-Policy`
 //! that allows scripts, styles and fetches from this origin only (no inline code,
 //! no other host), and `nosniff`.
+//!
+//! These static files hold no data and are served without the admin token; the
+//! JSON the page fetches needs it when `admin.token` is set. On a 401 the page
+//! shows a token form once, keeps the token in `sessionStorage` (this tab only)
+//! and sends it as `Authorization: Bearer` from then on.
 
 use std::io::Write;
 
@@ -140,6 +145,24 @@ mod tests {
         let (head, body) = response("HEAD", "/ui");
         assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
         assert!(body.is_empty());
+    }
+
+    #[test]
+    fn the_page_asks_for_the_admin_token_and_sends_it() {
+        let index = lookup("GET", "/ui").2;
+        assert!(index.contains("id=\"login\""), "no token form");
+        assert!(
+            index.contains("type=\"password\""),
+            "the token field is not masked"
+        );
+        let app = lookup("GET", "/ui/app.js").2;
+        assert!(app.contains("response.status === 401"));
+        assert!(app.contains("Authorization: \"Bearer \" + token"));
+        assert!(app.contains("sessionStorage"));
+        assert!(
+            !app.contains("localStorage"),
+            "the token must not outlive the tab"
+        );
     }
 
     #[test]

@@ -86,11 +86,11 @@ impl BudgetRedis {
     /// Starts the worker for `config`.
     pub fn start(config: &RedisConfig) -> BudgetRedis {
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
-        let url = crate::edge::ratelimit::redis_url(&config.address).unwrap_or_default();
+        let config = config.clone();
         let timeout = config.timeout;
         let spawned = std::thread::Builder::new()
             .name("hypergate-budget-redis".into())
-            .spawn(move || worker(&url, timeout, &queue));
+            .spawn(move || worker(&config, &queue));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the budget Redis worker");
         }
@@ -131,13 +131,15 @@ impl BudgetRedis {
     }
 }
 
-fn worker(url: &str, timeout: Duration, queue: &crossbeam_channel::Receiver<Job>) {
+fn worker(config: &RedisConfig, queue: &crossbeam_channel::Receiver<Job>) {
     let mut conn: Option<redis::Connection> = None;
     let mut next_connect = Instant::now();
     while let Ok(job) = queue.recv() {
         if conn.is_none() && Instant::now() >= next_connect {
-            conn = connect(url, timeout)
-                .inspect_err(|e| tracing::warn!(url, error = %e, "budget Redis unreachable"))
+            conn = connect(config)
+                .inspect_err(|e| {
+                    tracing::warn!(address = %config.address, error = %e, "budget Redis unreachable")
+                })
                 .ok();
             if conn.is_none() {
                 next_connect = Instant::now() + RECONNECT;
@@ -162,8 +164,12 @@ fn worker(url: &str, timeout: Duration, queue: &crossbeam_channel::Receiver<Job>
     }
 }
 
-fn connect(url: &str, timeout: Duration) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(url)?;
+fn connect(config: &RedisConfig) -> redis::RedisResult<redis::Connection> {
+    let timeout = config.timeout;
+    let info = crate::edge::ratelimit::redis_connection_info(config).ok_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid address"))
+    })?;
+    let client = redis::Client::open(info)?;
     let con = client.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;

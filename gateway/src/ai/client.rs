@@ -105,7 +105,8 @@ pub async fn send<'a>(
             Ok(l) => l,
             Err(LeaseError::PoolFull) => return Err(SendError::PoolFull),
             Err(LeaseError::Connect) => return Err(SendError::Connect),
-            Err(LeaseError::ConnectTimeout) => return Err(SendError::Timeout),
+            // Nothing was sent: a connect timeout is retried like a refused connect.
+            Err(LeaseError::ConnectTimeout) => return Err(SendError::Connect),
         };
         let reused = lease.conn().reused;
         out.clear();

@@ -34,6 +34,7 @@ pub mod spec;
 pub mod stats;
 
 use crate::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
+use crate::config::edge::RedisConfig;
 use crate::http::codec::BodyFraming;
 use crate::http::{write_header, write_status_line, write_u64};
 use crate::proxy::io::{read_more, write_out, ReadOutcome};
@@ -69,8 +70,8 @@ pub struct AiShared {
     pub budgets: Arc<BudgetBook>,
     /// Feedback memory and scores.
     pub feedback: feedback::FeedbackStore,
-    /// The Redis worker of `backend = "redis"` budgets, with the address it uses.
-    redis: arc_swap::ArcSwapOption<(String, budget_redis::BudgetRedis)>,
+    /// The Redis worker of `backend = "redis"` budgets, with the settings it uses.
+    redis: arc_swap::ArcSwapOption<(RedisConfig, budget_redis::BudgetRedis)>,
 }
 
 impl AiShared {
@@ -96,10 +97,9 @@ impl AiShared {
         match (&config.raw.redis, wants) {
             (Some(r), true) => {
                 let current = self.redis.load();
-                if current.as_ref().is_none_or(|c| c.0 != r.address) {
+                if current.as_ref().is_none_or(|c| c.0 != *r) {
                     let worker = budget_redis::BudgetRedis::start(r);
-                    self.redis
-                        .store(Some(Arc::new((r.address.clone(), worker))));
+                    self.redis.store(Some(Arc::new((r.clone(), worker))));
                 }
             }
             _ => self.redis.store(None),
@@ -107,8 +107,8 @@ impl AiShared {
     }
 }
 
-/// The budget Redis worker with the address it talks to.
-type RedisWorker = Arc<(String, budget_redis::BudgetRedis)>;
+/// The budget Redis worker with the server settings it talks to.
+type RedisWorker = Arc<(RedisConfig, budget_redis::BudgetRedis)>;
 
 /// A call's budget reservations, settled when it ends.
 struct Held {
@@ -340,6 +340,11 @@ pub struct AiRequest<'a> {
     pub cache_header: Option<&'a [u8]>,
     /// `x-hypergate-prompt-version` header value.
     pub prompt_version_header: Option<&'a [u8]>,
+    /// When the request head was complete: the body's total upload time and the
+    /// call's deadline (`route.timeout`, across retries and fallbacks) count from it.
+    pub started: Instant,
+    /// The route's `timeout`: the call's one deadline until a provider answers.
+    pub deadline: Duration,
 }
 
 /// What the AI phase did, for the proxy's metrics and log.
@@ -432,7 +437,16 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             } else {
                 MAX_AI_BODY
             };
-            read_body(stream, rbuf, framing, limit).await
+            let limits = &req.inst.config.raw.limits;
+            read_body(
+                stream,
+                rbuf,
+                framing,
+                limit,
+                limits.body_idle_timeout,
+                req.started + limits.body_timeout,
+            )
+            .await
         }
     };
     let body = match body {
@@ -446,6 +460,11 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                 BodyReadError::Bad => {
                     AiError::new(400, "invalid_request_error", "invalid request body framing")
                 }
+                BodyReadError::Timeout => AiError::new(
+                    408,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                ),
                 BodyReadError::Closed => return outcome,
             };
             return answer_error(req, stream, out, format, err, outcome).await;
@@ -558,7 +577,7 @@ async fn answer_error<S: AsyncWriteRent>(
     outcome.status = e.status;
     outcome.error = e.kind;
     outcome.bytes_out = body.len() as u64;
-    if write_out(stream, out, req.inst.config.raw.limits.idle_timeout)
+    if write_out(stream, out, req.inst.config.raw.limits.send_timeout)
         .await
         .is_err()
     {
@@ -619,7 +638,7 @@ async fn respond_json<S: AsyncWriteRent>(
         !req.keep_alive,
     );
     out.extend_from_slice(text.as_bytes());
-    let ok = write_out(stream, out, req.inst.config.raw.limits.idle_timeout)
+    let ok = write_out(stream, out, req.inst.config.raw.limits.send_timeout)
         .await
         .is_ok();
     Ok(Sent {
@@ -652,16 +671,37 @@ enum BodyReadError {
     TooLarge,
     Bad,
     Closed,
+    Timeout,
 }
 
-/// Reads a whole request body (Content-Length or chunked), at most `limit` bytes.
+/// Reads more of a request body: at most `idle` of silence, and never past `deadline`.
+async fn read_body_more<S: AsyncReadRent>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<(), BodyReadError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(BodyReadError::Timeout);
+    }
+    match read_more(stream, rbuf, idle.min(left)).await {
+        ReadOutcome::Data => Ok(()),
+        ReadOutcome::Timeout => Err(BodyReadError::Timeout),
+        ReadOutcome::Eof | ReadOutcome::Failed => Err(BodyReadError::Closed),
+    }
+}
+
+/// Reads a whole request body (Content-Length or chunked), at most `limit` bytes,
+/// with at most `idle` between reads and all of it by `deadline`.
 async fn read_body<S: AsyncReadRent>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     framing: BodyFraming,
     limit: u64,
+    idle: Duration,
+    deadline: Instant,
 ) -> Result<Vec<u8>, BodyReadError> {
-    let timeout = Duration::from_secs(30);
     let mut body = Vec::new();
     match framing {
         BodyFraming::Length(n) => {
@@ -671,8 +711,8 @@ async fn read_body<S: AsyncReadRent>(
             let n = n as usize;
             body.reserve(n);
             while body.len() < n {
-                if rbuf.is_empty() && read_more(stream, rbuf, timeout).await != ReadOutcome::Data {
-                    return Err(BodyReadError::Closed);
+                if rbuf.is_empty() {
+                    read_body_more(stream, rbuf, idle, deadline).await?;
                 }
                 let take = (n - body.len()).min(rbuf.len());
                 body.extend_from_slice(&rbuf[..take]);
@@ -699,9 +739,7 @@ async fn read_body<S: AsyncReadRent>(
                         crate::http::chunked::Step::NeedMore => {}
                     }
                 }
-                if read_more(stream, rbuf, timeout).await != ReadOutcome::Data {
-                    return Err(BodyReadError::Closed);
-                }
+                read_body_more(stream, rbuf, idle, deadline).await?;
             }
         }
         BodyFraming::None | BodyFraming::UntilClose => {}
@@ -1316,6 +1354,18 @@ impl<'r, 'a> Chat<'r, 'a> {
         let ai = &self.req.ctx.ai;
         let mut last: Option<AiError> = None;
         let mut retry_after: Option<u64> = None;
+        // One deadline for the whole call: every attempt, backoff and fallback.
+        let deadline = self.req.started + self.req.deadline;
+        let out_of_time = |attempts: u32| {
+            AiError::new(
+                504,
+                "provider_timeout",
+                format!(
+                    "no provider answered within the route's {} deadline ({attempts} attempts)",
+                    humantime::format_duration(self.req.deadline)
+                ),
+            )
+        };
         for attempt in 0..spec.max_attempts as usize {
             let (a, t) = plan[attempt % plan.len()];
             let round = (attempt / plan.len()) as u32;
@@ -1327,7 +1377,15 @@ impl<'r, 'a> Chat<'r, 'a> {
                 if let Some(s) = retry_after.take() {
                     wait = wait.max(Duration::from_secs(s));
                 }
-                monoio::time::sleep(wait.min(spec.max_backoff)).await;
+                let wait = wait.min(spec.max_backoff);
+                if Instant::now() + wait >= deadline {
+                    return Err(out_of_time(self.rec.attempts));
+                }
+                monoio::time::sleep(wait).await;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(out_of_time(self.rec.attempts));
             }
             self.rec.attempts += 1;
             let target = &spec.aliases[a].targets[t];
@@ -1339,19 +1397,24 @@ impl<'r, 'a> Chat<'r, 'a> {
                     Err(e) => return Err(AiError::new(400, "invalid_request_error", e)),
                 };
             let max_head = self.req.inst.config.raw.limits.max_response_header_bytes;
-            let reason = match client::send(
-                cluster,
-                provider,
-                "POST",
-                suffix,
-                body.as_bytes(),
-                streamed,
-                self.req.request_id,
-                out,
-                max_head,
+            // Past the deadline the attempt is abandoned (its connection closed).
+            let sent = monoio::time::timeout(
+                left,
+                client::send(
+                    cluster,
+                    provider,
+                    "POST",
+                    suffix,
+                    body.as_bytes(),
+                    streamed,
+                    self.req.request_id,
+                    out,
+                    max_head,
+                ),
             )
             .await
-            {
+            .unwrap_or(Err(SendError::Timeout));
+            let reason = match sent {
                 Ok(mut resp) => {
                     self.upstream_us = Some(resp.sent_at.elapsed().as_micros() as u64);
                     if (200..300).contains(&resp.status) {
@@ -1367,10 +1430,12 @@ impl<'r, 'a> Chat<'r, 'a> {
                     let body = resp.read_all(1 << 20).await.unwrap_or_default();
                     resp.finish();
                     let provider_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let message =
+                    // Providers echo a rejected key in their message: never forward it.
+                    let message = provider.redact(
                         translate::provider_error_message(&provider_body).unwrap_or_else(|| {
                             format!("provider {:?} answered {status}", &*provider.name)
-                        });
+                        }),
+                    );
                     let retryable = status == 429 || status == 408 || status >= 500;
                     if !retryable {
                         // The request itself is wrong: no other target would take it.
@@ -1413,11 +1478,20 @@ impl<'r, 'a> Chat<'r, 'a> {
                         SendError::PoolFull => (503, "provider_unavailable"),
                         _ => (502, "provider_unreachable"),
                     };
-                    last = Some(AiError::new(
+                    let error = AiError::new(
                         status,
                         kind,
                         format!("provider {:?}: {}", &*provider.name, e.label()),
-                    ));
+                    );
+                    if e == SendError::Timeout && !spec.retry_on_timeout {
+                        // The provider may still be working on (and billing) the call:
+                        // another attempt could double the cost. Connect errors,
+                        // 429 and 5xx are retried; a timeout only when configured.
+                        ai.failed(spec, &target.label);
+                        ai.stats.fallback(&spec.aliases[alias].name, e.label());
+                        return Err(error);
+                    }
+                    last = Some(error);
                     e.label()
                 }
             };
@@ -1596,7 +1670,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         frame(out, &events, self.req.http10);
         end_stream(out, self.req.http10);
         self.rec.ttft_us = Some(self.started.elapsed().as_micros() as u64);
-        let ok = write_out(stream, out, self.req.inst.config.raw.limits.idle_timeout)
+        let ok = write_out(stream, out, self.req.inst.config.raw.limits.send_timeout)
             .await
             .is_ok();
         Ok(Sent {
@@ -1618,8 +1692,9 @@ impl<'r, 'a> Chat<'r, 'a> {
     ) -> Result<(Sent, Usage, bool), (AiError, Usage, bool)> {
         let spec = self.spec();
         let target = &spec.aliases[answered.alias].targets[answered.target];
-        let kind = spec.providers[target.provider].kind;
-        let idle = self.req.inst.config.raw.limits.idle_timeout;
+        let provider = &spec.providers[target.provider];
+        let kind = provider.kind;
+        let idle = self.req.inst.config.raw.limits.send_timeout;
         let guards: Vec<_> = self
             .guards(answered.alias, true)
             .into_iter()
@@ -1829,6 +1904,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             em.text(&tail, &mut events);
         }
         self.note_redactions(&redactors);
+        // A provider's in-stream error may echo its key, like an error response.
+        let failure = failure.map(|f| provider.redact(f));
         match &failure {
             Some(f) => em.error(f, self.req.request_id, &mut events),
             None => em.end(Some(usage), &mut events),

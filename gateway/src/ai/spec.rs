@@ -12,6 +12,7 @@ use crate::config::ai::{
 };
 use crate::config::raw::{ClusterConfig, EndpointConfig};
 use crate::config::{expand_env, ConfigIssue};
+use crate::secret::Secret;
 use hypergate_ai::guard::{Guardrail, PiiKind};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct AiSpec {
     pub cache_ttl: Duration,
     /// Most provider attempts per call.
     pub max_attempts: u32,
+    /// Retry after a provider timed out (off: the provider may still bill the call).
+    pub retry_on_timeout: bool,
     /// Retry backoff base.
     pub backoff: Duration,
     /// Longest `Retry-After` honoured.
@@ -53,8 +56,7 @@ pub struct AiSpec {
     pub feedback_memory: usize,
 }
 
-/// A provider.
-#[derive(Debug)]
+/// A provider. `Debug` leaves out `headers` and `api_key` (they hold the key).
 pub struct Provider {
     /// Name.
     pub name: Arc<str>,
@@ -67,14 +69,46 @@ pub struct Provider {
     /// `Host` header value.
     pub host: String,
     /// Headers added to every call (authentication included), pre-rendered
-    /// as `name: value\r\n` lines.
+    /// as `name: value\r\n` lines: the wire form of the key.
     pub headers: Vec<u8>,
+    /// The API key (`${VAR}` expanded), kept to scrub it from provider error
+    /// messages before they are forwarded ([`Provider::redact`]).
+    pub api_key: Option<Secret>,
     /// Query string appended to every call (with its leading `?`), or empty.
     pub query: String,
     /// Response-head and between-chunks timeout.
     pub timeout: Duration,
     /// Ask for usage on OpenAI-format streams.
     pub stream_usage: bool,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("cluster", &self.cluster)
+            .field("base_path", &self.base_path)
+            .field("host", &self.host)
+            .field("query", &self.query)
+            .field("timeout", &self.timeout)
+            .field("stream_usage", &self.stream_usage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    /// `text` (a provider's error message, on its way to a client or a log) with
+    /// every occurrence of this provider's API key replaced by `<redacted>`.
+    pub fn redact(&self, text: String) -> String {
+        match &self.api_key {
+            // The key is read here only to be searched for.
+            Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
+                text.replace(key.expose(), crate::secret::REDACTED)
+            }
+            _ => text,
+        }
+    }
 }
 
 /// One deployment of an alias.
@@ -246,6 +280,7 @@ pub fn build(
         cache_bytes: ai.cache.max_bytes,
         cache_ttl: ai.cache.ttl,
         max_attempts: ai.retry.max_attempts,
+        retry_on_timeout: ai.retry.on_timeout,
         backoff: ai.retry.backoff,
         max_backoff: ai.retry.max_backoff,
         breaker_failures: ai.breaker.failures,
@@ -636,11 +671,15 @@ fn provider(
             );
             None
         }
-        (Some(k), None) => Some(expand_env(k, &format!("{path}.api_key"), issues)),
+        (Some(k), None) => Some(Secret::new(expand_env(
+            k.expose(),
+            &format!("{path}.api_key"),
+            issues,
+        ))),
         (None, Some(f)) => {
             let f = expand_env(f, &format!("{path}.api_key_file"), issues);
             match std::fs::read_to_string(&f) {
-                Ok(k) => Some(k.trim().to_string()),
+                Ok(k) => Some(Secret::new(k.trim())),
                 Err(e) => {
                     issue(
                         issues,
@@ -671,16 +710,18 @@ fn provider(
             ProviderKind::Openai => "authorization".into(),
             ProviderKind::Anthropic => "x-api-key".into(),
         });
+        // The key leaves here, into the pre-rendered headers sent with every call.
         let value = if header.eq_ignore_ascii_case("authorization") {
-            format!("Bearer {key}")
+            format!("Bearer {}", key.expose())
         } else {
-            key.clone()
+            key.expose().to_string()
         };
         add(&header, &value, format!("{path}.api_key"), issues);
     }
     let mut has_version = false;
     for (k, v) in &p.headers {
-        let v = expand_env(v, &format!("{path}.headers.{k}"), issues);
+        // Header values are secrets too: expanded straight into the wire form.
+        let v = expand_env(v.expose(), &format!("{path}.headers.{k}"), issues);
         has_version |= k.eq_ignore_ascii_case("anthropic-version");
         add(k, &v, format!("{path}.headers.{k}"), issues);
     }
@@ -736,6 +777,7 @@ fn provider(
             base_path,
             host: host_header,
             headers,
+            api_key: key,
             query,
             timeout: p.timeout,
             stream_usage: p.stream_usage,

@@ -229,7 +229,9 @@ fn load_issuer(j: &JwtConfig, path: &str, issues: &mut Vec<ConfigIssue>) -> Opti
         match (&k.secret, &k.pem_file) {
             (Some(secret), None) => {
                 let before = issues.len();
-                let s = crate::config::expand_env(secret, &format!("{kpath}.secret"), issues);
+                // The secret leaves here, into the HMAC verification key.
+                let s =
+                    crate::config::expand_env(secret.expose(), &format!("{kpath}.secret"), issues);
                 // A missing environment variable was reported by `expand_env`.
                 if issues.len() == before {
                     if s.len() >= 16 {
@@ -363,6 +365,7 @@ impl Authenticator {
             }
             for (j, k) in c.api_keys.iter().enumerate() {
                 let parsed = k
+                    .expose()
                     .strip_prefix("sha256:")
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok());
@@ -590,7 +593,7 @@ mod tests {
             name: "alice".into(),
             groups: vec!["admins".into()],
             metadata: Default::default(),
-            api_keys: vec![hash_key("demo-key")],
+            api_keys: vec![crate::secret::Secret::new(hash_key("demo-key"))],
         }];
         let cfg = AuthConfig {
             consumer_header: "x-consumer".into(),
@@ -604,7 +607,7 @@ mod tests {
                 algorithms: vec!["HS256".into()],
                 keys: vec![JwtKeyConfig {
                     kid: None,
-                    secret: Some(SECRET.into()),
+                    secret: Some(crate::secret::Secret::new(SECRET)),
                     pem_file: None,
                 }],
                 jwks_file: None,

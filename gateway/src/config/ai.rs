@@ -2,6 +2,7 @@
 //! LLM providers, model aliases, prices, budgets, guardrails, prompt templates
 //! and the response cache. Validation lives in `crate::ai::spec`.
 
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -72,9 +73,10 @@ pub struct ProviderConfig {
     /// Base URL up to and including the API version, e.g. `https://api.openai.com/v1`,
     /// `http://127.0.0.1:11434/v1`, `https://api.anthropic.com/v1`. May name `${ENV_VARS}`.
     pub base_url: String,
-    /// API key; may be `${ENV_VAR}`. Never logged; redacted in `/config`.
-    #[serde(default, serialize_with = "super::edge::redact")]
-    pub api_key: Option<String>,
+    /// API key; may be `${ENV_VAR}`. A secret: shown as `<redacted>`, and replaced
+    /// by `<redacted>` in provider error messages forwarded to clients.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
     /// File holding the API key (trailing whitespace trimmed); instead of `api_key`.
     #[serde(default)]
     pub api_key_file: Option<String>,
@@ -83,8 +85,9 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub auth_header: Option<String>,
     /// Extra request headers (e.g. `anthropic-version`, Azure's query-less deployments); values may name `${ENV_VARS}`.
+    /// The values are secrets (they often carry credentials): shown as `<redacted>`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Query string appended to every call (e.g. Azure's `api-version=2024-06-01`).
     #[serde(default)]
     pub query: Option<String>,
@@ -349,6 +352,10 @@ pub struct AiRetryConfig {
     /// Longest wait for a provider's `Retry-After` before retrying the same target.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Retry (or fall back) after a provider timed out. Off by default: the
+    /// provider may still be working on, and billing, the call. Connect errors
+    /// and 429/5xx answers before the first byte are always retried.
+    pub on_timeout: bool,
 }
 
 impl Default for AiRetryConfig {
@@ -357,6 +364,7 @@ impl Default for AiRetryConfig {
             max_attempts: 4,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
+            on_timeout: false,
         }
     }
 }

@@ -1,9 +1,14 @@
 //! Reload diffs: what a new config adds, changes and removes, by name.
 //!
 //! Clusters and routes are compared by their raw sections. Sections that are
-//! bound at start (server, admin, listeners, access log, observability) cannot change on a
-//! reload; such a reload is refused with the sections named, so the operator
-//! knows a restart is needed and the running config stays in place.
+//! bound at start (server, the admin address, listeners, access log, observability) cannot
+//! change on a reload; such a reload is refused with the sections named, so the operator
+//! knows a restart is needed and the running config stays in place. The admin's
+//! `token` and `allowed_hosts` apply from the next admin request.
+//!
+//! Fingerprints are the serialised sections, where every secret reads `<redacted>`:
+//! a reload that changes only a secret (a header value, a key) installs it but does
+//! not list the route as changed.
 
 use super::Config;
 use serde::Serialize;
@@ -70,8 +75,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if fingerprint(&o.server) != fingerprint(&n.server) {
         restart_required.push("server".to_string());
     }
-    if fingerprint(&o.admin) != fingerprint(&n.admin) {
-        restart_required.push("admin".to_string());
+    if o.admin.listen != n.admin.listen {
+        restart_required.push("admin.listen".to_string());
     }
     // TLS settings of a listener (certificates) reload in place; the rest is bound at start.
     let without_tls = |ls: &[super::raw::ListenerConfig]| {

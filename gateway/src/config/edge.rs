@@ -1,6 +1,7 @@
 //! Raw configuration of edge policy: consumers, authentication, rate limits,
 //! Redis, TLS and per-route protections. Every field documented, defaults explicit.
 
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,8 +19,9 @@ pub struct ConsumerConfig {
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     /// API keys as `sha256:<hex>` hashes (`hypergate key hash <key>` prints one).
+    /// Secrets (a hash of a short key can be brute-forced): shown as `<redacted>`.
     #[serde(default)]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secret>,
 }
 
 /// Authentication methods and where credentials are read from.
@@ -108,23 +110,12 @@ pub struct JwtKeyConfig {
     /// Key id matched against the token's `kid` (a key without one matches any).
     #[serde(default)]
     pub kid: Option<String>,
-    /// HMAC secret (HS*); may be `${ENV_VAR}`. Redacted in `/config`.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "redact"
-    )]
-    pub secret: Option<String>,
+    /// HMAC secret (HS*); may be `${ENV_VAR}`. A secret: shown as `<redacted>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
     /// PEM file with a public key (RS*, ES*, EdDSA).
     #[serde(default)]
     pub pem_file: Option<String>,
-}
-
-pub(crate) fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("<redacted>"),
-        None => s.serialize_none(),
-    }
 }
 
 /// What a rate limit counts by.
@@ -172,12 +163,19 @@ pub struct RateWindowConfig {
     pub burst: Option<u64>,
 }
 
-/// The Redis server for cluster-wide rate limits.
+/// The Redis server for cluster-wide rate limits and Redis budgets.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `host:port` of the Redis server.
+    /// `host:port` of the Redis server (or a `redis://host:port/db` URL), without
+    /// credentials: an address with `user:pass@` is refused; use `username` and `password`.
     pub address: String,
+    /// ACL user name (Redis 6+); `AUTH` with `password` only when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password sent with `AUTH`; may be `${ENV_VAR}`. A secret: shown as `<redacted>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
     /// Timeout of one Redis call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -187,6 +185,8 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:6379".into(),
+            username: None,
+            password: None,
             timeout: Duration::from_millis(50),
         }
     }
@@ -289,13 +289,27 @@ fn default_cors_max_age() -> Duration {
 }
 
 /// Connection-level protections.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProtectionConfig {
     /// Proxies whose `X-Forwarded-For` is trusted for the client IP (CIDR).
     pub trusted_proxies: Vec<String>,
-    /// Most concurrent client connections in total (0: unlimited).
+    /// Most concurrent client connections in total (0: unlimited). Each also
+    /// needs a file descriptor, and usually an upstream one: the gateway warns at
+    /// start when the open-file limit cannot hold twice this many.
     pub max_connections: usize,
-    /// Most concurrent connections per client IP (0: unlimited).
+    /// Most concurrent connections per client IP, the TCP peer (0: unlimited).
+    /// Behind a load balancer that is not transparent, raise it: every client
+    /// then shares the balancer's few addresses.
     pub max_connections_per_ip: usize,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            max_connections: 65_536,
+            max_connections_per_ip: 4_096,
+        }
+    }
 }

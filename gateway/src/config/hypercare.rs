@@ -1,6 +1,7 @@
 //! Raw (serde) types of the `[hypercare]` section: the call-record store, alert
 //! rules and webhooks.
 
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -178,8 +179,10 @@ fn default_baseline_window() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` or `https://host:port/path`.
-    pub url: String,
+    /// `http://host:port/path` or `https://host:port/path`. A secret (webhook URLs
+    /// usually carry a token in their path or query): shown as `<redacted>`, and
+    /// logs and errors name the hook `hypercare.webhooks[i]` instead.
+    pub url: Secret,
     /// PEM CA bundle an `https` webhook's certificate must chain to.
     #[serde(default = "default_webhook_ca_file")]
     pub ca_file: String,

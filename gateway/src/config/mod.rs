@@ -132,6 +132,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
             "server" => section(&key, value, &mut raw.server, &mut issues),
             "admin" => section(&key, value, &mut raw.admin, &mut issues),
             "limits" => section(&key, value, &mut raw.limits, &mut issues),
+            "path" => section(&key, value, &mut raw.path, &mut issues),
             "access_log" => section(&key, value, &mut raw.access_log, &mut issues),
             "listeners" => list(&key, value, &mut raw.listeners, &mut issues),
             "clusters" => list(&key, value, &mut raw.clusters, &mut issues),
@@ -151,7 +152,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
             "hypercare" => section(&key, value, &mut raw.hypercare, &mut issues),
             other => issues.push(ConfigIssue {
                 path: other.to_string(),
-                reason: "unknown section (expected server, admin, limits, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai, hypercare)".into(),
+                reason: "unknown section (expected server, admin, limits, path, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai, hypercare)".into(),
             }),
         }
     }

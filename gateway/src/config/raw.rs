@@ -6,6 +6,7 @@
 //! `docs/config.md` documents the same fields for operators.
 
 pub use super::edge::*;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub struct RawConfig {
     /// Limits and timeouts applied to every downstream connection.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How request paths are made canonical before routing sees them.
+    #[serde(default)]
+    pub path: PathConfig,
     /// Structured JSON access log.
     #[serde(default)]
     pub access_log: AccessLogConfig,
@@ -74,9 +78,20 @@ pub struct ServerConfig {
     pub cpu_list: Vec<usize>,
     /// Pin shards to cores at all.
     pub pin_cores: bool,
-    /// How long a graceful shutdown waits for in-flight requests.
+    /// Lame-duck period after SIGTERM: `/readyz` answers 503 at once while the
+    /// listeners keep accepting and serving, so a load balancer can notice before
+    /// anything closes. `0s` skips it.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// After the lame-duck period: how long in-flight requests may take to finish
+    /// before the remaining connections are closed and the process exits.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// During the drain, how long a keep-alive connection that sits idle may still
+    /// send a request (answered with `Connection: close`) before it is closed: a
+    /// client about to reuse it gets an answer, not a closed socket.
+    #[serde(with = "humantime_serde")]
+    pub drain_idle_grace: Duration,
     /// Use io_uring when the kernel allows it (otherwise epoll is used).
     pub io_uring: bool,
 }
@@ -87,24 +102,43 @@ impl Default for ServerConfig {
             shards: 0,
             cpu_list: Vec::new(),
             pin_cores: true,
+            drain_delay: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
+            drain_idle_grace: Duration::from_secs(1),
             io_uring: true,
         }
     }
 }
 
 /// The admin listener.
+///
+/// Every request must name the admin in `Host`: a loopback address, `localhost`,
+/// the address the client connected to, or one of `allowed_hosts` (403 otherwise,
+/// which defeats DNS rebinding). Mutating requests (any method but GET, HEAD and
+/// OPTIONS) are also refused when `Sec-Fetch-Site` says another site or when
+/// `Origin` names a host the `Host` rule does not allow.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of the admin listener. Must not be one of the data listeners.
+    /// Address of the admin listener. Must not be one of the data listeners, and
+    /// must be a loopback address unless `token` is set.
     pub listen: String,
+    /// Extra host names accepted in `Host` and `Origin` (the port is ignored),
+    /// e.g. the name a reverse proxy or a port-forward uses for the admin.
+    pub allowed_hosts: Vec<String>,
+    /// Bearer token every endpoint but `GET /healthz` and `GET /readyz` requires
+    /// (`Authorization: Bearer <token>`, else 401); may be `${ENV_VAR}`. A secret:
+    /// shown as `<redacted>`. Unset: no token is asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9901".into(),
+            allowed_hosts: Vec::new(),
+            token: None,
         }
     }
 }
@@ -121,13 +155,29 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// Largest request body in bytes (0: unlimited); larger gets 413.
     pub max_body_bytes: u64,
+    /// Time allowed for a TLS handshake on a TLS listener (the connection is closed after).
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
     /// Time allowed to receive a whole request head once its first byte arrived (408 after).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// How long a keep-alive connection may sit idle between requests, and the
-    /// longest pause allowed while reading a request body.
+    /// How long a keep-alive connection may sit idle between requests.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest pause between two reads of a request body (408 after; the upstream
+    /// connection that was receiving it is closed, not pooled).
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Time allowed to receive a whole request body, however steadily it trickles (408 after).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest pause while writing a response to the client (the connection is closed after).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// How long an upgraded connection (WebSocket tunnel) may carry no byte in
+    /// either direction before both sides are closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
     /// Largest upstream response header section in bytes; larger gets 502.
     pub max_response_header_bytes: usize,
 }
@@ -139,11 +189,74 @@ impl Default for LimitsConfig {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_body_bytes: 0,
+            tls_handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(300),
             max_response_header_bytes: 64 * 1024,
         }
     }
+}
+
+/// Canonical request paths (docs/edge.md has the table of inputs and results).
+///
+/// Every request path is made canonical once, before routing: unreserved
+/// characters are percent-decoded, dot segments removed, repeated slashes merged.
+/// Routing, auth, rate-limit keys, rewrites, the access log, the call store and
+/// metrics all see that one path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathConfig {
+    /// Encoded `/` and `\` (`%2F`, `%5C`) and a raw `\`: `"reject"` (400),
+    /// `"keep"` (left encoded, part of a segment) or `"decode"` (a separator).
+    pub escaped_slashes: EscapedSlashes,
+    /// A percent-encoded `%` that starts another escape (`%2570`), the classic
+    /// double-decoding bypass: `"reject"` (400) or `"keep"`.
+    pub double_encoding: RejectOrKeep,
+    /// `;` in the path (Java servers strip `;params` from segments, so
+    /// `/private;x/y` would reach `/private/y`): `"reject"` (400) or `"keep"`.
+    pub semicolons: RejectOrKeep,
+    /// What upstreams receive: `"canonical"` or `"original"` (the bytes the client
+    /// sent; routes with a `rewrite` always send the canonical path).
+    pub forward: PathForward,
+}
+
+/// The action for encoded slashes and backslashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Keep `%2F` / `%5C` encoded (a raw `\` as it is), inside one segment.
+    Keep,
+    /// Decode into a `/` separator.
+    Decode,
+}
+
+/// Reject a construct with 400, or keep it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectOrKeep {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Let it through unchanged.
+    Keep,
+}
+
+/// The path upstreams receive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathForward {
+    /// The canonical path (what routing matched).
+    #[default]
+    Canonical,
+    /// The path exactly as the client sent it.
+    Original,
 }
 
 /// The structured access log.
@@ -407,9 +520,17 @@ pub struct RouteConfig {
     /// Response header changes (applied before answering).
     #[serde(default)]
     pub response_headers: HeaderOpsConfig,
-    /// Time allowed for the upstream to send its response head.
-    #[serde(default = "default_route_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+    /// Time allowed for the upstream to send its response head once the request
+    /// body was sent. On AI routes: the one deadline of a call across its retries
+    /// and fallbacks, until a provider's answer starts. Default 30s, 300s on AI routes.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// `Upgrade` protocols this route forwards (e.g. `["websocket"]`), only after
+    /// every request phase passed. Any other token (and `h2c` always) is removed
+    /// with `HTTP2-Settings` and the matching `Connection` tokens; a `101` from an
+    /// upstream that was not asked to upgrade is a 502.
+    #[serde(default)]
+    pub upgrade: Vec<String>,
     /// Edge policy: authentication, ACL, rate limits, IP rules, body limit, CORS.
     #[serde(default)]
     pub policy: RoutePolicyConfig,
@@ -418,9 +539,10 @@ pub struct RouteConfig {
     pub ai: Option<super::ai::AiRouteConfig>,
 }
 
-fn default_route_timeout() -> Duration {
-    Duration::from_secs(30)
-}
+/// A proxied route's `timeout` when none is given.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An AI route's `timeout` when none is given (long completions are not streamed).
+pub const DEFAULT_AI_ROUTE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Request matching. All given conditions must hold.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -536,16 +658,18 @@ pub struct RewriteConfig {
     pub replace_prefix: Option<String>,
 }
 
-/// Header manipulation.
+/// Header manipulation. The values given in `add` and `set` are secrets (they
+/// often carry static credentials such as `authorization`): `/config` shows the
+/// header names with `<redacted>` values.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsConfig {
     /// Headers appended (kept alongside existing ones).
     #[serde(default)]
-    pub add: BTreeMap<String, String>,
+    pub add: BTreeMap<String, Secret>,
     /// Headers set (replacing existing ones of that name).
     #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    pub set: BTreeMap<String, Secret>,
     /// Header names removed.
     #[serde(default)]
     pub remove: Vec<String>,

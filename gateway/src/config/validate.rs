@@ -42,6 +42,8 @@ pub struct Config {
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
     /// The AI gateway: providers (their hidden clusters are in `clusters`), aliases, budgets...
     pub ai: crate::ai::spec::AiSpec,
+    /// How request paths are made canonical.
+    pub path: crate::http::path::PathPolicy,
 }
 
 /// A data-plane listener.
@@ -115,10 +117,25 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Response header changes.
     pub response_headers: HeaderOps,
-    /// Upstream response-head timeout.
+    /// Upstream response-head timeout (on AI routes: the call's one deadline).
     pub timeout: Duration,
+    /// `Upgrade` tokens forwarded (lowercase; never `h2c`).
+    pub upgrade: Vec<String>,
     /// Edge policy.
     pub policy: RoutePolicy,
+}
+
+impl Route {
+    /// The first token of an `Upgrade` header value that this route forwards.
+    pub fn allowed_upgrade<'v>(&self, value: &'v [u8]) -> Option<&'v [u8]> {
+        crate::http::codec::tokens(value).find(|t| {
+            // A protocol may carry a version (`websocket/13`); the name decides.
+            let name = t.split(|b| *b == b'/').next().unwrap_or(t);
+            self.upgrade
+                .iter()
+                .any(|u| u.as_bytes().eq_ignore_ascii_case(name))
+        })
+    }
 }
 
 /// A route's edge policy.
@@ -173,8 +190,9 @@ pub struct DirectResponse {
     pub body: Bytes,
 }
 
-/// Header changes, names lowercased.
-#[derive(Debug, Default)]
+/// Header changes, names lowercased. The values (secrets in the file, see
+/// [`raw::HeaderOpsConfig`]) are kept ready for the wire; `Debug` shows names only.
+#[derive(Default)]
 pub struct HeaderOps {
     /// Appended.
     pub add: Vec<(String, String)>,
@@ -182,6 +200,21 @@ pub struct HeaderOps {
     pub set: Vec<(String, String)>,
     /// Removed (includes the names in `set`).
     pub remove: Vec<String>,
+}
+
+impl std::fmt::Debug for HeaderOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |ops: &[(String, String)]| -> Vec<String> {
+            ops.iter()
+                .map(|(name, _)| format!("{name}: {}", crate::secret::REDACTED))
+                .collect()
+        };
+        f.debug_struct("HeaderOps")
+            .field("add", &names(&self.add))
+            .field("set", &names(&self.set))
+            .field("remove", &self.remove)
+            .finish()
+    }
 }
 
 impl HeaderOps {
@@ -205,8 +238,9 @@ impl Issues {
 }
 
 /// Validates a raw config, returning every issue found.
-pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
+pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Issues(Vec::new());
+    expand_secrets(&mut raw, &mut issues);
 
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = if raw.server.shards == 0 {
@@ -235,8 +269,22 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         issues.push("server.drain_timeout", "must be greater than zero");
     }
 
+    if raw.server.drain_delay > Duration::from_secs(300) {
+        issues.push("server.drain_delay", "must be at most 5m");
+    }
+
     let admin_addr = parse_addr(&raw.admin.listen, "admin.listen", &mut issues);
+    check_admin(&raw.admin, admin_addr, &mut issues);
     check_limits(&raw.limits, &mut issues);
+    let path_policy = crate::http::path::PathPolicy {
+        escaped_slashes: match raw.path.escaped_slashes {
+            raw::EscapedSlashes::Reject => crate::http::path::EscapedSlashAction::Reject,
+            raw::EscapedSlashes::Keep => crate::http::path::EscapedSlashAction::Keep,
+            raw::EscapedSlashes::Decode => crate::http::path::EscapedSlashAction::Decode,
+        },
+        reject_double_encoding: raw.path.double_encoding == raw::RejectOrKeep::Reject,
+        reject_semicolons: raw.path.semicolons == raw::RejectOrKeep::Reject,
+    };
     if raw.access_log.enabled && raw.access_log.path.is_empty() {
         issues.push("access_log.path", "must be stdout, stderr or a file path");
     }
@@ -351,6 +399,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             &raw,
             auth.has_jwt(),
             &ai,
+            &path_policy,
             &mut issues,
         ) {
             routes.push(route);
@@ -395,7 +444,71 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         trusted_proxies,
         rate_limits,
         ai,
+        path: path_policy,
     })
+}
+
+/// Expands `${VAR}` in the secrets that the running config hands out as they
+/// are (`admin.token`, `redis.password`), once, when the file is loaded; other
+/// secrets are expanded where they are compiled (provider keys in
+/// `ai::spec`, JWT secrets in `auth`).
+fn expand_secrets(raw: &mut RawConfig, issues: &mut Issues) {
+    let fields = [
+        ("admin.token", raw.admin.token.as_mut()),
+        (
+            "redis.password",
+            raw.redis.as_mut().and_then(|r| r.password.as_mut()),
+        ),
+    ];
+    for (path, secret) in fields {
+        if let Some(secret) = secret {
+            *secret =
+                crate::secret::Secret::new(super::expand_env(secret.expose(), path, &mut issues.0));
+        }
+    }
+}
+
+/// `[admin]`: a listener off loopback needs a token; the token must be sendable
+/// in a header; `allowed_hosts` are bare host names.
+fn check_admin(admin: &raw::AdminConfig, addr: Option<SocketAddr>, issues: &mut Issues) {
+    if let Some(token) = &admin.token {
+        let t = token.expose();
+        if t.is_empty() {
+            issues.push("admin.token", "must not be empty");
+        } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            issues.push(
+                "admin.token",
+                "must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)",
+            );
+        }
+    }
+    if let Some(addr) = addr {
+        if !addr.ip().is_loopback() && admin.token.is_none() {
+            issues.push(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: an admin listener reachable from the network \
+                     needs admin.token (e.g. token = \"${{HYPERGATE_ADMIN_TOKEN}}\"), or listen \
+                     on 127.0.0.1",
+                    addr.ip()
+                ),
+            );
+        }
+    }
+    for (i, h) in admin.allowed_hosts.iter().enumerate() {
+        let bare = h.trim_start_matches('[').trim_end_matches(']');
+        let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
+        let ok = !h.is_empty()
+            && (is_ip
+                || h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+        if !ok {
+            issues.push(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("{h:?}: expected a host name or IP address, without scheme or port"),
+            );
+        }
+    }
 }
 
 fn check_limits(l: &raw::LimitsConfig, issues: &mut Issues) {
@@ -415,8 +528,13 @@ fn check_limits(l: &raw::LimitsConfig, issues: &mut Issues) {
         );
     }
     for (name, d) in [
+        ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
         ("limits.header_timeout", l.header_timeout),
         ("limits.idle_timeout", l.idle_timeout),
+        ("limits.body_idle_timeout", l.body_idle_timeout),
+        ("limits.body_timeout", l.body_timeout),
+        ("limits.send_timeout", l.send_timeout),
+        ("limits.tunnel_idle_timeout", l.tunnel_idle_timeout),
     ] {
         if d.is_zero() {
             issues.push(name, "must be greater than zero");
@@ -603,15 +721,16 @@ fn validate_header_ops(ops: &raw::HeaderOpsConfig, path: &str, issues: &mut Issu
         }
         (ok_name && ok_value).then(|| name.to_ascii_lowercase())
     };
+    // The values leave here for the wire (see `HeaderOps`).
     for (k, v) in &ops.add {
-        if let Some(name) = check("add", k, Some(v)) {
-            out.add.push((name, v.clone()));
+        if let Some(name) = check("add", k, Some(v.expose())) {
+            out.add.push((name, v.expose().to_string()));
         }
     }
     for (k, v) in &ops.set {
-        if let Some(name) = check("set", k, Some(v)) {
+        if let Some(name) = check("set", k, Some(v.expose())) {
             out.remove.push(name.clone());
-            out.set.push((name, v.clone()));
+            out.set.push((name, v.expose().to_string()));
         }
     }
     for k in &ops.remove {
@@ -760,6 +879,7 @@ fn unknown_cluster(name: &str, raw: &RawConfig) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn validate_route(
     r: &raw::RouteConfig,
     path: &str,
@@ -767,10 +887,32 @@ fn validate_route(
     raw: &RawConfig,
     has_jwt: bool,
     ai: &crate::ai::spec::AiSpec,
+    path_policy: &crate::http::path::PathPolicy,
     issues: &mut Issues,
 ) -> Option<Route> {
     let before = issues.0.len();
     let matcher = validate_match(&r.matcher, path, issues);
+    check_canonical_patterns(&r.matcher, path, path_policy, issues);
+    let mut upgrade = Vec::new();
+    for (i, token) in r.upgrade.iter().enumerate() {
+        let at = format!("{path}.upgrade[{i}]");
+        if token.eq_ignore_ascii_case("h2c") {
+            issues.push(
+                at,
+                "h2c is never forwarded (HTTP/2 to clients is a listener protocol, not an upgrade)",
+            );
+        } else if token.is_empty() || !token.bytes().all(is_tchar) {
+            issues.push(at, format!("{token:?} is not a protocol token"));
+        } else {
+            upgrade.push(token.to_ascii_lowercase());
+        }
+    }
+    if !r.upgrade.is_empty() && (r.ai.is_some() || r.direct.is_some() || r.redirect.is_some()) {
+        issues.push(
+            format!("{path}.upgrade"),
+            "only proxied routes (cluster or split) can forward upgrades",
+        );
+    }
     let actions = [
         r.cluster.is_some(),
         r.split.is_some(),
@@ -898,7 +1040,12 @@ fn validate_route(
             }
         }
     });
-    if r.timeout.is_zero() {
+    let timeout = r.timeout.unwrap_or(if r.ai.is_some() {
+        raw::DEFAULT_AI_ROUTE_TIMEOUT
+    } else {
+        raw::DEFAULT_ROUTE_TIMEOUT
+    });
+    if timeout.is_zero() {
         issues.push(format!("{path}.timeout"), "must be greater than zero");
     }
     let policy = validate_policy(&r.policy, &format!("{path}.policy"), raw, has_jwt, issues);
@@ -922,7 +1069,50 @@ fn validate_route(
         rewrite,
         request_headers,
         response_headers,
-        timeout: r.timeout,
+        timeout,
+        upgrade,
         policy,
     })
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Route paths are compared with canonical request paths, so a pattern that is
+/// not canonical itself (`/a//b`, `/a/./b`, `/%70`) could never match: say so.
+fn check_canonical_patterns(
+    m: &raw::MatchConfig,
+    path: &str,
+    policy: &crate::http::path::PathPolicy,
+    issues: &mut Issues,
+) {
+    let patterns = [
+        ("path_exact", m.path_exact.as_deref()),
+        ("path_prefix", m.path_prefix.as_deref()),
+        ("path_template", m.path_template.as_deref()),
+    ];
+    let mut out = Vec::new();
+    for (field, pattern) in patterns {
+        let Some(p) = pattern.filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        // Template parameters are not path bytes.
+        let literal: String = p.replace(['{', '}', '*'], "");
+        match crate::http::path::normalize(literal.as_bytes(), policy, &mut out) {
+            Ok(crate::http::path::Normalized::Unchanged) => {}
+            Ok(crate::http::path::Normalized::Rewritten) if out == literal.as_bytes() => {}
+            Ok(crate::http::path::Normalized::Rewritten) => issues.push(
+                format!("{path}.match.{field}"),
+                format!(
+                    "{p:?} is not a canonical path; requests are matched in canonical form ({:?})",
+                    String::from_utf8_lossy(&out)
+                ),
+            ),
+            Err(e) => issues.push(
+                format!("{path}.match.{field}"),
+                format!("{p:?} can never match: {e}"),
+            ),
+        }
+    }
 }

@@ -86,6 +86,11 @@ impl ChunkedDecoder {
                     Ok(httparse::Status::Complete((n, _))) if n > MAX_SIZE_LINE => {
                         return Err(ChunkError::Size)
                     }
+                    // httparse ends the line at a bare LF inside an extension; a
+                    // peer that reads it differently would see another body.
+                    Ok(httparse::Status::Complete((n, _))) if !crlf_line(&rest[..n]) => {
+                        return Err(ChunkError::Size)
+                    }
                     Ok(httparse::Status::Complete((n, 0))) => {
                         pos += n;
                         self.state = State::Trailer;
@@ -160,6 +165,14 @@ impl ChunkedDecoder {
     }
 }
 
+/// Whether a chunk-size line ends in CRLF and holds no other CR or LF.
+fn crlf_line(line: &[u8]) -> bool {
+    match line {
+        [body @ .., b'\r', b'\n'] => !body.iter().any(|b| matches!(b, b'\r' | b'\n')),
+        _ => false,
+    }
+}
+
 /// Appends a chunk header (`<hex size>\r\n`) to `out` without allocating a string.
 pub fn write_chunk_header(out: &mut Vec<u8>, size: usize) {
     let mut digits = [0u8; 16];
@@ -228,6 +241,22 @@ mod tests {
         assert_eq!(
             decode_all(b"fffffffffffffffffffff\r\n", 64),
             Err(ChunkError::Size)
+        );
+        // A bare LF (or CR) anywhere in a size line, extensions included, at every split.
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5;ext\nhello\r\n0\r\n\r\n",
+            b"5;a=b\nc\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0;x\n\r\n",
+        ] {
+            for split in 1..bad.len() {
+                assert_eq!(decode_all(bad, split), Err(ChunkError::Size), "{bad:?}");
+            }
+        }
+        assert_eq!(
+            decode_all(b"5;ext=1\r\nhello\r\n0\r\n\r\n", 3),
+            Ok((b"hello".to_vec(), true))
         );
     }
 

@@ -45,11 +45,13 @@ pub enum Reject {
     MethodNotImplemented,
     /// The head did not arrive in time (408).
     HeaderTimeout,
+    /// A path that cannot be made canonical, or that the `[path]` policy refuses (400).
+    BadPath,
 }
 
 impl Reject {
     /// All reasons, for metrics.
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 15] = [
         Reject::Malformed,
         Reject::ClAndTe,
         Reject::BadContentLength,
@@ -64,6 +66,7 @@ impl Reject {
         Reject::Expectation,
         Reject::MethodNotImplemented,
         Reject::HeaderTimeout,
+        Reject::BadPath,
     ];
 
     /// Status code sent for this rejection.
@@ -96,6 +99,7 @@ impl Reject {
             Reject::Expectation => "expectation_failed",
             Reject::MethodNotImplemented => "method_not_implemented",
             Reject::HeaderTimeout => "header_timeout",
+            Reject::BadPath => "bad_path",
         }
     }
 
@@ -138,8 +142,10 @@ pub type HeaderRange = (Range<u32>, Range<u32>);
 pub struct RequestHead {
     /// Method bytes.
     pub method: Range<u32>,
-    /// Path (up to `?`).
+    /// Path (up to `?`): the canonical path once the proxy normalised it.
     pub path: Range<u32>,
+    /// The path exactly as the client sent it.
+    pub raw_path: Range<u32>,
     /// Query without `?` (empty range when none).
     pub query: Range<u32>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -273,6 +279,7 @@ pub fn parse_request(
         return Err(Reject::BadTarget);
     }
     head.path = range_of(buf, path.as_bytes());
+    head.raw_path = head.path.clone();
     head.query = range_of(buf, query.as_bytes());
     head.headers.clear();
     head.connection_tokens.clear();
@@ -416,10 +423,13 @@ pub fn host_without_port(v: &[u8]) -> &[u8] {
             None => v,
         };
     }
-    match v.iter().rposition(|b| *b == b':') {
+    let host = match v.iter().rposition(|b| *b == b':') {
         Some(n) => &v[..n],
         None => v,
-    }
+    };
+    // `api.example.com.` is the same host (fully qualified): without this, a
+    // trailing dot would slip past a route that matches `api.example.com`.
+    host.strip_suffix(b".").unwrap_or(host)
 }
 
 /// A parsed upstream response head.
@@ -582,6 +592,20 @@ mod tests {
         assert_eq!(at(b, &h.host), b"example.com");
         assert!(h.keep_alive);
         assert_eq!(h.body, BodyFraming::None);
+    }
+
+    #[test]
+    fn host_is_compared_without_port_or_trailing_dot() {
+        for (host, want) in [
+            ("api.example.com", "api.example.com"),
+            ("api.example.com.", "api.example.com"),
+            ("api.example.com.:8443", "api.example.com"),
+            ("[::1]:80", "[::1]"),
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let (h, _) = parse(&raw).unwrap();
+            assert_eq!(at(raw.as_bytes(), &h.host), want.as_bytes(), "{host}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod chunked;
 pub mod codec;
+pub mod path;
 
 /// Reason phrase for a status code.
 pub fn reason(status: u16) -> &'static str {

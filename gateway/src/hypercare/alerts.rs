@@ -13,6 +13,7 @@
 
 use super::series::{Scope, Series};
 use crate::config::hypercare::{AlertKind, AlertRuleConfig, Severity, WebhookConfig};
+use crate::secret::Secret;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -242,28 +243,31 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the notifier for `hooks`.
+    /// Starts the notifier for `hooks`. Logs name a hook by its place in the
+    /// config (`hypercare.webhooks[2]`), never by its URL, which is a secret.
     pub fn start(hooks: Vec<WebhookConfig>) -> Notifier {
         let (tx, rx) = crossbeam_channel::bounded::<Value>(1024);
         let _ = std::thread::Builder::new()
             .name("hypercare-webhooks".into())
             .spawn(move || {
                 // Each hook's address and TLS settings, worked out once.
-                let hooks: Vec<(WebhookConfig, Result<Hook, String>)> = hooks
+                let hooks: Vec<(String, WebhookConfig, Result<Hook, String>)> = hooks
                     .into_iter()
-                    .map(|h| {
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let label = format!("hypercare.webhooks[{i}]");
                         let hook = Hook::new(&h);
                         if let Err(e) = &hook {
-                            tracing::error!(url = %h.url, error = %e, "webhook unusable");
+                            tracing::error!(webhook = %label, error = %e, "webhook unusable");
                         }
-                        (h, hook)
+                        (label, h, hook)
                     })
                     .collect();
                 while let Ok(event) = rx.recv() {
                     let body = event.to_string();
-                    for (config, hook) in &hooks {
+                    for (label, config, hook) in &hooks {
                         if let Ok(hook) = hook {
-                            deliver(config, hook, &body);
+                            deliver(label, config, hook, &body);
                         }
                     }
                 }
@@ -280,7 +284,7 @@ impl Notifier {
 }
 
 /// Where a webhook URL points.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookTarget {
     /// `https`.
     pub tls: bool,
@@ -288,25 +292,26 @@ pub struct WebhookTarget {
     pub host: String,
     /// Port (80 or 443 when the URL has none).
     pub port: u16,
-    /// Path and query.
-    pub path: String,
+    /// Path and query: a secret, like the whole URL (tokens live there).
+    pub path: Secret,
 }
 
 impl WebhookTarget {
-    /// Parses an `http://` or `https://` URL.
-    pub fn parse(url: &str) -> Result<WebhookTarget, String> {
+    /// Parses an `http://` or `https://` URL. Errors never repeat the URL.
+    pub fn parse(url: &Secret) -> Result<WebhookTarget, String> {
         let uri: http::Uri = url
+            .expose()
             .parse()
-            .map_err(|e| format!("not a URL ({e}): {url:?}"))?;
+            .map_err(|e| format!("not a URL ({e})"))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(format!("must be an http:// or https:// URL: {url:?}")),
+            _ => return Err("must be an http:// or https:// URL".into()),
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("no host in {url:?}"))?;
+            .ok_or_else(|| "the URL has no host".to_string())?;
         Ok(WebhookTarget {
             tls,
             // `[::1]` in the URL, `::1` to connect and verify.
@@ -315,9 +320,7 @@ impl WebhookTarget {
                 .trim_end_matches(']')
                 .to_string(),
             port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-            path: uri
-                .path_and_query()
-                .map_or("/".to_string(), |p| p.as_str().to_string()),
+            path: Secret::new(uri.path_and_query().map_or("/", |p| p.as_str())),
         })
     }
 }
@@ -346,23 +349,23 @@ impl Hook {
     }
 }
 
-/// POSTs `body` to the hook, retrying with exponential backoff.
-fn deliver(config: &WebhookConfig, hook: &Hook, body: &str) {
+/// POSTs `body` to the hook, retrying with exponential backoff; logs name it `label`.
+fn deliver(label: &str, config: &WebhookConfig, hook: &Hook, body: &str) {
     let mut delay = config.backoff;
     for attempt in 0..=config.max_retries {
         match post(config, hook, body) {
             Ok(status) if (200..300).contains(&status) => return,
             Ok(status) => {
-                tracing::warn!(url = %config.url, status, attempt, "webhook refused an alert")
+                tracing::warn!(webhook = %label, status, attempt, "webhook refused an alert")
             }
-            Err(e) => tracing::warn!(url = %config.url, error = %e, attempt, "webhook unreachable"),
+            Err(e) => tracing::warn!(webhook = %label, error = %e, attempt, "webhook unreachable"),
         }
         if attempt < config.max_retries {
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(60));
         }
     }
-    tracing::error!(url = %config.url, "alert notification given up after retries");
+    tracing::error!(webhook = %label, "alert notification given up after retries");
 }
 
 /// One HTTP/1.1 POST over a fresh connection (TLS for `https`); returns the status code.
@@ -379,9 +382,10 @@ fn post(config: &WebhookConfig, hook: &Hook, body: &str) -> std::io::Result<u16>
     } else {
         format!("{}:{}", t.host, t.port)
     };
+    // The URL's path and query (its token) leave here, onto the wire.
     let req = format!(
         "POST {} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nuser-agent: hypergate\r\n\r\n{body}",
-        t.path,
+        t.path.expose(),
         body.len()
     );
     match &hook.tls {

@@ -33,7 +33,7 @@ pub struct AccessRecord {
     pub method: String,
     /// Host header.
     pub host: String,
-    /// Path and query as received.
+    /// The canonical path (what routing matched) and the query as received.
     pub path: String,
     /// Route name (empty when none matched).
     pub route: String,

@@ -307,6 +307,40 @@ pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
     }
     header(
         &mut out,
+        "hypergate_tunnels_active",
+        "gauge",
+        "Open tunnels (upgraded connections such as WebSockets).",
+    );
+    let _ = writeln!(out, "hypergate_tunnels_active {}", m.tunnels_active);
+    header(
+        &mut out,
+        "hypergate_tunnels_total",
+        "counter",
+        "Ended tunnels by how they ended.",
+    );
+    for end in crate::observability::metrics::TunnelEnd::ALL {
+        let _ = writeln!(
+            out,
+            "hypergate_tunnels_total{{end=\"{}\"}} {}",
+            end.label(),
+            m.tunnels_ended[end as usize]
+        );
+    }
+    header(
+        &mut out,
+        "hypergate_tunnel_bytes_total",
+        "counter",
+        "Bytes carried by ended tunnels, by direction.",
+    );
+    for (i, direction) in ["upstream", "downstream"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "hypergate_tunnel_bytes_total{{direction=\"{direction}\"}} {}",
+            m.tunnel_bytes[i]
+        );
+    }
+    header(
+        &mut out,
         "hypergate_tls_handshakes_total",
         "counter",
         "Completed TLS handshakes.",
@@ -424,6 +458,12 @@ pub fn stats_json(m: &MergedStats) -> Value {
         "auth_failures": AuthFailure::ALL.iter().map(|f| (f.label().to_string(), json!(m.auth_failures[f.index()]))).collect::<serde_json::Map<String, Value>>(),
         "consumers": m.consumers.iter().map(|((c, r), n)| json!({"consumer": c, "route": r, "requests": n})).collect::<Vec<_>>(),
         "rejections": rejections,
+        "tunnels": {
+            "active": m.tunnels_active,
+            "ended": crate::observability::metrics::TunnelEnd::ALL.iter().map(|e| (e.label().to_string(), json!(m.tunnels_ended[*e as usize]))).collect::<serde_json::Map<String, Value>>(),
+            "bytes_upstream": m.tunnel_bytes[0],
+            "bytes_downstream": m.tunnel_bytes[1],
+        },
         "routes": routes,
         "clusters": clusters,
         "llm": m.ai.json(),

@@ -89,6 +89,43 @@ pub struct ClusterStats {
     pub bad_responses: Cell<u64>,
 }
 
+/// Why a tunnel (an upgraded connection, e.g. a WebSocket) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// One side closed and the other finished.
+    Closed,
+    /// No byte either way for `limits.tunnel_idle_timeout`.
+    IdleTimeout,
+    /// The gateway drained.
+    Drain,
+    /// A socket failed.
+    Error,
+}
+
+impl TunnelEnd {
+    /// All reasons, for metrics.
+    pub const ALL: [TunnelEnd; 4] = [
+        TunnelEnd::Closed,
+        TunnelEnd::IdleTimeout,
+        TunnelEnd::Drain,
+        TunnelEnd::Error,
+    ];
+
+    /// Metric label and access-log `error` value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TunnelEnd::Closed => "closed",
+            TunnelEnd::IdleTimeout => "tunnel_idle_timeout",
+            TunnelEnd::Drain => "drain",
+            TunnelEnd::Error => "tunnel_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 type TargetKey = (Arc<str>, Arc<str>, Arc<str>);
 type ClusterKey = (Arc<str>, Arc<str>);
 /// A latency histogram and the exact sum of its values (µs).
@@ -108,6 +145,8 @@ pub struct ShardStats {
     pub no_route: Cell<u64>,
     /// Open downstream connections.
     pub active_connections: Cell<u64>,
+    /// The most open downstream connections since the shard last looked (memory release).
+    pub connections_peak: Cell<u64>,
     /// Accepted downstream connections.
     pub accepted_connections: Cell<u64>,
     /// Access-log records dropped because the writer fell behind.
@@ -122,6 +161,12 @@ pub struct ShardStats {
     pub tls_handshakes: Cell<u64>,
     /// Failed TLS handshakes by reason (see `tls::HANDSHAKE_FAILURES`).
     pub tls_failures: [Cell<u64>; crate::tls::HANDSHAKE_FAILURES.len()],
+    /// Open tunnels (upgraded connections).
+    pub tunnels_active: Cell<u64>,
+    /// Ended tunnels by reason.
+    tunnels_ended: [Cell<u64>; TunnelEnd::ALL.len()],
+    /// Tunnel bytes: `[client to upstream, upstream to client]`.
+    tunnel_bytes: [Cell<u64>; 2],
 }
 
 impl ShardStats {
@@ -188,6 +233,14 @@ impl ShardStats {
         c.set(c.get() + 1);
     }
 
+    /// Counts an ended tunnel and the bytes it carried each way.
+    pub fn tunnel_ended(&self, end: TunnelEnd, up: u64, down: u64) {
+        let c = &self.tunnels_ended[end.index()];
+        c.set(c.get() + 1);
+        self.tunnel_bytes[0].set(self.tunnel_bytes[0].get() + up);
+        self.tunnel_bytes[1].set(self.tunnel_bytes[1].get() + down);
+    }
+
     /// Counts a rejection.
     pub fn reject(&self, r: Reject) {
         let c = &self.rejections[r.index()];
@@ -250,6 +303,9 @@ impl ShardStats {
                 .collect(),
             tls_handshakes: self.tls_handshakes.get(),
             tls_failures: self.tls_failures.each_ref().map(Cell::get),
+            tunnels_active: self.tunnels_active.get(),
+            tunnels_ended: self.tunnels_ended.each_ref().map(Cell::get),
+            tunnel_bytes: self.tunnel_bytes.each_ref().map(Cell::get),
             ai,
         }
     }
@@ -305,6 +361,9 @@ pub struct ShardSnapshot {
     consumers: Vec<(ConsumerKey, u64)>,
     tls_handshakes: u64,
     tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
+    tunnels_active: u64,
+    tunnels_ended: [u64; TunnelEnd::ALL.len()],
+    tunnel_bytes: [u64; 2],
     ai: crate::ai::stats::AiSnapshot,
 }
 
@@ -339,6 +398,12 @@ pub struct MergedStats {
     pub tls_handshakes: u64,
     /// Failed TLS handshakes by reason.
     pub tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
+    /// Open tunnels.
+    pub tunnels_active: u64,
+    /// Ended tunnels by reason (see [`TunnelEnd::ALL`]).
+    pub tunnels_ended: [u64; TunnelEnd::ALL.len()],
+    /// Tunnel bytes: `[client to upstream, upstream to client]`.
+    pub tunnel_bytes: [u64; 2],
     /// Shards that answered.
     pub shards: usize,
     /// LLM figures.
@@ -427,6 +492,13 @@ impl MergedStats {
             m.ai.add(&s.ai);
             m.tls_handshakes += s.tls_handshakes;
             for (a, b) in m.tls_failures.iter_mut().zip(&s.tls_failures) {
+                *a += b;
+            }
+            m.tunnels_active += s.tunnels_active;
+            for (a, b) in m.tunnels_ended.iter_mut().zip(&s.tunnels_ended) {
+                *a += b;
+            }
+            for (a, b) in m.tunnel_bytes.iter_mut().zip(&s.tunnel_bytes) {
                 *a += b;
             }
         }

@@ -13,7 +13,7 @@ use bytes::{Buf, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Outcome of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +37,25 @@ pub async fn read_more<S: AsyncReadRent>(
     read_sized(stream, buf, timeout, HEAD_READ).await
 }
 
+/// Reads the first bytes of a request on an idle connection into `buf`: the
+/// room made is small, since an idle connection holds its read buffer for as
+/// long as it waits (thousands of idle connections stay cheap); most request
+/// heads fit, and a larger one grows the buffer on the next read.
+pub async fn read_idle<S: AsyncReadRent>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> ReadOutcome {
+    read_sized(stream, buf, timeout, IDLE_READ).await
+}
+
+/// Room made for the read that waits for a request on an idle connection.
+const IDLE_READ: usize = 2 * 1024;
 /// Room made for a read of request and response heads (and small bodies).
 const HEAD_READ: usize = 16 * 1024;
+/// Buffers larger than this (a body went through them) are let go when their
+/// connection goes idle, so idle connections do not keep body-sized buffers.
+pub const IDLE_BUFFER_MAX: usize = 32 * 1024;
 /// Room made for a read while streaming a body: fewer, larger reads and writes
 /// for big bodies (one read buffer of this size per busy connection).
 const BODY_READ: usize = 64 * 1024;
@@ -145,6 +162,8 @@ pub struct PumpLimits {
     pub write_timeout: Duration,
     /// Largest payload (0: unlimited).
     pub max_bytes: u64,
+    /// When the whole body must have arrived (a request body's total upload time).
+    pub deadline: Option<Instant>,
 }
 
 /// Keeps the first bytes of the payload a pump carries, for a call whose
@@ -270,7 +289,17 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 .await
                 .map_err(|_| PumpError::Destination)?;
         }
-        match read_sized(src, sbuf, limits.read_timeout, BODY_READ).await {
+        let wait = match limits.deadline {
+            None => limits.read_timeout,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(PumpError::SourceTimeout);
+                }
+                left.min(limits.read_timeout)
+            }
+        };
+        match read_sized(src, sbuf, wait, BODY_READ).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if framing == BodyFraming::UntilClose => {
                 if encoding == Encoding::Chunked {

@@ -29,14 +29,19 @@ use crate::http::codec::{
     RequestHead, ResponseHead,
 };
 use crate::http::{write_error, write_header, write_status_line, write_u64};
+use crate::observability::metrics::TunnelEnd;
 use crate::routing::RequestInfo;
 use crate::shard::{Installed, ShardCtx};
 use crate::upstream::{ClusterRuntime, UpstreamConn, UpstreamStream};
 use bytes::{Buf, BytesMut};
 use ids::{RequestId, TraceParent};
-use io::{pump, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome, Tap};
+use io::{
+    pump, read_idle, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome, Tap,
+    IDLE_BUFFER_MAX,
+};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -54,6 +59,15 @@ enum After {
     Upgrade(UpstreamConn),
 }
 
+/// An upgraded request, whose record waits for its tunnel to end (the access-log
+/// line then says how long it lasted and what it carried).
+struct Pending {
+    ex: Exchange,
+    rid: RequestId,
+    trace: TraceParent,
+    started: Instant,
+}
+
 /// Per-connection buffers, reused for every request on the connection.
 struct Buffers {
     rbuf: BytesMut,
@@ -65,6 +79,8 @@ struct Buffers {
     extra: Vec<u8>,
     /// The client's IP address as text.
     peer_ip: String,
+    /// Scratch for the canonical path.
+    canon: Vec<u8>,
 }
 
 /// A parsed request as the router and balancers see it.
@@ -200,25 +216,35 @@ pub async fn serve_connection<S: ClientStream>(
     let slot = ctx.conns.borrow_mut().register(fd);
     let active = &ctx.stats.active_connections;
     active.set(active.get() + 1);
+    let peak = &ctx.stats.connections_peak;
+    peak.set(peak.get().max(active.get()));
     let mut bufs = Buffers {
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        out: Vec::with_capacity(8 * 1024),
-        head_buf: Vec::with_capacity(2048),
+        rbuf: BytesMut::new(),
+        out: Vec::new(),
+        head_buf: Vec::new(),
         head: RequestHead::default(),
         resp: ResponseHead::default(),
-        extra: Vec::with_capacity(512),
+        extra: Vec::new(),
         // Formatted once per connection: X-Forwarded-For needs it on every request.
         peer_ip: peer.ip().to_string(),
+        canon: Vec::new(),
     };
     loop {
         let inst = ctx.installed.borrow().clone();
         let limits = &inst.config.raw.limits;
         if bufs.rbuf.is_empty() {
-            if ctx.draining.get() {
-                break;
+            // Idle between requests. A drain closes this connection only after a
+            // grace period without a request (see `shard::drain`), so a client that
+            // was about to reuse it gets an answer with `Connection: close` instead
+            // of a closed socket.
+            if bufs.rbuf.capacity() > IDLE_BUFFER_MAX {
+                bufs.rbuf = BytesMut::new();
+            }
+            if bufs.out.capacity() > IDLE_BUFFER_MAX {
+                bufs.out = Vec::new();
             }
             ctx.conns.borrow_mut().set_idle(slot, true);
-            let r = read_more(&mut stream, &mut bufs.rbuf, limits.idle_timeout).await;
+            let r = read_idle(&mut stream, &mut bufs.rbuf, limits.idle_timeout).await;
             ctx.conns.borrow_mut().set_idle(slot, false);
             if r != ReadOutcome::Data {
                 break;
@@ -227,29 +253,54 @@ pub async fn serve_connection<S: ClientStream>(
         match read_head(&inst, &mut stream, &mut bufs).await {
             Ok(true) => {}
             Ok(false) => break,
-            Err(reject) => {
+            Err(e) => {
+                let (reject, message) = match e {
+                    HeadError::Reject(r) => (
+                        r,
+                        "the request was rejected before it was forwarded".to_string(),
+                    ),
+                    HeadError::Path(p) => (Reject::BadPath, format!("{p}; nothing was forwarded")),
+                };
                 ctx.stats.reject(reject);
                 bufs.out.clear();
                 write_error(
                     &mut bufs.out,
                     reject.status(),
                     reject.label(),
-                    "the request was rejected before it was forwarded",
+                    &message,
                     "",
                     true,
                     &[],
                 );
-                let _ = write_out(&mut stream, &mut bufs.out, limits.idle_timeout).await;
+                let _ = write_out(&mut stream, &mut bufs.out, limits.send_timeout).await;
                 break;
             }
         }
         match handle_request(&ctx, &inst, &mut stream, &mut bufs, peer, scheme).await {
-            After::KeepAlive => {}
-            After::Close => break,
-            After::Upgrade(up) => {
+            (After::KeepAlive, _) => {}
+            (After::Close, _) | (After::Upgrade(_), None) => break,
+            (After::Upgrade(up), Some(mut pending)) => {
                 let leftover = std::mem::take(&mut bufs.rbuf);
-                drop(inst);
-                tunnel(stream, leftover, up).await;
+                let idle = limits.tunnel_idle_timeout;
+                let (end, bytes_up, bytes_down) =
+                    tunnel(&ctx, slot, fd, stream, leftover, up, idle).await;
+                ctx.stats.tunnel_ended(end, bytes_up, bytes_down);
+                pending.ex.bytes_in += bytes_up;
+                pending.ex.bytes_out += bytes_down;
+                if end != TunnelEnd::Closed {
+                    pending.ex.error = end.label();
+                }
+                let view = View {
+                    buf: &bufs.head_buf,
+                    head: &bufs.head,
+                };
+                let Pending {
+                    ex,
+                    rid,
+                    trace,
+                    started,
+                } = *pending;
+                record(&ctx, &inst, &view, &ex, &rid, &trace, peer, started);
                 ctx.conns.borrow_mut().unregister(slot);
                 active.set(active.get() - 1);
                 return;
@@ -260,13 +311,28 @@ pub async fn serve_connection<S: ClientStream>(
     active.set(active.get() - 1);
 }
 
-/// Reads and parses one request head into `bufs.head_buf`/`bufs.head`.
+/// Why a request head was refused.
+enum HeadError {
+    /// Framing, size or timing.
+    Reject(Reject),
+    /// The path cannot be made canonical or the `[path]` policy refuses it.
+    Path(crate::http::path::PathError),
+}
+
+impl From<Reject> for HeadError {
+    fn from(r: Reject) -> Self {
+        HeadError::Reject(r)
+    }
+}
+
+/// Reads and parses one request head into `bufs.head_buf`/`bufs.head`, and
+/// makes its path canonical (every later phase and the upstream see that path).
 /// `Ok(false)`: the client went away without a complete head.
 async fn read_head<S: ClientStream>(
     inst: &Installed,
     stream: &mut S,
     bufs: &mut Buffers,
-) -> Result<bool, Reject> {
+) -> Result<bool, HeadError> {
     let l = &inst.config.raw.limits;
     let limits = HeadLimits {
         max_request_line: l.max_request_line,
@@ -280,21 +346,45 @@ async fn read_head<S: ClientStream>(
                 bufs.head_buf.clear();
                 bufs.head_buf.extend_from_slice(&bufs.rbuf[..n]);
                 bufs.rbuf.advance(n);
+                canonicalize(&inst.config.path, bufs).map_err(HeadError::Path)?;
                 return Ok(true);
             }
             Parsed::Partial => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(Reject::HeaderTimeout);
+                    return Err(Reject::HeaderTimeout.into());
                 }
                 match read_more(stream, &mut bufs.rbuf, left).await {
                     ReadOutcome::Data => {}
-                    ReadOutcome::Timeout => return Err(Reject::HeaderTimeout),
+                    ReadOutcome::Timeout => return Err(Reject::HeaderTimeout.into()),
                     ReadOutcome::Eof | ReadOutcome::Failed => return Ok(false),
                 }
             }
         }
     }
+}
+
+/// Replaces the head's path with its canonical form. A rewritten path is
+/// appended to the head buffer and `head.path` points at it, so everything that
+/// reads the path through the head sees the canonical one; `head.raw_path`
+/// keeps what the client sent.
+fn canonicalize(
+    policy: &crate::http::path::PathPolicy,
+    bufs: &mut Buffers,
+) -> Result<(), crate::http::path::PathError> {
+    let raw = at(&bufs.head_buf, &bufs.head.path);
+    if raw == b"*" {
+        // `OPTIONS *`: no path to route on.
+        return Ok(());
+    }
+    if let crate::http::path::Normalized::Rewritten =
+        crate::http::path::normalize(raw, policy, &mut bufs.canon)?
+    {
+        let start = bufs.head_buf.len() as u32;
+        bufs.head_buf.extend_from_slice(&bufs.canon);
+        bufs.head.path = start..bufs.head_buf.len() as u32;
+    }
+    Ok(())
 }
 
 async fn handle_request<S: ClientStream>(
@@ -304,7 +394,7 @@ async fn handle_request<S: ClientStream>(
     bufs: &mut Buffers,
     peer: SocketAddr,
     scheme: &'static str,
-) -> After {
+) -> (After, Option<Box<Pending>>) {
     let started = Instant::now();
     let Buffers {
         rbuf,
@@ -314,6 +404,7 @@ async fn handle_request<S: ClientStream>(
         resp,
         extra,
         peer_ip,
+        canon: _,
     } = bufs;
     let view = View {
         buf: head_buf,
@@ -322,7 +413,7 @@ async fn handle_request<S: ClientStream>(
     let rid = RequestId::new(view.header("x-request-id"), &ctx.rng);
     let trace = TraceParent::new(view.header("traceparent"), &ctx.rng);
     let mut ex = Exchange::default();
-    let idle = inst.config.raw.limits.idle_timeout;
+    let send = inst.config.raw.limits.send_timeout;
     let has_body = head.has_body();
     let keep_alive = head.keep_alive && !ctx.draining.get();
     let after = 'done: {
@@ -341,7 +432,7 @@ async fn handle_request<S: ClientStream>(
                 close,
                 &[],
             );
-            break 'done finish(stream, out, idle, close).await;
+            break 'done finish(stream, out, send, close).await;
         };
         ex.route = Some(ri);
         let route = &inst.config.routes[ri];
@@ -361,7 +452,7 @@ async fn handle_request<S: ClientStream>(
                 out.clear();
                 let close = !keep_alive || has_body;
                 write_error(out, status, kind, message, rid.as_str(), close, extra);
-                break 'done finish(stream, out, idle, close).await;
+                break 'done finish(stream, out, send, close).await;
             }
             edge::Verdict::Preflight => {
                 ex.status = 204;
@@ -373,7 +464,7 @@ async fn handle_request<S: ClientStream>(
                     write_header(out, b"connection", b"close");
                 }
                 out.extend_from_slice(b"\r\n");
-                break 'done finish(stream, out, idle, close).await;
+                break 'done finish(stream, out, send, close).await;
             }
         };
         if let Err((status, kind, message)) =
@@ -384,7 +475,7 @@ async fn handle_request<S: ClientStream>(
             out.clear();
             let close = !keep_alive || has_body;
             write_error(out, status, kind, message, rid.as_str(), close, extra);
-            break 'done finish(stream, out, idle, close).await;
+            break 'done finish(stream, out, send, close).await;
         }
         if let Some(c) = consumer {
             ex.consumer = Some(c);
@@ -410,7 +501,7 @@ async fn handle_request<S: ClientStream>(
                     true,
                     extra,
                 );
-                break 'done finish(stream, out, idle, true).await;
+                break 'done finish(stream, out, send, true).await;
             }
         }
         match &route.action {
@@ -440,7 +531,7 @@ async fn handle_request<S: ClientStream>(
                     out.extend_from_slice(&d.body);
                     ex.bytes_out = d.body.len() as u64;
                 }
-                finish(stream, out, idle, close).await
+                finish(stream, out, send, close).await
             }
             RouteAction::Ai(route_ai) => {
                 let consumer_name: Arc<str> = match consumer {
@@ -463,6 +554,8 @@ async fn handle_request<S: ClientStream>(
                     max_body: route.policy.protection.max_body_bytes.unwrap_or(0),
                     cache_header: view.header("x-hypergate-cache"),
                     prompt_version_header: view.header("x-hypergate-prompt-version"),
+                    started,
+                    deadline: route.timeout,
                 };
                 let o = crate::ai::serve(&req, stream, rbuf, out).await;
                 ex.status = o.status;
@@ -487,6 +580,15 @@ async fn handle_request<S: ClientStream>(
                 );
                 ex.target = Some(t);
                 let cluster = &inst.clusters[inst.routes[ri].targets[t].0];
+                // Only after every request phase passed, and only a protocol the
+                // route allows: anything else is forwarded as a plain request.
+                let upgrade = head
+                    .upgrade
+                    .then(|| {
+                        view.header("upgrade")
+                            .and_then(|v| route.allowed_upgrade(v))
+                    })
+                    .flatten();
                 let mut call = Call {
                     ctx,
                     inst,
@@ -501,13 +603,24 @@ async fn handle_request<S: ClientStream>(
                     max_body,
                     extra,
                     peer_ip,
+                    upgrade,
+                    started,
                 };
                 call.proxy(stream, rbuf, out, resp, &mut ex).await
             }
         }
     };
+    if let After::Upgrade(_) = after {
+        let pending = Pending {
+            ex,
+            rid,
+            trace,
+            started,
+        };
+        return (after, Some(Box::new(pending)));
+    }
     record(ctx, inst, &view, &ex, &rid, &trace, peer, started);
-    after
+    (after, None)
 }
 
 async fn finish<S: ClientStream>(
@@ -763,6 +876,10 @@ struct Call<'a> {
     max_body: u64,
     extra: &'a [u8],
     peer_ip: &'a str,
+    /// The `Upgrade` token forwarded (one the route allows), if any.
+    upgrade: Option<&'a [u8]>,
+    /// When the request head was complete (the body's total deadline counts from it).
+    started: Instant,
 }
 
 impl<'a> Call<'a> {
@@ -777,7 +894,6 @@ impl<'a> Call<'a> {
         let cluster = self.cluster;
         let head = self.view.head;
         let has_body = head.has_body();
-        let keep_alive = head.keep_alive && !self.ctx.draining.get();
         cluster.deposit();
         let idempotent = self.view.is_idempotent();
         let key = cluster
@@ -812,7 +928,7 @@ impl<'a> Call<'a> {
                         503,
                         "no_healthy_endpoint",
                         "no healthy endpoint in the cluster",
-                        has_body || !keep_alive,
+                        has_body || !self.client_keeps_alive(),
                     )
                     .await;
             };
@@ -904,7 +1020,7 @@ impl<'a> Call<'a> {
                         stats.retries.set(stats.retries.get() + 1);
                         continue;
                     }
-                    let close = !keep_alive || has_body;
+                    let close = !self.client_keeps_alive() || has_body;
                     return self.fail(stream, out, ex, status, kind, msg, close).await;
                 }
             };
@@ -927,10 +1043,17 @@ impl<'a> Call<'a> {
                 cluster.success(ep);
             }
             return self
-                .respond(stream, out, resp, ex, &mut lease, keep_alive)
+                .respond(stream, out, resp, ex, &mut lease)
                 .await
                 .finish(lease);
         }
+    }
+
+    /// Whether the client connection stays open after this response: asked for
+    /// and not draining. Read when the answer is written, so a response that
+    /// finishes during a drain carries `Connection: close`.
+    fn client_keeps_alive(&self) -> bool {
+        self.view.head.keep_alive && !self.ctx.draining.get()
     }
 
     /// One attempt: connection, request head and body, response head.
@@ -979,7 +1102,7 @@ impl<'a> Call<'a> {
             }
         }
         let sent_at = Instant::now();
-        let idle = self.inst.config.raw.limits.idle_timeout;
+        let limits = &self.inst.config.raw.limits;
         if write_out(&mut lease.conn().stream, out, spec.read_timeout)
             .await
             .is_err()
@@ -994,7 +1117,7 @@ impl<'a> Call<'a> {
             if head.expect_continue && !*continue_sent {
                 *continue_sent = true;
                 out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                if write_out(stream, out, idle).await.is_err() {
+                if write_out(stream, out, limits.send_timeout).await.is_err() {
                     return Err(AttemptError::Body(PumpError::SourceClosed));
                 }
             }
@@ -1004,10 +1127,11 @@ impl<'a> Call<'a> {
             } else {
                 Encoding::Raw
             };
-            let limits = PumpLimits {
-                read_timeout: idle,
+            let pump_limits = PumpLimits {
+                read_timeout: limits.body_idle_timeout,
                 write_timeout: spec.read_timeout,
                 max_bytes: self.max_body,
+                deadline: Some(self.started + limits.body_timeout),
             };
             let conn = lease.conn();
             let tap = ex.capture.as_mut().map(|c| {
@@ -1021,7 +1145,7 @@ impl<'a> Call<'a> {
                 out,
                 head.body,
                 encoding,
-                limits,
+                pump_limits,
                 tap,
             )
             .await
@@ -1033,7 +1157,14 @@ impl<'a> Call<'a> {
         }
         let max = self.inst.config.raw.limits.max_response_header_bytes;
         let is_head = self.view.method() == "HEAD";
-        let deadline = sent_at + self.route.timeout;
+        // The response head is due `timeout` after the request was sent whole: a
+        // streamed body has its own deadlines and does not eat into it.
+        let sent_whole = if head.has_body() && !body_inline {
+            Instant::now()
+        } else {
+            sent_at
+        };
+        let deadline = sent_whole + self.route.timeout;
         let conn = lease.conn();
         loop {
             match parse_response(&conn.rbuf, max, is_head, resp) {
@@ -1078,13 +1209,13 @@ impl<'a> Call<'a> {
         resp: &mut ResponseHead,
         ex: &mut Exchange,
         lease: &mut Lease<'a>,
-        keep_alive: bool,
     ) -> Responded {
         let head = self.view.head;
-        let idle = self.inst.config.raw.limits.idle_timeout;
+        let send = self.inst.config.raw.limits.send_timeout;
+        let keep_alive = self.client_keeps_alive();
         ex.status = resp.status;
         let upgrade = resp.status == 101;
-        if upgrade && !head.upgrade {
+        if upgrade && self.upgrade.is_none() {
             ex.status = 502;
             ex.error = "bad_upstream_response";
             out.clear();
@@ -1092,12 +1223,12 @@ impl<'a> Call<'a> {
                 out,
                 502,
                 ex.error,
-                "unexpected 101 from upstream",
+                "the upstream switched protocols without being asked to",
                 self.rid.as_str(),
                 true,
                 self.extra,
             );
-            let _ = write_out(stream, out, idle).await;
+            let _ = write_out(stream, out, send).await;
             return Responded::Close;
         }
         let client_http10 = head.version == 0;
@@ -1127,7 +1258,7 @@ impl<'a> Call<'a> {
             // Bytes the upstream sent right after its 101 belong to the tunnel.
             out.extend_from_slice(&conn.rbuf);
             conn.rbuf.clear();
-            return match write_out(stream, out, idle).await {
+            return match write_out(stream, out, send).await {
                 Ok(()) => Responded::Upgrade,
                 Err(_) => Responded::Close,
             };
@@ -1145,7 +1276,7 @@ impl<'a> Call<'a> {
                 body_inline = true;
             }
         }
-        if write_out(stream, out, idle).await.is_err() {
+        if write_out(stream, out, send).await.is_err() {
             ex.error = "client_gone";
             return Responded::Close;
         }
@@ -1159,8 +1290,9 @@ impl<'a> Call<'a> {
         };
         let limits = PumpLimits {
             read_timeout: self.cluster.spec.raw.read_timeout,
-            write_timeout: idle,
+            write_timeout: send,
             max_bytes: 0,
+            deadline: None,
         };
         let conn = lease.conn();
         match pump(
@@ -1246,7 +1378,7 @@ impl<'a> Call<'a> {
             close,
             self.extra,
         );
-        finish(stream, out, self.inst.config.raw.limits.idle_timeout, close).await
+        finish(stream, out, self.inst.config.raw.limits.send_timeout, close).await
     }
 
     /// Serializes the upstream request head.
@@ -1278,7 +1410,7 @@ impl<'a> Call<'a> {
         let mut xff_written = false;
         for (n, v) in &head.headers {
             let name = at(buf, n);
-            if (is_hop_by_hop(name) && !(head.upgrade && name.eq_ignore_ascii_case(b"upgrade")))
+            if is_hop_by_hop(name)
                 || head
                     .connection_tokens
                     .iter()
@@ -1292,6 +1424,8 @@ impl<'a> Call<'a> {
                     b"traceparent",
                     b"content-length",
                     b"expect",
+                    // An h2c upgrade's settings; never forwarded (no h2c upgrades).
+                    b"http2-settings",
                 ]
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name))
@@ -1349,7 +1483,8 @@ impl<'a> Call<'a> {
             BodyFraming::Chunked => write_header(out, b"transfer-encoding", b"chunked"),
             _ => {}
         }
-        if head.upgrade {
+        if let Some(token) = self.upgrade {
+            write_header(out, b"upgrade", token);
             write_header(out, b"connection", b"upgrade");
         }
         add_route_headers(out, &route.request_headers);
@@ -1549,23 +1684,117 @@ async fn connect(
     Ok(UpstreamConn::new(stream, fd))
 }
 
-/// Copies bytes both ways after a successful upgrade until either side closes.
-async fn tunnel<S: ClientStream>(client: S, client_leftover: BytesMut, mut up: UpstreamConn) {
+/// Copies bytes both ways after a successful upgrade. Each direction ends at its
+/// source's EOF (passed on as a half-close); the tunnel ends when both have, when
+/// no byte moved either way for `idle`, or when the shard drains (it shuts both
+/// sockets down through the connection registry). Reads are never cancelled by
+/// a timeout (a cancelled read may lose bytes): a watchdog shuts the sockets down
+/// instead. Returns how it ended and the bytes carried up and down.
+async fn tunnel<S: ClientStream>(
+    ctx: &ShardCtx,
+    slot: usize,
+    client_fd: RawFd,
+    client: S,
+    client_leftover: BytesMut,
+    mut up: UpstreamConn,
+    idle: Duration,
+) -> (TunnelEnd, u64, u64) {
+    let up_fd = up.fd();
+    ctx.conns.borrow_mut().set_tunnel(slot, up_fd);
+    let active = &ctx.stats.tunnels_active;
+    active.set(active.get() + 1);
+    let (sent_up, sent_down) = (Cell::new(0u64), Cell::new(0u64));
+    let last = Cell::new(Instant::now());
+    let failed = Cell::new(false);
+    let timed_out = Cell::new(false);
+    let mut leftover_ok = true;
     if !client_leftover.is_empty() {
-        let (res, _) = up.stream.write_all(client_leftover).await;
+        sent_up.set(client_leftover.len() as u64);
+        let written = monoio::time::timeout(idle, up.stream.write_all(client_leftover)).await;
+        leftover_ok = matches!(written, Ok((Ok(_), _)));
+    }
+    if leftover_ok {
+        let (mut cr, mut cw) = client.into_split();
+        let (mut ur, mut uw) = up.stream.into_split();
+        let copies = async {
+            monoio::join!(
+                copy_half(&mut cr, &mut uw, &sent_up, &last, &failed),
+                copy_half(&mut ur, &mut cw, &sent_down, &last, &failed)
+            )
+        };
+        let watchdog = async {
+            loop {
+                let quiet = last.get().elapsed();
+                if quiet >= idle {
+                    timed_out.set(true);
+                    shutdown_both(client_fd, up_fd);
+                    // The copies now end with errors or EOF; let them.
+                    std::future::pending::<()>().await;
+                }
+                monoio::time::sleep(idle - quiet).await;
+            }
+        };
+        monoio::select! {
+            _ = copies => {}
+            _ = watchdog => {}
+        }
+    } else {
+        failed.set(true);
+    }
+    active.set(active.get() - 1);
+    let end = if ctx.draining.get() && ctx.conns.borrow().was_shut(slot) {
+        TunnelEnd::Drain
+    } else if timed_out.get() {
+        TunnelEnd::IdleTimeout
+    } else if failed.get() {
+        TunnelEnd::Error
+    } else {
+        TunnelEnd::Closed
+    };
+    (end, sent_up.get(), sent_down.get())
+}
+
+/// One direction of a tunnel: read, write all, until EOF (then half-close the
+/// destination). A failure is noted in `failed`; `last` is the latest activity.
+async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut R,
+    dst: &mut W,
+    bytes: &Cell<u64>,
+    last: &Cell<Instant>,
+    failed: &Cell<bool>,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        let (res, b) = src.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) => break,
+            Ok(n) => {
+                bytes.set(bytes.get() + n as u64);
+                last.set(Instant::now());
+            }
+            Err(_) => {
+                failed.set(true);
+                break;
+            }
+        }
+        let (res, b) = dst.write_all(buf).await;
+        buf = b;
+        buf.clear();
         if res.is_err() {
-            return;
+            failed.set(true);
+            break;
         }
     }
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = up.stream.into_split();
-    let upstream_bound = async {
-        let _ = monoio::io::copy(&mut cr, &mut uw).await;
-        let _ = monoio::io::AsyncWriteRent::shutdown(&mut uw).await;
-    };
-    let client_bound = async {
-        let _ = monoio::io::copy(&mut ur, &mut cw).await;
-        let _ = monoio::io::AsyncWriteRent::shutdown(&mut cw).await;
-    };
-    monoio::join!(upstream_bound, client_bound);
+    let _ = dst.shutdown().await;
+}
+
+/// Shuts both sockets of a tunnel down, so every pending read and write on them ends.
+pub(crate) fn shutdown_both(a: RawFd, b: RawFd) {
+    for fd in [a, b] {
+        // SAFETY: both fds belong to the tunnel task calling this (or, from a drain,
+        // to a live tunnel registered on this thread); shutdown() does not close or
+        // free them, it only ends their pending I/O.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
 }

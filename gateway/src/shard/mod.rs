@@ -23,7 +23,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -125,23 +125,49 @@ impl Installed {
     }
 }
 
-/// Open downstream connections, so a drain can wake the idle ones.
+/// What a registered connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Reading or answering a request.
+    Busy,
+    /// Waiting for the next request; the generation changes each time it goes idle.
+    Idle(u32),
+    /// Carrying an upgraded connection to this upstream socket.
+    Tunnel(RawFd),
+}
+
+#[derive(Debug)]
+struct ConnSlot {
+    fd: RawFd,
+    state: ConnState,
+    generation: u32,
+    /// A drain shut its socket down.
+    shut: bool,
+}
+
+/// Open downstream connections, so a drain can close the idle ones and end tunnels.
 #[derive(Default)]
 pub struct ConnRegistry {
-    slots: Vec<Option<(RawFd, bool)>>,
+    slots: Vec<Option<ConnSlot>>,
     free: Vec<usize>,
 }
 
 impl ConnRegistry {
     /// Registers a connection; returns its slot.
     pub fn register(&mut self, fd: RawFd) -> usize {
+        let slot = Some(ConnSlot {
+            fd,
+            state: ConnState::Busy,
+            generation: 0,
+            shut: false,
+        });
         match self.free.pop() {
             Some(i) => {
-                self.slots[i] = Some((fd, true));
+                self.slots[i] = slot;
                 i
             }
             None => {
-                self.slots.push(Some((fd, true)));
+                self.slots.push(slot);
                 self.slots.len() - 1
             }
         }
@@ -150,8 +176,25 @@ impl ConnRegistry {
     /// Marks a connection idle (between requests) or busy.
     pub fn set_idle(&mut self, slot: usize, idle: bool) {
         if let Some(Some(s)) = self.slots.get_mut(slot) {
-            s.1 = idle;
+            if idle {
+                s.generation = s.generation.wrapping_add(1);
+                s.state = ConnState::Idle(s.generation);
+            } else {
+                s.state = ConnState::Busy;
+            }
         }
+    }
+
+    /// Marks a connection as a tunnel to `upstream_fd`.
+    pub fn set_tunnel(&mut self, slot: usize, upstream_fd: RawFd) {
+        if let Some(Some(s)) = self.slots.get_mut(slot) {
+            s.state = ConnState::Tunnel(upstream_fd);
+        }
+    }
+
+    /// Whether a drain shut this connection down.
+    pub fn was_shut(&self, slot: usize) -> bool {
+        matches!(self.slots.get(slot), Some(Some(s)) if s.shut)
     }
 
     /// Forgets a closed connection.
@@ -160,8 +203,45 @@ impl ConnRegistry {
         self.free.push(slot);
     }
 
-    fn idle_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.slots.iter().flatten().filter(|s| s.1).map(|s| s.0)
+    /// The idle connections now, with their idle generations.
+    fn idle_snapshot(&self) -> Vec<(usize, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Some(ConnSlot {
+                    state: ConnState::Idle(g),
+                    ..
+                }) => Some((i, *g)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Shuts down the read side of connections that have stayed idle since `snapshot`
+    /// (same generation): their pending read sees EOF and they close.
+    fn close_still_idle(&mut self, snapshot: &[(usize, u32)]) {
+        for &(i, g) in snapshot {
+            if let Some(Some(s)) = self.slots.get_mut(i) {
+                if s.state == ConnState::Idle(g) {
+                    s.shut = true;
+                    // SAFETY: registered fds belong to live connection tasks on this
+                    // thread (they unregister before closing); SHUT_RD only makes
+                    // their idle read see EOF.
+                    unsafe { libc::shutdown(s.fd, libc::SHUT_RD) };
+                }
+            }
+        }
+    }
+
+    /// Shuts down both sockets of every tunnel, ending it.
+    fn end_tunnels(&mut self) {
+        for s in self.slots.iter_mut().flatten() {
+            if let ConnState::Tunnel(up) = s.state {
+                s.shut = true;
+                crate::proxy::shutdown_both(s.fd, up);
+            }
+        }
     }
 }
 
@@ -263,6 +343,43 @@ pub struct ShardSpec {
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
+/// What hands a thread's freed memory back to the operating system (the
+/// binary's allocator sets it: `mi_collect` for mimalloc); nothing when unset.
+static MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets how a shard returns freed memory to the OS after many of its
+/// connections closed (see [`release_memory_after_floods`]). Call once, at start.
+pub fn set_memory_release(release: fn()) {
+    let _ = MEMORY_RELEASE.set(release);
+}
+
+/// Connections that must have closed, from the peak since the last release,
+/// before a shard releases memory.
+const RELEASE_AFTER_CLOSED: u64 = 256;
+
+/// Returns freed memory to the OS once the open connections fell well below
+/// their recent peak: the allocator keeps a flood's pages for reuse otherwise,
+/// and a shard with nothing to do never gets around to purging them. Checked
+/// once a second; steady traffic (however many connections come and go) never
+/// triggers it, only a fall from a peak.
+async fn release_memory_after_floods(ctx: Rc<ShardCtx>) {
+    let Some(release) = MEMORY_RELEASE.get() else {
+        return;
+    };
+    let mut peak = 0;
+    while !ctx.draining.get() {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let open = ctx.stats.active_connections.get();
+        // The most open at any moment since the last look (a flood may come and
+        // go between two looks).
+        peak = peak.max(ctx.stats.connections_peak.replace(open));
+        if peak - open >= RELEASE_AFTER_CLOSED && open <= peak / 2 {
+            release();
+            peak = open;
+        }
+    }
+}
+
 /// Whether io_uring will be used (probed once).
 pub fn io_uring_available() -> bool {
     monoio::utils::detect_uring()
@@ -318,6 +435,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
     let stats = ShardStats::default();
     let installed = Installed::prepare(spec.config.clone(), None, &stats, &spec.health);
     let drain_timeout = spec.config.raw.server.drain_timeout;
+    let drain_grace = spec.config.raw.server.drain_idle_grace;
     let ctx = Rc::new(ShardCtx {
         id: spec.id,
         installed: RefCell::new(Rc::new(installed)),
@@ -332,16 +450,25 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         limiter: crate::edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
         ai: crate::ai::AiShard::new(&spec.config.ai, spec.ai, spec.shards),
     });
-    let mut listener_fds = Vec::new();
+    monoio::spawn(release_memory_after_floods(ctx.clone()));
+    // Closed when the drain starts: every accept loop stops, accepts what is
+    // already queued, and closes its listener.
+    let (stop_accepting, accepting) = async_channel::bounded::<()>(1);
+    let mut accept_loops = Vec::new();
     for (i, std_listener) in spec.listeners.into_iter().enumerate() {
-        listener_fds.push(std_listener.as_raw_fd());
         match monoio::net::TcpListener::from_std(std_listener) {
             Ok(l) => {
-                monoio::spawn(accept_loop(ctx.clone(), l, i));
+                accept_loops.push(monoio::spawn(accept_loop(
+                    ctx.clone(),
+                    l,
+                    i,
+                    accepting.clone(),
+                )));
             }
             Err(e) => tracing::error!(shard = ctx.id, error = %e, "cannot adopt listener"),
         }
     }
+    drop(accepting);
     while let Ok(cmd) = rx.recv().await {
         match cmd {
             ShardCommand::Install(config, ack) => {
@@ -363,7 +490,14 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             ShardCommand::Drain => break,
         }
     }
-    drain(&ctx, &listener_fds, drain_timeout).await;
+    drain(
+        &ctx,
+        stop_accepting,
+        accept_loops,
+        drain_timeout,
+        drain_grace,
+    )
+    .await;
     // Tasks still holding the context (connections past the drain timeout) may
     // outlive this function; release what other threads wait on explicitly.
     ctx.access_log.borrow_mut().take();
@@ -375,68 +509,97 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
     });
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: monoio::net::TcpListener, listener_idx: usize) {
+async fn accept_loop(
+    ctx: Rc<ShardCtx>,
+    listener: monoio::net::TcpListener,
+    listener_idx: usize,
+    accepting: async_channel::Receiver<()>,
+) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if ctx.draining.get() {
-                    return;
-                }
-                ctx.stats
-                    .accepted_connections
-                    .set(ctx.stats.accepted_connections.get() + 1);
-                let permit = match ctx.conn_limits.admit(peer.ip()) {
-                    Ok(p) => p,
-                    Err(refusal) => {
-                        ctx.stats.edge_reject(match refusal {
-                            ConnRefusal::Total => EdgeReject::ConnectionLimit,
-                            ConnRefusal::PerIp => EdgeReject::ConnectionLimitPerIp,
-                        });
-                        // A plaintext 503 on a TLS port would read as a broken TLS setup:
-                        // there, the connection is just closed.
-                        if ctx.installed.borrow().config.listeners[listener_idx]
-                            .tls
-                            .is_none()
-                        {
-                            monoio::spawn(refuse_connection(stream));
-                        }
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let fd = stream.as_raw_fd();
-                let tls = ctx.installed.borrow().config.listeners[listener_idx]
-                    .tls
-                    .clone();
-                match tls {
-                    None => {
-                        monoio::spawn(crate::proxy::serve_connection(
-                            ctx.clone(),
-                            stream,
-                            fd,
-                            peer,
-                            "http",
-                            permit,
-                        ));
-                    }
-                    Some(tls) => {
-                        monoio::spawn(serve_tls(ctx.clone(), tls, stream, peer, permit));
-                    }
-                }
-            }
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = accepting.recv() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(&ctx, stream, peer, listener_idx),
             Err(e) => {
-                if ctx.draining.get() {
-                    return;
-                }
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(shard = ctx.id, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+    // Draining: closing a listener resets the connections still in its accept
+    // queue, so take them all first (they are answered with `Connection: close`).
+    let fd = listener.as_raw_fd();
+    // SAFETY: `fd` is this shard's open listening socket; the duplicate is a new
+    // fd that the std listener owns and closes; the original stays with `listener`.
+    let dup = unsafe { libc::dup(fd) };
+    if dup >= 0 {
+        // SAFETY: `dup` is a fresh, valid fd owned by nothing else.
+        let queue = unsafe { std::net::TcpListener::from_raw_fd(dup) };
+        if queue.set_nonblocking(true).is_ok() {
+            while let Ok((std_stream, peer)) = queue.accept() {
+                let _ = std_stream.set_nonblocking(true);
+                match monoio::net::TcpStream::from_std(std_stream) {
+                    Ok(stream) => admit(&ctx, stream, peer, listener_idx),
+                    Err(e) => {
+                        tracing::warn!(shard = ctx.id, error = %e, "cannot adopt a queued connection")
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// Completes a TLS handshake (bounded by the header timeout), then serves HTTP over it.
+/// Applies the connection caps and starts serving an accepted connection.
+fn admit(
+    ctx: &Rc<ShardCtx>,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    listener_idx: usize,
+) {
+    ctx.stats
+        .accepted_connections
+        .set(ctx.stats.accepted_connections.get() + 1);
+    let tls = ctx.installed.borrow().config.listeners[listener_idx]
+        .tls
+        .clone();
+    let permit = match ctx.conn_limits.admit(peer.ip()) {
+        Ok(p) => p,
+        Err(refusal) => {
+            ctx.stats.edge_reject(match refusal {
+                ConnRefusal::Total => EdgeReject::ConnectionLimit,
+                ConnRefusal::PerIp => EdgeReject::ConnectionLimitPerIp,
+            });
+            // A plaintext 503 on a TLS port would read as a broken TLS setup:
+            // there, the connection is just closed.
+            if tls.is_none() {
+                monoio::spawn(refuse_connection(stream));
+            }
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    match tls {
+        None => {
+            monoio::spawn(crate::proxy::serve_connection(
+                ctx.clone(),
+                stream,
+                fd,
+                peer,
+                "http",
+                permit,
+            ));
+        }
+        Some(tls) => {
+            monoio::spawn(serve_tls(ctx.clone(), tls, stream, peer, permit));
+        }
+    }
+}
+
+/// Completes a TLS handshake (bounded by `limits.tls_handshake_timeout`), then serves HTTP over it.
 async fn serve_tls(
     ctx: Rc<ShardCtx>,
     tls: Arc<rustls::ServerConfig>,
@@ -445,7 +608,13 @@ async fn serve_tls(
     permit: ConnectionPermit,
 ) {
     let fd = stream.as_raw_fd();
-    let timeout = ctx.installed.borrow().config.raw.limits.header_timeout;
+    let timeout = ctx
+        .installed
+        .borrow()
+        .config
+        .raw
+        .limits
+        .tls_handshake_timeout;
     let acceptor = monoio_rustls::TlsAcceptor::from(tls);
     match monoio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
@@ -478,24 +647,34 @@ async fn refuse_connection(mut stream: monoio::net::TcpStream) {
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
 }
 
-/// Stops accepting, wakes idle keep-alive connections so they close, and waits
-/// for in-flight requests up to `timeout`.
-async fn drain(ctx: &Rc<ShardCtx>, listener_fds: &[RawFd], timeout: Duration) {
+/// The drain, once the lame-duck period is over: stop accepting (taking what is
+/// queued), end tunnels, close idle keep-alive connections that send nothing for
+/// `grace` (`server.drain_idle_grace`: a client about to reuse one gets an answer
+/// with `Connection: close` instead of a closed socket), answer everything else
+/// with `Connection: close`, and wait for in-flight requests up to `timeout`.
+async fn drain(
+    ctx: &Rc<ShardCtx>,
+    stop_accepting: async_channel::Sender<()>,
+    accept_loops: Vec<monoio::task::JoinHandle<()>>,
+    timeout: Duration,
+    grace: Duration,
+) {
+    let started = Instant::now();
+    let deadline = started + timeout;
     ctx.draining.set(true);
-    for fd in listener_fds {
-        // SAFETY: `fd` is a listening socket this shard owns and has not closed;
-        // shutdown() only wakes the pending accept (it returns an error), it does not free the fd.
-        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+    drop(stop_accepting);
+    for l in accept_loops {
+        l.await;
     }
-    let deadline = Instant::now() + timeout;
-    loop {
-        for fd in ctx.conns.borrow().idle_fds() {
-            // SAFETY: registered fds belong to live connection tasks on this thread
-            // (they unregister before closing); SHUT_RD makes their idle read see EOF.
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
-        if ctx.stats.active_connections.get() == 0 || Instant::now() >= deadline {
-            break;
+    ctx.conns.borrow_mut().end_tunnels();
+    let mut idle = ctx.conns.borrow().idle_snapshot();
+    let mut next_sweep = Instant::now() + grace;
+    while ctx.stats.active_connections.get() > 0 && Instant::now() < deadline {
+        if Instant::now() >= next_sweep {
+            let mut conns = ctx.conns.borrow_mut();
+            conns.close_still_idle(&idle);
+            idle = conns.idle_snapshot();
+            next_sweep = Instant::now() + grace;
         }
         monoio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -103,6 +103,11 @@ impl UpstreamConn {
             idle_since: Instant::now(),
         }
     }
+
+    /// The socket's fd (a drain shuts a tunnel's sockets down through it).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
 }
 
 /// Per-shard state of one endpoint.

@@ -11,24 +11,33 @@
 //!    selected, also Hypergate with `--features ebpf`, into its own target
 //!    directory (`<target dir>/bench-ebpf`) so the plain binary is untouched;
 //!    without the probe object (`cargo xtask build-ebpf`) or root, that scenario
-//!    is skipped with the reason and the rest runs.
+//!    is skipped with the reason and the rest runs. With `--baseline REV`, also
+//!    that commit of Hypergate, in a worktree of its own with its own target
+//!    directory (see [`baseline`]); a baseline that does not build stops the run.
 //! 3. For each layout (see [`layout`]) and scenario (see [`scenario`]): start the
 //!    mock upstream, then every target on free 127.0.0.1 ports with configs in a
 //!    scratch directory (see [`targets`]), then run the rounds, visiting the
 //!    targets in turn (A B C D A B C D ...) so slow drifts of the machine hit all
 //!    of them alike; a pair scenario's two Hypergate targets (eBPF probe, call
-//!    store) go off-on, then on-off, and so on. Each visit is a short wrk warm-up, then a measured wrk run with the
-//!    proxy's CPU time and memory and the whole machine's CPU time sampled from
-//!    `/proc` around it. LLM scenarios do the same with the mock LLM provider
+//!    store) go off-on, then on-off, and so on. With `--baseline`, the target
+//!    `hypergate-base` (the baseline commit's binary with exactly the config
+//!    `hypergate` gets; in pair scenarios the plain one) runs in every scenario
+//!    `hypergate` runs in, right after it (after the pair in pair scenarios); if
+//!    it does not start there (an older commit may reject a config field added
+//!    since), it is skipped in that scenario with the reason, and that alone
+//!    does not fail the run. Each visit is a short wrk warm-up, then a measured
+//!    wrk run with the proxy's CPU time and memory and the whole machine's CPU
+//!    time sampled from `/proc` around it. LLM scenarios do the same with the mock LLM provider
 //!    and `loadgen` at a fixed rate; the soak is one long run through Hypergate
 //!    with its memory sampled every few seconds.
-//! 4. Print the table, the Hypergate/peer ratios, for edge and TLS scenarios
+//! 4. Print the table, the Hypergate/peer ratios, with `--baseline` the
+//!    current tree over the baseline commit, for edge and TLS scenarios
 //!    Hypergate's CPU per request against its own plain scenario, and for the
 //!    pair scenarios the feature on against off (with the records per second
 //!    the call store wrote, read from the gateway's `/metrics` around each
 //!    call-store run), for LLM scenarios the latency each
 //!    gateway adds over direct and for the soak the memory (see [`report`]),
-//!    and write every run
+//!    and write every run (the baseline's rows with its commit hash)
 //!    to `<target dir>/bench/latest.json`.
 //!
 //! The exit status is non-zero only when something broke: a target that did not
@@ -36,6 +45,7 @@
 //! Every child process dies with the run, including on error and Ctrl-C (see
 //! [`process`]).
 
+mod baseline;
 mod edge;
 mod layout;
 mod load;
@@ -53,6 +63,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::ValueEnum;
 
+use baseline::Baseline;
 use edge::EdgeMaterial;
 use layout::{Layout, LayoutKind, Placement};
 use load::{LoadRun, LoadTools};
@@ -109,6 +120,12 @@ pub struct BenchArgs {
     /// Run only this target (hypergate, nginx, haproxy, litellm, direct); repeatable.
     #[arg(long = "proxy", value_name = "NAME")]
     proxies: Vec<String>,
+    /// Also run Hypergate built from this git revision (HEAD~1, a hash,
+    /// main@{1}, ...) as `hypergate-base`, with the same config as `hypergate`
+    /// in every scenario it runs in, and report current / baseline ratios.
+    /// Needs the hypergate target.
+    #[arg(long, value_name = "REV")]
+    baseline: Option<String>,
     /// Requests per second of the LLM scenarios (a fixed rate, open loop).
     #[arg(long, value_name = "REQ_PER_SEC", default_value_t = scenario::LLM_DEFAULT_RATE)]
     rate: f64,
@@ -148,6 +165,8 @@ struct Plan {
     rate: f64,
     /// Length of the soak's one run.
     soak_duration: Duration,
+    /// The git revision `hypergate-base` is built from (`--baseline`).
+    baseline: Option<String>,
 }
 
 impl Plan {
@@ -192,6 +211,19 @@ impl Plan {
         if args.no_peers {
             targets.retain(|target| !target.is_peer());
         }
+        if let Some(revision) = &args.baseline {
+            if revision.trim().is_empty() {
+                bail!("--baseline needs a git revision, e.g. --baseline HEAD~1");
+            }
+            let Some(hypergate) = targets.iter().position(|&t| t == Target::Hypergate) else {
+                bail!(
+                    "--baseline compares Hypergate with its build of another commit, so it \
+                     needs the hypergate target; add --proxy hypergate"
+                );
+            };
+            // Right after `hypergate`: the two run back to back in each round.
+            targets.insert(hypergate + 1, Target::HypergateBase);
+        }
         if targets.is_empty() {
             bail!("no target left to benchmark");
         }
@@ -217,6 +249,7 @@ impl Plan {
             warmup: Duration::from_secs(args.warmup),
             rate: args.rate,
             soak_duration: Duration::from_secs(soak),
+            baseline: args.baseline.clone(),
         })
     }
 
@@ -246,22 +279,29 @@ impl Plan {
     /// The targets `scenario` runs, in round order: the selected ones that
     /// apply to it (see [`Target::runs_in`]); for a pair, Hypergate without
     /// and with the feature; for the soak, Hypergate alone (none if
-    /// Hypergate is not selected).
+    /// Hypergate is not selected). `hypergate-base`, when selected, follows
+    /// `hypergate` (the pair, in a pair scenario) everywhere.
     fn targets_for(&self, scenario: &Scenario) -> Vec<Target> {
         let hypergate = self.targets.contains(&Target::Hypergate);
         if let Some(pair) = scenario.pair {
             return if hypergate {
-                vec![Target::Hypergate, pair.on_target()]
+                let mut targets = vec![Target::Hypergate, pair.on_target()];
+                if self.targets.contains(&Target::HypergateBase) {
+                    targets.push(Target::HypergateBase);
+                }
+                targets
             } else {
                 Vec::new()
             };
         }
         if scenario.llm.is_some_and(|llm| llm.soak) {
-            return if hypergate {
-                vec![Target::Hypergate]
-            } else {
-                Vec::new()
-            };
+            // `hypergate-base` is selected only together with `hypergate`.
+            return self
+                .targets
+                .iter()
+                .copied()
+                .filter(|&target| matches!(target, Target::Hypergate | Target::HypergateBase))
+                .collect();
         }
         self.targets
             .iter()
@@ -293,6 +333,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.no_build {
         build(&root, with_hypergate, with_llm)?;
     }
+    let baseline = plan
+        .baseline
+        .as_deref()
+        .map(|revision| baseline::prepare(&root, &target_dir, revision, !args.no_build))
+        .transpose()?;
     let mut failures = Vec::new();
     let hypergate_ebpf = prepare_ebpf_build(&mut plan, &root, &target_dir, !args.no_build)
         .unwrap_or_else(|error| {
@@ -317,6 +362,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let programs = Programs {
         hypergate: release.join("hypergate"),
         hypergate_ebpf,
+        hypergate_base: baseline.as_ref().map(|baseline| baseline.binary.clone()),
         nginx: tools.nginx,
         haproxy: tools.haproxy,
         litellm: tools.litellm,
@@ -347,6 +393,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         scratch: scratch.path().to_owned(),
         ticks_per_second: procfs::ticks_per_second()?,
         interrupt: &interrupt,
+        baseline: baseline.as_ref(),
     };
     let runs_per_layout: usize = plan
         .scenarios
@@ -383,6 +430,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut outcome = Outcome {
         rows: Vec::new(),
         failures,
+        skipped: Vec::new(),
         step: 0,
         steps: plan.layouts.len() * runs_per_layout,
     };
@@ -405,6 +453,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", json_path.display()))?;
     println!("\nwrote {}", json_path.display());
 
+    if !outcome.skipped.is_empty() {
+        eprintln!("\nbench: skipped:");
+        for skipped in &outcome.skipped {
+            eprintln!("  - {skipped}");
+        }
+    }
+
     if outcome.failures.is_empty() {
         scratch.discard_on_drop();
         return Ok(());
@@ -421,6 +476,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 struct Outcome {
     rows: Vec<Row>,
     failures: Vec<String>,
+    /// Targets left out of a scenario without anything being broken: the
+    /// baseline commit refusing a scenario's config.
+    skipped: Vec<String>,
     step: usize,
     steps: usize,
 }
@@ -436,6 +494,8 @@ struct Bench<'a> {
     scratch: PathBuf,
     ticks_per_second: u64,
     interrupt: &'a Interrupt,
+    /// The commit `hypergate-base` runs (`--baseline`).
+    baseline: Option<&'a Baseline>,
 }
 
 impl Bench<'_> {
@@ -472,9 +532,22 @@ impl Bench<'_> {
                 Ok(started) => running.push(Some(started)),
                 Err(error) => {
                     self.interrupt.check()?;
-                    eprintln!("bench: {label}: {error:#}");
-                    outcome.failures.push(format!("{label}: {}", brief(&error)));
                     outcome.steps -= rounds as usize;
+                    if let (Target::HypergateBase, Some(baseline)) = (target, self.baseline) {
+                        let skipped = format!(
+                            "{label}: hypergate-base skipped in this scenario: the baseline \
+                             commit {} did not start with the config this scenario generates \
+                             (an older commit may reject a config field added since)",
+                            baseline::short_hash(&baseline.commit)
+                        );
+                        eprintln!("bench: {skipped}: {error:#}");
+                        outcome
+                            .skipped
+                            .push(format!("{skipped}: {}", brief(&error)));
+                    } else {
+                        eprintln!("bench: {label}: {error:#}");
+                        outcome.failures.push(format!("{label}: {}", brief(&error)));
+                    }
                 }
             }
         }
@@ -721,6 +794,10 @@ impl Bench<'_> {
             callstore_dropped: store_before
                 .zip(store_after)
                 .map(|((before, _), (after, _))| after.dropped.saturating_sub(before.dropped)),
+            commit: self
+                .baseline
+                .filter(|_| target.target == Target::HypergateBase)
+                .map(|baseline| baseline.commit.clone()),
         })
     }
 
@@ -778,11 +855,17 @@ fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
         closed_loop && plan.targets.contains(&Target::Haproxy),
     );
     if closed_loop {
-        let missing: Vec<&str> = [("nginx", &nginx), ("haproxy", &haproxy), ("wrk", &wrk)]
-            .into_iter()
-            .filter(|(_, path)| path.is_none())
-            .map(|(name, _)| name)
-            .collect();
+        // Only what this run would use: `--no-peers` or `--proxy` need no nginx.
+        let wanted = |target: Target| plan.targets.contains(&target);
+        let missing: Vec<&str> = [
+            ("nginx", nginx.is_none() && wanted(Target::Nginx)),
+            ("haproxy", haproxy.is_none() && wanted(Target::Haproxy)),
+            ("wrk", wrk.is_none()),
+        ]
+        .into_iter()
+        .filter(|&(_, missing)| missing)
+        .map(|(name, _)| name)
+        .collect();
         if !missing.is_empty() {
             eprintln!(
                 "bench: not installed: {}\nbench: install them with:\n    {INSTALL_LINE}",
@@ -1104,6 +1187,58 @@ mod tests {
         assert_eq!(names(&plan), ["callstore"]);
         assert!(Target::from_name("hypergate-callstore").is_none());
         assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"callstore"));
+    }
+
+    #[test]
+    fn baseline_follows_hypergate_wherever_it_runs() {
+        let plan = plan(&[
+            "--baseline=HEAD~1",
+            "--scenario=get-c64",
+            "--scenario=callstore",
+            "--scenario=llm-chat",
+            "--scenario=llm-soak",
+        ])
+        .expect("valid");
+        assert_eq!(plan.baseline.as_deref(), Some("HEAD~1"));
+        let [get, callstore, chat, soak] = plan.scenarios[..] else {
+            panic!("four scenarios");
+        };
+        use Target::*;
+        assert_eq!(
+            plan.targets_for(get),
+            [Hypergate, HypergateBase, Nginx, Haproxy, Direct]
+        );
+        // The pair keeps off and on adjacent; the baseline runs the plain config.
+        assert_eq!(
+            plan.targets_for(callstore),
+            [Hypergate, HypergateCallstore, HypergateBase]
+        );
+        assert_eq!(
+            plan.targets_for(chat),
+            [Hypergate, HypergateBase, Litellm, Direct]
+        );
+        assert_eq!(plan.targets_for(soak), [Hypergate, HypergateBase]);
+        let without = self::plan(&["--scenario=get-c64"]).expect("valid");
+        assert_eq!(without.baseline, None);
+        assert!(!without.targets.contains(&HypergateBase));
+    }
+
+    #[test]
+    fn baseline_combines_with_no_peers_and_proxy() {
+        use Target::*;
+        let no_peers = plan(&["--no-peers", "--baseline", "HEAD"]).expect("valid");
+        assert_eq!(no_peers.targets, [Hypergate, HypergateBase, Direct]);
+        let chosen =
+            plan(&["--proxy=direct", "--proxy=hypergate", "--baseline=cd35d1a"]).expect("valid");
+        assert_eq!(chosen.targets, [Hypergate, HypergateBase, Direct]);
+        let error = plan(&["--proxy=nginx", "--baseline=HEAD"]).expect_err("no hypergate");
+        assert!(
+            format!("{error:#}").contains("--proxy hypergate"),
+            "{error:#}"
+        );
+        assert!(plan(&["--baseline="]).is_err());
+        assert!(plan(&["--baseline"]).is_err(), "a revision is required");
+        assert!(plan(&["--proxy=hypergate-base"]).is_err());
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! the median over rounds of each figure (errors are summed, peak RSS is the
 //! maximum). Ratios compare Hypergate with each peer *within* a round (both ran
 //! back to back on the same machine state), then take the median over rounds and
-//! show the spread as `[min-max]`. Scenarios with a CPU baseline (edge policy,
-//! TLS) also get Hypergate's CPU per request divided by its own figure in the
+//! show the spread as `[min-max]`. With `--baseline`, the current tree is
+//! compared the same way with the baseline commit (`hypergate` over
+//! `hypergate-base`, round by round) on req/s, p99 and CPU per request, the
+//! last held to [`BASELINE_MAX_CPU_RATIO`]. Scenarios with a CPU baseline
+//! (edge policy, TLS) also get Hypergate's CPU per request divided by its own figure in the
 //! baseline scenario, round by round: the cost of the feature. Each pair
 //! scenario gets its own section: feature on over off, paired by round, for
 //! throughput, the whole machine's CPU per request and the gateway process's.
@@ -40,6 +43,10 @@ pub const EBPF_MAX_MACHINE_CPU_RATIO: f64 = 1.05;
 /// over without should be at most this.
 pub const CALLSTORE_MAX_CPU_RATIO: f64 = 1.10;
 
+/// Hypergate's CPU per request over the baseline commit's should be at most
+/// this: within 3%.
+pub const BASELINE_MAX_CPU_RATIO: f64 = 1.03;
+
 /// Hypergate's added p99 latency over calling the mock LLM directly should be
 /// below this, µs.
 pub const LLM_MAX_ADDED_P99_US: f64 = 200.0;
@@ -61,7 +68,7 @@ pub struct RssSample {
 pub struct Row {
     /// Scenario name.
     pub scenario: String,
-    /// Target name (`hypergate`, `nginx`, `haproxy`, `direct`).
+    /// Target name (`hypergate`, `hypergate-base`, `nginx`, `haproxy`, `direct`, ...).
     pub proxy: String,
     /// `pinned` or `unpinned`.
     pub layout: String,
@@ -114,6 +121,10 @@ pub struct Row {
     /// because the writer fell behind (`hypergate_access_log_dropped_total`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callstore_dropped: Option<u64>,
+    /// `hypergate-base` only: the full hash of the `--baseline` commit it was
+    /// built from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// The median of `values` (mean of the middle two for an even count).
@@ -260,6 +271,7 @@ pub fn table(rows: &[Row]) -> String {
     {
         out.push_str("(streamed LLM scenarios: latency to the first chunk of the answer)\n");
     }
+    out.push_str(&baseline_commit_table(rows, &keys));
     out.push_str(&baseline_table(rows, &keys));
     out.push_str(&pair_table(rows, &keys, Pair::EbpfProbe));
     out.push_str(&pair_table(rows, &keys, Pair::CallStore));
@@ -321,6 +333,65 @@ pub fn table(rows: &[Row]) -> String {
     }
     out.push_str(
         "(req/s above 1 means Hypergate is faster; p99 and CPU/req below 1 mean it is better)\n",
+    );
+    out
+}
+
+/// The current tree against the `--baseline` commit in each scenario where
+/// `hypergate` ran: per-round ratios of `hypergate` over `hypergate-base` (same
+/// config, back to back) for req/s, p99 and CPU per request; nothing without a
+/// `hypergate-base` run.
+fn baseline_commit_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
+    let Some(commit) = rows
+        .iter()
+        .filter(|row| row.proxy == Target::HypergateBase.name())
+        .find_map(|row| row.commit.as_deref())
+    else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\n== Hypergate against the baseline commit {} (current / baseline; per-round \
+         ratios: median [min-max]) ==\n{:<10} {:<15} {:>20} {:>20} {:>20} {:>8} {:>7}\n",
+        super::baseline::short_hash(commit),
+        "layout",
+        "scenario",
+        "req/s",
+        "p99",
+        "CPU/req",
+        "target",
+        "median"
+    );
+    for &(layout, name) in keys {
+        let runs: Vec<&Row> = rows
+            .iter()
+            .filter(|row| row.layout == layout && row.scenario == name)
+            .collect();
+        if !runs.iter().any(|row| row.proxy == Target::Hypergate.name()) {
+            continue;
+        }
+        let ratio = |figure: fn(&Row) -> Option<f64>| {
+            paired_ratios(&runs, Target::Hypergate, Target::HypergateBase, figure)
+        };
+        let cpu = ratio(|row| row.cpu_us_per_req);
+        let verdict = match cpu {
+            Some(cpu) if cpu.median <= BASELINE_MAX_CPU_RATIO => "meets",
+            Some(_) => "misses",
+            None => "-",
+        };
+        let _ = writeln!(
+            out,
+            "{layout:<10} {name:<15} {:>20} {:>20} {:>20} {:>8} {verdict:>7}",
+            or_dash(ratio(|row| Some(row.rps)).map(Spread::describe)),
+            or_dash(ratio(|row| Some(row.p99_us as f64)).map(Spread::describe)),
+            or_dash(cpu.map(Spread::describe)),
+            format!("<= {BASELINE_MAX_CPU_RATIO:.2}"),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(req/s above 1 means the current tree is faster, p99 and CPU/req below 1 that it is \
+         better; the target is on CPU/req: within 3% of the baseline; `-`: hypergate-base did \
+         not run there, the log says why; baseline commit {commit})"
     );
     out
 }
@@ -631,7 +702,7 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             let _ = writeln!(
                 out,
                 "\n== LLM gateways: latency added over calling the mock directly, same rounds \
-                 (median [min-max] over rounds) ==\n{:<10} {:<11} {:<10} {:>9} {:>10} {:>10} {:>26} {:>26} {:>7}",
+                 (median [min-max] over rounds) ==\n{:<10} {:<11} {:<14} {:>9} {:>10} {:>10} {:>26} {:>26} {:>7}",
                 "layout",
                 "scenario",
                 "proxy",
@@ -647,7 +718,12 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             .iter()
             .filter(|row| row.layout == layout && row.scenario == name)
             .collect();
-        for target in [Target::Hypergate, Target::Litellm, Target::Direct] {
+        for target in [
+            Target::Hypergate,
+            Target::HypergateBase,
+            Target::Litellm,
+            Target::Direct,
+        ] {
             let own: Vec<&Row> = runs
                 .iter()
                 .copied()
@@ -667,7 +743,7 @@ fn llm_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{layout:<10} {name:<11} {:<10} {:>9} {:>10} {:>10} {:>26} {:>26} {:>7}",
+                "{layout:<10} {name:<11} {:<14} {:>9} {:>10} {:>10} {:>26} {:>26} {:>7}",
                 target.name(),
                 or_dash(median_of(&own, |row| Some(row.rps)).map(grouped)),
                 or_dash(median_of(&own, |row| Some(row.p50_us as f64)).map(grouped)),
@@ -739,7 +815,7 @@ fn soak_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             if out.is_empty() {
                 let _ = writeln!(
                     out,
-                    "\n== Soak: gateway resident set (KiB) ==\n{:<10} {:<9} {:<10} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16} {:>16} {:>7}",
+                    "\n== Soak: gateway resident set (KiB) ==\n{:<10} {:<9} {:<14} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16} {:>16} {:>7}",
                     "layout", "scenario", "proxy", "secs", "req/s", "start", "end", "max",
                     "end - start", "2nd half", "errors"
                 );
@@ -763,7 +839,7 @@ fn soak_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{layout:<10} {name:<9} {:<10} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16} {:>16} {:>7}",
+                "{layout:<10} {name:<9} {:<14} {:>6} {:>9} {:>10} {:>10} {:>10} {:>16} {:>16} {:>7}",
                 row.proxy,
                 row.rss_samples.last().map_or(0, |sample| sample.at_s),
                 grouped(row.rps),
@@ -811,6 +887,7 @@ mod tests {
             rss_samples: Vec::new(),
             callstore_records_per_s: None,
             callstore_dropped: None,
+            commit: None,
         }
     }
 
@@ -1022,6 +1099,74 @@ mod tests {
         for figure in ["1,000", "1,200", "1,500", "+200 (+20.0%)", "-300 (-20.0%)"] {
             assert!(line.contains(figure), "{figure} in {line}");
         }
+    }
+
+    #[test]
+    fn baseline_commit_section_pairs_current_with_the_baseline_by_round() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let mut rows = Vec::new();
+        for (proxy, round, rps, p99, cpu) in [
+            ("hypergate", 1, 100_000.0, 200, 10.0),
+            ("hypergate-base", 1, 100_000.0, 200, 10.0),
+            ("hypergate", 2, 102_000.0, 180, 10.4),
+            ("hypergate-base", 2, 100_000.0, 200, 10.0),
+            ("hypergate", 3, 99_000.0, 220, 10.2),
+            ("hypergate-base", 3, 100_000.0, 200, 10.0),
+        ] {
+            let mut run = row(proxy, round, rps, Some(cpu));
+            run.p99_us = p99;
+            run.commit = (proxy == "hypergate-base").then(|| commit.to_owned());
+            rows.push(run);
+        }
+        // The baseline did not start in this one (a config field it rejects).
+        let mut alone = row("hypergate", 1, 90_000.0, Some(12.0));
+        alone.scenario = "newconn".into();
+        rows.push(alone);
+        // Here it costs 5% more CPU.
+        for (proxy, cpu) in [("hypergate", 10.5), ("hypergate-base", 10.0)] {
+            let mut run = row(proxy, 1, 100_000.0, Some(cpu));
+            run.scenario = "post-10k".into();
+            run.commit = (proxy == "hypergate-base").then(|| commit.to_owned());
+            rows.push(run);
+        }
+        let table = table(&rows);
+        assert!(
+            table.contains("== Hypergate against the baseline commit 0123456789ab "),
+            "{table}"
+        );
+        let line = |scenario: &str| {
+            table
+                .lines()
+                .find(|line| {
+                    line.starts_with(&format!("pinned     {scenario:<15} "))
+                        && line.contains("<= 1.03")
+                })
+                .unwrap_or_else(|| panic!("no {scenario} line in:\n{table}"))
+                .to_owned()
+        };
+        let get = line("get-c64");
+        assert!(get.contains("1.00 [0.99-1.02]"), "req/s: {get}");
+        assert!(get.contains("1.00 [0.90-1.10]"), "p99: {get}");
+        assert!(
+            get.contains("1.02 [1.00-1.04]") && get.ends_with("meets"),
+            "{get}"
+        );
+        assert!(line("post-10k").contains("1.05 [1.05-1.05]"));
+        assert!(line("post-10k").ends_with("misses"));
+        let newconn = line("newconn");
+        assert_eq!(newconn.split_whitespace().filter(|&w| w == "-").count(), 4);
+        assert!(table.contains(&format!("baseline commit {commit})")));
+        // The baseline's runs are in the main table, and in the JSON with the hash.
+        assert!(table.contains("get-c64         hypergate-base "), "{table}");
+        let json = serde_json::to_value(&rows).expect("rows serialise");
+        assert_eq!(json[1]["proxy"], "hypergate-base");
+        assert_eq!(json[1]["commit"], commit);
+        assert!(
+            json[0].get("commit").is_none(),
+            "only baseline rows carry it"
+        );
+        // No baseline run, no section.
+        assert!(!table_has(&rows[..1], "baseline commit"));
     }
 
     fn table_has(rows: &[Row], text: &str) -> bool {

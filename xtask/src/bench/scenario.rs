@@ -146,7 +146,8 @@ pub struct Scenario {
     /// in this scenario (when both ran), to show what the feature costs.
     pub cpu_baseline: Option<&'static str>,
     /// Hypergate only, twice per round: the plain target, and the same gateway
-    /// with one feature on (see [`Pair`]). Peers and direct do not run; the
+    /// with one feature on (see [`Pair`]). Peers and direct do not run (with
+    /// `--baseline`, `hypergate-base` does, with the plain config); the
     /// report shows the pair's throughput and CPU-per-request ratios, on over off.
     pub pair: Option<Pair>,
     /// A fixed-rate chat-completion load against the mock LLM provider, with

@@ -37,6 +37,10 @@
 //! with `[hypercare.store] enabled = true` and its database in the target's
 //! scratch directory; it runs only in the call-store scenario, beside the
 //! plain target, and [`call_store_counters`] reads what the store wrote.
+//! `hypergate-base` is the binary of the `--baseline` commit with exactly the
+//! config `hypergate` gets, in every scenario `hypergate` runs in (in pair
+//! scenarios, the plain one), so the configs written here must stay loadable by
+//! older binaries: one that rejects them does not start.
 //!
 //! A target counts as started once its port accepts connections and a request
 //! through it (with the scenario's credential headers; over TLS with `curl -k`
@@ -98,6 +102,9 @@ pub enum Target {
     /// The gateway recording every request into its SQLite call store. Only the
     /// call-store scenario runs it; `--proxy` cannot name it.
     HypergateCallstore,
+    /// The gateway built from the `--baseline` commit, with `hypergate`'s
+    /// config; `--proxy` cannot name it.
+    HypergateBase,
     /// nginx as a reverse proxy.
     Nginx,
     /// HAProxy in HTTP mode.
@@ -119,8 +126,9 @@ impl Target {
     ];
 
     /// Every target, in the order the report lists them.
-    pub const REPORTED: [Target; 7] = [
+    pub const REPORTED: [Target; 8] = [
         Target::Hypergate,
+        Target::HypergateBase,
         Target::HypergateEbpf,
         Target::HypergateCallstore,
         Target::Nginx,
@@ -135,6 +143,7 @@ impl Target {
             Self::Hypergate => "hypergate",
             Self::HypergateEbpf => "hypergate-ebpf",
             Self::HypergateCallstore => "hypergate-callstore",
+            Self::HypergateBase => "hypergate-base",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
             Self::Litellm => "litellm",
@@ -158,7 +167,11 @@ impl Target {
         match self {
             Self::Litellm => scenario.llm.is_some(),
             Self::Nginx | Self::Haproxy => scenario.llm.is_none(),
-            Self::Hypergate | Self::HypergateEbpf | Self::HypergateCallstore | Self::Direct => true,
+            Self::Hypergate
+            | Self::HypergateEbpf
+            | Self::HypergateCallstore
+            | Self::HypergateBase
+            | Self::Direct => true,
         }
     }
 }
@@ -170,6 +183,8 @@ pub struct Programs {
     pub hypergate: PathBuf,
     /// Hypergate built with the `ebpf` feature, when the eBPF scenario runs.
     pub hypergate_ebpf: Option<PathBuf>,
+    /// Hypergate built from the `--baseline` commit, when one is given.
+    pub hypergate_base: Option<PathBuf>,
     /// nginx, if installed.
     pub nginx: Option<PathBuf>,
     /// haproxy, if installed.
@@ -227,17 +242,23 @@ pub fn start(
     let cpus = setup.placement.cpus.as_deref();
     let (address, admin, process) = match target {
         Target::Direct => (setup.upstream, None, None),
-        Target::Hypergate | Target::HypergateEbpf | Target::HypergateCallstore => {
+        Target::Hypergate
+        | Target::HypergateEbpf
+        | Target::HypergateCallstore
+        | Target::HypergateBase => {
             let address = free_port()?;
             let admin = free_port()?;
             let config = setup.dir.join("hypergate.toml");
-            let program = if target == Target::HypergateEbpf {
-                programs
+            let program = match target {
+                Target::HypergateEbpf => programs
                     .hypergate_ebpf
                     .as_ref()
-                    .context("Hypergate's `ebpf` build is missing")?
-            } else {
-                &programs.hypergate
+                    .context("Hypergate's `ebpf` build is missing")?,
+                Target::HypergateBase => programs
+                    .hypergate_base
+                    .as_ref()
+                    .context("the baseline commit's build is missing")?,
+                _ => &programs.hypergate,
             };
             std::fs::write(
                 &config,
@@ -246,7 +267,7 @@ pub fn start(
             let mut command = Command::new(program);
             command.arg("run").arg("--config").arg(&config);
             let log = Output::combined(setup.dir.join("hypergate.log"));
-            let process = Guarded::spawn("hypergate", command, cpus, log)?;
+            let process = Guarded::spawn(target.name(), command, cpus, log)?;
             (address, Some(admin), Some(process))
         }
         Target::Nginx => {
@@ -632,7 +653,7 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
 /// The whole config a Hypergate target runs with: the scenario's (LLM or
 /// proxy), the eBPF probe for `hypergate-ebpf`, and the call store, on with its
 /// database in the target's directory for `hypergate-callstore` and off for
-/// the others.
+/// the others. `hypergate-base` gets exactly `hypergate`'s.
 fn hypergate_target_config(
     target: Target,
     setup: &TargetSetup<'_>,
@@ -930,6 +951,24 @@ mod tests {
             listen,
         );
         assert!(on.starts_with(&plain), "the same config plus the store");
+    }
+
+    #[test]
+    fn the_baseline_runs_exactly_the_plain_config() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
+        for scenario in ["get-c64", "edge-apikey-rl", "callstore", "llm-chat"] {
+            let setup = setup(scenario, &placement);
+            assert_eq!(
+                hypergate_target_config(Target::HypergateBase, &setup, listen, admin),
+                hypergate_target_config(Target::Hypergate, &setup, listen, admin),
+                "{scenario}"
+            );
+        }
+        assert_eq!(Target::from_name("hypergate-base"), None);
+        assert!(Target::REPORTED.contains(&Target::HypergateBase));
+        assert!(Target::HypergateBase.runs_in(scenario::find("llm-stream").expect("exists")));
     }
 
     #[test]

@@ -608,14 +608,54 @@
   const windowSelect = $("window");
   const windowLabel = () => windowSelect.options[windowSelect.selectedIndex].text;
 
-  async function getJson(path) {
-    const response = await fetch(path, { cache: "no-store" });
-    if (!response.ok) {
-      const err = new Error(path + ": HTTP " + response.status);
-      err.status = response.status;
-      throw err;
+  // With `admin.token` set, the JSON endpoints answer 401 until the page sends
+  // the token: the page then asks for it once (the form under the top bar), keeps
+  // it in sessionStorage (this tab only, gone when it closes) and sends it as
+  // `Authorization: Bearer`. A token the API refuses is dropped and asked again.
+  const TOKEN_KEY = "hypergate-admin-token";
+  let asking = null;
+
+  function askToken(refused) {
+    if (!asking) {
+      asking = new Promise((resolve) => {
+        const form = $("login");
+        $("login-error").textContent = refused ? "That token was refused." : "";
+        form.hidden = false;
+        $("login-token").focus();
+        setStatus(false, "waiting for the admin token");
+        form.addEventListener("submit", (event) => {
+          event.preventDefault();
+          sessionStorage.setItem(TOKEN_KEY, $("login-token").value.trim());
+          $("login-token").value = "";
+          form.hidden = true;
+          asking = null;
+          resolve();
+        }, { once: true });
+      });
     }
-    return response.json();
+    return asking;
+  }
+
+  async function getJson(path) {
+    for (;;) {
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      const headers = token ? { Authorization: "Bearer " + token } : {};
+      const response = await fetch(path, { cache: "no-store", headers });
+      if (response.status === 401) {
+        // Another request may have stored a newer token (or dropped this one)
+        // while this one was out: try with what is stored now.
+        if (sessionStorage.getItem(TOKEN_KEY) !== token) continue;
+        if (token !== null) sessionStorage.removeItem(TOKEN_KEY);
+        await askToken(token !== null);
+        continue;
+      }
+      if (!response.ok) {
+        const err = new Error(path + ": HTTP " + response.status);
+        err.status = response.status;
+        throw err;
+      }
+      return response.json();
+    }
   }
 
   function setStatus(ok, text) {

@@ -12,6 +12,7 @@
 use super::gcra::{self, Gcra, MAX_WINDOWS};
 use super::policy::{BucketSpec, RateBackend, RateLimitPolicy};
 use super::redis::{RedisHandle, RedisStats};
+use super::KeyDigest;
 use crate::config::edge::RedisConfig;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use crossbeam_utils::CachePadded;
@@ -104,7 +105,7 @@ pub(crate) struct PolicyState {
     spec: BucketSpec,
     pub gcra: [Gcra; MAX_WINDOWS],
     pub windows: usize,
-    keys: papaya::HashMap<Box<[u8]>, KeyState>,
+    keys: papaya::HashMap<KeyDigest, KeyState>,
     overflow: KeyState,
     tracked: AtomicUsize,
     max_keys: AtomicUsize,
@@ -144,7 +145,7 @@ impl PolicyState {
     }
 
     /// Finds or creates `key`'s bucket; the overflow bucket once `max_keys` are tracked.
-    pub fn bucket<'g>(&'g self, key: &[u8], guard: &'g impl Guard) -> Bucket<'g> {
+    pub fn bucket<'g>(&'g self, key: &KeyDigest, guard: &'g impl Guard) -> Bucket<'g> {
         loop {
             if let Some(ks) = self.keys.get(key, guard) {
                 if ks.is_dead() {
@@ -163,7 +164,7 @@ impl PolicyState {
                 self.tracked.fetch_sub(1, Ordering::AcqRel);
                 return Bucket::Overflow;
             }
-            match self.keys.try_insert(key.into(), KeyState::new(), guard) {
+            match self.keys.try_insert(*key, KeyState::new(), guard) {
                 Ok(ks) => return Bucket::Key(ks),
                 Err(_) => {
                     self.tracked.fetch_sub(1, Ordering::AcqRel);
@@ -173,7 +174,7 @@ impl PolicyState {
     }
 
     /// Removes `key` if it is dead; counts it once, whoever removes it.
-    pub fn remove_dead(&self, key: &[u8], guard: &impl Guard) -> bool {
+    pub fn remove_dead(&self, key: &KeyDigest, guard: &impl Guard) -> bool {
         let removed = matches!(
             self.keys.remove_if(key, |_, v| v.is_dead(), guard),
             Ok(Some(_))
@@ -201,7 +202,7 @@ impl PolicyState {
     }
 
     /// Gives unused leased tokens back (local backend). `key` is `None` for the overflow bucket.
-    pub fn give_back(&self, key: Option<&[u8]>, unused: u64, tat_after: &[u64], now: u64) {
+    pub fn give_back(&self, key: Option<&KeyDigest>, unused: u64, tat_after: &[u64], now: u64) {
         let gcra = self.gcra_windows();
         // Nothing to give when every slot has already passed: skip the lookup.
         if !tat_after.iter().any(|t| *t > now) {
@@ -224,7 +225,7 @@ impl PolicyState {
     /// Registers `key` (Redis backend) so that it counts against `max_keys`, and
     /// keeps it for as long as its Redis buckets may be non-full. Returns whether
     /// it overflowed.
-    pub fn touch_redis(&self, key: &[u8], now: u64, busy_for: u64) -> bool {
+    pub fn touch_redis(&self, key: &KeyDigest, now: u64, busy_for: u64) -> bool {
         let guard = self.keys.guard();
         loop {
             match self.bucket(key, &guard) {

@@ -27,7 +27,10 @@
 //! 4. A lease lives `ttl` (50 ms local, 200 ms Redis). When it expires, the tokens
 //!    it did not use go back to the bucket, but only the part of their slots that
 //!    is still in the future (a give-back never creates capacity GCRA would not have had).
-//! 5. Memory: at most `max_keys` keys per policy; new keys beyond that share one
+//! 5. Memory: a key is stored as a 16-byte digest (SHA-256 of what the client
+//!    sent, truncated: collision-resistant, the same in every process sharing a
+//!    Redis), so a 16 KB header value costs what a 4-byte IP address does. At most
+//!    `max_keys` keys per policy; new keys beyond that share one
 //!    overflow bucket (counted). A sweeper thread deletes keys whose buckets have
 //!    been full for 1 s (a full bucket is the same as a fresh one) every second.
 //!    Shard lease maps hold at most 4096 keys per policy and drop leases idle for
@@ -68,7 +71,7 @@ mod shard;
 
 pub use gcra::MAX_WINDOWS;
 pub use global::RateLimiter;
-pub(crate) use policy::redis_url;
+pub(crate) use policy::redis_connection_info;
 pub use policy::{
     validate_redis, FailureMode, RateBackend, RateKey, RateLimitPolicy, RateWindow,
     LOCAL_LEASE_TTL, REDIS_LEASE_TTL,
@@ -76,6 +79,22 @@ pub use policy::{
 pub use shard::ShardLimiter;
 
 use std::rc::Rc;
+
+/// A rate-limit key as stored: the first 16 bytes of the SHA-256 of the
+/// client-chosen key. Fixed size whatever the client sends, and no client can
+/// make two keys share a bucket (finding a collision is infeasible).
+pub type KeyDigest = [u8; 16];
+
+/// The stored form of a key. SHA-256 rather than a fast hash: Redis keys must
+/// agree across processes (so no per-process random seed), and a keyless fast
+/// hash would let a client craft collisions into someone else's bucket.
+pub fn key_digest(key: &[u8]) -> KeyDigest {
+    use sha2::Digest;
+    let full = sha2::Sha256::digest(key);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
 
 /// The outcome of [`ShardLimiter::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -272,12 +272,33 @@ impl RateLimitPolicy {
 
 /// Checks the `[redis]` section (once, not per policy).
 pub fn validate_redis(raw: &RedisConfig, path: &str, issues: &mut Vec<ConfigIssue>) {
-    let ok = redis_url(&raw.address).is_some_and(|u| redis::Client::open(u).is_ok());
-    if !ok {
+    if raw.address.contains('@') {
+        // The address itself is not repeated: it holds a credential.
+        issues.push(ConfigIssue {
+            path: format!("{path}.address"),
+            reason: format!(
+                "must not carry credentials (`user:pass@`): set {path}.username and \
+                 {path}.password (which may be `${{ENV_VAR}}`) instead"
+            ),
+        });
+    } else if redis_connection_info(raw).is_none() {
         issues.push(ConfigIssue {
             path: format!("{path}.address"),
             reason: format!("{:?}: expected host:port", raw.address),
         });
+    }
+    if let Some(user) = &raw.username {
+        if user.is_empty() || user.contains(char::is_whitespace) {
+            issues.push(ConfigIssue {
+                path: format!("{path}.username"),
+                reason: "must be a non-empty name without spaces".into(),
+            });
+        } else if raw.password.is_none() {
+            issues.push(ConfigIssue {
+                path: format!("{path}.username"),
+                reason: format!("needs {path}.password"),
+            });
+        }
     }
     if raw.timeout.is_zero() || raw.timeout > Duration::from_secs(10) {
         issues.push(ConfigIssue {
@@ -287,16 +308,27 @@ pub fn validate_redis(raw: &RedisConfig, path: &str, issues: &mut Vec<ConfigIssu
     }
 }
 
-/// `host:port` (or a `redis://` URL) as a connection URL.
-pub(crate) fn redis_url(address: &str) -> Option<String> {
-    if address.starts_with("redis://") {
-        return Some(address.to_string());
-    }
-    let (host, port) = address.rsplit_once(':')?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return None;
-    }
-    Some(format!("redis://{address}/"))
+/// How to reach and authenticate to the server of `config`: its `address`
+/// (`host:port` or a `redis://` URL, without credentials) plus `username` and
+/// `password`. The result holds the password in clear: build it only where the
+/// connection is opened, and never print it.
+pub(crate) fn redis_connection_info(config: &RedisConfig) -> Option<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo;
+    let address = config.address.as_str();
+    let url = if address.starts_with("redis://") {
+        address.to_string()
+    } else {
+        let (host, port) = address.rsplit_once(':')?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return None;
+        }
+        format!("redis://{address}/")
+    };
+    let mut info = url.into_connection_info().ok()?;
+    info.redis.username = config.username.clone();
+    // The password leaves here, into the client that sends `AUTH`.
+    info.redis.password = config.password.as_ref().map(|p| p.expose().to_string());
+    Some(info)
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -427,6 +459,7 @@ mod tests {
             &RedisConfig {
                 address: "localhost".into(),
                 timeout: Duration::ZERO,
+                ..RedisConfig::default()
             },
             "redis",
             &mut issues,
@@ -435,5 +468,45 @@ mod tests {
         let mut issues = Vec::new();
         validate_redis(&RedisConfig::default(), "redis", &mut issues);
         assert!(issues.is_empty());
+    }
+
+    #[test]
+    fn redis_credentials_go_in_their_own_fields() {
+        for address in [
+            "redis://:hunter2-marker@10.0.0.1:6379/",
+            "redis://user:hunter2-marker@10.0.0.1:6379/0",
+            "user:hunter2-marker@10.0.0.1:6379",
+        ] {
+            let mut issues = Vec::new();
+            let cfg = RedisConfig {
+                address: address.into(),
+                ..RedisConfig::default()
+            };
+            validate_redis(&cfg, "redis", &mut issues);
+            assert_eq!(issues.len(), 1, "{address}: {issues:?}");
+            assert_eq!(issues[0].path, "redis.address");
+            assert!(issues[0].reason.contains("redis.password"), "{issues:?}");
+            assert!(!format!("{issues:?}").contains("hunter2"), "{issues:?}");
+        }
+        let cfg = RedisConfig {
+            address: "10.0.0.1:6379".into(),
+            username: Some("gateway".into()),
+            password: Some(crate::secret::Secret::new("hunter2-marker")),
+            ..RedisConfig::default()
+        };
+        let mut issues = Vec::new();
+        validate_redis(&cfg, "redis", &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        let info = redis_connection_info(&cfg).unwrap();
+        assert_eq!(info.redis.username.as_deref(), Some("gateway"));
+        assert_eq!(info.redis.password.as_deref(), Some("hunter2-marker"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let mut issues = Vec::new();
+        let no_password = RedisConfig {
+            password: None,
+            ..cfg
+        };
+        validate_redis(&no_password, "redis", &mut issues);
+        assert_eq!(issues[0].path, "redis.username");
     }
 }

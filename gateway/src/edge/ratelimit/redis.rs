@@ -13,7 +13,7 @@
 
 use super::gcra::{Gcra, MAX_WINDOWS};
 use super::global::{header, LogEvery};
-use super::policy::redis_url;
+use super::policy::redis_connection_info;
 use crate::config::edge::RedisConfig;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -237,7 +237,7 @@ impl RedisHandle {
         // requests right after start wait for it instead of failing.
         let up = Arc::new(AtomicBool::new(true));
         let worker = Worker {
-            url: redis_url(&config.address).unwrap_or_default(),
+            config: config.clone(),
             timeout: config.timeout,
             queue,
             up: up.clone(),
@@ -289,7 +289,8 @@ impl RedisHandle {
 }
 
 struct Worker {
-    url: String,
+    /// Logged by `address` only; the credentials are used in `connect`.
+    config: RedisConfig,
     timeout: Duration,
     queue: crossbeam_channel::Receiver<Job>,
     up: Arc<AtomicBool>,
@@ -312,7 +313,7 @@ impl Worker {
                 match self.connect() {
                     Ok(c) => {
                         if !self.up.swap(true, Ordering::Relaxed) {
-                            tracing::info!(url = %self.url, "rate-limit Redis reachable again");
+                            tracing::info!(address = %self.config.address, "rate-limit Redis reachable again");
                         }
                         conn = Some(c);
                     }
@@ -385,12 +386,15 @@ impl Worker {
 
     fn failed(&self, f: Failure, e: &redis::RedisError) {
         if let Some(suppressed) = self.log.allow(super::gcra::now_ns()) {
-            tracing::warn!(url = %self.url, reason = f.label(), error = %e, suppressed, "rate-limit Redis call failed");
+            tracing::warn!(address = %self.config.address, reason = f.label(), error = %e, suppressed, "rate-limit Redis call failed");
         }
     }
 
     fn connect(&self) -> redis::RedisResult<Connection> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let info = redis_connection_info(&self.config).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid address"))
+        })?;
+        let client = redis::Client::open(info)?;
         let mut con = client.get_connection_with_timeout(self.timeout)?;
         con.set_read_timeout(Some(self.timeout))?;
         con.set_write_timeout(Some(self.timeout))?;

@@ -13,7 +13,7 @@ use super::gcra::{self, now_ns, Dead, Taken, MAX_WINDOWS};
 use super::global::{Bucket, CounterSlot, PolicyState, RateLimiter};
 use super::policy::{FailureMode, RateBackend, RateLimitPolicy, LOCAL_LEASE_TTL, MAX_LEASE};
 use super::redis::{Failure, Job, Op, RedisHandle, Reply};
-use super::{headers_for, headers_unknown, RateDecision, RateHeaders};
+use super::{headers_for, headers_unknown, key_digest, KeyDigest, RateDecision, RateHeaders};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -133,7 +133,7 @@ struct Slot {
     backend: RateBackend,
     /// Lease TTL, ns.
     ttl: u64,
-    leases: HashMap<Box<[u8]>, Lease>,
+    leases: HashMap<KeyDigest, Lease>,
     overflow: Lease,
     cap: usize,
 }
@@ -199,13 +199,16 @@ impl ShardLimiter {
     }
 
     /// Checks (and on success consumes) one request for `key` under `policy`.
+    /// The key is whatever the client chose (a header value, say); only its
+    /// fixed-size digest is kept, so memory per key does not depend on it.
     ///
     /// Local policies never wait. Redis policies wait for Redis only when this
     /// shard holds no token for the key (at most about `2 × redis.timeout`).
     pub async fn check(&self, policy: &Arc<RateLimitPolicy>, key: &[u8]) -> RateDecision {
+        let key = key_digest(key);
         match policy.backend {
-            RateBackend::Local => self.check_local(policy, key, now_ns()),
-            RateBackend::Redis => self.check_redis(policy, key).await,
+            RateBackend::Local => self.check_local(policy, &key, now_ns()),
+            RateBackend::Redis => self.check_redis(policy, &key).await,
         }
     }
 
@@ -236,7 +239,7 @@ impl ShardLimiter {
     pub(crate) fn check_local(
         &self,
         policy: &Arc<RateLimitPolicy>,
-        key: &[u8],
+        key: &KeyDigest,
         now: u64,
     ) -> RateDecision {
         let mut inner = self.inner.borrow_mut();
@@ -285,7 +288,7 @@ impl ShardLimiter {
                 }
                 Bucket::Key(ks) => {
                     if max_lease > 1 && !leases.contains_key(key) && leases.len() < *cap {
-                        leases.insert(key.into(), Lease::default());
+                        leases.insert(*key, Lease::default());
                     }
                     let lease = if max_lease > 1 {
                         leases.get_mut(key)
@@ -348,7 +351,7 @@ impl ShardLimiter {
         allowed(counters, headers_for(policy, name, &debt, leased))
     }
 
-    async fn check_redis(&self, policy: &Arc<RateLimitPolicy>, key: &[u8]) -> RateDecision {
+    async fn check_redis(&self, policy: &Arc<RateLimitPolicy>, key: &KeyDigest) -> RateDecision {
         loop {
             let (rx, place) = match self.redis_step(policy, key, now_ns()) {
                 Step::Done(decision) => return decision,
@@ -376,7 +379,7 @@ impl ShardLimiter {
     }
 
     /// Everything a Redis check can do without waiting.
-    fn redis_step(&self, policy: &Arc<RateLimitPolicy>, key: &[u8], now: u64) -> Step {
+    fn redis_step(&self, policy: &Arc<RateLimitPolicy>, key: &KeyDigest, now: u64) -> Step {
         let redis = self.global.redis.load();
         let mut inner = self.inner.borrow_mut();
         let Slot {
@@ -400,7 +403,7 @@ impl ShardLimiter {
             counters.overflow.fetch_add(1, Ordering::Relaxed);
             (Some(overflow), Place::Overflow)
         } else if leases.len() < *cap {
-            (Some(leases.entry(key.into()).or_default()), Place::Key)
+            (Some(leases.entry(*key).or_default()), Place::Key)
         } else {
             (None, Place::Nowhere)
         };
@@ -472,7 +475,7 @@ impl ShardLimiter {
         policy: &RateLimitPolicy,
         state: &PolicyState,
         lease: &mut Lease,
-        key: &[u8],
+        key: &KeyDigest,
         place: Place,
         now: u64,
     ) {
@@ -510,7 +513,7 @@ impl ShardLimiter {
     fn redis_apply(
         &self,
         policy: &Arc<RateLimitPolicy>,
-        key: &[u8],
+        key: &KeyDigest,
         place: Place,
         reply: Reply,
         now: u64,
@@ -712,7 +715,7 @@ fn expire_all(slot: &mut Slot, now: u64, redis: Option<&RedisHandle>) {
 /// Settles expired grants (giving unused tokens back) and drops idle leases.
 fn sweep_slot(slot: &mut Slot, now: u64, redis: Option<&RedisHandle>) {
     let (ttl, backend, state) = (slot.ttl, slot.backend, &slot.state);
-    let give = |key: Option<&[u8]>, g: &Grant| match backend {
+    let give = |key: Option<&KeyDigest>, g: &Grant| match backend {
         RateBackend::Local => give_back_local(state, key, g, now),
         RateBackend::Redis => {
             let place = if key.is_some() {
@@ -723,7 +726,7 @@ fn sweep_slot(slot: &mut Slot, now: u64, redis: Option<&RedisHandle>) {
             send_give(
                 redis,
                 state,
-                redis_key(state, key.unwrap_or_default(), place),
+                redis_key(state, key.unwrap_or(&[0; 16]), place),
                 g,
                 now,
             )
@@ -753,12 +756,12 @@ fn limited(counters: &CounterSlot, headers: RateHeaders, wait_ns: u64) -> RateDe
     }
 }
 
-fn give_back_local(state: &PolicyState, key: Option<&[u8]>, g: &Grant, now: u64) {
+fn give_back_local(state: &PolicyState, key: Option<&KeyDigest>, g: &Grant, now: u64) {
     let tat = g.tat_after.map(|t| t as u64);
     state.give_back(key, g.left, &tat[..state.windows], now);
 }
 
-fn redis_key(state: &PolicyState, key: &[u8], place: Place) -> Vec<u8> {
+fn redis_key(state: &PolicyState, key: &KeyDigest, place: Place) -> Vec<u8> {
     let mut k = Vec::with_capacity(state.redis_prefix.len() + 2 + key.len());
     k.extend_from_slice(&state.redis_prefix);
     match place {
@@ -907,14 +910,14 @@ mod tests {
         for i in 0..10 {
             let shard = if i % 3 == 0 { &a } else { &b };
             assert!(
-                allowed(&shard.check_local(&p, b"1.2.3.4", T0)),
+                allowed(&shard.check_local(&p, &key_digest(b"1.2.3.4"), T0)),
                 "request {i}"
             );
         }
         let RateDecision::Limited {
             headers,
             retry_after_secs,
-        } = b.check_local(&p, b"1.2.3.4", T0)
+        } = b.check_local(&p, &key_digest(b"1.2.3.4"), T0)
         else {
             panic!("the 11th request must be limited");
         };
@@ -923,14 +926,30 @@ mod tests {
             (headers.remaining, headers.quota, headers.window_secs),
             (Some(0), 10, 1)
         );
-        assert!(!allowed(&a.check_local(&p, b"1.2.3.4", T0)));
+        assert!(!allowed(&a.check_local(&p, &key_digest(b"1.2.3.4"), T0)));
         // Other keys have their own bucket.
-        assert!(allowed(&a.check_local(&p, b"5.6.7.8", T0)));
+        assert!(allowed(&a.check_local(&p, &key_digest(b"5.6.7.8"), T0)));
         // Refill: one token per 100 ms, on whichever shard asks.
-        assert!(!allowed(&a.check_local(&p, b"1.2.3.4", T0 + 99 * MS)));
-        assert!(allowed(&a.check_local(&p, b"1.2.3.4", T0 + 100 * MS)));
-        assert!(!allowed(&b.check_local(&p, b"1.2.3.4", T0 + 150 * MS)));
-        assert!(allowed(&b.check_local(&p, b"1.2.3.4", T0 + 200 * MS)));
+        assert!(!allowed(&a.check_local(
+            &p,
+            &key_digest(b"1.2.3.4"),
+            T0 + 99 * MS
+        )));
+        assert!(allowed(&a.check_local(
+            &p,
+            &key_digest(b"1.2.3.4"),
+            T0 + 100 * MS
+        )));
+        assert!(!allowed(&b.check_local(
+            &p,
+            &key_digest(b"1.2.3.4"),
+            T0 + 150 * MS
+        )));
+        assert!(allowed(&b.check_local(
+            &p,
+            &key_digest(b"1.2.3.4"),
+            T0 + 200 * MS
+        )));
         assert_eq!(
             metric(
                 &global,
@@ -954,7 +973,7 @@ mod tests {
         let global = RateLimiter::new();
         let p = policy("api", &[(5, 1000, None), (100, 60_000, None)], 100);
         let a = ShardLimiter::new(global, 0);
-        let RateDecision::Allowed(h) = a.check_local(&p, b"k", T0) else {
+        let RateDecision::Allowed(h) = a.check_local(&p, &key_digest(b"k"), T0) else {
             panic!()
         };
         // The per-second window is the tighter one: 4 left, full again in 200 ms -> 1 s.
@@ -969,9 +988,9 @@ mod tests {
             "RateLimit-Policy: \"api\";q=5;w=1\r\nRateLimit: \"api\";r=4;t=1\r\n"
         );
         for _ in 0..4 {
-            a.check_local(&p, b"k", T0);
+            a.check_local(&p, &key_digest(b"k"), T0);
         }
-        let RateDecision::Limited { headers, .. } = a.check_local(&p, b"k", T0) else {
+        let RateDecision::Limited { headers, .. } = a.check_local(&p, &key_digest(b"k"), T0) else {
             panic!()
         };
         assert_eq!(headers.remaining, Some(0));
@@ -984,13 +1003,13 @@ mod tests {
         let p = policy("two", &[(100, 1000, None), (5, 60_000, None)], 100);
         let a = ShardLimiter::new(global.clone(), 0);
         let admitted = (0..50)
-            .filter(|_| allowed(&a.check_local(&p, b"k", T0)))
+            .filter(|_| allowed(&a.check_local(&p, &key_digest(b"k"), T0)))
             .count();
         assert_eq!(admitted, 5);
         let RateDecision::Limited {
             headers,
             retry_after_secs,
-        } = a.check_local(&p, b"k", T0 + S)
+        } = a.check_local(&p, &key_digest(b"k"), T0 + S)
         else {
             panic!()
         };
@@ -1002,8 +1021,8 @@ mod tests {
         );
         // The per-second window was rolled back for every refused request: after
         // 12 s exactly one more fits, not zero.
-        assert!(allowed(&a.check_local(&p, b"k", T0 + 12 * S)));
-        assert!(!allowed(&a.check_local(&p, b"k", T0 + 12 * S)));
+        assert!(allowed(&a.check_local(&p, &key_digest(b"k"), T0 + 12 * S)));
+        assert!(!allowed(&a.check_local(&p, &key_digest(b"k"), T0 + 12 * S)));
     }
 
     #[test]
@@ -1018,29 +1037,31 @@ mod tests {
         assert_eq!(p.max_lease(2), 250, "burst / (2 × shards) caps it");
         // Shard A is busy: its leases double 1, 2, 4, ... up to 250.
         for _ in 0..600 {
-            assert!(allowed(&a.check_local(&p, b"k", T0)));
+            assert!(allowed(&a.check_local(&p, &key_digest(b"k"), T0)));
         }
         let leases = metric(&global, "hypergate_ratelimit_leases_total{policy=\"fast\"}");
         assert!(leases < 12, "600 requests in {leases} leases");
         // A holds leased tokens; B gets what is left of the burst, never more in total.
         let b_admitted = (0..2000)
-            .filter(|_| allowed(&b.check_local(&p, b"k", T0)))
+            .filter(|_| allowed(&b.check_local(&p, &key_digest(b"k"), T0)))
             .count();
         let held = {
             let inner = a.inner.borrow();
-            inner.slots[0].leases[&b"k"[..]].cur.map_or(0, |g| g.left)
+            inner.slots[0].leases[&key_digest(b"k")]
+                .cur
+                .map_or(0, |g| g.left)
         };
         assert_eq!(
             600 + b_admitted as u64 + held,
             1000,
             "A used 600, holds {held}"
         );
-        assert!(!allowed(&b.check_local(&p, b"k", T0)));
+        assert!(!allowed(&b.check_local(&p, &key_digest(b"k"), T0)));
         // A's lease expires (50 ms): its unused tokens go back when A next sweeps.
         // 1 ms later B finds them (plus the 100 tokens refilled in 1 ms).
-        a.check_local(&p, b"other", T0 + 50 * MS);
+        a.check_local(&p, &key_digest(b"other"), T0 + 50 * MS);
         let b_after = (0..2000)
-            .filter(|_| allowed(&b.check_local(&p, b"k", T0 + 51 * MS)))
+            .filter(|_| allowed(&b.check_local(&p, &key_digest(b"k"), T0 + 51 * MS)))
             .count() as u64;
         // 5 100 refilled by 51 ms, capped at the 1 000 burst; minus what B's
         // own live lease still holds, and A's one request on another key.
@@ -1064,7 +1085,7 @@ mod tests {
         let mut now = T0;
         while now < T0 + 10 * S {
             for s in &shards {
-                admitted += u64::from(allowed(&s.check_local(&p, b"k", now)));
+                admitted += u64::from(allowed(&s.check_local(&p, &key_digest(b"k"), now)));
             }
             now += step;
         }
@@ -1089,7 +1110,11 @@ mod tests {
         let mut admitted = 0;
         for i in 0..1000u32 {
             for _ in 0..2 {
-                admitted += usize::from(allowed(&a.check_local(&p, &i.to_be_bytes(), T0)));
+                admitted += usize::from(allowed(&a.check_local(
+                    &p,
+                    &key_digest(&i.to_be_bytes()),
+                    T0,
+                )));
             }
         }
         // 3 tracked keys × 2 + the overflow bucket's burst of 2.
@@ -1106,7 +1131,7 @@ mod tests {
             1994
         );
         // Still refusing later keys, and memory did not grow.
-        assert!(!allowed(&a.check_local(&p, b"late", T0)));
+        assert!(!allowed(&a.check_local(&p, &key_digest(b"late"), T0)));
         assert_eq!(
             metric(&global, "hypergate_ratelimit_keys{policy=\"capped\"}"),
             3
@@ -1126,7 +1151,11 @@ mod tests {
             3
         );
         // A new key is tracked again, with a fresh bucket.
-        assert!(allowed(&a.check_local(&p, b"late", T0 + 2 * S)));
+        assert!(allowed(&a.check_local(
+            &p,
+            &key_digest(b"late"),
+            T0 + 2 * S
+        )));
         assert_eq!(
             metric(&global, "hypergate_ratelimit_keys{policy=\"capped\"}"),
             1
@@ -1142,17 +1171,23 @@ mod tests {
         let a = ShardLimiter::new(global.clone(), 0);
         for p in [&p1, &q1] {
             for _ in 0..3 {
-                assert!(allowed(&a.check_local(p, b"k", T0)));
+                assert!(allowed(&a.check_local(p, &key_digest(b"k"), T0)));
             }
-            assert!(!allowed(&a.check_local(p, b"k", T0)));
+            assert!(!allowed(&a.check_local(p, &key_digest(b"k"), T0)));
         }
         // Reload: "keep" is the same policy (a new object), "change" has a new limit.
         let p2 = policy("keep", &[(3, 60_000, None)], 100);
         let q2 = policy("change", &[(4, 60_000, None)], 100);
         drop((p1, q1));
         global.install(&[p2.clone(), q2.clone()], None);
-        assert!(!allowed(&a.check_local(&p2, b"k", T0)), "same buckets");
-        assert!(allowed(&a.check_local(&q2, b"k", T0)), "new buckets");
+        assert!(
+            !allowed(&a.check_local(&p2, &key_digest(b"k"), T0)),
+            "same buckets"
+        );
+        assert!(
+            allowed(&a.check_local(&q2, &key_digest(b"k"), T0)),
+            "new buckets"
+        );
         // Counters survive the change.
         assert_eq!(
             metric(
