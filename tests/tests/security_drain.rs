@@ -201,3 +201,59 @@ fn a_connection_idle_at_the_drain_still_gets_an_answer() {
         .wait_exit(Duration::from_secs(8))
         .is_some_and(|s| s.success()));
 }
+
+#[test]
+fn connection_churn_through_the_drain_resets_nothing() {
+    // The hardest case: no lame duck, and clients that open a new connection for
+    // every request (each answer says `Connection: close` once draining) right
+    // through the listener's close. Connections are refused (before anything is
+    // sent) once it is closed; none may be reset, nor a sent request lost.
+    let upstream = MockUpstream::ok("ok");
+    let mut gw = GatewayProcess::spawn(&config(&upstream, "0s", "5s"));
+    let addr = gw.addr;
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (tally, stop) = (tally.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(mut conn) = Conn::try_connect(addr) else {
+                        continue;
+                    };
+                    conn.set_read_timeout(Duration::from_secs(5));
+                    if conn.try_send(&Request::get("/churn").to_bytes()).is_err() {
+                        // Refused mid-handshake is a connect failure: nothing was sent.
+                        continue;
+                    }
+                    match conn.try_read_response(false) {
+                        Ok(r) if r.status == 200 => {
+                            tally.ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => tally
+                            .failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status)),
+                        Err(e) => tally.failed.lock().unwrap().push(format!("read: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("churn is flowing", Duration::from_secs(10), || {
+        tally.ok.load(Ordering::SeqCst) > 200
+    });
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(10));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "requests lost across the drain: {failed:?}"
+    );
+    assert!(status.is_some_and(|s| s.success()), "{:#?}", gw.log());
+}

@@ -509,28 +509,57 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
     });
 }
 
+/// How long a draining listener keeps accepting after it stopped taking new
+/// SYNs: handshakes already under way complete and are served, instead of
+/// being reset when the listener closes.
+const LISTENER_SETTLE: Duration = Duration::from_millis(100);
+
 async fn accept_loop(
     ctx: Rc<ShardCtx>,
     listener: monoio::net::TcpListener,
     listener_idx: usize,
     accepting: async_channel::Receiver<()>,
 ) {
-    loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => r,
-            _ = accepting.recv() => break,
-        };
-        match accepted {
-            Ok((stream, peer)) => admit(&ctx, stream, peer, listener_idx),
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(50)).await;
+    // Until the drain: accept. Then, with new SYNs dropped, keep accepting for
+    // `LISTENER_SETTLE`, so nothing is mid-handshake when the listener closes.
+    // The pending accept is never dropped while connections can still arrive:
+    // with io_uring, one that completed as it was cancelled would be lost with
+    // its request (and reset at exit). It is dropped only after the settle,
+    // when the filter lets no new connection in.
+    {
+        let mut settle_until: Option<Instant> = None;
+        let mut accept = std::pin::pin!(listener.accept());
+        loop {
+            let draining = settle_until.is_some();
+            let settle_left = settle_until.map_or(Duration::ZERO, |u| {
+                u.saturating_duration_since(Instant::now())
+            });
+            monoio::select! {
+                r = accept.as_mut() => {
+                    accept.set(listener.accept());
+                    match r {
+                        Ok((stream, peer)) => admit(&ctx, stream, peer, listener_idx),
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                            monoio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                _ = accepting.recv(), if !draining => {
+                    if let Err(e) = refuse_new_syns(listener.as_raw_fd()) {
+                        tracing::warn!(shard = ctx.id, error = %e, "cannot stop new handshakes on a draining listener");
+                    }
+                    settle_until = Some(Instant::now() + LISTENER_SETTLE);
+                }
+                _ = monoio::time::sleep(settle_left), if draining => break,
             }
         }
+        // The pending accept (cancelled now, with nothing left to take) goes here,
+        // before the queue is drained below.
     }
-    // Draining: closing a listener resets the connections still in its accept
-    // queue, so take them all first (they are answered with `Connection: close`).
+    // Closing a listener resets the connections still in its accept queue, so
+    // take them all first (they are answered with `Connection: close`).
     let fd = listener.as_raw_fd();
     // SAFETY: `fd` is this shard's open listening socket; the duplicate is a new
     // fd that the std listener owns and closes; the original stays with `listener`.
@@ -549,6 +578,70 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// Makes a listening socket drop new connection attempts (TCP segments with SYN
+/// and without ACK) while handshakes already under way still complete: a
+/// classic BPF socket filter, which the kernel runs on the TCP header of every
+/// segment addressed to the listener. A client whose SYN is dropped retries
+/// after its retransmission timeout (a second) and finds the port closed: it is
+/// refused before it sent anything, rather than reset after.
+fn refuse_new_syns(fd: RawFd) -> std::io::Result<()> {
+    // A = TCP flags (byte 13 of the TCP header); A &= SYN|ACK;
+    // SYN alone: drop (return 0); anything else: keep (return the whole length).
+    let mut program = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 13,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0x12,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: 0x02,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fd` is an open socket of this shard; the kernel copies the program
+    // (five valid classic BPF instructions) out of `fprog` during the call, so
+    // both only need to live until it returns.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::addr_of!(fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
