@@ -3,17 +3,28 @@
 //!
 //! Start-up order: health checkers, access-log writer, listener sockets (bound
 //! here with SO_REUSEPORT, one per shard, so `:0` resolves to one port), shard
-//! threads, demo upstreams, admin listener. Reload: parse and validate, diff
-//! against the running config (start-bound sections refuse the reload), send
-//! the new config to every shard, wait for every acknowledgement, then swap.
+//! threads, demo upstreams, admin listener.
+//!
+//! A reload is a transaction: parse and validate, diff against the running
+//! config (start-bound sections refuse the reload), then *prepare* on every
+//! shard (each builds its new state from its running one, so pools survive) and
+//! *commit* on all only when every shard is ready; if one fails or does not
+//! answer in time, every shard *aborts* and nothing anywhere changes. The
+//! controller's config, the health checkers, the rate limiter and the LLM
+//! state switch in the same commit.
+//!
+//! Runtime overrides (canary and admin weight decisions, see
+//! `config::overrides`) are a layer over the file's config: applied by a shard
+//! command, persisted in the call store, kept across reloads and restarts.
 
 use crate::config::diff::{diff, ConfigDiff};
+use crate::config::overrides::{OverrideSubject, Overrides, WeightOverride};
 use crate::config::{self, Config, ConfigError};
 use crate::edge::ratelimit::RateLimiter;
 use crate::observability::ebpf::TcpProbe;
 use crate::observability::export::ProcessInfo;
 use crate::observability::MergedStats;
-use crate::shard::{self, ShardCommand, ShardHandle, ShardSpec};
+use crate::shard::{self, Prepare, ShardCommand, ShardHandle, ShardSpec};
 use crate::upstream::health::HealthRegistry;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
@@ -66,6 +77,25 @@ pub enum ReloadError {
     /// A shard did not acknowledge in time.
     #[error("shard {0} did not acknowledge the new config")]
     ShardTimeout(usize),
+    /// A shard could not prepare the new config: every shard kept the old one.
+    #[error("shard {shard} could not prepare the new config ({reason}); no shard changed")]
+    Prepare {
+        /// Which shard.
+        shard: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a runtime override was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    /// The override does not fit the running config.
+    #[error("{}", .0.iter().map(|i| format!("{}: {}", i.path, i.reason)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<crate::config::ConfigIssue>),
+    /// A shard did not install it in time (the others have).
+    #[error("shard {0} did not acknowledge the overrides")]
+    ShardTimeout(usize),
 }
 
 /// Shared control state, used by the admin thread and signal handlers.
@@ -91,7 +121,14 @@ pub struct Controller {
     hypercare: crate::hypercare::engine::SharedView,
     /// The kernel TCP probe, when `[observability.ebpf]` is enabled and it loaded.
     tcp_probe: Option<Arc<TcpProbe>>,
+    /// Runtime overrides in force (the layer over the file's config).
+    overrides: Mutex<Arc<Overrides>>,
+    /// A failure to inject into the next reload's prepare: (shard, reason).
+    prepare_fault: Mutex<Option<(usize, String)>>,
 }
+
+/// How long a shard may take to answer a control command.
+const SHARD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Controller {
     /// The running config.
@@ -128,30 +165,66 @@ impl Controller {
         }
     }
 
-    /// Installs a validated config on every shard.
+    /// Installs a validated config on every shard, all or nothing: prepare
+    /// everywhere, then commit everywhere, or abort everywhere if any shard
+    /// fails or does not answer in time (see the module docs).
     pub fn apply(&self, new: Config) -> Result<ConfigDiff, ReloadError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.config();
         let d = diff(&old, &new);
-        if !d.restart_required.is_empty() {
+        let refuse = |e: ReloadError| {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            let e = ReloadError::RestartRequired(d.restart_required);
             tracing::error!(error = %e, "reload refused; the running config stays in place");
-            return Err(e);
+            Err(e)
+        };
+        if !d.restart_required.is_empty() {
+            return refuse(ReloadError::RestartRequired(d.restart_required));
         }
         let new = Arc::new(new);
-        let mut acks = Vec::new();
-        for tx in &self.shards {
-            let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-            let _ = tx.send_blocking(ShardCommand::Install(new.clone(), ack_tx));
-            acks.push(ack_rx);
+        let overrides = self.overrides();
+        let fault = self
+            .prepare_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut ready = Vec::new();
+        for (i, tx) in self.shards.iter().enumerate() {
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+            let _ = tx.send_blocking(ShardCommand::Prepare(Prepare {
+                config: new.clone(),
+                overrides: overrides.clone(),
+                fail: fault
+                    .as_ref()
+                    .filter(|(shard, _)| *shard == i)
+                    .map(|(_, reason)| reason.clone()),
+                ready: ready_tx,
+            }));
+            ready.push(ready_rx);
         }
-        for (i, ack) in acks.iter().enumerate() {
-            if ack.recv_timeout(Duration::from_secs(5)).is_err() {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                return Err(ReloadError::ShardTimeout(i));
+        let deadline = std::time::Instant::now() + SHARD_ACK_TIMEOUT;
+        for (i, rx) in ready.iter().enumerate() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let failure = match rx.recv_timeout(left) {
+                Ok(Ok(())) => continue,
+                Ok(Err(reason)) => ReloadError::Prepare { shard: i, reason },
+                Err(_) => ReloadError::ShardTimeout(i),
+            };
+            for tx in &self.shards {
+                let _ = tx.send_blocking(ShardCommand::Abort);
             }
+            return refuse(failure);
         }
+        // Every shard is ready: commit everywhere, and switch the process-wide
+        // parts with them.
+        let acks: Vec<_> = self
+            .shards
+            .iter()
+            .map(|tx| {
+                let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+                let _ = tx.send_blocking(ShardCommand::Commit(ack_tx));
+                ack_rx
+            })
+            .collect();
         self.health.sync(&new);
         self.rate_limiter
             .install(&new.rate_limits, new.raw.redis.as_ref());
@@ -160,9 +233,98 @@ impl Controller {
         }
         self.ai.install(&new);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        for (i, ack) in acks.iter().enumerate() {
+            if ack.recv_timeout(SHARD_ACK_TIMEOUT).is_err() {
+                // Committing cannot fail; a shard this late installs it when it gets there.
+                tracing::warn!(shard = i, "a shard was slow to commit the new config");
+            }
+        }
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         tracing::info!(diff = %serde_json::to_string(&d).unwrap_or_default(), "config reloaded");
         Ok(d)
+    }
+
+    /// Makes the next reload's prepare fail on `shard` with `reason`, as a shard
+    /// that cannot build its state would: for failure drills and tests of the
+    /// all-or-nothing reload.
+    pub fn fail_next_prepare(&self, shard: usize, reason: &str) {
+        *self.prepare_fault.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((shard, reason.to_string()));
+    }
+
+    /// The runtime overrides in force.
+    pub fn overrides(&self) -> Arc<Overrides> {
+        self.overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the weights of `subject` (replacing any earlier override of it), on
+    /// every shard, without touching the file's config; persisted in the call
+    /// store. Nothing changes when it does not fit the running config.
+    pub fn set_override(
+        &self,
+        subject: OverrideSubject,
+        o: WeightOverride,
+    ) -> Result<(), OverrideError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let issues = Overrides::check(&self.config(), &subject, &o);
+        if !issues.is_empty() {
+            return Err(OverrideError::Invalid(issues));
+        }
+        tracing::info!(%subject, weights = ?o.weights, set_by = %o.set_by, reason = %o.reason, "runtime override set");
+        let mut next = (*self.overrides()).clone();
+        next.weights.insert(subject, o);
+        self.install_overrides(next)
+    }
+
+    /// Clears the override of `subject` (all of them with `None`): the file's
+    /// weights apply again. Returns how many were cleared.
+    pub fn clear_overrides(
+        &self,
+        subject: Option<&OverrideSubject>,
+    ) -> Result<usize, OverrideError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = (*self.overrides()).clone();
+        let before = next.weights.len();
+        match subject {
+            Some(s) => {
+                next.weights.remove(s);
+            }
+            None => next.weights.clear(),
+        }
+        let cleared = before - next.weights.len();
+        if cleared > 0 {
+            tracing::info!(subject = ?subject, cleared, "runtime overrides cleared");
+            self.install_overrides(next)?;
+        }
+        Ok(cleared)
+    }
+
+    /// Installs `next` (its epoch advanced) on every shard and persists it.
+    fn install_overrides(&self, mut next: Overrides) -> Result<(), OverrideError> {
+        next.epoch = self.overrides().epoch + 1;
+        let next = Arc::new(next);
+        *self.overrides.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        if let Some(path) = &self.store_path {
+            crate::hypercare::state::save_overrides(path, &next);
+        }
+        let acks: Vec<_> = self
+            .shards
+            .iter()
+            .map(|tx| {
+                let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+                let _ = tx.send_blocking(ShardCommand::SetOverrides(next.clone(), ack_tx));
+                ack_rx
+            })
+            .collect();
+        for (i, ack) in acks.iter().enumerate() {
+            if ack.recv_timeout(SHARD_ACK_TIMEOUT).is_err() {
+                return Err(OverrideError::ShardTimeout(i));
+            }
+        }
+        Ok(())
     }
 
     /// What the hypercare engine shows.
@@ -323,10 +485,20 @@ impl Gateway {
         let store_path = store_config
             .enabled
             .then(|| crate::hypercare::store::resolve_path(store_config, config_path.as_deref()));
-        let config = match &store_path {
-            Some(path) => crate::hypercare::canary::with_saved_weights(config, path),
-            None => config,
-        };
+        // Runtime overrides saved by an earlier process (a canary's rollback, an
+        // operator's weights) apply before the listeners serve.
+        let overrides = Arc::new(
+            store_path
+                .as_deref()
+                .map(crate::hypercare::state::load_overrides)
+                .unwrap_or_default(),
+        );
+        if !overrides.weights.is_empty() {
+            tracing::info!(
+                overrides = overrides.weights.len(),
+                "runtime overrides restored from the call store"
+            );
+        }
         let config = Arc::new(config);
         let health = Arc::new(HealthRegistry::default());
         health.sync(&config);
@@ -429,6 +601,7 @@ impl Gateway {
                 io_uring: config.raw.server.io_uring,
                 listeners,
                 config: config.clone(),
+                overrides: overrides.clone(),
                 access_log: sinks[id].take(),
                 health: health.clone(),
                 seed: seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -455,6 +628,8 @@ impl Gateway {
             store_path,
             store_counters,
             hypercare: Default::default(),
+            overrides: Mutex::new(overrides),
+            prepare_fault: Mutex::new(None),
         });
         crate::hypercare::engine::start(Arc::downgrade(&controller), controller.hypercare.clone())?;
         for d in &config.raw.demo_upstreams {

@@ -3,8 +3,10 @@
 //! It runs on its own thread with blocking std sockets (a thread per admin
 //! connection), never on a shard and never on a data-plane port. Endpoints:
 //! `GET /metrics` (Prometheus text), `GET /stats` (JSON with exact quantiles),
-//! `GET /config` (running config as JSON, secrets shown as `<redacted>`), `GET /healthz`,
+//! `GET /config` (the running config as JSON: the file's, runtime overrides applied
+//! and listed in an overlay; secrets shown as `<redacted>`), `GET /healthz`,
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
+//! `GET`/`POST`/`DELETE /overrides` (the runtime overrides layer),
 //! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
 //! `GET /hypercare/alerts`, `GET /hypercare/canary`, `GET /hypercare/windows` and
 //! `POST /hypercare/windows` (the hypercare engine), and the dashboard at `/ui`.
@@ -270,6 +272,7 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
     let reply = match path.strip_prefix("/hypercare/") {
         Some(what) if method == "GET" => hypercare(what, query, controller),
         Some("windows") if method == "POST" => open_window(&request.body, controller),
+        None if path == "/overrides" => overrides(method, query, &request.body, controller),
         _ => route(method, path, controller),
     };
     write_reply(&mut stream, &reply);
@@ -419,6 +422,84 @@ fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
         }
     }
     stats["tcp"] = tcp;
+}
+
+/// `/overrides`: the runtime overrides layer. `GET` shows it (the overlay of
+/// `/config`); `POST` sets the weights of a route's split or an LLM alias's
+/// targets (`{"route": "checkout", "weights": {"v1": 100, "v2": 0}, "reason":
+/// "..."}`, or `"alias"` instead of `"route"`), recorded as set by `admin`;
+/// `DELETE` clears one (`?route=NAME` or `?alias=NAME`) or, without a query, all.
+fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
+    use crate::config::overrides::{OverrideSubject, WeightOverride};
+    let subject_of = |route: Option<String>, alias: Option<String>| match (route, alias) {
+        (Some(r), None) => Ok(OverrideSubject::Route(r)),
+        (None, Some(a)) => Ok(OverrideSubject::Alias(a)),
+        _ => Err(error(400, "name exactly one of route or alias")),
+    };
+    match method {
+        "GET" => json(200, c.overrides().overlay(&c.config())),
+        "POST" => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                route: Option<String>,
+                alias: Option<String>,
+                weights: std::collections::BTreeMap<String, u32>,
+                #[serde(default)]
+                reason: String,
+            }
+            let b: Body = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => return error(400, &format!("invalid override: {e}")),
+            };
+            let subject = match subject_of(b.route, b.alias) {
+                Ok(s) => s,
+                Err(reply) => return reply,
+            };
+            let o = WeightOverride {
+                weights: b.weights,
+                set_by: "admin".into(),
+                reason: if b.reason.is_empty() {
+                    "set through the admin API".into()
+                } else {
+                    b.reason
+                },
+                at_ms: crate::hypercare::unix_ms(),
+            };
+            match c.set_override(subject, o) {
+                Ok(()) => json(
+                    200,
+                    serde_json::json!({"status": "set", "overrides": c.overrides().overlay(&c.config())}),
+                ),
+                Err(e @ crate::gateway::OverrideError::Invalid(_)) => error(400, &e.to_string()),
+                Err(e) => error(503, &e.to_string()),
+            }
+        }
+        "DELETE" => {
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                    .map(str::to_string)
+            };
+            let subject = if query.is_empty() {
+                None
+            } else {
+                match subject_of(param("route"), param("alias")) {
+                    Ok(s) => Some(s),
+                    Err(reply) => return reply,
+                }
+            };
+            match c.clear_overrides(subject.as_ref()) {
+                Ok(cleared) => json(
+                    200,
+                    serde_json::json!({"status": "cleared", "cleared": cleared}),
+                ),
+                Err(e) => error(503, &e.to_string()),
+            }
+        }
+        _ => error(405, "method not allowed"),
+    }
 }
 
 /// `POST /hypercare/windows`: opens a hypercare window (the `[[hypercare.windows]]`
@@ -578,10 +659,17 @@ fn route(method: &str, path: &str, c: &Controller) -> Reply {
             json(503, serde_json::json!({"status": "draining"}))
         }
         ("GET", "/readyz") => json(200, serde_json::json!({"status": "ready"})),
-        ("GET", "/config") => json(
-            200,
-            serde_json::to_value(&c.config().raw).unwrap_or_default(),
-        ),
+        ("GET", "/config") => {
+            // What runs: the file's config with the runtime overrides applied,
+            // and the overlay saying which values differ from the file, who set
+            // them and why.
+            let config = c.config();
+            let overrides = c.overrides();
+            let mut body = serde_json::to_value(&config.raw).unwrap_or_default();
+            overrides.apply_to_json(&config, &mut body);
+            body["overrides"] = overrides.overlay(&config);
+            json(200, body)
+        }
         ("POST", "/reload") => match c.reload_from_file() {
             Ok(d) => json(200, serde_json::json!({"status": "reloaded", "diff": d})),
             Err(e) => json(

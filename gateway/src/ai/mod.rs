@@ -1298,21 +1298,23 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut plan = Vec::new();
         for a in chain {
             let al = &spec.aliases[a];
+            // Effective weights: the file's, or a runtime override's (a canary's).
+            let weight = &self.req.inst.alias_weights[a];
             let mut order: Vec<usize> = (0..al.targets.len()).collect();
-            order.sort_by_key(|&t| std::cmp::Reverse(al.targets[t].weight));
+            order.sort_by_key(|&t| std::cmp::Reverse(weight[t]));
             let live: Vec<usize> = order
                 .iter()
                 .copied()
-                .filter(|&t| al.targets[t].weight > 0 && ai.available(&al.targets[t].label, now))
+                .filter(|&t| weight[t] > 0 && ai.available(&al.targets[t].label, now))
                 .collect();
-            let total: u64 = live.iter().map(|&t| u64::from(al.targets[t].weight)).sum();
+            let total: u64 = live.iter().map(|&t| u64::from(weight[t])).sum();
             if total > 0 {
                 let mut x = crate::upstream::next_random(&self.req.ctx.rng) % total;
                 let first = live
                     .iter()
                     .copied()
                     .find(|&t| {
-                        let w = u64::from(al.targets[t].weight);
+                        let w = u64::from(weight[t]);
                         if x < w {
                             true
                         } else {

@@ -11,6 +11,7 @@ pub mod ai;
 pub mod diff;
 pub mod edge;
 pub mod hypercare;
+pub mod overrides;
 pub mod raw;
 pub mod validate;
 

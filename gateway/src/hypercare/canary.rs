@@ -2,8 +2,10 @@
 //! the engine feeds `hypergate-analysis` with what each side of the route's split
 //! served since the previous tick (requests, 5xx, upstream latency histogram of
 //! the side's cluster), and acts on the decision by changing the split's weights
-//! itself: a new config with the canary's weight is validated and installed on
-//! every shard like a reload (so `/config` shows the weights in force).
+//! itself: a runtime override (`config::overrides`) that every shard applies
+//! without re-reading the file, so a reload keeps it, `/config` shows the
+//! weights in force with an overlay saying the canary set them and why, and the
+//! call store keeps it across restarts.
 //!
 //! An alias canary (`alias = "..."`) compares two targets of an LLM alias the
 //! same way (calls, errors, whole-call latency), plus, when their tolerances are
@@ -17,10 +19,12 @@
 //! dashboard and the report, and written to the call store's `events` table.
 //! Where the rollout stands (step, rolled back, completed) is saved in the
 //! store too (`hypercare::state`): after a restart the run resumes at its step,
-//! and a rolled-back canary stays at 0%.
+//! and a rolled-back canary stays at 0% from the first request (its override is
+//! restored before the listeners serve).
 
 use super::series::{Scope, Series};
 use crate::config::hypercare::CanaryConfig;
+use crate::config::overrides::{OverrideSubject, WeightOverride};
 use crate::gateway::Controller;
 use hypergate_analysis::{
     CanaryAnalysis, CanaryPlan, Decision, MeanJudge, Phase, Progress, Step, Window,
@@ -34,6 +38,8 @@ pub struct CanaryRun {
     pub config: CanaryConfig,
     analysis: CanaryAnalysis,
     started: Instant,
+    /// The canary weight this run last set as a runtime override.
+    applied: Option<u32>,
 }
 
 /// The plan a config describes.
@@ -90,6 +96,7 @@ impl CanaryRun {
             config,
             analysis,
             started: Instant::now(),
+            applied: None,
         })
     }
 
@@ -101,6 +108,7 @@ impl CanaryRun {
             config,
             analysis,
             started: Instant::now(),
+            applied: None,
         })
     }
 
@@ -182,24 +190,47 @@ impl CanaryRun {
                 }
             }
         }
-        self.enforce(controller);
+        let why = match &out.record {
+            Some(r) => r["decision"]["action"]
+                .as_str()
+                .unwrap_or("decision")
+                .to_string(),
+            None => "plan in force".to_string(),
+        };
+        self.enforce(controller, &why);
         out
     }
 
-    /// Installs the wanted weights if the running config differs (also after a reload).
-    fn enforce(&self, controller: &Controller) {
-        let mut raw = controller.config().raw.clone();
-        if !set_weights(&mut raw, &self.config, self.analysis.weight()) {
+    /// Sets the runtime override that gives the sides their wanted weights, when
+    /// the wanted weight changed since this run last set it (its first tick, a
+    /// promotion, a rollback, the end). Between those the override stays as it
+    /// is: an operator's override is kept until the canary's next decision. The
+    /// file's config is never rewritten, so a reload (SIGHUP) keeps the decision.
+    fn enforce(&mut self, controller: &Controller, why: &str) {
+        let wanted = self.analysis.weight();
+        if self.applied == Some(wanted) {
             return;
         }
-        match crate::config::validate::validate(raw) {
-            Ok(new) => {
-                if let Err(e) = controller.apply(new) {
-                    tracing::error!(error = %e, route = %self.config.subject(), "canary: cannot change the split weights");
-                }
-            }
-            Err(issues) => {
-                tracing::error!(?issues, "canary: the adjusted config does not validate")
+        let subject = match &self.config.alias {
+            Some(alias) => OverrideSubject::Alias(alias.clone()),
+            None => OverrideSubject::Route(self.config.route.clone()),
+        };
+        let weights = [
+            (self.config.canary.clone(), wanted),
+            (self.config.stable.clone(), 100 - wanted),
+        ]
+        .into_iter()
+        .collect();
+        let o = WeightOverride {
+            weights,
+            set_by: "canary".into(),
+            reason: format!("canary {} at {wanted}%: {why}", self.config.canary),
+            at_ms: super::unix_ms(),
+        };
+        match controller.set_override(subject, o) {
+            Ok(()) => self.applied = Some(wanted),
+            Err(e) => {
+                tracing::error!(error = %e, route = %self.config.subject(), "canary: cannot set the split weights")
             }
         }
     }
@@ -215,91 +246,6 @@ impl CanaryRun {
             "status": self.analysis.status(),
             "plan": plan(&self.config),
         })
-    }
-}
-
-/// Gives the canary `wanted` percent of its route's split (the stable side the
-/// rest); returns whether a weight changed.
-fn set_weights(raw: &mut crate::config::raw::RawConfig, c: &CanaryConfig, wanted: u32) -> bool {
-    // The sides and their weights: an alias's targets, or a route's split.
-    let sides: Vec<(String, &mut u32)> = match &c.alias {
-        Some(alias) => raw
-            .ai
-            .models
-            .iter_mut()
-            .filter(|m| m.alias == *alias)
-            .flat_map(|m| &mut m.targets)
-            .map(|t| (format!("{}/{}", t.provider, t.model), &mut t.weight))
-            .collect(),
-        None => raw
-            .routes
-            .iter_mut()
-            .filter(|r| r.name == c.route)
-            .filter_map(|r| r.split.as_mut())
-            .flat_map(|s| &mut s.targets)
-            .map(|t| (t.cluster.clone(), &mut t.weight))
-            .collect(),
-    };
-    let mut changed = false;
-    for (name, weight) in sides {
-        let w = if name == c.canary {
-            wanted
-        } else if name == c.stable {
-            100 - wanted
-        } else {
-            continue;
-        };
-        if *weight != w {
-            *weight = w;
-            changed = true;
-        }
-    }
-    changed
-}
-
-/// `config` with the weights that the canary runs saved in the store at `path`
-/// want (same definitions only). Applied before the data plane starts, so a
-/// restart sends no request to a canary that was rolled back.
-pub fn with_saved_weights(
-    config: crate::config::Config,
-    path: &std::path::Path,
-) -> crate::config::Config {
-    if config.raw.hypercare.canaries.is_empty() || !path.exists() {
-        return config;
-    }
-    let Ok(conn) = super::store::open_for_reading(path) else {
-        return config;
-    };
-    let saved = super::state::Saved::load(&conn);
-    let mut raw = config.raw.clone();
-    let mut changed = false;
-    for c in &config.raw.hypercare.canaries {
-        let progress = saved
-            .get("canary", &c.subject(), &super::state::definition(c))
-            .and_then(|p| serde_json::from_value::<Progress>(p.clone()).ok());
-        let Some(weight) = progress
-            .and_then(|p| CanaryAnalysis::resume(plan(c), &p).ok())
-            .map(|a| a.weight())
-        else {
-            continue;
-        };
-        changed |= set_weights(&mut raw, c, weight);
-    }
-    if !changed {
-        return config;
-    }
-    match crate::config::validate::validate(raw) {
-        Ok(resumed) => {
-            tracing::info!(path = %path.display(), "canary weights resumed from the call store");
-            resumed
-        }
-        Err(issues) => {
-            tracing::error!(
-                ?issues,
-                "canary: the resumed weights do not validate; starting with the file's"
-            );
-            config
-        }
     }
 }
 

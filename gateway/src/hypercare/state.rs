@@ -1,6 +1,8 @@
 //! Hypercare progress that outlives a restart: where each canary rollout
 //! stands and each hypercare window's streak, kept in the call store's
-//! `hypercare_state` table by the engine and read back when it starts.
+//! `hypercare_state` table by the engine and read back when it starts; and the
+//! runtime overrides layer (kind `override`), saved by the controller whenever
+//! it changes and read back before the listeners serve.
 //!
 //! A row holds the definition it belongs to (the canary's or window's config
 //! as JSON): a restart resumes only what is defined the same way, so a changed
@@ -98,6 +100,33 @@ pub fn save(path: &Path, kind: &str, entries: &[(String, Entry)]) {
     if let Err(e) = result {
         tracing::warn!(error = %e, kind, "hypercare: cannot save progress in the call store");
     }
+}
+
+/// The `hypercare_state` kind and key the overrides layer is saved under.
+const OVERRIDES: (&str, &str) = ("override", "layer");
+
+/// Saves the runtime overrides layer (replacing the one saved before).
+pub fn save_overrides(path: &Path, overrides: &crate::config::overrides::Overrides) {
+    let entry = Entry {
+        config: String::new(),
+        state: serde_json::to_value(overrides).unwrap_or_default(),
+    };
+    save(path, OVERRIDES.0, &[(OVERRIDES.1.to_string(), entry)]);
+}
+
+/// The runtime overrides layer saved in the store at `path` (empty when there
+/// is none, or the store cannot be read).
+pub fn load_overrides(path: &Path) -> crate::config::overrides::Overrides {
+    if !path.exists() {
+        return Default::default();
+    }
+    let Ok(conn) = super::store::open_for_reading(path) else {
+        return Default::default();
+    };
+    Saved::load(&conn)
+        .get(OVERRIDES.0, OVERRIDES.1, "")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// The last `limit` events of `kind` in the store's `events` table, oldest first.

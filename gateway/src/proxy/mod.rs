@@ -571,13 +571,7 @@ async fn handle_request<S: ClientStream>(
                 }
             }
             _ => {
-                let t = choose_target(
-                    route,
-                    &inst.routes[ri].split_current,
-                    &inst.config.clusters,
-                    &view,
-                    peer,
-                );
+                let t = choose_target(route, &inst.routes[ri], &inst.config.clusters, &view, peer);
                 ex.target = Some(t);
                 let cluster = &inst.clusters[inst.routes[ri].targets[t].0];
                 // Only after every request phase passed, and only a protocol the
@@ -736,10 +730,11 @@ fn record_log(
     }
 }
 
-/// Picks the split side (index into the route's targets).
+/// Picks the split side (index into the route's targets), by the split's
+/// effective weights (the file's, or a runtime override's).
 fn choose_target(
     route: &Route,
-    current: &[std::cell::Cell<i64>],
+    rr: &crate::shard::RouteRuntime,
     clusters: &[std::sync::Arc<crate::config::Cluster>],
     view: &View<'_>,
     peer: SocketAddr,
@@ -769,13 +764,14 @@ fn choose_target(
     {
         return i;
     }
+    let (weights, total) = (&rr.weights, rr.total_weight);
     if let Some(h) = split
         .sticky_on
         .as_ref()
         .and_then(|k| view.key_hash(k, peer))
     {
-        let mut point = (h % u64::from(split.total_weight)) as u32;
-        for (i, (_, w)) in split.targets.iter().enumerate() {
+        let mut point = (h % u64::from(total)) as u32;
+        for (i, w) in weights.iter().enumerate() {
             if point < *w {
                 return i;
             }
@@ -783,14 +779,15 @@ fn choose_target(
         }
     }
     // Smooth weighted round robin: exact proportions per shard, no randomness.
+    let current = &rr.split_current;
     let mut best = 0;
-    for (i, (_, w)) in split.targets.iter().enumerate() {
+    for (i, w) in weights.iter().enumerate() {
         current[i].set(current[i].get() + i64::from(*w));
         if current[i].get() > current[best].get() {
             best = i;
         }
     }
-    current[best].set(current[best].get() - i64::from(split.total_weight));
+    current[best].set(current[best].get() - i64::from(total));
     best
 }
 

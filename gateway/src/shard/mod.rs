@@ -11,6 +11,7 @@
 //! All per-request state ([`ShardCtx`]) is `Rc`/`Cell`/`RefCell`: nothing on
 //! the request path is shared with another thread except the relaxed health flags.
 
+use crate::config::overrides::Overrides;
 use crate::config::{Config, RouteAction};
 use crate::observability::access_log::AccessLogSink;
 use crate::observability::metrics::PoolSnapshot;
@@ -31,12 +32,33 @@ use std::time::{Duration, Instant};
 
 /// A message from the control thread to a shard.
 pub enum ShardCommand {
-    /// Switch to this config; acknowledge when installed.
-    Install(Arc<Config>, crossbeam_channel::Sender<()>),
+    /// Build the state for this config and these overrides (from the running
+    /// state, so pools survive) and hold it; answer whether that worked. Nothing
+    /// changes until [`ShardCommand::Commit`].
+    Prepare(Prepare),
+    /// Switch to the prepared state; acknowledge when installed.
+    Commit(crossbeam_channel::Sender<()>),
+    /// Drop the prepared state: the running one stays.
+    Abort,
+    /// Run the current config with these overrides; acknowledge when installed.
+    SetOverrides(Arc<Overrides>, crossbeam_channel::Sender<()>),
     /// Send a stats snapshot.
     Snapshot(crossbeam_channel::Sender<ShardSnapshot>),
     /// Stop accepting, finish in-flight requests, then exit.
     Drain,
+}
+
+/// A reload's first phase, for one shard.
+pub struct Prepare {
+    /// The new config.
+    pub config: Arc<Config>,
+    /// The overrides in force.
+    pub overrides: Arc<Overrides>,
+    /// Fail on purpose with this reason (failure drills and tests; see
+    /// `Controller::fail_next_prepare`).
+    pub fail: Option<String>,
+    /// Where to say whether the shard is ready to commit.
+    pub ready: crossbeam_channel::Sender<Result<(), String>>,
 }
 
 /// Per-shard state of a route.
@@ -47,6 +69,11 @@ pub struct RouteRuntime {
     pub targets: Vec<(usize, Rc<TargetStats>)>,
     /// Counters for answers without a cluster (direct responses, errors before one was chosen).
     pub local: Rc<TargetStats>,
+    /// A split's effective weights (the file's, or an override's), parallel to
+    /// `targets`, and their sum.
+    pub weights: Vec<u32>,
+    /// Sum of `weights`.
+    pub total_weight: u32,
     /// Smooth weighted round robin state for splits.
     pub split_current: Vec<Cell<i64>>,
     /// Request counters per consumer index, filled on first use.
@@ -57,6 +84,10 @@ pub struct RouteRuntime {
 pub struct Installed {
     /// The validated config.
     pub config: Arc<Config>,
+    /// The runtime overrides it runs with.
+    pub overrides: Arc<Overrides>,
+    /// Effective weights of each LLM alias's targets (the file's, or an override's).
+    pub alias_weights: Vec<Vec<u32>>,
     /// Cluster runtimes, parallel to `config.clusters`.
     pub clusters: Vec<Rc<ClusterRuntime>>,
     /// Route runtimes, parallel to `config.routes`.
@@ -64,14 +95,16 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// Prepares `config` for this shard, reusing cluster runtimes (and so their
-    /// pools) from `previous` where a cluster is unchanged.
+    /// Prepares `config` with `overrides` for this shard, reusing cluster
+    /// runtimes (and so their pools) from `previous` where a cluster is unchanged.
     pub fn prepare(
         config: Arc<Config>,
+        overrides: Arc<Overrides>,
         previous: Option<&Installed>,
         stats: &ShardStats,
         health: &HealthRegistry,
     ) -> Self {
+        let resolved = overrides.resolve(&config);
         let fingerprint =
             |c: &crate::config::Cluster| serde_json::to_string(&c.raw).unwrap_or_default();
         let clusters: Vec<Rc<ClusterRuntime>> = config
@@ -95,11 +128,17 @@ impl Installed {
         let routes = config
             .routes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(ri, r)| {
                 let cluster_ids: Vec<usize> = match &r.action {
                     RouteAction::Cluster(i) => vec![*i],
                     RouteAction::Split(s) => s.targets.iter().map(|t| t.0).collect(),
                     RouteAction::Direct(_) | RouteAction::Ai(_) => Vec::new(),
+                };
+                let weights: Vec<u32> = match (&r.action, resolved.routes.get(&ri)) {
+                    (RouteAction::Split(_), Some(w)) => w.clone(),
+                    (RouteAction::Split(s), None) => s.targets.iter().map(|t| t.1).collect(),
+                    _ => Vec::new(),
                 };
                 let targets = cluster_ids
                     .iter()
@@ -111,14 +150,31 @@ impl Installed {
                 RouteRuntime {
                     stats: stats.route(&r.name),
                     targets,
+                    total_weight: weights.iter().map(|w| (*w).min(1_000_000)).sum(),
+                    weights,
                     local: stats.target(&r.name, &empty, &empty),
                     split_current: cluster_ids.iter().map(|_| Cell::new(0)).collect(),
                     consumer_counters: RefCell::default(),
                 }
             })
             .collect();
+        let alias_weights = config
+            .ai
+            .aliases
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                resolved
+                    .aliases
+                    .get(&i)
+                    .cloned()
+                    .unwrap_or_else(|| a.targets.iter().map(|t| t.weight).collect())
+            })
+            .collect();
         Installed {
             config,
+            overrides,
+            alias_weights,
             clusters,
             routes,
         }
@@ -325,6 +381,8 @@ pub struct ShardSpec {
     pub listeners: Vec<std::net::TcpListener>,
     /// Initial config.
     pub config: Arc<Config>,
+    /// Initial runtime overrides (restored from the call store).
+    pub overrides: Arc<Overrides>,
     /// Access log sink.
     pub access_log: Option<AccessLogSink>,
     /// Health verdicts.
@@ -433,7 +491,13 @@ fn run(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) {
 
 async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) {
     let stats = ShardStats::default();
-    let installed = Installed::prepare(spec.config.clone(), None, &stats, &spec.health);
+    let installed = Installed::prepare(
+        spec.config.clone(),
+        spec.overrides.clone(),
+        None,
+        &stats,
+        &spec.health,
+    );
     let drain_timeout = spec.config.raw.server.drain_timeout;
     let drain_grace = spec.config.raw.server.drain_idle_grace;
     let ctx = Rc::new(ShardCtx {
@@ -469,16 +533,49 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         }
     }
     drop(accepting);
+    // A prepared reload waiting for its commit (or abort).
+    let mut pending: Option<Installed> = None;
     while let Ok(cmd) = rx.recv().await {
         match cmd {
-            ShardCommand::Install(config, ack) => {
+            ShardCommand::Prepare(p) => {
+                pending = None;
+                let result = match p.fail {
+                    Some(reason) => Err(reason),
+                    None => {
+                        let cur = ctx.installed.borrow();
+                        pending = Some(Installed::prepare(
+                            p.config,
+                            p.overrides,
+                            Some(&cur),
+                            &ctx.stats,
+                            &ctx.health,
+                        ));
+                        Ok(())
+                    }
+                };
+                let _ = p.ready.send(result);
+            }
+            ShardCommand::Commit(ack) => {
+                if let Some(next) = pending.take() {
+                    ctx.ai.install(&next.config.ai);
+                    *ctx.installed.borrow_mut() = Rc::new(next);
+                    ctx.token_cache.clear();
+                }
+                let _ = ack.send(());
+            }
+            ShardCommand::Abort => pending = None,
+            ShardCommand::SetOverrides(overrides, ack) => {
                 let next = {
                     let cur = ctx.installed.borrow();
-                    Installed::prepare(config, Some(&cur), &ctx.stats, &ctx.health)
+                    Installed::prepare(
+                        cur.config.clone(),
+                        overrides,
+                        Some(&cur),
+                        &ctx.stats,
+                        &ctx.health,
+                    )
                 };
-                ctx.ai.install(&next.config.ai);
                 *ctx.installed.borrow_mut() = Rc::new(next);
-                ctx.token_cache.clear();
                 let _ = ack.send(());
             }
             ShardCommand::Snapshot(reply) => {
@@ -504,6 +601,8 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
     let config = ctx.installed.borrow().config.clone();
     *ctx.installed.borrow_mut() = Rc::new(Installed {
         config,
+        overrides: Arc::default(),
+        alias_weights: Vec::new(),
         clusters: Vec::new(),
         routes: Vec::new(),
     });
