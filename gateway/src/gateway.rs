@@ -171,7 +171,7 @@ impl Controller {
     pub fn apply(&self, new: Config) -> Result<ConfigDiff, ReloadError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.config();
-        let d = diff(&old, &new);
+        let d = diff(&old.raw, &new.raw);
         let refuse = |e: ReloadError| {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "reload refused; the running config stays in place");
@@ -269,7 +269,7 @@ impl Controller {
         o: WeightOverride,
     ) -> Result<(), OverrideError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let issues = Overrides::check(&self.config(), &subject, &o);
+        let issues = crate::config::resolve::check(&self.config(), &subject, &o);
         if !issues.is_empty() {
             return Err(OverrideError::Invalid(issues));
         }

@@ -23,13 +23,13 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod gateway;
-pub mod http;
 pub mod hypercare;
 pub mod observability;
 pub mod policy;
 pub mod proxy;
 pub mod routing;
-pub mod secret;
 pub mod shard;
 pub mod tls;
 pub mod upstream;
+
+pub use hypergate_core::{http, secret};

@@ -437,7 +437,10 @@ fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
         _ => Err(error(400, "name exactly one of route or alias")),
     };
     match method {
-        "GET" => json(200, c.overrides().overlay(&c.config())),
+        "GET" => json(
+            200,
+            crate::config::resolve::overlay(&c.overrides(), &c.config()),
+        ),
         "POST" => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -469,7 +472,7 @@ fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
             match c.set_override(subject, o) {
                 Ok(()) => json(
                     200,
-                    serde_json::json!({"status": "set", "overrides": c.overrides().overlay(&c.config())}),
+                    serde_json::json!({"status": "set", "overrides": crate::config::resolve::overlay(&c.overrides(), &c.config())}),
                 ),
                 Err(e @ crate::gateway::OverrideError::Invalid(_)) => error(400, &e.to_string()),
                 Err(e) => error(503, &e.to_string()),
@@ -666,8 +669,8 @@ fn route(method: &str, path: &str, c: &Controller) -> Reply {
             let config = c.config();
             let overrides = c.overrides();
             let mut body = serde_json::to_value(&config.raw).unwrap_or_default();
-            overrides.apply_to_json(&config, &mut body);
-            body["overrides"] = overrides.overlay(&config);
+            crate::config::resolve::apply_to_json(&overrides, &config, &mut body);
+            body["overrides"] = crate::config::resolve::overlay(&overrides, &config);
             json(200, body)
         }
         ("POST", "/reload") => match c.reload_from_file() {

@@ -211,74 +211,7 @@ impl AiShard {
     }
 }
 
-/// The LLM details of a call, for the access log.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct LlmRecord {
-    /// Alias asked for.
-    pub alias: String,
-    /// Target that answered (`provider/model`).
-    pub target: String,
-    /// Provider name.
-    pub provider: String,
-    /// Model at the provider.
-    pub model: String,
-    /// Whether the answer was streamed.
-    pub stream: bool,
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Completion tokens.
-    pub completion_tokens: u64,
-    /// Cached prompt tokens.
-    pub cached_tokens: u64,
-    /// Reasoning tokens.
-    pub reasoning_tokens: u64,
-    /// Cost in US dollars.
-    pub cost_usd: f64,
-    /// Usage counted by the gateway (the provider gave none).
-    pub estimated: bool,
-    /// Time to first token, µs (streams).
-    pub ttft_us: Option<u64>,
-    /// Prompt template name.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub prompt: String,
-    /// Prompt template version.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub prompt_version: String,
-    /// Answered from the cache.
-    pub cache_hit: bool,
-    /// Guardrail actions (`name:action`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub guardrails: Vec<String>,
-    /// Provider attempts made.
-    pub attempts: u32,
-    /// The client went away before the end of the answer.
-    pub client_aborted: bool,
-    /// What went wrong after the answer had started (a truncated stream).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Feedback this request carried (on `POST /v1/feedback`), for the call store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feedback: Option<FeedbackRecord>,
-    /// The prompt as sent (canonical JSON, PII redacted), on sampled calls.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_body: Option<String>,
-    /// The answer (PII redacted), on sampled calls.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_body: Option<String>,
-}
-
-/// Room kept past `capture_max_bytes` when a body is captured, so that the
-/// redaction (in the record writer) sees whole what straddles the cut.
-pub(crate) const CAPTURE_SLACK: usize = 256;
-
-/// The first `max` bytes of `text` (at a character boundary).
-pub(crate) fn cut_text(text: &str, max: usize) -> &str {
-    let mut cut = max.min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
-}
+pub use hypergate_core::record::{cut_text, FeedbackRecord, LlmRecord, CAPTURE_SLACK};
 
 /// Redacts every PII kind and cuts to `max` bytes: what the record writer
 /// does to captured bodies before they are stored or logged.
@@ -295,17 +228,6 @@ pub(crate) fn capture_text(text: &str, max: usize) -> String {
     let kept = cut_text(&out, max).len();
     out.truncate(kept);
     out
-}
-
-/// A score for an earlier call.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct FeedbackRecord {
-    /// The scored call.
-    pub request_id: String,
-    /// Score.
-    pub score: f64,
-    /// Free text.
-    pub comment: String,
 }
 
 /// Everything the AI phase needs from the proxy.

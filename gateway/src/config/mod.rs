@@ -7,92 +7,22 @@
 //! 3. The result is a [`Config`]: immutable, shared by all shards through `Arc`.
 //! 4. [`diff`] compares two configs for reload (added / changed / removed).
 
-pub mod ai;
-pub mod diff;
-pub mod edge;
-pub mod hypercare;
-pub mod overrides;
-pub mod raw;
+pub mod resolve;
 pub mod validate;
+
+pub use hypergate_core::config::{
+    ai, diff, edge, expand_env, hypercare, overrides, parse_raw, raw, ConfigError, ConfigIssue,
+};
 
 pub use validate::{
     Cluster, Config, DirectResponse, Endpoint, HeaderOps, KeySource, ListenerSpec, Route,
     RouteAction, Split,
 };
 
-use raw::RawConfig;
-use serde::de::DeserializeOwned;
-use std::fmt;
 use std::path::Path;
 
 /// The quickstart config compiled into the binary: what `hypergate run` uses without `--config`.
 pub const EMBEDDED_QUICKSTART: &str = include_str!("../../../examples/quickstart.toml");
-
-/// One configuration problem, with the path of the offending field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// Field path, e.g. `routes[2].cluster`.
-    pub path: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// Every problem found in a configuration file.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    /// The file (or `<embedded>`), for messages.
-    pub source_name: String,
-    /// All problems, in file order.
-    pub issues: Vec<ConfigIssue>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{}: {} configuration error(s)",
-            self.source_name,
-            self.issues.len()
-        )?;
-        for issue in &self.issues {
-            writeln!(
-                f,
-                "  {}: {}: {}",
-                self.source_name, issue.path, issue.reason
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Expands `${NAME}` in a config value from the environment (anywhere in the
-/// value, any number of times); a missing variable is an issue at `path`.
-pub(crate) fn expand_env(text: &str, path: &str, issues: &mut Vec<ConfigIssue>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            issues.push(ConfigIssue {
-                path: path.to_string(),
-                reason: "unterminated `${` (expected `${NAME}`)".into(),
-            });
-            return out;
-        };
-        let name = &after[..end];
-        match std::env::var(name) {
-            Ok(v) => out.push_str(&v),
-            Err(_) => issues.push(ConfigIssue {
-                path: path.to_string(),
-                reason: format!("environment variable {name:?} is not set"),
-            }),
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
 
 /// Reads and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
@@ -115,90 +45,4 @@ pub fn load_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
     };
     let raw = parse_raw(text).map_err(fail)?;
     validate::validate(raw).map_err(fail)
-}
-
-/// Parses TOML into [`RawConfig`], one section (and one array element) at a time,
-/// so that a type error in one route does not hide another in a cluster.
-pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        vec![ConfigIssue {
-            path: String::from("(syntax)"),
-            reason: e.to_string().trim().replace('\n', " "),
-        }]
-    })?;
-    let mut issues = Vec::new();
-    let mut raw = RawConfig::default();
-    for (key, value) in table {
-        match key.as_str() {
-            "server" => section(&key, value, &mut raw.server, &mut issues),
-            "admin" => section(&key, value, &mut raw.admin, &mut issues),
-            "limits" => section(&key, value, &mut raw.limits, &mut issues),
-            "path" => section(&key, value, &mut raw.path, &mut issues),
-            "access_log" => section(&key, value, &mut raw.access_log, &mut issues),
-            "listeners" => list(&key, value, &mut raw.listeners, &mut issues),
-            "clusters" => list(&key, value, &mut raw.clusters, &mut issues),
-            "routes" => list(&key, value, &mut raw.routes, &mut issues),
-            "demo_upstreams" => list(&key, value, &mut raw.demo_upstreams, &mut issues),
-            "observability" => section(&key, value, &mut raw.observability, &mut issues),
-            "consumers" => list(&key, value, &mut raw.consumers, &mut issues),
-            "auth" => section(&key, value, &mut raw.auth, &mut issues),
-            "rate_limits" => list(&key, value, &mut raw.rate_limits, &mut issues),
-            "redis" => {
-                let mut redis = raw::RedisConfig::default();
-                section(&key, value, &mut redis, &mut issues);
-                raw.redis = Some(redis);
-            }
-            "protection" => section(&key, value, &mut raw.protection, &mut issues),
-            "ai" => section(&key, value, &mut raw.ai, &mut issues),
-            "hypercare" => section(&key, value, &mut raw.hypercare, &mut issues),
-            other => issues.push(ConfigIssue {
-                path: other.to_string(),
-                reason: "unknown section (expected server, admin, limits, path, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai, hypercare)".into(),
-            }),
-        }
-    }
-    if issues.is_empty() {
-        Ok(raw)
-    } else {
-        Err(issues)
-    }
-}
-
-fn section<T: DeserializeOwned>(
-    key: &str,
-    value: toml::Value,
-    out: &mut T,
-    issues: &mut Vec<ConfigIssue>,
-) {
-    match value.try_into::<T>() {
-        Ok(v) => *out = v,
-        Err(e) => issues.push(ConfigIssue {
-            path: key.to_string(),
-            reason: e.to_string().trim().replace('\n', " "),
-        }),
-    }
-}
-
-fn list<T: DeserializeOwned>(
-    key: &str,
-    value: toml::Value,
-    out: &mut Vec<T>,
-    issues: &mut Vec<ConfigIssue>,
-) {
-    let toml::Value::Array(items) = value else {
-        issues.push(ConfigIssue {
-            path: key.to_string(),
-            reason: "expected an array of tables (`[[...]]`)".into(),
-        });
-        return;
-    };
-    for (i, item) in items.into_iter().enumerate() {
-        match item.try_into::<T>() {
-            Ok(v) => out.push(v),
-            Err(e) => issues.push(ConfigIssue {
-                path: format!("{key}[{i}]"),
-                reason: e.to_string().trim().replace('\n', " "),
-            }),
-        }
-    }
 }

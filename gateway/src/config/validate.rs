@@ -10,6 +10,7 @@ use super::ConfigIssue;
 use crate::edge::ratelimit::{validate_redis, RateLimitPolicy};
 use crate::routing::{PathMatch, RouteMatch, Router};
 use bytes::Bytes;
+pub use hypergate_core::keys::KeySource;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -57,17 +58,6 @@ pub struct ListenerSpec {
     pub backlog: i32,
     /// TLS termination settings.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Where a hash or sticky key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// A request header (lowercase name).
-    Header(String),
-    /// A cookie.
-    Cookie(String),
-    /// The client's IP address.
-    ClientIp,
 }
 
 /// A validated cluster.
@@ -560,22 +550,7 @@ fn parse_addr(text: &str, path: &str, issues: &mut Issues) -> Option<SocketAddr>
 }
 
 fn parse_key_source(text: &str, path: &str, issues: &mut Issues) -> Option<KeySource> {
-    if text == "client_ip" {
-        return Some(KeySource::ClientIp);
-    }
-    match text.split_once(':') {
-        Some(("header", name)) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
-            Some(KeySource::Header(name.to_ascii_lowercase()))
-        }
-        Some(("cookie", name)) if !name.is_empty() => Some(KeySource::Cookie(name.to_string())),
-        _ => {
-            issues.push(
-                path,
-                format!("{text:?}: expected \"header:NAME\", \"cookie:NAME\" or \"client_ip\""),
-            );
-            None
-        }
-    }
+    KeySource::parse(text, path, &mut issues.0)
 }
 
 fn validate_cluster(c: &raw::ClusterConfig, path: &str, issues: &mut Issues) -> Option<Cluster> {

@@ -25,13 +25,7 @@ pub mod state;
 pub mod store;
 pub mod windows;
 
-/// Wall-clock time in Unix milliseconds (0 before 1970), the time base of
-/// calls, events, rollups and saved progress.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use hypergate_core::clock::unix_ms;
 
 use crate::config::hypercare::{AlertKind, HypercareConfig};
 use crate::config::ConfigIssue;

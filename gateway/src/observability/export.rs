@@ -7,15 +7,9 @@ use super::metrics::{MergedStats, STATUS_CLASSES};
 use crate::auth::AuthFailure;
 use crate::http::codec::Reject;
 use crate::proxy::EdgeReject;
-use hdrhistogram::Histogram;
+pub use hypergate_core::metrics::{escape, header, histogram, quantiles};
 use serde_json::{json, Value};
 use std::fmt::Write;
-
-/// Prometheus bucket bounds in seconds.
-const BUCKETS_S: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
 
 /// Process-level figures added by the gateway.
 #[derive(Debug, Default, Clone)]
@@ -26,37 +20,6 @@ pub struct ProcessInfo {
     pub reloads_failed: u64,
     /// Whether io_uring is in use.
     pub io_uring: bool,
-}
-
-/// Escapes a Prometheus label value.
-pub(crate) fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Writes the `# HELP` and `# TYPE` lines of a metric family.
-pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-pub(crate) fn histogram(
-    out: &mut String,
-    name: &str,
-    labels: &str,
-    h: &Histogram<u64>,
-    sum_us: u64,
-) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    for b in BUCKETS_S {
-        let le_us = (b * 1e6) as u64;
-        let count = h.count_between(0, le_us);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.len());
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
 
 /// Renders Prometheus text exposition format.
@@ -382,18 +345,6 @@ pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
     }
     crate::ai::stats::prometheus(&m.ai, &mut out);
     out
-}
-
-fn quantiles(h: &Histogram<u64>, sum_us: u64) -> Value {
-    json!({
-        "count": h.len(),
-        "mean_us": if h.is_empty() { 0.0 } else { sum_us as f64 / h.len() as f64 },
-        "p50_us": h.value_at_quantile(0.50),
-        "p90_us": h.value_at_quantile(0.90),
-        "p99_us": h.value_at_quantile(0.99),
-        "p999_us": h.value_at_quantile(0.999),
-        "max_us": h.max(),
-    })
 }
 
 /// Renders the `/stats` JSON document.

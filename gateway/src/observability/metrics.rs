@@ -16,40 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Status classes counted: index 0 is "no response sent" (client gone), 1..=5 are 1xx..5xx.
-pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Highest latency tracked, in microseconds (100 s); larger values are clamped.
-const MAX_TRACKED_US: u64 = 100_000_000;
-
-/// A new latency histogram (microseconds, 3 significant figures).
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_TRACKED_US, 3).expect("static histogram bounds are valid")
-}
-
-/// A latency histogram allocated on first use, so idle routes cost no memory.
-#[derive(Default)]
-pub struct LazyHistogram {
-    hist: RefCell<Option<Histogram<u64>>>,
-    sum_us: Cell<u64>,
-}
-
-impl LazyHistogram {
-    /// Records one value in microseconds.
-    pub fn record(&self, us: u64) {
-        let mut h = self.hist.borrow_mut();
-        let h = h.get_or_insert_with(new_histogram);
-        h.saturating_record(us.clamp(1, MAX_TRACKED_US));
-        self.sum_us.set(self.sum_us.get() + us);
-    }
-
-    pub(crate) fn snapshot(&self) -> Option<(Histogram<u64>, u64)> {
-        self.hist
-            .borrow()
-            .as_ref()
-            .map(|h| (h.clone(), self.sum_us.get()))
-    }
-}
+pub use hypergate_core::metrics::{new_histogram, LazyHistogram, STATUS_CLASSES};
 
 /// Requests of one route to one cluster version, by status class.
 pub struct TargetStats {

@@ -20,8 +20,7 @@
 
 mod edge;
 pub use edge::EdgeReject;
-pub mod ids;
-pub(crate) mod io;
+pub use hypergate_core::{ids, io};
 
 use crate::config::{KeySource, Route, RouteAction};
 use crate::http::codec::{

@@ -104,7 +104,7 @@ impl Installed {
         stats: &ShardStats,
         health: &HealthRegistry,
     ) -> Self {
-        let resolved = overrides.resolve(&config);
+        let resolved = crate::config::resolve::resolve(&overrides, &config);
         let fingerprint =
             |c: &crate::config::Cluster| serde_json::to_string(&c.raw).unwrap_or_default();
         let clusters: Vec<Rc<ClusterRuntime>> = config

@@ -1,6 +1,6 @@
 //! Raw (serde) types of the `[ai]` section and of a route's `[routes.ai]`:
 //! LLM providers, model aliases, prices, budgets, guardrails, prompt templates
-//! and the response cache. Validation lives in `crate::ai::spec`.
+//! and the response cache. Validation lives in the `llm` crate (`spec`).
 
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};

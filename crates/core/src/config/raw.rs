@@ -2,7 +2,8 @@
 //!
 //! These types mirror the TOML one to one and carry no cross-references
 //! (a route names its cluster by string). `config::validate` turns them into
-//! the immutable, index-linked [`crate::config::Config`] the shards run on.
+//! the immutable, index-linked config the shards run on (each feature crate
+//! validates its own sections; the runtime assembles the result).
 //! `docs/config.md` documents the same fields for operators.
 
 pub use super::edge::*;

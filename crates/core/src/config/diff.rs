@@ -10,7 +10,7 @@
 //! a reload that changes only a secret (a header value, a key) installs it but does
 //! not list the route as changed.
 
-use super::Config;
+use super::raw::RawConfig;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -69,8 +69,7 @@ fn named<T: Serialize>(old: &[T], new: &[T], name: impl Fn(&T) -> &str) -> Named
 }
 
 /// Computes the diff from `old` to `new`.
-pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
-    let (o, n) = (&old.raw, &new.raw);
+pub fn diff(o: &RawConfig, n: &RawConfig) -> ConfigDiff {
     let mut restart_required = Vec::new();
     if fingerprint(&o.server) != fingerprint(&n.server) {
         restart_required.push("server".to_string());

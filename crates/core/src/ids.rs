@@ -5,7 +5,7 @@
 //! incoming `traceparent` keeps its trace id and flags and gets a new span id
 //! (the gateway's hop); an absent or invalid one starts a new trace.
 
-use crate::upstream::next_random;
+use crate::rng::next_random;
 use std::cell::Cell;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

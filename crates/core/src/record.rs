@@ -1,0 +1,171 @@
+//! What one call leaves behind: the access-log and call-store record
+//! ([`AccessRecord`]) with its LLM details ([`LlmRecord`]), filled by the data
+//! plane and handed to the record writer off the request path.
+
+use serde::Serialize;
+use std::net::SocketAddr;
+
+/// One access-log line.
+#[derive(Debug, Default, Serialize)]
+pub struct AccessRecord {
+    /// RFC 3339 time is derived from this Unix time in milliseconds.
+    #[serde(skip)]
+    pub unix_ms: u64,
+    /// Request id (generated or from `x-request-id`).
+    pub request_id: String,
+    /// W3C trace id.
+    pub trace_id: String,
+    /// Client address.
+    pub client: Option<SocketAddr>,
+    /// Method.
+    pub method: String,
+    /// Host header.
+    pub host: String,
+    /// The canonical path (what routing matched) and the query as received.
+    pub path: String,
+    /// Route name (empty when none matched).
+    pub route: String,
+    /// Cluster name (empty for direct responses).
+    pub cluster: String,
+    /// Cluster version.
+    pub version: String,
+    /// Endpoint that answered.
+    pub endpoint: String,
+    /// Authenticated consumer (empty when the route does not authenticate).
+    pub consumer: String,
+    /// Status sent (0: none).
+    pub status: u16,
+    /// Request body bytes received.
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Upstream time in microseconds (request sent to response head).
+    pub upstream_us: Option<u64>,
+    /// Total time in microseconds.
+    pub total_us: u64,
+    /// Retries made.
+    pub retries: u32,
+    /// Error type when the gateway answered with an error.
+    pub error: &'static str,
+    /// LLM details (AI routes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<Box<LlmRecord>>,
+    /// Request body as captured (sampled calls of proxied routes), redacted by
+    /// the writer before it is written anywhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// Response body as captured, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
+impl AccessRecord {
+    /// Empties every field, keeping the strings' buffers (records are reused).
+    pub fn reset(&mut self) {
+        for s in [
+            &mut self.request_id,
+            &mut self.trace_id,
+            &mut self.method,
+            &mut self.host,
+            &mut self.path,
+            &mut self.route,
+            &mut self.cluster,
+            &mut self.version,
+            &mut self.endpoint,
+            &mut self.consumer,
+        ] {
+            s.clear();
+        }
+        self.client = None;
+        self.status = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.upstream_us = None;
+        self.total_us = 0;
+        self.retries = 0;
+        self.error = "";
+        self.llm = None;
+        self.request_body = None;
+        self.response_body = None;
+    }
+}
+
+/// The LLM details of a call, for the access log.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct LlmRecord {
+    /// Alias asked for.
+    pub alias: String,
+    /// Target that answered (`provider/model`).
+    pub target: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model at the provider.
+    pub model: String,
+    /// Whether the answer was streamed.
+    pub stream: bool,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Cached prompt tokens.
+    pub cached_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// Usage counted by the gateway (the provider gave none).
+    pub estimated: bool,
+    /// Time to first token, µs (streams).
+    pub ttft_us: Option<u64>,
+    /// Prompt template name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prompt: String,
+    /// Prompt template version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prompt_version: String,
+    /// Answered from the cache.
+    pub cache_hit: bool,
+    /// Guardrail actions (`name:action`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<String>,
+    /// Provider attempts made.
+    pub attempts: u32,
+    /// The client went away before the end of the answer.
+    pub client_aborted: bool,
+    /// What went wrong after the answer had started (a truncated stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Feedback this request carried (on `POST /v1/feedback`), for the call store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackRecord>,
+    /// The prompt as sent (canonical JSON, PII redacted), on sampled calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// The answer (PII redacted), on sampled calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
+/// A score for an earlier call.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct FeedbackRecord {
+    /// The scored call.
+    pub request_id: String,
+    /// Score.
+    pub score: f64,
+    /// Free text.
+    pub comment: String,
+}
+
+/// Room kept past `capture_max_bytes` when a body is captured, so that the
+/// redaction (in the record writer) sees whole what straddles the cut.
+pub const CAPTURE_SLACK: usize = 256;
+
+/// The first `max` bytes of `text` (at a character boundary).
+pub fn cut_text(text: &str, max: usize) -> &str {
+    let mut cut = max.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
