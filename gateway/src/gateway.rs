@@ -225,7 +225,7 @@ impl Controller {
                 ack_rx
             })
             .collect();
-        self.health.sync(&new);
+        self.health.sync(&new.clusters);
         self.rate_limiter
             .install(&new.rate_limits, new.raw.redis.as_ref());
         if let Some(probe) = &self.tcp_probe {
@@ -501,7 +501,7 @@ impl Gateway {
         }
         let config = Arc::new(config);
         let health = Arc::new(HealthRegistry::default());
-        health.sync(&config);
+        health.sync(&config.clusters);
         // Before any listener or pool socket exists: the probe only sees sockets
         // created after it moved the process into its cgroup.
         let tcp_probe = if config.raw.observability.ebpf.enabled {

@@ -30,6 +30,6 @@ pub mod proxy;
 pub mod routing;
 pub mod shard;
 pub mod tls;
-pub mod upstream;
 
 pub use hypergate_core::{http, secret};
+pub use hypergate_upstream as upstream;

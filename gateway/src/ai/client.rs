@@ -12,7 +12,7 @@ use super::spec::Provider;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::codec::{at, parse_response, BodyFraming, Parsed, ResponseHead};
 use crate::proxy::io::{read_more, write_out, ReadOutcome};
-use crate::proxy::{lease, Lease, LeaseError};
+use crate::upstream::lease::{lease, Lease, LeaseError};
 use crate::upstream::ClusterRuntime;
 use bytes::Buf;
 use std::time::{Duration, Instant};

@@ -5,14 +5,14 @@
 //! are checked with the `http` crate, endpoint addresses are resolved, and each
 //! hash-balanced cluster gets its ring built here, once, instead of per request.
 
-use super::raw::{self, LbPolicy, RawConfig};
+use super::raw::{self, RawConfig};
 use super::ConfigIssue;
 use crate::edge::ratelimit::{validate_redis, RateLimitPolicy};
 use crate::routing::{PathMatch, RouteMatch, Router};
 use bytes::Bytes;
 pub use hypergate_core::keys::KeySource;
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,37 +60,7 @@ pub struct ListenerSpec {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// A validated cluster.
-#[derive(Debug)]
-pub struct Cluster {
-    /// Name.
-    pub name: Arc<str>,
-    /// Release label.
-    pub version: Arc<str>,
-    /// Endpoints.
-    pub endpoints: Vec<Endpoint>,
-    /// Policy.
-    pub lb: LbPolicy,
-    /// Hash key for `Hash`.
-    pub hash_on: Option<KeySource>,
-    /// Consistent-hash ring: sorted `(point, endpoint index)`.
-    pub ring: Vec<(u64, u32)>,
-    /// The raw section, for diffs and pools.
-    pub raw: raw::ClusterConfig,
-    /// TLS to the endpoints.
-    pub tls: Option<crate::tls::UpstreamTls>,
-}
-
-/// A validated endpoint.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// Resolved address.
-    pub addr: SocketAddr,
-    /// Label for metrics (the configured address text).
-    pub label: Arc<str>,
-    /// Weight.
-    pub weight: u32,
-}
+pub use hypergate_upstream::cluster::{Cluster, Endpoint};
 
 /// A validated route.
 #[derive(Debug)]
@@ -533,20 +503,7 @@ fn check_limits(l: &raw::LimitsConfig, issues: &mut Issues) {
 }
 
 fn parse_addr(text: &str, path: &str, issues: &mut Issues) -> Option<SocketAddr> {
-    if let Ok(addr) = text.parse() {
-        return Some(addr);
-    }
-    match text.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => Some(addr),
-        Ok(None) => {
-            issues.push(path, format!("{text:?} resolves to no address"));
-            None
-        }
-        Err(e) => {
-            issues.push(path, format!("invalid address {text:?}: {e}"));
-            None
-        }
-    }
+    hypergate_core::config::parse_addr(text, path, &mut issues.0)
 }
 
 fn parse_key_source(text: &str, path: &str, issues: &mut Issues) -> Option<KeySource> {
@@ -554,131 +511,7 @@ fn parse_key_source(text: &str, path: &str, issues: &mut Issues) -> Option<KeySo
 }
 
 fn validate_cluster(c: &raw::ClusterConfig, path: &str, issues: &mut Issues) -> Option<Cluster> {
-    let before = issues.0.len();
-    if c.name.is_empty() {
-        issues.push(format!("{path}.name"), "must not be empty");
-    }
-    if c.endpoints.is_empty() {
-        issues.push(
-            format!("{path}.endpoints"),
-            "at least one endpoint is required",
-        );
-    }
-    let mut endpoints = Vec::new();
-    for (j, e) in c.endpoints.iter().enumerate() {
-        let epath = format!("{path}.endpoints[{j}]");
-        if e.weight == 0 || e.weight > 1000 {
-            issues.push(format!("{epath}.weight"), "must be between 1 and 1000");
-        }
-        if let Some(addr) = parse_addr(&e.address, &format!("{epath}.address"), issues) {
-            endpoints.push(Endpoint {
-                addr,
-                label: e.address.as_str().into(),
-                weight: e.weight,
-            });
-        }
-    }
-    let hash_on = match (&c.hash_on, c.lb) {
-        (Some(h), _) => parse_key_source(h, &format!("{path}.hash_on"), issues),
-        (None, LbPolicy::Hash) => {
-            issues.push(format!("{path}.hash_on"), "required when lb = \"hash\"");
-            None
-        }
-        (None, _) => None,
-    };
-    if c.connect_timeout.is_zero() {
-        issues.push(
-            format!("{path}.connect_timeout"),
-            "must be greater than zero",
-        );
-    }
-    if c.read_timeout.is_zero() {
-        issues.push(format!("{path}.read_timeout"), "must be greater than zero");
-    }
-    if c.pool.max_connections == 0 {
-        issues.push(format!("{path}.pool.max_connections"), "must be at least 1");
-    }
-    if let Some(hc) = &c.health_check {
-        if !hc.path.starts_with('/') {
-            issues.push(format!("{path}.health_check.path"), "must start with '/'");
-        }
-        if hc.interval.is_zero() || hc.timeout.is_zero() {
-            issues.push(
-                format!("{path}.health_check"),
-                "interval and timeout must be greater than zero",
-            );
-        }
-        if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-            issues.push(
-                format!("{path}.health_check"),
-                "thresholds must be at least 1",
-            );
-        }
-        if hc.expected_status[0] > hc.expected_status[1] {
-            issues.push(
-                format!("{path}.health_check.expected_status"),
-                "must be [min, max] with min <= max",
-            );
-        }
-    }
-    if c.outlier.max_ejection_percent > 100 {
-        issues.push(
-            format!("{path}.outlier.max_ejection_percent"),
-            "must be at most 100",
-        );
-    }
-    if c.outlier.base_ejection > c.outlier.max_ejection {
-        issues.push(
-            format!("{path}.outlier.base_ejection"),
-            "must not exceed max_ejection",
-        );
-    }
-    if !(0.0..=1.0).contains(&c.retry.budget_ratio) {
-        issues.push(
-            format!("{path}.retry.budget_ratio"),
-            "must be between 0.0 and 1.0",
-        );
-    }
-    if c.retry.attempts > 5 {
-        issues.push(format!("{path}.retry.attempts"), "at most 5 extra attempts");
-    }
-    let tls = c
-        .tls
-        .as_ref()
-        .and_then(|t| crate::tls::client_config(t, &format!("{path}.tls"), &mut issues.0));
-    if issues.0.len() > before {
-        return None;
-    }
-    let ring = if c.lb == LbPolicy::Hash {
-        build_ring(&endpoints)
-    } else {
-        Vec::new()
-    };
-    Some(Cluster {
-        name: c.name.as_str().into(),
-        version: c.version.as_str().into(),
-        endpoints,
-        lb: c.lb,
-        hash_on,
-        ring,
-        raw: c.clone(),
-        tls,
-    })
-}
-
-/// Points on the consistent-hash ring per unit of weight.
-const RING_POINTS_PER_WEIGHT: u32 = 160;
-
-fn build_ring(endpoints: &[Endpoint]) -> Vec<(u64, u32)> {
-    let mut ring = Vec::new();
-    for (i, e) in endpoints.iter().enumerate() {
-        for v in 0..e.weight * RING_POINTS_PER_WEIGHT {
-            let key = format!("{}#{v}", e.label);
-            ring.push((xxhash_rust::xxh3::xxh3_64(key.as_bytes()), i as u32));
-        }
-    }
-    ring.sort_unstable();
-    ring
+    Cluster::build(c, path, &mut issues.0)
 }
 
 fn validate_header_ops(ops: &raw::HeaderOpsConfig, path: &str, issues: &mut Issues) -> HeaderOps {

@@ -39,22 +39,7 @@ pub struct RouteStats {
     pub latency: LazyHistogram,
 }
 
-/// Per-cluster upstream figures.
-#[derive(Default)]
-pub struct ClusterStats {
-    /// Upstream latency: request sent to response head received.
-    pub upstream_latency: LazyHistogram,
-    /// Failed connects.
-    pub connect_errors: Cell<u64>,
-    /// Response-head timeouts.
-    pub timeouts: Cell<u64>,
-    /// Retries made.
-    pub retries: Cell<u64>,
-    /// Endpoint ejections.
-    pub ejections: Cell<u64>,
-    /// Invalid responses (502).
-    pub bad_responses: Cell<u64>,
-}
+pub use hypergate_upstream::ClusterStats;
 
 /// Why a tunnel (an upgraded connection, e.g. a WebSocket) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,8 @@ use crate::http::{write_error, write_header, write_status_line, write_u64};
 use crate::observability::metrics::TunnelEnd;
 use crate::routing::RequestInfo;
 use crate::shard::{Installed, ShardCtx};
-use crate::upstream::{ClusterRuntime, UpstreamConn, UpstreamStream};
+use crate::upstream::lease::{lease, Lease, LeaseError};
+use crate::upstream::{ClusterRuntime, UpstreamConn};
 use bytes::{Buf, BytesMut};
 use ids::{RequestId, TraceParent};
 use io::{
@@ -39,7 +40,6 @@ use io::{
     IDLE_BUFFER_MAX,
 };
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
-use monoio::net::TcpStream;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -818,45 +818,6 @@ enum AttemptError {
     PoolFull,
 }
 
-/// An upstream connection checked out for one attempt; returned to the pool
-/// only through [`Lease::release`], otherwise counted as closed when dropped.
-pub(crate) struct Lease<'a> {
-    pub(crate) cluster: &'a ClusterRuntime,
-    pub(crate) endpoint: usize,
-    pub(crate) conn: Option<UpstreamConn>,
-}
-
-impl Lease<'_> {
-    pub(crate) fn conn(&mut self) -> &mut UpstreamConn {
-        self.conn
-            .as_mut()
-            .expect("lease holds a connection until released")
-    }
-
-    pub(crate) fn release(mut self) {
-        if let Some(c) = self.conn.take() {
-            self.cluster.checkin(self.endpoint, c);
-        }
-    }
-
-    fn take(mut self) -> UpstreamConn {
-        self.cluster.closed(self.endpoint);
-        self.conn
-            .take()
-            .expect("lease holds a connection until released")
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let e = &self.cluster.endpoints[self.endpoint];
-        e.in_flight.set(e.in_flight.get().saturating_sub(1));
-        if self.conn.take().is_some() {
-            self.cluster.closed(self.endpoint);
-        }
-    }
-}
-
 /// One proxied request.
 struct Call<'a> {
     ctx: &'a ShardCtx,
@@ -1607,77 +1568,6 @@ fn write_response_head(
     out.extend_from_slice(extra);
     add_route_headers(out, &route.response_headers);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Why no connection could be leased.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LeaseError {
-    /// The endpoint's pool is at `max_connections`.
-    PoolFull,
-    /// Connecting (or the TLS handshake) failed.
-    Connect,
-    /// Connecting took longer than the cluster's `connect_timeout`.
-    ConnectTimeout,
-}
-
-/// A connection to endpoint `ep` for one exchange: from the pool when `pooled`
-/// (checked for liveness first when `verify_open`), else newly connected.
-pub(crate) async fn lease(
-    cluster: &ClusterRuntime,
-    ep: usize,
-    pooled: bool,
-    verify_open: bool,
-) -> Result<Lease<'_>, LeaseError> {
-    let endpoint = &cluster.endpoints[ep];
-    let conn = match pooled.then(|| cluster.checkout(ep, verify_open)).flatten() {
-        Some(c) => c,
-        None => {
-            if !cluster.may_connect(ep) {
-                return Err(LeaseError::PoolFull);
-            }
-            match monoio::time::timeout(
-                cluster.spec.raw.connect_timeout,
-                connect(endpoint.addr, cluster.spec.tls.as_ref()),
-            )
-            .await
-            {
-                Ok(Ok(c)) => {
-                    cluster.opened(ep);
-                    c
-                }
-                Ok(Err(_)) => return Err(LeaseError::Connect),
-                Err(_) => return Err(LeaseError::ConnectTimeout),
-            }
-        }
-    };
-    endpoint.in_flight.set(endpoint.in_flight.get() + 1);
-    Ok(Lease {
-        cluster,
-        endpoint: ep,
-        conn: Some(conn),
-    })
-}
-
-/// Connects to an endpoint (with a TLS handshake for TLS clusters).
-async fn connect(
-    addr: SocketAddr,
-    tls: Option<&crate::tls::UpstreamTls>,
-) -> std::io::Result<UpstreamConn> {
-    let tcp = TcpStream::connect_addr(addr).await?;
-    let _ = tcp.set_nodelay(true);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-    let stream = match tls {
-        None => UpstreamStream::Plain(tcp),
-        Some(t) => {
-            let connector = monoio_rustls::TlsConnector::from(t.config.clone());
-            let s = connector
-                .connect(t.server_name.clone(), tcp)
-                .await
-                .map_err(std::io::Error::from)?;
-            UpstreamStream::Tls(Box::new(s))
-        }
-    };
-    Ok(UpstreamConn::new(stream, fd))
 }
 
 /// Copies bytes both ways after a successful upgrade. Each direction ends at its

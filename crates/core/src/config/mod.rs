@@ -22,6 +22,7 @@ pub mod raw;
 use raw::RawConfig;
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 /// One configuration problem, with the path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,4 +174,22 @@ fn list<T: DeserializeOwned>(
             }),
         }
     }
+}
+
+/// An `ip:port` or `host:port` (resolved now); an issue at `path` when it does
+/// not parse or resolves to nothing.
+pub fn parse_addr(text: &str, path: &str, issues: &mut Vec<ConfigIssue>) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    let reason = match text.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => return Some(addr),
+        Ok(None) => format!("{text:?} resolves to no address"),
+        Err(e) => format!("invalid address {text:?}: {e}"),
+    };
+    issues.push(ConfigIssue {
+        path: path.to_string(),
+        reason,
+    });
+    None
 }

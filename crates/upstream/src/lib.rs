@@ -1,15 +1,25 @@
-//! Upstream clusters as a shard sees them: pools, load balancing, outliers, retry budget.
+//! `hypergate-upstream`: upstream clusters as a shard sees them: pools, load
+//! balancing, outliers, retry budget, health checks, leases and TLS to
+//! upstreams.
+//!
+//! Allowed dependencies: `hypergate-core` (and third-party crates).
 //!
 //! Everything here is per shard and single-threaded (`Cell`/`RefCell`): each
 //! shard keeps its own keep-alive pool per endpoint, its own balancer state,
 //! its own passive outlier detection and retry budget. The only shared state
 //! is the active health-check verdict per endpoint, an `AtomicBool` written by
 //! the health-check thread ([`health`]) and read with a relaxed load.
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod cluster;
 pub mod health;
+pub mod lease;
+pub mod tls;
 
-use crate::config::raw::LbPolicy;
-use crate::config::Cluster;
+pub use cluster::{Cluster, Endpoint};
+use hypergate_core::config::raw::LbPolicy;
+pub use hypergate_core::rng::{next_random, sampled};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
@@ -168,7 +178,7 @@ pub struct ClusterRuntime {
     pub endpoints: Vec<Rc<EndpointRuntime>>,
     budget: RetryBudget,
     /// Counters and histograms of this cluster on this shard.
-    pub stats: Rc<crate::observability::ClusterStats>,
+    pub stats: Rc<ClusterStats>,
 }
 
 /// Why no endpoint could be picked.
@@ -182,7 +192,7 @@ impl ClusterRuntime {
         spec: Arc<Cluster>,
         previous: Option<&ClusterRuntime>,
         health: &health::HealthRegistry,
-        stats: Rc<crate::observability::ClusterStats>,
+        stats: Rc<ClusterStats>,
     ) -> Self {
         let endpoints = spec
             .endpoints
@@ -423,4 +433,19 @@ fn still_open(fd: std::os::fd::RawFd) -> bool {
     n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
-pub use hypergate_core::rng::{next_random, sampled};
+/// Per-cluster upstream figures.
+#[derive(Default)]
+pub struct ClusterStats {
+    /// Upstream latency: request sent to response head received.
+    pub upstream_latency: hypergate_core::metrics::LazyHistogram,
+    /// Failed connects.
+    pub connect_errors: Cell<u64>,
+    /// Response-head timeouts.
+    pub timeouts: Cell<u64>,
+    /// Retries made.
+    pub retries: Cell<u64>,
+    /// Endpoint ejections.
+    pub ejections: Cell<u64>,
+    /// Invalid responses (502).
+    pub bad_responses: Cell<u64>,
+}

@@ -6,8 +6,8 @@
 //! checkers of unchanged clusters keep running (and keep their verdicts), changed
 //! ones are restarted, removed ones stop.
 
-use crate::config::raw::HealthCheckConfig;
-use crate::config::Config;
+use crate::Cluster;
+use hypergate_core::config::raw::HealthCheckConfig;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,11 +39,11 @@ impl HealthRegistry {
             .clone()
     }
 
-    /// Starts, restarts and stops checker threads to match `config`.
-    pub fn sync(self: &Arc<Self>, config: &Config) {
+    /// Starts, restarts and stops checker threads to match `clusters`.
+    pub fn sync(self: &Arc<Self>, clusters: &[Arc<Cluster>]) {
         let mut checkers = self.checkers.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
-        for c in &config.clusters {
+        for c in clusters {
             if let Some(hc) = &c.raw.health_check {
                 let fp = serde_json::to_string(&c.raw).unwrap_or_default();
                 wanted.insert(c.name.to_string(), (fp, hc.clone(), c.clone()));
