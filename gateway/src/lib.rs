@@ -18,18 +18,17 @@ pub mod admin;
 pub mod ai;
 #[cfg(feature = "alloc-count")]
 pub mod alloc_count;
-pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod gateway;
 pub mod hypercare;
 pub mod observability;
-pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod shard;
 pub mod tls;
 
 pub use hypergate_core::{http, secret};
+pub use hypergate_edge::{auth, policy};
 pub use hypergate_upstream as upstream;

@@ -1,2 +1,3 @@
-//! Edge policy building blocks that the request pipeline calls: rate limiting.
-pub mod ratelimit;
+//! Edge policy building blocks that the request pipeline calls (the
+//! `hypergate-edge` crate): rate limiting.
+pub use hypergate_edge::ratelimit;

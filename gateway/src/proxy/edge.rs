@@ -13,59 +13,7 @@ use crate::routing::RequestInfo;
 use crate::shard::{Installed, ShardCtx};
 use std::net::{IpAddr, SocketAddr};
 
-/// Why the edge phase refused a request (metric labels: phase and reason).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EdgeReject {
-    /// Client IP denied by the route's CIDR rules (403).
-    IpDenied,
-    /// Authentication failed (401).
-    Unauthenticated,
-    /// Authenticated consumer not in an allowed group (403).
-    Forbidden,
-    /// CORS preflight from an origin or for a method/header not allowed (403).
-    CorsDenied,
-    /// Rate limit exceeded (429).
-    RateLimited,
-    /// Rate-limit backend unreachable in fail-closed mode (503).
-    RateLimitUnavailable,
-    /// Connection refused: `max_connections` reached (503).
-    ConnectionLimit,
-    /// Connection refused: `max_connections_per_ip` reached (503).
-    ConnectionLimitPerIp,
-}
-
-impl EdgeReject {
-    /// All reasons, for metrics.
-    pub const ALL: [EdgeReject; 8] = [
-        EdgeReject::IpDenied,
-        EdgeReject::Unauthenticated,
-        EdgeReject::Forbidden,
-        EdgeReject::CorsDenied,
-        EdgeReject::RateLimited,
-        EdgeReject::RateLimitUnavailable,
-        EdgeReject::ConnectionLimit,
-        EdgeReject::ConnectionLimitPerIp,
-    ];
-
-    /// `(phase, reason)` labels.
-    pub fn labels(self) -> (&'static str, &'static str) {
-        match self {
-            EdgeReject::IpDenied => ("ip_filter", "ip_denied"),
-            EdgeReject::Unauthenticated => ("auth", "unauthenticated"),
-            EdgeReject::Forbidden => ("acl", "forbidden"),
-            EdgeReject::CorsDenied => ("cors", "cors_denied"),
-            EdgeReject::RateLimited => ("rate_limit", "rate_limited"),
-            EdgeReject::RateLimitUnavailable => ("rate_limit", "backend_unavailable"),
-            EdgeReject::ConnectionLimit => ("connection", "max_connections"),
-            EdgeReject::ConnectionLimitPerIp => ("connection", "max_connections_per_ip"),
-        }
-    }
-
-    /// Index into counters.
-    pub fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-}
+pub use hypergate_edge::EdgeReject;
 
 /// What the phase decided.
 pub enum Verdict {

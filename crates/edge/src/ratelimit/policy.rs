@@ -312,7 +312,7 @@ pub fn validate_redis(raw: &RedisConfig, path: &str, issues: &mut Vec<ConfigIssu
 /// (`host:port` or a `redis://` URL, without credentials) plus `username` and
 /// `password`. The result holds the password in clear: build it only where the
 /// connection is opened, and never print it.
-pub(crate) fn redis_connection_info(config: &RedisConfig) -> Option<redis::ConnectionInfo> {
+pub fn redis_connection_info(config: &RedisConfig) -> Option<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo;
     let address = config.address.as_str();
     let url = if address.starts_with("redis://") {
@@ -491,7 +491,7 @@ mod tests {
         let cfg = RedisConfig {
             address: "10.0.0.1:6379".into(),
             username: Some("gateway".into()),
-            password: Some(crate::secret::Secret::new("hunter2-marker")),
+            password: Some(hypergate_core::secret::Secret::new("hunter2-marker")),
             ..RedisConfig::default()
         };
         let mut issues = Vec::new();

@@ -593,7 +593,7 @@ mod tests {
             name: "alice".into(),
             groups: vec!["admins".into()],
             metadata: Default::default(),
-            api_keys: vec![crate::secret::Secret::new(hash_key("demo-key"))],
+            api_keys: vec![hypergate_core::secret::Secret::new(hash_key("demo-key"))],
         }];
         let cfg = AuthConfig {
             consumer_header: "x-consumer".into(),
@@ -607,7 +607,7 @@ mod tests {
                 algorithms: vec!["HS256".into()],
                 keys: vec![JwtKeyConfig {
                     kid: None,
-                    secret: Some(crate::secret::Secret::new(SECRET)),
+                    secret: Some(hypergate_core::secret::Secret::new(SECRET)),
                     pem_file: None,
                 }],
                 jwks_file: None,

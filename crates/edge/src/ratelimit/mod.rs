@@ -71,7 +71,7 @@ mod shard;
 
 pub use gcra::MAX_WINDOWS;
 pub use global::RateLimiter;
-pub(crate) use policy::redis_connection_info;
+pub use policy::redis_connection_info;
 pub use policy::{
     validate_redis, FailureMode, RateBackend, RateKey, RateLimitPolicy, RateWindow,
     LOCAL_LEASE_TTL, REDIS_LEASE_TTL,
