@@ -590,7 +590,7 @@ impl Gateway {
         let rate_limiter = RateLimiter::new();
         rate_limiter.install(&config.rate_limits, config.raw.redis.as_ref());
         let ai = crate::ai::AiShared::new(&config);
-        if !config.ai.aliases.is_empty() {
+        if !crate::ai::spec::of(&config).aliases.is_empty() {
             let _ = hypergate_ai::tokens::warm_up();
         }
         let mut handles: Vec<ShardHandle> = Vec::new();

@@ -89,8 +89,7 @@ impl AiShared {
     /// Starts (or restarts, when its address changed) the budget Redis worker if
     /// `config` has Redis budgets. Runs on the control thread at start and reload.
     pub fn install(&self, config: &crate::config::Config) {
-        let wants = config
-            .ai
+        let wants = spec::of(config)
             .budgets
             .iter()
             .any(|b| b.backend == crate::config::ai::BudgetBackend::Redis);
@@ -232,6 +231,8 @@ pub(crate) fn capture_text(text: &str, max: usize) -> String {
 
 /// Everything the AI phase needs from the proxy.
 pub struct AiRequest<'a> {
+    /// This shard's LLM state.
+    pub ai: &'a AiShard,
     /// Shard.
     pub ctx: &'a ShardCtx,
     /// Installed config.
@@ -270,23 +271,7 @@ pub struct AiRequest<'a> {
 }
 
 /// What the AI phase did, for the proxy's metrics and log.
-#[derive(Debug, Default)]
-pub struct AiOutcome {
-    /// Status sent (0 when the connection failed before).
-    pub status: u16,
-    /// Error type when answering with an error.
-    pub error: &'static str,
-    /// Response body bytes sent.
-    pub bytes_out: u64,
-    /// Request body bytes read.
-    pub bytes_in: u64,
-    /// Provider time to response head (µs).
-    pub upstream_us: Option<u64>,
-    /// Keep the connection.
-    pub keep_alive: bool,
-    /// LLM details.
-    pub llm: Option<Box<LlmRecord>>,
-}
+pub type AiOutcome = crate::proxy::HandlerOutcome;
 
 /// Which API format the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +317,87 @@ fn error_body(format: Format, e: &AiError, request_id: &str) -> Value {
     }
 }
 
+/// The LLM layer's per-shard state for one installed config (kept in the
+/// proxy's `Installed::ext`, so a request sees one config throughout).
+#[derive(Debug, Default)]
+pub struct AiInstalled {
+    /// Each alias's targets' effective weights: the file's, or a runtime
+    /// override's (an alias canary's), parallel to `AiSpec::aliases`.
+    pub alias_weights: Vec<Vec<u32>>,
+}
+
+/// The LLM layer's state for `config` with `overrides`, for a shard's `Installed`.
+pub fn installed(
+    config: &crate::config::Config,
+    overrides: &crate::config::overrides::Overrides,
+) -> Rc<dyn std::any::Any> {
+    let resolved = crate::config::resolve::resolve(overrides, config);
+    let alias_weights = spec::of(config)
+        .aliases
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            resolved
+                .aliases
+                .get(&i)
+                .cloned()
+                .unwrap_or_else(|| a.targets.iter().map(|t| t.weight).collect())
+        })
+        .collect();
+    Rc::new(AiInstalled { alias_weights })
+}
+
+/// The LLM layer's state in a shard's `Installed` (empty if it holds none,
+/// which the shard never does).
+fn installed_of(inst: &Installed) -> &AiInstalled {
+    static EMPTY: AiInstalled = AiInstalled {
+        alias_weights: Vec::new(),
+    };
+    inst.ext.downcast_ref::<AiInstalled>().unwrap_or(&EMPTY)
+}
+
+impl crate::proxy::Handler for AiShard {
+    async fn serve<S: crate::proxy::ClientStream>(
+        &self,
+        req: &crate::proxy::HandlerRequest<'_>,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> AiOutcome {
+        let config = &req.inst.config;
+        let route = &config.routes[req.route];
+        let Some(route_ai) = spec::of(config).routes.get(req.route).and_then(Option::as_ref) else {
+            // Validation gives every AI route its settings; a route without them is refused whole.
+            return AiOutcome::default();
+        };
+        let consumer = match req.consumer {
+            Some(c) => config.auth.consumers[c].name.clone(),
+            None => self.anonymous.clone(),
+        };
+        let ai_req = AiRequest {
+            ai: self,
+            ctx: req.ctx,
+            inst: req.inst,
+            route: &route.name,
+            route_ai,
+            method: req.request.method(),
+            path: req.request.path(),
+            body: req.body,
+            http10: req.http10,
+            request_id: req.request_id,
+            consumer,
+            extra: req.extra,
+            keep_alive: req.keep_alive,
+            max_body: req.max_body,
+            cache_header: req.request.header("x-hypergate-cache"),
+            prompt_version_header: req.request.header("x-hypergate-prompt-version"),
+            started: req.started,
+            deadline: req.deadline,
+        };
+        serve(&ai_req, stream, rbuf, out).await
+    }
+}
+
 /// Serves one request on an AI route.
 pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     req: &AiRequest<'_>,
@@ -339,7 +405,7 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
 ) -> AiOutcome {
-    let spec = &req.inst.config.ai;
+    let spec = spec::of(&req.inst.config);
     let mut outcome = AiOutcome {
         keep_alive: req.keep_alive,
         ..Default::default()
@@ -690,7 +756,7 @@ async fn feedback<S: AsyncWriteRent>(
         return bad("score must be between -1000 and 1000");
     }
     let comment = v["comment"].as_str().unwrap_or("");
-    let ai = &req.ctx.ai;
+    let ai = &req.ai;
     match ai.shared.feedback.record(id, score, comment) {
         Ok(meta) => {
             ai.stats.feedback.set(ai.stats.feedback.get() + 1);
@@ -774,7 +840,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     }
 
     fn spec(&self) -> &'r AiSpec {
-        &self.req.inst.config.ai
+        spec::of(&self.req.inst.config)
     }
 
     fn alias_of(&self, req: &Value) -> Result<usize, AiError> {
@@ -818,7 +884,7 @@ impl<'r, 'a> Chat<'r, 'a> {
 
     fn note_guard(&mut self, g: usize, action: &'static str) {
         let name: Arc<str> = self.spec().guardrails[g].0.name().into();
-        self.req.ctx.ai.stats.guardrail(&name, action);
+        self.req.ai.stats.guardrail(&name, action);
         let tag = format!("{name}:{action}");
         if !self.rec.guardrails.contains(&tag) {
             self.rec.guardrails.push(tag);
@@ -925,8 +991,8 @@ impl<'r, 'a> Chat<'r, 'a> {
         }
         let cache_key = self.cache_key(alias, &canonical);
         if let Some(key) = cache_key {
-            let hit = self.req.ctx.ai.cache.borrow_mut().get(key);
-            let ai = &self.req.ctx.ai.stats;
+            let hit = self.req.ai.cache.borrow_mut().get(key);
+            let ai = &self.req.ai.stats;
             match hit {
                 Some(resp) => {
                     ai.cache_hits.set(ai.cache_hits.get() + 1);
@@ -958,7 +1024,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             Ok(a) => a,
             Err(e) => {
                 if let Some(r) = reservation {
-                    r.settle(&self.req.ctx.ai.shared, 0, 0);
+                    r.settle(&self.req.ai.shared, 0, 0);
                 }
                 self.finish_stats(alias, None, &Usage::default(), 0, false, e.status);
                 return Err(e);
@@ -994,7 +1060,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let cost = self.cost(a_alias, target, &usage);
         if let Some(r) = reservation {
             r.settle(
-                &self.req.ctx.ai.shared,
+                &self.req.ai.shared,
                 usage.prompt + usage.completion,
                 cost,
             );
@@ -1082,7 +1148,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let clock = Clock::now();
         let route: Arc<str> = self.req.route.clone();
         let refused = |budget: &Arc<str>, window: budget::Window, retry_after: u64| {
-            self.req.ctx.ai.stats.budget_refused(budget, window.label());
+            self.req.ai.stats.budget_refused(budget, window.label());
             AiError {
                 retry_after: Some(retry_after),
                 ..AiError::new(
@@ -1099,7 +1165,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let (local, shared): (Vec<_>, Vec<_>) = budgets
             .into_iter()
             .partition(|b| b.backend == BudgetBackend::Local);
-        let shared_state = &self.req.ctx.ai.shared;
+        let shared_state = &self.req.ai.shared;
         let local = if local.is_empty() {
             None
         } else {
@@ -1186,7 +1252,6 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
             budget_redis::RedisAnswer::Unavailable => {
                 self.req
-                    .ctx
                     .ai
                     .stats
                     .budget_refused(&Arc::from("redis"), "unavailable");
@@ -1212,7 +1277,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     /// targets with an open breaker go last.
     fn plan(&self, alias: usize) -> Vec<(usize, usize)> {
         let spec = self.spec();
-        let ai = &self.req.ctx.ai;
+        let ai = &self.req.ai;
         let now = Instant::now();
         let mut chain = vec![alias];
         chain.extend(&spec.aliases[alias].fallbacks);
@@ -1221,7 +1286,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         for a in chain {
             let al = &spec.aliases[a];
             // Effective weights: the file's, or a runtime override's (a canary's).
-            let weight = &self.req.inst.alias_weights[a];
+            let weight = &installed_of(self.req.inst).alias_weights[a];
             let mut order: Vec<usize> = (0..al.targets.len()).collect();
             order.sort_by_key(|&t| std::cmp::Reverse(weight[t]));
             let live: Vec<usize> = order
@@ -1275,7 +1340,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     {
         let spec = self.spec();
         let plan = self.plan(alias);
-        let ai = &self.req.ctx.ai;
+        let ai = &self.req.ai;
         let mut last: Option<AiError> = None;
         let mut retry_after: Option<u64> = None;
         // One deadline for the whole call: every attempt, backoff and fallback.
@@ -1487,7 +1552,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             self.rec.response_body = Some(cut_text(&text, max).to_string());
         }
         if let Some(key) = cache_key {
-            self.req.ctx.ai.cache.borrow_mut().put(key, canon.clone());
+            self.req.ai.cache.borrow_mut().put(key, canon.clone());
         }
         let sent = if streamed {
             self.replay_stream(&canon, stream, out, client_usage).await
@@ -1847,7 +1912,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             answered.resp.finish();
             if let Some(key) = cache_key {
                 if let Some(resp) = assembled.response(&target.model, usage) {
-                    self.req.ctx.ai.cache.borrow_mut().put(key, resp);
+                    self.req.ai.cache.borrow_mut().put(key, resp);
                 }
             }
         }
@@ -1863,7 +1928,7 @@ impl<'r, 'a> Chat<'r, 'a> {
 
     fn call_stats(&self, alias: usize, target: usize) -> Rc<stats::CallStats> {
         let spec = self.spec();
-        self.req.ctx.ai.stats.call((
+        self.req.ai.stats.call((
             self.req.route.clone(),
             spec.aliases[alias].name.clone(),
             spec.aliases[alias].targets[target].label.clone(),
@@ -1887,7 +1952,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             None if self.rec.cache_hit => "cache".into(),
             None => "none".into(),
         };
-        let stats = self.req.ctx.ai.stats.call((
+        let stats = self.req.ai.stats.call((
             self.req.route.clone(),
             spec.aliases[alias].name.clone(),
             target_label.clone(),
@@ -1917,7 +1982,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     /// client may send feedback the moment it has the answer).
     fn remember(&self, alias: usize, target: Arc<str>) {
         let spec = self.spec();
-        let ai = &self.req.ctx.ai;
+        let ai = &self.req.ai;
         ai.shared.feedback.remember(
             &ai.remembered,
             self.req.request_id,

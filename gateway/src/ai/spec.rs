@@ -21,9 +21,22 @@ use std::time::Duration;
 /// Prefix of the hidden cluster that carries a provider's connections.
 pub const PROVIDER_CLUSTER_PREFIX: &str = "ai:";
 
+/// The LLM layer's spec in a validated config (an empty one when the config
+/// carries none, which validation never builds).
+pub fn of(config: &crate::config::Config) -> &AiSpec {
+    static EMPTY: std::sync::OnceLock<AiSpec> = std::sync::OnceLock::new();
+    config
+        .ext
+        .downcast_ref::<AiSpec>()
+        .unwrap_or_else(|| EMPTY.get_or_init(AiSpec::default))
+}
+
 /// Validated `[ai]` section.
 #[derive(Debug, Default)]
 pub struct AiSpec {
+    /// Each route's AI settings, parallel to the config's routes (`None` for
+    /// routes that are not AI routes).
+    pub routes: Vec<Option<RouteAi>>,
     /// Providers.
     pub providers: Vec<Provider>,
     /// Model aliases.

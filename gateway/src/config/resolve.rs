@@ -7,7 +7,7 @@ use super::{Config, ConfigIssue, RouteAction};
 use std::collections::BTreeMap;
 
 /// Effective weights of one shard's config: the file's, with the overrides in
-/// force applied (indices into `config.routes` and `config.ai.aliases`).
+/// force applied (indices into `config.routes` and the LLM spec's aliases).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ResolvedWeights {
     /// Per route index: its split's weights, when an override changes them.
@@ -40,12 +40,11 @@ fn sides(
             Ok((i, sides))
         }
         OverrideSubject::Alias(name) => {
-            let i = *config
-                .ai
+            let i = *crate::ai::spec::of(config)
                 .alias_index
                 .get(name)
                 .ok_or_else(|| format!("no LLM alias named {name:?}"))?;
-            let sides = config.ai.aliases[i]
+            let sides = crate::ai::spec::of(config).aliases[i]
                 .targets
                 .iter()
                 .map(|t| (t.label.to_string(), t.weight))
@@ -162,7 +161,7 @@ pub fn apply_to_json(overrides: &Overrides, config: &Config, raw: &mut serde_jso
         }
     }
     for (ai, weights) in &resolved.aliases {
-        let name = &config.ai.aliases[*ai].name;
+        let name = &crate::ai::spec::of(config).aliases[*ai].name;
         let Some(model) = raw["ai"]["models"]
             .as_array_mut()
             .and_then(|ms| ms.iter_mut().find(|m| m["alias"] == **name))

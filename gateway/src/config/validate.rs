@@ -41,8 +41,10 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Rate-limit policies (routes refer to them by index).
     pub rate_limits: Vec<Arc<RateLimitPolicy>>,
-    /// The AI gateway: providers (their hidden clusters are in `clusters`), aliases, budgets...
-    pub ai: crate::ai::spec::AiSpec,
+    /// The validated spec of the layer above the proxy (the LLM gateway:
+    /// providers, whose hidden clusters are in `clusters`, aliases, budgets...).
+    /// Opaque to the proxy; only that layer looks inside (`ai::spec::of`).
+    pub ext: Arc<dyn std::any::Any + Send + Sync>,
     /// How request paths are made canonical.
     pub path: crate::http::path::PathPolicy,
 }
@@ -116,8 +118,9 @@ pub struct RoutePolicy {
 pub enum RouteAction {
     /// Proxy to one cluster.
     Cluster(usize),
-    /// Serve the AI API.
-    Ai(crate::ai::spec::RouteAi),
+    /// Serve the AI API: the layer above the proxy (the LLM gateway) answers,
+    /// with this route's settings in its own spec.
+    Ai,
     /// Proxy to one of several clusters by weight.
     Split(Split),
     /// Answer at the gateway.
@@ -343,6 +346,8 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     );
 
     let mut routes = Vec::new();
+    // Each route's AI settings, parallel to `routes` (the LLM layer's spec keeps them).
+    let mut ai_routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -352,6 +357,7 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
                 format!("duplicate route name {:?}", r.name),
             );
         }
+        let mut ai_route = None;
         if let Some(route) = validate_route(
             r,
             &path,
@@ -360,9 +366,11 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             auth.has_jwt(),
             &ai,
             &path_policy,
+            &mut ai_route,
             &mut issues,
         ) {
             routes.push(route);
+            ai_routes.push(ai_route);
         }
     }
     if raw.routes.is_empty() {
@@ -391,6 +399,8 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         return Err(issues.0);
     }
     let router = Router::build(routes.iter().map(|r| &r.matcher));
+    let mut ai = ai;
+    ai.routes = ai_routes;
     Ok(Config {
         raw,
         shards,
@@ -403,7 +413,7 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         auth,
         trusted_proxies,
         rate_limits,
-        ai,
+        ext: Arc::new(ai),
         path: path_policy,
     })
 }
@@ -696,6 +706,7 @@ fn validate_route(
     has_jwt: bool,
     ai: &crate::ai::spec::AiSpec,
     path_policy: &crate::http::path::PathPolicy,
+    ai_route: &mut Option<crate::ai::spec::RouteAi>,
     issues: &mut Issues,
 ) -> Option<Route> {
     let before = issues.0.len();
@@ -739,12 +750,8 @@ fn validate_route(
     }
     let mut action = None;
     if let Some(a) = &r.ai {
-        action = Some(RouteAction::Ai(crate::ai::spec::route(
-            a,
-            ai,
-            path,
-            &mut issues.0,
-        )));
+        *ai_route = Some(crate::ai::spec::route(a, ai, path, &mut issues.0));
+        action = Some(RouteAction::Ai);
     }
     if let Some(name) = &r.cluster {
         match cluster_index(name) {

@@ -20,6 +20,8 @@
 
 mod edge;
 pub use edge::EdgeReject;
+pub mod handler;
+pub use handler::{Handler, HandlerOutcome, HandlerRequest};
 pub use hypergate_core::{ids, io};
 
 use crate::config::{KeySource, Route, RouteAction};
@@ -44,7 +46,6 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest body copied next to its head so both leave in one write.
@@ -204,8 +205,9 @@ impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
 /// Serves one downstream connection until it closes. `fd` is the underlying
 /// socket (so a drain can wake the connection when idle); `scheme` is what
 /// `X-Forwarded-Proto` says (`http` or `https`).
-pub async fn serve_connection<S: ClientStream>(
+pub async fn serve_connection<S: ClientStream, H: Handler>(
     ctx: Rc<ShardCtx>,
+    handler: Rc<H>,
     mut stream: S,
     fd: RawFd,
     peer: SocketAddr,
@@ -275,7 +277,7 @@ pub async fn serve_connection<S: ClientStream>(
                 break;
             }
         }
-        match handle_request(&ctx, &inst, &mut stream, &mut bufs, peer, scheme).await {
+        match handle_request(&ctx, &*handler, &inst, &mut stream, &mut bufs, peer, scheme).await {
             (After::KeepAlive, _) => {}
             (After::Close, _) | (After::Upgrade(_), None) => break,
             (After::Upgrade(up), Some(mut pending)) => {
@@ -386,8 +388,9 @@ fn canonicalize(
     Ok(())
 }
 
-async fn handle_request<S: ClientStream>(
+async fn handle_request<S: ClientStream, H: Handler>(
     ctx: &ShardCtx,
+    handler: &H,
     inst: &Installed,
     stream: &mut S,
     bufs: &mut Buffers,
@@ -532,31 +535,23 @@ async fn handle_request<S: ClientStream>(
                 }
                 finish(stream, out, send, close).await
             }
-            RouteAction::Ai(route_ai) => {
-                let consumer_name: Arc<str> = match consumer {
-                    Some(c) => inst.config.auth.consumers[c].name.clone(),
-                    None => ctx.ai.anonymous.clone(),
-                };
-                let req = crate::ai::AiRequest {
+            RouteAction::Ai => {
+                let req = handler::HandlerRequest {
                     ctx,
                     inst,
-                    route: &route.name,
-                    route_ai,
-                    method: view.method(),
-                    path: view.path(),
+                    route: ri,
+                    request: &view,
                     body: head.body,
                     http10: head.version == 0,
                     request_id: rid.as_str(),
-                    consumer: consumer_name,
+                    consumer,
                     extra,
                     keep_alive,
                     max_body: route.policy.protection.max_body_bytes.unwrap_or(0),
-                    cache_header: view.header("x-hypergate-cache"),
-                    prompt_version_header: view.header("x-hypergate-prompt-version"),
                     started,
                     deadline: route.timeout,
                 };
-                let o = crate::ai::serve(&req, stream, rbuf, out).await;
+                let o = handler.serve(&req, stream, rbuf, out).await;
                 ex.status = o.status;
                 ex.error = o.error;
                 ex.bytes_in = o.bytes_in;

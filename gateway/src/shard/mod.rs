@@ -86,8 +86,10 @@ pub struct Installed {
     pub config: Arc<Config>,
     /// The runtime overrides it runs with.
     pub overrides: Arc<Overrides>,
-    /// Effective weights of each LLM alias's targets (the file's, or an override's).
-    pub alias_weights: Vec<Vec<u32>>,
+    /// The layer above the proxy keeps its per-shard state for this config here
+    /// (the LLM gateway: its aliases' effective weights), so a request sees one
+    /// config throughout. Opaque to the proxy.
+    pub ext: Rc<dyn std::any::Any>,
     /// Cluster runtimes, parallel to `config.clusters`.
     pub clusters: Vec<Rc<ClusterRuntime>>,
     /// Route runtimes, parallel to `config.routes`.
@@ -103,6 +105,7 @@ impl Installed {
         previous: Option<&Installed>,
         stats: &ShardStats,
         health: &HealthRegistry,
+        ext: Rc<dyn std::any::Any>,
     ) -> Self {
         let resolved = crate::config::resolve::resolve(&overrides, &config);
         let fingerprint =
@@ -133,7 +136,7 @@ impl Installed {
                 let cluster_ids: Vec<usize> = match &r.action {
                     RouteAction::Cluster(i) => vec![*i],
                     RouteAction::Split(s) => s.targets.iter().map(|t| t.0).collect(),
-                    RouteAction::Direct(_) | RouteAction::Ai(_) => Vec::new(),
+                    RouteAction::Direct(_) | RouteAction::Ai => Vec::new(),
                 };
                 let weights: Vec<u32> = match (&r.action, resolved.routes.get(&ri)) {
                     (RouteAction::Split(_), Some(w)) => w.clone(),
@@ -158,23 +161,10 @@ impl Installed {
                 }
             })
             .collect();
-        let alias_weights = config
-            .ai
-            .aliases
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                resolved
-                    .aliases
-                    .get(&i)
-                    .cloned()
-                    .unwrap_or_else(|| a.targets.iter().map(|t| t.weight).collect())
-            })
-            .collect();
         Installed {
             config,
             overrides,
-            alias_weights,
+            ext,
             clusters,
             routes,
         }
@@ -325,8 +315,6 @@ pub struct ShardCtx {
     pub conn_limits: Arc<ConnectionLimits>,
     /// This shard's rate-limit leases.
     pub limiter: crate::edge::ratelimit::ShardLimiter,
-    /// LLM gateway state: metrics, cache, breakers, and the process-wide budgets.
-    pub ai: crate::ai::AiShard,
 }
 
 impl ShardCtx {
@@ -497,9 +485,16 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         None,
         &stats,
         &spec.health,
+        crate::ai::installed(&spec.config, &spec.overrides),
     );
     let drain_timeout = spec.config.raw.server.drain_timeout;
     let drain_grace = spec.config.raw.server.drain_idle_grace;
+    // The layer above the proxy: the LLM gateway's per-shard state answers AI routes.
+    let ai = Rc::new(crate::ai::AiShard::new(
+        crate::ai::spec::of(&spec.config),
+        spec.ai,
+        spec.shards,
+    ));
     let ctx = Rc::new(ShardCtx {
         id: spec.id,
         installed: RefCell::new(Rc::new(installed)),
@@ -512,7 +507,6 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         token_cache: crate::auth::TokenCache::default(),
         conn_limits: spec.conn_limits,
         limiter: crate::edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
-        ai: crate::ai::AiShard::new(&spec.config.ai, spec.ai, spec.shards),
     });
     monoio::spawn(release_memory_after_floods(ctx.clone()));
     // Closed when the drain starts: every accept loop stops, accepts what is
@@ -524,6 +518,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             Ok(l) => {
                 accept_loops.push(monoio::spawn(accept_loop(
                     ctx.clone(),
+                    ai.clone(),
                     l,
                     i,
                     accepting.clone(),
@@ -543,12 +538,14 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
                     Some(reason) => Err(reason),
                     None => {
                         let cur = ctx.installed.borrow();
+                        let ext = crate::ai::installed(&p.config, &p.overrides);
                         pending = Some(Installed::prepare(
                             p.config,
                             p.overrides,
                             Some(&cur),
                             &ctx.stats,
                             &ctx.health,
+                            ext,
                         ));
                         Ok(())
                     }
@@ -557,7 +554,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             }
             ShardCommand::Commit(ack) => {
                 if let Some(next) = pending.take() {
-                    ctx.ai.install(&next.config.ai);
+                    ai.install(crate::ai::spec::of(&next.config));
                     *ctx.installed.borrow_mut() = Rc::new(next);
                     ctx.token_cache.clear();
                 }
@@ -567,12 +564,14 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             ShardCommand::SetOverrides(overrides, ack) => {
                 let next = {
                     let cur = ctx.installed.borrow();
+                    let ext = crate::ai::installed(&cur.config, &overrides);
                     Installed::prepare(
                         cur.config.clone(),
                         overrides,
                         Some(&cur),
                         &ctx.stats,
                         &ctx.health,
+                        ext,
                     )
                 };
                 *ctx.installed.borrow_mut() = Rc::new(next);
@@ -581,7 +580,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             ShardCommand::Snapshot(reply) => {
                 let _ = reply.send(
                     ctx.stats
-                        .snapshot(ctx.pool_snapshot(), ctx.ai.stats.snapshot()),
+                        .snapshot(ctx.pool_snapshot(), ai.stats.snapshot()),
                 );
             }
             ShardCommand::Drain => break,
@@ -602,7 +601,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
     *ctx.installed.borrow_mut() = Rc::new(Installed {
         config,
         overrides: Arc::default(),
-        alias_weights: Vec::new(),
+        ext: Rc::new(()),
         clusters: Vec::new(),
         routes: Vec::new(),
     });
@@ -615,6 +614,7 @@ const LISTENER_SETTLE: Duration = Duration::from_millis(100);
 
 async fn accept_loop(
     ctx: Rc<ShardCtx>,
+    ai: Rc<crate::ai::AiShard>,
     listener: monoio::net::TcpListener,
     listener_idx: usize,
     accepting: async_channel::Receiver<()>,
@@ -637,7 +637,7 @@ async fn accept_loop(
                 r = accept.as_mut() => {
                     accept.set(listener.accept());
                     match r {
-                        Ok((stream, peer)) => admit(&ctx, stream, peer, listener_idx),
+                        Ok((stream, peer)) => admit(&ctx, &ai, stream, peer, listener_idx),
                         Err(e) => {
                             // EMFILE and friends: back off briefly instead of spinning.
                             tracing::warn!(shard = ctx.id, error = %e, "accept failed");
@@ -670,7 +670,7 @@ async fn accept_loop(
             while let Ok((std_stream, peer)) = queue.accept() {
                 let _ = std_stream.set_nonblocking(true);
                 match monoio::net::TcpStream::from_std(std_stream) {
-                    Ok(stream) => admit(&ctx, stream, peer, listener_idx),
+                    Ok(stream) => admit(&ctx, &ai, stream, peer, listener_idx),
                     Err(e) => {
                         tracing::warn!(shard = ctx.id, error = %e, "cannot adopt a queued connection")
                     }
@@ -747,6 +747,7 @@ fn refuse_new_syns(fd: RawFd) -> std::io::Result<()> {
 /// Applies the connection caps and starts serving an accepted connection.
 fn admit(
     ctx: &Rc<ShardCtx>,
+    ai: &Rc<crate::ai::AiShard>,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
     listener_idx: usize,
@@ -778,6 +779,7 @@ fn admit(
         None => {
             monoio::spawn(crate::proxy::serve_connection(
                 ctx.clone(),
+                ai.clone(),
                 stream,
                 fd,
                 peer,
@@ -786,7 +788,7 @@ fn admit(
             ));
         }
         Some(tls) => {
-            monoio::spawn(serve_tls(ctx.clone(), tls, stream, peer, permit));
+            monoio::spawn(serve_tls(ctx.clone(), ai.clone(), tls, stream, peer, permit));
         }
     }
 }
@@ -794,6 +796,7 @@ fn admit(
 /// Completes a TLS handshake (bounded by `limits.tls_handshake_timeout`), then serves HTTP over it.
 async fn serve_tls(
     ctx: Rc<ShardCtx>,
+    ai: Rc<crate::ai::AiShard>,
     tls: Arc<rustls::ServerConfig>,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
@@ -813,7 +816,7 @@ async fn serve_tls(
             ctx.stats
                 .tls_handshakes
                 .set(ctx.stats.tls_handshakes.get() + 1);
-            crate::proxy::serve_connection(ctx, tls_stream, fd, peer, "https", permit).await;
+            crate::proxy::serve_connection(ctx, ai, tls_stream, fd, peer, "https", permit).await;
         }
         Ok(Err(e)) => ctx
             .stats
