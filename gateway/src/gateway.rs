@@ -23,7 +23,7 @@ use crate::config::{self, Config, ConfigError};
 use crate::edge::ratelimit::RateLimiter;
 use crate::observability::ebpf::TcpProbe;
 use crate::observability::export::ProcessInfo;
-use crate::observability::MergedStats;
+use crate::observability::Snapshot;
 use crate::shard::{self, Prepare, ShardCommand, ShardHandle, ShardSpec};
 use crate::upstream::health::HealthRegistry;
 use socket2::{Domain, Socket, Type};
@@ -348,7 +348,7 @@ impl Controller {
     }
 
     /// Collects and merges stats from every shard.
-    pub fn snapshot(&self) -> MergedStats {
+    pub fn snapshot(&self) -> Snapshot {
         let rxs: Vec<_> = self
             .shards
             .iter()
@@ -362,7 +362,7 @@ impl Controller {
             .iter()
             .filter_map(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
             .collect();
-        MergedStats::merge(&snaps)
+        Snapshot::merge(&snaps)
     }
 
     /// Figures the exporter adds.

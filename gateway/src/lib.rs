@@ -24,11 +24,11 @@ pub mod edge;
 pub mod gateway;
 pub mod hypercare;
 pub mod observability;
-pub mod proxy;
-pub mod routing;
 pub mod shard;
 pub mod tls;
 
 pub use hypergate_core::{http, secret};
 pub use hypergate_edge::{auth, policy};
+pub use hypergate_proxy as proxy;
+pub use hypergate_proxy::routing;
 pub use hypergate_upstream as upstream;

@@ -142,39 +142,4 @@ pub fn server_config(
 
 pub use hypergate_upstream::tls::{client_config, verifying_client_config, UpstreamTls};
 
-/// Handshake failure reasons counted in metrics.
-pub const HANDSHAKE_FAILURES: [&str; 6] = [
-    "no_shared_version_or_cipher",
-    "bad_certificate",
-    "peer_misbehaved",
-    "timeout",
-    "eof",
-    "other",
-];
-
-/// Classifies a failed handshake into one of [`HANDSHAKE_FAILURES`] (its index).
-pub fn classify_handshake_error(e: &std::io::Error) -> usize {
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        return 3;
-    }
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return 4;
-    }
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::PeerIncompatible(_)) => 0,
-        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => 1,
-        Some(rustls::Error::PeerMisbehaved(_) | rustls::Error::InvalidMessage(_)) => 2,
-        Some(rustls::Error::AlertReceived(
-            rustls::AlertDescription::HandshakeFailure | rustls::AlertDescription::ProtocolVersion,
-        )) => 0,
-        Some(rustls::Error::AlertReceived(
-            rustls::AlertDescription::BadCertificate
-            | rustls::AlertDescription::UnknownCA
-            | rustls::AlertDescription::CertificateUnknown,
-        )) => 1,
-        _ => 5,
-    }
-}
+pub use hypergate_proxy::stats::{classify_handshake_error, HANDSHAKE_FAILURES};

@@ -1,8 +1,18 @@
 //! What one call leaves behind: the access-log and call-store record
 //! ([`AccessRecord`]) with its LLM details ([`LlmRecord`]), filled by the data
-//! plane and handed to the record writer off the request path.
+//! plane and handed to the record writer off the request path through a
+//! shard's [`AccessLogSink`].
+//!
+//! Each shard owns a fixed number of reusable boxes. A request fills one
+//! (string buffers are cleared and refilled, so after warm-up nothing is
+//! allocated) and hands it to the writer thread through a bounded channel with
+//! `try_send`; the writer sends boxes back in batches. When a shard has no free
+//! box, or the channel is full, the record is dropped and counted: requests
+//! never wait.
 
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Serialize;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 
 /// One access-log line.
@@ -168,4 +178,87 @@ pub fn cut_text(text: &str, max: usize) -> &str {
         cut -= 1;
     }
     &text[..cut]
+}
+
+/// A record on its way to the writer, with the shard it comes from.
+pub type Envelope = (usize, Box<AccessRecord>);
+
+/// Records going back to their shard's pool. Boxed on purpose: a record moves
+/// between threads and back as a pointer, and keeps its string buffers.
+#[allow(clippy::vec_box)]
+pub type Boxes = Vec<Box<AccessRecord>>;
+
+/// A shard's handle to the access log.
+pub struct AccessLogSink {
+    shard: usize,
+    tx: Sender<Envelope>,
+    /// Boxes come back from the writer a batch at a time (one channel operation
+    /// per batch, not per record) and wait in `spare`.
+    free: Receiver<Boxes>,
+    spare: RefCell<Boxes>,
+    allocated: Cell<usize>,
+    capacity: usize,
+    /// Whether JSON lines are written (the fields only they show are filled only then).
+    pub json: bool,
+}
+
+impl AccessLogSink {
+    /// A cleared record to fill, or `None` when all are in flight (counted as dropped by the caller).
+    pub fn take(&self) -> Option<Box<AccessRecord>> {
+        let mut spare = self.spare.borrow_mut();
+        if spare.is_empty() {
+            if let Ok(batch) = self.free.try_recv() {
+                *spare = batch;
+            }
+        }
+        if let Some(mut r) = spare.pop() {
+            r.reset();
+            return Some(r);
+        }
+        if self.allocated.get() < self.capacity {
+            self.allocated.set(self.allocated.get() + 1);
+            return Some(Box::default());
+        }
+        None
+    }
+
+    /// Hands a record to the writer; returns false when it was dropped.
+    pub fn submit(&self, record: Box<AccessRecord>) -> bool {
+        match self.tx.try_send((self.shard, record)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                // The box is freed; allow a replacement so the pool does not shrink.
+                self.allocated.set(self.allocated.get() - 1);
+                false
+            }
+        }
+    }
+}
+
+/// The sinks of `shards` shards (at most `buffer` records in flight each) and
+/// the writer's ends: the records, and the channels that return boxes to each shard.
+pub fn channels(
+    shards: usize,
+    buffer: usize,
+    json: bool,
+) -> (Vec<AccessLogSink>, Receiver<Envelope>, Vec<Sender<Boxes>>) {
+    let (tx, rx) = bounded::<Envelope>(buffer * shards);
+    // At most `buffer` boxes per shard exist, so at most that many non-empty
+    // batches: sending one back never finds the channel full.
+    let mut returns = Vec::new();
+    let mut sinks = Vec::new();
+    for shard in 0..shards {
+        let (ret_tx, ret_rx) = bounded(buffer);
+        returns.push(ret_tx);
+        sinks.push(AccessLogSink {
+            shard,
+            tx: tx.clone(),
+            free: ret_rx,
+            spare: RefCell::new(Vec::new()),
+            allocated: Cell::new(0),
+            capacity: buffer,
+            json,
+        });
+    }
+    (sinks, rx, returns)
 }

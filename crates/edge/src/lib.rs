@@ -75,4 +75,3 @@ impl EdgeReject {
         Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
-

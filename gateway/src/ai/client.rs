@@ -11,10 +11,10 @@
 use super::spec::Provider;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::codec::{at, parse_response, BodyFraming, Parsed, ResponseHead};
-use crate::proxy::io::{read_more, write_out, ReadOutcome};
 use crate::upstream::lease::{lease, Lease, LeaseError};
 use crate::upstream::ClusterRuntime;
 use bytes::Buf;
+use hypergate_core::io::{read_more, write_out, ReadOutcome};
 use std::time::{Duration, Instant};
 
 /// Why a provider call failed before a response head arrived.

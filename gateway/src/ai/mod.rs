@@ -37,7 +37,6 @@ use crate::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
 use crate::config::edge::RedisConfig;
 use crate::http::codec::BodyFraming;
 use crate::http::{write_header, write_status_line, write_u64};
-use crate::proxy::io::{read_more, write_out, ReadOutcome};
 use crate::shard::{Installed, ShardCtx};
 use budget::{BudgetBook, Clock, Reservation};
 use bytes::{Buf, BytesMut};
@@ -46,6 +45,7 @@ use hypergate_ai::guard::StreamRedactor;
 use hypergate_ai::sse::SseParser;
 use hypergate_ai::tokens;
 use hypergate_ai::translate::{self, Usage};
+use hypergate_core::io::{read_more, write_out, ReadOutcome};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{json, Value};
 use spec::{AiSpec, RouteAi};
@@ -366,7 +366,11 @@ impl crate::proxy::Handler for AiShard {
     ) -> AiOutcome {
         let config = &req.inst.config;
         let route = &config.routes[req.route];
-        let Some(route_ai) = spec::of(config).routes.get(req.route).and_then(Option::as_ref) else {
+        let Some(route_ai) = spec::of(config)
+            .routes
+            .get(req.route)
+            .and_then(Option::as_ref)
+        else {
             // Validation gives every AI route its settings; a route without them is refused whole.
             return AiOutcome::default();
         };
@@ -1059,11 +1063,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         };
         let cost = self.cost(a_alias, target, &usage);
         if let Some(r) = reservation {
-            r.settle(
-                &self.req.ai.shared,
-                usage.prompt + usage.completion,
-                cost,
-            );
+            r.settle(&self.req.ai.shared, usage.prompt + usage.completion, cost);
         }
         self.finish_stats(
             alias,

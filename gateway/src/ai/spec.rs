@@ -31,6 +31,23 @@ pub fn of(config: &crate::config::Config) -> &AiSpec {
         .unwrap_or_else(|| EMPTY.get_or_init(AiSpec::default))
 }
 
+impl AiSpec {
+    /// The targets of alias `name` (`provider/model`) with their file weights,
+    /// and the alias's index; or why there are none.
+    pub fn alias_sides(&self, name: &str) -> Result<(usize, Vec<(String, u32)>), String> {
+        let i = *self
+            .alias_index
+            .get(name)
+            .ok_or_else(|| format!("no LLM alias named {name:?}"))?;
+        let sides = self.aliases[i]
+            .targets
+            .iter()
+            .map(|t| (t.label.to_string(), t.weight))
+            .collect();
+        Ok((i, sides))
+    }
+}
+
 /// Validated `[ai]` section.
 #[derive(Debug, Default)]
 pub struct AiSpec {

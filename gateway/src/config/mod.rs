@@ -14,9 +14,10 @@ pub use hypergate_core::config::{
     ai, diff, edge, expand_env, hypercare, overrides, parse_raw, raw, ConfigError, ConfigIssue,
 };
 
+pub use hypergate_core::keys::KeySource;
+pub use hypergate_upstream::cluster::{Cluster, Endpoint};
 pub use validate::{
-    Cluster, Config, DirectResponse, Endpoint, HeaderOps, KeySource, ListenerSpec, Route,
-    RouteAction, Split,
+    Config, DirectResponse, HeaderOps, ListenerSpec, Route, RouteAction, RoutePolicy, Split,
 };
 
 use std::path::Path;

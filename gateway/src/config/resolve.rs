@@ -3,7 +3,7 @@
 //! checks an override must pass, and the overlay `/config` shows.
 
 use super::overrides::{OverrideSubject, Overrides, WeightOverride};
-use super::{Config, ConfigIssue, RouteAction};
+use super::{Config, ConfigIssue};
 use std::collections::BTreeMap;
 
 /// Effective weights of one shard's config: the file's, with the overrides in
@@ -22,35 +22,8 @@ fn sides(
     subject: &OverrideSubject,
 ) -> Result<(usize, Vec<(String, u32)>), String> {
     match subject {
-        OverrideSubject::Route(name) => {
-            let (i, route) = config
-                .routes
-                .iter()
-                .enumerate()
-                .find(|(_, r)| &*r.name == name)
-                .ok_or_else(|| format!("no route named {name:?}"))?;
-            let RouteAction::Split(split) = &route.action else {
-                return Err(format!("route {name:?} has no weighted split"));
-            };
-            let sides = split
-                .targets
-                .iter()
-                .map(|(c, w)| (config.clusters[*c].name.to_string(), *w))
-                .collect();
-            Ok((i, sides))
-        }
-        OverrideSubject::Alias(name) => {
-            let i = *crate::ai::spec::of(config)
-                .alias_index
-                .get(name)
-                .ok_or_else(|| format!("no LLM alias named {name:?}"))?;
-            let sides = crate::ai::spec::of(config).aliases[i]
-                .targets
-                .iter()
-                .map(|t| (t.label.to_string(), t.weight))
-                .collect();
-            Ok((i, sides))
-        }
+        OverrideSubject::Route(name) => config.split_sides(name),
+        OverrideSubject::Alias(name) => crate::ai::spec::of(config).alias_sides(name),
     }
 }
 
@@ -60,16 +33,12 @@ fn sides(
 pub fn resolve(overrides: &Overrides, config: &Config) -> ResolvedWeights {
     let mut out = ResolvedWeights::default();
     for (subject, o) in &overrides.weights {
-        let Ok((index, sides)) = sides(config, subject) else {
+        let Some((index, weights)) = sides(config, subject)
+            .ok()
+            .and_then(|(i, sides)| Some((i, o.effective(&sides)?)))
+        else {
             continue;
         };
-        let weights: Vec<u32> = sides
-            .iter()
-            .map(|(name, file)| o.weights.get(name).copied().unwrap_or(*file))
-            .collect();
-        if weights.iter().all(|w| *w == 0) {
-            continue;
-        }
         match subject {
             OverrideSubject::Route(_) => out.routes.insert(index, weights),
             OverrideSubject::Alias(_) => out.aliases.insert(index, weights),

@@ -14,7 +14,8 @@
 //! few hundred pairs), so ten minutes of history stays small however busy the
 //! gateway is.
 
-use crate::observability::metrics::{new_histogram, MergedStats};
+use crate::observability::metrics::new_histogram;
+use crate::observability::Snapshot;
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ pub struct LlmStep {
 impl Compact {
     /// Keeps what windows need from a merged snapshot; `feedback` is the
     /// scores so far per (alias, target) (count, sum, sum of squares).
-    pub fn of(m: &MergedStats, feedback: &crate::ai::feedback::TargetScores) -> Compact {
+    pub fn of(m: &Snapshot, feedback: &crate::ai::feedback::TargetScores) -> Compact {
         let mut llm: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         // Per (alias, target): the figures, and the TTFT and total histograms merged.
         type Merging = (LlmTarget, Histogram<u64>, Histogram<u64>);

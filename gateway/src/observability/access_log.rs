@@ -11,66 +11,13 @@
 //! the record is dropped and counted: requests never wait for either.
 
 use crate::hypercare::store::CallStore;
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use serde::Serialize;
-use std::cell::{Cell, RefCell};
 use std::io::Write;
 
 pub use hypergate_core::record::AccessRecord;
 
-type Envelope = (usize, Box<AccessRecord>);
-
-/// Records going back to their shard's pool. Boxed on purpose: a record moves
-/// between threads and back as a pointer, and keeps its string buffers.
-#[allow(clippy::vec_box)]
-type Boxes = Vec<Box<AccessRecord>>;
-
-/// A shard's handle to the access log.
-pub struct AccessLogSink {
-    shard: usize,
-    tx: Sender<Envelope>,
-    /// Boxes come back from the writer a batch at a time (one channel operation
-    /// per batch, not per record) and wait in `spare`.
-    free: Receiver<Boxes>,
-    spare: RefCell<Boxes>,
-    allocated: Cell<usize>,
-    capacity: usize,
-    /// Whether JSON lines are written (the fields only they show are filled only then).
-    pub json: bool,
-}
-
-impl AccessLogSink {
-    /// A cleared record to fill, or `None` when all are in flight (counted as dropped by the caller).
-    pub fn take(&self) -> Option<Box<AccessRecord>> {
-        let mut spare = self.spare.borrow_mut();
-        if spare.is_empty() {
-            if let Ok(batch) = self.free.try_recv() {
-                *spare = batch;
-            }
-        }
-        if let Some(mut r) = spare.pop() {
-            r.reset();
-            return Some(r);
-        }
-        if self.allocated.get() < self.capacity {
-            self.allocated.set(self.allocated.get() + 1);
-            return Some(Box::default());
-        }
-        None
-    }
-
-    /// Hands a record to the writer; returns false when it was dropped.
-    pub fn submit(&self, record: Box<AccessRecord>) -> bool {
-        match self.tx.try_send((self.shard, record)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                // The box is freed; allow a replacement so the pool does not shrink.
-                self.allocated.set(self.allocated.get() - 1);
-                false
-            }
-        }
-    }
-}
+use hypergate_core::record::{channels, AccessLogSink, Boxes, Envelope};
 
 /// The writer thread and the per-shard sinks that feed it.
 pub struct AccessLog {
@@ -101,25 +48,7 @@ pub fn start(
                 .open(file)?,
         )),
     };
-    let (tx, rx) = bounded::<Envelope>(buffer * shards);
-    // At most `buffer` boxes per shard exist, so at most that many non-empty
-    // batches: sending one back never finds the channel full.
-    let mut returns = Vec::new();
-    let mut sinks = Vec::new();
-    for shard in 0..shards {
-        let (ret_tx, ret_rx) = bounded(buffer);
-        returns.push(ret_tx);
-        sinks.push(AccessLogSink {
-            shard,
-            tx: tx.clone(),
-            free: ret_rx,
-            spare: RefCell::new(Vec::new()),
-            allocated: Cell::new(0),
-            capacity: buffer,
-            json: json.is_some(),
-        });
-    }
-    drop(tx);
+    let (sinks, rx, returns) = channels(shards, buffer, json.is_some());
     let thread = std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || writer(out, capture_max, store, rx, returns))?;

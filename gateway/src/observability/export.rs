@@ -3,7 +3,8 @@
 //! Prometheus histograms are derived from the merged HDR histograms with fixed
 //! buckets; `/stats` reports exact quantiles straight from HDR.
 
-use super::metrics::{MergedStats, STATUS_CLASSES};
+use super::metrics::STATUS_CLASSES;
+use super::Snapshot;
 use crate::auth::AuthFailure;
 use crate::http::codec::Reject;
 use crate::proxy::EdgeReject;
@@ -23,7 +24,7 @@ pub struct ProcessInfo {
 }
 
 /// Renders Prometheus text exposition format.
-pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
+pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
     let mut out = String::with_capacity(16 * 1024);
     header(
         &mut out,
@@ -348,7 +349,7 @@ pub fn prometheus(m: &MergedStats, p: &ProcessInfo) -> String {
 }
 
 /// Renders the `/stats` JSON document.
-pub fn stats_json(m: &MergedStats) -> Value {
+pub fn stats_json(m: &Snapshot) -> Value {
     let mut routes = serde_json::Map::new();
     for ((route, cluster, version), counts) in &m.targets {
         let entry = routes

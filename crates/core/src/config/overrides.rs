@@ -46,6 +46,19 @@ pub struct WeightOverride {
     pub at_ms: u64,
 }
 
+impl WeightOverride {
+    /// The weights of `sides` (name, file weight) under this override: the
+    /// override's where it names the side, the file's otherwise; `None` when
+    /// that would leave no weight at all (such an override changes nothing).
+    pub fn effective(&self, sides: &[(String, u32)]) -> Option<Vec<u32>> {
+        let weights: Vec<u32> = sides
+            .iter()
+            .map(|(name, file)| self.weights.get(name).copied().unwrap_or(*file))
+            .collect();
+        weights.iter().any(|w| *w > 0).then_some(weights)
+    }
+}
+
 /// The whole layer.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct Overrides {

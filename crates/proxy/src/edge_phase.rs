@@ -5,12 +5,12 @@
 //! gateway gives itself. Headers for the final response (CORS, auth challenges)
 //! are appended to `extra`, which every response path writes.
 
-use super::View;
-use crate::auth::{AuthFailure, AuthMethod, Credentials};
-use crate::config::Route;
-use crate::edge::ratelimit::{RateDecision, RateKey};
+use crate::pipeline::View;
 use crate::routing::RequestInfo;
-use crate::shard::{Installed, ShardCtx};
+use crate::spec::Route;
+use crate::state::{Installed, ShardCtx};
+use hypergate_edge::auth::{AuthFailure, AuthMethod, Credentials};
+use hypergate_edge::ratelimit::{RateDecision, RateKey};
 use std::net::{IpAddr, SocketAddr};
 
 pub use hypergate_edge::EdgeReject;
@@ -68,7 +68,7 @@ pub fn check(
                 n += 1;
             }
         }
-        crate::policy::client_ip(peer.ip(), &xff[..n], &cfg.trusted_proxies)
+        hypergate_edge::policy::client_ip(peer.ip(), &xff[..n], &cfg.trusted_proxies)
     };
     let refuse = |r: EdgeReject, status, kind, message| {
         ctx.stats.edge_reject(r);
@@ -127,7 +127,7 @@ pub fn check(
                 } else {
                     b"ApiKey realm=\"hypergate\""
                 };
-                crate::http::write_header(extra, b"www-authenticate", challenge);
+                hypergate_core::http::write_header(extra, b"www-authenticate", challenge);
                 let message = match f {
                     AuthFailure::Missing => "credentials are required",
                     AuthFailure::UnknownKey => "the API key is not valid",
@@ -195,7 +195,7 @@ pub async fn rate_limit(
             } => {
                 headers.write(extra);
                 extra.extend_from_slice(b"retry-after: ");
-                crate::http::write_u64(extra, retry_after_secs);
+                hypergate_core::http::write_u64(extra, retry_after_secs);
                 extra.extend_from_slice(b"\r\n");
                 ctx.stats.edge_reject(EdgeReject::RateLimited);
                 return Err((429, "rate_limited", "rate limit exceeded; see Retry-After"));

@@ -1,5 +1,5 @@
 //! The seam between the proxy and the layer above it (the LLM gateway): a
-//! route whose action is [`RouteAction::Ai`](crate::config::RouteAction::Ai) is
+//! route whose action is [`RouteAction::Ai`](crate::spec::RouteAction::Ai) is
 //! answered by a [`Handler`], after every request phase (routing, the edge,
 //! body limits) has passed, with one [`HandlerRequest`] holding what they found.
 //!
@@ -7,9 +7,9 @@
 //! travel as the opaque `ext` of the config and of the installed state, so a
 //! request sees one config throughout, even across a reload's commit.
 
-use super::ClientStream;
+use crate::pipeline::ClientStream;
 use crate::routing::RequestInfo;
-use crate::shard::{Installed, ShardCtx};
+use crate::state::{Installed, ShardCtx};
 use bytes::BytesMut;
 use hypergate_core::http::codec::BodyFraming;
 use hypergate_core::record::LlmRecord;

@@ -7,10 +7,10 @@
 //! thread asks each shard for a [`ShardSnapshot`] over the control channel and
 //! merges them into a [`MergedStats`], off the request path.
 
-use crate::auth::AuthFailure;
-use crate::http::codec::Reject;
-use crate::proxy::EdgeReject;
 use hdrhistogram::Histogram;
+use hypergate_core::http::codec::Reject;
+use hypergate_edge::auth::AuthFailure;
+use hypergate_edge::EdgeReject;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -112,7 +112,7 @@ pub struct ShardStats {
     /// Completed TLS handshakes.
     pub tls_handshakes: Cell<u64>,
     /// Failed TLS handshakes by reason (see `tls::HANDSHAKE_FAILURES`).
-    pub tls_failures: [Cell<u64>; crate::tls::HANDSHAKE_FAILURES.len()],
+    pub tls_failures: [Cell<u64>; HANDSHAKE_FAILURES.len()],
     /// Open tunnels (upgraded connections).
     pub tunnels_active: Cell<u64>,
     /// Ended tunnels by reason.
@@ -200,11 +200,7 @@ impl ShardStats {
     }
 
     /// Copies everything into an owned snapshot for the admin thread.
-    pub fn snapshot(
-        &self,
-        pools: Vec<PoolSnapshot>,
-        ai: crate::ai::stats::AiSnapshot,
-    ) -> ShardSnapshot {
+    pub fn snapshot(&self, pools: Vec<PoolSnapshot>) -> ShardSnapshot {
         let targets = self
             .targets
             .borrow()
@@ -258,7 +254,6 @@ impl ShardStats {
             tunnels_active: self.tunnels_active.get(),
             tunnels_ended: self.tunnels_ended.each_ref().map(Cell::get),
             tunnel_bytes: self.tunnel_bytes.each_ref().map(Cell::get),
-            ai,
         }
     }
 }
@@ -312,11 +307,10 @@ pub struct ShardSnapshot {
     auth_failures: [u64; AuthFailure::ALL.len()],
     consumers: Vec<(ConsumerKey, u64)>,
     tls_handshakes: u64,
-    tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
+    tls_failures: [u64; HANDSHAKE_FAILURES.len()],
     tunnels_active: u64,
     tunnels_ended: [u64; TunnelEnd::ALL.len()],
     tunnel_bytes: [u64; 2],
-    ai: crate::ai::stats::AiSnapshot,
 }
 
 /// Snapshots of all shards merged.
@@ -349,7 +343,7 @@ pub struct MergedStats {
     /// Completed TLS handshakes.
     pub tls_handshakes: u64,
     /// Failed TLS handshakes by reason.
-    pub tls_failures: [u64; crate::tls::HANDSHAKE_FAILURES.len()],
+    pub tls_failures: [u64; HANDSHAKE_FAILURES.len()],
     /// Open tunnels.
     pub tunnels_active: u64,
     /// Ended tunnels by reason (see [`TunnelEnd::ALL`]).
@@ -358,8 +352,6 @@ pub struct MergedStats {
     pub tunnel_bytes: [u64; 2],
     /// Shards that answered.
     pub shards: usize,
-    /// LLM figures.
-    pub ai: crate::ai::stats::AiMerged,
 }
 
 fn add_hist(into: &mut Option<(Histogram<u64>, u64)>, from: &(Histogram<u64>, u64)) {
@@ -376,6 +368,11 @@ fn add_hist(into: &mut Option<(Histogram<u64>, u64)>, from: &(Histogram<u64>, u6
 impl MergedStats {
     /// Merges shard snapshots.
     pub fn merge(snapshots: &[ShardSnapshot]) -> Self {
+        Self::merge_refs(&snapshots.iter().collect::<Vec<_>>())
+    }
+
+    /// Merges shard snapshots held elsewhere.
+    pub fn merge_refs(snapshots: &[&ShardSnapshot]) -> Self {
         let mut m = MergedStats {
             shards: snapshots.len(),
             ..Default::default()
@@ -441,7 +438,6 @@ impl MergedStats {
                     .entry((c.to_string(), r.to_string()))
                     .or_default() += n;
             }
-            m.ai.add(&s.ai);
             m.tls_handshakes += s.tls_handshakes;
             for (a, b) in m.tls_failures.iter_mut().zip(&s.tls_failures) {
                 *a += b;
@@ -455,5 +451,42 @@ impl MergedStats {
             }
         }
         m
+    }
+}
+
+/// Handshake failure reasons counted in metrics.
+pub const HANDSHAKE_FAILURES: [&str; 6] = [
+    "no_shared_version_or_cipher",
+    "bad_certificate",
+    "peer_misbehaved",
+    "timeout",
+    "eof",
+    "other",
+];
+
+/// Classifies a failed handshake into one of [`HANDSHAKE_FAILURES`] (its index).
+pub fn classify_handshake_error(e: &std::io::Error) -> usize {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return 3;
+    }
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return 4;
+    }
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::PeerIncompatible(_)) => 0,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => 1,
+        Some(rustls::Error::PeerMisbehaved(_) | rustls::Error::InvalidMessage(_)) => 2,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure | rustls::AlertDescription::ProtocolVersion,
+        )) => 0,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown,
+        )) => 1,
+        _ => 5,
     }
 }

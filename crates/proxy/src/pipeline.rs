@@ -18,24 +18,23 @@
 //! Pipelined requests are answered in order because each is handled to the
 //! end before the next head is parsed from the same buffer.
 
-mod edge;
-pub use edge::EdgeReject;
-pub mod handler;
-pub use handler::{Handler, HandlerOutcome, HandlerRequest};
-pub use hypergate_core::{ids, io};
+use crate::edge_phase as edge;
+use crate::handler::{self, Handler};
+use hypergate_core::{ids, io};
 
-use crate::config::{KeySource, Route, RouteAction};
-use crate::http::codec::{
+use crate::routing::RequestInfo;
+use crate::spec::{Route, RouteAction};
+use crate::state::{Installed, ShardCtx};
+use crate::stats::TunnelEnd;
+use bytes::{Buf, BytesMut};
+use hypergate_core::http::codec::{
     at, is_hop_by_hop, parse_request, parse_response, BodyFraming, HeadLimits, Parsed, Reject,
     RequestHead, ResponseHead,
 };
-use crate::http::{write_error, write_header, write_status_line, write_u64};
-use crate::observability::metrics::TunnelEnd;
-use crate::routing::RequestInfo;
-use crate::shard::{Installed, ShardCtx};
-use crate::upstream::lease::{lease, Lease, LeaseError};
-use crate::upstream::{ClusterRuntime, UpstreamConn};
-use bytes::{Buf, BytesMut};
+use hypergate_core::http::{write_error, write_header, write_status_line, write_u64};
+use hypergate_core::keys::KeySource;
+use hypergate_upstream::lease::{lease, Lease, LeaseError};
+use hypergate_upstream::{ClusterRuntime, UpstreamConn};
 use ids::{RequestId, TraceParent};
 use io::{
     pump, read_idle, read_more, write_out, Encoding, PumpError, PumpLimits, ReadOutcome, Tap,
@@ -84,7 +83,7 @@ struct Buffers {
 }
 
 /// A parsed request as the router and balancers see it.
-struct View<'a> {
+pub(crate) struct View<'a> {
     buf: &'a [u8],
     head: &'a RequestHead,
 }
@@ -112,7 +111,10 @@ impl RequestInfo for View<'_> {
 }
 
 impl View<'_> {
-    fn header_values<'b>(&'b self, lowercase_name: &'b str) -> impl Iterator<Item = &'b [u8]> + 'b {
+    pub(crate) fn header_values<'b>(
+        &'b self,
+        lowercase_name: &'b str,
+    ) -> impl Iterator<Item = &'b [u8]> + 'b {
         self.head
             .headers
             .iter()
@@ -168,7 +170,7 @@ struct Exchange {
     retries: u32,
     error: &'static str,
     consumer: Option<usize>,
-    llm: Option<Box<crate::ai::LlmRecord>>,
+    llm: Option<Box<hypergate_core::record::LlmRecord>>,
     /// The bodies' first bytes, on a call sampled for capture.
     capture: Option<Box<Captured>>,
 }
@@ -212,7 +214,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     fd: RawFd,
     peer: SocketAddr,
     scheme: &'static str,
-    _permit: crate::policy::ConnectionPermit,
+    _permit: hypergate_edge::policy::ConnectionPermit,
 ) {
     let slot = ctx.conns.borrow_mut().register(fd);
     let active = &ctx.stats.active_connections;
@@ -317,7 +319,7 @@ enum HeadError {
     /// Framing, size or timing.
     Reject(Reject),
     /// The path cannot be made canonical or the `[path]` policy refuses it.
-    Path(crate::http::path::PathError),
+    Path(hypergate_core::http::path::PathError),
 }
 
 impl From<Reject> for HeadError {
@@ -370,16 +372,16 @@ async fn read_head<S: ClientStream>(
 /// reads the path through the head sees the canonical one; `head.raw_path`
 /// keeps what the client sent.
 fn canonicalize(
-    policy: &crate::http::path::PathPolicy,
+    policy: &hypergate_core::http::path::PathPolicy,
     bufs: &mut Buffers,
-) -> Result<(), crate::http::path::PathError> {
+) -> Result<(), hypergate_core::http::path::PathError> {
     let raw = at(&bufs.head_buf, &bufs.head.path);
     if raw == b"*" {
         // `OPTIONS *`: no path to route on.
         return Ok(());
     }
-    if let crate::http::path::Normalized::Rewritten =
-        crate::http::path::normalize(raw, policy, &mut bufs.canon)?
+    if let hypergate_core::http::path::Normalized::Rewritten =
+        hypergate_core::http::path::normalize(raw, policy, &mut bufs.canon)?
     {
         let start = bufs.head_buf.len() as u32;
         bufs.head_buf.extend_from_slice(&bufs.canon);
@@ -675,7 +677,7 @@ fn record_log(
             .set(ctx.stats.access_log_dropped.get() + 1);
         return;
     };
-    r.unix_ms = crate::hypercare::unix_ms();
+    r.unix_ms = hypergate_core::clock::unix_ms();
     r.request_id.push_str(rid.as_str());
     r.trace_id.push_str(trace.trace_id());
     r.method.push_str(view.method());
@@ -728,8 +730,8 @@ fn record_log(
 /// effective weights (the file's, or a runtime override's).
 fn choose_target(
     route: &Route,
-    rr: &crate::shard::RouteRuntime,
-    clusters: &[std::sync::Arc<crate::config::Cluster>],
+    rr: &crate::state::RouteRuntime,
+    clusters: &[std::sync::Arc<crate::spec::Cluster>],
     view: &View<'_>,
     peer: SocketAddr,
 ) -> usize {
@@ -785,7 +787,7 @@ fn choose_target(
     best
 }
 
-fn add_route_headers(out: &mut Vec<u8>, ops: &crate::config::HeaderOps) {
+fn add_route_headers(out: &mut Vec<u8>, ops: &crate::spec::HeaderOps) {
     for (k, v) in ops.set.iter().chain(&ops.add) {
         write_header(out, k.as_bytes(), v.as_bytes());
     }
@@ -854,11 +856,11 @@ impl<'a> Call<'a> {
             .as_ref()
             .and_then(|k| self.view.key_hash(k, self.peer));
         let store = &self.inst.config.raw.hypercare.store;
-        if store.enabled && crate::upstream::sampled(&self.ctx.rng, store.capture_api_bodies) {
+        if store.enabled && hypergate_upstream::sampled(&self.ctx.rng, store.capture_api_bodies) {
             ex.capture = Some(Box::new(Captured {
                 request: Vec::new(),
                 response: Vec::new(),
-                max: store.capture_max_bytes + crate::ai::CAPTURE_SLACK,
+                max: store.capture_max_bytes + hypergate_core::record::CAPTURE_SLACK,
             }));
         }
         let max_attempts = 1 + cluster.spec.raw.retry.attempts;
@@ -1520,7 +1522,7 @@ fn write_response_head(
     out.push(b' ');
     let reason = at(buf, &resp.reason);
     if reason.is_empty() {
-        out.extend_from_slice(crate::http::reason(resp.status).as_bytes());
+        out.extend_from_slice(hypergate_core::http::reason(resp.status).as_bytes());
     } else {
         out.extend_from_slice(reason);
     }
@@ -1671,7 +1673,7 @@ async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
 }
 
 /// Shuts both sockets of a tunnel down, so every pending read and write on them ends.
-pub(crate) fn shutdown_both(a: RawFd, b: RawFd) {
+pub fn shutdown_both(a: RawFd, b: RawFd) {
     for fd in [a, b] {
         // SAFETY: both fds belong to the tunnel task calling this (or, from a drain,
         // to a live tunnel registered on this thread); shutdown() does not close or
