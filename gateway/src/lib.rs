@@ -15,7 +15,6 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
-pub mod ai;
 #[cfg(feature = "alloc-count")]
 pub mod alloc_count;
 pub mod config;
@@ -29,6 +28,7 @@ pub mod tls;
 
 pub use hypergate_core::{http, secret};
 pub use hypergate_edge::{auth, policy};
+pub use hypergate_llm as ai;
 pub use hypergate_proxy as proxy;
 pub use hypergate_proxy::routing;
 pub use hypergate_upstream as upstream;

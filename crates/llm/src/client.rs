@@ -9,12 +9,12 @@
 //! when the body was read to its end and the provider keeps it alive.
 
 use super::spec::Provider;
-use crate::http::chunked::{ChunkedDecoder, Step};
-use crate::http::codec::{at, parse_response, BodyFraming, Parsed, ResponseHead};
-use crate::upstream::lease::{lease, Lease, LeaseError};
-use crate::upstream::ClusterRuntime;
 use bytes::Buf;
+use hypergate_core::http::chunked::{ChunkedDecoder, Step};
+use hypergate_core::http::codec::{at, parse_response, BodyFraming, Parsed, ResponseHead};
 use hypergate_core::io::{read_more, write_out, ReadOutcome};
+use hypergate_upstream::lease::{lease, Lease, LeaseError};
+use hypergate_upstream::ClusterRuntime;
 use std::time::{Duration, Instant};
 
 /// Why a provider call failed before a response head arrived.
@@ -128,7 +128,7 @@ pub async fn send<'a>(
         });
         if method == "POST" {
             out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-            crate::http::write_u64(out, body.len() as u64);
+            hypergate_core::http::write_u64(out, body.len() as u64);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");

@@ -4,9 +4,9 @@
 //! budget counters. Single-writer cells like the rest of the shard's stats; the
 //! admin thread merges snapshots and renders them with [`prometheus`].
 
-use crate::observability::export::{escape, header, histogram};
-use crate::observability::metrics::LazyHistogram;
 use hdrhistogram::Histogram;
+use hypergate_core::metrics::LazyHistogram;
+use hypergate_core::metrics::{escape, header, histogram};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;

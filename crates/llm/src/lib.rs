@@ -1,5 +1,10 @@
-//! The AI / LLM gateway: one OpenAI-compatible API (and the Anthropic Messages
-//! API) over several providers, run as a phase of the data plane on AI routes.
+//! `hypergate-llm`: the AI / LLM gateway: one OpenAI-compatible API (and the
+//! Anthropic Messages API) over several providers, run as the data plane's
+//! [`Handler`](hypergate_proxy::Handler) on AI routes.
+//!
+//! Allowed dependencies: `hypergate-core`, `hypergate-upstream`,
+//! `hypergate-edge`, `hypergate-proxy`, and the pure `hypergate-ai` (wire
+//! formats, translation, guardrails, tokens).
 //!
 //! A call goes through these steps, in [`serve`] and [`Chat::run`]:
 //! 1. Endpoint by path: chat completions, messages, embeddings, models, feedback,
@@ -25,6 +30,9 @@
 //!    figures (also for streams the client aborted), metrics, the call record in
 //!    the access log, and the call remembered for feedback.
 
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod budget;
 pub mod budget_redis;
 pub mod cache;
@@ -33,11 +41,6 @@ pub mod feedback;
 pub mod spec;
 pub mod stats;
 
-use crate::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
-use crate::config::edge::RedisConfig;
-use crate::http::codec::BodyFraming;
-use crate::http::{write_header, write_status_line, write_u64};
-use crate::shard::{Installed, ShardCtx};
 use budget::{BudgetBook, Clock, Reservation};
 use bytes::{Buf, BytesMut};
 use client::{ProviderResponse, SendError};
@@ -45,7 +48,12 @@ use hypergate_ai::guard::StreamRedactor;
 use hypergate_ai::sse::SseParser;
 use hypergate_ai::tokens;
 use hypergate_ai::translate::{self, Usage};
+use hypergate_core::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
+use hypergate_core::config::edge::RedisConfig;
+use hypergate_core::http::codec::BodyFraming;
+use hypergate_core::http::{write_header, write_status_line, write_u64};
 use hypergate_core::io::{read_more, write_out, ReadOutcome};
+use hypergate_proxy::state::{Installed, ShardCtx};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{json, Value};
 use spec::{AiSpec, RouteAi};
@@ -76,7 +84,7 @@ pub struct AiShared {
 
 impl AiShared {
     /// Fresh shared state for `config`.
-    pub fn new(config: &crate::config::Config) -> Arc<AiShared> {
+    pub fn new(config: &hypergate_proxy::spec::Config) -> Arc<AiShared> {
         let shared = Arc::new(AiShared {
             budgets: BudgetBook::new(),
             feedback: feedback::FeedbackStore::default(),
@@ -88,11 +96,11 @@ impl AiShared {
 
     /// Starts (or restarts, when its address changed) the budget Redis worker if
     /// `config` has Redis budgets. Runs on the control thread at start and reload.
-    pub fn install(&self, config: &crate::config::Config) {
+    pub fn install(&self, config: &hypergate_proxy::spec::Config) {
         let wants = spec::of(config)
             .budgets
             .iter()
-            .any(|b| b.backend == crate::config::ai::BudgetBackend::Redis);
+            .any(|b| b.backend == hypergate_core::config::ai::BudgetBackend::Redis);
         match (&config.raw.redis, wants) {
             (Some(r), true) => {
                 let current = self.redis.load();
@@ -214,7 +222,7 @@ pub use hypergate_core::record::{cut_text, FeedbackRecord, LlmRecord, CAPTURE_SL
 
 /// Redacts every PII kind and cuts to `max` bytes: what the record writer
 /// does to captured bodies before they are stored or logged.
-pub(crate) fn capture_text(text: &str, max: usize) -> String {
+pub fn capture_text(text: &str, max: usize) -> String {
     static GUARD: std::sync::OnceLock<Option<hypergate_ai::guard::Guardrail>> =
         std::sync::OnceLock::new();
     let guard = GUARD.get_or_init(|| {
@@ -271,7 +279,7 @@ pub struct AiRequest<'a> {
 }
 
 /// What the AI phase did, for the proxy's metrics and log.
-pub type AiOutcome = crate::proxy::HandlerOutcome;
+pub type AiOutcome = hypergate_proxy::HandlerOutcome;
 
 /// Which API format the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,19 +336,19 @@ pub struct AiInstalled {
 
 /// The LLM layer's state for `config` with `overrides`, for a shard's `Installed`.
 pub fn installed(
-    config: &crate::config::Config,
-    overrides: &crate::config::overrides::Overrides,
+    config: &hypergate_proxy::spec::Config,
+    overrides: &hypergate_core::config::overrides::Overrides,
 ) -> Rc<dyn std::any::Any> {
-    let resolved = crate::config::resolve::resolve(overrides, config);
-    let alias_weights = spec::of(config)
+    use hypergate_core::config::overrides::OverrideSubject;
+    let spec = spec::of(config);
+    let alias_weights = spec
         .aliases
         .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            resolved
-                .aliases
-                .get(&i)
-                .cloned()
+        .map(|a| {
+            overrides
+                .weights
+                .get(&OverrideSubject::Alias(a.name.to_string()))
+                .and_then(|o| o.effective(&spec.alias_sides(&a.name).ok()?.1))
                 .unwrap_or_else(|| a.targets.iter().map(|t| t.weight).collect())
         })
         .collect();
@@ -356,10 +364,10 @@ fn installed_of(inst: &Installed) -> &AiInstalled {
     inst.ext.downcast_ref::<AiInstalled>().unwrap_or(&EMPTY)
 }
 
-impl crate::proxy::Handler for AiShard {
-    async fn serve<S: crate::proxy::ClientStream>(
+impl hypergate_proxy::Handler for AiShard {
+    async fn serve<S: hypergate_proxy::ClientStream>(
         &self,
-        req: &crate::proxy::HandlerRequest<'_>,
+        req: &hypergate_proxy::HandlerRequest<'_>,
         stream: &mut S,
         rbuf: &mut BytesMut,
         out: &mut Vec<u8>,
@@ -712,11 +720,11 @@ async fn read_body<S: AsyncReadRent>(
             }
         }
         BodyFraming::Chunked => {
-            let mut dec = crate::http::chunked::ChunkedDecoder::default();
+            let mut dec = hypergate_core::http::chunked::ChunkedDecoder::default();
             loop {
                 if !rbuf.is_empty() {
                     match dec.step(rbuf).map_err(|_| BodyReadError::Bad)? {
-                        crate::http::chunked::Step::Progress { consumed, data } => {
+                        hypergate_core::http::chunked::Step::Progress { consumed, data } => {
                             body.extend_from_slice(&rbuf[data]);
                             rbuf.advance(consumed);
                             if body.len() as u64 > limit {
@@ -724,11 +732,11 @@ async fn read_body<S: AsyncReadRent>(
                             }
                             continue;
                         }
-                        crate::http::chunked::Step::Done { consumed } => {
+                        hypergate_core::http::chunked::Step::Done { consumed } => {
                             rbuf.advance(consumed);
                             break;
                         }
-                        crate::http::chunked::Step::NeedMore => {}
+                        hypergate_core::http::chunked::Step::NeedMore => {}
                     }
                 }
                 read_body_more(stream, rbuf, idle, deadline).await?;
@@ -988,7 +996,8 @@ impl<'r, 'a> Chat<'r, 'a> {
         }
 
         let store = &self.req.inst.config.raw.hypercare.store;
-        if store.enabled && crate::upstream::sampled(&self.req.ctx.rng, store.capture_llm_bodies) {
+        if store.enabled && hypergate_upstream::sampled(&self.req.ctx.rng, store.capture_llm_bodies)
+        {
             let text = canonical.to_string();
             let max = store.capture_max_bytes + CAPTURE_SLACK;
             self.rec.request_body = Some(cut_text(&text, max).to_string());
@@ -1108,7 +1117,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         canonical: &Value,
         prompt_estimate: &mut Option<u64>,
     ) -> Result<Option<Held>, AiError> {
-        use crate::config::ai::{BudgetBackend, BudgetFailureMode};
+        use hypergate_core::config::ai::{BudgetBackend, BudgetFailureMode};
         let spec = self.spec();
         let budgets: Vec<_> = self
             .req
@@ -1190,8 +1199,8 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut owners = Vec::new();
         for b in &shared {
             let key = match b.scope {
-                crate::config::ai::BudgetScope::Consumer => &self.req.consumer,
-                crate::config::ai::BudgetScope::Route => &route,
+                hypergate_core::config::ai::BudgetScope::Consumer => &self.req.consumer,
+                hypergate_core::config::ai::BudgetScope::Route => &route,
             };
             let base = format!("hypergate:budget:{}:{}", b.name, key);
             for (window, limit, amount, id, tag, ttl) in [
@@ -1296,7 +1305,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                 .collect();
             let total: u64 = live.iter().map(|&t| u64::from(weight[t])).sum();
             if total > 0 {
-                let mut x = crate::upstream::next_random(&self.req.ctx.rng) % total;
+                let mut x = hypergate_upstream::next_random(&self.req.ctx.rng) % total;
                 let first = live
                     .iter()
                     .copied()
@@ -1360,8 +1369,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             let round = (attempt / plan.len()) as u32;
             if round > 0 {
                 let base = spec.backoff.saturating_mul(1 << (round - 1).min(10));
-                let jitter =
-                    crate::upstream::next_random(&self.req.ctx.rng) % (base.as_micros() as u64 + 1);
+                let jitter = hypergate_upstream::next_random(&self.req.ctx.rng)
+                    % (base.as_micros() as u64 + 1);
                 let mut wait = Duration::from_micros(jitter);
                 if let Some(s) = retry_after.take() {
                     wait = wait.max(Duration::from_secs(s));
@@ -2022,7 +2031,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let vi = match forced {
             Some(i) => i,
             None => {
-                let mut x = crate::upstream::next_random(&self.req.ctx.rng)
+                let mut x = hypergate_upstream::next_random(&self.req.ctx.rng)
                     % u64::from(prompt.total_weight.max(1));
                 prompt
                     .versions
@@ -2417,7 +2426,7 @@ fn frame(out: &mut Vec<u8>, data: &[u8], http10: bool) {
     if http10 {
         out.extend_from_slice(data);
     } else {
-        crate::http::chunked::write_chunk_header(out, data.len());
+        hypergate_core::http::chunked::write_chunk_header(out, data.len());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     }

@@ -152,7 +152,7 @@ impl FeedbackStore {
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
-        use crate::observability::export::{escape, header};
+        use hypergate_core::metrics::{escape, header};
         header(
             out,
             "hypergate_llm_feedback_score",

@@ -14,7 +14,7 @@
 //! consumer (or per route) and budget.
 
 use super::spec::BudgetSpec;
-use crate::config::ai::BudgetScope;
+use hypergate_core::config::ai::BudgetScope;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@
 //! the budget's `failure_mode` decides: `open` admits the call unbudgeted, `closed`
 //! refuses it with 503.
 
-use crate::config::edge::RedisConfig;
+use hypergate_core::config::edge::RedisConfig;
 use std::time::{Duration, Instant};
 
 /// Jobs waiting for the worker, at most.
@@ -166,7 +166,7 @@ fn worker(config: &RedisConfig, queue: &crossbeam_channel::Receiver<Job>) {
 
 fn connect(config: &RedisConfig) -> redis::RedisResult<redis::Connection> {
     let timeout = config.timeout;
-    let info = crate::edge::ratelimit::redis_connection_info(config).ok_or_else(|| {
+    let info = hypergate_edge::ratelimit::redis_connection_info(config).ok_or_else(|| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid address"))
     })?;
     let client = redis::Client::open(info)?;

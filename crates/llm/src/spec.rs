@@ -6,14 +6,14 @@
 //! (`ai.models[1].targets[0].provider: unknown provider "azure"`). `${VAR}` in
 //! provider URLs, keys and headers is expanded from the environment here, once.
 
-use crate::config::ai::{
+use hypergate_ai::guard::{Guardrail, PiiKind};
+use hypergate_core::config::ai::{
     AiConfig, AiRouteConfig, BudgetBackend, BudgetFailureMode, BudgetScope, GuardrailStage,
     PromptOutput, ProviderKind,
 };
-use crate::config::raw::{ClusterConfig, EndpointConfig};
-use crate::config::{expand_env, ConfigIssue};
-use crate::secret::Secret;
-use hypergate_ai::guard::{Guardrail, PiiKind};
+use hypergate_core::config::raw::{ClusterConfig, EndpointConfig};
+use hypergate_core::config::{expand_env, ConfigIssue};
+use hypergate_core::secret::Secret;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub const PROVIDER_CLUSTER_PREFIX: &str = "ai:";
 
 /// The LLM layer's spec in a validated config (an empty one when the config
 /// carries none, which validation never builds).
-pub fn of(config: &crate::config::Config) -> &AiSpec {
+pub fn of(config: &hypergate_proxy::spec::Config) -> &AiSpec {
     static EMPTY: std::sync::OnceLock<AiSpec> = std::sync::OnceLock::new();
     config
         .ext
@@ -134,7 +134,7 @@ impl Provider {
         match &self.api_key {
             // The key is read here only to be searched for.
             Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
-                text.replace(key.expose(), crate::secret::REDACTED)
+                text.replace(key.expose(), hypergate_core::secret::REDACTED)
             }
             _ => text,
         }
@@ -648,7 +648,7 @@ pub fn build(
 }
 
 fn provider(
-    p: &crate::config::ai::ProviderConfig,
+    p: &hypergate_core::config::ai::ProviderConfig,
     path: &str,
     cluster: usize,
     issues: &mut Vec<ConfigIssue>,
@@ -794,7 +794,7 @@ fn provider(
         health_check: None,
         outlier: Default::default(),
         retry: Default::default(),
-        tls: tls.then(|| crate::config::edge::UpstreamTlsConfig {
+        tls: tls.then(|| hypergate_core::config::edge::UpstreamTlsConfig {
             ca_file: p.ca_file.clone(),
             server_name: host.clone(),
         }),
