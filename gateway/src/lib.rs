@@ -15,16 +15,15 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
-#[cfg(feature = "alloc-count")]
-pub mod alloc_count;
 pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod gateway;
 pub mod hypercare;
-pub mod observability;
-pub mod shard;
-pub mod tls;
+
+#[cfg(feature = "alloc-count")]
+pub use hypergate_runtime::alloc_count;
+pub use hypergate_runtime::{observability, shard, tls};
 
 pub use hypergate_core::{http, secret};
 pub use hypergate_edge::{auth, policy};

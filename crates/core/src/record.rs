@@ -262,3 +262,17 @@ pub fn channels(
     }
     (sinks, rx, returns)
 }
+
+/// Where the record writer keeps calls besides the JSON access log: the
+/// hypercare call store implements it. The writer calls it off the request
+/// path, on its own thread, with records already redacted.
+pub trait RecordStore: Send {
+    /// Takes a batch of records.
+    fn add_batch(&mut self, records: &[Box<AccessRecord>]);
+    /// Whether a flush is due (by time or size).
+    fn due(&self) -> bool;
+    /// Flushes what is due.
+    fn tick(&mut self);
+    /// Flushes everything (at shutdown).
+    fn flush_all(&mut self);
+}

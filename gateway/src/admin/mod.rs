@@ -52,8 +52,21 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// `WWW-Authenticate` of a 401.
 const CHALLENGE: &str = "www-authenticate: Bearer realm=\"hypergate-admin\"\r\n";
 
+/// What the admin API shows of hypercare besides the controller's figures.
+pub struct Hypercare {
+    /// The engine's view: alerts, canaries, windows.
+    pub view: crate::hypercare::engine::SharedView,
+    /// The call store's counters, when the store is enabled (for `/metrics`).
+    pub store_counters: Option<Arc<crate::hypercare::store::StoreCounters>>,
+}
+
 /// Starts the admin thread on an already bound listener.
-pub fn start(listener: TcpListener, controller: Arc<Controller>) -> std::io::Result<()> {
+pub fn start(
+    listener: TcpListener,
+    controller: Arc<Controller>,
+    hypercare: Hypercare,
+) -> std::io::Result<()> {
+    let hypercare = Arc::new(hypercare);
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -66,12 +79,13 @@ pub fn start(listener: TcpListener, controller: Arc<Controller>) -> std::io::Res
                 }
                 let slot = Slot::take(&active);
                 let c = controller.clone();
+                let hc = hypercare.clone();
                 // If the thread cannot start, the closure (and the slot) is dropped.
                 let _ = std::thread::Builder::new()
                     .name("admin-conn".into())
                     .spawn(move || {
                         let _slot = slot;
-                        serve(stream, &c);
+                        serve(stream, &c, &hc);
                     });
             }
         })?;
@@ -237,7 +251,7 @@ impl AdminRequest {
     }
 }
 
-fn serve(mut stream: TcpStream, controller: &Controller) {
+fn serve(mut stream: TcpStream, controller: &Controller, hc: &Hypercare) {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     // A client that stops reading its answer cannot hold a slot for long either.
     let _ = stream.set_write_timeout(Some(REQUEST_DEADLINE));
@@ -270,10 +284,10 @@ fn serve(mut stream: TcpStream, controller: &Controller) {
         return;
     }
     let reply = match path.strip_prefix("/hypercare/") {
-        Some(what) if method == "GET" => hypercare(what, query, controller),
-        Some("windows") if method == "POST" => open_window(&request.body, controller),
+        Some(what) if method == "GET" => hypercare(what, query, controller, hc),
+        Some("windows") if method == "POST" => open_window(&request.body, controller, hc),
         None if path == "/overrides" => overrides(method, query, &request.body, controller),
-        _ => route(method, path, controller),
+        _ => route(method, path, controller, hc),
     };
     write_reply(&mut stream, &reply);
 }
@@ -507,7 +521,7 @@ fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
 
 /// `POST /hypercare/windows`: opens a hypercare window (the `[[hypercare.windows]]`
 /// fields as JSON), kept until the process restarts.
-fn open_window(body: &[u8], c: &Controller) -> Reply {
+fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
     let w: crate::config::hypercare::WindowConfig = match serde_json::from_slice(body) {
         Ok(w) => w,
         Err(e) => {
@@ -532,7 +546,7 @@ fn open_window(body: &[u8], c: &Controller) -> Reply {
             serde_json::json!({"error": "invalid window", "errors": errors}),
         );
     }
-    let mut view = c.hypercare().lock().unwrap_or_else(|e| e.into_inner());
+    let mut view = hc.view.lock().unwrap_or_else(|e| e.into_inner());
     if view.windows.iter().any(|x| x.config.name == w.name) {
         return json(
             409,
@@ -546,10 +560,10 @@ fn open_window(body: &[u8], c: &Controller) -> Reply {
 }
 
 /// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
-fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
+fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
     use crate::hypercare::query;
     if matches!(what, "alerts" | "canary" | "windows") {
-        let view = c.hypercare().lock().unwrap_or_else(|e| e.into_inner());
+        let view = hc.view.lock().unwrap_or_else(|e| e.into_inner());
         return json(
             200,
             match what {
@@ -634,11 +648,14 @@ fn hypercare(what: &str, query: &str, c: &Controller) -> Reply {
     }
 }
 
-fn route(method: &str, path: &str, c: &Controller) -> Reply {
+fn route(method: &str, path: &str, c: &Controller, hc: &Hypercare) -> Reply {
     match (method, path) {
         ("GET", "/metrics") => {
             let mut body = export::prometheus(&c.snapshot(), &c.process_info());
             c.edge_metrics(&mut body);
+            if let Some(counters) = &hc.store_counters {
+                counters.prometheus(&mut body);
+            }
             if let Some(probe) = c.tcp_probe() {
                 probe.prometheus(&mut body);
             }

@@ -7,18 +7,17 @@
 //! 3. The result is a [`Config`]: immutable, shared by all shards through `Arc`.
 //! 4. [`diff`] compares two configs for reload (added / changed / removed).
 
-pub mod resolve;
-pub mod validate;
+pub use hypergate_runtime::config::resolve;
 
 pub use hypergate_core::config::{
     ai, diff, edge, expand_env, hypercare, overrides, parse_raw, raw, ConfigError, ConfigIssue,
 };
 
 pub use hypergate_core::keys::KeySource;
-pub use hypergate_upstream::cluster::{Cluster, Endpoint};
-pub use validate::{
+pub use hypergate_proxy::spec::{
     Config, DirectResponse, HeaderOps, ListenerSpec, Route, RouteAction, RoutePolicy, Split,
 };
+pub use hypergate_upstream::cluster::{Cluster, Endpoint};
 
 use std::path::Path;
 
@@ -45,5 +44,16 @@ pub fn load_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
         issues,
     };
     let raw = parse_raw(text).map_err(fail)?;
-    validate::validate(raw).map_err(fail)
+    validate(raw).map_err(fail)
+}
+
+/// Validates a raw config with every layer's checks (the runtime's, and
+/// hypercare's alerts, canaries and windows), returning every issue found.
+pub fn validate(raw: raw::RawConfig) -> Result<Config, Vec<ConfigIssue>> {
+    hypergate_runtime::config::validate(raw, &|raw, issues| {
+        let routes: Vec<String> = raw.routes.iter().map(|r| r.name.clone()).collect();
+        crate::hypercare::validate(&raw.hypercare, &routes, issues);
+        crate::hypercare::canary::validate(&raw.hypercare.canaries, raw, issues);
+        crate::hypercare::windows::validate(&raw.hypercare.windows, &routes, issues);
+    })
 }

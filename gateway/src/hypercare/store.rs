@@ -541,6 +541,24 @@ fn merge_rollups(
     tx.commit()
 }
 
+impl hypergate_core::record::RecordStore for CallStore {
+    fn add_batch(&mut self, records: &[Box<AccessRecord>]) {
+        CallStore::add_batch(self, records);
+    }
+
+    fn due(&self) -> bool {
+        CallStore::due(self)
+    }
+
+    fn tick(&mut self) {
+        CallStore::tick(self);
+    }
+
+    fn flush_all(&mut self) {
+        CallStore::flush_all(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,9 @@
 //! against a validated config: the effective weights a shard runs with, the
 //! checks an override must pass, and the overlay `/config` shows.
 
-use super::overrides::{OverrideSubject, Overrides, WeightOverride};
-use super::{Config, ConfigIssue};
+use hypergate_core::config::overrides::{OverrideSubject, Overrides, WeightOverride};
+use hypergate_core::config::ConfigIssue;
+use hypergate_proxy::spec::Config;
 use std::collections::BTreeMap;
 
 /// Effective weights of one shard's config: the file's, with the overrides in
@@ -23,7 +24,7 @@ fn sides(
 ) -> Result<(usize, Vec<(String, u32)>), String> {
     match subject {
         OverrideSubject::Route(name) => config.split_sides(name),
-        OverrideSubject::Alias(name) => crate::ai::spec::of(config).alias_sides(name),
+        OverrideSubject::Alias(name) => hypergate_llm::spec::of(config).alias_sides(name),
     }
 }
 
@@ -130,7 +131,7 @@ pub fn apply_to_json(overrides: &Overrides, config: &Config, raw: &mut serde_jso
         }
     }
     for (ai, weights) in &resolved.aliases {
-        let name = &crate::ai::spec::of(config).aliases[*ai].name;
+        let name = &hypergate_llm::spec::of(config).aliases[*ai].name;
         let Some(model) = raw["ai"]["models"]
             .as_array_mut()
             .and_then(|ms| ms.iter_mut().find(|m| m["alias"] == **name))

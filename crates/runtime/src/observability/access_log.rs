@@ -1,6 +1,6 @@
 //! Call records, written off the hot path with bounded memory: the JSON access
-//! log (one line per request, to stdout, stderr or a file) and the hypercare
-//! call store (SQLite, `hypercare::store`), fed by the same records.
+//! log (one line per request, to stdout, stderr or a file) and a
+//! [`RecordStore`] (the hypercare call store), fed by the same records.
 //!
 //! Each shard owns a fixed number of reusable [`AccessRecord`] boxes. A
 //! request fills one (string buffers are cleared and refilled, so after
@@ -10,8 +10,8 @@
 //! their shards; the store commits in batches. When a shard has no free box, or the channel is full (a slow disk),
 //! the record is dropped and counted: requests never wait for either.
 
-use crate::hypercare::store::CallStore;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use hypergate_core::record::RecordStore;
 use serde::Serialize;
 use std::io::Write;
 
@@ -33,7 +33,7 @@ pub struct AccessLog {
 pub fn start(
     json: Option<&str>,
     capture_max: usize,
-    store: Option<CallStore>,
+    store: Option<Box<dyn RecordStore>>,
     shards: usize,
     buffer: usize,
 ) -> std::io::Result<AccessLog> {
@@ -74,7 +74,7 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(5);
 fn writer(
     out: Option<Box<dyn Write + Send>>,
     capture_max: usize,
-    mut store: Option<CallStore>,
+    mut store: Option<Box<dyn RecordStore>>,
     rx: Receiver<Envelope>,
     returns: Vec<Sender<Boxes>>,
 ) {
@@ -167,7 +167,7 @@ fn writer(
 fn redact_capture(record: &mut AccessRecord, max: usize) {
     let redact = |body: &mut Option<String>| {
         if let Some(text) = body.as_mut() {
-            *text = crate::ai::capture_text(text, max);
+            *text = hypergate_llm::capture_text(text, max);
         }
     };
     redact(&mut record.request_body);

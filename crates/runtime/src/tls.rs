@@ -6,8 +6,8 @@
 //! match the client's SNI, or its first certificate. Only TLS 1.2 and 1.3 are
 //! offered, with ALPN `http/1.1`. Handshake failures are counted by reason.
 
-use crate::config::raw::ListenerTlsConfig;
-use crate::config::ConfigIssue;
+use hypergate_core::config::raw::ListenerTlsConfig;
+use hypergate_core::config::ConfigIssue;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};

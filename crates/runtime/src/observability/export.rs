@@ -5,10 +5,10 @@
 
 use super::metrics::STATUS_CLASSES;
 use super::Snapshot;
-use crate::auth::AuthFailure;
-use crate::http::codec::Reject;
-use crate::proxy::EdgeReject;
+use hypergate_core::http::codec::Reject;
 pub use hypergate_core::metrics::{escape, header, histogram, quantiles};
+use hypergate_edge::auth::AuthFailure;
+use hypergate_proxy::EdgeReject;
 use serde_json::{json, Value};
 use std::fmt::Write;
 
@@ -344,7 +344,7 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
             crate::alloc_count::allocations()
         );
     }
-    crate::ai::stats::prometheus(&m.ai, &mut out);
+    hypergate_llm::stats::prometheus(&m.ai, &mut out);
     out
 }
 

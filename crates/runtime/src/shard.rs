@@ -11,13 +11,13 @@
 //! All per-request state ([`ShardCtx`]) is `Rc`/`Cell`/`RefCell`: nothing on
 //! the request path is shared with another thread except the relaxed health flags.
 
-use crate::config::overrides::Overrides;
-use crate::config::Config;
 use crate::observability::{ShardReport, ShardStats};
-use crate::policy::{ConnRefusal, ConnectionLimits, ConnectionPermit};
-use crate::proxy::EdgeReject;
-use crate::upstream::health::HealthRegistry;
+use hypergate_core::config::overrides::Overrides;
 use hypergate_core::record::AccessLogSink;
+use hypergate_edge::policy::{ConnRefusal, ConnectionLimits, ConnectionPermit};
+use hypergate_proxy::spec::Config;
+use hypergate_proxy::EdgeReject;
+use hypergate_upstream::health::HealthRegistry;
 use monoio::io::AsyncWriteRentExt;
 use monoio::time::TimeDriver;
 use monoio::{FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -91,9 +91,9 @@ pub struct ShardSpec {
     /// Process-wide connection caps.
     pub conn_limits: Arc<ConnectionLimits>,
     /// Process-wide rate-limit state.
-    pub rate_limiter: Arc<crate::edge::ratelimit::RateLimiter>,
+    pub rate_limiter: Arc<hypergate_edge::ratelimit::RateLimiter>,
     /// Process-wide LLM state (budgets, feedback).
-    pub ai: Arc<crate::ai::AiShared>,
+    pub ai: Arc<hypergate_llm::AiShared>,
     /// Number of shards (the cache and feedback memory are split between them).
     pub shards: usize,
 }
@@ -196,13 +196,13 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         None,
         &stats,
         &spec.health,
-        crate::ai::installed(&spec.config, &spec.overrides),
+        hypergate_llm::installed(&spec.config, &spec.overrides),
     );
     let drain_timeout = spec.config.raw.server.drain_timeout;
     let drain_grace = spec.config.raw.server.drain_idle_grace;
     // The layer above the proxy: the LLM gateway's per-shard state answers AI routes.
-    let ai = Rc::new(crate::ai::AiShard::new(
-        crate::ai::spec::of(&spec.config),
+    let ai = Rc::new(hypergate_llm::AiShard::new(
+        hypergate_llm::spec::of(&spec.config),
         spec.ai,
         spec.shards,
     ));
@@ -215,9 +215,9 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         conns: RefCell::new(ConnRegistry::default()),
         access_log: RefCell::new(spec.access_log),
         health: spec.health,
-        token_cache: crate::auth::TokenCache::default(),
+        token_cache: hypergate_edge::auth::TokenCache::default(),
         conn_limits: spec.conn_limits,
-        limiter: crate::edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
+        limiter: hypergate_edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
     });
     monoio::spawn(release_memory_after_floods(ctx.clone()));
     // Closed when the drain starts: every accept loop stops, accepts what is
@@ -249,7 +249,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
                     Some(reason) => Err(reason),
                     None => {
                         let cur = ctx.installed.borrow();
-                        let ext = crate::ai::installed(&p.config, &p.overrides);
+                        let ext = hypergate_llm::installed(&p.config, &p.overrides);
                         pending = Some(Installed::prepare(
                             p.config,
                             p.overrides,
@@ -265,7 +265,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             }
             ShardCommand::Commit(ack) => {
                 if let Some(next) = pending.take() {
-                    ai.install(crate::ai::spec::of(&next.config));
+                    ai.install(hypergate_llm::spec::of(&next.config));
                     *ctx.installed.borrow_mut() = Rc::new(next);
                     ctx.token_cache.clear();
                 }
@@ -275,7 +275,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
             ShardCommand::SetOverrides(overrides, ack) => {
                 let next = {
                     let cur = ctx.installed.borrow();
-                    let ext = crate::ai::installed(&cur.config, &overrides);
+                    let ext = hypergate_llm::installed(&cur.config, &overrides);
                     Installed::prepare(
                         cur.config.clone(),
                         overrides,
@@ -325,7 +325,7 @@ const LISTENER_SETTLE: Duration = Duration::from_millis(100);
 
 async fn accept_loop(
     ctx: Rc<ShardCtx>,
-    ai: Rc<crate::ai::AiShard>,
+    ai: Rc<hypergate_llm::AiShard>,
     listener: monoio::net::TcpListener,
     listener_idx: usize,
     accepting: async_channel::Receiver<()>,
@@ -458,7 +458,7 @@ fn refuse_new_syns(fd: RawFd) -> std::io::Result<()> {
 /// Applies the connection caps and starts serving an accepted connection.
 fn admit(
     ctx: &Rc<ShardCtx>,
-    ai: &Rc<crate::ai::AiShard>,
+    ai: &Rc<hypergate_llm::AiShard>,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
     listener_idx: usize,
@@ -488,7 +488,7 @@ fn admit(
     let fd = stream.as_raw_fd();
     match tls {
         None => {
-            monoio::spawn(crate::proxy::serve_connection(
+            monoio::spawn(hypergate_proxy::serve_connection(
                 ctx.clone(),
                 ai.clone(),
                 stream,
@@ -514,7 +514,7 @@ fn admit(
 /// Completes a TLS handshake (bounded by `limits.tls_handshake_timeout`), then serves HTTP over it.
 async fn serve_tls(
     ctx: Rc<ShardCtx>,
-    ai: Rc<crate::ai::AiShard>,
+    ai: Rc<hypergate_llm::AiShard>,
     tls: Arc<rustls::ServerConfig>,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
@@ -534,7 +534,7 @@ async fn serve_tls(
             ctx.stats
                 .tls_handshakes
                 .set(ctx.stats.tls_handshakes.get() + 1);
-            crate::proxy::serve_connection(ctx, ai, tls_stream, fd, peer, "https", permit).await;
+            hypergate_proxy::serve_connection(ctx, ai, tls_stream, fd, peer, "https", permit).await;
         }
         Ok(Err(e)) => ctx
             .stats
@@ -548,7 +548,7 @@ async fn serve_tls(
 /// Answers a connection over the caps with a 503 and closes it.
 async fn refuse_connection(mut stream: monoio::net::TcpStream) {
     let mut out = Vec::with_capacity(256);
-    crate::http::write_error(
+    hypergate_core::http::write_error(
         &mut out,
         503,
         "connection_limit",

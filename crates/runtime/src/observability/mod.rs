@@ -19,7 +19,7 @@ pub struct ShardReport {
     /// The data plane's counters and histograms.
     pub stats: ShardSnapshot,
     /// The LLM layer's.
-    pub ai: crate::ai::stats::AiSnapshot,
+    pub ai: hypergate_llm::stats::AiSnapshot,
 }
 
 /// Every shard's reports merged: the data plane's figures (reached through
@@ -29,14 +29,14 @@ pub struct Snapshot {
     /// The data plane's.
     pub stats: MergedStats,
     /// The LLM layer's.
-    pub ai: crate::ai::stats::AiMerged,
+    pub ai: hypergate_llm::stats::AiMerged,
 }
 
 impl Snapshot {
     /// Merges shard reports.
     pub fn merge(reports: &[ShardReport]) -> Snapshot {
         let stats: Vec<&ShardSnapshot> = reports.iter().map(|r| &r.stats).collect();
-        let mut ai = crate::ai::stats::AiMerged::default();
+        let mut ai = hypergate_llm::stats::AiMerged::default();
         for r in reports {
             ai.add(&r.ai);
         }

@@ -17,7 +17,7 @@ fn main() {
     let object = match std::env::var_os("HYPERGATE_EBPF_OBJECT") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../ebpf/probe/target/bpfel-unknown-none/release/hypergate-probe"),
+            .join("../../ebpf/probe/target/bpfel-unknown-none/release/hypergate-probe"),
     };
     let object = object.canonicalize().unwrap_or_else(|_| {
         panic!(

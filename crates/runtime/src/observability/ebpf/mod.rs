@@ -100,7 +100,7 @@ impl std::fmt::Debug for TcpProbe {
 /// Loads the probe for `cfg`. Call it before any listener or upstream socket opens:
 /// it moves the process into its cgroup and only connections set up afterwards are
 /// seen. Fails, changing nothing else, when the probe cannot load.
-pub fn start(cfg: &crate::config::Config) -> Result<TcpProbe, ProbeError> {
+pub fn start(cfg: &hypergate_proxy::spec::Config) -> Result<TcpProbe, ProbeError> {
     #[cfg(feature = "ebpf")]
     {
         let settings = &cfg.raw.observability.ebpf;
@@ -133,7 +133,7 @@ fn spawn(
 impl TcpProbe {
     /// Renames keys after a reload: listener ports, endpoint address -> (cluster,
     /// endpoint). Counts and histograms are kept.
-    pub fn update_config(&self, cfg: &crate::config::Config) {
+    pub fn update_config(&self, cfg: &hypergate_proxy::spec::Config) {
         let _ = self
             .requests
             .send(ControlRequest::Labels(PeerLabels::from_config(cfg)));
@@ -182,7 +182,7 @@ mod tests {
     use super::*;
     use hypergate_ebpf_common::{PeerCounters, PeerKey, FAMILY_INET, SIDE_DOWNSTREAM};
 
-    fn minimal_config() -> crate::config::Config {
+    fn minimal_config() -> hypergate_proxy::spec::Config {
         crate::config::load_str(
             r#"
 [[listeners]]

@@ -6,8 +6,8 @@
 //! those into the labels of the exported metrics. Because names are applied at
 //! export time, a reload relabels history instead of resetting it.
 
-use crate::config::Config;
 use hypergate_ebpf_common::{PeerKey, FAMILY_INET, FAMILY_INET6, SIDE_DOWNSTREAM};
+use hypergate_proxy::spec::Config;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

@@ -5,10 +5,11 @@
 //! are checked with the `http` crate, endpoint addresses are resolved, and each
 //! hash-balanced cluster gets its ring built here, once, instead of per request.
 
-use super::raw::{self, RawConfig};
-use super::ConfigIssue;
-use crate::edge::ratelimit::{validate_redis, RateLimitPolicy};
-use crate::routing::Router;
+use hypergate_core::config::raw::{self, RawConfig};
+use hypergate_core::config::ConfigIssue;
+use hypergate_edge::ratelimit::{validate_redis, RateLimitPolicy};
+use hypergate_proxy::routing::Router;
+use hypergate_proxy::spec::{Config, ListenerSpec};
 use hypergate_upstream::cluster::Cluster;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -26,8 +27,13 @@ impl Issues {
     }
 }
 
-/// Validates a raw config, returning every issue found.
-pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
+/// Validates a raw config, returning every issue found. `above` adds the
+/// checks of the layers above the runtime (hypercare's), so every issue is
+/// still reported in one pass, in file order.
+pub fn validate(
+    mut raw: RawConfig,
+    above: &dyn Fn(&RawConfig, &mut Vec<ConfigIssue>),
+) -> Result<Config, Vec<ConfigIssue>> {
     let mut issues = Issues(Vec::new());
     expand_secrets(&mut raw, &mut issues);
 
@@ -65,11 +71,11 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
     let admin_addr = parse_addr(&raw.admin.listen, "admin.listen", &mut issues);
     check_admin(&raw.admin, admin_addr, &mut issues);
     check_limits(&raw.limits, &mut issues);
-    let path_policy = crate::http::path::PathPolicy {
+    let path_policy = hypergate_core::http::path::PathPolicy {
         escaped_slashes: match raw.path.escaped_slashes {
-            raw::EscapedSlashes::Reject => crate::http::path::EscapedSlashAction::Reject,
-            raw::EscapedSlashes::Keep => crate::http::path::EscapedSlashAction::Keep,
-            raw::EscapedSlashes::Decode => crate::http::path::EscapedSlashAction::Decode,
+            raw::EscapedSlashes::Reject => hypergate_core::http::path::EscapedSlashAction::Reject,
+            raw::EscapedSlashes::Keep => hypergate_core::http::path::EscapedSlashAction::Keep,
+            raw::EscapedSlashes::Decode => hypergate_core::http::path::EscapedSlashAction::Decode,
         },
         reject_double_encoding: raw.path.double_encoding == raw::RejectOrKeep::Reject,
         reject_semicolons: raw.path.semicolons == raw::RejectOrKeep::Reject,
@@ -129,7 +135,7 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
     }
     let (ai, provider_clusters) =
-        crate::ai::spec::build(&raw.ai, raw.redis.is_some(), clusters.len(), &mut issues.0);
+        hypergate_llm::spec::build(&raw.ai, raw.redis.is_some(), clusters.len(), &mut issues.0);
     for (i, c) in provider_clusters.iter().enumerate() {
         if cluster_names.contains(c.name.as_str()) {
             issues.push(
@@ -147,7 +153,7 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             .iter()
             .position(|c| &*c.name == name)
     };
-    let auth = crate::auth::Authenticator::build(&raw.consumers, &raw.auth, &mut issues.0);
+    let auth = hypergate_edge::auth::Authenticator::build(&raw.consumers, &raw.auth, &mut issues.0);
     if let Some(r) = &raw.redis {
         validate_redis(r, "redis", &mut issues.0);
     }
@@ -165,7 +171,7 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
             rate_limits.push(Arc::new(p));
         }
     }
-    let trusted_proxies = crate::policy::parse_nets(
+    let trusted_proxies = hypergate_edge::policy::parse_nets(
         &raw.protection.trusted_proxies,
         "protection.trusted_proxies",
         &mut issues.0,
@@ -185,7 +191,7 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
         let ai_route =
             r.ai.as_ref()
-                .map(|a| crate::ai::spec::route(a, &ai, &path, &mut issues.0));
+                .map(|a| hypergate_llm::spec::route(a, &ai, &path, &mut issues.0));
         if let Some(route) = hypergate_proxy::spec::validate_route(
             r,
             &path,
@@ -216,10 +222,8 @@ pub fn validate(mut raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         }
     }
 
-    let route_names: Vec<String> = raw.routes.iter().map(|r| r.name.clone()).collect();
-    crate::hypercare::validate(&raw.hypercare, &route_names, &mut issues.0);
-    crate::hypercare::canary::validate(&raw.hypercare.canaries, &raw, &mut issues.0);
-    crate::hypercare::windows::validate(&raw.hypercare.windows, &route_names, &mut issues.0);
+    // The checks of the layers above (hypercare's alerts, canaries, windows).
+    above(&raw, &mut issues.0);
 
     if !issues.0.is_empty() {
         return Err(issues.0);
@@ -258,8 +262,11 @@ fn expand_secrets(raw: &mut RawConfig, issues: &mut Issues) {
     ];
     for (path, secret) in fields {
         if let Some(secret) = secret {
-            *secret =
-                crate::secret::Secret::new(super::expand_env(secret.expose(), path, &mut issues.0));
+            *secret = hypergate_core::secret::Secret::new(hypergate_core::config::expand_env(
+                secret.expose(),
+                path,
+                &mut issues.0,
+            ));
         }
     }
 }
@@ -345,7 +352,3 @@ fn parse_addr(text: &str, path: &str, issues: &mut Issues) -> Option<SocketAddr>
 fn validate_cluster(c: &raw::ClusterConfig, path: &str, issues: &mut Issues) -> Option<Cluster> {
     Cluster::build(c, path, &mut issues.0)
 }
-
-pub use hypergate_proxy::spec::{
-    Config, DirectResponse, HeaderOps, ListenerSpec, Route, RouteAction, RoutePolicy, Split,
-};
