@@ -19,8 +19,8 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod gateway;
-pub mod hypercare;
 
+pub use hypergate_hypercare as hypercare;
 #[cfg(feature = "alloc-count")]
 pub use hypergate_runtime::alloc_count;
 pub use hypergate_runtime::{observability, shard, tls};

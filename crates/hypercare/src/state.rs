@@ -106,7 +106,7 @@ pub fn save(path: &Path, kind: &str, entries: &[(String, Entry)]) {
 const OVERRIDES: (&str, &str) = ("override", "layer");
 
 /// Saves the runtime overrides layer (replacing the one saved before).
-pub fn save_overrides(path: &Path, overrides: &crate::config::overrides::Overrides) {
+pub fn save_overrides(path: &Path, overrides: &hypergate_core::config::overrides::Overrides) {
     let entry = Entry {
         config: String::new(),
         state: serde_json::to_value(overrides).unwrap_or_default(),
@@ -116,7 +116,7 @@ pub fn save_overrides(path: &Path, overrides: &crate::config::overrides::Overrid
 
 /// The runtime overrides layer saved in the store at `path` (empty when there
 /// is none, or the store cannot be read).
-pub fn load_overrides(path: &Path) -> crate::config::overrides::Overrides {
+pub fn load_overrides(path: &Path) -> hypergate_core::config::overrides::Overrides {
     if !path.exists() {
         return Default::default();
     }

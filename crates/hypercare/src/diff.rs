@@ -158,7 +158,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observability::metrics::new_histogram;
+    use hypergate_core::metrics::new_histogram;
 
     #[test]
     fn two_proportion_z_on_a_known_table() {

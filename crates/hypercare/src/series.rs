@@ -14,9 +14,9 @@
 //! few hundred pairs), so ten minutes of history stays small however busy the
 //! gateway is.
 
-use crate::observability::metrics::new_histogram;
-use crate::observability::Snapshot;
 use hdrhistogram::Histogram;
+use hypergate_core::metrics::new_histogram;
+use hypergate_runtime::observability::Snapshot;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -107,7 +107,7 @@ pub struct LlmStep {
 impl Compact {
     /// Keeps what windows need from a merged snapshot; `feedback` is the
     /// scores so far per (alias, target) (count, sum, sum of squares).
-    pub fn of(m: &Snapshot, feedback: &crate::ai::feedback::TargetScores) -> Compact {
+    pub fn of(m: &Snapshot, feedback: &hypergate_llm::feedback::TargetScores) -> Compact {
         let mut llm: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         // Per (alias, target): the figures, and the TTFT and total histograms merged.
         type Merging = (LlmTarget, Histogram<u64>, Histogram<u64>);
@@ -153,7 +153,7 @@ impl Compact {
                 .collect(),
             llm,
             llm_targets,
-            rate_limited: m.edge_rejections[crate::proxy::EdgeReject::RateLimited.index()],
+            rate_limited: m.edge_rejections[hypergate_edge::EdgeReject::RateLimited.index()],
         }
     }
 }

@@ -15,11 +15,11 @@
 //! minute. Readers (admin API, CLI) open their own read-only connections; WAL
 //! lets them read while the writer writes.
 
-use crate::config::hypercare::CallStoreConfig;
-use crate::hypercare::blocks::{self, BlockWriter};
-use crate::observability::access_log::AccessRecord;
-use crate::observability::metrics::new_histogram;
+use crate::blocks::{self, BlockWriter};
 use hdrhistogram::Histogram;
+use hypergate_core::config::hypercare::CallStoreConfig;
+use hypergate_core::metrics::new_histogram;
+use hypergate_core::record::AccessRecord;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -183,7 +183,7 @@ pub struct StoreCounters {
 impl StoreCounters {
     /// Prometheus text.
     pub fn prometheus(&self, out: &mut String) {
-        use crate::observability::export::header;
+        use hypergate_core::metrics::header;
         use std::fmt::Write;
         for (name, help, v) in [
             (
@@ -599,7 +599,7 @@ mod tests {
     #[test]
     fn calls_survive_a_restart_and_retention_drops_whole_old_blocks() {
         let path = temp_db("retention");
-        let now = crate::hypercare::unix_ms();
+        let now = crate::unix_ms();
         let config = CallStoreConfig {
             max_calls: 150,
             retention: Duration::from_secs(3600),
@@ -654,7 +654,7 @@ mod tests {
     #[test]
     fn retention_keeps_the_newest_blocks_that_fit_in_max_bytes() {
         let path = temp_db("bytes");
-        let now = crate::hypercare::unix_ms();
+        let now = crate::unix_ms();
         let mut store = CallStore::open(&path, CallStoreConfig::default()).unwrap();
         for b in 0..3 {
             store.add_batch(

@@ -3,8 +3,8 @@
 //! `hypergate summary`), so both always say the same thing.
 
 use super::store::add_histogram_json;
-use crate::observability::metrics::new_histogram;
 use hdrhistogram::Histogram;
+use hypergate_core::metrics::new_histogram;
 use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Hypercare: what the gateway records and concludes about the releases behind it.
+//! `hypergate-hypercare`: what the gateway records and concludes about the releases behind it.
 //!
 //! - [`store`]: every call recorded in SQLite, with per-minute rollups, written by
 //!   the record writer thread off the hot path; [`blocks`]: the calls' encoding
@@ -12,6 +12,16 @@
 //! - [`state`]: canary and window progress kept in the store, so a restart resumes them.
 //! - [`diff`]: release baselines compared with significance tests; [`report`]:
 //!   the hypercare report in Markdown or HTML, from the store alone.
+//!
+//! It reaches the data plane only through the runtime's
+//! [`Controller`](hypergate_runtime::gateway::Controller): merged stats
+//! snapshots in, runtime overrides (a canary's weights) out.
+//!
+//! Allowed dependencies: `hypergate-core`, `hypergate-upstream` (TLS for
+//! webhooks), `hypergate-edge` (reason labels), `hypergate-llm` (feedback),
+//! `hypergate-runtime`, and the pure `hypergate-analysis`.
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod alerts;
 pub mod blocks;
@@ -27,8 +37,8 @@ pub mod windows;
 
 pub use hypergate_core::clock::unix_ms;
 
-use crate::config::hypercare::{AlertKind, HypercareConfig};
-use crate::config::ConfigIssue;
+use hypergate_core::config::hypercare::{AlertKind, HypercareConfig};
+use hypergate_core::config::ConfigIssue;
 
 /// Checks `[hypercare]`, adding every problem to `issues`.
 pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigIssue>) {
@@ -103,7 +113,7 @@ pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigI
         match alerts::WebhookTarget::parse(&w.url) {
             Err(reason) => push(format!("hypercare.webhooks[{i}].url"), reason),
             Ok(target) if target.tls => {
-                if let Err(reason) = crate::tls::verifying_client_config(&w.ca_file) {
+                if let Err(reason) = hypergate_upstream::tls::verifying_client_config(&w.ca_file) {
                     push(format!("hypercare.webhooks[{i}].ca_file"), reason);
                 }
             }

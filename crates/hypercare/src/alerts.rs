@@ -12,8 +12,8 @@
 //! exponential backoff, so a slow webhook delays nothing else.
 
 use super::series::{Scope, Series};
-use crate::config::hypercare::{AlertKind, AlertRuleConfig, Severity, WebhookConfig};
-use crate::secret::Secret;
+use hypergate_core::config::hypercare::{AlertKind, AlertRuleConfig, Severity, WebhookConfig};
+use hypergate_core::secret::Secret;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -135,7 +135,7 @@ fn baseline_quantile(conn: &rusqlite::Connection, rule: &AlertRuleConfig) -> Opt
     let now_min = (super::unix_ms() / 60_000) as i64;
     let since = now_min - (rule.baseline_window.as_secs() / 60) as i64;
     let groups = super::query::aggregate(conn, since, now_min + 1).ok()?;
-    let mut h = crate::observability::metrics::new_histogram();
+    let mut h = hypergate_core::metrics::new_histogram();
     for ((route, _, version, _), a) in &groups {
         let matches = rule.route.as_deref().is_none_or(|r| r == route)
             && rule.version.as_deref().is_none_or(|v| v == version);
@@ -341,7 +341,10 @@ impl Hook {
         let tls = if target.tls {
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|_| format!("invalid server name {:?}", target.host))?;
-            Some((crate::tls::verifying_client_config(&config.ca_file)?, name))
+            Some((
+                hypergate_upstream::tls::verifying_client_config(&config.ca_file)?,
+                name,
+            ))
         } else {
             None
         };

@@ -14,8 +14,8 @@ use super::canary::CanaryRun;
 use super::series::{total_retransmits, Point, Series};
 use super::state::{self, definition, Entry, Saved};
 use super::windows::WindowRun;
-use crate::config::hypercare::WindowConfig;
-use crate::gateway::Controller;
+use hypergate_core::config::hypercare::WindowConfig;
+use hypergate_runtime::gateway::Controller;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -76,7 +76,10 @@ pub fn start(controller: Weak<Controller>, view: SharedView) -> std::io::Result<
 
 fn run(controller: &Weak<Controller>, view: &SharedView) {
     let mut series = Series::new(Duration::from_secs(3600));
-    let mut notifier: Option<(Vec<crate::config::hypercare::WebhookConfig>, Notifier)> = None;
+    let mut notifier: Option<(
+        Vec<hypergate_core::config::hypercare::WebhookConfig>,
+        Notifier,
+    )> = None;
     // Progress saved by an earlier process: read on the first tick.
     let mut saved: Option<Saved> = None;
     let mut last_saved: [Vec<(String, Entry)>; 2] = Default::default();
@@ -167,7 +170,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                     events.push(AlertEvent {
                         alert: format!("canary-rollback:{}", run.config.subject()),
                         state: AlertState::Firing,
-                        severity: crate::config::hypercare::Severity::Critical,
+                        severity: hypergate_core::config::hypercare::Severity::Critical,
                         value: None,
                         threshold: 0.0,
                         summary: format!(

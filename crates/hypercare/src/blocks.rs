@@ -17,7 +17,7 @@
 //! narrow the blocks read, and `ORDER BY id [DESC]` is served in order, so
 //! "the newest 100 calls" reads one block.
 
-use crate::observability::access_log::AccessRecord;
+use hypergate_core::record::AccessRecord;
 use rusqlite::ffi;
 use rusqlite::vtab::{
     eponymous_only_module, Context, Filters, IndexConstraintOp, IndexInfo, VTab, VTabConnection,
@@ -704,7 +704,7 @@ unsafe impl VTabCursor for CallsCursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ai::LlmRecord;
+    use hypergate_core::record::LlmRecord;
 
     fn record(i: u64) -> AccessRecord {
         AccessRecord {
@@ -751,7 +751,7 @@ mod tests {
 
     fn table(n: u64, block_size: u64) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(crate::hypercare::store::SCHEMA).unwrap();
+        conn.execute_batch(crate::store::SCHEMA).unwrap();
         register(&conn).unwrap();
         let mut w = BlockWriter::default();
         let mut first = 1;

@@ -23,12 +23,12 @@
 //! restored before the listeners serve).
 
 use super::series::{Scope, Series};
-use crate::config::hypercare::CanaryConfig;
-use crate::config::overrides::{OverrideSubject, WeightOverride};
-use crate::gateway::Controller;
 use hypergate_analysis::{
     CanaryAnalysis, CanaryPlan, Decision, MeanJudge, Phase, Progress, Step, Window,
 };
+use hypergate_core::config::hypercare::CanaryConfig;
+use hypergate_core::config::overrides::{OverrideSubject, WeightOverride};
+use hypergate_runtime::gateway::Controller;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -252,11 +252,12 @@ impl CanaryRun {
 /// Checks `[[hypercare.canaries]]` against the routes and LLM aliases.
 pub fn validate(
     canaries: &[CanaryConfig],
-    raw: &crate::config::raw::RawConfig,
-    issues: &mut Vec<crate::config::ConfigIssue>,
+    raw: &hypergate_core::config::raw::RawConfig,
+    issues: &mut Vec<hypergate_core::config::ConfigIssue>,
 ) {
-    let mut push =
-        |path: String, reason: String| issues.push(crate::config::ConfigIssue { path, reason });
+    let mut push = |path: String, reason: String| {
+        issues.push(hypergate_core::config::ConfigIssue { path, reason })
+    };
     let mut subjects = std::collections::HashSet::new();
     for (i, c) in canaries.iter().enumerate() {
         let path = format!("hypercare.canaries[{i}]");

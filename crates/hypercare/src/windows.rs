@@ -16,7 +16,7 @@
 
 use super::alerts::{AlertState, AlertStatus};
 use super::series::{Scope, Series};
-use crate::config::hypercare::{Severity, WindowConfig};
+use hypergate_core::config::hypercare::{Severity, WindowConfig};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -221,18 +221,18 @@ impl WindowRun {
 pub fn validate(
     windows: &[WindowConfig],
     routes: &[String],
-    issues: &mut Vec<crate::config::ConfigIssue>,
+    issues: &mut Vec<hypergate_core::config::ConfigIssue>,
 ) {
     let mut names = std::collections::HashSet::new();
     for (i, w) in windows.iter().enumerate() {
         for (field, reason) in check(w, routes) {
-            issues.push(crate::config::ConfigIssue {
+            issues.push(hypergate_core::config::ConfigIssue {
                 path: format!("hypercare.windows[{i}].{field}"),
                 reason,
             });
         }
         if !names.insert(w.name.as_str()) {
-            issues.push(crate::config::ConfigIssue {
+            issues.push(hypergate_core::config::ConfigIssue {
                 path: format!("hypercare.windows[{i}].name"),
                 reason: format!("duplicate window {:?}", w.name),
             });
