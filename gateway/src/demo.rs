@@ -4,7 +4,7 @@
 //! Each answers every request with a short text naming itself (`/healthz`
 //! answers `ok`), keeps connections alive, reads and discards request bodies,
 //! and fails a configurable share of requests with 500 (for canary demos).
-//! `kind = "llm"` starts the mock LLM provider of `bench/mock-llm` instead.
+//! `kind = "llm"` starts the built-in mock LLM provider (`crates/mock-llm`) instead.
 //! Not a data-plane component: blocking sockets, a thread per connection.
 
 use crate::config::raw::{DemoKind, DemoUpstreamConfig};

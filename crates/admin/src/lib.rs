@@ -1,4 +1,5 @@
-//! The admin listener: metrics, health, readiness, config, stats and reload.
+//! `hypergate-admin`: the admin listener: metrics, health, readiness, config,
+//! stats, reload, runtime overrides, the hypercare views and the dashboard.
 //!
 //! It runs on its own thread with blocking std sockets (a thread per admin
 //! connection), never on a shard and never on a data-plane port. Endpoints:
@@ -28,10 +29,16 @@
 //!    and the static dashboard files under `/ui` (which hold no data; the page asks
 //!    for the token) needs `Authorization: Bearer <token>` (401 otherwise).
 
-use crate::config::raw::AdminConfig;
-use crate::gateway::Controller;
-use crate::observability::export;
-use crate::secret::Secret;
+//!
+//! Allowed dependencies: `hypergate-core`, `hypergate-runtime` (the
+//! controller) and `hypergate-hypercare` (its views and the call store).
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use hypergate_core::config::raw::AdminConfig;
+use hypergate_core::secret::Secret;
+use hypergate_runtime::gateway::Controller;
+use hypergate_runtime::observability::export;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,9 +62,9 @@ const CHALLENGE: &str = "www-authenticate: Bearer realm=\"hypergate-admin\"\r\n"
 /// What the admin API shows of hypercare besides the controller's figures.
 pub struct Hypercare {
     /// The engine's view: alerts, canaries, windows.
-    pub view: crate::hypercare::engine::SharedView,
+    pub view: hypergate_hypercare::engine::SharedView,
     /// The call store's counters, when the store is enabled (for `/metrics`).
-    pub store_counters: Option<Arc<crate::hypercare::store::StoreCounters>>,
+    pub store_counters: Option<Arc<hypergate_hypercare::store::StoreCounters>>,
 }
 
 /// Starts the admin thread on an already bound listener.
@@ -146,7 +153,7 @@ fn write_reply(stream: &mut TcpStream, reply: &Reply) {
     let head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}connection: close\r\n\r\n",
         reply.status,
-        crate::http::reason(reply.status),
+        hypergate_core::http::reason(reply.status),
         reply.content_type,
         reply.body.len(),
         reply.headers,
@@ -444,7 +451,7 @@ fn add_tcp_stats(stats: &mut serde_json::Value, tcp: serde_json::Value) {
 /// "..."}`, or `"alias"` instead of `"route"`), recorded as set by `admin`;
 /// `DELETE` clears one (`?route=NAME` or `?alias=NAME`) or, without a query, all.
 fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
-    use crate::config::overrides::{OverrideSubject, WeightOverride};
+    use hypergate_core::config::overrides::{OverrideSubject, WeightOverride};
     let subject_of = |route: Option<String>, alias: Option<String>| match (route, alias) {
         (Some(r), None) => Ok(OverrideSubject::Route(r)),
         (None, Some(a)) => Ok(OverrideSubject::Alias(a)),
@@ -453,7 +460,7 @@ fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
     match method {
         "GET" => json(
             200,
-            crate::config::resolve::overlay(&c.overrides(), &c.config()),
+            hypergate_runtime::config::resolve::overlay(&c.overrides(), &c.config()),
         ),
         "POST" => {
             #[derive(serde::Deserialize)]
@@ -481,14 +488,16 @@ fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
                 } else {
                     b.reason
                 },
-                at_ms: crate::hypercare::unix_ms(),
+                at_ms: hypergate_hypercare::unix_ms(),
             };
             match c.set_override(subject, o) {
                 Ok(()) => json(
                     200,
-                    serde_json::json!({"status": "set", "overrides": crate::config::resolve::overlay(&c.overrides(), &c.config())}),
+                    serde_json::json!({"status": "set", "overrides": hypergate_runtime::config::resolve::overlay(&c.overrides(), &c.config())}),
                 ),
-                Err(e @ crate::gateway::OverrideError::Invalid(_)) => error(400, &e.to_string()),
+                Err(e @ hypergate_runtime::gateway::OverrideError::Invalid(_)) => {
+                    error(400, &e.to_string())
+                }
                 Err(e) => error(503, &e.to_string()),
             }
         }
@@ -522,7 +531,7 @@ fn overrides(method: &str, query: &str, body: &[u8], c: &Controller) -> Reply {
 /// `POST /hypercare/windows`: opens a hypercare window (the `[[hypercare.windows]]`
 /// fields as JSON), kept until the process restarts.
 fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
-    let w: crate::config::hypercare::WindowConfig = match serde_json::from_slice(body) {
+    let w: hypergate_core::config::hypercare::WindowConfig = match serde_json::from_slice(body) {
         Ok(w) => w,
         Err(e) => {
             return json(
@@ -538,7 +547,7 @@ fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
         .iter()
         .map(|r| r.name.clone())
         .collect();
-    let problems = crate::hypercare::windows::check(&w, &routes);
+    let problems = hypergate_hypercare::windows::check(&w, &routes);
     if !problems.is_empty() {
         let errors: Vec<String> = problems.iter().map(|(f, r)| format!("{f}: {r}")).collect();
         return json(
@@ -555,13 +564,13 @@ fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
     }
     let name = w.name.clone();
     view.windows
-        .push(crate::hypercare::windows::WindowRun::new(w, true));
+        .push(hypergate_hypercare::windows::WindowRun::new(w, true));
     json(201, serde_json::json!({"status": "opened", "name": name}))
 }
 
 /// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
 fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
-    use crate::hypercare::query;
+    use hypergate_hypercare::query;
     if matches!(what, "alerts" | "canary" | "windows") {
         let view = hc.view.lock().unwrap_or_else(|e| e.into_inner());
         return json(
@@ -579,8 +588,8 @@ fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
             serde_json::json!({"error": "the call store is disabled ([hypercare.store] enabled = false)"}),
         );
     };
-    let now_ms = crate::hypercare::unix_ms() as i64;
-    let result = crate::hypercare::store::open_for_reading(path)
+    let now_ms = hypergate_hypercare::unix_ms() as i64;
+    let result = hypergate_hypercare::store::open_for_reading(path)
         .map_err(query::QueryError::from)
         .and_then(|conn| match what {
             "calls" => {
@@ -620,7 +629,7 @@ fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
                                 )
                             })
                             .and_then(|w| {
-                                crate::hypercare::diff::diff(
+                                hypergate_hypercare::diff::diff(
                                     &conn,
                                     from,
                                     to,
@@ -686,8 +695,8 @@ fn route(method: &str, path: &str, c: &Controller, hc: &Hypercare) -> Reply {
             let config = c.config();
             let overrides = c.overrides();
             let mut body = serde_json::to_value(&config.raw).unwrap_or_default();
-            crate::config::resolve::apply_to_json(&overrides, &config, &mut body);
-            body["overrides"] = crate::config::resolve::overlay(&overrides, &config);
+            hypergate_runtime::config::resolve::apply_to_json(&overrides, &config, &mut body);
+            body["overrides"] = hypergate_runtime::config::resolve::overlay(&overrides, &config);
             json(200, body)
         }
         ("POST", "/reload") => match c.reload_from_file() {

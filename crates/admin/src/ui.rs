@@ -72,7 +72,7 @@ pub(super) fn serve(out: &mut impl Write, method: &str, path: &str) {
          content-security-policy: {CONTENT_SECURITY_POLICY}\r\n\
          x-content-type-options: nosniff\r\ncache-control: no-cache\r\n\
          connection: close\r\n\r\n",
-        crate::http::reason(status),
+        hypergate_core::http::reason(status),
         body.len(),
     );
     let _ = out.write_all(head.as_bytes());
