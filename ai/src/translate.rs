@@ -11,8 +11,8 @@
 //!    JSON path, e.g. `messages[2].content[0]: unsupported block type "audio"`.
 //! 2. Responses: [`anthropic_response_to_openai`], [`openai_response_to_anthropic`];
 //!    a provider's response is trusted, so these are infallible and lenient.
-//! 3. Errors: [`openai_error`], [`anthropic_error`], [`anthropic_error_type`],
-//!    [`provider_error_message`].
+//! 3. Errors: [`provider_error_message`] reads a provider's error body (the
+//!    gateway's own error bodies are written by `hypergate-core`'s `error`).
 //! 4. Usage: [`Usage`], read from either format, written as OpenAI or Anthropic.
 //! 5. Streams, translated chunk by chunk by push-style state machines:
 //!    [`AnthropicStreamToOpenAi`] (SSE events in, `chat.completion.chunk`s out) and
@@ -1064,62 +1064,6 @@ pub fn chunk_text_mut(chunk: &mut Value) -> Option<&mut String> {
 
 // ---------------------------------------------------------------------------
 // Errors.
-
-/// An OpenAI error body: `{"error": {"message", "type", "param": null, "code"}}`, with
-/// `kind` as the type and the HTTP status (as a string) as the code.
-pub fn openai_error(status: u16, kind: &str, message: &str) -> Value {
-    json!({
-        "error": {
-            "message": message,
-            "type": kind,
-            "param": null,
-            "code": status.to_string(),
-        }
-    })
-}
-
-/// The error types Anthropic's API uses.
-const ANTHROPIC_ERROR_TYPES: [&str; 9] = [
-    "invalid_request_error",
-    "authentication_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-    "rate_limit_error",
-    "api_error",
-    "overloaded_error",
-    "timeout_error",
-];
-
-/// An Anthropic error body: `{"type": "error", "error": {"type", "message"}}`. `kind`
-/// is used when it is one of Anthropic's error types; otherwise the type follows the
-/// status, as in [`anthropic_error_type`], since Anthropic clients branch on it.
-pub fn anthropic_error(status: u16, kind: &str, message: &str) -> Value {
-    let kind = if ANTHROPIC_ERROR_TYPES.contains(&kind) {
-        kind
-    } else {
-        anthropic_error_type(status)
-    };
-    json!({"type": "error", "error": {"type": kind, "message": message}})
-}
-
-/// Anthropic's error type for an HTTP status: 400 invalid_request_error, 401
-/// authentication_error, 403 permission_error, 404 not_found_error, 413
-/// request_too_large, 429 rate_limit_error, 504 timeout_error, 529 overloaded_error,
-/// other 4xx invalid_request_error, anything else api_error.
-pub fn anthropic_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        504 => "timeout_error",
-        529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
 
 /// The message of a provider's error body: `error.message` (OpenAI and Anthropic),
 /// `error` as a string, or a top-level `message` (other OpenAI-compatible servers).
@@ -2202,38 +2146,6 @@ mod tests {
     }
 
     // -- Errors and usage --------------------------------------------------
-
-    #[test]
-    fn error_bodies_in_both_formats() {
-        assert_eq!(
-            openai_error(429, "rate_limit_error", "slow down"),
-            json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": "429"}})
-        );
-        assert_eq!(
-            anthropic_error(529, "overloaded_error", "busy"),
-            json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
-        );
-        assert_eq!(
-            anthropic_error(401, "invalid_api_key", "bad key")["error"]["type"],
-            "authentication_error",
-            "a non-Anthropic kind falls back to the status"
-        );
-        for (status, kind) in [
-            (400, "invalid_request_error"),
-            (401, "authentication_error"),
-            (403, "permission_error"),
-            (404, "not_found_error"),
-            (413, "request_too_large"),
-            (422, "invalid_request_error"),
-            (429, "rate_limit_error"),
-            (500, "api_error"),
-            (502, "api_error"),
-            (504, "timeout_error"),
-            (529, "overloaded_error"),
-        ] {
-            assert_eq!(anthropic_error_type(status), kind, "{status}");
-        }
-    }
 
     #[test]
     fn provider_error_messages_are_read_from_any_format() {

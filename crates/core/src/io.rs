@@ -327,3 +327,79 @@ fn emit(out: &mut Vec<u8>, data: &[u8], encoding: Encoding) {
         }
     }
 }
+
+/// Reads a whole request body (`Content-Length` or chunked) into memory, for a
+/// phase that needs all of it (the LLM gateway parses JSON): at most `limit`
+/// bytes, at most `idle` between reads, all of it by `deadline`. `rbuf` holds
+/// what already arrived; bytes after the body stay in it.
+pub async fn read_body<S: AsyncReadRent>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    framing: BodyFraming,
+    limit: u64,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Vec<u8>, PumpError> {
+    let mut body = Vec::new();
+    match framing {
+        BodyFraming::Length(n) => {
+            if n > limit {
+                return Err(PumpError::TooLarge);
+            }
+            let n = n as usize;
+            body.reserve(n);
+            while body.len() < n {
+                if rbuf.is_empty() {
+                    read_body_more(stream, rbuf, idle, deadline).await?;
+                }
+                let take = (n - body.len()).min(rbuf.len());
+                body.extend_from_slice(&rbuf[..take]);
+                rbuf.advance(take);
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut dec = ChunkedDecoder::default();
+            loop {
+                if !rbuf.is_empty() {
+                    match dec.step(rbuf).map_err(|_| PumpError::Framing)? {
+                        Step::Progress { consumed, data } => {
+                            body.extend_from_slice(&rbuf[data]);
+                            rbuf.advance(consumed);
+                            if body.len() as u64 > limit {
+                                return Err(PumpError::TooLarge);
+                            }
+                            continue;
+                        }
+                        Step::Done { consumed } => {
+                            rbuf.advance(consumed);
+                            break;
+                        }
+                        Step::NeedMore => {}
+                    }
+                }
+                read_body_more(stream, rbuf, idle, deadline).await?;
+            }
+        }
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    Ok(body)
+}
+
+/// Reads more of a request body: at most `idle` of silence, and never past `deadline`.
+async fn read_body_more<S: AsyncReadRent>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<(), PumpError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(PumpError::SourceTimeout);
+    }
+    match read_more(stream, rbuf, idle.min(left)).await {
+        ReadOutcome::Data => Ok(()),
+        ReadOutcome::Timeout => Err(PumpError::SourceTimeout),
+        ReadOutcome::Eof => Err(PumpError::SourceClosed),
+        ReadOutcome::Failed => Err(PumpError::SourceFailed),
+    }
+}

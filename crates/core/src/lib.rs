@@ -2,7 +2,10 @@
 //! that knows about a feature.
 //!
 //! - [`http`]: strict HTTP/1.1 heads (`httparse`), chunked framing, the canonical
-//!   path, and the error-response writer.
+//!   path.
+//! - [`error`]: the one error type ([`error::GatewayError`]: kind, side,
+//!   retryable) and the one writer of error responses (JSON, OpenAI or
+//!   Anthropic shape).
 //! - [`io`]: timed socket reads and writes with owned buffers, and the body pump.
 //! - [`config`]: the configuration as data (raw serde types, the parser that
 //!   reports every error with its path, reload diffs, the runtime-overrides layer).
@@ -19,6 +22,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod ids;
 pub mod io;

@@ -36,25 +36,32 @@
 pub mod budget;
 pub mod budget_redis;
 pub mod cache;
-pub mod client;
 pub mod feedback;
+pub mod provider;
 pub mod spec;
 pub mod stats;
 
 use budget::{BudgetBook, Clock, Reservation};
-use bytes::{Buf, BytesMut};
-use client::{ProviderResponse, SendError};
+use bytes::BytesMut;
 use hypergate_ai::guard::StreamRedactor;
 use hypergate_ai::sse::SseParser;
 use hypergate_ai::tokens;
 use hypergate_ai::translate::{self, Usage};
 use hypergate_core::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
 use hypergate_core::config::edge::RedisConfig;
+use hypergate_core::error::{ErrorKind, ErrorShape, GatewayError};
 use hypergate_core::http::codec::BodyFraming;
-use hypergate_core::http::{write_header, write_status_line, write_u64};
-use hypergate_core::io::{read_more, write_out, ReadOutcome};
+use hypergate_core::http::codec::ResponseHead;
+use hypergate_core::http::write_header;
+use hypergate_core::io::{read_body, write_out};
+use hypergate_proxy::respond::{Length, LocalHead};
 use hypergate_proxy::state::{Installed, ShardCtx};
+use hypergate_upstream::breaker::{Breaker, Trip};
+use hypergate_upstream::client::{
+    self, retry_safe, AttemptLimits, Failure, Next, Outcome, Retries, RetryPolicy, RetryStatuses,
+};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use provider::ProviderCall;
 use serde_json::{json, Value};
 use spec::{AiSpec, RouteAi};
 use std::cell::RefCell;
@@ -146,18 +153,12 @@ impl Held {
     }
 }
 
-/// Circuit-breaker state of one target on one shard.
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
 /// A shard's AI state.
 pub struct AiShard {
     /// Metrics.
     pub stats: stats::AiStats,
     cache: RefCell<cache::ResponseCache>,
+    /// Each target's breaker (keyed by `provider/model`).
     breakers: RefCell<HashMap<Arc<str>, Breaker>>,
     remembered: feedback::Remembered,
     /// The consumer label of anonymous calls (shared, so a call allocates none).
@@ -194,26 +195,26 @@ impl AiShard {
         self.breakers
             .borrow()
             .get(label)
-            .and_then(|b| b.open_until)
-            .is_none_or(|t| t <= now)
+            .is_none_or(|b| !b.is_open(now))
     }
 
     fn failed(&self, spec: &AiSpec, label: &Arc<str>) {
+        let trip = Trip {
+            threshold: spec.breaker_failures,
+            base: spec.breaker_open_for,
+            max: spec.breaker_open_for,
+        };
         let mut map = self.breakers.borrow_mut();
         let b = map.entry(label.clone()).or_default();
-        b.failures += 1;
-        if b.failures >= spec.breaker_failures {
-            b.failures = 0;
-            b.open_until = Some(Instant::now() + spec.breaker_open_for);
+        if b.failure(trip, Instant::now(), || true).is_some() {
             self.stats.breaker_opened(label);
             tracing::warn!(target_model = %label, open_for = ?spec.breaker_open_for, "LLM target ejected after consecutive failures");
         }
     }
 
     fn succeeded(&self, label: &Arc<str>) {
-        if let Some(b) = self.breakers.borrow_mut().get_mut(label) {
-            b.failures = 0;
-            b.open_until = None;
+        if let Some(b) = self.breakers.borrow().get(label) {
+            b.success();
         }
     }
 }
@@ -288,40 +289,15 @@ enum Format {
     Anthropic,
 }
 
-/// An error answered to the client in its format.
-#[derive(Debug)]
-struct AiError {
-    status: u16,
-    kind: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-    /// A provider's own error body (already in the client's format).
-    body: Option<Value>,
-}
-
-impl AiError {
-    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-            retry_after: None,
-            body: None,
+impl Format {
+    /// The API a request at `path` speaks: Anthropic's Messages API at
+    /// `.../messages`, OpenAI's everywhere else.
+    fn of(path: &str) -> Self {
+        if path.ends_with("/messages") {
+            Format::Anthropic
+        } else {
+            Format::OpenAi
         }
-    }
-}
-
-fn error_body(format: Format, e: &AiError, request_id: &str) -> Value {
-    if let Some(b) = &e.body {
-        return b.clone();
-    }
-    match format {
-        Format::OpenAi => {
-            let mut v = translate::openai_error(e.status, e.kind, &e.message);
-            v["error"]["request_id"] = request_id.into();
-            v
-        }
-        Format::Anthropic => translate::anthropic_error(e.status, e.kind, &e.message),
     }
 }
 
@@ -380,7 +356,13 @@ impl hypergate_proxy::Handler for AiShard {
             .and_then(Option::as_ref)
         else {
             // Validation gives every AI route its settings; a route without them is refused whole.
-            return AiOutcome::default();
+            return AiOutcome {
+                result: Ok(hypergate_proxy::Answered::default()),
+                bytes_in: 0,
+                body_read: false,
+                upstream_us: None,
+                llm: None,
+            };
         };
         let consumer = match req.consumer {
             Some(c) => config.auth.consumers[c].name.clone(),
@@ -408,9 +390,17 @@ impl hypergate_proxy::Handler for AiShard {
         };
         serve(&ai_req, stream, rbuf, out).await
     }
+
+    fn error_shape(&self, path: &str) -> ErrorShape {
+        match Format::of(path) {
+            Format::OpenAi => ErrorShape::OpenAi,
+            Format::Anthropic => ErrorShape::Anthropic,
+        }
+    }
 }
 
-/// Serves one request on an AI route.
+/// Serves one request on an AI route; an error is returned for the
+/// pipeline's responder to answer in the client's API shape.
 pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     req: &AiRequest<'_>,
     stream: &mut S,
@@ -419,57 +409,38 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
 ) -> AiOutcome {
     let spec = spec::of(&req.inst.config);
     let mut outcome = AiOutcome {
-        keep_alive: req.keep_alive,
-        ..Default::default()
+        result: Ok(hypergate_proxy::Answered::default()),
+        bytes_in: 0,
+        body_read: false,
+        upstream_us: None,
+        llm: None,
     };
     let suffix_is = |s: &str| req.path.ends_with(s);
-    let format = if suffix_is("/messages") {
-        Format::Anthropic
+    let format = Format::of(req.path);
+    // Read the body first, so an error answered afterwards leaves the connection usable.
+    let limit = if req.max_body > 0 {
+        req.max_body.min(MAX_AI_BODY)
     } else {
-        Format::OpenAi
+        MAX_AI_BODY
     };
-    // Read the body first, so an error answered below leaves the connection usable.
-    let body = match req.body {
-        BodyFraming::None => Ok(Vec::new()),
-        framing => {
-            let limit = if req.max_body > 0 {
-                req.max_body.min(MAX_AI_BODY)
-            } else {
-                MAX_AI_BODY
-            };
-            let limits = &req.inst.config.raw.limits;
-            read_body(
-                stream,
-                rbuf,
-                framing,
-                limit,
-                limits.body_idle_timeout,
-                req.started + limits.body_timeout,
-            )
-            .await
-        }
-    };
+    let limits = &req.inst.config.raw.limits;
+    let body = read_body(
+        stream,
+        rbuf,
+        req.body,
+        limit,
+        limits.body_idle_timeout,
+        req.started + limits.body_timeout,
+    )
+    .await;
     let body = match body {
         Ok(b) => b,
         Err(e) => {
-            outcome.keep_alive = false;
-            let err = match e {
-                BodyReadError::TooLarge => {
-                    AiError::new(413, "request_too_large", "request body exceeds the limit")
-                }
-                BodyReadError::Bad => {
-                    AiError::new(400, "invalid_request_error", "invalid request body framing")
-                }
-                BodyReadError::Timeout => AiError::new(
-                    408,
-                    "request_timeout",
-                    "the request body did not arrive in time",
-                ),
-                BodyReadError::Closed => return outcome,
-            };
-            return answer_error(req, stream, out, format, err, outcome).await;
+            outcome.result = Err(GatewayError::request_body(e));
+            return outcome;
         }
     };
+    outcome.body_read = true;
     outcome.bytes_in = body.len() as u64;
     let prompt = spec.prompts.iter().position(|p| p.path == req.path);
     let result = match (req.method, prompt) {
@@ -520,24 +491,20 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             let body = json!({"object": "list", "data": data});
             respond_json(req, stream, out, 200, &body).await
         }
-        _ => Err(AiError::new(
-            404,
-            "not_found_error",
+        _ => Err(GatewayError::new(
+            ErrorKind::NotFound,
             format!(
                 "{} {} is not an AI endpoint of this gateway",
                 req.method, req.path
             ),
         )),
     };
-    match result {
-        Ok(sent) => {
-            outcome.status = sent.status;
-            outcome.bytes_out = sent.bytes;
-            outcome.keep_alive &= sent.keep_alive;
-            outcome
-        }
-        Err(e) => answer_error(req, stream, out, format, e, outcome).await,
-    }
+    outcome.result = result.map(|sent| hypergate_proxy::Answered {
+        status: sent.status,
+        bytes_out: sent.bytes,
+        keep_alive: req.keep_alive && sent.keep_alive,
+    });
+    outcome
 }
 
 /// What was sent to the client.
@@ -547,47 +514,9 @@ struct Sent {
     keep_alive: bool,
 }
 
-async fn answer_error<S: AsyncWriteRent>(
-    req: &AiRequest<'_>,
-    stream: &mut S,
-    out: &mut Vec<u8>,
-    format: Format,
-    e: AiError,
-    mut outcome: AiOutcome,
-) -> AiOutcome {
-    let body = error_body(format, &e, req.request_id).to_string();
-    out.clear();
-    let close = !outcome.keep_alive;
-    write_head(
-        out,
-        req,
-        e.status,
-        "application/json",
-        Some(body.len()),
-        close,
-    );
-    // write_head ended the head; insert Retry-After before the blank line.
-    if let Some(s) = e.retry_after {
-        out.truncate(out.len() - 2);
-        out.extend_from_slice(b"retry-after: ");
-        write_u64(out, s);
-        out.extend_from_slice(b"\r\n\r\n");
-    }
-    out.extend_from_slice(body.as_bytes());
-    outcome.status = e.status;
-    outcome.error = e.kind;
-    outcome.bytes_out = body.len() as u64;
-    if write_out(stream, out, req.inst.config.raw.limits.send_timeout)
-        .await
-        .is_err()
-    {
-        outcome.keep_alive = false;
-    }
-    outcome
-}
-
-/// Writes a response head. `length`: `Some` for a sized body, `None` for a
-/// stream (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0).
+/// Writes the head of an answer of ours through the responder's
+/// [`LocalHead`]. `length`: `Some` for a sized body, `None` for a stream
+/// (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0).
 fn write_head(
     out: &mut Vec<u8>,
     req: &AiRequest<'_>,
@@ -596,28 +525,20 @@ fn write_head(
     length: Option<usize>,
     close: bool,
 ) {
-    write_status_line(out, status);
-    write_header(out, b"content-type", content_type.as_bytes());
-    match length {
-        Some(n) => {
-            out.extend_from_slice(b"content-length: ");
-            write_u64(out, n as u64);
-            out.extend_from_slice(b"\r\n");
+    let head = LocalHead {
+        status,
+        length: length.map_or(Length::Stream, |n| Length::Sized(n as u64)),
+        close,
+        http10: req.http10,
+        request_id: req.request_id,
+        extra: req.extra,
+    };
+    head.write(out, |out| {
+        write_header(out, b"content-type", content_type.as_bytes());
+        if length.is_none() {
+            write_header(out, b"cache-control", b"no-cache");
         }
-        None if !req.http10 => write_header(out, b"transfer-encoding", b"chunked"),
-        None => {}
-    }
-    if length.is_none() {
-        write_header(out, b"cache-control", b"no-cache");
-    }
-    write_header(out, b"x-request-id", req.request_id.as_bytes());
-    if close || (length.is_none() && req.http10) {
-        write_header(out, b"connection", b"close");
-    } else if req.http10 {
-        write_header(out, b"connection", b"keep-alive");
-    }
-    out.extend_from_slice(req.extra);
-    out.extend_from_slice(b"\r\n");
+    });
 }
 
 async fn respond_json<S: AsyncWriteRent>(
@@ -626,7 +547,7 @@ async fn respond_json<S: AsyncWriteRent>(
     out: &mut Vec<u8>,
     status: u16,
     body: &Value,
-) -> Result<Sent, AiError> {
+) -> Result<Sent, GatewayError> {
     let text = body.to_string();
     out.clear();
     write_head(
@@ -648,103 +569,20 @@ async fn respond_json<S: AsyncWriteRent>(
     })
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, AiError> {
+fn parse_json(body: &[u8]) -> Result<Value, GatewayError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        AiError::new(
-            400,
-            "invalid_request_error",
+        GatewayError::new(
+            ErrorKind::InvalidRequest,
             format!("request body is not valid JSON: {e}"),
         )
     })?;
     if !v.is_object() {
-        return Err(AiError::new(
-            400,
-            "invalid_request_error",
+        return Err(GatewayError::new(
+            ErrorKind::InvalidRequest,
             "request body must be a JSON object",
         ));
     }
     Ok(v)
-}
-
-#[derive(Debug)]
-enum BodyReadError {
-    TooLarge,
-    Bad,
-    Closed,
-    Timeout,
-}
-
-/// Reads more of a request body: at most `idle` of silence, and never past `deadline`.
-async fn read_body_more<S: AsyncReadRent>(
-    stream: &mut S,
-    rbuf: &mut BytesMut,
-    idle: Duration,
-    deadline: Instant,
-) -> Result<(), BodyReadError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(BodyReadError::Timeout);
-    }
-    match read_more(stream, rbuf, idle.min(left)).await {
-        ReadOutcome::Data => Ok(()),
-        ReadOutcome::Timeout => Err(BodyReadError::Timeout),
-        ReadOutcome::Eof | ReadOutcome::Failed => Err(BodyReadError::Closed),
-    }
-}
-
-/// Reads a whole request body (Content-Length or chunked), at most `limit` bytes,
-/// with at most `idle` between reads and all of it by `deadline`.
-async fn read_body<S: AsyncReadRent>(
-    stream: &mut S,
-    rbuf: &mut BytesMut,
-    framing: BodyFraming,
-    limit: u64,
-    idle: Duration,
-    deadline: Instant,
-) -> Result<Vec<u8>, BodyReadError> {
-    let mut body = Vec::new();
-    match framing {
-        BodyFraming::Length(n) => {
-            if n > limit {
-                return Err(BodyReadError::TooLarge);
-            }
-            let n = n as usize;
-            body.reserve(n);
-            while body.len() < n {
-                if rbuf.is_empty() {
-                    read_body_more(stream, rbuf, idle, deadline).await?;
-                }
-                let take = (n - body.len()).min(rbuf.len());
-                body.extend_from_slice(&rbuf[..take]);
-                rbuf.advance(take);
-            }
-        }
-        BodyFraming::Chunked => {
-            let mut dec = hypergate_core::http::chunked::ChunkedDecoder::default();
-            loop {
-                if !rbuf.is_empty() {
-                    match dec.step(rbuf).map_err(|_| BodyReadError::Bad)? {
-                        hypergate_core::http::chunked::Step::Progress { consumed, data } => {
-                            body.extend_from_slice(&rbuf[data]);
-                            rbuf.advance(consumed);
-                            if body.len() as u64 > limit {
-                                return Err(BodyReadError::TooLarge);
-                            }
-                            continue;
-                        }
-                        hypergate_core::http::chunked::Step::Done { consumed } => {
-                            rbuf.advance(consumed);
-                            break;
-                        }
-                        hypergate_core::http::chunked::Step::NeedMore => {}
-                    }
-                }
-                read_body_more(stream, rbuf, idle, deadline).await?;
-            }
-        }
-        BodyFraming::None | BodyFraming::UntilClose => {}
-    }
-    Ok(body)
 }
 
 async fn feedback<S: AsyncWriteRent>(
@@ -752,12 +590,12 @@ async fn feedback<S: AsyncWriteRent>(
     body: &[u8],
     stream: &mut S,
     out: &mut Vec<u8>,
-) -> (Result<Sent, AiError>, Option<FeedbackRecord>) {
+) -> (Result<Sent, GatewayError>, Option<FeedbackRecord>) {
     let v = match parse_json(body) {
         Ok(v) => v,
         Err(e) => return (Err(e), None),
     };
-    let bad = |m: &str| (Err(AiError::new(400, "invalid_request_error", m)), None);
+    let bad = |m: &'static str| (Err(GatewayError::new(ErrorKind::InvalidRequest, m)), None);
     let Some(id) = v["request_id"].as_str() else {
         return bad("request_id (string) is required");
     };
@@ -787,9 +625,8 @@ async fn feedback<S: AsyncWriteRent>(
             )
         }
         Err(feedback::FeedbackError::UnknownCall) => (
-            Err(AiError::new(
-                404,
-                "not_found_error",
+            Err(GatewayError::new(
+                ErrorKind::NotFound,
                 format!("no recent LLM call with request_id {id:?}"),
             )),
             None,
@@ -833,9 +670,11 @@ struct Chat<'r, 'a> {
     started: Instant,
 }
 
-/// A successful provider answer.
-struct Answered<'c> {
-    resp: ProviderResponse<'c>,
+/// A successful provider answer, its body still to read.
+struct ProviderAnswer<'c> {
+    resp: client::Body<'c>,
+    /// The body is an event stream.
+    event_stream: bool,
     alias: usize,
     target: usize,
 }
@@ -855,23 +694,21 @@ impl<'r, 'a> Chat<'r, 'a> {
         spec::of(&self.req.inst.config)
     }
 
-    fn alias_of(&self, req: &Value) -> Result<usize, AiError> {
+    fn alias_of(&self, req: &Value) -> Result<usize, GatewayError> {
         let model = req["model"].as_str().ok_or_else(|| {
-            AiError::new(400, "invalid_request_error", "model (string) is required")
+            GatewayError::new(ErrorKind::InvalidRequest, "model (string) is required")
         })?;
         let spec = self.spec();
         let i = *spec.alias_index.get(model).ok_or_else(|| {
-            AiError::new(
-                404,
-                "model_not_found",
+            GatewayError::new(
+                ErrorKind::ModelNotFound,
                 format!("unknown model {model:?}; GET /v1/models lists the models of this gateway"),
             )
         })?;
         let allowed = &self.req.route_ai.models;
         if !allowed.is_empty() && !allowed.contains(&i) {
-            return Err(AiError::new(
-                403,
-                "permission_error",
+            return Err(GatewayError::new(
+                ErrorKind::ModelNotAllowed,
                 format!("model {model:?} is not available on this route"),
             ));
         }
@@ -914,7 +751,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     }
 
     /// Deny patterns and PII redaction on the prompt.
-    fn guard_request(&mut self, alias: usize, req: &mut Value) -> Result<(), AiError> {
+    fn guard_request(&mut self, alias: usize, req: &mut Value) -> Result<(), GatewayError> {
         for g in self.guards(alias, false) {
             let (guard, stage) = &self.spec().guardrails[g];
             let mut denied = None;
@@ -927,9 +764,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
             if denied.is_some() {
                 self.note_guard(g, "deny");
-                return Err(AiError::new(
-                    400,
-                    "guardrail_denied",
+                return Err(GatewayError::new(
+                    ErrorKind::GuardrailDenied,
                     format!("the request was blocked by guardrail {:?}", guard.name()),
                 ));
             }
@@ -954,17 +790,16 @@ impl<'r, 'a> Chat<'r, 'a> {
         stream: &mut S,
         out: &mut Vec<u8>,
         prompt_output: Option<PromptOutput>,
-    ) -> Result<Sent, AiError> {
+    ) -> Result<Sent, GatewayError> {
         let spec = self.spec();
         let mut canonical = match self.format {
             Format::OpenAi => body,
             Format::Anthropic => translate::anthropic_request_to_openai(&body)
-                .map_err(|e| AiError::new(400, "invalid_request_error", e.to_string()))?,
+                .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, e.to_string()))?,
         };
         if !canonical["messages"].is_array() {
-            return Err(AiError::new(
-                400,
-                "invalid_request_error",
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
                 "messages (array) is required",
             ));
         }
@@ -987,10 +822,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             let n = tokens::count_chat_request(&canonical);
             prompt_estimate = Some(n);
             if n > limit {
-                return Err(AiError::new(
-                    400,
-                    "context_length_exceeded",
-                    format!("the prompt has {n} tokens; this gateway accepts at most {limit} for model {:?}", &*spec.aliases[alias].name),
+                return Err(GatewayError::new(
+                    ErrorKind::ContextLengthExceeded,format!("the prompt has {n} tokens; this gateway accepts at most {limit} for model {:?}", &*spec.aliases[alias].name),
                 ));
             }
         }
@@ -1039,7 +872,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                 if let Some(r) = reservation {
                     r.settle(&self.req.ai.shared, 0, 0);
                 }
-                self.finish_stats(alias, None, &Usage::default(), 0, false, e.status);
+                self.finish_stats(alias, None, &Usage::default(), 0, false, e.status());
                 return Err(e);
             }
         };
@@ -1049,7 +882,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.provider = spec.providers[t.provider].name.to_string();
         self.rec.model = t.model.to_string();
         self.remember(alias, t.label.clone());
-        let result = if streamed && answered.resp.event_stream {
+        let result = if streamed && answered.event_stream {
             self.stream_answer(answered, &canonical, stream, out, client_usage, cache_key)
                 .await
         } else {
@@ -1068,7 +901,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         // Settle and count with what was produced, whether the answer went out or not.
         let (usage, estimated, status) = match &result {
             Ok((sent, usage, estimated)) => (*usage, *estimated, sent.status),
-            Err((e, usage, estimated)) => (*usage, *estimated, e.status),
+            Err((e, usage, estimated)) => (*usage, *estimated, e.status()),
         };
         let cost = self.cost(a_alias, target, &usage);
         if let Some(r) = reservation {
@@ -1116,7 +949,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         alias: usize,
         canonical: &Value,
         prompt_estimate: &mut Option<u64>,
-    ) -> Result<Option<Held>, AiError> {
+    ) -> Result<Option<Held>, GatewayError> {
         use hypergate_core::config::ai::{BudgetBackend, BudgetFailureMode};
         let spec = self.spec();
         let budgets: Vec<_> = self
@@ -1158,18 +991,15 @@ impl<'r, 'a> Chat<'r, 'a> {
         let route: Arc<str> = self.req.route.clone();
         let refused = |budget: &Arc<str>, window: budget::Window, retry_after: u64| {
             self.req.ai.stats.budget_refused(budget, window.label());
-            AiError {
-                retry_after: Some(retry_after),
-                ..AiError::new(
-                    429,
-                    "budget_exceeded",
-                    format!(
-                        "budget {:?} is exhausted ({}); this call needs an estimated {tokens} tokens",
-                        &**budget,
-                        window.label(),
-                    ),
-                )
-            }
+            GatewayError::new(
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "budget {:?} is exhausted ({}); this call needs an estimated {tokens} tokens",
+                    &**budget,
+                    window.label(),
+                ),
+            )
+            .retry_after(Some(retry_after))
         };
         let (local, shared): (Vec<_>, Vec<_>) = budgets
             .into_iter()
@@ -1269,9 +1099,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                     .any(|b| b.failure_mode == BudgetFailureMode::Closed)
                 {
                     held.settle(shared_state, 0, 0);
-                    Err(AiError::new(
-                        503,
-                        "budget_unavailable",
+                    Err(GatewayError::new(
+                        ErrorKind::BudgetUnavailable,
                         "the budget store (Redis) cannot be reached and this budget fails closed",
                     ))
                 } else {
@@ -1336,95 +1165,110 @@ impl<'r, 'a> Chat<'r, 'a> {
         plan
     }
 
-    /// Tries targets until one answers 2xx (or a client error ends the call).
+    /// Tries targets until one answers 2xx (or a client error ends the call),
+    /// through the upstream client: each attempt leases from the provider's
+    /// pool; the one retry rule, the retry budget (of the first target's
+    /// provider), backoff with jitter or `Retry-After`, and the route's
+    /// deadline decide whether another target is tried; each target's breaker
+    /// keeps failing ones at the end of the plan.
     async fn attempts<'c>(
         &mut self,
         alias: usize,
         canonical: &Value,
         streamed: bool,
         out: &mut Vec<u8>,
-    ) -> Result<Answered<'c>, AiError>
+    ) -> Result<ProviderAnswer<'c>, GatewayError>
     where
         'r: 'c,
     {
         let spec = self.spec();
         let plan = self.plan(alias);
         let ai = &self.req.ai;
-        let mut last: Option<AiError> = None;
-        let mut retry_after: Option<u64> = None;
+        let inst = self.req.inst;
         // One deadline for the whole call: every attempt, backoff and fallback.
         let deadline = self.req.started + self.req.deadline;
         let out_of_time = |attempts: u32| {
-            AiError::new(
-                504,
-                "provider_timeout",
+            GatewayError::new(
+                ErrorKind::ProviderTimeout,
                 format!(
                     "no provider answered within the route's {} deadline ({attempts} attempts)",
                     humantime::format_duration(self.req.deadline)
                 ),
             )
         };
-        for attempt in 0..spec.max_attempts as usize {
-            let (a, t) = plan[attempt % plan.len()];
-            let round = (attempt / plan.len()) as u32;
-            if round > 0 {
-                let base = spec.backoff.saturating_mul(1 << (round - 1).min(10));
-                let jitter = hypergate_upstream::next_random(&self.req.ctx.rng)
-                    % (base.as_micros() as u64 + 1);
-                let mut wait = Duration::from_micros(jitter);
-                if let Some(s) = retry_after.take() {
-                    wait = wait.max(Duration::from_secs(s));
-                }
-                let wait = wait.min(spec.max_backoff);
-                if Instant::now() + wait >= deadline {
-                    return Err(out_of_time(self.rec.attempts));
-                }
+        let policy = RetryPolicy {
+            attempts: spec.max_attempts,
+            statuses: RetryStatuses::Overload,
+            on_timeout: spec.retry_on_timeout,
+            free: plan.len() as u32,
+            backoff: spec.backoff,
+            max_backoff: spec.max_backoff,
+        };
+        let cluster_of = |(a, t): (usize, usize)| {
+            &inst.clusters[spec.providers[spec.aliases[a].targets[t].provider].cluster]
+        };
+        let mut retries = Retries::new(policy, cluster_of(plan[0]), Some(deadline));
+        let mut wait = Duration::ZERO;
+        loop {
+            if !wait.is_zero() {
                 monoio::time::sleep(wait).await;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if retries.out_of_time() {
                 return Err(out_of_time(self.rec.attempts));
             }
+            let (a, t) = plan[retries.made() as usize % plan.len()];
+            retries.attempt();
             self.rec.attempts += 1;
             let target = &spec.aliases[a].targets[t];
             let provider = &spec.providers[target.provider];
-            let cluster = &self.req.inst.clusters[provider.cluster];
-            let (suffix, body) =
-                match provider_request(provider, canonical, &target.model, streamed) {
-                    Ok(x) => x,
-                    Err(e) => return Err(AiError::new(400, "invalid_request_error", e)),
-                };
-            let max_head = self.req.inst.config.raw.limits.max_response_header_bytes;
-            // Past the deadline the attempt is abandoned (its connection closed).
-            let sent = monoio::time::timeout(
-                left,
-                client::send(
-                    cluster,
-                    provider,
-                    "POST",
-                    suffix,
-                    body.as_bytes(),
-                    streamed,
-                    self.req.request_id,
-                    out,
-                    max_head,
-                ),
-            )
-            .await
-            .unwrap_or(Err(SendError::Timeout));
-            let reason = match sent {
+            let cluster = cluster_of((a, t));
+            let (suffix, body) = provider_request(provider, canonical, &target.model, streamed)
+                .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, e))?;
+            let mut call = ProviderCall {
+                provider,
+                method: "POST",
+                suffix,
+                body: body.as_bytes(),
+                accept_stream: streamed,
+                request_id: self.req.request_id,
+            };
+            let limits = AttemptLimits {
+                write_timeout: provider.timeout,
+                response_timeout: provider.timeout,
+                deadline: Some(deadline),
+                max_head: inst.config.raw.limits.max_response_header_bytes,
+                head_request: false,
+                verify_open: true,
+            };
+            let mut head = ResponseHead::default();
+            let result = client::attempt(cluster, 0, &mut call, &mut head, out, limits).await;
+            let outcome = match &result {
+                Ok(_) => Outcome::Answered(head.status),
+                Err(f) => Outcome::Failed(*f),
+            };
+            client::record_outcome(cluster, 0, outcome);
+            let (error, retry_after, reason) = match result {
                 Ok(mut resp) => {
-                    self.upstream_us = Some(resp.sent_at.elapsed().as_micros() as u64);
-                    if (200..300).contains(&resp.status) {
+                    self.upstream_us = Some(resp.upstream_us);
+                    let buf = &resp.conn().rbuf;
+                    let retry_after = client::header(buf, &head, "retry-after")
+                        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+                    let event_stream =
+                        client::header(buf, &head, "content-type").is_some_and(|v| {
+                            v.windows(17)
+                                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+                        });
+                    let mut resp = resp.into_body(&head, provider.timeout);
+                    let status = head.status;
+                    if (200..300).contains(&status) {
                         ai.succeeded(&target.label);
-                        return Ok(Answered {
+                        return Ok(ProviderAnswer {
                             resp,
+                            event_stream,
                             alias: a,
                             target: t,
                         });
                     }
-                    let status = resp.status;
-                    retry_after = resp.retry_after;
                     let body = resp.read_all(1 << 20).await.unwrap_or_default();
                     resp.finish();
                     let provider_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -1434,84 +1278,67 @@ impl<'r, 'a> Chat<'r, 'a> {
                             format!("provider {:?} answered {status}", &*provider.name)
                         }),
                     );
-                    let retryable = status == 429 || status == 408 || status >= 500;
-                    if !retryable {
+                    if !retry_safe(&policy, outcome, true) {
                         // The request itself is wrong: no other target would take it.
                         ai.succeeded(&target.label);
                         let kind = if status == 401 || status == 403 {
-                            "provider_auth_error"
+                            ErrorKind::ProviderAuth(status)
                         } else {
-                            "invalid_request_error"
+                            ErrorKind::ProviderRejected(status)
                         };
-                        return Err(AiError::new(
-                            status,
-                            kind,
-                            format!("provider {:?}: {message}", &*provider.name),
-                        ));
+                        let message = format!("provider {:?}: {message}", &*provider.name);
+                        return Err(GatewayError::new(kind, message));
                     }
-                    last = Some(AiError {
-                        retry_after,
-                        ..AiError::new(
-                            if status == 429 { 429 } else { 502 },
-                            if status == 429 {
-                                "rate_limit_error"
-                            } else {
-                                "provider_error"
-                            },
-                            format!(
-                                "provider {:?} answered {status}: {message}",
-                                &*provider.name
-                            ),
-                        )
-                    });
-                    if status == 429 {
-                        "rate_limited"
+                    let (kind, reason) = if status == 429 {
+                        (ErrorKind::ProviderRateLimited, "rate_limited")
                     } else {
-                        "server_error"
-                    }
-                }
-                Err(e) => {
-                    let (status, kind) = match e {
-                        SendError::Timeout => (504, "provider_timeout"),
-                        SendError::PoolFull => (503, "provider_unavailable"),
-                        _ => (502, "provider_unreachable"),
+                        (ErrorKind::ProviderError, "server_error")
                     };
-                    let error = AiError::new(
-                        status,
-                        kind,
-                        format!("provider {:?}: {}", &*provider.name, e.label()),
+                    let message = format!(
+                        "provider {:?} answered {status}: {message}",
+                        &*provider.name
                     );
-                    if e == SendError::Timeout && !spec.retry_on_timeout {
-                        // The provider may still be working on (and billing) the call:
-                        // another attempt could double the cost. Connect errors,
-                        // 429 and 5xx are retried; a timeout only when configured.
-                        ai.failed(spec, &target.label);
-                        ai.stats.fallback(&spec.aliases[alias].name, e.label());
-                        return Err(error);
-                    }
-                    last = Some(error);
-                    e.label()
+                    let error = GatewayError::new(kind, message).retry_after(retry_after);
+                    (error, retry_after, reason)
+                }
+                Err(f) => {
+                    let kind = match f {
+                        Failure::Timeout => ErrorKind::ProviderTimeout,
+                        Failure::PoolFull => ErrorKind::ProviderUnavailable,
+                        _ => ErrorKind::ProviderUnreachable,
+                    };
+                    let message = format!("provider {:?}: {}", &*provider.name, f.label());
+                    (GatewayError::new(kind, message), None, f.label())
                 }
             };
             ai.failed(spec, &target.label);
             ai.stats.fallback(&spec.aliases[alias].name, reason);
-            tracing::debug!(target_model = %target.label, reason, attempt, "LLM attempt failed");
+            tracing::debug!(target_model = %target.label, reason, attempt = retries.made(), "LLM attempt failed");
+            let error = error.retryable(retry_safe(&policy, outcome, true));
+            match retries.next(outcome, true, retry_after, &self.req.ctx.rng) {
+                Next::Again(w) => wait = w,
+                Next::OutOfTime => return Err(out_of_time(self.rec.attempts)),
+                // A timeout is not retried unless configured: the provider may
+                // still be working on (and billing) the call.
+                Next::Stop if !error.retryable => return Err(error),
+                Next::Stop => {
+                    let mut e = error;
+                    e.message = format!(
+                        "all {} attempts failed; last: {}",
+                        self.rec.attempts, e.message
+                    )
+                    .into();
+                    return Err(e);
+                }
+            }
         }
-        let mut e = last.unwrap_or_else(|| {
-            AiError::new(503, "provider_unavailable", "no target could be tried")
-        });
-        e.message = format!(
-            "all {} attempts failed; last: {}",
-            self.rec.attempts, e.message
-        );
-        Err(e)
     }
 
     /// Non-streamed answer (also used when a provider answered a stream request with JSON).
     #[allow(clippy::too_many_arguments)]
     async fn complete_answer<S: AsyncWriteRent>(
         &mut self,
-        mut answered: Answered<'_>,
+        mut answered: ProviderAnswer<'_>,
         canonical: &Value,
         stream: &mut S,
         out: &mut Vec<u8>,
@@ -1519,7 +1346,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         client_usage: bool,
         prompt_output: Option<PromptOutput>,
         cache_key: Option<u64>,
-    ) -> Result<(Sent, Usage, bool), (AiError, Usage, bool)> {
+    ) -> Result<(Sent, Usage, bool), (GatewayError, Usage, bool)> {
         let spec = self.spec();
         let provider =
             &spec.providers[spec.aliases[answered.alias].targets[answered.target].provider];
@@ -1527,13 +1354,16 @@ impl<'r, 'a> Chat<'r, 'a> {
         answered.resp.finish();
         let fail = |m: String| {
             (
-                AiError::new(502, "provider_error", m),
+                GatewayError::new(ErrorKind::ProviderError, m),
                 Usage::default(),
                 false,
             )
         };
-        let body =
-            body.map_err(|e| fail(format!("reading the provider's answer failed: {e:?}")))?;
+        let body = body.map_err(|e| {
+            fail(format!(
+                "reading the provider's answer failed: the provider {e}"
+            ))
+        })?;
         let parsed: Value = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("the provider's answer is not JSON: {e}")))?;
         let mut canon = match provider.kind {
@@ -1602,7 +1432,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         stream: &mut S,
         out: &mut Vec<u8>,
         prompt_output: Option<PromptOutput>,
-    ) -> Result<Sent, AiError> {
+    ) -> Result<Sent, GatewayError> {
         let body = match (prompt_output, self.format) {
             (Some(output), _) => {
                 let text = canon["choices"][0]["message"]["content"]
@@ -1612,9 +1442,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                     PromptOutput::Text => Value::String(text.to_string()),
                     PromptOutput::Json => {
                         serde_json::from_str(strip_fences(text)).map_err(|e| {
-                            AiError::new(
-                                502,
-                                "invalid_model_output",
+                            GatewayError::new(
+                                ErrorKind::InvalidModelOutput,
                                 format!("the model's answer is not JSON ({e}): {text:?}"),
                             )
                         })?
@@ -1642,7 +1471,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         stream: &mut S,
         out: &mut Vec<u8>,
         client_usage: bool,
-    ) -> Result<Sent, AiError> {
+    ) -> Result<Sent, GatewayError> {
         let mut em = Emitter::new(
             self.format,
             canon["model"].as_str().unwrap_or(""),
@@ -1681,13 +1510,13 @@ impl<'r, 'a> Chat<'r, 'a> {
     /// Streams a provider's event stream to the client as it arrives.
     async fn stream_answer<S: AsyncWriteRent>(
         &mut self,
-        mut answered: Answered<'_>,
+        mut answered: ProviderAnswer<'_>,
         canonical: &Value,
         stream: &mut S,
         out: &mut Vec<u8>,
         client_usage: bool,
         cache_key: Option<u64>,
-    ) -> Result<(Sent, Usage, bool), (AiError, Usage, bool)> {
+    ) -> Result<(Sent, Usage, bool), (GatewayError, Usage, bool)> {
         let spec = self.spec();
         let target = &spec.aliases[answered.alias].targets[answered.target];
         let provider = &spec.providers[target.provider];
@@ -1740,7 +1569,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                     break;
                 }
                 Err(e) => {
-                    failure = Some(e.to_string());
+                    failure = Some(format!("the provider {e}"));
                     break;
                 }
             }
@@ -2014,7 +1843,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         body: &[u8],
         stream: &mut S,
         out: &mut Vec<u8>,
-    ) -> Result<Sent, AiError> {
+    ) -> Result<Sent, GatewayError> {
         let spec = self.spec();
         let prompt = &spec.prompts[p];
         let vars = if body.is_empty() {
@@ -2058,9 +1887,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            return Err(AiError::new(
-                400,
-                "invalid_request_error",
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
                 format!(
                     "prompt {:?} needs variables: {}",
                     &*prompt.name,
@@ -2102,17 +1930,12 @@ impl<'r, 'a> Chat<'r, 'a> {
         body: &[u8],
         stream: &mut S,
         out: &mut Vec<u8>,
-    ) -> Result<Sent, AiError> {
+    ) -> Result<Sent, GatewayError> {
         let spec = self.spec();
         let req = parse_json(body)?;
         let alias = self.alias_of(&req)?;
         self.rec.alias = spec.aliases[alias].name.to_string();
-        let mut answered = self
-            .attempts(alias, &req, false, out)
-            .await
-            .inspect_err(|e| {
-                let _ = e;
-            })?;
+        let mut answered = self.attempts(alias, &req, false, out).await?;
         let t = &spec.aliases[answered.alias].targets[answered.target];
         self.rec.target = t.label.to_string();
         self.rec.provider = spec.providers[t.provider].name.to_string();
@@ -2124,7 +1947,10 @@ impl<'r, 'a> Chat<'r, 'a> {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| {
-                AiError::new(502, "provider_error", "the provider's answer is not JSON")
+                GatewayError::new(
+                    ErrorKind::ProviderError,
+                    "the provider's answer is not JSON",
+                )
             })?;
         let usage = Usage {
             prompt: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
@@ -2406,12 +2232,12 @@ impl Emitter {
     fn error(&mut self, message: &str, request_id: &str, events: &mut Vec<u8>) {
         match self.format {
             Format::OpenAi => {
-                let mut e = translate::openai_error(502, "provider_error", message);
+                let mut e = hypergate_core::error::openai_error(502, "provider_error", message);
                 e["error"]["request_id"] = request_id.into();
                 hypergate_ai::sse::write_event(events, None, &e.to_string());
             }
             Format::Anthropic => {
-                let e = translate::anthropic_error(502, "api_error", message);
+                let e = hypergate_core::error::anthropic_error(502, "api_error", message);
                 hypergate_ai::sse::write_event(events, Some("error"), &e.to_string());
             }
         }

@@ -318,6 +318,9 @@ pub fn build(
         feedback_memory: ai.feedback_memory,
         ..Default::default()
     };
+    if !(0.0..=100.0).contains(&ai.retry.budget_ratio) {
+        issue(issues, "ai.retry.budget_ratio", "must be between 0 and 100");
+    }
     if ai.retry.max_attempts == 0 {
         issue(issues, "ai.retry.max_attempts", "must be at least 1");
     }
@@ -337,9 +340,13 @@ pub fn build(
                 format!("duplicate provider {:?}", p.name),
             );
         }
-        if let Some((provider, cluster)) =
+        if let Some((provider, mut cluster)) =
             provider(p, &path, first_cluster + clusters.len(), issues)
         {
+            // LLM retries draw on the provider cluster's retry budget (their
+            // count and rules are `ai.retry`'s, not the cluster's).
+            cluster.retry.budget_ratio = ai.retry.budget_ratio;
+            cluster.retry.budget_min_per_second = ai.retry.budget_min_per_second;
             spec.providers.push(provider);
             clusters.push(cluster);
         }

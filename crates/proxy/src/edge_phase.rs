@@ -1,37 +1,83 @@
-//! The edge-policy phase: CORS preflights, IP rules, authentication and ACLs.
+//! The edge phases, between routing and any answer: CORS preflights, IP
+//! rules, authentication and ACLs ([`admit`], which also applies the route's
+//! rate limits), then the body limit ([`body_limit`]).
 //!
-//! Runs after routing and before any upstream work. Its verdict either lets the
-//! request continue (with the authenticated consumer) or names the answer the
-//! gateway gives itself. Headers for the final response (CORS, auth challenges)
-//! are appended to `extra`, which every response path writes.
+//! A refusal is a [`GatewayError`] (answered by the responder); headers for
+//! whatever answer is sent (CORS, auth challenges, rate-limit headers) are
+//! appended to `extra`, which every answer writes.
+//!
+//! Depends on `exchange`, `spec`, `state` and `hypergate-edge`.
 
-use crate::pipeline::View;
+use crate::exchange::View;
 use crate::routing::RequestInfo;
 use crate::spec::Route;
 use crate::state::{Installed, ShardCtx};
+use hypergate_core::error::{ErrorKind, GatewayError};
+use hypergate_core::http::codec::{BodyFraming, Reject};
 use hypergate_edge::auth::{AuthFailure, AuthMethod, Credentials};
 use hypergate_edge::ratelimit::{RateDecision, RateKey};
 use std::net::{IpAddr, SocketAddr};
 
 pub use hypergate_edge::EdgeReject;
 
-/// What the phase decided.
-pub enum Verdict {
-    /// Go on to the upstream (or the route's direct answer).
+/// What the edge let through.
+pub enum Admitted {
+    /// Go on, as this consumer (if the route authenticates).
+    Consumer(Option<usize>),
+    /// A CORS preflight to answer with 204 (its headers are in `extra`).
+    Preflight,
+}
+
+/// Admits a routed request or refuses it: CORS, IP rules, authentication,
+/// groups, then rate limits (consumers are counted once admitted).
+pub async fn admit(
+    ctx: &ShardCtx,
+    inst: &Installed,
+    route_index: usize,
+    view: &View<'_>,
+    peer: SocketAddr,
+    extra: &mut Vec<u8>,
+) -> Result<Admitted, GatewayError> {
+    let route = &inst.config.routes[route_index];
+    let (consumer, client_ip) = match check(ctx, inst, route, view, peer, extra)? {
+        Verdict::Continue {
+            consumer,
+            client_ip,
+        } => (consumer, client_ip),
+        Verdict::Preflight => return Ok(Admitted::Preflight),
+    };
+    rate_limit(ctx, inst, route, view, consumer, client_ip, extra).await?;
+    if let Some(c) = consumer {
+        ctx.count_consumer(inst, route_index, c);
+    }
+    Ok(Admitted::Consumer(consumer))
+}
+
+/// Refuses a body that says up front it is over the route's limit (a chunked
+/// one is counted as it streams). Returns the limit (0: none).
+pub fn body_limit(inst: &Installed, route: &Route, view: &View<'_>) -> Result<u64, GatewayError> {
+    let max = route
+        .policy
+        .protection
+        .max_body_bytes
+        .unwrap_or(inst.config.raw.limits.max_body_bytes);
+    match view.head.body {
+        BodyFraming::Length(n) if max > 0 && n > max => Err(GatewayError::new(
+            ErrorKind::Rejected(Reject::BodyTooLarge),
+            "request body exceeds the limit",
+        )),
+        _ => Ok(max),
+    }
+}
+
+/// What the policy checks decided.
+enum Verdict {
+    /// Go on.
     Continue {
         /// Authenticated consumer, if the route authenticates.
         consumer: Option<usize>,
         /// Client address after the trusted-proxy rule.
         client_ip: IpAddr,
-    },
-    /// Answer with an error.
-    Refuse {
-        /// Status.
-        status: u16,
-        /// Error type.
-        kind: &'static str,
-        /// Message.
-        message: &'static str,
     },
     /// Answer a CORS preflight with 204 (headers already in `extra`).
     Preflight,
@@ -46,15 +92,15 @@ impl Credentials for View<'_> {
     }
 }
 
-/// Runs the phase for a routed request.
-pub fn check(
+/// CORS, IP rules, authentication and groups.
+fn check(
     ctx: &ShardCtx,
     inst: &Installed,
     route: &Route,
     view: &View<'_>,
     peer: SocketAddr,
     extra: &mut Vec<u8>,
-) -> Verdict {
+) -> Result<Verdict, GatewayError> {
     let policy = &route.policy;
     let cfg = &inst.config;
     let client_ip = if cfg.trusted_proxies.is_empty() {
@@ -70,13 +116,9 @@ pub fn check(
         }
         hypergate_edge::policy::client_ip(peer.ip(), &xff[..n], &cfg.trusted_proxies)
     };
-    let refuse = |r: EdgeReject, status, kind, message| {
+    let refuse = |r: EdgeReject, kind: ErrorKind, message: &'static str| {
         ctx.stats.edge_reject(r);
-        Verdict::Refuse {
-            status,
-            kind,
-            message,
-        }
+        Err(GatewayError::new(kind, message))
     };
     if let Some(cors) = &policy.protection.cors {
         if let Some(origin) = RequestInfo::header(view, "origin") {
@@ -86,20 +128,18 @@ pub fn check(
                     let req_headers = RequestInfo::header(view, "access-control-request-headers");
                     if cors.preflight_allowed(method, req_headers) {
                         cors.write_preflight_headers(extra, allowed, req_headers);
-                        return Verdict::Preflight;
+                        return Ok(Verdict::Preflight);
                     }
                     return refuse(
                         EdgeReject::CorsDenied,
-                        403,
-                        "cors_denied",
+                        ErrorKind::CorsDenied,
                         "CORS preflight not allowed for this method or headers",
                     );
                 }
                 (None, Some(_)) if view.method() == "OPTIONS" => {
                     return refuse(
                         EdgeReject::CorsDenied,
-                        403,
-                        "cors_denied",
+                        ErrorKind::CorsDenied,
                         "origin not allowed",
                     );
                 }
@@ -111,8 +151,7 @@ pub fn check(
     if !policy.protection.ip_allowed(client_ip) {
         return refuse(
             EdgeReject::IpDenied,
-            403,
-            "ip_denied",
+            ErrorKind::IpDenied,
             "the client address may not use this route",
         );
     }
@@ -135,7 +174,11 @@ pub fn check(
                     AuthFailure::NotYetValid => "the token is not valid yet",
                     _ => "the credentials are not valid",
                 };
-                return refuse(EdgeReject::Unauthenticated, 401, f.label(), message);
+                return refuse(
+                    EdgeReject::Unauthenticated,
+                    ErrorKind::Unauthenticated(f.label()),
+                    message,
+                );
             }
         }
         if let Some(c) = consumer {
@@ -143,22 +186,20 @@ pub fn check(
             if !policy.groups.is_empty() && !policy.groups.iter().any(|g| groups.contains(g)) {
                 return refuse(
                     EdgeReject::Forbidden,
-                    403,
-                    "forbidden",
+                    ErrorKind::Forbidden,
                     "the consumer may not use this route",
                 );
             }
         }
     }
-    Verdict::Continue {
+    Ok(Verdict::Continue {
         consumer,
         client_ip,
-    }
+    })
 }
 
-/// Applies the route's rate limits in order; on success their headers are in
-/// `extra`, otherwise the answer to give: `(status, type, message)`.
-pub async fn rate_limit(
+/// Applies the route's rate limits in order; their headers go to `extra`.
+async fn rate_limit(
     ctx: &ShardCtx,
     inst: &Installed,
     route: &Route,
@@ -166,7 +207,7 @@ pub async fn rate_limit(
     consumer: Option<usize>,
     client_ip: IpAddr,
     extra: &mut Vec<u8>,
-) -> Result<(), (u16, &'static str, &'static str)> {
+) -> Result<(), GatewayError> {
     for &i in &route.policy.rate_limits {
         let policy = &inst.config.rate_limits[i];
         let mut ip = [0u8; 16];
@@ -198,13 +239,15 @@ pub async fn rate_limit(
                 hypergate_core::http::write_u64(extra, retry_after_secs);
                 extra.extend_from_slice(b"\r\n");
                 ctx.stats.edge_reject(EdgeReject::RateLimited);
-                return Err((429, "rate_limited", "rate limit exceeded; see Retry-After"));
+                return Err(GatewayError::new(
+                    ErrorKind::RateLimited,
+                    "rate limit exceeded; see Retry-After",
+                ));
             }
             RateDecision::Unavailable => {
                 ctx.stats.edge_reject(EdgeReject::RateLimitUnavailable);
-                return Err((
-                    503,
-                    "rate_limit_unavailable",
+                return Err(GatewayError::new(
+                    ErrorKind::RateLimitUnavailable,
                     "the rate-limit backend is unreachable",
                 ));
             }

@@ -1,9 +1,14 @@
 //! `hypergate-proxy`: the request path of one downstream connection, and the
 //! data plane's view of the config and of its shard.
 //!
-//! - [`pipeline`]: a connection, request by request: read and canonicalise the
-//!   head, route, the edge phase, body limits, then a direct answer, the
-//!   [`Handler`] (the LLM gateway) or the upstream; respond; record.
+//! - [`pipeline`]: a connection, request by request, through the phases in
+//!   order: `head` (read and canonicalise), route, `edge_phase` (CORS, IP
+//!   rules, auth, groups, rate limits, body limit), then a direct answer, the
+//!   [`Handler`] (the LLM gateway) or `forward` (split, the upstream client,
+//!   the response); errors through `respond`, the one responder; `record`.
+//!   An allowed upgrade continues in `tunnel`.
+//! - [`exchange`]: the request as the phases read it, and its running account.
+//! - [`respond`]: every answer the gateway writes itself.
 //! - [`routing`]: route lookup on the canonical path.
 //! - [`spec`]: the validated config the shards run on, and route validation.
 //! - [`state`]: a shard's data-plane state (installed config, connections).
@@ -16,13 +21,21 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod edge_phase;
+pub mod exchange;
+mod forward;
 pub mod handler;
+mod head;
 pub mod pipeline;
+mod record;
+pub mod respond;
 pub mod routing;
 pub mod spec;
+mod split;
 pub mod state;
 pub mod stats;
+mod tunnel;
 
-pub use handler::{Handler, HandlerOutcome, HandlerRequest};
+pub use exchange::ClientStream;
+pub use handler::{Answered, Handler, HandlerOutcome, HandlerRequest};
 pub use hypergate_edge::EdgeReject;
-pub use pipeline::{serve_connection, shutdown_both, ClientStream};
+pub use pipeline::serve_connection;

@@ -242,7 +242,7 @@ impl ConnRegistry {
         for s in self.slots.iter_mut().flatten() {
             if let ConnState::Tunnel(up) = s.state {
                 s.shut = true;
-                crate::pipeline::shutdown_both(s.fd, up);
+                shutdown_both(s.fd, up);
             }
         }
     }
@@ -304,5 +304,15 @@ impl ShardCtx {
                 })
             })
             .collect()
+    }
+}
+
+/// Shuts both sockets of a tunnel down, so every pending read and write on them ends.
+pub fn shutdown_both(a: RawFd, b: RawFd) {
+    for fd in [a, b] {
+        // SAFETY: both fds belong to the tunnel task calling this (or, from a drain,
+        // to a live tunnel registered on this thread); shutdown() does not close or
+        // free them, it only ends their pending I/O.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 }

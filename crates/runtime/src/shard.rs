@@ -13,6 +13,7 @@
 
 use crate::observability::{ShardReport, ShardStats};
 use hypergate_core::config::overrides::Overrides;
+use hypergate_core::error::{write_response, ErrorKind, ErrorShape, GatewayError};
 use hypergate_core::record::AccessLogSink;
 use hypergate_edge::policy::{ConnRefusal, ConnectionLimits, ConnectionPermit};
 use hypergate_proxy::spec::Config;
@@ -548,15 +549,8 @@ async fn serve_tls(
 /// Answers a connection over the caps with a 503 and closes it.
 async fn refuse_connection(mut stream: monoio::net::TcpStream) {
     let mut out = Vec::with_capacity(256);
-    hypergate_core::http::write_error(
-        &mut out,
-        503,
-        "connection_limit",
-        "too many connections",
-        "",
-        true,
-        &[],
-    );
+    let err = GatewayError::new(ErrorKind::ConnectionLimit, "too many connections");
+    write_response(&mut out, &err, ErrorShape::Json, "", true, &[]);
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
 }
 

@@ -1,6 +1,7 @@
-//! `hypergate-upstream`: upstream clusters as a shard sees them: pools, load
-//! balancing, outliers, retry budget, health checks, leases and TLS to
-//! upstreams.
+//! `hypergate-upstream`: upstream clusters as a shard sees them (pools, load
+//! balancing, outlier detection, retry budget, health checks, leases, TLS to
+//! upstreams) and the one client that sends requests to them ([`client`]),
+//! used by the proxy and by the LLM gateway's provider calls alike.
 //!
 //! Allowed dependencies: `hypergate-core` (and third-party crates).
 //!
@@ -12,6 +13,8 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod breaker;
+pub mod client;
 pub mod cluster;
 pub mod health;
 pub mod lease;
@@ -133,9 +136,8 @@ pub struct EndpointRuntime {
     pub open: Cell<usize>,
     /// Requests in flight on this shard.
     pub in_flight: Cell<u32>,
-    consecutive_failures: Cell<u32>,
-    ejected_until: Cell<Option<Instant>>,
-    ejections: Cell<u32>,
+    /// Passive outlier detection: consecutive failures eject the endpoint.
+    outlier: breaker::Breaker,
     /// Health-check verdict (true when no checks are configured).
     pub healthy: Arc<AtomicBool>,
     /// Balancer state for smooth weighted round robin.
@@ -154,7 +156,7 @@ impl EndpointRuntime {
     }
 
     fn ejected(&self, now: Instant) -> bool {
-        self.ejected_until.get().is_some_and(|t| t > now)
+        self.outlier.is_open(now)
     }
 
     fn available(&self, now: Instant) -> bool {
@@ -212,9 +214,7 @@ impl ClusterRuntime {
                     idle: RefCell::new(Vec::new()),
                     open: Cell::new(0),
                     in_flight: Cell::new(0),
-                    consecutive_failures: Cell::new(0),
-                    ejected_until: Cell::new(None),
-                    ejections: Cell::new(0),
+                    outlier: breaker::Breaker::default(),
                     healthy: health.flag(&spec.name, e.addr),
                     current_weight: Cell::new(0),
                 })
@@ -342,47 +342,35 @@ impl ClusterRuntime {
 
     /// Records a successful exchange with endpoint `i`.
     pub fn success(&self, i: usize) {
-        let e = &self.endpoints[i];
-        e.consecutive_failures.set(0);
-        if e.ejected_until.get().is_some() {
-            e.ejected_until.set(None);
-            e.ejections.set(0);
-        }
+        self.endpoints[i].outlier.success();
     }
 
-    /// Records a failure of endpoint `i`; ejects it after enough consecutive failures.
+    /// Records a failure of endpoint `i`; ejects it after enough consecutive
+    /// failures, unless `max_ejection_percent` of the cluster is out already
+    /// (one endpoint may always be ejected when there are several).
     pub fn failure(&self, i: usize) {
         let o = &self.spec.raw.outlier;
         let e = &self.endpoints[i];
         let now = Instant::now();
-        if o.consecutive_failures == 0 || e.ejected(now) {
-            return;
+        let trip = breaker::Trip {
+            threshold: o.consecutive_failures,
+            base: o.base_ejection,
+            max: o.max_ejection,
+        };
+        let may_eject = || {
+            let ejected_now = self.endpoints.iter().filter(|x| x.ejected(now)).count();
+            let allowed = self.endpoints.len() * o.max_ejection_percent as usize / 100;
+            ejected_now < allowed.max(usize::from(self.endpoints.len() > 1))
+        };
+        if let Some(duration) = e.outlier.failure(trip, now, may_eject) {
+            self.stats.ejections.set(self.stats.ejections.get() + 1);
+            tracing::warn!(
+                cluster = %self.spec.name,
+                endpoint = %e.label,
+                seconds = duration.as_secs_f64(),
+                "endpoint ejected after consecutive failures"
+            );
         }
-        let failures = e.consecutive_failures.get() + 1;
-        e.consecutive_failures.set(failures);
-        if failures < o.consecutive_failures {
-            return;
-        }
-        let ejected_now = self.endpoints.iter().filter(|x| x.ejected(now)).count();
-        let allowed = self.endpoints.len() * o.max_ejection_percent as usize / 100;
-        if ejected_now + 1 > allowed.max(usize::from(self.endpoints.len() > 1)) {
-            return;
-        }
-        let shift = e.ejections.get().min(16);
-        let duration = o
-            .base_ejection
-            .saturating_mul(1 << shift)
-            .min(o.max_ejection);
-        e.ejections.set(e.ejections.get() + 1);
-        e.consecutive_failures.set(0);
-        e.ejected_until.set(Some(now + duration));
-        self.stats.ejections.set(self.stats.ejections.get() + 1);
-        tracing::warn!(
-            cluster = %self.spec.name,
-            endpoint = %e.label,
-            seconds = duration.as_secs_f64(),
-            "endpoint ejected after consecutive failures"
-        );
     }
 
     /// Deposits a request into the retry budget.

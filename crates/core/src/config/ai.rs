@@ -356,6 +356,12 @@ pub struct AiRetryConfig {
     /// provider may still be working on, and billing, the call. Connect errors
     /// and 429/5xx answers before the first byte are always retried.
     pub on_timeout: bool,
+    /// Retries allowed as a fraction of calls, per shard (the retry budget,
+    /// drawn on the first target's provider): a failing provider cannot turn
+    /// every call into `max_attempts` calls.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second and shard, whatever the ratio.
+    pub budget_min_per_second: u32,
 }
 
 impl Default for AiRetryConfig {
@@ -365,6 +371,8 @@ impl Default for AiRetryConfig {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             on_timeout: false,
+            budget_ratio: 1.0,
+            budget_min_per_second: 10,
         }
     }
 }

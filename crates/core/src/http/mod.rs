@@ -1,8 +1,11 @@
-//! HTTP/1.1 on the wire: strict head parsing, chunked framing, and error responses.
+//! HTTP/1.1 on the wire: strict head parsing, chunked framing, canonical paths,
+//! and the small writers every response uses (status line, header, number).
 //!
 //! - [`codec`]: request and response heads on `httparse`, stored as byte ranges.
 //! - [`chunked`]: incremental chunked decoding and encoding.
-//! - [`write_error`]: the one place error responses (JSON bodies) are written.
+//! - [`path`]: the canonical path every later phase routes and checks on.
+//!
+//! Error responses are written by the `error` module's `write_response` only.
 
 pub mod chunked;
 pub mod codec;
@@ -48,63 +51,9 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends a complete error response with body
-/// `{"error":{"type":...,"message":...,"request_id":...}}`; `extra` holds
-/// pre-serialized header lines to add (CORS, challenges, rate-limit headers).
-pub fn write_error(
-    out: &mut Vec<u8>,
-    status: u16,
-    kind: &str,
-    message: &str,
-    request_id: &str,
-    close: bool,
-    extra: &[u8],
-) {
-    let body = serde_json::json!({
-        "error": { "type": kind, "message": message, "request_id": request_id }
-    })
-    .to_string();
-    write_status_line(out, status);
-    write_header(out, b"content-type", b"application/json");
-    out.extend_from_slice(b"content-length: ");
-    write_u64(out, body.len() as u64);
-    out.extend_from_slice(b"\r\n");
-    if !request_id.is_empty() {
-        write_header(out, b"x-request-id", request_id.as_bytes());
-    }
-    if close {
-        write_header(out, b"connection", b"close");
-    }
-    out.extend_from_slice(extra);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_response_is_valid_http_with_json() {
-        let mut out = Vec::new();
-        write_error(
-            &mut out,
-            503,
-            "no_healthy_endpoint",
-            "all down",
-            "abc",
-            true,
-            b"retry-after: 1\r\n",
-        );
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains("\r\nretry-after: 1"));
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["error"]["type"], "no_healthy_endpoint");
-        assert_eq!(v["error"]["request_id"], "abc");
-    }
 
     #[test]
     fn numbers() {
