@@ -29,6 +29,12 @@
 //!    and the static dashboard files under `/ui` (which hold no data; the page asks
 //!    for the token) needs `Authorization: Bearer <token>` (401 otherwise).
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the admin listener runs on its own thread, off the data plane"
+)]
+
 //!
 //! Allowed dependencies: `hypergate-core`, `hypergate-runtime` (the
 //! controller) and `hypergate-hypercare` (its views and the call store).

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// A validated consumer.
@@ -200,6 +200,10 @@ fn pem_key(pem: &[u8]) -> Option<(Family, DecodingKey)> {
     DecodingKey::from_ed_pem(pem).ok().map(|k| (Family::Ed, k))
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "key files are read while a config is built, off the shards"
+)]
 fn load_issuer(j: &JwtConfig, path: &str, issues: &mut Vec<ConfigIssue>) -> Option<JwtIssuer> {
     let before = issues.len();
     let push = |issues: &mut Vec<ConfigIssue>, p: String, r: String| {
@@ -546,9 +550,7 @@ impl TokenCache {
     }
 
     fn put(&self, digest: [u8; 32], consumer: usize, exp_unix: u64) {
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now_unix = hypergate_core::clock::unix_secs_at(Instant::now());
         let left = Duration::from_secs(exp_unix.saturating_sub(now_unix)).min(TOKEN_CACHE_TTL);
         let mut entries = self.entries.borrow_mut();
         if entries.len() >= TOKEN_CACHE_CAPACITY {
@@ -623,9 +625,10 @@ mod tests {
         a
     }
 
+    #[allow(clippy::disallowed_methods, reason = "a unit test's own clock")]
     fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
     }

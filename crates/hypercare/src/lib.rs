@@ -20,6 +20,12 @@
 //! Allowed dependencies: `hypergate-core`, `hypergate-upstream` (TLS for
 //! webhooks), `hypergate-edge` (reason labels), `hypergate-llm` (feedback),
 //! `hypergate-runtime`, and the pure `hypergate-analysis`.
+
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "hypercare runs on its own threads (store, analysis, alerts), off the data plane"
+)]
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

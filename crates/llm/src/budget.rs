@@ -90,10 +90,9 @@ impl Clock {
 
     /// Windows now.
     pub fn now() -> Clock {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Clock::at(secs)
+        Clock::at(hypergate_core::clock::unix_secs_at(
+            std::time::Instant::now(),
+        ))
     }
 }
 

@@ -165,6 +165,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods, reason = "a unit test waits for a TTL")]
     fn entries_expire() {
         let mut cache = ResponseCache::new(1 << 20, Duration::from_millis(20));
         cache.put(1, json!({"a": 1}));

@@ -656,9 +656,7 @@ fn for_each_text(req: &mut Value, mut f: impl FnMut(&mut String)) {
 
 /// Seconds since the Unix epoch.
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    hypergate_core::clock::unix_secs_at(Instant::now())
 }
 
 /// One LLM call in progress.

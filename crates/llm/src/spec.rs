@@ -654,6 +654,10 @@ pub fn build(
     (spec, clusters)
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "key files are read while a config is built, off the shards"
+)]
 fn provider(
     p: &hypergate_core::config::ai::ProviderConfig,
     path: &str,

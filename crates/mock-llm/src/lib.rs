@@ -41,6 +41,12 @@
 //! - `openai`, `anthropic`: the two wire formats.
 //! - `content`: the deterministic text, token counts, ids and embeddings both use.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "a mock provider for tests and the demo, not part of the gateway"
+)]
+
 mod anthropic;
 mod content;
 mod http;

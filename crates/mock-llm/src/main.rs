@@ -3,6 +3,12 @@
 //! Every [`MockConfig`] knob is a flag; the bound address is printed as
 //! `listening on ADDR` once the socket is open (so `--listen 127.0.0.1:0` works).
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "a mock provider for tests and the demo, not part of the gateway"
+)]
+
 use anyhow::Context;
 use clap::Parser;
 use hypergate_mock_llm::{MockConfig, MockLlm};

@@ -4,6 +4,12 @@
 //! reads responses, keeping the chunks of a chunked body apart so the tests can
 //! check that each SSE event is one chunk and whether the stream really ended.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "tests of the mock provider, not part of the gateway"
+)]
+
 use hypergate_mock_llm::{MockConfig, MockLlm};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -8,12 +8,15 @@ use crate::exchange::{Exchange, View};
 use crate::routing::RequestInfo;
 use crate::state::{Installed, ShardCtx};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Counts the request and submits its access-log record.
 pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, peer: SocketAddr) {
-    let total_us = ex.started.elapsed().as_micros() as u64;
+    // One clock read serves the latency and the record's wall-clock time.
+    let now = Instant::now();
+    let total_us = now.duration_since(ex.started).as_micros() as u64;
     let Some(ri) = ex.route else {
-        return record_log(ctx, inst, view, ex, peer, total_us);
+        return record_log(ctx, inst, view, ex, peer, total_us, now);
     };
     let rr = &inst.routes[ri];
     match ex.target {
@@ -29,7 +32,7 @@ pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, 
         None => rr.local.count(ex.status),
     }
     rr.stats.latency.record(total_us);
-    record_log(ctx, inst, view, ex, peer, total_us);
+    record_log(ctx, inst, view, ex, peer, total_us, now);
 }
 
 fn record_log(
@@ -39,6 +42,7 @@ fn record_log(
     ex: &Exchange,
     peer: SocketAddr,
     total_us: u64,
+    now: Instant,
 ) {
     let sink = ctx.access_log.borrow();
     let Some(sink) = sink.as_ref() else { return };
@@ -48,7 +52,7 @@ fn record_log(
             .set(ctx.stats.access_log_dropped.get() + 1);
         return;
     };
-    r.unix_ms = hypergate_core::clock::unix_ms();
+    r.unix_ms = hypergate_core::clock::unix_ms_at(now);
     r.request_id.push_str(ex.rid.as_str());
     r.trace_id.push_str(ex.trace.trace_id());
     r.method.push_str(view.method());

@@ -39,6 +39,7 @@ pub async fn error<S: ClientStream>(
     extra: &[u8],
 ) -> After {
     ex.error = err.label();
+    ctx.stats.error(err);
     if !err.kind.answerable() {
         return After::Close;
     }
@@ -63,6 +64,7 @@ pub async fn refuse_head<S: ClientStream>(
     out: &mut Vec<u8>,
     err: &GatewayError,
 ) {
+    ctx.stats.error(err);
     if let ErrorKind::Rejected(r) = err.kind {
         ctx.stats.reject(r);
     }

@@ -119,9 +119,24 @@ pub struct ShardStats {
     tunnels_ended: [Cell<u64>; TunnelEnd::ALL.len()],
     /// Tunnel bytes: `[client to upstream, upstream to client]`.
     tunnel_bytes: [Cell<u64>; 2],
+    /// Errors the gateway answered, by (label, side): a bounded set, the
+    /// labels are static.
+    errors: RefCell<HashMap<ErrorKey, u64>>,
 }
 
+/// (error label, side label).
+type ErrorKey = (&'static str, &'static str);
+
 impl ShardStats {
+    /// Counts an error the gateway answered (or could not answer).
+    pub fn error(&self, e: &hypergate_core::error::GatewayError) {
+        *self
+            .errors
+            .borrow_mut()
+            .entry((e.label(), e.side.label()))
+            .or_default() += 1;
+    }
+
     /// The counters for (route, cluster, version), created on first use.
     pub fn target(
         &self,
@@ -254,6 +269,7 @@ impl ShardStats {
             tunnels_active: self.tunnels_active.get(),
             tunnels_ended: self.tunnels_ended.each_ref().map(Cell::get),
             tunnel_bytes: self.tunnel_bytes.each_ref().map(Cell::get),
+            errors: self.errors.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
 }
@@ -311,6 +327,7 @@ pub struct ShardSnapshot {
     tunnels_active: u64,
     tunnels_ended: [u64; TunnelEnd::ALL.len()],
     tunnel_bytes: [u64; 2],
+    errors: Vec<(ErrorKey, u64)>,
 }
 
 /// Snapshots of all shards merged.
@@ -350,6 +367,8 @@ pub struct MergedStats {
     pub tunnels_ended: [u64; TunnelEnd::ALL.len()],
     /// Tunnel bytes: `[client to upstream, upstream to client]`.
     pub tunnel_bytes: [u64; 2],
+    /// Errors the gateway answered, by (label, side).
+    pub errors: BTreeMap<(&'static str, &'static str), u64>,
     /// Shards that answered.
     pub shards: usize,
 }
@@ -448,6 +467,9 @@ impl MergedStats {
             }
             for (a, b) in m.tunnel_bytes.iter_mut().zip(&s.tunnel_bytes) {
                 *a += b;
+            }
+            for (k, n) in &s.errors {
+                *m.errors.entry(*k).or_default() += n;
             }
         }
         m

@@ -17,6 +17,12 @@
 //! `config::overrides`) are a layer over the file's config: applied by a shard
 //! command, persisted in the call store, kept across reloads and restarts.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the controller runs on the admin and signal threads and at start-up, never on a shard"
+)]
+
 use crate::observability::ebpf::TcpProbe;
 use crate::observability::export::ProcessInfo;
 use crate::observability::Snapshot;

@@ -46,6 +46,10 @@ impl ResolvesServerCert for SniResolver {
 
 use hypergate_upstream::tls::read_certs;
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "keys are read while a config is built, off the shards"
+)]
 fn read_key(file: &str) -> Result<PrivateKeyDer<'static>, String> {
     let data = std::fs::read(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     rustls_pemfile::private_key(&mut data.as_slice())

@@ -6,6 +6,12 @@
 //! checkers of unchanged clusters keep running (and keep their verdicts), changed
 //! ones are restarted, removed ones stop.
 
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "health checks run on their own threads with blocking sockets, never on a shard"
+)]
+
 use crate::Cluster;
 use hypergate_core::config::raw::HealthCheckConfig;
 use std::collections::HashMap;

@@ -20,7 +20,9 @@ use papaya::Guard;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+#[allow(clippy::disallowed_types, reason = "see RateLimiter::install")]
+use std::sync::Mutex;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// A key is deleted once every window has been full for this long.
@@ -300,6 +302,10 @@ struct InstallState {
 
 /// Process-wide state (Send + Sync), created once at start, surviving reloads:
 /// state is keyed by (policy name, key), so an unchanged policy keeps its buckets.
+#[allow(
+    clippy::disallowed_types,
+    reason = "the lock guards install and a shard's first use of a policy, never a request"
+)]
 pub struct RateLimiter {
     registry: ArcSwap<HashMap<Arc<str>, Arc<PolicyState>>>,
     install: Mutex<InstallState>,
@@ -320,6 +326,10 @@ impl std::fmt::Debug for RateLimiter {
 
 impl RateLimiter {
     /// Creates the (empty) process-wide state.
+    #[allow(
+        clippy::disallowed_types,
+        reason = "the lock guards install and a shard's first use of a policy, never a request"
+    )]
     pub fn new() -> Arc<RateLimiter> {
         Arc::new(RateLimiter {
             registry: ArcSwap::from_pointee(HashMap::new()),

@@ -229,6 +229,18 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
     }
     header(
         &mut out,
+        "hypergate_errors_total",
+        "counter",
+        "Errors the gateway answered itself, by type (the error body's type) and side (downstream: the request; upstream: the upstream or provider; internal: the gateway or a backend it needs).",
+    );
+    for ((kind, side), n) in &m.errors {
+        let _ = writeln!(
+            out,
+            "hypergate_errors_total{{type=\"{kind}\",side=\"{side}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
         "hypergate_edge_rejections_total",
         "counter",
         "Requests and connections refused by edge policy, by phase and reason.",
@@ -406,6 +418,7 @@ pub fn stats_json(m: &Snapshot) -> Value {
         "accepted_connections": m.accepted_connections,
         "no_route": m.no_route,
         "access_log_dropped": m.access_log_dropped,
+        "errors": m.errors.iter().map(|((kind, side), n)| (format!("{side}/{kind}"), json!(n))).collect::<serde_json::Map<String, Value>>(),
         "edge_rejections": EdgeReject::ALL.iter().map(|r| (format!("{}/{}", r.labels().0, r.labels().1), json!(m.edge_rejections[r.index()]))).collect::<serde_json::Map<String, Value>>(),
         "auth_failures": AuthFailure::ALL.iter().map(|f| (f.label().to_string(), json!(m.auth_failures[f.index()]))).collect::<serde_json::Map<String, Value>>(),
         "consumers": m.consumers.iter().map(|((c, r), n)| json!({"consumer": c, "route": r, "requests": n})).collect::<Vec<_>>(),
