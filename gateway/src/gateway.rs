@@ -94,7 +94,8 @@ impl Gateway {
         let mut runtime = hypergate_runtime::gateway::Gateway::start(config, hooks)?;
         let controller = runtime.controller.clone();
         let view = crate::hypercare::engine::SharedView::default();
-        crate::hypercare::engine::start(Arc::downgrade(&controller), view.clone())?;
+        let control: Arc<dyn hypergate_runtime::control::Control> = controller.clone();
+        crate::hypercare::engine::start(Arc::downgrade(&control), view.clone())?;
         for d in &demos {
             crate::demo::start(d).map_err(|source| StartError::Demo {
                 address: d.address.clone(),

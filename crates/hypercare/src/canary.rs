@@ -28,7 +28,7 @@ use hypergate_analysis::{
 };
 use hypergate_core::config::hypercare::CanaryConfig;
 use hypergate_core::config::overrides::{OverrideSubject, WeightOverride};
-use hypergate_runtime::gateway::Controller;
+use hypergate_runtime::control::Control;
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -118,7 +118,7 @@ impl CanaryRun {
     }
 
     /// Feeds the last tick's traffic, decides, and applies the weight.
-    pub fn tick(&mut self, series: &Series, controller: &Controller) -> Outcome {
+    pub fn tick(&mut self, series: &Series, controller: &dyn Control) -> Outcome {
         let mut out = Outcome {
             record: None,
             rolled_back: false,
@@ -206,7 +206,7 @@ impl CanaryRun {
     /// promotion, a rollback, the end). Between those the override stays as it
     /// is: an operator's override is kept until the canary's next decision. The
     /// file's config is never rewritten, so a reload (SIGHUP) keeps the decision.
-    fn enforce(&mut self, controller: &Controller, why: &str) {
+    fn enforce(&mut self, controller: &dyn Control, why: &str) {
         let wanted = self.analysis.weight();
         if self.applied == Some(wanted) {
             return;

@@ -15,7 +15,7 @@ use super::series::{total_retransmits, Point, Series};
 use super::state::{self, definition, Entry, Saved};
 use super::windows::WindowRun;
 use hypergate_core::config::hypercare::WindowConfig;
-use hypergate_runtime::gateway::Controller;
+use hypergate_runtime::control::Control;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -67,14 +67,14 @@ impl EngineView {
 pub type SharedView = Arc<Mutex<EngineView>>;
 
 /// Starts the engine thread for `controller`.
-pub fn start(controller: Weak<Controller>, view: SharedView) -> std::io::Result<()> {
+pub fn start(controller: Weak<dyn Control>, view: SharedView) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("hypercare".into())
         .spawn(move || run(&controller, &view))?;
     Ok(())
 }
 
-fn run(controller: &Weak<Controller>, view: &SharedView) {
+fn run(controller: &Weak<dyn Control>, view: &SharedView) {
     let mut series = Series::new(Duration::from_secs(3600));
     let mut notifier: Option<(
         Vec<hypergate_core::config::hypercare::WebhookConfig>,
@@ -112,7 +112,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
         series.push(Point {
             at: Instant::now(),
             stats: super::series::Compact::of(&c.snapshot(), &c.feedback_scores()),
-            retransmits: c.tcp_probe().map(|p| total_retransmits(&p.stats_json())),
+            retransmits: c.tcp_stats().map(|s| total_retransmits(&s)),
         });
         let store = c
             .store_path()
@@ -162,7 +162,7 @@ fn run(controller: &Weak<Controller>, view: &SharedView) {
                 })
                 .collect();
             for run in &mut v.canaries {
-                let outcome = run.tick(&series, &c);
+                let outcome = run.tick(&series, &*c);
                 if let Some(record) = outcome.record {
                     decisions.push(record);
                 }

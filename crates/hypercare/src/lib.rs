@@ -13,9 +13,9 @@
 //! - [`diff`]: release baselines compared with significance tests; [`report`]:
 //!   the hypercare report in Markdown or HTML, from the store alone.
 //!
-//! It reaches the data plane only through the runtime's
-//! [`Controller`](hypergate_runtime::gateway::Controller): merged stats
-//! snapshots in, runtime overrides (a canary's weights) out.
+//! It reaches the data plane only through the runtime's narrow
+//! [`Control`](hypergate_runtime::control::Control) handle: the config and
+//! merged stats snapshots in, runtime overrides (a canary's weights) out.
 //!
 //! Allowed dependencies: `hypergate-core`, `hypergate-upstream` (TLS for
 //! webhooks), `hypergate-edge` (reason labels), `hypergate-llm` (feedback),

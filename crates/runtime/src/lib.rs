@@ -12,17 +12,20 @@
 //!   record writer (JSON access log and a [`RecordStore`](hypergate_core::record::RecordStore)),
 //!   the kernel TCP probe.
 //! - [`tls`]: listener TLS with SNI certificate selection.
+//! - [`control`]: the narrow handle the layers above steer it through.
 //!
 //! Allowed dependencies: `hypergate-core`, `hypergate-upstream`,
 //! `hypergate-edge`, `hypergate-proxy`, `hypergate-llm` (and third-party
-//! crates). The layers above (hypercare, the admin API) reach it through the
-//! [`Controller`](gateway::Controller) and the hooks given at start.
+//! crates). Hypercare reaches it only through [`control::Control`]; the admin
+//! API and the binary use the [`Controller`](gateway::Controller) and the hooks
+//! given at start.
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "alloc-count")]
 pub mod alloc_count;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod observability;
 pub mod shard;
