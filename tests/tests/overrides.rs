@@ -200,13 +200,17 @@ latency_tolerance = 3.0
     let (addr, admin) = (gw.addr, gw.admin);
     let canary_view = || admin_request(admin, "GET", "/hypercare/canary").json();
     let stop = AtomicBool::new(false);
+    let done: [AtomicUsize; 4] = Default::default();
     std::thread::scope(|s| {
-        // Steady load from four keep-alive connections, all along.
-        for _ in 0..4 {
-            s.spawn(|| {
+        // Steady load from four keep-alive connections, all along; each counts
+        // the requests it has finished, so the test can wait for events.
+        for done in &done {
+            let stop = &stop;
+            s.spawn(move || {
                 let mut conn = Conn::connect(addr);
                 while !stop.load(Ordering::Relaxed) {
                     conn.request(&Request::get("/buy"));
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
@@ -219,17 +223,29 @@ latency_tolerance = 3.0
         wait_until("the canary is rolled back", Duration::from_secs(60), || {
             canary_view()["canaries"][0]["status"]["phase"] == "rolled_back"
         });
-        // The rollback is installed on every shard before it is reported; give
-        // requests already at v2 a moment to finish, then count.
-        std::thread::sleep(Duration::from_millis(300));
+        // The rollback is installed on every shard before it is reported. A
+        // request that was in flight then may still reach v2; once every
+        // connection has finished two more requests, the second of them began
+        // after the rollback, and nothing older is in flight.
+        let seen: Vec<usize> = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+        wait_until(
+            "every connection is past the rollback",
+            Duration::from_secs(10),
+            || done.iter().zip(&seen).all(|(d, s)| d.load(Ordering::Relaxed) >= s + 2),
+        );
         let after_rollback = canary.request_count();
         gw.signal(libc::SIGHUP);
         wait_until("the SIGHUP reload is done", Duration::from_secs(10), || {
             let m = admin_request(admin, "GET", "/metrics").text();
             metric_value(&m, "hypergate_config_reloads_total") == 1.0
         });
-        // Keep the load on for a while after the reload.
-        std::thread::sleep(Duration::from_secs(3));
+        // Keep the load on after the reload: 2,000 more requests (the issue's
+        // measurement found thousands reaching v2 within seconds).
+        let total = || done.iter().map(|d| d.load(Ordering::Relaxed)).sum::<usize>();
+        let at_reload = total();
+        wait_until("2,000 requests after the reload", Duration::from_secs(30), || {
+            total() >= at_reload + 2000
+        });
         stop.store(true, Ordering::Relaxed);
         assert_eq!(
             canary.request_count(),
