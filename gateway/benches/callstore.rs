@@ -5,8 +5,9 @@
 //! Run with `cargo bench -p hypergate --bench callstore`. Writes 200,000 records
 //! (a plain API call, and every fourth an LLM call with tokens and cost) into a
 //! fresh database in a temporary directory, committing as the writer thread does
-//! (records handed over 256 at a time, batches of up to 4,096 committed, rollups
-//! merged along the way), and prints records/s.
+//! (records handed over 256 at a time, batches of up to 4,096 committed), and
+//! prints records/s. Rollups are not the store's work any more: the shards
+//! count them (`hypergate_core::rollup`).
 
 use hypergate::ai::LlmRecord;
 use hypergate::config::hypercare::CallStoreConfig;
@@ -66,7 +67,7 @@ fn main() {
                 model: "gpt-4o".into(),
                 prompt_tokens: 120,
                 completion_tokens: 300,
-                cost_usd: 0.0033,
+                cost_nanos: 3_300_000,
                 ..LlmRecord::default()
             })
         });

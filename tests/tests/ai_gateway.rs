@@ -374,10 +374,28 @@ fn aborted_stream_is_billed_for_what_was_produced() {
         "billed {completion} tokens of 60+"
     );
     assert!(gw.metric(&format!("hypergate_llm_cost_usd_total{{{key}}}")) > 0.0);
-    assert!(
+    // One outcome per call: the client left, which is not an error of the service.
+    assert_eq!(
+        gw.metric(&format!(
+            "hypergate_llm_requests_total{{{key},outcome=\"client_aborted\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
         gw.metric(&format!(
             "hypergate_llm_requests_total{{{key},outcome=\"error\"}}"
-        )) >= 1.0
+        )),
+        0.0
+    );
+    let outcomes = gw.metrics();
+    assert!(
+        outcomes.contains("hypergate_request_outcomes_total{route=\"llm\",cluster=\"\",version=\"\",outcome=\"client_aborted\"} 1"),
+        "{}",
+        outcomes
+            .lines()
+            .filter(|l| l.starts_with("hypergate_request_outcomes_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let used = gw.stats()["llm"]["budgets"][0]["tokens_this_minute"]
         .as_u64()

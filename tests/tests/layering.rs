@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("hypergate-analysis", &[]),
     ("hypergate-ebpf-common", &[]),
     ("hypergate-mock-llm", &[]),
+    ("hypergate-otel", &[]),
     ("hypergate-core", &["hypergate-analysis"]),
     ("hypergate-upstream", &["hypergate-core"]),
     ("hypergate-edge", &["hypergate-core"]),

@@ -231,7 +231,11 @@ latency_tolerance = 3.0
         wait_until(
             "every connection is past the rollback",
             Duration::from_secs(10),
-            || done.iter().zip(&seen).all(|(d, s)| d.load(Ordering::Relaxed) >= s + 2),
+            || {
+                done.iter()
+                    .zip(&seen)
+                    .all(|(d, s)| d.load(Ordering::Relaxed) >= s + 2)
+            },
         );
         let after_rollback = canary.request_count();
         gw.signal(libc::SIGHUP);
@@ -241,11 +245,17 @@ latency_tolerance = 3.0
         });
         // Keep the load on after the reload: 2,000 more requests (the issue's
         // measurement found thousands reaching v2 within seconds).
-        let total = || done.iter().map(|d| d.load(Ordering::Relaxed)).sum::<usize>();
+        let total = || {
+            done.iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .sum::<usize>()
+        };
         let at_reload = total();
-        wait_until("2,000 requests after the reload", Duration::from_secs(30), || {
-            total() >= at_reload + 2000
-        });
+        wait_until(
+            "2,000 requests after the reload",
+            Duration::from_secs(30),
+            || total() >= at_reload + 2000,
+        );
         stop.store(true, Ordering::Relaxed);
         assert_eq!(
             canary.request_count(),

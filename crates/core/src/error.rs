@@ -226,6 +226,105 @@ impl ErrorKind {
     pub fn answerable(self) -> bool {
         !matches!(self, ErrorKind::ClientGone | ErrorKind::UpstreamBodyAborted)
     }
+
+    /// The call outcome an error of this kind gives.
+    pub fn outcome(self) -> Outcome {
+        use ErrorKind::*;
+        match self {
+            ClientGone => Outcome::ClientAborted,
+            ConnectTimeout | UpstreamTimeout | ProviderTimeout => Outcome::Timeout,
+            kind => match kind.side() {
+                Side::Downstream => Outcome::Rejected,
+                Side::Upstream => Outcome::UpstreamError,
+                Side::Internal => Outcome::GatewayError,
+            },
+        }
+    }
+}
+
+/// How a call ended, decided once per call by [`Outcome::of`] and used alike
+/// by the metrics, the call record and store, the access log, alerts, windows
+/// and canary judges. Errors of the service (what a release is judged on) are
+/// [`Outcome::is_error`]: upstream errors, gateway errors and timeouts; a
+/// client that went away or a request the gateway refused is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answered: the upstream's or provider's answer (any status below 500), or
+    /// the gateway's own direct answer.
+    #[default]
+    Ok,
+    /// The client went away before the answer was complete.
+    ClientAborted,
+    /// The gateway refused the request (malformed, unauthenticated, over a
+    /// limit or budget, too slow to arrive, not valid for the API).
+    Rejected,
+    /// The upstream or provider failed: unreachable, reset, a 5xx, an
+    /// unusable answer, or a body broken off.
+    UpstreamError,
+    /// The gateway failed by itself (a store it depends on, its own limits).
+    GatewayError,
+    /// The upstream or provider did not answer in time.
+    Timeout,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::ClientAborted,
+        Outcome::Rejected,
+        Outcome::UpstreamError,
+        Outcome::GatewayError,
+        Outcome::Timeout,
+    ];
+
+    /// How many outcomes there are.
+    pub const COUNT: usize = 6;
+
+    /// Decides a call's outcome. `status`: the status sent (0: none);
+    /// `error`: the error the gateway answered or met; `client_aborted`: the
+    /// client went away before the end of the answer; `broken_off`: the answer
+    /// started but the upstream or provider broke it off (a truncated stream).
+    pub fn of(
+        status: u16,
+        error: Option<ErrorKind>,
+        client_aborted: bool,
+        broken_off: bool,
+    ) -> Outcome {
+        match error {
+            Some(kind) => kind.outcome(),
+            None if client_aborted => Outcome::ClientAborted,
+            None if broken_off || status >= 500 => Outcome::UpstreamError,
+            None if status == 0 => Outcome::ClientAborted,
+            None => Outcome::Ok,
+        }
+    }
+
+    /// Index into per-outcome counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable label (metrics, records, the store).
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::Rejected => "rejected",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::GatewayError => "gateway_error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+
+    /// Whether it counts as an error of the service.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Outcome::UpstreamError | Outcome::GatewayError | Outcome::Timeout
+        )
+    }
 }
 
 /// A failure the gateway answers for itself.

@@ -9,7 +9,8 @@
 //! - [`io`]: timed socket reads and writes with owned buffers, and the body pump.
 //! - [`config`]: the configuration as data (raw serde types, the parser that
 //!   reports every error with its path, reload diffs, the runtime-overrides layer).
-//! - [`metrics`], [`record`]: metric primitives and the per-call record.
+//! - [`metrics`], [`record`], [`rollup`]: metric primitives, the per-call
+//!   record, and the exact per-minute totals the shards count.
 //! - [`ids`], [`rng`], [`clock`], [`keys`], [`secret`]: request ids and trace
 //!   context, the per-shard generator, wall-clock time, request keys, and the
 //!   type of every secret.
@@ -30,4 +31,5 @@ pub mod keys;
 pub mod metrics;
 pub mod record;
 pub mod rng;
+pub mod rollup;
 pub mod secret;

@@ -57,6 +57,12 @@ pub struct AccessRecord {
     pub retries: u32,
     /// Error type when the gateway answered with an error.
     pub error: &'static str,
+    /// How the call ended.
+    pub outcome: crate::error::Outcome,
+    /// The call store's sampling rules leave this record out (the JSON access
+    /// log still writes it).
+    #[serde(skip)]
+    pub sampled_out: bool,
     /// LLM details (AI routes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub llm: Option<Box<LlmRecord>>,
@@ -94,6 +100,8 @@ impl AccessRecord {
         self.total_us = 0;
         self.retries = 0;
         self.error = "";
+        self.outcome = crate::error::Outcome::Ok;
+        self.sampled_out = false;
         self.llm = None;
         self.request_body = None;
         self.response_body = None;
@@ -121,8 +129,10 @@ pub struct LlmRecord {
     pub cached_tokens: u64,
     /// Reasoning tokens.
     pub reasoning_tokens: u64,
-    /// Cost in US dollars.
-    pub cost_usd: f64,
+    /// Cost in nano-dollars (exact: prices are kept as pico-dollars per
+    /// token); JSON lines show it as `cost_usd`, a float.
+    #[serde(rename = "cost_usd", serialize_with = "nanos_as_dollars")]
+    pub cost_nanos: u64,
     /// Usage counted by the gateway (the provider gave none).
     pub estimated: bool,
     /// Time to first token, µs (streams).
@@ -154,6 +164,11 @@ pub struct LlmRecord {
     /// The answer (PII redacted), on sampled calls.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
+}
+
+/// Serializes nano-dollars as float dollars.
+fn nanos_as_dollars<S: serde::Serializer>(nanos: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(*nanos as f64 / 1e9)
 }
 
 /// A score for an earlier call.
@@ -190,6 +205,8 @@ pub type Boxes = Vec<Box<AccessRecord>>;
 
 /// A shard's handle to the access log.
 pub struct AccessLogSink {
+    /// The shard's exact per-minute totals, when a call store keeps them.
+    pub rollups: Option<RefCell<crate::rollup::ShardRollups>>,
     shard: usize,
     tx: Sender<Envelope>,
     /// Boxes come back from the writer a batch at a time (one channel operation
@@ -200,6 +217,16 @@ pub struct AccessLogSink {
     capacity: usize,
     /// Whether JSON lines are written (the fields only they show are filled only then).
     pub json: bool,
+}
+
+impl Drop for AccessLogSink {
+    /// A shard that ends sends its last rollups (waiting a little for room:
+    /// it serves nothing any more).
+    fn drop(&mut self) {
+        if let Some(r) = &self.rollups {
+            r.borrow_mut().finish(std::time::Duration::from_secs(2));
+        }
+    }
 }
 
 impl AccessLogSink {
@@ -235,14 +262,29 @@ impl AccessLogSink {
     }
 }
 
+/// The writer's ends of [`channels`].
+pub struct WriterEnds {
+    /// The records.
+    pub records: Receiver<Envelope>,
+    /// Where each shard's boxes go back.
+    pub returns: Vec<Sender<Boxes>>,
+    /// The shards' rollup deltas (with a store).
+    pub rollups: Option<Receiver<Vec<crate::rollup::RollupDelta>>>,
+}
+
+/// Batches of rollup deltas in flight per shard (a batch is a second's worth).
+const ROLLUP_BATCHES: usize = 16;
+
 /// The sinks of `shards` shards (at most `buffer` records in flight each) and
-/// the writer's ends: the records, and the channels that return boxes to each shard.
+/// the writer's ends; with `store`, each shard also counts rollups.
 pub fn channels(
     shards: usize,
     buffer: usize,
     json: bool,
-) -> (Vec<AccessLogSink>, Receiver<Envelope>, Vec<Sender<Boxes>>) {
+    store: bool,
+) -> (Vec<AccessLogSink>, WriterEnds) {
     let (tx, rx) = bounded::<Envelope>(buffer * shards);
+    let (roll_tx, roll_rx) = bounded(ROLLUP_BATCHES * shards);
     // At most `buffer` boxes per shard exist, so at most that many non-empty
     // batches: sending one back never finds the channel full.
     let mut returns = Vec::new();
@@ -251,6 +293,7 @@ pub fn channels(
         let (ret_tx, ret_rx) = bounded(buffer);
         returns.push(ret_tx);
         sinks.push(AccessLogSink {
+            rollups: store.then(|| RefCell::new(crate::rollup::ShardRollups::new(roll_tx.clone()))),
             shard,
             tx: tx.clone(),
             free: ret_rx,
@@ -260,7 +303,12 @@ pub fn channels(
             json,
         });
     }
-    (sinks, rx, returns)
+    let ends = WriterEnds {
+        records: rx,
+        returns,
+        rollups: store.then_some(roll_rx),
+    };
+    (sinks, ends)
 }
 
 /// Where the record writer keeps calls besides the JSON access log: the
@@ -269,6 +317,8 @@ pub fn channels(
 pub trait RecordStore: Send {
     /// Takes a batch of records.
     fn add_batch(&mut self, records: &[Box<AccessRecord>]);
+    /// Takes a shard's rollup deltas (the exact totals).
+    fn add_rollups(&mut self, deltas: Vec<crate::rollup::RollupDelta>);
     /// Whether a flush is due (by time or size).
     fn due(&self) -> bool;
     /// Flushes what is due.

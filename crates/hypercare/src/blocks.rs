@@ -17,6 +17,7 @@
 //! narrow the blocks read, and `ORDER BY id [DESC]` is served in order, so
 //! "the newest 100 calls" reads one block.
 
+use hypergate_core::error::Outcome;
 use hypergate_core::record::AccessRecord;
 use rusqlite::ffi;
 use rusqlite::vtab::{
@@ -28,12 +29,18 @@ use serde::{Deserialize, Serialize};
 use std::ffi::c_int;
 use std::marker::PhantomData;
 
-/// One call as stored. `None` labels mean "the same as the call before in this block".
+/// The block format written now: 3 (each call's outcome, costs in
+/// nano-dollars). Format 2 blocks (no outcome, costs as float dollars) are
+/// still read ([`CallFiguresV2`], [`LlmFiguresV2`]).
+pub const BLOCK_FORMAT: i64 = 3;
+
+/// One call as stored. `None` labels mean "the same as the call before in this
+/// block". `C` and `L` are the figures of the block's format.
 #[derive(Serialize, Deserialize)]
-struct Stored<'a> {
+struct Stored<'a, C = CallFigures, L = LlmFigures> {
     /// Milliseconds since the call before (the first: since the Unix epoch).
     ts_delta_ms: i64,
-    figures: CallFigures,
+    figures: C,
     request_id: &'a str,
     trace_id: &'a str,
     path: &'a str,
@@ -43,7 +50,7 @@ struct Stored<'a> {
     #[serde(borrow)]
     labels: [Option<&'a str>; API_LABELS],
     #[serde(borrow)]
-    llm: Option<StoredLlm<'a>>,
+    llm: Option<StoredLlm<'a, L>>,
 }
 
 /// A call's numbers, as stored and as read back.
@@ -55,14 +62,42 @@ struct CallFigures {
     bytes_in: u64,
     bytes_out: u64,
     retries: u32,
+    outcome: Outcome,
+}
+
+/// A call's numbers in a format 2 block.
+#[derive(Deserialize)]
+struct CallFiguresV2 {
+    status: u16,
+    total_us: u64,
+    upstream_us: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    retries: u32,
+}
+
+impl From<CallFiguresV2> for CallFigures {
+    /// Format 2 kept no outcome: it is read back from the status and the
+    /// error label alone (no error and a 5xx: an upstream error).
+    fn from(v: CallFiguresV2) -> Self {
+        CallFigures {
+            status: v.status,
+            total_us: v.total_us,
+            upstream_us: v.upstream_us,
+            bytes_in: v.bytes_in,
+            bytes_out: v.bytes_out,
+            retries: v.retries,
+            outcome: Outcome::of(v.status, None, false, false),
+        }
+    }
 }
 
 /// The LLM part of a stored call.
 #[derive(Serialize, Deserialize)]
-struct StoredLlm<'a> {
+struct StoredLlm<'a, L = LlmFigures> {
     #[serde(borrow)]
     labels: [Option<&'a str>; LLM_LABELS],
-    figures: LlmFigures,
+    figures: L,
 }
 
 /// An LLM call's numbers, as stored and as read back.
@@ -73,17 +108,43 @@ struct LlmFigures {
     completion_tokens: u64,
     cached_tokens: u64,
     reasoning_tokens: u64,
+    cost_nanos: u64,
+    estimated: bool,
+    cache_hit: bool,
+}
+
+/// An LLM call's numbers in a format 2 block (cost as float dollars).
+#[derive(Deserialize)]
+struct LlmFiguresV2 {
+    ttft_us: Option<u64>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cached_tokens: u64,
+    reasoning_tokens: u64,
     cost_usd: f64,
     estimated: bool,
     cache_hit: bool,
+}
+
+impl From<LlmFiguresV2> for LlmFigures {
+    fn from(v: LlmFiguresV2) -> Self {
+        LlmFigures {
+            ttft_us: v.ttft_us,
+            prompt_tokens: v.prompt_tokens,
+            completion_tokens: v.completion_tokens,
+            cached_tokens: v.cached_tokens,
+            reasoning_tokens: v.reasoning_tokens,
+            cost_nanos: (v.cost_usd * 1e9).round() as u64,
+            estimated: v.estimated,
+            cache_hit: v.cache_hit,
+        }
+    }
 }
 
 /// Method, route, consumer, cluster, version, endpoint, error.
 const API_LABELS: usize = 7;
 /// Provider, model, alias, target, prompt, prompt version, guardrails.
 const LLM_LABELS: usize = 7;
-/// The labels a rollup is keyed by: route, cluster, version, model.
-const ROLLUP_LABELS: [usize; 4] = [1, 3, 4, API_LABELS + 1];
 
 /// Encodes calls into one block.
 #[derive(Default)]
@@ -97,8 +158,6 @@ pub struct BlockWriter {
     /// reused), and which of them have been written in it.
     last_labels: [String; API_LABELS + LLM_LABELS],
     written: [bool; API_LABELS + LLM_LABELS],
-    /// Whether the call before had an LLM part.
-    last_was_llm: bool,
 }
 
 impl BlockWriter {
@@ -112,9 +171,8 @@ impl BlockWriter {
         self.calls == 0
     }
 
-    /// Appends a call; returns whether its route, cluster, version and model
-    /// are those of the call before it in the block (so its rollup is too).
-    pub fn push(&mut self, r: &AccessRecord) -> bool {
+    /// Appends a call.
+    pub fn push(&mut self, r: &AccessRecord) {
         let ts = r.unix_ms as i64;
         if self.calls == 0 {
             self.min_ts_ms = ts;
@@ -152,11 +210,8 @@ impl BlockWriter {
             API_LABELS
         };
         let mut labels = [None; API_LABELS + LLM_LABELS];
-        let was_llm = std::mem::replace(&mut self.last_was_llm, r.llm.is_some());
-        let mut same_rollup = self.calls > 0 && was_llm == r.llm.is_some();
         for (i, value) in fresh.iter().enumerate().take(n) {
             if !self.written[i] || !same(&self.last_labels[i], value) {
-                same_rollup &= !ROLLUP_LABELS.contains(&i);
                 labels[i] = Some(*value);
                 self.last_labels[i].clear();
                 self.last_labels[i].push_str(value);
@@ -172,6 +227,7 @@ impl BlockWriter {
                 bytes_in: r.bytes_in,
                 bytes_out: r.bytes_out,
                 retries: r.retries,
+                outcome: r.outcome,
             },
             request_id: &r.request_id,
             trace_id: &r.trace_id,
@@ -193,7 +249,7 @@ impl BlockWriter {
                     completion_tokens: l.completion_tokens,
                     cached_tokens: l.cached_tokens,
                     reasoning_tokens: l.reasoning_tokens,
-                    cost_usd: l.cost_usd,
+                    cost_nanos: l.cost_nanos,
                     estimated: l.estimated,
                     cache_hit: l.cache_hit,
                 },
@@ -204,15 +260,14 @@ impl BlockWriter {
         self.data = postcard::to_extend(&stored, data).unwrap_or_default();
         self.last_ts_ms = ts;
         self.calls += 1;
-        same_rollup
     }
 
     /// Writes the block as one row (in the caller's transaction) with ids
     /// `first_id ..`; the writer is left empty.
     pub fn write(&mut self, conn: &Connection, first_id: i64) -> rusqlite::Result<()> {
         let mut insert = conn.prepare_cached(
-            "INSERT INTO call_blocks (first_id, last_id, min_ts_ms, max_ts_ms, calls, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO call_blocks (first_id, last_id, min_ts_ms, max_ts_ms, calls, data, format)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let result = insert.execute(rusqlite::params![
             first_id,
@@ -221,6 +276,7 @@ impl BlockWriter {
             self.max_ts_ms,
             self.calls,
             self.data,
+            BLOCK_FORMAT,
         ]);
         self.clear();
         result.map(drop)
@@ -256,8 +312,8 @@ fn same(a: &str, b: &str) -> bool {
             .all(|(x, y)| x == y)
 }
 
-/// The columns of `calls`, in order.
-pub const COLUMNS: [&str; 35] = [
+/// The columns of `calls`, in order (`cost_usd` is `cost_nanos` / 10^9).
+pub const COLUMNS: [&str; 37] = [
     "id",
     "ts_ms",
     "request_id",
@@ -293,6 +349,8 @@ pub const COLUMNS: [&str; 35] = [
     "guardrails",
     "request_body",
     "response_body",
+    "outcome",
+    "cost_nanos",
 ];
 
 /// Text spans of a decoded call: request id, trace id, path, then the API and LLM labels.
@@ -317,13 +375,19 @@ fn span(data: &[u8], s: &str) -> (u32, u32) {
     (start, start + s.len() as u32)
 }
 
-/// Decodes the call at the start of `bytes` (a suffix of `data`), and returns
-/// the bytes after it; labels written "as before" get no span (`None`).
-fn decode_one<'a>(
+/// Decodes the call at the start of `bytes` (a suffix of `data`), stored with
+/// figures `C` and `L`, and returns the bytes after it; labels written "as
+/// before" get no span (`None`).
+#[allow(clippy::type_complexity)]
+fn decode_one<'a, C, L>(
     bytes: &'a [u8],
     data: &[u8],
-) -> postcard::Result<(Row, [bool; API_LABELS + LLM_LABELS], &'a [u8])> {
-    let (s, rest): (Stored<'_>, _) = postcard::take_from_bytes(bytes)?;
+) -> postcard::Result<(Row, [bool; API_LABELS + LLM_LABELS], &'a [u8])>
+where
+    C: Deserialize<'a> + Into<CallFigures>,
+    L: Deserialize<'a> + Into<LlmFigures>,
+{
+    let (s, rest): (Stored<'_, C, L>, _) = postcard::take_from_bytes(bytes)?;
     let mut given = [false; API_LABELS + LLM_LABELS];
     let mut spans = [(0, 0); SPANS];
     spans[0] = span(data, s.request_id);
@@ -342,12 +406,12 @@ fn decode_one<'a>(
                 given[API_LABELS + i] = true;
             }
         }
-        l.figures
+        l.figures.into()
     });
     let row = Row {
         id: 0,
         ts_ms: s.ts_delta_ms,
-        figures: s.figures,
+        figures: s.figures.into(),
         spans,
         request_body: s.request_body.map(|b| span(data, b)),
         response_body: s.response_body.map(|b| span(data, b)),
@@ -356,14 +420,23 @@ fn decode_one<'a>(
     Ok((row, given, rest))
 }
 
-/// Decodes a whole block whose first call has id `first_id`.
-fn decode_block(data: &[u8], first_id: i64, calls: usize) -> postcard::Result<Vec<Row>> {
+/// Decodes a whole block of `format` whose first call has id `first_id`.
+fn decode_block(
+    data: &[u8],
+    first_id: i64,
+    calls: usize,
+    format: i64,
+) -> postcard::Result<Vec<Row>> {
     let mut rows = Vec::with_capacity(calls);
     let mut labels = [(0, 0); API_LABELS + LLM_LABELS];
     let mut ts = 0;
     let mut rest = data;
     while !rest.is_empty() {
-        let (mut row, given, after) = decode_one(rest, data)?;
+        let (mut row, given, after) = if format >= BLOCK_FORMAT {
+            decode_one::<CallFigures, LlmFigures>(rest, data)?
+        } else {
+            decode_one::<CallFiguresV2, LlmFiguresV2>(rest, data)?
+        };
         rest = after;
         ts += row.ts_ms;
         row.ts_ms = ts;
@@ -427,7 +500,7 @@ unsafe impl<'vtab> VTab<'vtab> for CallsTab {
             .iter()
             .enumerate()
             .map(|(i, c)| match i {
-                0 | 1 | 11 | 13..=18 | 23..=26 | 28 | 31 => format!("{c} INTEGER"),
+                0 | 1 | 11 | 13..=18 | 23..=26 | 28 | 31 | 36 => format!("{c} INTEGER"),
                 27 => format!("{c} REAL"),
                 _ => format!("{c} TEXT"),
             })
@@ -559,17 +632,19 @@ impl CallsCursor<'_> {
             let (first_id, calls) = self.blocks[self.next_block];
             self.next_block += 1;
             let conn = self.conn()?;
-            let data: Option<Vec<u8>> = conn
+            let block: Option<(Vec<u8>, i64)> = conn
                 .query_row(
-                    "SELECT data FROM call_blocks WHERE first_id = ?1",
+                    "SELECT data, format FROM call_blocks WHERE first_id = ?1",
                     [first_id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
             // A block deleted by retention since the scan began is skipped.
-            let Some(data) = data else { continue };
+            let Some((data, format)) = block else {
+                continue;
+            };
             self.data = data;
-            self.rows = decode_block(&self.data, first_id, calls)
+            self.rows = decode_block(&self.data, first_id, calls, format)
                 .map_err(|e| rusqlite::Error::ModuleError(format!("call block {first_id}: {e}")))?;
             if self.desc {
                 self.rows.reverse();
@@ -684,7 +759,7 @@ unsafe impl VTabCursor for CallsCursor<'_> {
             24 => ctx.set_result(&l.map(|l| l.completion_tokens as i64)),
             25 => ctx.set_result(&l.map(|l| l.cached_tokens as i64)),
             26 => ctx.set_result(&l.map(|l| l.reasoning_tokens as i64)),
-            27 => ctx.set_result(&l.map(|l| l.cost_usd)),
+            27 => ctx.set_result(&l.map(|l| l.cost_nanos as f64 / 1e9)),
             28 => ctx.set_result(&l.map(|l| l.estimated)),
             29 => ctx.set_result(&llm_text(4)),
             30 => ctx.set_result(&llm_text(5)),
@@ -692,6 +767,8 @@ unsafe impl VTabCursor for CallsCursor<'_> {
             32 => ctx.set_result(&llm_text(6)),
             33 => ctx.set_result(&r.request_body.map(|s| self.text(s))),
             34 => ctx.set_result(&r.response_body.map(|s| self.text(s))),
+            35 => ctx.set_result(&r.figures.outcome.label()),
+            36 => ctx.set_result(&l.map(|l| l.cost_nanos as i64)),
             _ => ctx.set_result(&rusqlite::types::Null),
         }
     }
@@ -718,6 +795,11 @@ mod tests {
             version: if i % 2 == 0 { "v1" } else { "v2" }.into(),
             endpoint: "127.0.0.1:9000".into(),
             status: if i % 7 == 0 { 503 } else { 200 },
+            outcome: if i % 7 == 0 {
+                Outcome::UpstreamError
+            } else {
+                Outcome::Ok
+            },
             error: if i % 7 == 0 {
                 "upstream_unavailable"
             } else {
@@ -734,7 +816,7 @@ mod tests {
                     model: format!("gpt-{}", i % 2),
                     prompt_tokens: i,
                     completion_tokens: 2 * i,
-                    cost_usd: i as f64 / 1000.0,
+                    cost_nanos: i * 1_000_000,
                     ttft_us: Some(50),
                     guardrails: if i % 10 == 0 {
                         vec!["pii:redact".into(), "deny:block".into()]
@@ -769,37 +851,69 @@ mod tests {
         conn
     }
 
+    /// A block as format 2 wrote it (no outcome, cost as float dollars).
+    #[derive(Serialize)]
+    struct V2<'a> {
+        ts_delta_ms: i64,
+        figures: (u16, u64, Option<u64>, u64, u64, u32),
+        request_id: &'a str,
+        trace_id: &'a str,
+        path: &'a str,
+        request_body: Option<&'a str>,
+        response_body: Option<&'a str>,
+        labels: [Option<&'a str>; API_LABELS],
+        llm: Option<([Option<&'a str>; LLM_LABELS], V2Llm)>,
+    }
+
+    #[derive(Serialize)]
+    struct V2Llm(Option<u64>, u64, u64, u64, u64, f64, bool, bool);
+
     #[test]
-    fn push_tells_when_the_rollup_labels_repeat() {
-        let call = |route: &str, model: Option<&str>, endpoint: &str| AccessRecord {
-            route: route.into(),
-            endpoint: endpoint.into(),
-            llm: model.map(|m| {
-                Box::new(LlmRecord {
-                    model: m.into(),
-                    ..LlmRecord::default()
-                })
-            }),
-            ..AccessRecord::default()
+    fn format_2_blocks_still_read() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::store::SCHEMA).unwrap();
+        register(&conn).unwrap();
+        let call = |status, cost| V2 {
+            ts_delta_ms: 5,
+            figures: (status, 100, Some(90), 0, 10, 0),
+            request_id: "r",
+            trace_id: "t",
+            path: "/p",
+            request_body: None,
+            response_body: None,
+            labels: [
+                Some("GET"),
+                Some("llm"),
+                Some(""),
+                Some("c"),
+                Some("v1"),
+                Some("e"),
+                Some(""),
+            ],
+            llm: Some((
+                [Some("openai"), Some("m"), None, None, None, None, None],
+                V2Llm(None, 3, 0, 0, 0, cost, false, false),
+            )),
         };
-        let mut w = BlockWriter::default();
-        let seen: Vec<bool> = [
-            call("a", None, "e1"),
-            call("a", None, "e2"),
-            call("b", None, "e2"),
-            call("b", Some("m1"), "e2"),
-            call("b", Some("m1"), "e1"),
-            call("b", Some("m2"), "e1"),
-            call("b", None, "e1"),
-        ]
-        .iter()
-        .map(|c| w.push(c))
-        .collect();
-        // The endpoint is not a rollup label; the route, the model and having
-        // an LLM part or not are.
-        assert_eq!(seen, [false, true, false, false, true, false, false]);
-        w.clear();
-        assert!(!w.push(&call("b", None, "e1")), "a new block starts afresh");
+        let mut data = postcard::to_allocvec(&call(200, 0.000_004_5)).unwrap();
+        data.extend(postcard::to_allocvec(&call(503, 0.0)).unwrap());
+        conn.execute(
+            "INSERT INTO call_blocks (first_id, last_id, min_ts_ms, max_ts_ms, calls, data, format)
+             VALUES (1, 2, 0, 10, 2, ?1, 2)",
+            [data],
+        )
+        .unwrap();
+        let rows: Vec<(u16, String, i64)> = conn
+            .prepare("SELECT status, outcome, cost_nanos FROM calls ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [(200, "ok".into(), 4_500), (503, "upstream_error".into(), 0)]
+        );
     }
 
     #[test]
@@ -853,8 +967,13 @@ mod tests {
             );
             assert_eq!(
                 row.get::<_, Option<f64>>(27).unwrap(),
-                l.map(|l| l.cost_usd)
+                l.map(|l| l.cost_nanos as f64 / 1e9)
             );
+            assert_eq!(
+                row.get::<_, Option<u64>>(36).unwrap(),
+                l.map(|l| l.cost_nanos)
+            );
+            assert_eq!(row.get::<_, String>(35).unwrap(), r.outcome.label());
             assert_eq!(
                 row.get::<_, Option<String>>(32).unwrap(),
                 l.filter(|l| !l.guardrails.is_empty())

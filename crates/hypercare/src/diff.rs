@@ -112,14 +112,13 @@ pub fn diff(
 ) -> Result<Value, QueryError> {
     let a = baseline(conn, from, route, window, now_ms)?;
     let b = baseline(conn, to, route, window, now_ms)?;
-    let errors =
-        error_rate_p_value(a.requests, a.by_class[4], b.requests, b.by_class[4]).map(|(z, p)| {
-            json!({
-                "from": a.error_rate(), "to": b.error_rate(),
-                "change_points": (b.error_rate() - a.error_rate()) * 100.0,
-                "z": z, "p_value": p, "significant": p < ALPHA,
-            })
-        });
+    let errors = error_rate_p_value(a.requests, a.errors, b.requests, b.errors).map(|(z, p)| {
+        json!({
+            "from": a.error_rate(), "to": b.error_rate(),
+            "change_points": (b.error_rate() - a.error_rate()) * 100.0,
+            "z": z, "p_value": p, "significant": p < ALPHA,
+        })
+    });
     let latency = match (&a.latency, &b.latency) {
         (Some(ha), Some(hb)) => mann_whitney(ha, hb).map(|(z, p)| {
             let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -150,7 +149,7 @@ pub fn diff(
         "latency": latency,
         "llm": {
             "tokens_per_request": [per_request(&a, (a.prompt_tokens + a.completion_tokens) as f64), per_request(&b, (b.prompt_tokens + b.completion_tokens) as f64)],
-            "cost_per_request_usd": [per_request(&a, a.cost_usd), per_request(&b, b.cost_usd)],
+            "cost_per_request_usd": [per_request(&a, a.cost_usd()), per_request(&b, b.cost_usd())],
         },
     }))
 }

@@ -58,6 +58,7 @@ pub fn validate(h: &HypercareConfig, routes: &[String], issues: &mut Vec<ConfigI
     for (field, share) in [
         ("capture_llm_bodies", h.store.capture_llm_bodies),
         ("capture_api_bodies", h.store.capture_api_bodies),
+        ("sample_ratio", h.store.sample_ratio),
     ] {
         if !(0.0..=1.0).contains(&share) {
             push(

@@ -1,10 +1,12 @@
 //! Read-side queries over the call store, shared by the admin API
-//! (`/hypercare/calls`, `/hypercare/summary`) and the CLI (`hypergate calls`,
-//! `hypergate summary`), so both always say the same thing.
+//! (`/hypercare/calls`, `/hypercare/calls/<id>`, `/hypercare/summary`) and the
+//! CLI (`hypergate calls`, `hypergate summary`), so both always say the same thing.
 
-use super::store::add_histogram_json;
+use super::store::{add_histogram_json, rollup_figures, ROLLUP_COLUMNS};
 use hdrhistogram::Histogram;
+use hypergate_core::error::Outcome;
 use hypergate_core::metrics::new_histogram;
+use hypergate_core::rollup::RollupFigures;
 use rusqlite::{params_from_iter, Connection};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ pub struct CallFilter {
     pub status: Option<String>,
     /// Minimum total latency in milliseconds.
     pub min_latency_ms: Option<u64>,
+    /// LLM model: the provider's model (`gpt-4o`) or the alias clients ask for.
+    pub model: Option<String>,
     /// Unix milliseconds, inclusive.
     pub since_ms: Option<i64>,
     /// Unix milliseconds, exclusive.
@@ -80,13 +84,14 @@ impl CallFilter {
                 "version" => f.version = Some(v),
                 "status" => f.status = Some(v),
                 "min_latency_ms" => f.min_latency_ms = Some(num(&v)?),
+                "model" => f.model = Some(v),
                 "since" => f.since_ms = Some(parse_time(&v, now_ms)?),
                 "until" => f.until_ms = Some(parse_time(&v, now_ms)?),
                 "limit" => f.limit = Some(num(&v)? as usize),
                 "cursor" => f.cursor = Some(num(&v)? as i64),
                 other => {
                     return Err(QueryError::BadFilter(format!(
-                        "unknown filter {other:?} (route, consumer, version, status, min_latency_ms, since, until, limit, cursor)"
+                        "unknown filter {other:?} (route, consumer, version, status, model, min_latency_ms, since, until, limit, cursor)"
                     )))
                 }
             }
@@ -169,6 +174,9 @@ pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
             }
         }
     }
+    if let Some(v) = &f.model {
+        add("? IN (model, alias)", v.clone().into());
+    }
     if let Some(ms) = f.min_latency_ms {
         add("total_us >= ?", (ms as i64 * 1000).into());
     }
@@ -192,6 +200,22 @@ pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
     })?;
     let next = if out.len() == limit { last_id } else { None };
     Ok(json!({"calls": out, "next_cursor": next}))
+}
+
+/// One call by id with every column (NULLs as `null`) and its feedback
+/// (`feedback_score`, `feedback_comment`); `None` when the store holds no call
+/// with that id (never recorded, or gone by retention).
+pub fn call(conn: &Connection, id: i64) -> Result<Option<Value>, QueryError> {
+    let mut found = None;
+    rows_as_json(
+        conn,
+        "SELECT c.*, f.score AS feedback_score, f.comment AS feedback_comment
+         FROM calls c LEFT JOIN feedback f ON f.request_id = c.request_id WHERE c.id = ?1",
+        [id],
+        true,
+        |obj| found = Some(obj),
+    )?;
+    Ok(found)
 }
 
 /// Runs a query and hands each row to `each` as a JSON object keyed by column
@@ -226,13 +250,20 @@ pub fn rows_as_json(
     Ok(())
 }
 
-/// Figures of one group of rollups.
+/// Figures of one group of rollups: exact totals (the shards count every
+/// call), and how many of the calls have a stored row.
 #[derive(Default)]
 pub struct Aggregate {
-    /// Requests.
+    /// Calls.
     pub requests: u64,
-    /// By status class 1xx..5xx (5xx includes answers that never got a status).
+    /// By status class 1xx..5xx (calls that never got a status are in `no_status`).
     pub by_class: [u64; 5],
+    /// Calls that never got a status.
+    pub no_status: u64,
+    /// By outcome, in [`Outcome::ALL`] order.
+    pub by_outcome: [u64; Outcome::COUNT],
+    /// Calls whose outcome is an error of the service ([`Outcome::is_error`]).
+    pub errors: u64,
     /// Latency histogram (µs).
     pub latency: Option<Histogram<u64>>,
     /// Sum of latencies (µs).
@@ -241,33 +272,101 @@ pub struct Aggregate {
     pub prompt_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
-    /// Cost in US dollars.
-    pub cost_usd: f64,
+    /// Cost in nano-dollars.
+    pub cost_nanos: u64,
+    /// LLM calls whose usage the gateway estimated.
+    pub estimated: u64,
+    /// Sum and count of streamed calls' time to first token (µs).
+    pub ttft: (u64, u64),
+    /// Calls with a stored row.
+    pub recorded: u64,
+    /// Calls whose row the store's sampling rules left out.
+    pub sampled_out: u64,
 }
 
 impl Aggregate {
+    /// Adds a rollup's figures.
+    pub fn add_figures(&mut self, f: &RollupFigures) {
+        self.requests += f.requests();
+        for i in 0..5 {
+            self.by_class[i] += f.by_class[i + 1];
+        }
+        self.no_status += f.by_class[0];
+        for o in Outcome::ALL {
+            self.by_outcome[o.index()] += f.by_outcome[o.index()];
+            if o.is_error() {
+                self.errors += f.by_outcome[o.index()];
+            }
+        }
+        self.latency_sum_us += f.latency_sum_us;
+        self.prompt_tokens += f.prompt_tokens;
+        self.completion_tokens += f.completion_tokens;
+        self.cost_nanos += f.cost_nanos;
+        self.estimated += f.estimated;
+        self.ttft.0 += f.ttft_sum_us;
+        self.ttft.1 += f.ttft_calls;
+        self.recorded += f.recorded;
+        self.sampled_out += f.sampled_out;
+    }
+
     /// Adds another group's figures.
     pub fn absorb(&mut self, a: &Aggregate) {
         self.requests += a.requests;
         for i in 0..5 {
             self.by_class[i] += a.by_class[i];
         }
+        self.no_status += a.no_status;
+        for i in 0..Outcome::COUNT {
+            self.by_outcome[i] += a.by_outcome[i];
+        }
+        self.errors += a.errors;
         if let Some(h) = &a.latency {
             let _ = self.latency.get_or_insert_with(new_histogram).add(h);
         }
         self.latency_sum_us += a.latency_sum_us;
         self.prompt_tokens += a.prompt_tokens;
         self.completion_tokens += a.completion_tokens;
-        self.cost_usd += a.cost_usd;
+        self.cost_nanos += a.cost_nanos;
+        self.estimated += a.estimated;
+        self.ttft.0 += a.ttft.0;
+        self.ttft.1 += a.ttft.1;
+        self.recorded += a.recorded;
+        self.sampled_out += a.sampled_out;
     }
 
-    /// Share of 5xx answers.
+    /// Share of calls that are errors of the service.
     pub fn error_rate(&self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
-            self.by_class[4] as f64 / self.requests as f64
+            self.errors as f64 / self.requests as f64
         }
+    }
+
+    /// Cost in dollars.
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_nanos as f64 / 1e9
+    }
+
+    /// Calls whose row was dropped (a full queue or a failed write), neither
+    /// stored nor sampled out.
+    pub fn dropped(&self) -> u64 {
+        self.requests
+            .saturating_sub(self.recorded + self.sampled_out)
+    }
+
+    /// "recorded N of M calls" and why the rest are missing, or `None` when
+    /// every call has its row.
+    pub fn rows_note(&self) -> Option<String> {
+        (self.recorded < self.requests).then(|| {
+            format!(
+                "rows: recorded {} of {} calls ({} left out by sampling, {} dropped); totals count every call",
+                self.recorded,
+                self.requests,
+                self.sampled_out,
+                self.dropped()
+            )
+        })
     }
 
     /// A latency quantile in µs (0 without data).
@@ -277,9 +376,15 @@ impl Aggregate {
 
     /// JSON for APIs and reports.
     pub fn json(&self) -> Value {
+        let outcome: serde_json::Map<String, Value> = Outcome::ALL
+            .iter()
+            .map(|o| (o.label().to_string(), json!(self.by_outcome[o.index()])))
+            .collect();
         json!({
             "requests": self.requests,
-            "status": {"1xx": self.by_class[0], "2xx": self.by_class[1], "3xx": self.by_class[2], "4xx": self.by_class[3], "5xx": self.by_class[4]},
+            "status": {"1xx": self.by_class[0], "2xx": self.by_class[1], "3xx": self.by_class[2], "4xx": self.by_class[3], "5xx": self.by_class[4], "none": self.no_status},
+            "outcome": outcome,
+            "errors": self.errors,
             "error_rate": self.error_rate(),
             "latency_ms": {
                 "mean": if self.requests == 0 { 0.0 } else { self.latency_sum_us as f64 / self.requests as f64 / 1000.0 },
@@ -289,7 +394,15 @@ impl Aggregate {
             },
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "cost_usd": self.cost_usd,
+            "cost_usd": self.cost_usd(),
+            "cost_nanos": self.cost_nanos,
+            "estimated_usage_calls": self.estimated,
+            "rows": {
+                "recorded": self.recorded,
+                "sampled_out": self.sampled_out,
+                "dropped": self.dropped(),
+                "complete": self.recorded == self.requests,
+            },
         })
     }
 }
@@ -304,29 +417,18 @@ pub fn aggregate(
     since_minute: i64,
     until_minute: i64,
 ) -> Result<BTreeMap<GroupKey, Aggregate>, QueryError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT route, cluster, version, model, requests, status_1xx, status_2xx, status_3xx,
-            status_4xx, status_5xx, latency_sum_us, latency_hist, prompt_tokens,
-            completion_tokens, cost_usd
-         FROM rollups WHERE minute >= ?1 AND minute < ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT route, cluster, version, model, {ROLLUP_COLUMNS}
+         FROM rollups WHERE minute >= ?1 AND minute < ?2"
+    ))?;
     let mut rows = stmt.query([since_minute, until_minute])?;
     let mut groups: BTreeMap<GroupKey, Aggregate> = BTreeMap::new();
     while let Some(r) = rows.next()? {
         let key = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let (figures, hist) = rollup_figures(r, 4)?;
         let a = groups.entry(key).or_default();
-        a.requests += r.get::<_, i64>(4)? as u64;
-        for i in 0..5 {
-            a.by_class[i] += r.get::<_, i64>(5 + i)? as u64;
-        }
-        a.latency_sum_us += r.get::<_, i64>(10)? as u64;
-        add_histogram_json(
-            a.latency.get_or_insert_with(new_histogram),
-            &r.get::<_, String>(11)?,
-        );
-        a.prompt_tokens += r.get::<_, i64>(12)? as u64;
-        a.completion_tokens += r.get::<_, i64>(13)? as u64;
-        a.cost_usd += r.get::<_, f64>(14)?;
+        a.add_figures(&figures);
+        add_histogram_json(a.latency.get_or_insert_with(new_histogram), &hist);
     }
     Ok(groups)
 }
@@ -352,22 +454,24 @@ pub fn summary(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value
         "since_ms": since * 60_000,
         "until_ms": until * 60_000,
         "total": total.json(),
+        "rows_note": total.rows_note(),
         "groups": out,
     }))
 }
 
 /// `/hypercare/series`: per minute and (route, version), over the last `window`:
-/// requests, 5xx, p50 and p99 latency (ms), tokens and cost; for charts.
+/// requests, errors (outcomes that are errors of the service), p50 and p99
+/// latency (ms), tokens, cost, and calls with a stored row; for charts.
 pub fn series(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value, QueryError> {
     let since = (now_ms - window.as_millis() as i64) / 60_000;
     let mut stmt = conn.prepare_cached(
-        "SELECT minute, route, version, requests, status_5xx, latency_hist,
-            prompt_tokens + completion_tokens, cost_usd
+        "SELECT minute, route, version, requests, upstream_error + gateway_error + timeout,
+            latency_hist, prompt_tokens + completion_tokens, cost_nanos, recorded
          FROM rollups WHERE minute >= ?1 ORDER BY minute",
     )?;
     let mut rows = stmt.query([since])?;
     // (route, version) -> minute -> figures (several clusters or models may share a minute).
-    type Minute = (u64, u64, Histogram<u64>, u64, f64);
+    type Minute = (u64, u64, Histogram<u64>, u64, u64, u64);
     let mut by: BTreeMap<(String, String), BTreeMap<i64, Minute>> = BTreeMap::new();
     while let Some(r) = rows.next()? {
         let key = (r.get::<_, String>(1)?, r.get::<_, String>(2)?);
@@ -375,29 +479,40 @@ pub fn series(conn: &Connection, window: Duration, now_ms: i64) -> Result<Value,
             .entry(key)
             .or_default()
             .entry(r.get(0)?)
-            .or_insert_with(|| (0, 0, new_histogram(), 0, 0.0));
+            .or_insert_with(|| (0, 0, new_histogram(), 0, 0, 0));
         m.0 += r.get::<_, i64>(3)? as u64;
         m.1 += r.get::<_, i64>(4)? as u64;
         add_histogram_json(&mut m.2, &r.get::<_, String>(5)?);
         m.3 += r.get::<_, i64>(6)? as u64;
-        m.4 += r.get::<_, f64>(7)?;
+        m.4 += r.get::<_, i64>(7)? as u64;
+        m.5 += r.get::<_, i64>(8)? as u64;
     }
     let series: Vec<Value> = by
         .into_iter()
         .map(|((route, version), minutes)| {
-            let (mut t, mut req, mut err, mut p50, mut p99, mut tok, mut cost) =
-                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-            for (minute, (n, e, h, tk, c)) in minutes {
+            let (mut t, mut req, mut err, mut p50, mut p99, mut tok, mut cost, mut rec) = (
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            );
+            for (minute, (n, e, h, tk, c, rc)) in minutes {
                 t.push(minute * 60);
                 req.push(n);
                 err.push(e);
                 p50.push(h.value_at_quantile(0.5) as f64 / 1000.0);
                 p99.push(h.value_at_quantile(0.99) as f64 / 1000.0);
                 tok.push(tk);
-                cost.push(c);
+                cost.push(c as f64 / 1e9);
+                rec.push(rc);
             }
             json!({"route": route, "version": version, "t": t, "requests": req, "errors": err,
-                   "p50_ms": p50, "p99_ms": p99, "tokens": tok, "cost_usd": cost})
+                   "p50_ms": p50, "p99_ms": p99, "tokens": tok, "cost_usd": cost,
+                   "recorded": rec})
         })
         .collect();
     Ok(json!({"window": humantime::format_duration(window).to_string(), "series": series}))
@@ -418,6 +533,9 @@ mod tests {
         assert_eq!(f.consumer.as_deref(), Some("a b"));
         assert_eq!(f.since_ms, Some(1_000_000 - 900_000));
         assert!(CallFilter::from_query("rout=api", 0).is_err());
+        let f = CallFilter::from_query("model=gpt-4o&status=500", 0).unwrap();
+        assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+        assert_eq!(f.status.as_deref(), Some("500"));
         assert!(CallFilter::from_query("limit=x", 0).is_err());
         assert_eq!(
             parse_time("2026-11-27T00:00:00Z", 0).unwrap(),

@@ -6,6 +6,7 @@
 //! hypercare window.
 
 use super::query::{aggregate, Aggregate, QueryError};
+use hypergate_core::error::Outcome;
 use rusqlite::Connection;
 use serde_json::Value;
 use std::fmt::Write;
@@ -54,11 +55,10 @@ pub fn report(
     let mut total = Aggregate::default();
     let mut by_route: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
     for ((route, _, _, _), a) in &groups {
-        total.requests += a.requests;
-        total.by_class[4] += a.by_class[4];
+        total.absorb(a);
         let e = by_route.entry(route.as_str()).or_default();
         e.0 += a.requests;
-        e.1 += a.by_class[4];
+        e.1 += a.errors;
     }
     let mut failing: Vec<(&str, u64, u64)> = by_route
         .iter()
@@ -68,19 +68,33 @@ pub fn report(
     failing.sort_by_key(|x| std::cmp::Reverse(x.2));
     sections.push(Section {
         title: "Traffic and errors".into(),
-        lines: vec![format!(
-            "{} requests, {} answered 5xx ({}), on {} routes.",
-            total.requests,
-            total.by_class[4],
-            pct(total.error_rate()),
-            by_route.len()
-        )],
+        lines: [
+            format!(
+                "{} requests, {} errors ({}: upstream errors, gateway errors and timeouts), \
+                 {} answered 5xx, {} left by their client, {} refused by the gateway, on {} routes.",
+                total.requests,
+                total.errors,
+                pct(total.error_rate()),
+                total.by_class[4],
+                total.by_outcome[Outcome::ClientAborted.index()],
+                total.by_outcome[Outcome::Rejected.index()],
+                by_route.len()
+            ),
+            format!(
+                "Totals are exact (counted by the shards). {}",
+                total.rows_note().unwrap_or_else(|| format!(
+                    "Every one of the {} calls has its stored row.",
+                    total.requests
+                ))
+            ),
+        ]
+        .into(),
         table: (!failing.is_empty()).then(|| {
             (
                 vec![
                     "Top failing route".into(),
                     "Requests".into(),
-                    "5xx".into(),
+                    "Errors".into(),
                     "Error rate".into(),
                 ],
                 failing
@@ -247,40 +261,63 @@ pub fn report(
         }),
     });
 
-    // LLM usage and cost, and feedback.
-    let mut llm = conn.prepare(
-        "SELECT COALESCE(alias, ''), COALESCE(target, ''), COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),
-            SUM(cost_usd), SUM(estimated), AVG(ttft_us), AVG(f.score), COUNT(f.score)
-         FROM calls c LEFT JOIN feedback f ON f.request_id = c.request_id
-         WHERE c.ts_ms >= ?1 AND alias IS NOT NULL GROUP BY 1, 2 ORDER BY 6 DESC",
-    )?;
-    let llm_rows: Vec<Vec<String>> = llm
-        .query_map([since_ms], |r| {
-            Ok(vec![
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?.to_string(),
-                r.get::<_, Option<i64>>(3)?.unwrap_or(0).to_string(),
-                r.get::<_, Option<i64>>(4)?.unwrap_or(0).to_string(),
-                format!("${:.4}", r.get::<_, Option<f64>>(5)?.unwrap_or(0.0)),
-                r.get::<_, Option<i64>>(6)?.unwrap_or(0).to_string(),
-                r.get::<_, Option<f64>>(7)?
-                    .map_or("-".into(), |t| format!("{:.1}", t / 1000.0)),
-                match (r.get::<_, Option<f64>>(8)?, r.get::<_, i64>(9)?) {
-                    (Some(s), n) => format!("{s:.2} ({n})"),
-                    _ => "-".into(),
-                },
-            ])
-        })?
-        .collect::<Result<_, _>>()?;
+    // LLM usage and cost (exact, from rollups), and feedback (from stored rows).
+    let mut scores: std::collections::HashMap<String, (f64, i64)> = Default::default();
+    {
+        let mut fb = conn.prepare(
+            "SELECT model, AVG(f.score), COUNT(f.score)
+             FROM calls c JOIN feedback f ON f.request_id = c.request_id
+             WHERE c.ts_ms >= ?1 AND model IS NOT NULL GROUP BY 1",
+        )?;
+        let mut rows = fb.query([since_ms])?;
+        while let Some(r) = rows.next()? {
+            scores.insert(r.get(0)?, (r.get(1)?, r.get(2)?));
+        }
+    }
+    let mut llm: std::collections::BTreeMap<(&str, &str), Aggregate> = Default::default();
+    for ((route, _, _, model), a) in &groups {
+        if !model.is_empty() {
+            llm.entry((route.as_str(), model.as_str()))
+                .or_default()
+                .absorb(a);
+        }
+    }
+    let mut llm_rows: Vec<(u64, Vec<String>)> = llm
+        .iter()
+        .map(|((route, model), a)| {
+            (
+                a.cost_nanos,
+                vec![
+                    route.to_string(),
+                    model.to_string(),
+                    a.requests.to_string(),
+                    a.prompt_tokens.to_string(),
+                    a.completion_tokens.to_string(),
+                    format!("${:.6}", a.cost_usd()),
+                    a.estimated.to_string(),
+                    if a.ttft.1 > 0 {
+                        format!("{:.1}", a.ttft.0 as f64 / a.ttft.1 as f64 / 1000.0)
+                    } else {
+                        "-".into()
+                    },
+                    match scores.get(*model) {
+                        Some((s, n)) => format!("{s:.2} ({n})"),
+                        None => "-".into(),
+                    },
+                ],
+            )
+        })
+        .collect();
+    llm_rows.sort_by_key(|(cost, _)| std::cmp::Reverse(*cost));
+    let llm_rows: Vec<Vec<String>> = llm_rows.into_iter().map(|(_, r)| r).collect();
     sections.push(Section {
         title: "LLM usage, cost and feedback".into(),
         lines: vec![],
         table: (!llm_rows.is_empty()).then(|| {
             (
                 [
-                    "Alias",
-                    "Target",
+                    "Route",
+                    "Model",
                     "Calls",
                     "Prompt tokens",
                     "Completion tokens",

@@ -16,7 +16,7 @@
 
 use hdrhistogram::Histogram;
 use hypergate_core::metrics::new_histogram;
-use hypergate_runtime::observability::Snapshot;
+use hypergate_runtime::observability::{Snapshot, TargetCounts};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -60,13 +60,13 @@ impl Sparse {
 /// What a point keeps of a merged snapshot.
 #[derive(Debug, Default)]
 pub struct Compact {
-    /// (route, cluster, version) -> counts by status class.
-    targets: BTreeMap<(String, String, String), [u64; 6]>,
+    /// (route, cluster, version) -> counts by status class and outcome.
+    targets: BTreeMap<(String, String, String), TargetCounts>,
     /// Route latency.
     routes: BTreeMap<String, Sparse>,
     /// (cluster, version) upstream latency.
     clusters: BTreeMap<(String, String), Sparse>,
-    /// (route, alias) -> (tokens, micro-dollars).
+    /// (route, alias) -> (tokens, nano-dollars).
     llm: BTreeMap<(String, String), (u64, u64)>,
     /// (alias, target) over all routes and consumers, for canary analysis of aliases.
     llm_targets: BTreeMap<(String, String), LlmTarget>,
@@ -79,7 +79,7 @@ pub struct Compact {
 struct LlmTarget {
     ok: u64,
     errors: u64,
-    cost_micros: u64,
+    cost_nanos: u64,
     cost_sq: f64,
     ttft: Sparse,
     total: Sparse,
@@ -121,7 +121,7 @@ impl Compact {
                 .or_insert_with(|| (LlmTarget::default(), new_histogram(), new_histogram()));
             t.ok += v.counters[0];
             t.errors += v.counters[1];
-            t.cost_micros += v.counters[8];
+            t.cost_nanos += v.counters[8];
             t.cost_sq += v.cost_sq;
             if let Some((h, _)) = &v.ttft {
                 let _ = ttft.add(h);
@@ -180,7 +180,8 @@ pub struct Series {
 pub struct WindowFigures {
     /// Requests.
     pub requests: u64,
-    /// 5xx answers (and answers never sent).
+    /// Calls whose outcome is an error of the service (upstream errors,
+    /// gateway errors, timeouts; `hypergate_core::error::Outcome::is_error`).
     pub errors: u64,
     /// Latency histogram (µs), when any was recorded.
     pub latency: Option<Histogram<u64>>,
@@ -296,7 +297,7 @@ impl Series {
         }
         let cost_usd = hypergate_analysis::MeanSample {
             n: requests,
-            sum: now.cost_micros.saturating_sub(then.cost_micros) as f64 / 1e6,
+            sum: now.cost_nanos.saturating_sub(then.cost_nanos) as f64 / 1e9,
             sum_sq: (now.cost_sq - then.cost_sq).max(0.0),
         };
         let feedback = hypergate_analysis::MeanSample {
@@ -315,7 +316,7 @@ impl Series {
         }
     }
 
-    /// LLM (tokens, micro-dollars) over `window`, optionally for one route and alias,
+    /// LLM (tokens, dollars) over `window`, optionally for one route and alias,
     /// with the span covered.
     pub fn llm(
         &self,
@@ -336,7 +337,7 @@ impl Series {
         let (t0, c0) = sum(&then.stats);
         (
             t1.saturating_sub(t0),
-            c1.saturating_sub(c0) as f64 / 1e6,
+            c1.saturating_sub(c0) as f64 / 1e9,
             now.at.duration_since(then.at),
         )
     }
@@ -394,14 +395,9 @@ fn between(now: &Point, then: &Point, scope: &Scope) -> WindowFigures {
         if !scope.matches(&key.0, &key.1, &key.2) {
             continue;
         }
-        let old = then.stats.targets.get(key).copied().unwrap_or([0; 6]);
-        let d: Vec<u64> = counts
-            .iter()
-            .zip(old)
-            .map(|(a, b)| a.saturating_sub(b))
-            .collect();
-        f.requests += d.iter().sum::<u64>();
-        f.errors += d[0] + d[5];
+        let d = counts.since(&then.stats.targets.get(key).copied().unwrap_or_default());
+        f.requests += d.requests();
+        f.errors += d.errors();
     }
     let mut add = |h: Histogram<u64>| match &mut f.latency {
         Some(acc) => {

@@ -7,10 +7,13 @@
 //! one row of `call_blocks` in one transaction at most every `flush_interval`
 //! (WAL mode, `synchronous = NORMAL`). Readers see the calls as the SQL table
 //! `calls` (a virtual table over the blocks, installed by [`open_for_reading`]).
-//! Rollups per (minute, route, cluster, version, model) are aggregated in
-//! memory from the same records (counts by status class, an HDR latency
-//! histogram, tokens, cost) and merged into the `rollups` table every
-//! `rollup_interval`, so a rollup is exactly the sum of the calls it covers.
+//! Rollups per (minute, route, cluster, version, model) are counted by the
+//! shards themselves (`hypergate_core::rollup`: every call, whether its record
+//! reached the store or not; counts by status class and outcome, an HDR latency
+//! histogram, tokens, cost in nano-dollars, and how many of the calls have a
+//! stored row), merged here and into the `rollups` table every
+//! `rollup_interval`: totals are exact, rows are the detail, and every surface
+//! that shows rows can say how many of the period's calls they are.
 //! Retention deletes blocks by age and count, and rollups by age, once a
 //! minute. Readers (admin API, CLI) open their own read-only connections; WAL
 //! lets them read while the writer writes.
@@ -18,8 +21,10 @@
 use crate::blocks::{self, BlockWriter};
 use hdrhistogram::Histogram;
 use hypergate_core::config::hypercare::CallStoreConfig;
+use hypergate_core::error::Outcome;
 use hypergate_core::metrics::new_histogram;
 use hypergate_core::record::AccessRecord;
+use hypergate_core::rollup::{RollupDelta, RollupFigures, RollupLabels};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,8 +33,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Schema version written to `PRAGMA user_version`. 1: a row per call in a
-/// `calls` table; 2: calls in blocks (`call_blocks`).
-const SCHEMA_VERSION: i64 = 2;
+/// `calls` table; 2: calls in blocks (`call_blocks`); 3: block format 3
+/// (outcomes, nano-dollars) and rollups counted by the shards (outcomes,
+/// recorded and sampled-out calls, nano-dollars).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Calls per block at most (a block is written sooner when `flush_interval` is due).
 const BLOCK_CALLS: u32 = 4096;
@@ -42,7 +49,8 @@ CREATE TABLE IF NOT EXISTS call_blocks (
     min_ts_ms INTEGER NOT NULL,
     max_ts_ms INTEGER NOT NULL,
     calls INTEGER NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    format INTEGER NOT NULL DEFAULT 2
 );
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY,
@@ -66,7 +74,19 @@ CREATE TABLE IF NOT EXISTS rollups (
     latency_hist TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
+    cost_nanos INTEGER NOT NULL,
+    status_none INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    client_aborted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    upstream_error INTEGER NOT NULL,
+    gateway_error INTEGER NOT NULL,
+    timeout INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    ttft_sum_us INTEGER NOT NULL,
+    ttft_calls INTEGER NOT NULL,
+    recorded INTEGER NOT NULL,
+    sampled_out INTEGER NOT NULL,
     PRIMARY KEY (minute, route, cluster, version, model)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -107,7 +127,37 @@ pub fn open_for_writing(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )
+    };
+    let old_rollups = has_column("rollups", "cost_usd")?;
+    if old_rollups {
+        conn.execute_batch("ALTER TABLE rollups RENAME TO rollups_v2")?;
+    }
+    if has_column("call_blocks", "data")? && !has_column("call_blocks", "format")? {
+        // Blocks written before format 3 read as format 2.
+        conn.execute_batch("ALTER TABLE call_blocks ADD COLUMN format INTEGER NOT NULL DEFAULT 2")?;
+    }
     conn.execute_batch(SCHEMA)?;
+    if old_rollups {
+        // Rollups from before schema 3 were counted from stored records: every
+        // call they count was recorded, and a 5xx (or no answer) was an error.
+        conn.execute_batch(
+            "BEGIN;
+             INSERT INTO rollups SELECT minute, route, cluster, version, model, requests,
+                status_1xx, status_2xx, status_3xx, status_4xx, status_5xx, latency_sum_us,
+                latency_hist, prompt_tokens, completion_tokens,
+                CAST(ROUND(cost_usd * 1e9) AS INTEGER), 0, requests - status_5xx, 0, 0,
+                status_5xx, 0, 0, 0, 0, 0, requests, 0
+             FROM rollups_v2;
+             DROP TABLE rollups_v2;
+             COMMIT;",
+        )?;
+    }
     let old_calls: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'calls'",
         [],
@@ -155,16 +205,10 @@ pub fn add_histogram_json(into: &mut Histogram<u64>, text: &str) {
     }
 }
 
-/// One rollup being aggregated.
+/// One rollup being merged: the shards' deltas for one minute and label set.
 struct Rollup {
-    /// Route, cluster, version, model.
-    labels: [String; 4],
-    by_class: [u64; 6],
+    figures: RollupFigures,
     latency: Histogram<u64>,
-    latency_sum_us: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cost_usd: f64,
 }
 
 /// What the store did, for `/metrics` (written by the writer thread, read by the admin thread).
@@ -234,9 +278,8 @@ pub struct CallStore {
     next_id: i64,
     block: BlockWriter,
     feedback: Vec<Feedback>,
-    rollups: HashMap<(i64, u64), Rollup>,
-    /// The rollup key of the last call counted.
-    last_key: Option<(i64, u64)>,
+    /// Rollups by (minute, labels), merged from the shards' deltas.
+    rollups: HashMap<(i64, RollupLabels), Rollup>,
     last_flush: Instant,
     last_rollup: Instant,
     last_retention: Instant,
@@ -258,7 +301,6 @@ impl CallStore {
             block: BlockWriter::default(),
             feedback: Vec::new(),
             rollups: HashMap::new(),
-            last_key: None,
             last_flush: now,
             last_rollup: now,
             last_retention: now,
@@ -266,61 +308,37 @@ impl CallStore {
         })
     }
 
-    /// Stores records (and counts each into its rollup).
+    /// Stores the records the sampling rules keep, and queues their feedback.
     pub fn add_batch<R: std::ops::Deref<Target = AccessRecord>>(&mut self, records: &[R]) {
         for r in records {
-            let same_labels = self.block.push(r);
-            self.count(r, same_labels);
+            if let Some(f) = r.llm.as_ref().and_then(|l| l.feedback.as_ref()) {
+                self.feedback.push(Feedback {
+                    request_id: f.request_id.clone(),
+                    ts_ms: r.unix_ms as i64,
+                    score: f.score,
+                    comment: f.comment.clone(),
+                });
+            }
+            if !r.sampled_out {
+                self.block.push(r);
+            }
         }
     }
 
-    /// Counts a record into its rollup, and queues its feedback; with
-    /// `same_labels` (the call before had the same rollup labels) the label
-    /// hash of the call before is reused.
-    fn count(&mut self, r: &AccessRecord, same_labels: bool) {
-        if let Some(f) = r.llm.as_ref().and_then(|l| l.feedback.as_ref()) {
-            self.feedback.push(Feedback {
-                request_id: f.request_id.clone(),
-                ts_ms: r.unix_ms as i64,
-                score: f.score,
-                comment: f.comment.clone(),
-            });
-        }
-        let model = r.llm.as_ref().map_or("", |l| l.model.as_str());
-        let minute = (r.unix_ms / 60_000) as i64;
-        let key = match self.last_key {
-            Some((m, hash)) if same_labels && m == minute => (m, hash),
-            _ => {
-                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-                for part in [&r.route, &r.cluster, &r.version, model] {
-                    hasher.update(part.as_bytes());
-                    hasher.update(&[0]);
-                }
-                (minute, hasher.digest())
+    /// Merges a shard's rollup deltas.
+    pub fn add_rollups(&mut self, deltas: Vec<RollupDelta>) {
+        for d in deltas {
+            let roll = self
+                .rollups
+                .entry((d.minute, d.labels))
+                .or_insert_with(|| Rollup {
+                    figures: RollupFigures::default(),
+                    latency: new_histogram(),
+                });
+            roll.figures.add(&d.figures);
+            for (v, c) in d.latency {
+                roll.latency.saturating_record_n(v, c);
             }
-        };
-        self.last_key = Some(key);
-        let roll = self.rollups.entry(key).or_insert_with(|| Rollup {
-            labels: [
-                r.route.clone(),
-                r.cluster.clone(),
-                r.version.clone(),
-                model.to_string(),
-            ],
-            by_class: [0; 6],
-            latency: new_histogram(),
-            latency_sum_us: 0,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cost_usd: 0.0,
-        });
-        roll.by_class[usize::from(r.status / 100).min(5)] += 1;
-        roll.latency.saturating_record(r.total_us.max(1));
-        roll.latency_sum_us += r.total_us;
-        if let Some(l) = &r.llm {
-            roll.prompt_tokens += l.prompt_tokens;
-            roll.completion_tokens += l.completion_tokens;
-            roll.cost_usd += l.cost_usd;
         }
     }
 
@@ -470,71 +488,94 @@ fn apply_feedback(conn: &Connection, feedback: &[Feedback]) -> rusqlite::Result<
     Ok(())
 }
 
+/// The `rollups` columns after the key, in order.
+pub(crate) const ROLLUP_COLUMNS: &str =
+    "requests, status_1xx, status_2xx, status_3xx, status_4xx, \
+    status_5xx, latency_sum_us, latency_hist, prompt_tokens, completion_tokens, cost_nanos, \
+    status_none, ok, client_aborted, rejected, upstream_error, gateway_error, timeout, \
+    estimated, ttft_sum_us, ttft_calls, recorded, sampled_out";
+
+/// Reads a `rollups` row's figures (from `requests` at column `at`) and latency histogram JSON.
+pub(crate) fn rollup_figures(
+    row: &rusqlite::Row<'_>,
+    at: usize,
+) -> rusqlite::Result<(RollupFigures, String)> {
+    let n = |i: usize| row.get::<_, i64>(at + i).map(|v| v as u64);
+    let mut f = RollupFigures {
+        by_class: [n(11)?, n(1)?, n(2)?, n(3)?, n(4)?, n(5)?],
+        latency_sum_us: n(6)?,
+        prompt_tokens: n(8)?,
+        completion_tokens: n(9)?,
+        cost_nanos: n(10)?,
+        estimated: n(18)?,
+        ttft_sum_us: n(19)?,
+        ttft_calls: n(20)?,
+        recorded: n(21)?,
+        sampled_out: n(22)?,
+        ..RollupFigures::default()
+    };
+    for i in 0..Outcome::COUNT {
+        f.by_outcome[i] = n(12 + i)?;
+    }
+    Ok((f, row.get(at + 7)?))
+}
+
 fn merge_rollups(
     conn: &mut Connection,
-    rollups: HashMap<(i64, u64), Rollup>,
+    rollups: HashMap<(i64, RollupLabels), Rollup>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut select = tx.prepare_cached(
-            "SELECT requests, status_1xx, status_2xx, status_3xx, status_4xx, status_5xx,
-                latency_sum_us, latency_hist, prompt_tokens, completion_tokens, cost_usd
-             FROM rollups WHERE minute = ?1 AND route = ?2 AND cluster = ?3 AND version = ?4 AND model = ?5",
-        )?;
-        let mut upsert = tx.prepare_cached(
-            "INSERT OR REPLACE INTO rollups (minute, route, cluster, version, model, requests,
-                status_1xx, status_2xx, status_3xx, status_4xx, status_5xx, latency_sum_us,
-                latency_hist, prompt_tokens, completion_tokens, cost_usd)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?;
-        for ((minute, _), mut r) in rollups {
-            let [route, cluster, version, model] = std::mem::take(&mut r.labels);
+        let mut select = tx.prepare_cached(&format!(
+            "SELECT {ROLLUP_COLUMNS} FROM rollups
+             WHERE minute = ?1 AND route = ?2 AND cluster = ?3 AND version = ?4 AND model = ?5"
+        ))?;
+        let mut upsert = tx.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO rollups (minute, route, cluster, version, model, {ROLLUP_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+        ))?;
+        for ((minute, [route, cluster, version, model]), mut r) in rollups {
             let existing = select
                 .query_row(params![minute, route, cluster, version, model], |row| {
-                    Ok((
-                        [
-                            row.get::<_, i64>(1)? as u64,
-                            row.get::<_, i64>(2)? as u64,
-                            row.get::<_, i64>(3)? as u64,
-                            row.get::<_, i64>(4)? as u64,
-                            row.get::<_, i64>(5)? as u64,
-                        ],
-                        row.get::<_, i64>(6)? as u64,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, i64>(8)? as u64,
-                        row.get::<_, i64>(9)? as u64,
-                        row.get::<_, f64>(10)?,
-                    ))
+                    rollup_figures(row, 0)
                 })
                 .optional()?;
-            if let Some((classes, sum, hist, pt, ct, cost)) = existing {
-                for (i, c) in classes.iter().enumerate() {
-                    r.by_class[i + 1] += c;
-                }
-                r.latency_sum_us += sum;
+            if let Some((figures, hist)) = existing {
+                r.figures.add(&figures);
                 add_histogram_json(&mut r.latency, &hist);
-                r.prompt_tokens += pt;
-                r.completion_tokens += ct;
-                r.cost_usd += cost;
             }
-            let requests: u64 = r.by_class.iter().sum();
+            let f = &r.figures;
+            let o = |x: Outcome| f.by_outcome[x.index()] as i64;
             upsert.execute(params![
                 minute,
                 route,
                 cluster,
                 version,
                 model,
-                requests as i64,
-                r.by_class[1] as i64,
-                r.by_class[2] as i64,
-                r.by_class[3] as i64,
-                r.by_class[4] as i64,
-                r.by_class[5] as i64 + r.by_class[0] as i64,
-                r.latency_sum_us as i64,
+                f.requests() as i64,
+                f.by_class[1] as i64,
+                f.by_class[2] as i64,
+                f.by_class[3] as i64,
+                f.by_class[4] as i64,
+                f.by_class[5] as i64,
+                f.latency_sum_us as i64,
                 histogram_to_json(&r.latency),
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
-                r.cost_usd,
+                f.prompt_tokens as i64,
+                f.completion_tokens as i64,
+                f.cost_nanos as i64,
+                f.by_class[0] as i64,
+                o(Outcome::Ok),
+                o(Outcome::ClientAborted),
+                o(Outcome::Rejected),
+                o(Outcome::UpstreamError),
+                o(Outcome::GatewayError),
+                o(Outcome::Timeout),
+                f.estimated as i64,
+                f.ttft_sum_us as i64,
+                f.ttft_calls as i64,
+                f.recorded as i64,
+                f.sampled_out as i64,
             ])?;
         }
     }
@@ -544,6 +585,10 @@ fn merge_rollups(
 impl hypergate_core::record::RecordStore for CallStore {
     fn add_batch(&mut self, records: &[Box<AccessRecord>]) {
         CallStore::add_batch(self, records);
+    }
+
+    fn add_rollups(&mut self, deltas: Vec<RollupDelta>) {
+        CallStore::add_rollups(self, deltas);
     }
 
     fn due(&self) -> bool {
@@ -709,6 +754,63 @@ mod tests {
         );
         assert_eq!(count("SELECT COUNT(*) FROM calls"), 1);
         assert_eq!(count("PRAGMA user_version"), SCHEMA_VERSION);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn version_2_rollups_and_blocks_move_to_version_3() {
+        let path = temp_db("v2");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE call_blocks (first_id INTEGER PRIMARY KEY, last_id INTEGER NOT NULL,
+                    min_ts_ms INTEGER NOT NULL, max_ts_ms INTEGER NOT NULL,
+                    calls INTEGER NOT NULL, data BLOB NOT NULL);
+                 CREATE TABLE rollups (minute INTEGER NOT NULL, route TEXT NOT NULL,
+                    cluster TEXT NOT NULL, version TEXT NOT NULL, model TEXT NOT NULL,
+                    requests INTEGER NOT NULL, status_1xx INTEGER NOT NULL,
+                    status_2xx INTEGER NOT NULL, status_3xx INTEGER NOT NULL,
+                    status_4xx INTEGER NOT NULL, status_5xx INTEGER NOT NULL,
+                    latency_sum_us INTEGER NOT NULL, latency_hist TEXT NOT NULL,
+                    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+                    cost_usd REAL NOT NULL, PRIMARY KEY (minute, route, cluster, version, model));
+                 INSERT INTO rollups VALUES (7, 'llm', 'c', 'v1', 'm', 10, 0, 9, 0, 0, 1, 500,
+                    '[[50,10]]', 30, 20, 0.0000045);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let mut store = CallStore::open(&path, CallStoreConfig::default()).unwrap();
+        store.add_rollups(vec![RollupDelta {
+            minute: 7,
+            labels: ["llm".into(), "c".into(), "v1".into(), "m".into()],
+            figures: RollupFigures {
+                by_class: [0, 0, 2, 0, 0, 0],
+                by_outcome: [2, 0, 0, 0, 0, 0],
+                latency_sum_us: 100,
+                cost_nanos: 60,
+                recorded: 1,
+                sampled_out: 1,
+                ..RollupFigures::default()
+            },
+            latency: vec![(50, 2)],
+        }]);
+        store.flush_all();
+        let reader = open_for_reading(&path).unwrap();
+        let a = crate::query::aggregate(&reader, 0, 100).unwrap();
+        let a = &a[&("llm".into(), "c".into(), "v1".into(), "m".into())];
+        assert_eq!((a.requests, a.errors, a.by_class[4]), (12, 1, 1));
+        assert_eq!(a.cost_nanos, 4_560);
+        assert_eq!((a.recorded, a.sampled_out, a.dropped()), (11, 1, 0));
+        assert_eq!(a.latency.as_ref().unwrap().len(), 12);
+        let format: i64 = reader
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('call_blocks') WHERE name = 'format'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(format, 1);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

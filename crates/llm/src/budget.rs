@@ -1,8 +1,11 @@
 //! Token and cost budgets shared by all shards: reserve before the call, settle after.
 //!
-//! Each (budget, key) has three windows (tokens per minute, micro-dollars per UTC
+//! Each (budget, key) has three windows (tokens per minute, nano-dollars per UTC
 //! day and per UTC month). A window is one `AtomicU64` packing the window number
-//! (high 24 bits) and the amount used (low 40 bits), so a reservation is one
+//! (high bits) and the amount used (low bits: 40 for tokens, 48 for a day's
+//! nano-dollars, up to $281,474; 52 for a month's, up to $4,503,599; the window
+//! numbers left, minutes, days and months since 1970, wrap after 31, 770 and
+//! 341 years), so a reservation is one
 //! compare-and-swap that checks `used + estimate <= limit` and a window rollover
 //! resets the amount in the same step: no lock, and no shard can see a stale
 //! window. Admission reserves the estimate on every window of every budget of the
@@ -18,9 +21,16 @@ use hypergate_core::config::ai::BudgetScope;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-const AMOUNT_BITS: u32 = 40;
-const AMOUNT_MASK: u64 = (1 << AMOUNT_BITS) - 1;
-const WINDOW_MASK: u64 = (1 << (64 - AMOUNT_BITS)) - 1;
+/// Amount bits of the tokens-per-minute window.
+const TOKEN_BITS: u32 = 40;
+/// Amount bits of the cost-per-day window (nano-dollars).
+const DAY_BITS: u32 = 48;
+/// Amount bits of the cost-per-month window (nano-dollars).
+const MONTH_BITS: u32 = 52;
+
+// The limits the config accepts fit the windows.
+const _: () = assert!(super::spec::MAX_COST_PER_DAY * 1e9 < (1u64 << DAY_BITS) as f64);
+const _: () = assert!(super::spec::MAX_COST_PER_MONTH * 1e9 < (1u64 << MONTH_BITS) as f64);
 
 /// Which window refused a reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,18 +121,21 @@ fn month_number(days: u64) -> u64 {
     (y * 12 + m - 1 - 1970 * 12).max(0) as u64
 }
 
-/// One window's counter.
+/// One window's counter: the window number above `BITS`, the amount below.
 #[derive(Default, Debug)]
-struct Counter(AtomicU64);
+struct Counter<const BITS: u32>(AtomicU64);
 
-impl Counter {
+impl<const BITS: u32> Counter<BITS> {
+    const AMOUNT_MASK: u64 = (1 << BITS) - 1;
+    const WINDOW_MASK: u64 = (1 << (64 - BITS)) - 1;
+
     fn unpack(v: u64) -> (u64, u64) {
-        (v >> AMOUNT_BITS, v & AMOUNT_MASK)
+        (v >> BITS, v & Self::AMOUNT_MASK)
     }
 
     /// Adds `amount` if the total stays within `limit`.
     fn reserve(&self, window: u64, amount: u64, limit: u64) -> bool {
-        let w = window & WINDOW_MASK;
+        let w = window & Self::WINDOW_MASK;
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (cw, used) = Self::unpack(cur);
@@ -130,7 +143,7 @@ impl Counter {
             if used + amount > limit {
                 return false;
             }
-            let next = (w << AMOUNT_BITS) | (used + amount).min(AMOUNT_MASK);
+            let next = (w << BITS) | (used + amount).min(Self::AMOUNT_MASK);
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -144,7 +157,7 @@ impl Counter {
     /// Replaces a reservation of `reserved` made in `window` by `actual`. If the
     /// window has rolled over since, `actual` is charged to the new one.
     fn settle(&self, window: u64, reserved: u64, actual: u64, now_window: u64) {
-        let (w, nw) = (window & WINDOW_MASK, now_window & WINDOW_MASK);
+        let (w, nw) = (window & Self::WINDOW_MASK, now_window & Self::WINDOW_MASK);
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (cw, used) = Self::unpack(cur);
@@ -156,7 +169,7 @@ impl Counter {
                 actual
             };
             let next_w = if cw == w || cw == nw { cw } else { nw };
-            let next = (next_w << AMOUNT_BITS) | next_used.min(AMOUNT_MASK);
+            let next = (next_w << BITS) | next_used.min(Self::AMOUNT_MASK);
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -169,7 +182,7 @@ impl Counter {
 
     fn used(&self, window: u64) -> u64 {
         let (cw, used) = Self::unpack(self.0.load(Ordering::Relaxed));
-        if cw == window & WINDOW_MASK {
+        if cw == window & Self::WINDOW_MASK {
             used
         } else {
             0
@@ -180,9 +193,9 @@ impl Counter {
 /// The three windows of one (budget, key).
 #[derive(Default, Debug)]
 struct Account {
-    tokens: Counter,
-    day: Counter,
-    month: Counter,
+    tokens: Counter<TOKEN_BITS>,
+    day: Counter<DAY_BITS>,
+    month: Counter<MONTH_BITS>,
 }
 
 /// All budget accounts of the process.
@@ -242,7 +255,7 @@ impl BudgetBook {
             .clone()
     }
 
-    /// Reserves `tokens` and `cost` (micro-dollars) on every budget. `consumer`
+    /// Reserves `tokens` and `cost` (nano-dollars) on every budget. `consumer`
     /// and `route` name the keys for consumer- and route-scoped budgets.
     pub fn admit(
         &self,
@@ -328,8 +341,8 @@ impl BudgetBook {
                 budget: b.to_string(),
                 key: k.to_string(),
                 tokens_this_minute: a.tokens.used(clock.minute),
-                cost_today: a.day.used(clock.day) as f64 / 1e6,
-                cost_this_month: a.month.used(clock.month) as f64 / 1e6,
+                cost_today: a.day.used(clock.day) as f64 / 1e9,
+                cost_this_month: a.month.used(clock.month) as f64 / 1e9,
             })
             .collect();
         v.sort_by(|a, b| (&a.budget, &a.key).cmp(&(&b.budget, &b.key)));
@@ -440,8 +453,19 @@ mod tests {
     }
 
     #[test]
+    fn a_day_window_holds_large_budgets_in_nano_dollars() {
+        // $2,000 is 2 x 10^12 nano-dollars, past 40 bits.
+        let c = Counter::<DAY_BITS>::default();
+        let limit = 2_000 * 1_000_000_000;
+        assert!(c.reserve(20_000, limit - 60, limit));
+        assert!(c.reserve(20_000, 60, limit));
+        assert!(!c.reserve(20_000, 1, limit));
+        assert_eq!(c.used(20_000), limit);
+    }
+
+    #[test]
     fn a_new_window_starts_from_zero() {
-        let c = Counter::default();
+        let c = Counter::<TOKEN_BITS>::default();
         assert!(c.reserve(5, 90, 100));
         assert!(!c.reserve(5, 20, 100));
         assert!(c.reserve(6, 100, 100));

@@ -3,7 +3,8 @@
 //!
 //! A budget with `backend = "redis"` keeps each window in its own key,
 //! `hypergate:budget:<name>:<key>:<window>:<number>` (so a new minute, day or month
-//! is a new key, expiring after its window). A Lua script checks every window of
+//! is a new key, expiring after its window; `<window>` is `m` for tokens, `dn` and
+//! `Mn` for a day's and a month's nano-dollars). A Lua script checks every window of
 //! every budget and reserves on all of them only if all fit, atomically on the
 //! server; settlement adds `actual - reserved` to the same keys. Shards hand jobs to
 //! one worker thread over a bounded channel (never blocking: a full queue counts as
@@ -54,7 +55,7 @@ pub struct RedisWindow {
     pub amount: i64,
     /// Seconds the key outlives its window.
     pub ttl_s: u64,
-    /// Counts tokens (else micro-dollars).
+    /// Counts tokens (else nano-dollars).
     pub tokens: bool,
 }
 

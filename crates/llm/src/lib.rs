@@ -49,7 +49,7 @@ use hypergate_ai::tokens;
 use hypergate_ai::translate::{self, Usage};
 use hypergate_core::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
 use hypergate_core::config::edge::RedisConfig;
-use hypergate_core::error::{ErrorKind, ErrorShape, GatewayError};
+use hypergate_core::error::{ErrorKind, ErrorShape, GatewayError, Outcome as CallOutcome};
 use hypergate_core::http::codec::BodyFraming;
 use hypergate_core::http::codec::ResponseHead;
 use hypergate_core::http::write_header;
@@ -855,7 +855,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                         &Usage::default(),
                         0,
                         false,
-                        sent.as_ref().map_or(500, |s| s.status),
+                        sent.as_ref().map(|s| s.status).map_err(|e| e.kind),
                     );
                     return sent;
                 }
@@ -870,7 +870,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                 if let Some(r) = reservation {
                     r.settle(&self.req.ai.shared, 0, 0);
                 }
-                self.finish_stats(alias, None, &Usage::default(), 0, false, e.status());
+                self.finish_stats(alias, None, &Usage::default(), 0, false, Err(e.kind));
                 return Err(e);
             }
         };
@@ -897,22 +897,15 @@ impl<'r, 'a> Chat<'r, 'a> {
             .await
         };
         // Settle and count with what was produced, whether the answer went out or not.
-        let (usage, estimated, status) = match &result {
-            Ok((sent, usage, estimated)) => (*usage, *estimated, sent.status),
-            Err((e, usage, estimated)) => (*usage, *estimated, e.status()),
+        let (usage, estimated, end) = match &result {
+            Ok((sent, usage, estimated)) => (*usage, *estimated, Ok(sent.status)),
+            Err((e, usage, estimated)) => (*usage, *estimated, Err(e.kind)),
         };
         let cost = self.cost(a_alias, target, &usage);
         if let Some(r) = reservation {
             r.settle(&self.req.ai.shared, usage.prompt + usage.completion, cost);
         }
-        self.finish_stats(
-            alias,
-            Some((a_alias, target)),
-            &usage,
-            cost,
-            estimated,
-            status,
-        );
+        self.finish_stats(alias, Some((a_alias, target)), &usage, cost, estimated, end);
         result.map(|(sent, ..)| sent).map_err(|(e, ..)| e)
     }
 
@@ -937,7 +930,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     fn cost(&self, alias: usize, target: usize, usage: &Usage) -> u64 {
         self.spec().aliases[alias].targets[target]
             .price
-            .map_or(0, |p| p.cost_micros(usage))
+            .map_or(0, |p| p.cost_nanos(usage))
     }
 
     /// Reserves the estimate on the route's budgets (local ones in this process,
@@ -981,7 +974,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let cost = chain
             .iter()
             .flat_map(|&a| spec.aliases[a].targets.iter())
-            .filter_map(|t| t.price.map(|p| p.cost_micros(&estimate)))
+            .filter_map(|t| t.price.map(|p| p.cost_nanos(&estimate)))
             .max()
             .unwrap_or(0);
         let tokens = prompt + completion;
@@ -1045,7 +1038,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                     b.cost_per_day,
                     cost,
                     clock.day(),
-                    "d",
+                    // "n": nano-dollars (keys in micro-dollars were "d" and "M").
+                    "dn",
                     2 * 86_400,
                 ),
                 (
@@ -1053,7 +1047,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                     b.cost_per_month,
                     cost,
                     clock.month(),
-                    "M",
+                    "Mn",
                     32 * 86_400,
                 ),
             ] {
@@ -1780,7 +1774,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         usage: &Usage,
         cost: u64,
         estimated: bool,
-        status: u16,
+        end: Result<u16, ErrorKind>,
     ) {
         let spec = self.spec();
         let target_label: Arc<str> = match answered {
@@ -1794,11 +1788,18 @@ impl<'r, 'a> Chat<'r, 'a> {
             target_label.clone(),
             self.req.consumer.clone(),
         ));
-        if (200..300).contains(&status) && self.rec.error.is_none() && !self.rec.client_aborted {
-            stats.ok.set(stats.ok.get() + 1);
-        } else {
-            stats.errors.set(stats.errors.get() + 1);
-        }
+        // The same rule as the call record's (the record phase decides it again
+        // from the same facts).
+        let (status, error) = match end {
+            Ok(status) => (status, None),
+            Err(kind) => (kind.status(), Some(kind)),
+        };
+        stats.outcome(CallOutcome::of(
+            status,
+            error,
+            self.rec.client_aborted,
+            self.rec.error.is_some(),
+        ));
         if self.rec.stream {
             stats.streamed.set(stats.streamed.get() + 1);
         }
@@ -1810,7 +1811,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.completion_tokens = usage.completion;
         self.rec.cached_tokens = usage.cached;
         self.rec.reasoning_tokens = usage.reasoning;
-        self.rec.cost_usd = cost as f64 / 1e6;
+        self.rec.cost_nanos = cost;
         self.rec.estimated = estimated;
     }
 
@@ -1961,7 +1962,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             &usage,
             cost,
             false,
-            200,
+            Ok(200),
         );
         respond_json(self.req, stream, out, 200, &v).await
     }

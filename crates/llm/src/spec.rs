@@ -156,26 +156,48 @@ pub struct Target {
     pub price: Option<Price>,
 }
 
-/// Prices in US dollars per million tokens.
+/// Prices, kept exactly as integer pico-dollars per token (a price in dollars
+/// per million tokens times 10^6: `$0.15` per million is 150,000 p$ per token),
+/// so any price with up to six decimals is exact and a call's cost is exact to
+/// the nano-dollar.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
     /// Uncached prompt tokens.
-    pub input: f64,
+    pub input: u64,
     /// Completion tokens.
-    pub output: f64,
+    pub output: u64,
     /// Cached prompt tokens.
-    pub cached_input: f64,
+    pub cached_input: u64,
 }
 
+/// The largest cost-per-day budget, in dollars (what a day window's 48 bits
+/// of nano-dollars hold).
+pub const MAX_COST_PER_DAY: f64 = 281_000.0;
+/// The largest cost-per-month budget, in dollars (a month window's 52 bits).
+pub const MAX_COST_PER_MONTH: f64 = 4_500_000.0;
+
+/// Pico-dollars per token in one dollar per million tokens.
+const PICO_PER_DOLLAR_PER_MILLION: f64 = 1e6;
+
 impl Price {
-    /// Cost of a call in micro-dollars.
-    pub fn cost_micros(&self, u: &hypergate_ai::translate::Usage) -> u64 {
+    /// A price from dollars per million tokens (validated: 0 to 1,000,000, at
+    /// most six decimals).
+    pub fn from_dollars_per_million(input: f64, output: f64, cached_input: f64) -> Price {
+        let pico = |v: f64| (v * PICO_PER_DOLLAR_PER_MILLION).round() as u64;
+        Price {
+            input: pico(input),
+            output: pico(output),
+            cached_input: pico(cached_input),
+        }
+    }
+
+    /// Cost of a call in nano-dollars (rounded half up from pico-dollars).
+    pub fn cost_nanos(&self, u: &hypergate_ai::translate::Usage) -> u64 {
         let cached = u.cached.min(u.prompt);
-        let dollars_per_million = (u.prompt - cached) as f64 * self.input
-            + cached as f64 * self.cached_input
-            + u.completion as f64 * self.output;
-        // Tokens x $/M tokens = micro-dollars.
-        dollars_per_million.round() as u64
+        let pico = u128::from(u.prompt - cached) * u128::from(self.input)
+            + u128::from(cached) * u128::from(self.cached_input)
+            + u128::from(u.completion) * u128::from(self.output);
+        u64::try_from((pico + 500) / 1000).unwrap_or(u64::MAX)
     }
 }
 
@@ -399,6 +421,19 @@ pub fn build(
                         format!("{path}.{field}"),
                         "must be between 0 and 1000000 (dollars per million tokens)",
                     );
+                } else if ((v * PICO_PER_DOLLAR_PER_MILLION).round()
+                    - v * PICO_PER_DOLLAR_PER_MILLION)
+                    .abs()
+                    > 1e-3
+                {
+                    issue(
+                        issues,
+                        format!("{path}.{field}"),
+                        format!(
+                            "{v} has more than six decimals: prices are kept exactly, \
+                             as pico-dollars per token"
+                        ),
+                    );
                 }
             }
         }
@@ -413,11 +448,7 @@ pub fn build(
         }
         prices.insert(
             (p.provider.clone(), p.model.clone()),
-            Price {
-                input: p.input,
-                output: p.output,
-                cached_input: p.cached_input.unwrap_or(p.input),
-            },
+            Price::from_dollars_per_million(p.input, p.output, p.cached_input.unwrap_or(p.input)),
         );
     }
 
@@ -530,22 +561,33 @@ pub fn build(
                 "set at least one of tokens_per_minute, cost_per_day, cost_per_month",
             );
         }
-        let micros = |v: Option<f64>, field: &str, issues: &mut Vec<ConfigIssue>| {
+        // Limits in nano-dollars, as the budget windows count.
+        let nanos = |v: Option<f64>, max: f64, field: &str, issues: &mut Vec<ConfigIssue>| {
             v.and_then(|d| {
-                if (0.0..=1_000_000.0).contains(&d) {
-                    Some((d * 1e6).round() as u64)
+                if (0.0..=max).contains(&d) {
+                    Some((d * 1e9).round() as u64)
                 } else {
                     issue(
                         issues,
                         format!("{path}.{field}"),
-                        "must be between 0 and 1000000 dollars",
+                        format!("must be between 0 and {} dollars", max.floor()),
                     );
                     None
                 }
             })
         };
-        let cost_per_day = micros(b.cost_per_day, "cost_per_day", issues);
-        let cost_per_month = micros(b.cost_per_month, "cost_per_month", issues);
+        let cost_per_day = nanos(
+            b.cost_per_day,
+            MAX_COST_PER_DAY,
+            "cost_per_day",
+            issues,
+        );
+        let cost_per_month = nanos(
+            b.cost_per_month,
+            MAX_COST_PER_MONTH,
+            "cost_per_month",
+            issues,
+        );
         if b.backend == BudgetBackend::Redis && !has_redis {
             issue(
                 issues,
@@ -902,19 +944,25 @@ mod tests {
     }
 
     #[test]
-    fn price_is_micro_dollars() {
-        let p = Price {
-            input: 2.5,
-            output: 10.0,
-            cached_input: 1.25,
-        };
-        let u = hypergate_ai::translate::Usage {
-            prompt: 1000,
-            completion: 500,
-            cached: 200,
+    fn cost_is_exact_to_the_nano_dollar() {
+        let p = Price::from_dollars_per_million(2.5, 10.0, 1.25);
+        let u = |prompt, completion, cached| hypergate_ai::translate::Usage {
+            prompt,
+            completion,
+            cached,
             reasoning: 0,
         };
         // 800 x 2.5 + 200 x 1.25 + 500 x 10 = 7,250 micro-dollars.
-        assert_eq!(p.cost_micros(&u), 7250);
+        assert_eq!(p.cost_nanos(&u(1000, 500, 200)), 7_250_000);
+        // A 3-token embedding at $0.02 per million: 60 nano-dollars (it was $0).
+        let embedding = Price::from_dollars_per_million(0.02, 0.0, 0.02);
+        assert_eq!(embedding.cost_nanos(&u(3, 0, 0)), 60);
+        // 4.5 micro-dollars stays 4.5 (it was booked as 5).
+        let small = Price::from_dollars_per_million(0.15, 0.6, 0.075);
+        assert_eq!(small.cost_nanos(&u(10, 5, 0)), 4_500);
+        // Prices with six decimals are exact: $0.000001 per million is 1 p$ per token.
+        let tiny = Price::from_dollars_per_million(0.000_001, 0.0, 0.0);
+        assert_eq!(tiny.input, 1);
+        assert_eq!(tiny.cost_nanos(&u(1_000_000, 0, 0)), 1_000);
     }
 }

@@ -19,10 +19,15 @@ pub type CallKey = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
 /// Figures of one (route, alias, target, consumer).
 #[derive(Default)]
 pub struct CallStats {
-    /// Calls answered 2xx.
+    /// Calls whose outcome is `ok` (`hypergate_core::error::Outcome`).
     pub ok: Cell<u64>,
-    /// Calls that ended in an error.
+    /// Calls whose outcome is an error of the service (upstream error,
+    /// gateway error, timeout).
     pub errors: Cell<u64>,
+    /// Calls the client left before the end of the answer.
+    pub client_aborted: Cell<u64>,
+    /// Calls the gateway or the provider refused (a 4xx for the client).
+    pub rejected: Cell<u64>,
     /// Streamed calls.
     pub streamed: Cell<u64>,
     /// Calls whose usage was estimated with the tokenizer.
@@ -35,8 +40,8 @@ pub struct CallStats {
     pub cached_tokens: Cell<u64>,
     /// Reasoning tokens.
     pub reasoning_tokens: Cell<u64>,
-    /// Cost in micro-dollars.
-    pub cost_micros: Cell<u64>,
+    /// Cost in nano-dollars.
+    pub cost_nanos: Cell<u64>,
     /// Sum of each call's cost squared, in dollars² (with the sum and the
     /// count, canary analysis compares the mean cost per call).
     pub cost_sq: Cell<f64>,
@@ -55,14 +60,28 @@ fn add(c: &Cell<u64>, n: u64) {
 }
 
 impl CallStats {
-    /// Adds a call's usage and cost.
-    pub fn usage(&self, u: &hypergate_ai::translate::Usage, cost_micros: u64, estimated: bool) {
+    /// Counts a call by its outcome.
+    pub fn outcome(&self, outcome: hypergate_core::error::Outcome) {
+        use hypergate_core::error::Outcome;
+        add(
+            match outcome {
+                Outcome::Ok => &self.ok,
+                Outcome::ClientAborted => &self.client_aborted,
+                Outcome::Rejected => &self.rejected,
+                Outcome::UpstreamError | Outcome::GatewayError | Outcome::Timeout => &self.errors,
+            },
+            1,
+        );
+    }
+
+    /// Adds a call's usage and cost (nano-dollars).
+    pub fn usage(&self, u: &hypergate_ai::translate::Usage, cost_nanos: u64, estimated: bool) {
         add(&self.prompt_tokens, u.prompt);
         add(&self.completion_tokens, u.completion);
         add(&self.cached_tokens, u.cached);
         add(&self.reasoning_tokens, u.reasoning);
-        add(&self.cost_micros, cost_micros);
-        let dollars = cost_micros as f64 / 1e6;
+        add(&self.cost_nanos, cost_nanos);
+        let dollars = cost_nanos as f64 / 1e9;
         self.cost_sq.set(self.cost_sq.get() + dollars * dollars);
         if estimated {
             add(&self.estimated, 1);
@@ -139,7 +158,9 @@ impl AiStats {
                             v.completion_tokens.get(),
                             v.cached_tokens.get(),
                             v.reasoning_tokens.get(),
-                            v.cost_micros.get(),
+                            v.cost_nanos.get(),
+                            v.client_aborted.get(),
+                            v.rejected.get(),
                         ],
                         cost_sq: v.cost_sq.get(),
                         ttft: v.ttft.snapshot(),
@@ -182,7 +203,7 @@ type HistogramSum = Option<(Histogram<u64>, u64)>;
 #[derive(Clone, Default)]
 pub struct CallSnapshot {
     /// See [`COUNTER_NAMES`].
-    pub counters: [u64; 9],
+    pub counters: [u64; 11],
     /// Sum of each call's cost squared (dollars²).
     pub cost_sq: f64,
     /// Time to first token.
@@ -196,7 +217,7 @@ pub struct CallSnapshot {
 }
 
 /// Names of [`CallSnapshot::counters`].
-const COUNTER_NAMES: [&str; 9] = [
+const COUNTER_NAMES: [&str; 11] = [
     "ok",
     "errors",
     "streamed",
@@ -205,7 +226,9 @@ const COUNTER_NAMES: [&str; 9] = [
     "completion",
     "cached",
     "reasoning",
-    "cost",
+    "cost_nanos",
+    "client_aborted",
+    "rejected",
 ];
 
 /// One shard's AI figures.
@@ -304,7 +327,7 @@ impl AiMerged {
                 for (name, n) in COUNTER_NAMES.iter().zip(&v.counters) {
                     o[*name] = (*n).into();
                 }
-                o["cost_usd"] = (v.counters[8] as f64 / 1e6).into();
+                o["cost_usd"] = (v.counters[8] as f64 / 1e9).into();
                 o
             })
             .collect();
@@ -339,20 +362,22 @@ pub fn prometheus(m: &AiMerged, out: &mut String) {
         out,
         "hypergate_llm_requests_total",
         "counter",
-        "LLM calls by outcome.",
+        "LLM calls by outcome: ok, error (upstream error, gateway error or timeout), \
+         client_aborted, rejected (the same outcome as the call record's).",
     );
     for (k, v) in &m.calls {
         let l = labels(k);
-        let _ = writeln!(
-            out,
-            "hypergate_llm_requests_total{{{l},outcome=\"ok\"}} {}",
-            v.counters[0]
-        );
-        let _ = writeln!(
-            out,
-            "hypergate_llm_requests_total{{{l},outcome=\"error\"}} {}",
-            v.counters[1]
-        );
+        for (outcome, n) in [
+            ("ok", v.counters[0]),
+            ("error", v.counters[1]),
+            ("client_aborted", v.counters[9]),
+            ("rejected", v.counters[10]),
+        ] {
+            let _ = writeln!(
+                out,
+                "hypergate_llm_requests_total{{{l},outcome=\"{outcome}\"}} {n}"
+            );
+        }
     }
     header(
         out,
@@ -410,7 +435,7 @@ pub fn prometheus(m: &AiMerged, out: &mut String) {
             out,
             "hypergate_llm_cost_usd_total{{{}}} {}",
             labels(k),
-            v.counters[8] as f64 / 1e6
+            v.counters[8] as f64 / 1e9
         );
     }
     for (name, help, pick) in [

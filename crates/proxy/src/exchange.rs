@@ -6,6 +6,7 @@
 //! Depends on `routing` (the router reads a [`View`]) and on `hypergate-core`.
 
 use crate::routing::RequestInfo;
+use hypergate_core::error::{ErrorKind, Outcome};
 use hypergate_core::http::codec::{at, RequestHead};
 use hypergate_core::ids::{RequestId, TraceParent};
 use hypergate_core::io::Tap;
@@ -140,8 +141,10 @@ pub struct Exchange {
     pub consumer: Option<usize>,
     /// Status sent (0: none).
     pub status: u16,
-    /// Error label ("" when none).
+    /// Error label ("" when none): the error's, or why a tunnel ended.
     pub error: &'static str,
+    /// The error the gateway answered or met, if any (see [`Exchange::failed`]).
+    pub error_kind: Option<ErrorKind>,
     /// Request body bytes read.
     pub bytes_in: u64,
     /// Response body bytes sent.
@@ -174,6 +177,7 @@ impl Exchange {
             consumer: None,
             status: 0,
             error: "",
+            error_kind: None,
             bytes_in: 0,
             bytes_out: 0,
             upstream_us: None,
@@ -183,6 +187,23 @@ impl Exchange {
             llm: None,
             capture: None,
         }
+    }
+}
+
+impl Exchange {
+    /// Notes the error the request met (its label goes to the record).
+    pub fn failed(&mut self, kind: ErrorKind) {
+        self.error = kind.label();
+        self.error_kind = Some(kind);
+    }
+
+    /// How the call ended: decided here, once, from what the phases noted.
+    pub fn outcome(&self) -> Outcome {
+        let (aborted, broken) = self
+            .llm
+            .as_ref()
+            .map_or((false, false), |l| (l.client_aborted, l.error.is_some()));
+        Outcome::of(self.status, self.error_kind, aborted, broken)
     }
 }
 

@@ -542,7 +542,7 @@ impl Reply<'_> {
             }
         }
         if write_out(stream, out, send).await.is_err() {
-            ex.error = "client_gone";
+            ex.failed(ErrorKind::ClientGone);
             return Ok(Responded::Close);
         }
         if body_inline {
@@ -574,11 +574,11 @@ impl Reply<'_> {
         {
             Ok(n) => ex.bytes_out = n,
             Err(e) => {
-                ex.error = if e == PumpError::Destination {
-                    "client_gone"
+                ex.failed(if e == PumpError::Destination {
+                    ErrorKind::ClientGone
                 } else {
-                    "upstream_body_aborted"
-                };
+                    ErrorKind::UpstreamBodyAborted
+                });
                 return Ok(Responded::Close);
             }
         }

@@ -38,7 +38,7 @@ pub async fn error<S: ClientStream>(
     shape: ErrorShape,
     extra: &[u8],
 ) -> After {
-    ex.error = err.label();
+    ex.failed(err.kind);
     ctx.stats.error(err);
     if !err.kind.answerable() {
         return After::Close;

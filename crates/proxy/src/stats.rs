@@ -8,6 +8,7 @@
 //! merges them into a [`MergedStats`], off the request path.
 
 use hdrhistogram::Histogram;
+use hypergate_core::error::Outcome;
 use hypergate_core::http::codec::Reject;
 use hypergate_edge::auth::AuthFailure;
 use hypergate_edge::EdgeReject;
@@ -18,17 +19,80 @@ use std::sync::Arc;
 
 pub use hypergate_core::metrics::{new_histogram, LazyHistogram, STATUS_CLASSES};
 
-/// Requests of one route to one cluster version, by status class.
+/// Requests of one route to one cluster version, by status class and outcome.
 pub struct TargetStats {
     /// Status class counters, see [`STATUS_CLASSES`].
     pub by_class: [Cell<u64>; 6],
+    /// Outcome counters, in [`Outcome::ALL`] order.
+    pub by_outcome: [Cell<u64>; Outcome::COUNT],
 }
 
 impl TargetStats {
-    /// Counts one request with this status (0: no response).
-    pub fn count(&self, status: u16) {
+    fn new() -> Self {
+        Self {
+            by_class: Default::default(),
+            by_outcome: Default::default(),
+        }
+    }
+
+    /// Counts one request with this status (0: no response) and outcome.
+    pub fn count(&self, status: u16, outcome: Outcome) {
         let class = (status / 100).min(5) as usize;
         self.by_class[class].set(self.by_class[class].get() + 1);
+        let o = &self.by_outcome[outcome.index()];
+        o.set(o.get() + 1);
+    }
+
+    fn counts(&self) -> TargetCounts {
+        TargetCounts {
+            by_class: self.by_class.each_ref().map(Cell::get),
+            by_outcome: self.by_outcome.each_ref().map(Cell::get),
+        }
+    }
+}
+
+/// A target's counters as numbers (snapshots, merged stats, hypercare series).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetCounts {
+    /// By status class, see [`STATUS_CLASSES`].
+    pub by_class: [u64; 6],
+    /// By outcome, in [`Outcome::ALL`] order.
+    pub by_outcome: [u64; Outcome::COUNT],
+}
+
+impl TargetCounts {
+    /// Requests counted.
+    pub fn requests(&self) -> u64 {
+        self.by_outcome.iter().sum()
+    }
+
+    /// Requests whose outcome is an error of the service ([`Outcome::is_error`]).
+    pub fn errors(&self) -> u64 {
+        Outcome::ALL
+            .iter()
+            .filter(|o| o.is_error())
+            .map(|o| self.by_outcome[o.index()])
+            .sum()
+    }
+
+    /// Adds `other` in.
+    pub fn add(&mut self, other: &TargetCounts) {
+        for (a, b) in self.by_class.iter_mut().zip(other.by_class) {
+            *a += b;
+        }
+        for (a, b) in self.by_outcome.iter_mut().zip(other.by_outcome) {
+            *a += b;
+        }
+    }
+
+    /// What was counted since `then` (counters only grow; a reset reads as 0).
+    pub fn since(&self, then: &TargetCounts) -> TargetCounts {
+        TargetCounts {
+            by_class: std::array::from_fn(|i| self.by_class[i].saturating_sub(then.by_class[i])),
+            by_outcome: std::array::from_fn(|i| {
+                self.by_outcome[i].saturating_sub(then.by_outcome[i])
+            }),
+        }
     }
 }
 
@@ -147,11 +211,7 @@ impl ShardStats {
         self.targets
             .borrow_mut()
             .entry((route.clone(), cluster.clone(), version.clone()))
-            .or_insert_with(|| {
-                Rc::new(TargetStats {
-                    by_class: Default::default(),
-                })
-            })
+            .or_insert_with(|| Rc::new(TargetStats::new()))
             .clone()
     }
 
@@ -220,7 +280,7 @@ impl ShardStats {
             .targets
             .borrow()
             .iter()
-            .map(|(k, v)| (k.clone(), v.by_class.each_ref().map(Cell::get)))
+            .map(|(k, v)| (k.clone(), v.counts()))
             .collect();
         let routes = self
             .routes
@@ -310,7 +370,7 @@ pub struct PoolSnapshot {
 
 /// Everything one shard reports.
 pub struct ShardSnapshot {
-    targets: Vec<(TargetKey, [u64; 6])>,
+    targets: Vec<(TargetKey, TargetCounts)>,
     routes: Vec<(Arc<str>, HistogramSum)>,
     clusters: Vec<(ClusterKey, ClusterSnapshot)>,
     pools: Vec<PoolSnapshot>,
@@ -333,8 +393,8 @@ pub struct ShardSnapshot {
 /// Snapshots of all shards merged.
 #[derive(Default)]
 pub struct MergedStats {
-    /// (route, cluster, version) -> status class counts.
-    pub targets: BTreeMap<(String, String, String), [u64; 6]>,
+    /// (route, cluster, version) -> counts by status class and outcome.
+    pub targets: BTreeMap<(String, String, String), TargetCounts>,
     /// route -> latency histogram and sum (µs).
     pub routes: BTreeMap<String, (Histogram<u64>, u64)>,
     /// (cluster, version) -> figures.
@@ -402,9 +462,7 @@ impl MergedStats {
                     .targets
                     .entry((r.to_string(), c.to_string(), v.to_string()))
                     .or_default();
-                for (a, b) in e.iter_mut().zip(counts) {
-                    *a += b;
-                }
+                e.add(counts);
             }
             for (r, h) in &s.routes {
                 let mut slot = m.routes.remove(r.as_ref());

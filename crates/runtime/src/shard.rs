@@ -115,6 +115,24 @@ pub fn set_memory_release(release: fn()) {
 /// before a shard releases memory.
 const RELEASE_AFTER_CLOSED: u64 = 256;
 
+/// Sends the shard's rollups once a second even when no request comes (a
+/// request sends them too once a second has passed): totals reach the store
+/// within a second or two of the calls, busy or idle. The last ones leave when
+/// the shard's record sink is dropped.
+async fn flush_rollups(ctx: Rc<ShardCtx>) {
+    while !ctx.draining.get() {
+        monoio::time::sleep(hypergate_core::rollup::FLUSH_EVERY).await;
+        if let Some(rollups) = ctx
+            .access_log
+            .borrow()
+            .as_ref()
+            .and_then(|s| s.rollups.as_ref())
+        {
+            rollups.borrow_mut().flush(std::time::Instant::now());
+        }
+    }
+}
+
 /// Returns freed memory to the OS once the open connections fell well below
 /// their recent peak: the allocator keeps a flood's pages for reuse otherwise,
 /// and a shard with nothing to do never gets around to purging them. Checked
@@ -221,6 +239,7 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         limiter: hypergate_edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
     });
     monoio::spawn(release_memory_after_floods(ctx.clone()));
+    monoio::spawn(flush_rollups(ctx.clone()));
     // Closed when the drain starts: every accept loop stops, accepts what is
     // already queued, and closes its listener.
     let (stop_accepting, accepting) = async_channel::bounded::<()>(1);

@@ -71,6 +71,17 @@ pub struct CallStoreConfig {
     pub capture_api_bodies: f64,
     /// Longest captured body, in bytes (cut beyond).
     pub capture_max_bytes: usize,
+    /// Share (0.0 to 1.0) of the calls the rules below do not keep whose row
+    /// is stored. Totals (rollups, summary, report, diff) count every call
+    /// whatever this says; rows are the detail.
+    pub sample_ratio: f64,
+    /// Keep the row of every call whose outcome is not `ok`.
+    pub keep_errors: bool,
+    /// Keep the row of every LLM call.
+    pub keep_llm: bool,
+    /// Keep the row of every call on a route with a traffic split (canaries,
+    /// blue-green).
+    pub keep_splits: bool,
 }
 
 impl Default for CallStoreConfig {
@@ -87,6 +98,10 @@ impl Default for CallStoreConfig {
             capture_llm_bodies: 0.0,
             capture_api_bodies: 0.0,
             capture_max_bytes: 16 * 1024,
+            sample_ratio: 1.0,
+            keep_errors: true,
+            keep_llm: true,
+            keep_splits: true,
         }
     }
 }

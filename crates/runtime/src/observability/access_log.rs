@@ -15,14 +15,15 @@
     reason = "the record writer runs on its own thread: it opens, writes and waits off the shards"
 )]
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use hypergate_core::record::RecordStore;
 use serde::Serialize;
 use std::io::Write;
 
 pub use hypergate_core::record::AccessRecord;
 
-use hypergate_core::record::{channels, AccessLogSink, Boxes, Envelope};
+use hypergate_core::record::{channels, AccessLogSink, Boxes, WriterEnds};
+use hypergate_core::rollup::RollupDelta;
 
 /// The writer thread and the per-shard sinks that feed it.
 pub struct AccessLog {
@@ -53,10 +54,10 @@ pub fn start(
                 .open(file)?,
         )),
     };
-    let (sinks, rx, returns) = channels(shards, buffer, json.is_some());
+    let (sinks, ends) = channels(shards, buffer, json.is_some(), store.is_some());
     let thread = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || writer(out, capture_max, store, rx, returns))?;
+        .spawn(move || writer(out, capture_max, store, ends))?;
     Ok(AccessLog { sinks, thread })
 }
 
@@ -76,13 +77,27 @@ const BATCH: usize = 256;
 /// When a pass finds nothing, the writer blocks until the next record instead.
 const POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Hands every rollup batch waiting in `rx` to the store.
+fn take_rollups(rx: Option<&Receiver<Vec<RollupDelta>>>, store: &mut Option<Box<dyn RecordStore>>) {
+    let (Some(rx), Some(store)) = (rx, store.as_mut()) else {
+        return;
+    };
+    while let Ok(batch) = rx.try_recv() {
+        store.add_rollups(batch);
+    }
+}
+
 fn writer(
     out: Option<Box<dyn Write + Send>>,
     capture_max: usize,
     mut store: Option<Box<dyn RecordStore>>,
-    rx: Receiver<Envelope>,
-    returns: Vec<Sender<Boxes>>,
+    ends: WriterEnds,
 ) {
+    let WriterEnds {
+        records: rx,
+        returns,
+        rollups,
+    } = ends;
     let mut out = out.map(|o| std::io::BufWriter::with_capacity(64 * 1024, o));
     let tick = std::time::Duration::from_millis(100);
     let mut records: Boxes = Vec::with_capacity(BATCH);
@@ -142,6 +157,7 @@ fn writer(
         if let Some(out) = out.as_mut() {
             let _ = out.flush();
         }
+        take_rollups(rollups.as_ref(), &mut store);
         if let Some(store) = store.as_mut() {
             store.tick();
         }
@@ -161,6 +177,8 @@ fn writer(
     if let Some(out) = out.as_mut() {
         let _ = out.flush();
     }
+    // Every sink is gone, and each sent its last rollups before it went.
+    take_rollups(rollups.as_ref(), &mut store);
     if let Some(store) = store.as_mut() {
         store.flush_all();
     }

@@ -5,6 +5,7 @@
 
 use super::metrics::STATUS_CLASSES;
 use super::Snapshot;
+use hypergate_core::error::Outcome;
 use hypergate_core::http::codec::Reject;
 pub use hypergate_core::metrics::{escape, header, histogram, quantiles};
 use hypergate_edge::auth::AuthFailure;
@@ -53,7 +54,7 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
         "Requests by route, cluster, version and status class (status=\"none\": no response sent).",
     );
     for ((route, cluster, version), counts) in &m.targets {
-        for (i, n) in counts.iter().enumerate() {
+        for (i, n) in counts.by_class.iter().enumerate() {
             if *n > 0 {
                 let _ = writeln!(
                     out,
@@ -62,6 +63,28 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
                     escape(cluster),
                     escape(version),
                     STATUS_CLASSES[i]
+                );
+            }
+        }
+    }
+    header(
+        &mut out,
+        "hypergate_request_outcomes_total",
+        "counter",
+        "Requests by route, cluster, version and outcome (ok, client_aborted, rejected, \
+         upstream_error, gateway_error, timeout; the last three are errors of the service).",
+    );
+    for ((route, cluster, version), counts) in &m.targets {
+        for o in Outcome::ALL {
+            let n = counts.by_outcome[o.index()];
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "hypergate_request_outcomes_total{{route=\"{}\",cluster=\"{}\",version=\"{}\",outcome=\"{}\"}} {n}",
+                    escape(route),
+                    escape(cluster),
+                    escape(version),
+                    o.label()
                 );
             }
         }
@@ -367,15 +390,24 @@ pub fn stats_json(m: &Snapshot) -> Value {
         let entry = routes
             .entry(route.clone())
             .or_insert_with(|| json!({"requests": 0, "by_target": []}));
-        let total: u64 = counts.iter().sum();
+        let total = counts.requests();
         entry["requests"] = json!(entry["requests"].as_u64().unwrap_or(0) + total);
         let by_class: serde_json::Map<String, Value> = STATUS_CLASSES
             .iter()
-            .zip(counts)
+            .zip(counts.by_class)
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
+        let by_outcome: serde_json::Map<String, Value> = Outcome::ALL
+            .iter()
+            .map(|o| (o.label().to_string(), json!(counts.by_outcome[o.index()])))
+            .collect();
         if let Some(list) = entry["by_target"].as_array_mut() {
-            list.push(json!({"cluster": cluster, "version": version, "status": by_class}));
+            list.push(json!({
+                "cluster": cluster,
+                "version": version,
+                "status": by_class,
+                "outcome": by_outcome,
+            }));
         }
     }
     for (route, (h, sum)) in &m.routes {

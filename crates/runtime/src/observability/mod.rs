@@ -12,7 +12,9 @@ pub mod ebpf;
 pub mod export;
 pub use hypergate_proxy::stats as metrics;
 
-pub use metrics::{ClusterStats, MergedStats, RouteStats, ShardSnapshot, ShardStats, TargetStats};
+pub use metrics::{
+    ClusterStats, MergedStats, RouteStats, ShardSnapshot, ShardStats, TargetCounts, TargetStats,
+};
 
 /// What one shard reports: the data plane's figures and the LLM layer's.
 pub struct ShardReport {
