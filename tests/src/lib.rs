@@ -11,11 +11,14 @@
 //!   signal, drain and CLI tests.
 //! - [`client`]: a raw HTTP/1.1 client that sends exact bytes and reads responses
 //!   strictly, with timeouts on every read.
+//! - [`python`]: client scripts with the official Python SDKs.
 //! - [`redis`]: a real `redis-server` on an ephemeral port.
 //! - [`browser`]: headless Chromium over the DevTools protocol, recording
 //!   console errors, for tests of the admin dashboard.
 //! - [`body`]: generated bodies and fingerprints for streaming gigabytes without
 //!   holding them.
+//! - [`otlp`]: an in-process OTLP/HTTP receiver that decodes exported spans and
+//!   log records.
 //! - [`util`]: polling with deadlines, temp dirs, closed ports.
 //! - [`tls`]: a throwaway CA, server certificates and signing keys made with the
 //!   `openssl` tool, and wrappers around `curl` and `openssl s_client`.
@@ -29,7 +32,9 @@ pub mod browser;
 pub mod client;
 pub mod gateway;
 pub mod mock;
+pub mod otlp;
 pub mod process;
+pub mod python;
 pub mod redis;
 pub mod tls;
 pub mod util;

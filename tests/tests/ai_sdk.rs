@@ -22,14 +22,7 @@ use hypergate_mock_llm::{LoggedRequest, MockConfig, MockLlm};
 use hypergate_tests::gateway::metric_value;
 use hypergate_tests::{preamble, wait_until, TestGateway};
 use serde_json::{json, Value};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Longest a client script may run (it makes at most six calls, each answered
-/// in milliseconds; interpreter start-up and SDK imports take most of it).
-const SCRIPT_DEADLINE: Duration = Duration::from_secs(60);
+use std::time::Duration;
 
 /// The question every chat script asks, and the mock's answer to it.
 const QUESTION: &str = "What is the capital of France?";
@@ -41,85 +34,10 @@ const TOOL_RESULT: &str = "18 degrees and sunny";
 const TOOL_ANSWER: &str = "Tool said: 18 degrees and sunny";
 
 // ---------------------------------------------------------------------------
-// Harness: the interpreter, running a script, the gateway config.
+// Harness: running a script (`hypergate_tests::python`), the gateway config.
 
-/// The Python interpreter with the SDKs installed.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("HYPERGATE_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.exists(),
-            "HYPERGATE_PYTHON={} does not exist; run `bash .ci/run` to create the SDK venv",
-            p.display()
-        );
-        return p;
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let default = Path::new(&home).join(".cache/hypergate/pyenv/bin/python");
-    assert!(
-        default.exists(),
-        "no Python with the openai and anthropic SDKs: HYPERGATE_PYTHON is unset and {} \
-         does not exist; run `bash .ci/run`, which creates it from tests/python/requirements.txt",
-        default.display()
-    );
-    default
-}
-
-/// Runs `tests/python/<script> <gateway> <args...>` and returns the JSON line it printed.
 fn run_script(script: &str, gateway: &TestGateway, args: &[&str]) -> Value {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
-    let mut cmd = Command::new(python());
-    cmd.arg(dir.join(script))
-        .arg(gateway.addr.to_string())
-        .args(args)
-        .current_dir(&dir)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // The SDKs' HTTP client honours proxy variables; the gateway is local.
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-        cmd.env_remove(var).env_remove(var.to_ascii_lowercase());
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {script} with {}: {e}", python().display()));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + SCRIPT_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll the script") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{script} ran past {SCRIPT_DEADLINE:?}; stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = stdout.join().expect("stdout reader");
-    let stderr = stderr.join().expect("stderr reader");
-    assert!(
-        status.success(),
-        "{script} failed ({status}); stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
-    line.and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!("{script} printed no JSON line; stdout:\n{stdout}\nstderr:\n{stderr}")
-        })
+    hypergate_tests::python::run_script(script, gateway.addr, args)
 }
 
 /// A mock provider with the default configuration (prompt, correct, with usage).

@@ -17,12 +17,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("hypergate-ebpf-common", &[]),
     ("hypergate-mock-llm", &[]),
     ("hypergate-otel", &[]),
-    ("hypergate-core", &["hypergate-analysis"]),
+    ("hypergate-core", &["hypergate-analysis", "hypergate-otel"]),
     ("hypergate-upstream", &["hypergate-core"]),
     ("hypergate-edge", &["hypergate-core"]),
     (
         "hypergate-proxy",
-        &["hypergate-core", "hypergate-upstream", "hypergate-edge"],
+        &[
+            "hypergate-core",
+            "hypergate-upstream",
+            "hypergate-edge",
+            "hypergate-otel",
+        ],
     ),
     (
         "hypergate-llm",
@@ -44,6 +49,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "hypergate-llm",
             "hypergate-ai",
             "hypergate-ebpf-common",
+            "hypergate-otel",
         ],
     ),
     (

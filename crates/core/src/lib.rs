@@ -11,11 +11,13 @@
 //!   reports every error with its path, reload diffs, the runtime-overrides layer).
 //! - [`metrics`], [`record`], [`rollup`]: metric primitives, the per-call
 //!   record, and the exact per-minute totals the shards count.
-//! - [`ids`], [`rng`], [`clock`], [`keys`], [`secret`]: request ids and trace
-//!   context, the per-shard generator, wall-clock time, request keys, and the
+//! - [`ids`], [`rng`], [`clock`], [`keys`], [`secret`]: request ids, the
+//!   per-shard generator, wall-clock time, request keys, and the
 //!   type of every secret.
 //!
-//! Allowed dependencies: third-party crates only (no other Hypergate crate).
+//! Allowed dependencies: third-party crates, `hypergate-analysis` (canary
+//! defaults) and `hypergate-otel` (the `[observability.otlp]` table's type),
+//! both pure crates that depend on no other Hypergate crate.
 //! Everything above depends on this crate: `upstream` and `edge`, then `proxy`,
 //! `llm`, `runtime`, `hypercare`, `admin` and the `hypergate` binary.
 #![deny(missing_docs)]

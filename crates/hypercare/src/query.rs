@@ -27,6 +27,9 @@ pub struct CallFilter {
     pub min_latency_ms: Option<u64>,
     /// LLM model: the provider's model (`gpt-4o`) or the alias clients ask for.
     pub model: Option<String>,
+    /// How calls ended: an [`Outcome`] label (`timeout`), or `error` for every
+    /// outcome that is an error of the service.
+    pub outcome: Option<String>,
     /// Unix milliseconds, inclusive.
     pub since_ms: Option<i64>,
     /// Unix milliseconds, exclusive.
@@ -85,13 +88,23 @@ impl CallFilter {
                 "status" => f.status = Some(v),
                 "min_latency_ms" => f.min_latency_ms = Some(num(&v)?),
                 "model" => f.model = Some(v),
+                "outcome" if v == "error" || Outcome::ALL.iter().any(|o| o.label() == v) => {
+                    f.outcome = Some(v)
+                }
+                "outcome" => {
+                    let labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.label()).collect();
+                    return Err(QueryError::BadFilter(format!(
+                        "outcome: {v:?} is not error, {}",
+                        labels.join(", ")
+                    )));
+                }
                 "since" => f.since_ms = Some(parse_time(&v, now_ms)?),
                 "until" => f.until_ms = Some(parse_time(&v, now_ms)?),
                 "limit" => f.limit = Some(num(&v)? as usize),
                 "cursor" => f.cursor = Some(num(&v)? as i64),
                 other => {
                     return Err(QueryError::BadFilter(format!(
-                        "unknown filter {other:?} (route, consumer, version, status, model, min_latency_ms, since, until, limit, cursor)"
+                        "unknown filter {other:?} (route, consumer, version, status, model, outcome, min_latency_ms, since, until, limit, cursor)"
                     )))
                 }
             }
@@ -136,8 +149,8 @@ fn percent_decode(v: &str) -> String {
 pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
     let mut sql = String::from(
         "SELECT c.id, c.ts_ms, c.request_id, trace_id, method, path, route, consumer, cluster,
-            version, endpoint, status, error, total_us, upstream_us, ttft_us, bytes_in, bytes_out,
-            retries, provider, model, alias, target, prompt_tokens, completion_tokens,
+            version, endpoint, status, outcome, error, total_us, upstream_us, ttft_us, bytes_in,
+            bytes_out, retries, provider, model, alias, target, prompt_tokens, completion_tokens,
             cached_tokens, reasoning_tokens, cost_usd, estimated, prompt, prompt_version,
             cache_hit, guardrails, f.score AS feedback_score, f.comment AS feedback_comment,
             request_body, response_body
@@ -176,6 +189,20 @@ pub fn calls(conn: &Connection, f: &CallFilter) -> Result<Value, QueryError> {
     }
     if let Some(v) = &f.model {
         add("? IN (model, alias)", v.clone().into());
+    }
+    if let Some(o) = &f.outcome {
+        let labels: Vec<&str> = match o.as_str() {
+            "error" => Outcome::ALL
+                .iter()
+                .filter(|o| o.is_error())
+                .map(|o| o.label())
+                .collect(),
+            label => vec![label],
+        };
+        add(
+            "outcome IN (SELECT value FROM json_each(?))",
+            json!(labels).to_string().into(),
+        );
     }
     if let Some(ms) = f.min_latency_ms {
         add("total_us >= ?", (ms as i64 * 1000).into());
@@ -533,9 +560,12 @@ mod tests {
         assert_eq!(f.consumer.as_deref(), Some("a b"));
         assert_eq!(f.since_ms, Some(1_000_000 - 900_000));
         assert!(CallFilter::from_query("rout=api", 0).is_err());
-        let f = CallFilter::from_query("model=gpt-4o&status=500", 0).unwrap();
+        let f = CallFilter::from_query("model=gpt-4o&status=500&outcome=timeout", 0).unwrap();
         assert_eq!(f.model.as_deref(), Some("gpt-4o"));
         assert_eq!(f.status.as_deref(), Some("500"));
+        assert_eq!(f.outcome.as_deref(), Some("timeout"));
+        assert!(CallFilter::from_query("outcome=error", 0).is_ok());
+        assert!(CallFilter::from_query("outcome=failed", 0).is_err());
         assert!(CallFilter::from_query("limit=x", 0).is_err());
         assert_eq!(
             parse_time("2026-11-27T00:00:00Z", 0).unwrap(),

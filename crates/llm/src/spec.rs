@@ -576,12 +576,7 @@ pub fn build(
                 }
             })
         };
-        let cost_per_day = nanos(
-            b.cost_per_day,
-            MAX_COST_PER_DAY,
-            "cost_per_day",
-            issues,
-        );
+        let cost_per_day = nanos(b.cost_per_day, MAX_COST_PER_DAY, "cost_per_day", issues);
         let cost_per_month = nanos(
             b.cost_per_month,
             MAX_COST_PER_MONTH,

@@ -31,6 +31,23 @@ pub const HYPERGATE_VERSION: &str = "hypergate.version";
 pub const HYPERGATE_RETRY: &str = "hypergate.retry";
 /// The request id (`x-request-id`).
 pub const HYPERGATE_REQUEST_ID: &str = "hypergate.request_id";
+/// How the call ended: `ok`, `client_aborted`, `rejected`, `upstream_error`,
+/// `gateway_error` or `timeout`.
+pub const HYPERGATE_OUTCOME: &str = "hypergate.outcome";
+/// The authenticated consumer.
+pub const HYPERGATE_CONSUMER: &str = "hypergate.consumer";
+/// Retries made for the call (integer).
+pub const HYPERGATE_RETRIES: &str = "hypergate.retries";
+/// The call was served by a canary (boolean).
+pub const HYPERGATE_CANARY: &str = "hypergate.canary";
+/// Total latency at the gateway, in microseconds (integer; on log records).
+pub const HYPERGATE_DURATION_US: &str = "hypergate.duration_us";
+/// An LLM call's cost in US dollars (float, exact to the nano-dollar).
+pub const HYPERGATE_LLM_COST_USD: &str = "hypergate.llm.cost_usd";
+/// Provider attempts an LLM call made (integer).
+pub const HYPERGATE_LLM_ATTEMPTS: &str = "hypergate.llm.attempts";
+/// The LLM alias's target that answered (`provider/model`).
+pub const HYPERGATE_LLM_TARGET: &str = "hypergate.llm.target";
 
 /// The GenAI operation, e.g. `chat`, `embeddings`.
 pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";

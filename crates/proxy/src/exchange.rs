@@ -8,10 +8,11 @@
 use crate::routing::RequestInfo;
 use hypergate_core::error::{ErrorKind, Outcome};
 use hypergate_core::http::codec::{at, RequestHead};
-use hypergate_core::ids::{RequestId, TraceParent};
+use hypergate_core::ids::RequestId;
 use hypergate_core::io::Tap;
 use hypergate_core::keys::KeySource;
 use hypergate_core::record::LlmRecord;
+use hypergate_otel::{RemoteParent, Sampler, SamplerPolicy, SpanContext, SpanId};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -126,8 +127,13 @@ impl View<'_> {
 pub struct Exchange {
     /// Request id (the client's `X-Request-Id` when valid, else a new one).
     pub rid: RequestId,
-    /// Trace context (the client's `traceparent` continued, or a new trace).
-    pub trace: TraceParent,
+    /// The server span's context: the client's `traceparent` continued (a new
+    /// span id, its `tracestate` kept), or a new trace; with the head sampling
+    /// decision of `[observability.otlp]` (the caller's when it has one).
+    pub trace: SpanContext,
+    /// The upstream attempts, for their client spans (kept only when spans
+    /// are exported: `ShardCtx::telemetry`).
+    pub attempts: Vec<AttemptSpan>,
     /// When the request head was complete (the body's total deadline and the
     /// route's AI deadline count from it).
     pub started: Instant,
@@ -165,11 +171,23 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The account of a request whose head just arrived.
-    pub fn begin(view: &View<'_>, rng: &Cell<u64>) -> Self {
+    /// The account of a request whose head just arrived; `sampler`: the
+    /// exporter's, when spans are exported (without one, a new trace is
+    /// sampled and a caller's decision is passed on).
+    pub fn begin(view: &View<'_>, rng: &Cell<u64>, sampler: Option<&Sampler>) -> Self {
+        let parent = view
+            .header("traceparent")
+            .and_then(|tp| RemoteParent::parse(tp, view.header("tracestate")));
+        let sampler = sampler
+            .copied()
+            .unwrap_or_else(|| Sampler::new(SamplerPolicy::ParentBasedAlwaysOn, false, false));
+        let trace = SpanContext::server(parent.as_ref(), &sampler, || {
+            hypergate_core::rng::next_random(rng)
+        });
         Self {
             rid: RequestId::new(view.header("x-request-id"), rng),
-            trace: TraceParent::new(view.header("traceparent"), rng),
+            trace,
+            attempts: Vec::new(),
             started: Instant::now(),
             route: None,
             target: None,
@@ -197,6 +215,15 @@ impl Exchange {
         self.error_kind = Some(kind);
     }
 
+    /// The error label, or the outcome's when no error was noted.
+    pub fn error_or(&self, outcome: Outcome) -> &'static str {
+        if self.error.is_empty() {
+            outcome.label()
+        } else {
+            self.error
+        }
+    }
+
     /// How the call ended: decided here, once, from what the phases noted.
     pub fn outcome(&self) -> Outcome {
         let (aborted, broken) = self
@@ -205,6 +232,21 @@ impl Exchange {
             .map_or((false, false), |l| (l.client_aborted, l.error.is_some()));
         Outcome::of(self.status, self.error_kind, aborted, broken)
     }
+}
+
+/// One upstream attempt, for its client span.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSpan {
+    /// The span id (the `traceparent` the upstream received names it).
+    pub span_id: SpanId,
+    /// When the attempt began and ended.
+    pub start: Instant,
+    /// When it ended.
+    pub end: Instant,
+    /// The endpoint tried (index into the cluster's endpoints).
+    pub endpoint: usize,
+    /// The response status, or the failure's error label.
+    pub result: Result<u16, &'static str>,
 }
 
 /// A sampled call's body capture (`[hypercare.store] capture_api_bodies`):

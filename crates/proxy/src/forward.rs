@@ -8,7 +8,7 @@
 //!
 //! [`retry_safe`]: hypergate_upstream::client::retry_safe
 
-use crate::exchange::{After, Captured, ClientStream, Downstream, Exchange, View};
+use crate::exchange::{After, AttemptSpan, Captured, ClientStream, Downstream, Exchange, View};
 use crate::respond::{add_route_headers, keeps_alive};
 use crate::routing::RequestInfo;
 use crate::spec::Route;
@@ -18,12 +18,13 @@ use hypergate_core::error::{ErrorKind, GatewayError};
 use hypergate_core::http::codec::{at, is_hop_by_hop, BodyFraming, ResponseHead};
 use hypergate_core::http::{write_header, write_u64};
 use hypergate_core::io::{pump, write_out, Encoding, PumpError, PumpLimits};
+use hypergate_otel::SpanContext;
 use hypergate_upstream::client::{
     self, AttemptLimits, Failure, Next, Outcome, Outgoing, Retries, RetryPolicy, RetryStatuses,
 };
 use hypergate_upstream::lease::Lease;
 use hypergate_upstream::{ClusterRuntime, UpstreamConn};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest body copied next to its head so both leave in one write.
 const INLINE_BODY_MAX: u64 = 16 * 1024;
@@ -81,7 +82,9 @@ pub async fn proxy<S: ClientStream>(
         route,
         req,
         down,
-        ex_ids: (ex.rid.as_str(), ex.trace.as_bytes()),
+        rid: ex.rid.as_str(),
+        trace: &ex.trace,
+        traceparent: ex.trace.traceparent(),
         consumer: ex.consumer,
         // Only after every request phase passed, and only a protocol the route
         // allows: anything else is forwarded as a plain request.
@@ -121,6 +124,7 @@ pub async fn proxy<S: ClientStream>(
     .await;
     ex.endpoint = tally.endpoint;
     ex.retries = tally.retries;
+    ex.attempts = tally.attempts;
     let Forwarded {
         stream,
         capture,
@@ -154,7 +158,13 @@ struct Tally {
     endpoint: Option<usize>,
     /// Retries made.
     retries: u32,
+    /// The attempts, for their client spans (when spans are exported).
+    attempts: Vec<AttemptSpan>,
 }
+
+/// Client spans kept per request at most (the attempts beyond are counted in
+/// `hypergate.retries` on the server span).
+const MAX_ATTEMPT_SPANS: usize = 8;
 
 /// Sends the request through the upstream client: pick an endpoint, attempt,
 /// and retry on another endpoint while the one retry rule allows it.
@@ -210,7 +220,30 @@ async fn send<'c, S: ClientStream>(
             tried |= 1 << ep;
         }
         tally.endpoint = Some(ep);
+        // With spans exported, each attempt is a client span, and the upstream
+        // receives it as its parent; without, the server span is the parent.
+        let attempt_span = ctx.telemetry.is_some().then(|| {
+            let child = request
+                .trace
+                .child(hypergate_core::rng::next_random(&ctx.rng));
+            request.traceparent = child.traceparent();
+            (child.span_id, Instant::now())
+        });
         let result = client::attempt(cluster, ep, request, resp, out, limits).await;
+        if let Some((span_id, start)) = attempt_span {
+            if tally.attempts.len() < MAX_ATTEMPT_SPANS {
+                tally.attempts.push(AttemptSpan {
+                    span_id,
+                    start,
+                    end: Instant::now(),
+                    endpoint: ep,
+                    result: match &result {
+                        Ok(_) => Ok(resp.status),
+                        Err(f) => Err(f.label()),
+                    },
+                });
+            }
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Answered(resp.status),
             Err(f) => Outcome::Failed(*f),
@@ -249,8 +282,12 @@ struct Forwarded<'a, 'i, S> {
     route: &'a Route,
     req: &'a View<'a>,
     down: &'a Downstream,
-    /// Request id and `traceparent`.
-    ex_ids: (&'i str, &'i [u8]),
+    /// Request id.
+    rid: &'i str,
+    /// The server span (attempts are its children).
+    trace: &'i SpanContext,
+    /// The `traceparent` this attempt sends.
+    traceparent: [u8; 55],
     consumer: Option<usize>,
     /// The `Upgrade` token forwarded (one the route allows), if any.
     upgrade: Option<&'a [u8]>,
@@ -442,8 +479,8 @@ impl<S> Forwarded<'_, '_, S> {
                 );
             }
         }
-        write_header(out, b"x-request-id", self.ex_ids.0.as_bytes());
-        write_header(out, b"traceparent", self.ex_ids.1);
+        write_header(out, b"x-request-id", self.rid.as_bytes());
+        write_header(out, b"traceparent", &self.traceparent);
         match head.body {
             BodyFraming::Length(n) => {
                 out.extend_from_slice(b"content-length: ");

@@ -5,7 +5,8 @@
 //!   order: `head` (read and canonicalise), route, `edge_phase` (CORS, IP
 //!   rules, auth, groups, rate limits, body limit), then a direct answer, the
 //!   [`Handler`] (the LLM gateway) or `forward` (split, the upstream client,
-//!   the response); errors through `respond`, the one responder; `record`.
+//!   the response); errors through `respond`, the one responder; `record`
+//!   (metrics, rollups, the call record, and `trace`: OpenTelemetry spans).
 //!   An allowed upgrade continues in `tunnel`.
 //! - [`exchange`]: the request as the phases read it, and its running account.
 //! - [`respond`]: every answer the gateway writes itself.
@@ -16,7 +17,7 @@
 //! - [`handler`]: the seam to the layer above (the LLM gateway).
 //!
 //! Allowed dependencies: `hypergate-core`, `hypergate-upstream`,
-//! `hypergate-edge` (and third-party crates).
+//! `hypergate-edge`, `hypergate-otel` (and third-party crates).
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -33,6 +34,7 @@ pub mod spec;
 mod split;
 pub mod state;
 pub mod stats;
+mod trace;
 mod tunnel;
 
 pub use exchange::ClientStream;

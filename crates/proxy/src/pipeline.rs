@@ -181,7 +181,7 @@ async fn handle<S: ClientStream, H: Handler>(
         buf: head_buf,
         head,
     };
-    let mut ex = Exchange::begin(&req, &ctx.rng);
+    let mut ex = Exchange::begin(&req, &ctx.rng, ctx.telemetry.as_ref().map(|t| t.sampler()));
     extra.clear();
     let io = Io {
         stream: &mut *stream,

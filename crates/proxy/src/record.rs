@@ -15,15 +15,25 @@ use hypergate_core::rollup::{CallFacts, RowFate};
 use std::net::SocketAddr;
 use std::time::Instant;
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// Counts the request and submits its access-log record.
 pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, peer: SocketAddr) {
     // One clock read serves the latency and the record's wall-clock time.
     let now = Instant::now();
     let total_us = now.duration_since(ex.started).as_micros() as u64;
     let outcome = ex.outcome();
-    let Some(ri) = ex.route else {
-        return record_log(ctx, inst, view, ex, peer, total_us, now, outcome);
-    };
+    if let Some(ri) = ex.route {
+        count(inst, ri, ex, outcome, total_us);
+    }
+    record_log(ctx, inst, view, ex, peer, total_us, now, outcome);
+    if let Some(sink) = &ctx.telemetry {
+        crate::trace::export(ctx, sink, inst, view, ex, peer, outcome, now);
+    }
+}
+
+/// Counts the request on its route and split side.
+fn count(inst: &Installed, ri: usize, ex: &Exchange, outcome: Outcome, total_us: u64) {
     let rr = &inst.routes[ri];
     match ex.target {
         Some(t) => {
@@ -38,7 +48,6 @@ pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, 
         None => rr.local.count(ex.status, outcome),
     }
     rr.stats.latency.record(total_us);
-    record_log(ctx, inst, view, ex, peer, total_us, now, outcome);
 }
 
 /// Whether the call store keeps this call's row, by `[hypercare.store]`'s
@@ -137,7 +146,10 @@ fn submit(
     r.unix_ms = unix_ms;
     r.sampled_out = !store_row;
     r.request_id.push_str(ex.rid.as_str());
-    r.trace_id.push_str(ex.trace.trace_id());
+    for b in ex.trace.trace_id {
+        r.trace_id.push(char::from(HEX[usize::from(b >> 4)]));
+        r.trace_id.push(char::from(HEX[usize::from(b & 15)]));
+    }
     r.method.push_str(view.method());
     if sink.json {
         // Only JSON lines show these; the call store does not keep them.

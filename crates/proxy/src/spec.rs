@@ -52,6 +52,9 @@ pub struct Config {
     pub ext: Arc<dyn std::any::Any + Send + Sync>,
     /// How request paths are made canonical.
     pub path: hypergate_core::http::path::PathPolicy,
+    /// The OTLP exporter's settings (`[observability.otlp]` and the `OTEL_*`
+    /// environment), when tracing is on.
+    pub otlp: Option<hypergate_otel::OtlpSettings>,
 }
 
 /// A data-plane listener.

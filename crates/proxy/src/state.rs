@@ -272,6 +272,8 @@ pub struct ShardCtx {
     pub conn_limits: Arc<ConnectionLimits>,
     /// This shard's rate-limit leases.
     pub limiter: hypergate_edge::ratelimit::ShardLimiter,
+    /// This shard's span and log buffer, when OTLP export is on.
+    pub telemetry: Option<hypergate_otel::TelemetrySink>,
 }
 
 impl ShardCtx {

@@ -144,6 +144,8 @@ pub struct Controller {
     overrides: Mutex<Arc<Overrides>>,
     /// A failure to inject into the next reload's prepare: (shard, reason).
     prepare_fault: Mutex<Option<(usize, String)>>,
+    /// The OTLP exporter's counters, when export is on.
+    otlp: Option<Arc<hypergate_otel::OtlpStats>>,
 }
 
 /// How long a shard may take to answer a control command.
@@ -391,6 +393,9 @@ impl Controller {
     /// Appends the process-wide edge figures: rate limiting and connection caps.
     pub fn edge_metrics(&self, out: &mut String) {
         use std::fmt::Write;
+        if let Some(otlp) = &self.otlp {
+            otlp.prometheus(out);
+        }
         self.rate_limiter.prometheus(out);
         self.ai.feedback.prometheus(out);
         let _ = writeln!(
@@ -456,6 +461,8 @@ pub struct Gateway {
     pub admin_listener: Option<std::net::TcpListener>,
     threads: Vec<std::thread::JoinHandle<()>>,
     access_log_thread: Option<std::thread::JoinHandle<()>>,
+    /// The OTLP exporter thread, when export is on.
+    exporter: Option<hypergate_otel::Exporter>,
 }
 
 /// Warns when the open-file limit cannot hold `max_connections` client
@@ -588,6 +595,19 @@ impl Gateway {
         if !hypergate_llm::spec::of(&config).aliases.is_empty() {
             let _ = hypergate_ai::tokens::warm_up();
         }
+        let (exporter, mut telemetry) = match &config.otlp {
+            Some(settings) => {
+                let resource = hypergate_otel::Resource::from_settings(settings);
+                let (exporter, sinks) =
+                    hypergate_otel::Exporter::start(settings, &resource, config.shards)?;
+                tracing::info!(
+                    traces = settings.traces_endpoint.url(),
+                    "exporting OpenTelemetry spans over OTLP/HTTP"
+                );
+                (Some(exporter), sinks.into_iter().map(Some).collect())
+            }
+            None => (None, (0..config.shards).map(|_| None).collect::<Vec<_>>()),
+        };
         let mut handles: Vec<ShardHandle> = Vec::new();
         for (id, listeners) in per_shard.into_iter().enumerate() {
             handles.push(shard::spawn(ShardSpec {
@@ -604,6 +624,7 @@ impl Gateway {
                 rate_limiter: rate_limiter.clone(),
                 ai: ai.clone(),
                 shards: config.shards,
+                telemetry: telemetry[id].take(),
             })?);
         }
         let controller = Arc::new(Controller {
@@ -625,6 +646,7 @@ impl Gateway {
             save_overrides,
             overrides: Mutex::new(overrides),
             prepare_fault: Mutex::new(None),
+            otlp: exporter.as_ref().map(|e| e.stats().clone()),
         });
         Ok(Gateway {
             controller,
@@ -633,6 +655,7 @@ impl Gateway {
             admin_listener: Some(admin_listener),
             threads: handles.into_iter().map(|h| h.thread).collect(),
             access_log_thread,
+            exporter,
         })
     }
 
@@ -651,6 +674,13 @@ impl Gateway {
         self.controller.health.stop_all();
         if let Some(t) = self.access_log_thread {
             let _ = t.join();
+        }
+        // The shards are gone, and their sinks with them (each handed over
+        // what it held): export what is queued, within a bound.
+        if let Some(e) = self.exporter {
+            if !e.shutdown(Duration::from_secs(5)) {
+                tracing::warn!("OTLP exporter: spans still queued after 5s were not sent");
+            }
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct ShardSpec {
     pub ai: Arc<hypergate_llm::AiShared>,
     /// Number of shards (the cache and feedback memory are split between them).
     pub shards: usize,
+    /// Span and log buffer, when OTLP export is on.
+    pub telemetry: Option<hypergate_otel::TelemetrySink>,
 }
 
 type Runtime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
@@ -115,20 +117,25 @@ pub fn set_memory_release(release: fn()) {
 /// before a shard releases memory.
 const RELEASE_AFTER_CLOSED: u64 = 256;
 
-/// Sends the shard's rollups once a second even when no request comes (a
-/// request sends them too once a second has passed): totals reach the store
-/// within a second or two of the calls, busy or idle. The last ones leave when
-/// the shard's record sink is dropped.
-async fn flush_rollups(ctx: Rc<ShardCtx>) {
+/// Once a second, even when no request comes: sends the shard's rollups (a
+/// request sends them too once a second has passed), so totals reach the
+/// store within a second or two of the calls, busy or idle, and hands partial
+/// span and log batches to the OTLP exporter when their interval is up. The
+/// last ones leave when the shard's sinks are dropped.
+async fn tick(ctx: Rc<ShardCtx>) {
     while !ctx.draining.get() {
         monoio::time::sleep(hypergate_core::rollup::FLUSH_EVERY).await;
+        let now = std::time::Instant::now();
         if let Some(rollups) = ctx
             .access_log
             .borrow()
             .as_ref()
             .and_then(|s| s.rollups.as_ref())
         {
-            rollups.borrow_mut().flush(std::time::Instant::now());
+            rollups.borrow_mut().flush(now);
+        }
+        if let Some(t) = &ctx.telemetry {
+            t.flush_if_due(now);
         }
     }
 }
@@ -237,9 +244,10 @@ async fn shard_main(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) 
         token_cache: hypergate_edge::auth::TokenCache::default(),
         conn_limits: spec.conn_limits,
         limiter: hypergate_edge::ratelimit::ShardLimiter::new(spec.rate_limiter, spec.id),
+        telemetry: spec.telemetry,
     });
     monoio::spawn(release_memory_after_floods(ctx.clone()));
-    monoio::spawn(flush_rollups(ctx.clone()));
+    monoio::spawn(tick(ctx.clone()));
     // Closed when the drain starts: every accept loop stops, accepts what is
     // already queued, and closes its listener.
     let (stop_accepting, accepting) = async_channel::bounded::<()>(1);

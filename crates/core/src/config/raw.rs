@@ -722,6 +722,11 @@ fn default_demo_name() -> String {
 pub struct ObservabilityConfig {
     /// The eBPF probe: the kernel's view of every gateway TCP connection (docs/ebpf.md).
     pub ebpf: EbpfConfig,
+    /// OpenTelemetry traces (and call records as logs) over OTLP/HTTP
+    /// (docs/observability.md). Also on when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. Bound at start: changing it
+    /// needs a restart.
+    pub otlp: Option<hypergate_otel::OtlpConfig>,
 }
 
 /// The eBPF TCP probe (`hypergate_tcp_*` metrics). Needs a binary built with the

@@ -86,6 +86,7 @@ pub fn validate(
     if raw.access_log.buffer == 0 {
         issues.push("access_log.buffer", "must be at least 1");
     }
+    let otlp = otlp_settings(&raw, &mut issues);
 
     let mut listeners = Vec::new();
     let mut names = HashSet::new();
@@ -245,7 +246,28 @@ pub fn validate(
         rate_limits,
         ext: Arc::new(ai),
         path: path_policy,
+        otlp,
     })
+}
+
+/// The OTLP exporter's settings: `[observability.otlp]` with the standard
+/// `OTEL_*` environment variables over it (on with either), every problem reported.
+fn otlp_settings(raw: &RawConfig, issues: &mut Issues) -> Option<hypergate_otel::OtlpSettings> {
+    let env = hypergate_otel::OtlpEnv::from_vars(std::env::vars());
+    let table = match (&raw.observability.otlp, env.names_an_endpoint()) {
+        (Some(t), _) => t.clone(),
+        (None, true) => hypergate_otel::OtlpConfig::default(),
+        (None, false) => return None,
+    };
+    match table.validate(&env) {
+        Ok(settings) => Some(settings),
+        Err(found) => {
+            for i in found {
+                issues.push(&i.path, i.reason);
+            }
+            None
+        }
+    }
 }
 
 /// Expands `${VAR}` in the secrets that the running config hands out as they

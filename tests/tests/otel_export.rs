@@ -1,18 +1,16 @@
 //! End to end: sinks → exporter thread → an in-process OTLP/HTTP receiver.
 
-mod support;
-
 use hypergate_otel::attributes::*;
 use hypergate_otel::{
     AttrValue, Exporter, LogData, OtlpConfig, OtlpEnv, OtlpSettings, RemoteParent, Resource,
     Severity, SpanContext, SpanData, SpanKind, SpanStatus,
 };
+use hypergate_tests::otlp::{Event, MockCollector, Reply};
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::{Event, MockCollector, Reply};
 
 const INCOMING: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

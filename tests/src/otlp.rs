@@ -1,4 +1,4 @@
-//! An in-process OTLP/HTTP receiver for the tests: a `TcpListener` on an
+//! An in-process OTLP/HTTP receiver (an OpenTelemetry Collector's stand-in): a `TcpListener` on an
 //! ephemeral port, a thread per connection that parses HTTP/1.1 requests,
 //! decodes their protobuf bodies and reports them on a channel, and answers
 //! as the test scripted (status, framing, closing, stalling).
@@ -6,6 +6,8 @@
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,18 +31,25 @@ pub enum Event {
     Accepted,
     /// A trace export request.
     Traces {
+        /// Its headers, names lowercase.
         headers: Vec<(String, String)>,
+        /// Its body, decoded.
         request: ExportTraceServiceRequest,
     },
     /// A log export request.
     Logs {
+        /// Its headers, names lowercase.
         headers: Vec<(String, String)>,
+        /// Its body, decoded.
         request: ExportLogsServiceRequest,
     },
 }
 
+/// A running receiver.
 pub struct MockCollector {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// What it saw, in order.
     pub events: Receiver<Event>,
     /// Answers for the next requests, in order; 200 when none is queued.
     pub replies: Sender<Reply>,
@@ -81,6 +90,44 @@ impl MockCollector {
     /// The base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Collects the spans and log records of the exports that arrive until
+    /// `done` says what came so far is enough (at most 20 s, then panics with
+    /// what came).
+    pub fn collect(
+        &self,
+        done: impl Fn(&[Span], &[LogRecord]) -> bool,
+    ) -> (Vec<Span>, Vec<LogRecord>) {
+        let (mut spans, mut logs) = (Vec::new(), Vec::new());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done(&spans, &logs) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Traces { request, .. }) => spans.extend(
+                    request
+                        .resource_spans
+                        .into_iter()
+                        .flat_map(|r| r.scope_spans)
+                        .flat_map(|s| s.spans),
+                ),
+                Ok(Event::Logs { request, .. }) => logs.extend(
+                    request
+                        .resource_logs
+                        .into_iter()
+                        .flat_map(|r| r.scope_logs)
+                        .flat_map(|s| s.log_records),
+                ),
+                Ok(Event::Accepted) => {}
+                Err(_) => panic!(
+                    "the exports so far are not enough: {} spans {:#?}, {} log records",
+                    spans.len(),
+                    spans.iter().map(|s| &s.name).collect::<Vec<_>>(),
+                    logs.len()
+                ),
+            }
+        }
+        (spans, logs)
     }
 
     /// The next event, waiting at most 10 s.
