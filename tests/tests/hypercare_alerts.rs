@@ -111,6 +111,16 @@ fn error_rate_alert_fires_and_resolves_and_webhooks_hear_it() {
         wait_until("the error alert fires", Duration::from_secs(10), || {
             state_of(gw_ref, "app-errors") == "firing"
         });
+        // /metrics says what /hypercare/alerts says (the dashboard's tile and
+        // Grafana read these).
+        let m = gw_ref.metrics();
+        for line in [
+            "hypergate_alert_state{alert=\"app-errors\",severity=\"critical\",state=\"firing\"} 1",
+            "hypergate_alert_state{alert=\"app-slow\",severity=\"warning\",state=\"inactive\"} 1",
+            "hypergate_alerts_firing 1",
+        ] {
+            assert!(m.contains(line), "/metrics lacks {line}");
+        }
     });
     let firing = states(&gw);
     assert_eq!(firing["firing"], serde_json::json!(["app-errors"]));

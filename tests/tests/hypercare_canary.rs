@@ -112,6 +112,16 @@ fn a_failing_canary_is_rolled_back_by_the_gateway() {
     });
     let view = canary_view(&gw);
     assert_eq!(view["canaries"][0]["weight"], 0);
+    // Hypercare's state as metrics.
+    let m = gw.metrics();
+    for line in [
+        "hypergate_canary_weight{route=\"checkout\",stable=\"v1\",canary=\"v2\"} 0",
+        "hypergate_canary_phase{route=\"checkout\",canary=\"v2\",phase=\"rolled_back\"} 1",
+        "hypergate_canary_phase{route=\"checkout\",canary=\"v2\",phase=\"running\"} 0",
+        "hypergate_canary_decisions_total{route=\"checkout\",canary=\"v2\",action=\"rollback\"} 1",
+    ] {
+        assert!(m.contains(line), "/metrics lacks {line}");
+    }
     let decision = view["decisions"]
         .as_array()
         .unwrap()

@@ -83,6 +83,13 @@ min_requests = 10
         wait_until("roll back", Duration::from_secs(10), || {
             window(gw_ref, "launch")["verdict"] == "roll_back"
         });
+        // The verdict is a metric too (it stays while everything fails).
+        wait_until("the metric says roll back", Duration::from_secs(10), || {
+            let m = gw_ref.metrics();
+            m.contains("hypergate_window_verdict{window=\"launch\",verdict=\"roll_back\"} 1")
+                && m.contains("hypergate_window_verdict{window=\"launch\",verdict=\"exit\"} 0")
+                && m.contains("hypergate_window_required_seconds{window=\"launch\"} 1")
+        });
         let w = window(gw_ref, "launch");
         assert_eq!(w["met_for_s"], 0);
         let failing_now: Vec<&str> = w["failing_now"]

@@ -8,9 +8,10 @@
 //! and listed in an overlay; secrets shown as `<redacted>`), `GET /healthz`,
 //! `GET /readyz` (503 while draining), `POST /reload` (re-read the config file),
 //! `GET`/`POST`/`DELETE /overrides` (the runtime overrides layer),
-//! `GET /hypercare/calls`, `GET /hypercare/summary` (the call store) and
-//! `GET /hypercare/alerts`, `GET /hypercare/canary`, `GET /hypercare/windows` and
-//! `POST /hypercare/windows` (the hypercare engine), and the dashboard at `/ui`.
+//! `GET /hypercare/calls`, `GET /hypercare/calls/<id>`, `GET /hypercare/summary`
+//! (the call store) and `GET /hypercare/alerts`, `GET /hypercare/canary`,
+//! `GET /hypercare/windows` and `POST /hypercare/windows` (the hypercare engine),
+//! and the dashboard at `/ui`.
 //!
 //! Every connection passes, in order ([`serve`], then [`check_access`]):
 //! 1. A bound on the listener's own resources: at most [`MAX_CONNECTIONS`] at
@@ -574,7 +575,8 @@ fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
     json(201, serde_json::json!({"status": "opened", "name": name}))
 }
 
-/// `GET /hypercare/calls` and `GET /hypercare/summary`, read from the call store.
+/// `GET /hypercare/calls`, `/hypercare/calls/<id>`, `/hypercare/summary` and the
+/// other call-store views; alerts, canaries and windows from the engine's view.
 fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
     use hypergate_hypercare::query;
     if matches!(what, "alerts" | "canary" | "windows") {
@@ -594,6 +596,9 @@ fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
             serde_json::json!({"error": "the call store is disabled ([hypercare.store] enabled = false)"}),
         );
     };
+    if let Some(id) = what.strip_prefix("calls/") {
+        return one_call(path, id);
+    }
     let now_ms = hypergate_hypercare::unix_ms() as i64;
     let result = hypergate_hypercare::store::open_for_reading(path)
         .map_err(query::QueryError::from)
@@ -663,6 +668,27 @@ fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
     }
 }
 
+/// `GET /hypercare/calls/<id>`: one call with every column (timings, LLM fields,
+/// feedback, the captured bodies as stored, already redacted); 404 when the store
+/// does not hold it.
+fn one_call(store: &std::path::Path, id: &str) -> Reply {
+    use hypergate_hypercare::query;
+    let Ok(id) = id.parse::<i64>() else {
+        return error(400, &format!("call id: {id:?} is not a number"));
+    };
+    let found = hypergate_hypercare::store::open_for_reading(store)
+        .map_err(query::QueryError::from)
+        .and_then(|conn| query::call(&conn, id));
+    match found {
+        Ok(Some(call)) => json(200, call),
+        Ok(None) => error(
+            404,
+            &format!("no call {id} in the store (never recorded, or removed by retention)"),
+        ),
+        Err(e) => error(500, &e.to_string()),
+    }
+}
+
 fn route(method: &str, path: &str, c: &Controller, hc: &Hypercare) -> Reply {
     match (method, path) {
         ("GET", "/metrics") => {
@@ -670,6 +696,9 @@ fn route(method: &str, path: &str, c: &Controller, hc: &Hypercare) -> Reply {
             c.edge_metrics(&mut body);
             if let Some(counters) = &hc.store_counters {
                 counters.prometheus(&mut body);
+            }
+            if let Ok(view) = hc.view.lock() {
+                view.prometheus(&mut body);
             }
             if let Some(probe) = c.tcp_probe() {
                 probe.prometheus(&mut body);

@@ -14,7 +14,7 @@ use super::canary::CanaryRun;
 use super::series::{total_retransmits, Point, Series};
 use super::state::{self, definition, Entry, Saved};
 use super::windows::WindowRun;
-use hypergate_core::config::hypercare::WindowConfig;
+use hypergate_core::config::hypercare::{Severity, WindowConfig};
 use hypergate_runtime::control::Control;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -51,6 +51,164 @@ impl EngineView {
     /// `/hypercare/windows`.
     pub fn windows_json(&self) -> Value {
         json!({"windows": self.windows.iter().map(WindowRun::json).collect::<Vec<_>>()})
+    }
+
+    /// Hypercare's state as Prometheus text: each canary's weight, step, phase
+    /// and decisions, each alert rule's state, each window's verdict and
+    /// progress (gauges, except the decision counts).
+    pub fn prometheus(&self, out: &mut String) {
+        use hypergate_core::metrics::{escape, header};
+        use std::fmt::Write;
+        let str_of = |v: &Value| escape(v.as_str().unwrap_or(""));
+        let canaries: Vec<Value> = self.canaries.iter().map(CanaryRun::json).collect();
+        header(
+            out,
+            "hypergate_canary_weight",
+            "gauge",
+            "The canary's share of its route's (or alias's) traffic, percent.",
+        );
+        for c in &canaries {
+            let _ = writeln!(
+                out,
+                "hypergate_canary_weight{{route=\"{}\",stable=\"{}\",canary=\"{}\"}} {}",
+                str_of(&c["route"]),
+                str_of(&c["stable"]),
+                str_of(&c["canary"]),
+                c["weight"].as_u64().unwrap_or(0)
+            );
+        }
+        header(
+            out,
+            "hypergate_canary_step",
+            "gauge",
+            "The canary's current step (0-based).",
+        );
+        for c in &canaries {
+            let _ = writeln!(
+                out,
+                "hypergate_canary_step{{route=\"{}\",canary=\"{}\"}} {}",
+                str_of(&c["route"]),
+                str_of(&c["canary"]),
+                c["status"]["step"].as_u64().unwrap_or(0)
+            );
+        }
+        header(
+            out,
+            "hypergate_canary_phase",
+            "gauge",
+            "1 for the canary's phase (running, rolled_back, completed), 0 for the others.",
+        );
+        for c in &canaries {
+            for phase in ["running", "rolled_back", "completed"] {
+                let _ = writeln!(
+                    out,
+                    "hypergate_canary_phase{{route=\"{}\",canary=\"{}\",phase=\"{phase}\"}} {}",
+                    str_of(&c["route"]),
+                    str_of(&c["canary"]),
+                    u8::from(c["status"]["phase"] == phase)
+                );
+            }
+        }
+        header(
+            out,
+            "hypergate_canary_decisions_total",
+            "counter",
+            "Decisions of the canary's current run, by action (hold, promote, complete, rollback).",
+        );
+        for c in &canaries {
+            let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+            for d in c["status"]["history"].as_array().into_iter().flatten() {
+                if let Some(a) = d["decision"]["action"].as_str() {
+                    *counts.entry(a.to_string()).or_default() += 1;
+                }
+            }
+            for (action, n) in counts {
+                let _ = writeln!(
+                    out,
+                    "hypergate_canary_decisions_total{{route=\"{}\",canary=\"{}\",action=\"{}\"}} {n}",
+                    str_of(&c["route"]),
+                    str_of(&c["canary"]),
+                    escape(&action)
+                );
+            }
+        }
+        header(
+            out,
+            "hypergate_alert_state",
+            "gauge",
+            "1 for the alert rule's state (inactive, pending, firing, resolved), 0 for the others.",
+        );
+        for a in &self.alerts {
+            for (state, name) in [
+                (AlertState::Inactive, "inactive"),
+                (AlertState::Pending, "pending"),
+                (AlertState::Firing, "firing"),
+                (AlertState::Resolved, "resolved"),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "hypergate_alert_state{{alert=\"{}\",severity=\"{}\",state=\"{name}\"}} {}",
+                    escape(&a.rule.name),
+                    match a.rule.severity {
+                        Severity::Warning => "warning",
+                        Severity::Critical => "critical",
+                    },
+                    u8::from(a.state == state)
+                );
+            }
+        }
+        header(
+            out,
+            "hypergate_alerts_firing",
+            "gauge",
+            "Alert rules firing now.",
+        );
+        let _ = writeln!(
+            out,
+            "hypergate_alerts_firing {}",
+            self.alerts
+                .iter()
+                .filter(|a| a.state == AlertState::Firing)
+                .count()
+        );
+        let windows: Vec<Value> = self.windows.iter().map(WindowRun::json).collect();
+        header(
+            out,
+            "hypergate_window_verdict",
+            "gauge",
+            "1 for the hypercare window's verdict (in_progress, exit, roll_back, extend), 0 for the others.",
+        );
+        for w in &windows {
+            for verdict in ["in_progress", "exit", "roll_back", "extend"] {
+                let _ = writeln!(
+                    out,
+                    "hypergate_window_verdict{{window=\"{}\",verdict=\"{verdict}\"}} {}",
+                    str_of(&w["name"]),
+                    u8::from(w["verdict"] == verdict)
+                );
+            }
+        }
+        header(
+            out,
+            "hypergate_window_criteria_met_seconds",
+            "gauge",
+            "How long the window's exit criteria have held without a break.",
+        );
+        header(
+            out,
+            "hypergate_window_required_seconds",
+            "gauge",
+            "How long they must hold for the window to exit (its sustain time).",
+        );
+        for w in windows.iter().filter(|w| w.get("required_s").is_some()) {
+            let name = str_of(&w["name"]);
+            let _ = writeln!(
+                out,
+                "hypergate_window_criteria_met_seconds{{window=\"{name}\"}} {}\nhypergate_window_required_seconds{{window=\"{name}\"}} {}",
+                w["met_for_s"].as_u64().unwrap_or(0),
+                w["required_s"].as_u64().unwrap_or(0)
+            );
+        }
     }
 
     /// `/hypercare/alerts`.

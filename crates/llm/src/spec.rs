@@ -227,9 +227,9 @@ pub struct BudgetSpec {
     pub scope: BudgetScope,
     /// Tokens per minute.
     pub tokens_per_minute: Option<u64>,
-    /// Micro-dollars per UTC day.
+    /// Nano-dollars per UTC day.
     pub cost_per_day: Option<u64>,
-    /// Micro-dollars per UTC month.
+    /// Nano-dollars per UTC month.
     pub cost_per_month: Option<u64>,
     /// Completion tokens reserved when a request names no `max_tokens`.
     pub default_max_tokens: u64,

@@ -97,6 +97,11 @@ fn record_log(
     } else {
         RowFate::SampledOut
     };
+    if fate == RowFate::SampledOut {
+        ctx.stats
+            .records_sampled_out
+            .set(ctx.stats.records_sampled_out.get() + 1);
+    }
     let Some(rollups) = &sink.rollups else { return };
     let (mut route, mut cluster, mut version) = ("", "", "");
     if let Some(ri) = ex.route {

@@ -167,6 +167,8 @@ pub struct ShardStats {
     pub accepted_connections: Cell<u64>,
     /// Access-log records dropped because the writer fell behind.
     pub access_log_dropped: Cell<u64>,
+    /// Call records the store's sampling rules left out (counted in rollups).
+    pub records_sampled_out: Cell<u64>,
     /// Edge-policy refusals by reason.
     pub edge_rejections: [Cell<u64>; EdgeReject::ALL.len()],
     /// Authentication failures by reason.
@@ -316,6 +318,7 @@ impl ShardStats {
             active_connections: self.active_connections.get(),
             accepted_connections: self.accepted_connections.get(),
             access_log_dropped: self.access_log_dropped.get(),
+            records_sampled_out: self.records_sampled_out.get(),
             edge_rejections: self.edge_rejections.each_ref().map(Cell::get),
             auth_failures: self.auth_failures.each_ref().map(Cell::get),
             consumers: self
@@ -379,6 +382,7 @@ pub struct ShardSnapshot {
     active_connections: u64,
     accepted_connections: u64,
     access_log_dropped: u64,
+    records_sampled_out: u64,
     edge_rejections: [u64; EdgeReject::ALL.len()],
     auth_failures: [u64; AuthFailure::ALL.len()],
     consumers: Vec<(ConsumerKey, u64)>,
@@ -411,6 +415,8 @@ pub struct MergedStats {
     pub accepted_connections: u64,
     /// Dropped access-log records.
     pub access_log_dropped: u64,
+    /// Call records left out by the store's sampling rules.
+    pub records_sampled_out: u64,
     /// Edge-policy refusals by reason.
     pub edge_rejections: [u64; EdgeReject::ALL.len()],
     /// Authentication failures by reason.
@@ -504,6 +510,7 @@ impl MergedStats {
             m.active_connections += s.active_connections;
             m.accepted_connections += s.accepted_connections;
             m.access_log_dropped += s.access_log_dropped;
+            m.records_sampled_out += s.records_sampled_out;
             for (a, b) in m.edge_rejections.iter_mut().zip(&s.edge_rejections) {
                 *a += b;
             }

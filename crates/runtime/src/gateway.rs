@@ -390,12 +390,63 @@ impl Controller {
         }
     }
 
+    /// Appends what each local LLM budget account has left in its current
+    /// windows (tokens this minute, dollars today and this month). Redis
+    /// budgets are kept in Redis and not shown here.
+    fn budget_metrics(&self, out: &mut String) {
+        use hypergate_core::metrics::{escape, header};
+        use std::fmt::Write;
+        let config = self.config();
+        let spec = hypergate_llm::spec::of(&config);
+        header(
+            out,
+            "hypergate_llm_budget_remaining",
+            "gauge",
+            "What a budget account has left in its current window: tokens this minute \
+             (window=\"tokens_per_minute\"), dollars today or this month (cost_per_day, cost_per_month).",
+        );
+        for a in self.budgets() {
+            let Some(b) = spec.budgets.iter().find(|b| *b.name == *a.budget) else {
+                continue;
+            };
+            let label = |w: &str| {
+                format!(
+                    "budget=\"{}\",key=\"{}\",window=\"{w}\"",
+                    escape(&a.budget),
+                    escape(&a.key)
+                )
+            };
+            if let Some(l) = b.tokens_per_minute {
+                let _ = writeln!(
+                    out,
+                    "hypergate_llm_budget_remaining{{{}}} {}",
+                    label("tokens_per_minute"),
+                    l.saturating_sub(a.tokens_this_minute)
+                );
+            }
+            for (w, limit, used) in [
+                ("cost_per_day", b.cost_per_day, a.cost_today),
+                ("cost_per_month", b.cost_per_month, a.cost_this_month),
+            ] {
+                if let Some(l) = limit {
+                    let _ = writeln!(
+                        out,
+                        "hypergate_llm_budget_remaining{{{}}} {}",
+                        label(w),
+                        (l as f64 / 1e9 - used).max(0.0)
+                    );
+                }
+            }
+        }
+    }
+
     /// Appends the process-wide edge figures: rate limiting and connection caps.
     pub fn edge_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         if let Some(otlp) = &self.otlp {
             otlp.prometheus(out);
         }
+        self.budget_metrics(out);
         self.rate_limiter.prometheus(out);
         self.ai.feedback.prometheus(out);
         let _ = writeln!(

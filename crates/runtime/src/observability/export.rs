@@ -214,7 +214,7 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
             m.rejections[r.index()]
         );
     }
-    let simple: [(&str, &str, &str, u64); 5] = [
+    let simple: [(&str, &str, &str, u64); 6] = [
         (
             "hypergate_no_route_total",
             "counter",
@@ -236,8 +236,16 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
         (
             "hypergate_access_log_dropped_total",
             "counter",
-            "Access-log records dropped because the writer fell behind.",
+            "Call records dropped because the writer fell behind (totals still count \
+             the calls: rollups are counted on the shards).",
             m.access_log_dropped,
+        ),
+        (
+            "hypergate_callstore_sampled_out_total",
+            "counter",
+            "Call records the store's sampling rules left out ([hypercare.store] \
+             sample_ratio; totals still count the calls).",
+            m.records_sampled_out,
         ),
         (
             "hypergate_config_reloads_failed_total",
@@ -450,6 +458,7 @@ pub fn stats_json(m: &Snapshot) -> Value {
         "accepted_connections": m.accepted_connections,
         "no_route": m.no_route,
         "access_log_dropped": m.access_log_dropped,
+        "records_sampled_out": m.records_sampled_out,
         "errors": m.errors.iter().map(|((kind, side), n)| (format!("{side}/{kind}"), json!(n))).collect::<serde_json::Map<String, Value>>(),
         "edge_rejections": EdgeReject::ALL.iter().map(|r| (format!("{}/{}", r.labels().0, r.labels().1), json!(m.edge_rejections[r.index()]))).collect::<serde_json::Map<String, Value>>(),
         "auth_failures": AuthFailure::ALL.iter().map(|f| (f.label().to_string(), json!(m.auth_failures[f.index()]))).collect::<serde_json::Map<String, Value>>(),
