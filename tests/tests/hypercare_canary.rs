@@ -119,9 +119,19 @@ fn a_failing_canary_is_rolled_back_by_the_gateway() {
         "hypergate_canary_phase{route=\"checkout\",canary=\"v2\",phase=\"rolled_back\"} 1",
         "hypergate_canary_phase{route=\"checkout\",canary=\"v2\",phase=\"running\"} 0",
         "hypergate_canary_decisions_total{route=\"checkout\",canary=\"v2\",action=\"rollback\"} 1",
+        "hypergate_alert_state{alert=\"canary-rollback:checkout\",severity=\"critical\",state=\"firing\"} 1",
+        "hypergate_alerts_firing 1",
     ] {
         assert!(m.contains(line), "/metrics lacks {line}");
     }
+    // The rollback is an alert firing, where the dashboard's tile and
+    // /hypercare/alerts look.
+    let alerts = gw.admin_request("GET", "/hypercare/alerts").json();
+    assert_eq!(
+        alerts["firing"],
+        serde_json::json!(["canary-rollback:checkout"]),
+        "{alerts}"
+    );
     let decision = view["decisions"]
         .as_array()
         .unwrap()

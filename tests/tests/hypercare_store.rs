@@ -289,6 +289,48 @@ fn a_stalled_disk_drops_records_but_never_holds_requests() {
     });
     assert!(count(&conn, "SELECT COUNT(*) FROM calls") > before);
     assert!(gw.metric("hypergate_callstore_written_total") > 0.0);
+
+    // Totals stay exact: the summary counts every request (the shards counted
+    // them, whatever became of their rows), as the request counter does, and
+    // says how many calls have rows.
+    let total = sent + 10;
+    let counter = gw.metric(
+        "hypergate_requests_total{route=\"app\",cluster=\"app\",version=\"v7\",status=\"2xx\"}",
+    );
+    assert_eq!(counter, total as f64);
+    let summary = || {
+        gw.admin_request("GET", "/hypercare/summary?window=1h")
+            .json()
+    };
+    wait_until(
+        "exact totals in the summary",
+        Duration::from_secs(15),
+        || summary()["total"]["requests"] == total,
+    );
+    let s = summary();
+    let rows = &s["total"]["rows"];
+    let recorded = rows["recorded"].as_u64().unwrap();
+    assert_eq!(
+        recorded as i64,
+        count(&conn, "SELECT COUNT(*) FROM calls"),
+        "{s}"
+    );
+    assert!(recorded < total, "{s}");
+    assert_eq!(rows["dropped"].as_u64().unwrap() + recorded, total, "{s}");
+    assert_eq!(rows["complete"], false);
+    let note = format!("recorded {recorded} of {total} calls");
+    assert!(s["rows_note"].as_str().unwrap().contains(&note), "{s}");
+    let db = gw
+        .inner()
+        .controller
+        .store_path()
+        .unwrap()
+        .display()
+        .to_string();
+    let (st, report, err) = run_cli(&["report", "--db", &db, "--since", "1h"]);
+    assert!(st.success(), "{err}");
+    assert!(report.contains(&format!("{total} requests")), "{report}");
+    assert!(report.contains(&note), "{report}");
 }
 
 #[test]

@@ -157,20 +157,24 @@ impl EngineView {
                 );
             }
         }
+        let firing = self.firing();
+        for rollback in firing.iter().filter(|f| f.starts_with("canary-rollback:")) {
+            for state in ["inactive", "pending", "firing", "resolved"] {
+                let _ = writeln!(
+                    out,
+                    "hypergate_alert_state{{alert=\"{}\",severity=\"critical\",state=\"{state}\"}} {}",
+                    escape(rollback),
+                    u8::from(state == "firing")
+                );
+            }
+        }
         header(
             out,
             "hypergate_alerts_firing",
             "gauge",
-            "Alert rules firing now.",
+            "Alerts firing now: rules, and rolled-back canaries (as /hypercare/alerts lists them).",
         );
-        let _ = writeln!(
-            out,
-            "hypergate_alerts_firing {}",
-            self.alerts
-                .iter()
-                .filter(|a| a.state == AlertState::Firing)
-                .count()
-        );
+        let _ = writeln!(out, "hypergate_alerts_firing {}", firing.len());
         let windows: Vec<Value> = self.windows.iter().map(WindowRun::json).collect();
         header(
             out,
@@ -211,11 +215,27 @@ impl EngineView {
         }
     }
 
+    /// The alerts firing now: rules in the firing state, and each rolled-back
+    /// canary's `canary-rollback:<route>` alert (critical; it fires with the
+    /// rollback and stays until the canary's configuration changes).
+    pub fn firing(&self) -> Vec<String> {
+        let rules = self
+            .alerts
+            .iter()
+            .filter(|a| a.state == AlertState::Firing)
+            .map(|a| a.rule.name.clone());
+        let rollbacks = self.canaries.iter().filter_map(|c| {
+            (c.json()["status"]["phase"] == "rolled_back")
+                .then(|| format!("canary-rollback:{}", c.config.subject()))
+        });
+        rules.chain(rollbacks).collect()
+    }
+
     /// `/hypercare/alerts`.
     pub fn alerts_json(&self) -> Value {
         json!({
             "alerts": self.alerts,
-            "firing": self.alerts.iter().filter(|a| a.state == AlertState::Firing).map(|a| &a.rule.name).collect::<Vec<_>>(),
+            "firing": self.firing(),
             "events": self.events,
         })
     }

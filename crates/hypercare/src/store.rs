@@ -222,6 +222,8 @@ pub struct StoreCounters {
     pub expired: AtomicU64,
     /// Records lost with a failed transaction.
     pub lost: AtomicU64,
+    /// Rollup merges that failed and wait for the next try (nothing is lost).
+    pub rollup_retries: AtomicU64,
 }
 
 impl StoreCounters {
@@ -249,6 +251,11 @@ impl StoreCounters {
                 "hypergate_callstore_lost_total",
                 "Call records lost with a failed call-store transaction.",
                 &self.lost,
+            ),
+            (
+                "hypergate_callstore_rollup_retries_total",
+                "Rollup merges that failed (a busy or locked database) and were kept for the next try.",
+                &self.rollup_retries,
             ),
         ] {
             header(out, name, "counter", help);
@@ -404,11 +411,17 @@ impl CallStore {
         if self.rollups.is_empty() {
             return;
         }
-        // Rollups are merged in their own transaction, after the calls they count.
+        // Rollups are merged in their own transaction, after the calls they
+        // count. A failed transaction changes nothing: the rollups stay and
+        // are merged on the next try, so totals are never lost to a busy or
+        // locked database (only delayed).
         self.flush();
-        let rollups = std::mem::take(&mut self.rollups);
-        if let Err(e) = merge_rollups(&mut self.conn, rollups) {
-            tracing::warn!(error = %e, "call store: rollups lost");
+        match merge_rollups(&mut self.conn, &self.rollups) {
+            Ok(()) => self.rollups.clear(),
+            Err(e) => {
+                self.counters.rollup_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "call store: rollups not merged yet; retrying");
+            }
         }
     }
 
@@ -522,7 +535,7 @@ pub(crate) fn rollup_figures(
 
 fn merge_rollups(
     conn: &mut Connection,
-    rollups: HashMap<(i64, RollupLabels), Rollup>,
+    rollups: &HashMap<(i64, RollupLabels), Rollup>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -535,17 +548,19 @@ fn merge_rollups(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
         ))?;
-        for ((minute, [route, cluster, version, model]), mut r) in rollups {
+        for ((minute, [route, cluster, version, model]), r) in rollups {
             let existing = select
                 .query_row(params![minute, route, cluster, version, model], |row| {
                     rollup_figures(row, 0)
                 })
                 .optional()?;
+            let mut f = r.figures.clone();
+            let mut latency = r.latency.clone();
             if let Some((figures, hist)) = existing {
-                r.figures.add(&figures);
-                add_histogram_json(&mut r.latency, &hist);
+                f.add(&figures);
+                add_histogram_json(&mut latency, &hist);
             }
-            let f = &r.figures;
+            let f = &f;
             let o = |x: Outcome| f.by_outcome[x.index()] as i64;
             upsert.execute(params![
                 minute,
@@ -560,7 +575,7 @@ fn merge_rollups(
                 f.by_class[4] as i64,
                 f.by_class[5] as i64,
                 f.latency_sum_us as i64,
-                histogram_to_json(&r.latency),
+                histogram_to_json(&latency),
                 f.prompt_tokens as i64,
                 f.completion_tokens as i64,
                 f.cost_nanos as i64,

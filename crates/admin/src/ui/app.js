@@ -6,10 +6,18 @@
 // between two polls; history, latency, tokens and cost come from the per-minute
 // rollups of /hypercare/series. Once charts hold data, `document.body.dataset.ready`
 // is the number of charts drawn with at least one point (the browser test reads it).
+//
+// The call log (/hypercare/calls) is not polled: it loads at start, when a filter
+// changes, on "Refresh" and on "Older calls" (next_cursor). A click on a row shows
+// that call from /hypercare/calls/<id>; a click on a point of the requests or
+// error per-minute chart filters the log to that minute (and to errors) and
+// scrolls to it.
 "use strict";
 
 (function () {
   const POLL_MS = 2000;
+  const CALLS_PAGE = 50; // calls per page of the call log
+  const PICK_PX = 12; // how near a chart click must be to a point to pick its minute
   const LIVE_POINTS = 150; // five minutes of live samples
   const PALETTE = [
     "#2f6fdf", "#e8590c", "#2b8a3e", "#ae3ec9", "#0b7285",
@@ -110,12 +118,16 @@
   // A uPlot chart that is rebuilt when its set of series changes and otherwise
   // just gets new data. `series`: [{label, key, values, dash}], aligned with `t`.
   // `xRange`, when given, returns the [from, to] unix seconds the x axis spans.
+  // `onPick`, when given, is called with the time (unix seconds) of the point a
+  // click lands on (the nearest time with a value, within PICK_PX pixels).
   class Chart {
-    constructor(id, title, fmt, xRange) {
+    constructor(id, title, fmt, xRange, onPick) {
       this.root = $(id);
       this.title = title;
       this.fmt = fmt;
       this.xRange = xRange;
+      this.onPick = onPick;
+      if (onPick) this.root.classList.add("pickable");
       this.plot = null;
       this.signature = "";
       this.points = 0;
@@ -129,6 +141,7 @@
         if (this.plot) this.plot.destroy();
         this.plot = new uPlot(this.options(series), [t, ...series.map((s) => s.values)], this.root);
         this.signature = signature;
+        if (this.onPick) this.plot.over.addEventListener("click", (event) => this.pick(event));
       } else {
         this.plot.setData([t, ...series.map((s) => s.values)]);
       }
@@ -173,6 +186,24 @@
       };
     }
 
+    pick(event) {
+      const u = this.plot;
+      if (!u) return;
+      const x = event.clientX - u.over.getBoundingClientRect().left;
+      const times = u.data[0] || [];
+      let best = -1;
+      let distance = Infinity;
+      times.forEach((t, i) => {
+        if (!u.data.slice(1).some((values) => finite(values[i]))) return;
+        const d = Math.abs(u.valToPos(t, "x") - x);
+        if (d < distance) {
+          best = i;
+          distance = d;
+        }
+      });
+      if (best >= 0 && distance <= PICK_PX) this.onPick(times[best]);
+    }
+
     resize() {
       if (this.plot) this.plot.setSize({ width: Math.max(this.root.clientWidth, 300), height: 220 });
     }
@@ -195,8 +226,10 @@
     const now = Date.now() / 1000;
     return [now - (WINDOW_SECONDS[$("window").value] || 3600), now];
   };
-  const histRequests = new Chart("chart-hist-requests", "Requests per minute", fmtNum, historyRange);
-  const histErrors = new Chart("chart-hist-errors", "5xx share per minute", (v) => fmtPct(v / 100), historyRange);
+  const histRequests = new Chart("chart-hist-requests", "Requests per minute", fmtNum, historyRange,
+    (t) => pickMinute(t, ""));
+  const histErrors = new Chart("chart-hist-errors", "Error share per minute (upstream errors, gateway errors, timeouts)",
+    (v) => fmtPct(v / 100), historyRange, (t) => pickMinute(t, "error"));
   const histLatency = new Chart("chart-hist-latency", "Latency p50 (dashed) / p99", fmtMs, historyRange);
   const llmTokens = new Chart("chart-llm-tokens", "LLM tokens per minute", fmtNum, historyRange);
   const llmCost = new Chart("chart-llm-cost", "LLM cost per minute", fmtUsd, historyRange);
@@ -328,7 +361,14 @@
     const share = rate > 0 ? errors / rate : null;
     const canaries = (canary && canary.canaries) || [];
     const firstCanary = canaries[0];
-    const firing = ((alerts && alerts.alerts) || []).filter((a) => a.state === "firing");
+    // The rules firing now, as /hypercare/alerts lists them by name in `firing`
+    // (its rule states as a fallback); a firing event with no rule behind it (a
+    // canary rollback) or one already resolved shows as the last one fired.
+    const rules = (alerts && alerts.alerts) || [];
+    const firing = Array.isArray(alerts && alerts.firing)
+      ? alerts.firing.map(String)
+      : rules.filter((a) => a.state === "firing").map((a) => (a.rule && a.rule.name) || "?");
+    const lastFired = [...((alerts && alerts.events) || [])].reverse().find((e) => e.state === "firing");
     const calls = (stats && stats.llm && stats.llm.calls) || [];
     const cost = calls.reduce((a, c) => a + (finite(c.cost_usd) ? c.cost_usd : 0), 0);
     const tokens = calls.reduce((a, c) => a + (c.prompt || 0) + (c.completion || 0), 0);
@@ -345,9 +385,11 @@
           phaseText(firstCanary.status && firstCanary.status.phase) + (canaries.length > 1 ? " (+" + (canaries.length - 1) + " more)" : ""),
           phaseTone(firstCanary.status && firstCanary.status.phase) === "bad" ? "bad" : null)
         : tile("Canary", "none", "no canary configured"),
-      tile("Alerts firing", String(firing.length),
-        firing.length ? firing.map((a) => a.rule && a.rule.name).join(", ") : ((alerts && alerts.alerts) || []).length + " rules",
-        firing.length ? "bad" : "good"),
+      tile("Alerts firing", alerts ? String(firing.length) : "–",
+        firing.length ? firing.join(", ")
+          : lastFired ? "last fired: " + lastFired.alert + ", " + fmtSince(lastFired.at_ms)
+            : alerts ? rules.length + " rules" : "alerts unavailable",
+        !alerts ? null : firing.length ? "bad" : "good"),
       tile("LLM spend", fmtUsd(cost), fmtNum(tokens) + " tokens since start"));
   }
 
@@ -603,6 +645,307 @@
         fmtNum(probe.untracked_connections || 0) + " connections untracked"));
   }
 
+  // ---------- call log ----------
+
+  const callLog = {
+    seq: 0, // the newest page request; older answers are dropped
+    detailSeq: 0,
+    query: "", // filters of the rows shown
+    cursor: null, // next_cursor of the last page shown
+    shown: 0,
+    selected: null, // id of the call in the detail view
+    pick: null, // {since, until} (unix ms) of a minute picked on a chart
+  };
+  const FILTERS = ["route", "version", "consumer", "model"];
+  // Values seen per filter (from /hypercare/summary and the calls shown), offered
+  // as suggestions; any text can be typed.
+  const known = Object.fromEntries(FILTERS.map((f) => [f, new Set()]));
+  const offered = Object.fromEntries(FILTERS.map((f) => [f, 0]));
+
+  function learn(filter, value) {
+    if (typeof value === "string" && value !== "") known[filter].add(value);
+  }
+
+  function offerValues() {
+    for (const f of FILTERS) {
+      if (known[f].size === offered[f]) continue;
+      offered[f] = known[f].size;
+      replace("calls-" + f + "-values", [...known[f]].sort().map((v) => el("option", { value: v })));
+    }
+  }
+
+  function learnFromSummary(summary) {
+    for (const g of (summary && summary.groups) || []) {
+      learn("route", g.route);
+      learn("version", g.version);
+      learn("model", g.model);
+    }
+    offerValues();
+    // With sampling ([hypercare.store] sample_ratio) the charts count every call
+    // but only some have a row in the log.
+    const rows = summary && summary.total && summary.total.rows;
+    $("calls-sampling").textContent = rows && rows.complete === false
+      ? "Rows kept for " + fmtNum(rows.recorded) + " of " + fmtNum(summary.total.requests) + " calls in the last " +
+        windowLabel() + " (" + fmtNum(rows.sampled_out) + " sampled out, " + fmtNum(rows.dropped) + " dropped); the charts count every call."
+      : "";
+  }
+
+  const two = (n) => String(n).padStart(2, "0");
+  function fmtClock(ms, withMs) {
+    const d = new Date(ms);
+    const time = two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+    return withMs ? time + "." + String(d.getMilliseconds()).padStart(3, "0") : time;
+  }
+  function fmtDay(ms) {
+    const d = new Date(ms);
+    return d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate());
+  }
+  // A call's time: the clock today, with the date on other days.
+  function fmtWhen(ms) {
+    if (!finite(ms)) return "–";
+    const day = fmtDay(ms);
+    return (day === fmtDay(Date.now()) ? "" : day + " ") + fmtClock(ms, true);
+  }
+
+  function statusBadge(status, error) {
+    if (!finite(status)) return badge(error || "no answer", "bad");
+    const tone = status >= 500 ? "bad" : status >= 400 ? "warn" : status >= 200 && status < 300 ? "ok" : "";
+    return badge(String(status), tone);
+  }
+
+  // The query string of the filters as set now.
+  function callQuery() {
+    const params = [];
+    const add = (k, v) => {
+      if (v !== "" && v !== null && v !== undefined) params.push(k + "=" + encodeURIComponent(v));
+    };
+    const range = $("calls-range").value;
+    if (range === "pick" && callLog.pick) {
+      add("since", callLog.pick.since);
+      add("until", callLog.pick.until);
+    } else if (range !== "pick") {
+      add("since", range);
+    }
+    add("route", $("calls-route").value.trim());
+    add("version", $("calls-version").value.trim());
+    add("status", $("calls-status").value);
+    add("outcome", $("calls-outcome").value);
+    add("consumer", $("calls-consumer").value.trim());
+    add("model", $("calls-model").value.trim());
+    add("limit", CALLS_PAGE);
+    return params.join("&");
+  }
+
+  function callRow(c) {
+    const llm = finite(c.prompt_tokens) || finite(c.completion_tokens);
+    const tokens = (c.prompt_tokens || 0) + (c.completion_tokens || 0);
+    const row = el("tr", { "data-id": c.id, tabindex: "0", class: c.id === callLog.selected ? "selected" : null },
+      el("td", {}, fmtWhen(c.ts_ms)),
+      el("td", {}, c.method || "–"),
+      el("td", { class: "path", title: c.path }, c.path || "–"),
+      el("td", {}, c.route || "–"),
+      el("td", {}, c.version || "–"),
+      el("td", { title: c.outcome ? "outcome " + c.outcome.replace(/_/g, " ") : null }, statusBadge(c.status, c.error)),
+      el("td", { class: "num" }, fmtUs(c.total_us)),
+      el("td", { title: c.alias ? "alias " + c.alias : null }, c.model || c.alias || "–"),
+      el("td", { class: "num" }, llm ? fmtNum(tokens) : "–"),
+      el("td", { class: "num" }, finite(c.cost_usd) ? fmtUsd(c.cost_usd) : "–"));
+    row.addEventListener("click", () => openCall(c.id));
+    row.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") openCall(c.id);
+    });
+    return row;
+  }
+
+  function callTable(rows) {
+    const head = ["Time", "Method", "Path", "Route", "Version", "Status", "#Latency", "Model", "#Tokens", "#Cost"];
+    return el("table", {},
+      el("thead", {}, el("tr", {}, head.map((h) =>
+        el("th", { class: h.startsWith("#") ? "num" : null }, h.replace(/^#/, ""))))),
+      el("tbody", {}, rows));
+  }
+
+  // Loads the newest page for the filters as set, or (`older`) the next page of
+  // the rows shown, appended to them.
+  async function loadCalls(older) {
+    const seq = ++callLog.seq;
+    const query = older ? callLog.query : callQuery();
+    const url = "/hypercare/calls?" + query + (older && callLog.cursor !== null ? "&cursor=" + callLog.cursor : "");
+    const box = $("calls");
+    box.dataset.state = "loading";
+    $("calls-state").textContent = "loading…";
+    let data;
+    try {
+      data = await getJson(url);
+    } catch (e) {
+      if (seq !== callLog.seq) return;
+      box.dataset.state = "error";
+      $("calls-state").textContent = "";
+      if (!older) replace("calls", none("The call log could not be read: " + e.message));
+      else $("calls-state").textContent = e.message;
+      return;
+    }
+    if (seq !== callLog.seq) return;
+    const page = (data && data.calls) || [];
+    for (const c of page) {
+      learn("route", c.route);
+      learn("version", c.version);
+      learn("consumer", c.consumer);
+      learn("model", c.model);
+      learn("model", c.alias);
+    }
+    offerValues();
+    const rows = page.map(callRow);
+    if (older && box.querySelector("tbody")) {
+      box.querySelector("tbody").append(...rows);
+      callLog.shown += rows.length;
+    } else {
+      callLog.shown = rows.length;
+      replace("calls", rows.length ? callTable(rows) : none("No calls match these filters."));
+    }
+    callLog.query = query;
+    callLog.cursor = finite(data && data.next_cursor) ? data.next_cursor : null;
+    $("calls-older").hidden = callLog.cursor === null;
+    $("calls-count").textContent = callLog.shown
+      ? fmtNum(callLog.shown) + (callLog.shown === 1 ? " call" : " calls") + (callLog.cursor === null ? "" : ", older ones on request")
+      : "";
+    $("calls-state").textContent = "loaded " + new Date().toLocaleTimeString();
+    box.dataset.state = "loaded";
+  }
+
+  // Label, value and format of each field of the detail view, by group; columns
+  // not listed here show under "Other", so the view shows every column.
+  const yesNo = (v) => (v === null || v === undefined ? "–" : v ? "yes" : "no");
+  const fmtBytes = (v) => (finite(v) ? fmtNum(v) + " B" : "–");
+  const DETAIL = [
+    ["Request", [
+      ["ts_ms", "Time", (v) => (finite(v) ? fmtDay(v) + " " + fmtClock(v, true) : "–")],
+      ["request_id", "Request id"], ["trace_id", "Trace id"], ["method", "Method"], ["path", "Path"],
+      ["route", "Route"], ["consumer", "Consumer"], ["cluster", "Cluster"], ["version", "Version"],
+      ["endpoint", "Endpoint"], ["status", "Status"], ["outcome", "Outcome"], ["error", "Error"], ["retries", "Retries"],
+      ["bytes_in", "Bytes in", fmtBytes], ["bytes_out", "Bytes out", fmtBytes],
+    ]],
+    ["Timings", [
+      ["total_us", "Total", fmtUs], ["upstream_us", "Upstream", fmtUs], ["ttft_us", "First token", fmtUs],
+    ]],
+    ["LLM", [
+      ["provider", "Provider"], ["model", "Model"], ["alias", "Alias"], ["target", "Target"],
+      ["prompt_tokens", "Prompt tokens", fmtNum], ["completion_tokens", "Completion tokens", fmtNum],
+      ["cached_tokens", "Cached tokens", fmtNum], ["reasoning_tokens", "Reasoning tokens", fmtNum],
+      ["cost_usd", "Cost", fmtUsd], ["cost_nanos", "Cost (nano-dollars)"], ["estimated", "Cost estimated", yesNo], ["prompt", "Prompt"],
+      ["prompt_version", "Prompt version"], ["cache_hit", "Cache hit", yesNo], ["guardrails", "Guardrails"],
+    ]],
+    ["Feedback", [["feedback_score", "Score", fmtNum], ["feedback_comment", "Comment"]]],
+  ];
+  const BODIES = [["request_body", "Request body"], ["response_body", "Response body"]];
+
+  function fieldList(c, fields) {
+    return el("dl", {}, fields.flatMap(([key, label, fmt]) => {
+      const v = c[key];
+      const shown = v === null || v === undefined || v === "" ? "–" : fmt ? fmt(v) : String(v);
+      return [el("dt", {}, label), el("dd", { "data-field": key }, shown)];
+    }));
+  }
+
+  function callDetail(c) {
+    const listed = new Set([...DETAIL.flatMap(([, fields]) => fields.map(([k]) => k)), ...BODIES.map(([k]) => k), "id"]);
+    const other = Object.keys(c).filter((k) => !listed.has(k)).sort().map((k) => [k, k.replace(/_/g, " ")]);
+    const has = (fields) => fields.some(([k]) => c[k] !== null && c[k] !== undefined);
+    const close = el("button", { type: "button", class: "close" }, "Close");
+    close.addEventListener("click", closeCall);
+    const groups = [...DETAIL, ...(other.length ? [["Other", other]] : [])].map(([name, fields]) =>
+      el("div", {},
+        el("h4", {}, name),
+        name === "LLM" && !has(fields) ? none("Not an LLM call.")
+          : name === "Feedback" && !has(fields) ? none("No feedback.")
+            : fieldList(c, fields)));
+    return [
+      el("div", { class: "head" },
+        el("h3", {}, "Call " + c.id),
+        el("span", {}, (c.method || "") + " " + (c.path || "")),
+        statusBadge(c.status, c.error),
+        el("span", { class: "subtle" }, fmtUs(c.total_us)),
+        close),
+      el("div", { class: "groups" }, groups),
+      BODIES.map(([key, label]) => el("div", {},
+        el("h4", {}, label),
+        typeof c[key] === "string"
+          ? el("pre", { "data-field": key }, c[key] === "" ? "(empty)" : c[key])
+          : none("Not captured (see capture_api_bodies and capture_llm_bodies)."))),
+    ];
+  }
+
+  function markSelected() {
+    for (const row of $("calls").querySelectorAll("tbody tr")) {
+      row.classList.toggle("selected", row.dataset.id === String(callLog.selected));
+    }
+  }
+
+  async function openCall(id) {
+    callLog.selected = id;
+    markSelected();
+    const box = $("call-detail");
+    const seq = ++callLog.detailSeq;
+    box.hidden = false;
+    box.dataset.id = "";
+    box.replaceChildren(none("Loading call " + id + "…"));
+    let c;
+    try {
+      c = await getJson("/hypercare/calls/" + encodeURIComponent(id));
+    } catch (e) {
+      if (seq === callLog.detailSeq) box.replaceChildren(none("Call " + id + " could not be read: " + e.message));
+      return;
+    }
+    if (seq !== callLog.detailSeq) return;
+    box.replaceChildren(...callDetail(c).flat());
+    box.dataset.id = String(id);
+    box.scrollIntoView({ block: "nearest" });
+  }
+
+  function closeCall() {
+    callLog.detailSeq++;
+    callLog.selected = null;
+    markSelected();
+    $("call-detail").hidden = true;
+    $("call-detail").dataset.id = "";
+  }
+
+  // A click on a per-minute chart: the calls of that minute (`outcome` "error",
+  // the errors of the service the chart plots, from the error chart; any from
+  // the requests chart), other filters kept.
+  function pickMinute(t, outcome) {
+    const since = t * 1000;
+    callLog.pick = { since, until: since + 60000 };
+    const range = $("calls-range");
+    let option = range.querySelector("option[value=pick]");
+    if (!option) {
+      option = el("option", { value: "pick" });
+      range.append(option);
+    }
+    option.textContent = "minute " + fmtClock(since) + " – " + fmtClock(since + 60000);
+    range.value = "pick";
+    $("calls-status").value = "";
+    $("calls-outcome").value = outcome || "";
+    loadCalls(false);
+    $("calls-section").scrollIntoView({ block: "start" });
+  }
+
+  $("calls-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadCalls(false);
+  });
+  for (const id of ["calls-range", "calls-status", "calls-outcome", ...FILTERS.map((f) => "calls-" + f)]) {
+    $(id).addEventListener("change", () => loadCalls(false));
+  }
+  $("calls-clear").addEventListener("click", () => {
+    for (const f of FILTERS) $("calls-" + f).value = "";
+    $("calls-status").value = "";
+    $("calls-outcome").value = "";
+    $("calls-range").value = "1h";
+    loadCalls(false);
+  });
+  $("calls-older").addEventListener("click", () => loadCalls(true));
+
   // ---------- polling ----------
 
   const windowSelect = $("window");
@@ -650,7 +993,10 @@
         continue;
       }
       if (!response.ok) {
-        const err = new Error(path + ": HTTP " + response.status);
+        // The admin API explains its errors as {"error": "..."}.
+        const body = await response.json().catch(() => null);
+        const reason = body && typeof body.error === "string" ? ": " + body.error : "";
+        const err = new Error(path + ": HTTP " + response.status + reason);
         err.status = response.status;
         throw err;
       }
@@ -698,6 +1044,7 @@
     safely("windows", drawWindows, value(windows));
     safely("LLM", drawLlm, value(stats));
     safely("TCP", drawTcp, value(stats));
+    safely("call filters", learnFromSummary, value(summary));
     const drawn = charts.filter((c) => c.points > 0).length;
     if (drawn > 0) document.body.dataset.ready = String(drawn);
   }
@@ -709,4 +1056,5 @@
 
   windowSelect.addEventListener("change", () => poll());
   loop();
+  loadCalls(false);
 })();
