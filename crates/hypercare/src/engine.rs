@@ -224,10 +224,11 @@ impl EngineView {
             .iter()
             .filter(|a| a.state == AlertState::Firing)
             .map(|a| a.rule.name.clone());
-        let rollbacks = self.canaries.iter().filter_map(|c| {
-            (c.json()["status"]["phase"] == "rolled_back")
-                .then(|| format!("canary-rollback:{}", c.config.subject()))
-        });
+        let rollbacks = self
+            .canaries
+            .iter()
+            .filter(|c| c.json()["status"]["phase"] == "rolled_back")
+            .map(|c| format!("canary-rollback:{}", c.config.subject()));
         rules.chain(rollbacks).collect()
     }
 
