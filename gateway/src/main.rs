@@ -45,7 +45,7 @@ enum Command {
     },
     /// Recent call records from the call store, newest first (JSON lines).
     Calls {
-        /// The store's database (default: `[hypercare.store] path` of --config, or ./hypercare.db).
+        /// The store's database (default: `[hypercare.store] path` of --config, or the embedded quickstart's ./quickstart.db).
         #[arg(long)]
         db: Option<PathBuf>,
         /// Config file whose store to read.
@@ -345,7 +345,7 @@ fn now_ms() -> i64 {
 }
 
 /// Opens the call store read-only: `--db`, else the store of `--config`, else the
-/// embedded config's (`./hypercare.db`).
+/// embedded quickstart's (`./quickstart.db`).
 fn open_store(
     db: Option<PathBuf>,
     config: Option<PathBuf>,
@@ -356,7 +356,11 @@ fn open_store(
             let cfg = config::load_file(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
             hypergate::hypercare::store::resolve_path(&cfg.raw.hypercare.store, Some(&c))
         }
-        (None, None) => PathBuf::from(&config::raw::RawConfig::default().hypercare.store.path),
+        (None, None) => {
+            let embedded = config::load_str(config::EMBEDDED_QUICKSTART, "embedded quickstart")
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            PathBuf::from(&embedded.raw.hypercare.store.path)
+        }
     };
     anyhow::ensure!(path.exists(), "no call store at {}", path.display());
     hypergate::hypercare::store::open_for_reading(&path)

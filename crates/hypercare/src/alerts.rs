@@ -205,7 +205,7 @@ pub fn describe(rule: &AlertRuleConfig, value: Option<f64>) -> String {
     let window = humantime::format_duration(rule.window);
     match rule.kind {
         AlertKind::ErrorRate => format!(
-            "5xx share of {scope} over {window}: {v} (threshold {})",
+            "error share (upstream errors, gateway errors, timeouts) of {scope} over {window}: {v} (threshold {})",
             rule.threshold
         ),
         AlertKind::Latency => format!(

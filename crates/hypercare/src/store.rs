@@ -264,6 +264,50 @@ impl StoreCounters {
     }
 }
 
+/// WAL size past which the checkpointer also truncates the WAL (waiting for
+/// the writer's transaction in progress, once): bounded disk under sustained writes.
+const WAL_TRUNCATE_BYTES: u64 = 64 << 20;
+
+/// The thread that checkpoints the WAL once a second (`PASSIVE`: it never
+/// waits for the writer, and the writer never waits for it).
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let wal = {
+            let mut p = path.as_os_str().to_owned();
+            p.push("-wal");
+            PathBuf::from(p)
+        };
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_secs(1))
+                {
+                    let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
+                    let mode = if big { "TRUNCATE" } else { "PASSIVE" };
+                    if let Err(e) = conn.execute_batch(&format!("PRAGMA wal_checkpoint({mode})")) {
+                        tracing::warn!(error = %e, "call store: checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ModuleError(format!("checkpoint thread: {e}")))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
 /// A score for a stored call (kept in its own table, joined on `request_id`, so
 /// the calls table needs no index on that random key).
 struct Feedback {
@@ -280,6 +324,8 @@ struct Feedback {
 /// allocates nothing.
 pub struct CallStore {
     conn: Connection,
+    /// The checkpoint thread (stopped, then a last checkpoint, at shutdown).
+    checkpointer: Option<Checkpointer>,
     config: CallStoreConfig,
     /// The id of the next call.
     next_id: i64,
@@ -298,11 +344,17 @@ impl CallStore {
     /// Opens the store at `path`.
     pub fn open(path: &Path, config: CallStoreConfig) -> rusqlite::Result<CallStore> {
         let conn = open_for_writing(path)?;
+        // Checkpoints (copying the WAL into the database and syncing it, the
+        // only fsyncs with `synchronous = NORMAL`) run on their own thread, so
+        // a slow disk never stalls the writer while the shards' records wait.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(path)?;
         let last_id: Option<i64> =
             conn.query_row("SELECT MAX(last_id) FROM call_blocks", [], |r| r.get(0))?;
         let now = Instant::now();
         Ok(CallStore {
             conn,
+            checkpointer: Some(checkpointer),
             config,
             next_id: last_id.unwrap_or(0) + 1,
             block: BlockWriter::default(),
@@ -371,6 +423,13 @@ impl CallStore {
     pub fn flush_all(&mut self) {
         self.flush();
         self.flush_rollups();
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
+        // Leave the database whole and the WAL empty.
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "call store: final checkpoint failed");
+        }
     }
 
     /// Writes the open block and queued feedback in one transaction.

@@ -15,11 +15,13 @@
 //!    that commit of Hypergate, in a worktree of its own with its own target
 //!    directory (see [`baseline`]); a baseline that does not build stops the run.
 //! 3. For each layout (see [`layout`]) and scenario (see [`scenario`]): start the
-//!    mock upstream, then every target on free 127.0.0.1 ports with configs in a
+//!    mock upstream (and, in the tracing scenarios, a second `mock-upstream` as
+//!    the OTLP collector, see [`Bench::start_collector`]), then every target on
+//!    free 127.0.0.1 ports with configs in a
 //!    scratch directory (see [`targets`]), then run the rounds, visiting the
 //!    targets in turn (A B C D A B C D ...) so slow drifts of the machine hit all
 //!    of them alike; a pair scenario's two Hypergate targets (eBPF probe, call
-//!    store) go off-on, then on-off, and so on. With `--baseline`, the target
+//!    store, tracing) go off-on, then on-off, and so on. With `--baseline`, the target
 //!    `hypergate-base` (the baseline commit's binary with exactly the config
 //!    `hypergate` gets; in pair scenarios the plain one) runs in every scenario
 //!    `hypergate` runs in, right after it (after the pair in pair scenarios); if
@@ -35,7 +37,8 @@
 //!    Hypergate's CPU per request against its own plain scenario, and for the
 //!    pair scenarios the feature on against off (with the records per second
 //!    the call store wrote, read from the gateway's `/metrics` around each
-//!    call-store run), for LLM scenarios the latency each
+//!    call-store run, and the spans per second the OTLP exporter got accepted,
+//!    dropped or failed to export around each tracing run), for LLM scenarios the latency each
 //!    gateway adds over direct and for the soak the memory (see [`report`]),
 //!    and write every run (the baseline's rows with its commit hash)
 //!    to `<target dir>/bench/latest.json`.
@@ -517,6 +520,11 @@ impl Bench<'_> {
             .with_context(|| format!("{label}: preparing credentials and certificates"))?;
         let (mut upstream, upstream_address) =
             self.start_upstream(scenario, &layout.upstream, &dir)?;
+        let mut collector = if scenario.pair.is_some_and(Pair::traces) {
+            Some(self.start_collector(&layout.upstream, &dir)?)
+        } else {
+            None
+        };
 
         // A target that died is `None` from then on.
         let mut running: Vec<Option<RunningTarget>> = Vec::new();
@@ -527,6 +535,7 @@ impl Bench<'_> {
                 placement: &layout.proxy,
                 dir: dir.join(target.name()),
                 edge: &edge,
+                collector: collector.as_ref().map(|(_, address)| *address),
             };
             match targets::start(target, &setup, self.programs, self.interrupt) {
                 Ok(started) => running.push(Some(started)),
@@ -564,12 +573,20 @@ impl Bench<'_> {
                 };
                 outcome.step += 1;
                 eprint!(
-                    "[{:>3}/{}] {label} round {round}/{rounds} {:<19} ",
+                    "[{:>3}/{}] {label} round {round}/{rounds} {:<20} ",
                     outcome.step,
                     outcome.steps,
                     target.target.name()
                 );
-                match self.measure(layout, scenario, &edge, round, target, &mut upstream, &dir) {
+                let measured =
+                    self.measure(layout, scenario, &edge, round, target, &mut upstream, &dir);
+                if let Some((collector, _)) = collector.as_mut() {
+                    // Spans exported to nothing would fail: stop rather than mismeasure.
+                    collector
+                        .ensure_running()
+                        .context("the OTLP collector (mock-upstream) died")?;
+                }
+                match measured {
                     Ok(row) => {
                         let us = |cpu: Option<f64>| {
                             cpu.map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.1}"))
@@ -647,17 +664,58 @@ impl Bench<'_> {
             }
             ("mock-upstream", command)
         };
-        let log = dir.join("upstream.log");
+        self.spawn_listening(name, command, placement, &dir.join("upstream.log"))
+    }
+
+    /// Starts the OTLP collector of a tracing scenario and returns it with its
+    /// address: `mock-upstream` again, which reads and discards each export
+    /// request's protobuf body (Content-Length framing, across reads) and
+    /// answers `200` with an empty body, which the exporter counts as
+    /// exported. One thread serves it, as the gateway's exporter thread keeps
+    /// one connection to its endpoint. It runs on the upstream's CPUs (its
+    /// one thread bound to the first), not the generator's: the generator is
+    /// what saturates its CPUs in these closed-loop runs, so stealing from it
+    /// would slow the "on" runs' offered load, while the upstream's CPUs have
+    /// room and already host the other process that answers the gateway. Its
+    /// CPU time is its own process's: never counted in the gateway's process
+    /// CPU per request, only in the whole machine's.
+    fn start_collector(
+        &self,
+        placement: &Placement,
+        dir: &Path,
+    ) -> anyhow::Result<(Guarded, SocketAddr)> {
+        let mut command = Command::new(self.upstream);
+        command.args(["--listen=127.0.0.1:0", "--threads=1", "--body-size=0"]);
+        if placement.cpus.is_some() {
+            command.arg(format!("--cpu-list={}", placement.describe()));
+        }
+        self.spawn_listening(
+            "OTLP collector (mock-upstream)",
+            command,
+            placement,
+            &dir.join("collector.log"),
+        )
+    }
+
+    /// Spawns `command` bound to `placement`'s CPUs, its output in `log`, and
+    /// waits for the `listening on ADDR` line the mock servers print.
+    fn spawn_listening(
+        &self,
+        name: &str,
+        command: Command,
+        placement: &Placement,
+        log: &Path,
+    ) -> anyhow::Result<(Guarded, SocketAddr)> {
         let mut upstream = Guarded::spawn(
             name,
             command,
             placement.cpus.as_deref(),
-            Output::combined(log.clone()),
+            Output::combined(log.to_owned()),
         )?;
         let deadline = Instant::now() + UPSTREAM_START_TIMEOUT;
         loop {
             upstream.ensure_running()?;
-            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            let output = std::fs::read_to_string(log).unwrap_or_default();
             if let Some(address) = output
                 .lines()
                 .find_map(|line| line.strip_prefix("listening on "))
@@ -722,6 +780,7 @@ impl Bench<'_> {
         let upstream_before = procfs::sample_tree(upstream.pid())?;
         let machine_before = procfs::machine_busy_ticks()?;
         let store_before = self.call_store_counters(target)?;
+        let spans_before = self.otlp_span_counters(target)?;
         let run = load(
             self.plan.duration_for(scenario),
             format!("{generator}-{name}-{round}.log"),
@@ -754,6 +813,7 @@ impl Bench<'_> {
         let proxy_after = proxy_pid.map(procfs::sample_tree).transpose()?;
         let upstream_after = procfs::sample_tree(upstream.pid())?;
         let store_after = self.call_store_counters(target)?;
+        let spans_after = self.otlp_span_counters(target)?;
         target.ensure_running()?;
         upstream.ensure_running()?;
 
@@ -794,6 +854,18 @@ impl Bench<'_> {
             callstore_dropped: store_before
                 .zip(store_after)
                 .map(|((before, _), (after, _))| after.dropped.saturating_sub(before.dropped)),
+            otlp_spans_exported_per_s: spans_before.zip(spans_after).map(
+                |((before, at), (after, until))| {
+                    let seconds = until.duration_since(at).as_secs_f64();
+                    after.exported.saturating_sub(before.exported) as f64 / seconds.max(1e-3)
+                },
+            ),
+            otlp_spans_dropped: spans_before
+                .zip(spans_after)
+                .map(|((before, _), (after, _))| after.dropped.saturating_sub(before.dropped)),
+            otlp_spans_failed: spans_before
+                .zip(spans_after)
+                .map(|((before, _), (after, _))| after.failed.saturating_sub(before.failed)),
             commit: self
                 .baseline
                 .filter(|_| target.target == Target::HypergateBase)
@@ -811,6 +883,24 @@ impl Bench<'_> {
         match (target.target, target.admin) {
             (Target::HypergateCallstore, Some(admin)) => {
                 let counters = targets::call_store_counters(admin)?;
+                Ok(Some((counters, Instant::now())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// For the tracing targets, the OTLP exporter's span counters and when
+    /// they were read (`None` for every other target). A span is counted once
+    /// its batch's export request is answered: with 1% sampled, a batch goes
+    /// every `flush_interval` (1 s), so a reading lags the requests by up to
+    /// that; with every request sampled, batches fill in milliseconds.
+    fn otlp_span_counters(
+        &self,
+        target: &RunningTarget,
+    ) -> anyhow::Result<Option<(targets::OtlpSpanCounters, Instant)>> {
+        match (target.target.trace_sampler(), target.admin) {
+            (Some(_), Some(admin)) => {
+                let counters = targets::otlp_span_counters(admin)?;
                 Ok(Some((counters, Instant::now())))
             }
             _ => Ok(None),
@@ -1187,6 +1277,44 @@ mod tests {
         assert_eq!(names(&plan), ["callstore"]);
         assert!(Target::from_name("hypergate-callstore").is_none());
         assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"callstore"));
+    }
+
+    #[test]
+    fn tracing_pairs_run_the_plain_binary_twice_and_survive_the_ebpf_skip() {
+        let mut plan = plan(&[
+            "--scenario=trace-all",
+            "--scenario=ebpf-probe",
+            "--scenario=trace-1pct",
+            "--no-peers",
+        ])
+        .expect("valid");
+        for (name, on) in [
+            ("trace-all", Target::HypergateTraceAll),
+            ("trace-1pct", Target::HypergateTraceOnePercent),
+        ] {
+            let scenario = scenario::find(name).expect("scenario exists");
+            assert_eq!(
+                plan.targets_for(scenario),
+                [Target::Hypergate, on],
+                "{name}"
+            );
+            assert!(scenario.pair.is_some_and(Pair::traces), "{name}");
+            assert!(on.trace_sampler().is_some() && Target::Hypergate.trace_sampler().is_none());
+            assert!(Target::from_name(on.name()).is_none(), "{name}");
+        }
+        plan.skip_ebpf_pair("test");
+        assert_eq!(names(&plan), ["trace-all", "trace-1pct"]);
+        let quick = names(&self::plan(&["--quick"]).expect("valid"));
+        assert!(!quick.contains(&"trace-all") && !quick.contains(&"trace-1pct"));
+        let with_base = self::plan(&["--scenario=trace-1pct", "--baseline=HEAD~1"]).expect("valid");
+        assert_eq!(
+            with_base.targets_for(with_base.scenarios[0]),
+            [
+                Target::Hypergate,
+                Target::HypergateTraceOnePercent,
+                Target::HypergateBase
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@
 //! [`EBPF_MAX_MACHINE_CPU_RATIO`]); the call store to
 //! [`CALLSTORE_MAX_CPU_RATIO`] on the gateway's own CPU per request, and its
 //! section adds the records per second the store committed during the "on"
-//! runs and the records dropped.
+//! runs and the records dropped. The tracing pairs are held on the gateway's
+//! own CPU per request too, to [`TRACE_ALL_MAX_CPU_RATIO`] with every request
+//! sampled and [`TRACE_SAMPLED_MAX_CPU_RATIO`] with 1%, and their sections add
+//! the spans per second the collector accepted during the "on" runs and the
+//! spans dropped or failed, with a warning line when any were.
 //!
 //! LLM scenarios get a section of their own: what each gateway adds over
 //! calling the mock directly, at p50 and p99, as the difference of its
@@ -42,6 +46,14 @@ pub const EBPF_MAX_MACHINE_CPU_RATIO: f64 = 1.05;
 /// Gateway CPU per request with every call recorded to the SQLite call store
 /// over without should be at most this.
 pub const CALLSTORE_MAX_CPU_RATIO: f64 = 1.10;
+
+/// Gateway CPU per request with OpenTelemetry tracing on, every request
+/// sampled and exported over OTLP/HTTP, over without should be at most this.
+pub const TRACE_ALL_MAX_CPU_RATIO: f64 = 1.10;
+
+/// Gateway CPU per request with OpenTelemetry tracing on, 1% of requests
+/// sampled, over without should be at most this.
+pub const TRACE_SAMPLED_MAX_CPU_RATIO: f64 = 1.02;
 
 /// Hypergate's CPU per request over the baseline commit's should be at most
 /// this: within 3%.
@@ -121,6 +133,19 @@ pub struct Row {
     /// because the writer fell behind (`hypergate_access_log_dropped_total`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callstore_dropped: Option<u64>,
+    /// Tracing targets only: spans the OTLP collector accepted per second of
+    /// the measured run (`hypergate_otlp_spans_total{outcome="exported"}`,
+    /// read from `/metrics` before and after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_spans_exported_per_s: Option<f64>,
+    /// Tracing targets only: spans dropped during the measured run because the
+    /// exporter's queue was full (`outcome="dropped"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_spans_dropped: Option<u64>,
+    /// Tracing targets only: spans whose export request failed during the
+    /// measured run (`outcome="failed"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_spans_failed: Option<u64>,
     /// `hypergate-base` only: the full hash of the `--baseline` commit it was
     /// built from.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,7 +250,7 @@ pub fn table(rows: &[Row]) -> String {
             current_layout = layout;
             let _ = writeln!(
                 out,
-                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<19} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<20} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 "scenario", "proxy", "req/s", "p50 us", "p99 us", "p99.9 us", "CPU us/req", "RSS KiB", "errors"
             );
         }
@@ -251,7 +276,7 @@ pub fn table(rows: &[Row]) -> String {
             let errors: u64 = runs.iter().map(|row| row.errors).sum();
             let _ = writeln!(
                 out,
-                "{:<15} {:<19} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "{:<15} {:<20} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 scenario,
                 target.name(),
                 or_dash(rps.map(grouped)),
@@ -275,6 +300,8 @@ pub fn table(rows: &[Row]) -> String {
     out.push_str(&baseline_table(rows, &keys));
     out.push_str(&pair_table(rows, &keys, Pair::EbpfProbe));
     out.push_str(&pair_table(rows, &keys, Pair::CallStore));
+    out.push_str(&pair_table(rows, &keys, Pair::TraceAll));
+    out.push_str(&pair_table(rows, &keys, Pair::TraceOnePercent));
     out.push_str(&llm_table(rows, &keys));
     out.push_str(&soak_table(rows, &keys));
     // LLM scenarios have their own comparison (above).
@@ -533,36 +560,59 @@ const EBPF_FIGURES: [PairFigure; 4] = [
 
 /// The figures the call-store section compares, store on over off: the
 /// target is on the gateway's own CPU, where the store's writer thread runs.
-const CALLSTORE_FIGURES: [PairFigure; 4] = [
-    PairFigure {
-        name: "req/s",
-        value: |row| Some(row.rps),
-        whole: true,
-        bound: None,
-    },
-    PairFigure {
-        name: "process CPU us/req",
-        value: |row| row.cpu_us_per_req,
-        whole: false,
-        bound: Some(Bound::AtMost(CALLSTORE_MAX_CPU_RATIO)),
-    },
-    PairFigure {
-        name: "machine CPU us/req",
-        value: |row| row.machine_cpu_us_per_req,
-        whole: false,
-        bound: None,
-    },
-    PairFigure {
-        name: "p99 us",
-        value: |row| Some(row.p99_us as f64),
-        whole: true,
-        bound: None,
-    },
-];
+const CALLSTORE_FIGURES: [PairFigure; 4] = process_cpu_figures(CALLSTORE_MAX_CPU_RATIO);
+
+/// The figures the tracing sections compare, tracing on over off, every
+/// request sampled: the target is on the gateway's own CPU, where spans are
+/// built, encoded and exported (the exporter thread), not on the collector's.
+const TRACE_ALL_FIGURES: [PairFigure; 4] = process_cpu_figures(TRACE_ALL_MAX_CPU_RATIO);
+
+/// As [`TRACE_ALL_FIGURES`], with 1% of requests sampled.
+const TRACE_SAMPLED_FIGURES: [PairFigure; 4] = process_cpu_figures(TRACE_SAMPLED_MAX_CPU_RATIO);
+
+/// req/s, the gateway process's CPU per request (held to at most
+/// `max_cpu_ratio`, on over off), the whole machine's and p99.
+const fn process_cpu_figures(max_cpu_ratio: f64) -> [PairFigure; 4] {
+    [
+        PairFigure {
+            name: "req/s",
+            value: |row| Some(row.rps),
+            whole: true,
+            bound: None,
+        },
+        PairFigure {
+            name: "process CPU us/req",
+            value: |row| row.cpu_us_per_req,
+            whole: false,
+            bound: Some(Bound::AtMost(max_cpu_ratio)),
+        },
+        PairFigure {
+            name: "machine CPU us/req",
+            value: |row| row.machine_cpu_us_per_req,
+            whole: false,
+            bound: None,
+        },
+        PairFigure {
+            name: "p99 us",
+            value: |row| Some(row.p99_us as f64),
+            whole: true,
+            bound: None,
+        },
+    ]
+}
+
+/// The note under both tracing sections.
+const TRACE_NOTE: &str = "(process CPU includes the exporter thread, which encodes the spans \
+     and POSTs them over OTLP/HTTP; the collector is a mock-upstream on the upstream's CPUs, in \
+     machine CPU but never in process CPU; spans exported/s is what the collector accepted per \
+     second of each measured \"on\" run, from hypergate_otlp_spans_total{outcome=\"exported\"}, \
+     and dropped (exporter queue full) and failed (export request failed) are the sums over \
+     them; the load sends no traceparent, so the head sampler alone decides)\n";
 
 /// Hypergate with `pair`'s feature on against off, in each scenario of that
 /// pair: medians of both, and per-round ratios checked against the targets;
-/// for the call store also what the store wrote and dropped.
+/// for the call store also what the store wrote and dropped, for tracing the
+/// spans exported, dropped and failed.
 fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
     let (title, figures, note) = match pair {
         Pair::EbpfProbe => (
@@ -579,6 +629,16 @@ fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
              SQLite committed per second of each measured \"on\" run, from \
              hypergate_callstore_written_total, and dropped is the sum over them of \
              hypergate_access_log_dropped_total)\n",
+        ),
+        Pair::TraceAll => (
+            "tracing on / off, every request sampled",
+            TRACE_ALL_FIGURES,
+            TRACE_NOTE,
+        ),
+        Pair::TraceOnePercent => (
+            "tracing on / off, 1% of requests sampled",
+            TRACE_SAMPLED_FIGURES,
+            TRACE_NOTE,
         ),
     };
     let on_target = pair.on_target();
@@ -651,9 +711,49 @@ fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
                 or_dash(dropped.map(|dropped| grouped(dropped as f64))),
             );
         }
+        if pair.traces() {
+            out.push_str(&span_lines(layout, name, &on));
+        }
     }
     if !out.is_empty() {
         out.push_str(note);
+    }
+    out
+}
+
+/// A tracing section's span lines: what the collector accepted per second
+/// (median over the "on" runs), the spans dropped and failed (sums), and a
+/// warning when any were lost.
+fn span_lines(layout: &str, name: &str, on: &[&Row]) -> String {
+    let exported = median_of(on, |row| row.otlp_spans_exported_per_s);
+    let sum = |figure: fn(&Row) -> Option<u64>| {
+        on.iter().filter_map(|row| figure(row)).reduce(|a, b| a + b)
+    };
+    let dropped = sum(|row| row.otlp_spans_dropped);
+    let failed = sum(|row| row.otlp_spans_failed);
+    let count = |value: Option<u64>| or_dash(value.map(|value| grouped(value as f64)));
+    let mut out = String::new();
+    for (figure, value) in [
+        ("spans exported/s", or_dash(exported.map(grouped))),
+        ("spans dropped", count(dropped)),
+        ("spans failed", count(failed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "{layout:<10} {name:<15} {figure:<19} {:>10} {value:>10}",
+            "-"
+        );
+    }
+    let lost = dropped.unwrap_or(0) + failed.unwrap_or(0);
+    if lost > 0 {
+        let _ = writeln!(
+            out,
+            "{layout:<10} {name:<15} warning: {} span(s) of the \"on\" runs were not exported \
+             ({} dropped, {} failed): the gateway did less than the full export work",
+            grouped(lost as f64),
+            grouped(dropped.unwrap_or(0) as f64),
+            grouped(failed.unwrap_or(0) as f64),
+        );
     }
     out
 }
@@ -887,6 +987,9 @@ mod tests {
             rss_samples: Vec::new(),
             callstore_records_per_s: None,
             callstore_dropped: None,
+            otlp_spans_exported_per_s: None,
+            otlp_spans_dropped: None,
+            otlp_spans_failed: None,
             commit: None,
         }
     }
@@ -1007,6 +1110,102 @@ mod tests {
         assert!(line("records dropped").ends_with(" 3"), "{table}");
         assert!(!line("req/s").ends_with("meets"), "no target on throughput");
         assert!(!table.contains("Hypergate / peer"), "{table}");
+    }
+
+    #[test]
+    fn tracing_pairs_report_cpu_ratios_against_their_targets_and_spans() {
+        let mut rows = Vec::new();
+        for (scenario, proxy, round, cpu, spans) in [
+            ("trace-all", "hypergate", 1, 10.0, None),
+            (
+                "trace-all",
+                "hypergate-trace-all",
+                1,
+                10.5,
+                Some((200_000.0, 0, 0)),
+            ),
+            (
+                "trace-all",
+                "hypergate-trace-all",
+                2,
+                11.4,
+                Some((180_000.0, 512, 0)),
+            ),
+            ("trace-all", "hypergate", 2, 10.0, None),
+            ("trace-1pct", "hypergate", 1, 10.0, None),
+            (
+                "trace-1pct",
+                "hypergate-trace-1pct",
+                1,
+                10.1,
+                Some((2_000.0, 0, 0)),
+            ),
+            (
+                "trace-1pct",
+                "hypergate-trace-1pct",
+                2,
+                10.5,
+                Some((1_800.0, 0, 0)),
+            ),
+            ("trace-1pct", "hypergate", 2, 10.0, None),
+        ] {
+            let mut run = row(proxy, round, 100_000.0, Some(cpu));
+            run.scenario = scenario.into();
+            if let Some((exported, dropped, failed)) = spans {
+                run.otlp_spans_exported_per_s = Some(exported);
+                run.otlp_spans_dropped = Some(dropped);
+                run.otlp_spans_failed = Some(failed);
+            }
+            rows.push(run);
+        }
+        let table = table(&rows);
+        let line = |scenario: &str, figure: &str| {
+            table
+                .lines()
+                .find(|line| {
+                    line.starts_with(&format!("pinned     {scenario:<15} "))
+                        && line.contains(figure)
+                })
+                .unwrap_or_else(|| panic!("no {scenario} {figure} line in:\n{table}"))
+                .to_owned()
+        };
+        assert!(
+            table.contains("== tracing on / off, every request sampled"),
+            "{table}"
+        );
+        assert!(
+            table.contains("== tracing on / off, 1% of requests sampled"),
+            "{table}"
+        );
+        assert!(!table.contains("call store on / off"), "{table}");
+        let all = line("trace-all", "process CPU us/req");
+        assert!(all.contains("1.10 [1.05-1.14]"), "{all}");
+        assert!(all.contains("<= 1.10") && all.ends_with("meets"), "{all}");
+        assert!(line("trace-all", "spans exported/s").ends_with("190,000"));
+        assert!(line("trace-all", "spans dropped").ends_with(" 512"));
+        assert!(line("trace-all", "spans failed").ends_with(" 0"));
+        let warning = line("trace-all", "warning:");
+        assert!(warning.contains("512 span(s)"), "{warning}");
+        let sampled = line("trace-1pct", "process CPU us/req");
+        assert!(sampled.contains("1.03 [1.01-1.05]"), "{sampled}");
+        assert!(
+            sampled.contains("<= 1.02") && sampled.ends_with("misses"),
+            "{sampled}"
+        );
+        assert!(line("trace-1pct", "spans exported/s").ends_with("1,900"));
+        assert!(
+            !table.contains("trace-1pct      warning"),
+            "nothing lost: {table}"
+        );
+        // Both targets are in the main table, the proxy column wide enough.
+        assert!(
+            table.contains("trace-1pct      hypergate-trace-1pct "),
+            "{table}"
+        );
+        assert!(!table.contains("Hypergate / peer"), "{table}");
+        let json = serde_json::to_value(&rows).expect("rows serialise");
+        assert_eq!(json[1]["otlp_spans_exported_per_s"], 200_000.0);
+        assert!(json[0].get("otlp_spans_dropped").is_none());
     }
 
     #[test]

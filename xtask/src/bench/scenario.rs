@@ -15,7 +15,11 @@
 //! probe on; its work happens in the kernel, outside the gateway's own CPU
 //! time, so that pair is compared on the whole machine's CPU per request as
 //! well. The call-store pair records every request into the SQLite call store
-//! (`[hypercare.store]`), which the plain target turns off.
+//! (`[hypercare.store]`), which the plain target turns off. The two tracing
+//! pairs export OpenTelemetry spans over OTLP/HTTP (`[observability.otlp]`) to
+//! a collector of their own (a second `mock-upstream`), one with every request
+//! sampled and one with 1% (the load carries no `traceparent`, so the head
+//! sampler alone decides).
 //!
 //! LLM scenarios ([`Scenario::llm`]) send OpenAI chat completions at a fixed rate
 //! with `loadgen` (open loop) instead of wrk, to the mock LLM provider
@@ -48,6 +52,14 @@ pub enum Pair {
     /// The SQLite call store: the same binary, its config with
     /// `[hypercare.store] enabled = true` (`hypergate-callstore`).
     CallStore,
+    /// OpenTelemetry tracing with every request sampled: the same binary, its
+    /// config with `[observability.otlp]` and `sampler =
+    /// "parentbased_always_on"` (`hypergate-trace-all`).
+    TraceAll,
+    /// OpenTelemetry tracing with 1% of requests sampled: `sampler =
+    /// "parentbased_traceidratio"`, `sampler_arg = 0.01`
+    /// (`hypergate-trace-1pct`).
+    TraceOnePercent,
 }
 
 impl Pair {
@@ -56,7 +68,15 @@ impl Pair {
         match self {
             Self::EbpfProbe => Target::HypergateEbpf,
             Self::CallStore => Target::HypergateCallstore,
+            Self::TraceAll => Target::HypergateTraceAll,
+            Self::TraceOnePercent => Target::HypergateTraceOnePercent,
         }
+    }
+
+    /// Whether the "on" target exports spans, so the scenario needs an OTLP
+    /// collector.
+    pub fn traces(self) -> bool {
+        matches!(self, Self::TraceAll | Self::TraceOnePercent)
     }
 }
 
@@ -315,6 +335,24 @@ pub const SCENARIOS: &[Scenario] = &[
             64,
         )
     },
+    Scenario {
+        pair: Some(Pair::TraceAll),
+        ..small_get(
+            "trace-all",
+            "get-c64 against Hypergate without and with OpenTelemetry tracing, every request \
+             sampled and exported over OTLP/HTTP to a mock collector, alternating (Hypergate only)",
+            64,
+        )
+    },
+    Scenario {
+        pair: Some(Pair::TraceOnePercent),
+        ..small_get(
+            "trace-1pct",
+            "get-c64 against Hypergate without and with OpenTelemetry tracing, 1% of requests \
+             sampled and exported over OTLP/HTTP to a mock collector, alternating (Hypergate only)",
+            64,
+        )
+    },
     chat(
         "llm-chat",
         "chat completions (JSON) at a fixed rate (--rate, default 1,000 req/s) to the mock \
@@ -409,11 +447,19 @@ mod tests {
         for (name, kind) in [
             ("ebpf-probe", Pair::EbpfProbe),
             ("callstore", Pair::CallStore),
+            ("trace-all", Pair::TraceAll),
+            ("trace-1pct", Pair::TraceOnePercent),
         ] {
             assert_pair_is_get_c64(name, kind);
+            assert_eq!(kind.traces(), name.starts_with("trace-"), "{name}");
         }
         assert_eq!(Pair::CallStore.on_target(), Target::HypergateCallstore);
         assert_eq!(Pair::EbpfProbe.on_target(), Target::HypergateEbpf);
+        assert_eq!(Pair::TraceAll.on_target(), Target::HypergateTraceAll);
+        assert_eq!(
+            Pair::TraceOnePercent.on_target(),
+            Target::HypergateTraceOnePercent
+        );
     }
 
     fn assert_pair_is_get_c64(name: &str, kind: Pair) {

@@ -37,6 +37,15 @@
 //! with `[hypercare.store] enabled = true` and its database in the target's
 //! scratch directory; it runs only in the call-store scenario, beside the
 //! plain target, and [`call_store_counters`] reads what the store wrote.
+//! `hypergate-trace-all` and `hypergate-trace-1pct` are the plain binary with
+//! an `[observability.otlp]` table exporting to the scenario's OTLP collector
+//! (a second `mock-upstream`, see [`TargetSetup::collector`]), every request
+//! sampled (`parentbased_always_on`) or 1% (`parentbased_traceidratio`, 0.01);
+//! each runs only in its tracing scenario, beside the plain target, and
+//! [`otlp_span_counters`] reads what the exporter did. Every Hypergate target
+//! starts without the `OTEL_*` variables of this environment: they would turn
+//! the exporter on in the plain target, or change the tracing targets' sampler
+//! or collector.
 //! `hypergate-base` is the binary of the `--baseline` commit with exactly the
 //! config `hypergate` gets, in every scenario `hypergate` runs in (in pair
 //! scenarios, the plain one), so the configs written here must stay loadable by
@@ -84,6 +93,14 @@ const EBPF_PROBE_CONFIG: &str = "\n[observability.ebpf]\nenabled = true\n";
 /// `hypergate-callstore`'s SQLite database, in the target's directory.
 const CALL_STORE_FILE: &str = "hypercare.db";
 
+/// The ratio `hypergate-trace-1pct` samples (`sampler_arg`).
+pub const TRACE_SAMPLED_RATIO: f64 = 0.01;
+
+/// How often the tracing targets' shards hand a partial batch of spans to the
+/// exporter (`flush_interval`, the default): with every request sampled the
+/// batches fill long before; with 1% this paces the exports.
+const TRACE_FLUSH_INTERVAL: &str = "1s";
+
 /// A counter the probe exports once it has seen a connection (the readiness
 /// request made one), with its label set opening.
 const EBPF_PROBE_METRIC: &str = "hypergate_tcp_connections_opened_total{";
@@ -102,6 +119,12 @@ pub enum Target {
     /// The gateway recording every request into its SQLite call store. Only the
     /// call-store scenario runs it; `--proxy` cannot name it.
     HypergateCallstore,
+    /// The gateway exporting a span for every request over OTLP/HTTP. Only the
+    /// `trace-all` scenario runs it; `--proxy` cannot name it.
+    HypergateTraceAll,
+    /// The gateway exporting the spans of 1% of requests over OTLP/HTTP. Only
+    /// the `trace-1pct` scenario runs it; `--proxy` cannot name it.
+    HypergateTraceOnePercent,
     /// The gateway built from the `--baseline` commit, with `hypergate`'s
     /// config; `--proxy` cannot name it.
     HypergateBase,
@@ -126,11 +149,13 @@ impl Target {
     ];
 
     /// Every target, in the order the report lists them.
-    pub const REPORTED: [Target; 8] = [
+    pub const REPORTED: [Target; 10] = [
         Target::Hypergate,
         Target::HypergateBase,
         Target::HypergateEbpf,
         Target::HypergateCallstore,
+        Target::HypergateTraceAll,
+        Target::HypergateTraceOnePercent,
         Target::Nginx,
         Target::Haproxy,
         Target::Litellm,
@@ -143,6 +168,8 @@ impl Target {
             Self::Hypergate => "hypergate",
             Self::HypergateEbpf => "hypergate-ebpf",
             Self::HypergateCallstore => "hypergate-callstore",
+            Self::HypergateTraceAll => "hypergate-trace-all",
+            Self::HypergateTraceOnePercent => "hypergate-trace-1pct",
             Self::HypergateBase => "hypergate-base",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
@@ -154,6 +181,18 @@ impl Target {
     /// The target called `name` that `--proxy` accepts, if any.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|target| target.name() == name)
+    }
+
+    /// The head sampler (`sampler`, and `sampler_arg` if it takes one) of a
+    /// target that exports spans; `None` for the others.
+    pub fn trace_sampler(self) -> Option<(&'static str, Option<f64>)> {
+        match self {
+            Self::HypergateTraceAll => Some(("parentbased_always_on", None)),
+            Self::HypergateTraceOnePercent => {
+                Some(("parentbased_traceidratio", Some(TRACE_SAMPLED_RATIO)))
+            }
+            _ => None,
+        }
     }
 
     /// Whether this is one of the third-party proxies Hypergate is compared with.
@@ -170,6 +209,8 @@ impl Target {
             Self::Hypergate
             | Self::HypergateEbpf
             | Self::HypergateCallstore
+            | Self::HypergateTraceAll
+            | Self::HypergateTraceOnePercent
             | Self::HypergateBase
             | Self::Direct => true,
         }
@@ -206,6 +247,9 @@ pub struct TargetSetup<'a> {
     pub dir: PathBuf,
     /// Credentials and certificate of the scenario.
     pub edge: &'a EdgeMaterial,
+    /// The OTLP collector the tracing targets export to: a `mock-upstream` of
+    /// its own, started only in the tracing scenarios (`None` elsewhere).
+    pub collector: Option<SocketAddr>,
 }
 
 /// A started target.
@@ -245,7 +289,12 @@ pub fn start(
         Target::Hypergate
         | Target::HypergateEbpf
         | Target::HypergateCallstore
+        | Target::HypergateTraceAll
+        | Target::HypergateTraceOnePercent
         | Target::HypergateBase => {
+            if target.trace_sampler().is_some() && setup.collector.is_none() {
+                bail!("{} needs an OTLP collector, and none runs", target.name());
+            }
             let address = free_port()?;
             let admin = free_port()?;
             let config = setup.dir.join("hypergate.toml");
@@ -266,6 +315,11 @@ pub fn start(
             )?;
             let mut command = Command::new(program);
             command.arg("run").arg("--config").arg(&config);
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("OTEL_") {
+                    command.env_remove(name);
+                }
+            }
             let log = Output::combined(setup.dir.join("hypergate.log"));
             let process = Guarded::spawn(target.name(), command, cpus, log)?;
             (address, Some(admin), Some(process))
@@ -411,6 +465,45 @@ fn parse_call_store_counters(metrics: &str) -> anyhow::Result<CallStoreCounters>
     Ok(CallStoreCounters {
         written: written as u64,
         dropped: dropped as u64,
+    })
+}
+
+/// What Hypergate's OTLP exporter has done with spans so far, from its admin
+/// `/metrics` (`hypergate_otlp_spans_total{outcome=...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtlpSpanCounters {
+    /// Spans the collector accepted (`outcome="exported"`).
+    pub exported: u64,
+    /// Spans dropped because the exporter's queue was full (`outcome="dropped"`).
+    pub dropped: u64,
+    /// Spans whose export request failed (`outcome="failed"`).
+    pub failed: u64,
+}
+
+/// Reads the OTLP exporter's span counters from the gateway's admin `/metrics`.
+pub fn otlp_span_counters(admin: SocketAddr) -> anyhow::Result<OtlpSpanCounters> {
+    let metrics = get_body(admin, "/metrics").context("reading the gateway's /metrics")?;
+    parse_otlp_span_counters(&metrics)
+}
+
+/// The exporter's span counters in Prometheus text; fails when the exported
+/// counter is missing (no exporter: tracing is off).
+fn parse_otlp_span_counters(metrics: &str) -> anyhow::Result<OtlpSpanCounters> {
+    let value = |outcome: &str| {
+        let series = format!("hypergate_otlp_spans_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|line| {
+            let rest = line.strip_prefix(series.as_str())?;
+            rest.trim().parse::<f64>().ok().map(|value| value as u64)
+        })
+    };
+    let exported = value("exported").context(
+        "no hypergate_otlp_spans_total{outcome=\"exported\"} on /metrics: the OTLP exporter \
+         is not running",
+    )?;
+    Ok(OtlpSpanCounters {
+        exported,
+        dropped: value("dropped").unwrap_or(0),
+        failed: value("failed").unwrap_or(0),
     })
 }
 
@@ -651,9 +744,11 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
 }
 
 /// The whole config a Hypergate target runs with: the scenario's (LLM or
-/// proxy), the eBPF probe for `hypergate-ebpf`, and the call store, on with its
+/// proxy), the eBPF probe for `hypergate-ebpf`, the call store, on with its
 /// database in the target's directory for `hypergate-callstore` and off for
-/// the others. `hypergate-base` gets exactly `hypergate`'s.
+/// the others, and for the tracing targets `[observability.otlp]` exporting to
+/// the scenario's collector with the target's sampler (see [`trace_config`]).
+/// `hypergate-base` gets exactly `hypergate`'s.
 fn hypergate_target_config(
     target: Target,
     setup: &TargetSetup<'_>,
@@ -677,7 +772,29 @@ fn hypergate_target_config(
     } else {
         config.push_str("\n[hypercare.store]\nenabled = false\n");
     }
+    if let (Some(sampler), Some(collector)) = (target.trace_sampler(), setup.collector) {
+        config.push_str(&trace_config(sampler, collector));
+    }
     config
+}
+
+/// The `[observability.otlp]` table of a tracing target: spans to
+/// `http://{collector}/v1/traces` with the head sampler `sampler` (and its
+/// ratio); errors and canary calls kept whatever the head decision (the
+/// defaults, written out: the benchmark has neither); no log records.
+fn trace_config((sampler, ratio): (&str, Option<f64>), collector: SocketAddr) -> String {
+    let mut table = format!(
+        "\n[observability.otlp]\nendpoint = \"http://{collector}\"\nsampler = \"{sampler}\"\n"
+    );
+    if let Some(ratio) = ratio {
+        let _ = writeln!(table, "sampler_arg = {ratio}");
+    }
+    let _ = write!(
+        table,
+        "always_sample_errors = true\nalways_sample_canary = true\n\
+         flush_interval = \"{TRACE_FLUSH_INTERVAL}\"\n"
+    );
+    table
 }
 
 /// Hypergate's TOML config for an LLM scenario: the server, admin and listener
@@ -883,6 +1000,7 @@ mod tests {
             placement,
             dir: PathBuf::from("/tmp/hg"),
             edge: &PLAIN,
+            collector: None,
         }
     }
 
@@ -951,6 +1069,94 @@ mod tests {
             listen,
         );
         assert!(on.starts_with(&plain), "the same config plus the store");
+    }
+
+    #[test]
+    fn only_the_tracing_targets_export_spans_to_the_collector() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let collector = SocketAddr::from(([127, 0, 0, 1], 19001));
+        let config = |target: Target, scenario: &str| {
+            let setup = TargetSetup {
+                collector: Some(collector),
+                ..setup(scenario, &placement)
+            };
+            hypergate_target_config(target, &setup, listen, listen)
+        };
+        let otlp = |text: &str| {
+            let config: toml::Table = text.parse().expect("the config is TOML");
+            config
+                .get("observability")
+                .and_then(|table| table.get("otlp"))
+                .cloned()
+        };
+        for (target, scenario, sampler, ratio) in [
+            (
+                Target::HypergateTraceAll,
+                "trace-all",
+                "parentbased_always_on",
+                None,
+            ),
+            (
+                Target::HypergateTraceOnePercent,
+                "trace-1pct",
+                "parentbased_traceidratio",
+                Some(0.01),
+            ),
+        ] {
+            let text = config(target, scenario);
+            let table = otlp(&text).expect("an [observability.otlp] table");
+            assert_eq!(table["endpoint"].as_str(), Some("http://127.0.0.1:19001"));
+            assert_eq!(table["sampler"].as_str(), Some(sampler), "{scenario}");
+            assert_eq!(
+                table.get("sampler_arg").and_then(toml::Value::as_float),
+                ratio
+            );
+            assert_eq!(table["always_sample_errors"].as_bool(), Some(true));
+            assert_eq!(table["always_sample_canary"].as_bool(), Some(true));
+            assert_eq!(table["flush_interval"].as_str(), Some("1s"));
+            // The same config as the plain target, plus the table; no store.
+            let plain = config(Target::Hypergate, scenario);
+            assert!(text.starts_with(&plain), "{scenario}");
+            assert_eq!(otlp(&plain), None, "{scenario}");
+            assert_eq!(config(Target::HypergateBase, scenario), plain, "{scenario}");
+        }
+        for target in [
+            Target::Hypergate,
+            Target::HypergateCallstore,
+            Target::HypergateEbpf,
+        ] {
+            assert_eq!(otlp(&config(target, "get-c64")), None, "{target:?}");
+        }
+        assert_eq!(Target::from_name("hypergate-trace-all"), None);
+        assert_eq!(Target::from_name("hypergate-trace-1pct"), None);
+        assert!(Target::REPORTED.contains(&Target::HypergateTraceOnePercent));
+        let width = Target::REPORTED
+            .iter()
+            .map(|target| target.name().len())
+            .max();
+        assert!(width <= Some(20), "the table's proxy column is 20 wide");
+    }
+
+    #[test]
+    fn otlp_span_counters_come_from_prometheus_text() {
+        let metrics = "# TYPE hypergate_otlp_spans_total counter\n\
+                       hypergate_otlp_spans_total{outcome=\"exported\"} 123456\n\
+                       hypergate_otlp_spans_total{outcome=\"dropped\"} 7\n\
+                       hypergate_otlp_spans_total{outcome=\"failed\"} 2\n\
+                       hypergate_otlp_logs_total{outcome=\"exported\"} 99\n";
+        assert_eq!(
+            parse_otlp_span_counters(metrics).expect("counters"),
+            OtlpSpanCounters {
+                exported: 123_456,
+                dropped: 7,
+                failed: 2
+            }
+        );
+        assert!(
+            parse_otlp_span_counters("hypergate_otlp_logs_total{outcome=\"exported\"} 1\n")
+                .is_err()
+        );
     }
 
     #[test]
