@@ -133,7 +133,7 @@ pub struct Exchange {
     pub trace: SpanContext,
     /// The upstream attempts, for their client spans (kept only when spans
     /// are exported: `ShardCtx::telemetry`).
-    pub attempts: Vec<AttemptSpan>,
+    pub attempts: AttemptSpans,
     /// When the request head was complete (the body's total deadline and the
     /// route's AI deadline count from it).
     pub started: Instant,
@@ -187,7 +187,7 @@ impl Exchange {
         Self {
             rid: RequestId::new(view.header("x-request-id"), rng),
             trace,
-            attempts: Vec::new(),
+            attempts: AttemptSpans::default(),
             started: Instant::now(),
             route: None,
             target: None,
@@ -231,6 +231,30 @@ impl Exchange {
             .as_ref()
             .map_or((false, false), |l| (l.client_aborted, l.error.is_some()));
         Outcome::of(self.status, self.error_kind, aborted, broken)
+    }
+}
+
+/// Client spans kept per request at most (the attempts beyond are counted in
+/// `hypergate.retries` on the server span).
+pub const MAX_ATTEMPT_SPANS: usize = 4;
+
+/// The attempts of one request, inline (no allocation on the request path).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttemptSpans {
+    spans: [Option<AttemptSpan>; MAX_ATTEMPT_SPANS],
+}
+
+impl AttemptSpans {
+    /// Keeps an attempt (the first [`MAX_ATTEMPT_SPANS`] only).
+    pub fn push(&mut self, a: AttemptSpan) {
+        if let Some(slot) = self.spans.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(a);
+        }
+    }
+
+    /// The attempts kept, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &AttemptSpan> {
+        self.spans.iter().flatten()
     }
 }
 

@@ -8,7 +8,9 @@
 //!
 //! [`retry_safe`]: hypergate_upstream::client::retry_safe
 
-use crate::exchange::{After, AttemptSpan, Captured, ClientStream, Downstream, Exchange, View};
+use crate::exchange::{
+    After, AttemptSpan, AttemptSpans, Captured, ClientStream, Downstream, Exchange, View,
+};
 use crate::respond::{add_route_headers, keeps_alive};
 use crate::routing::RequestInfo;
 use crate::spec::Route;
@@ -159,12 +161,8 @@ struct Tally {
     /// Retries made.
     retries: u32,
     /// The attempts, for their client spans (when spans are exported).
-    attempts: Vec<AttemptSpan>,
+    attempts: AttemptSpans,
 }
-
-/// Client spans kept per request at most (the attempts beyond are counted in
-/// `hypergate.retries` on the server span).
-const MAX_ATTEMPT_SPANS: usize = 8;
 
 /// Sends the request through the upstream client: pick an endpoint, attempt,
 /// and retry on another endpoint while the one retry rule allows it.
@@ -231,18 +229,16 @@ async fn send<'c, S: ClientStream>(
         });
         let result = client::attempt(cluster, ep, request, resp, out, limits).await;
         if let Some((span_id, start)) = attempt_span {
-            if tally.attempts.len() < MAX_ATTEMPT_SPANS {
-                tally.attempts.push(AttemptSpan {
-                    span_id,
-                    start,
-                    end: Instant::now(),
-                    endpoint: ep,
-                    result: match &result {
-                        Ok(_) => Ok(resp.status),
-                        Err(f) => Err(f.label()),
-                    },
-                });
-            }
+            tally.attempts.push(AttemptSpan {
+                span_id,
+                start,
+                end: Instant::now(),
+                endpoint: ep,
+                result: match &result {
+                    Ok(_) => Ok(resp.status),
+                    Err(f) => Err(f.label()),
+                },
+            });
         }
         let outcome = match &result {
             Ok(_) => Outcome::Answered(resp.status),
