@@ -64,7 +64,9 @@ impl Exporter {
                 settings.export_timeout,
                 &settings.headers,
             ),
+            fixed: encode::fixed(&encode::resource(resource)),
             resource: encode::resource(resource),
+            body: Vec::new(),
             stats: Arc::clone(&stats),
             traces_failing: false,
             logs_failing: false,
@@ -119,6 +121,10 @@ struct Worker {
     traces: HttpClient,
     logs: HttpClient,
     resource: ProtoResource,
+    /// The resource and scope as bytes, for spans.
+    fixed: encode::Fixed,
+    /// The spans' request body, reused.
+    body: Vec<u8>,
     stats: Arc<OtlpStats>,
     traces_failing: bool,
     logs_failing: bool,
@@ -155,8 +161,9 @@ impl Worker {
         match batch {
             Batch::Spans(spans) => {
                 let count = spans.len();
-                let request = encode::trace_request(&self.resource, spans);
-                let result = self.traces.post(&request, &stats.export_requests);
+                encode::trace_request(&self.fixed, &spans, &mut self.body);
+                drop(spans);
+                let result = self.traces.post_encoded(&self.body, &stats.export_requests);
                 record(
                     result,
                     count,

@@ -121,11 +121,30 @@ impl HttpClient {
         message: &impl prost::Message,
         requests: &AtomicU64,
     ) -> Result<(), ExportError> {
+        self.head(message.encoded_len());
+        message.encode(&mut self.request)?;
+        self.finish(requests)
+    }
+
+    /// POSTs a body already encoded; `Ok` on a 2xx.
+    pub(crate) fn post_encoded(
+        &mut self,
+        body: &[u8],
+        requests: &AtomicU64,
+    ) -> Result<(), ExportError> {
+        self.head(body.len());
+        self.request.extend_from_slice(body);
+        self.finish(requests)
+    }
+
+    fn head(&mut self, body_len: usize) {
         self.request.clear();
         self.request.extend_from_slice(self.fixed_head.as_bytes());
         self.request
-            .extend_from_slice(format!("{}\r\n\r\n", message.encoded_len()).as_bytes());
-        message.encode(&mut self.request)?;
+            .extend_from_slice(format!("{body_len}\r\n\r\n").as_bytes());
+    }
+
+    fn finish(&mut self, requests: &AtomicU64) -> Result<(), ExportError> {
         let mut status = self.send(requests)?;
         if status == 429 || status == 503 {
             status = self.send(requests)?;
