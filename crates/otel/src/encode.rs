@@ -52,6 +52,7 @@ fn attributes(attributes: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue> {
         .map(|(k, v)| {
             let value = match v {
                 AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
+                AttrValue::Shared(s) => any_value::Value::StringValue(s.to_string()),
                 AttrValue::Int(i) => any_value::Value::IntValue(i),
                 AttrValue::Float(f) => any_value::Value::DoubleValue(f),
                 AttrValue::Bool(b) => any_value::Value::BoolValue(b),
@@ -104,6 +105,7 @@ fn put_varint(out: &mut Vec<u8>, tag: u32, v: u64) {
 fn any_value_len(v: &AttrValue) -> usize {
     match v {
         AttrValue::Str(s) => len_field(1, s.len()),
+        AttrValue::Shared(s) => len_field(1, s.len()),
         AttrValue::Bool(_) => 2,
         AttrValue::Int(i) => 1 + encoded_len_varint(*i as u64),
         AttrValue::Float(_) => 9,
@@ -120,6 +122,10 @@ fn put_key_value(out: &mut Vec<u8>, tag: u32, k: &str, v: &AttrValue) {
     put_len(out, 2, any_value_len(v));
     match v {
         AttrValue::Str(s) => {
+            put_len(out, 1, s.len());
+            out.extend_from_slice(s.as_bytes());
+        }
+        AttrValue::Shared(s) => {
             put_len(out, 1, s.len());
             out.extend_from_slice(s.as_bytes());
         }

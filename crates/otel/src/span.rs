@@ -38,12 +38,21 @@ pub enum SpanStatus {
 pub enum AttrValue {
     /// A string.
     Str(Cow<'static, str>),
+    /// A string shared with the config (route, cluster, version names): a
+    /// reference count, not a copy, per span.
+    Shared(std::sync::Arc<str>),
     /// An integer.
     Int(i64),
     /// A float.
     Float(f64),
     /// A boolean.
     Bool(bool),
+}
+
+impl From<std::sync::Arc<str>> for AttrValue {
+    fn from(v: std::sync::Arc<str>) -> Self {
+        AttrValue::Shared(v)
+    }
 }
 
 impl From<&'static str> for AttrValue {

@@ -72,7 +72,7 @@ pub fn export(
     }
     let base = start_nanos(ex);
     let end_nanos = nanos_at(base, ex, end);
-    let route = ex.route.map(|ri| inst.config.routes[ri].name.as_ref());
+    let route = ex.route.map(|ri| &inst.config.routes[ri].name);
     let cluster = ex
         .route
         .zip(ex.target)
@@ -80,13 +80,14 @@ pub fn export(
     let mut common: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
     common.push((attr::HTTP_REQUEST_METHOD, view.method().to_string().into()));
     common.push((attr::URL_PATH, view.path().to_string().into()));
+    // Config names are shared (a reference count each), not copied.
     if let Some(r) = route {
-        common.push((attr::HTTP_ROUTE, r.to_string().into()));
-        common.push((attr::HYPERGATE_ROUTE, r.to_string().into()));
+        common.push((attr::HTTP_ROUTE, r.clone().into()));
+        common.push((attr::HYPERGATE_ROUTE, r.clone().into()));
     }
     if let Some(c) = cluster {
-        common.push((attr::HYPERGATE_CLUSTER, c.spec.name.to_string().into()));
-        common.push((attr::HYPERGATE_VERSION, c.spec.version.to_string().into()));
+        common.push((attr::HYPERGATE_CLUSTER, c.spec.name.clone().into()));
+        common.push((attr::HYPERGATE_VERSION, c.spec.version.clone().into()));
     }
     if ex.status > 0 {
         common.push((attr::HTTP_RESPONSE_STATUS_CODE, ex.status.into()));
@@ -102,7 +103,7 @@ pub fn export(
     if let Some(c) = ex.consumer {
         common.push((
             attr::HYPERGATE_CONSUMER,
-            inst.config.auth.consumers[c].name.to_string().into(),
+            inst.config.auth.consumers[c].name.clone().into(),
         ));
     }
     if logs {
@@ -132,10 +133,12 @@ pub fn export(
     if !keep {
         return;
     }
-    let name: Cow<'static, str> = match route {
-        Some(r) => format!("{} {r}", view.method()).into(),
-        None => view.method().to_string().into(),
-    };
+    let mut name = String::with_capacity(view.method().len() + 1 + route.map_or(0, |r| r.len()));
+    name.push_str(view.method());
+    if let Some(r) = route {
+        name.push(' ');
+        name.push_str(r);
+    }
     let mut server = SpanData::new(&ex.trace, name, SpanKind::Server, base, end_nanos);
     server.attributes = common;
     server.push_attr(attr::NETWORK_PEER_ADDRESS, peer.ip().to_string());
@@ -168,7 +171,7 @@ pub fn export(
                 attr::SERVER_ADDRESS,
                 c.endpoints[a.endpoint].label.to_string(),
             );
-            span.push_attr(attr::HYPERGATE_CLUSTER, c.spec.name.to_string());
+            span.push_attr(attr::HYPERGATE_CLUSTER, c.spec.name.clone());
         }
         span.push_attr(attr::HYPERGATE_RETRY, i as u64);
         match a.result {
