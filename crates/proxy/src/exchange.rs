@@ -28,7 +28,7 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// The client's IP address as text (formatted once per connection:
     /// `X-Forwarded-For` needs it on every request).
-    pub peer_ip: String,
+    pub peer_ip: std::sync::Arc<str>,
     /// What `X-Forwarded-Proto` says: `http` or `https`.
     pub scheme: &'static str,
 }

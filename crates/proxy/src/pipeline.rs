@@ -73,7 +73,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     peak.set(peak.get().max(active.get()));
     let down = Downstream {
         peer,
-        peer_ip: peer.ip().to_string(),
+        peer_ip: peer.ip().to_string().into(),
         scheme,
     };
     let mut bufs = Buffers::default();
@@ -113,7 +113,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
                     buf: &bufs.head_buf,
                     head: &bufs.head,
                 };
-                record::record(&ctx, &inst, &view, &ex, peer);
+                record::record(&ctx, &inst, &view, &ex, &down);
                 ctx.conns.borrow_mut().unregister(slot);
                 active.set(active.get() - 1);
                 return;
@@ -124,7 +124,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
             buf: &bufs.head_buf,
             head: &bufs.head,
         };
-        record::record(&ctx, &inst, &view, &ex, peer);
+        record::record(&ctx, &inst, &view, &ex, &down);
         if let After::Close = after {
             break;
         }

@@ -6,7 +6,7 @@
 //!
 //! Depends on `exchange`, `state` and `hypergate-core`'s records.
 
-use crate::exchange::{Exchange, View};
+use crate::exchange::{Downstream, Exchange, View};
 use crate::routing::RequestInfo;
 use crate::state::{Installed, ShardCtx};
 use hypergate_core::error::Outcome;
@@ -18,7 +18,8 @@ use std::time::Instant;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Counts the request and submits its access-log record.
-pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, peer: SocketAddr) {
+pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, down: &Downstream) {
+    let peer = down.peer;
     // One clock read serves the latency and the record's wall-clock time.
     let now = Instant::now();
     let total_us = now.duration_since(ex.started).as_micros() as u64;
@@ -28,7 +29,7 @@ pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, 
     }
     record_log(ctx, inst, view, ex, peer, total_us, now, outcome);
     if let Some(sink) = &ctx.telemetry {
-        crate::trace::export(ctx, sink, inst, view, ex, peer, outcome, now);
+        crate::trace::export(ctx, sink, inst, view, ex, down, outcome, now);
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Depends on `exchange`, `state` and `hypergate-otel`.
 
-use crate::exchange::{Exchange, View};
+use crate::exchange::{Downstream, Exchange, View};
 use crate::routing::RequestInfo;
 use crate::state::{Installed, ShardCtx};
 use hypergate_core::error::Outcome;
@@ -16,7 +16,6 @@ use hypergate_otel::{
     AttrValue, LogData, Severity, SpanContext, SpanData, SpanKind, SpanStatus, TelemetrySink,
 };
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 /// When the request's head was complete, in nanoseconds since the Unix epoch
@@ -58,7 +57,7 @@ pub fn export(
     inst: &Installed,
     view: &View<'_>,
     ex: &Exchange,
-    peer: SocketAddr,
+    down: &Downstream,
     outcome: Outcome,
     end: Instant,
 ) {
@@ -141,7 +140,7 @@ pub fn export(
     }
     let mut server = SpanData::new(&ex.trace, name, SpanKind::Server, base, end_nanos);
     server.attributes = common;
-    server.push_attr(attr::NETWORK_PEER_ADDRESS, peer.ip().to_string());
+    server.push_attr(attr::NETWORK_PEER_ADDRESS, down.peer_ip.clone());
     if ex.retries > 0 {
         server.push_attr(attr::HYPERGATE_RETRIES, ex.retries);
     }
