@@ -456,45 +456,11 @@ output = 15.0
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("content-type").is_some_and(|t| t.contains("json")));
     let call = r.json();
-    for column in [
-        "id",
-        "ts_ms",
-        "request_id",
-        "trace_id",
-        "method",
-        "path",
-        "route",
-        "consumer",
-        "cluster",
-        "version",
-        "endpoint",
-        "status",
-        "error",
-        "total_us",
-        "upstream_us",
-        "ttft_us",
-        "bytes_in",
-        "bytes_out",
-        "retries",
-        "provider",
-        "model",
-        "alias",
-        "target",
-        "prompt_tokens",
-        "completion_tokens",
-        "cached_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "estimated",
-        "prompt",
-        "prompt_version",
-        "cache_hit",
-        "guardrails",
-        "feedback_score",
-        "feedback_comment",
-        "request_body",
-        "response_body",
-    ] {
+    // Every column of the store's `calls` table, and the feedback joined to it.
+    let columns = hypergate::hypercare::blocks::COLUMNS
+        .iter()
+        .chain(&["feedback_score", "feedback_comment"]);
+    for column in columns {
         assert!(
             call.get(column).is_some(),
             "column {column} missing: {call:#}"
