@@ -18,6 +18,17 @@ use hypergate_otel::{
 use std::borrow::Cow;
 use std::time::Instant;
 
+/// The method as a static string when it is a standard one (no copy per span).
+fn method(m: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|s| **s == m) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(m.to_string()),
+    }
+}
+
 /// When the request's head was complete, in nanoseconds since the Unix epoch
 /// (the cached clock's millisecond, plus nothing finer: offsets within the
 /// request come from the monotonic clock and are exact).
@@ -76,8 +87,9 @@ pub fn export(
         .route
         .zip(ex.target)
         .map(|(ri, t)| &inst.clusters[inst.routes[ri].targets[t].0]);
-    let mut common: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
-    common.push((attr::HTTP_REQUEST_METHOD, view.method().to_string().into()));
+    // Room for every attribute the server span may get (no regrowth).
+    let mut common: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
+    common.push((attr::HTTP_REQUEST_METHOD, method(view.method()).into()));
     common.push((attr::URL_PATH, view.path().to_string().into()));
     // Config names are shared (a reference count each), not copied.
     if let Some(r) = route {
@@ -159,17 +171,15 @@ pub fn export(
     for (i, a) in ex.attempts.iter().enumerate() {
         let mut span = SpanData::new(
             &child(a.span_id),
-            view.method().to_string(),
+            method(view.method()),
             SpanKind::Client,
             nanos_at(base, ex, a.start),
             nanos_at(base, ex, a.end),
         );
-        span.push_attr(attr::HTTP_REQUEST_METHOD, view.method().to_string());
+        span.attributes = Vec::with_capacity(6);
+        span.push_attr(attr::HTTP_REQUEST_METHOD, method(view.method()));
         if let Some(c) = cluster {
-            span.push_attr(
-                attr::SERVER_ADDRESS,
-                c.endpoints[a.endpoint].label.to_string(),
-            );
+            span.push_attr(attr::SERVER_ADDRESS, c.endpoints[a.endpoint].label.clone());
             span.push_attr(attr::HYPERGATE_CLUSTER, c.spec.name.clone());
         }
         span.push_attr(attr::HYPERGATE_RETRY, i as u64);
@@ -208,6 +218,7 @@ pub fn export(
             started,
             end_nanos,
         );
+        span.attributes = Vec::with_capacity(11);
         span.push_attr(attr::GEN_AI_OPERATION_NAME, operation);
         span.push_attr(attr::GEN_AI_PROVIDER_NAME, l.provider.clone());
         span.push_attr(attr::GEN_AI_REQUEST_MODEL, l.alias.clone());
