@@ -6,7 +6,7 @@
 //! equal the requests sent, and `hypergate diff --from v1 --to v2` finding v2's
 //! errors significant, all from the example's own store file.
 
-use hypergate_tests::gateway::admin_request;
+use hypergate_tests::gateway::{admin_request, metric_value};
 use hypergate_tests::process::{run_cli, workspace_root, GatewayProcess};
 use hypergate_tests::wait_until;
 use serde_json::Value;
@@ -59,7 +59,16 @@ fn the_canary_walk_through_does_what_the_readme_says() {
     let _ = wrk.kill();
     let _ = wrk.wait();
     // Every request the gateway counted (requests wrk had in flight when it
-    // stopped included), from its own counters.
+    // stopped included), from its own counters, once wrk's connections are
+    // gone (a connection is counted closed after its last request's record).
+    wait_until(
+        "wrk's connections are closed",
+        Duration::from_secs(10),
+        || {
+            let m = admin_request(admin, "GET", "/metrics").text();
+            metric_value(&m, "hypergate_downstream_active_connections") == 0.0
+        },
+    );
     let metrics = admin_request(admin, "GET", "/metrics").text();
     let sent: u64 = metrics
         .lines()
