@@ -4,9 +4,10 @@
 use std::cell::Cell;
 
 /// Whether this call is in a sample of `share` (0.0 to 1.0) of calls, drawn
-/// from the shard's generator (never when `share` is 0).
+/// from the shard's generator (never when `share` is 0, always without a draw
+/// when it is 1).
 pub fn sampled(state: &Cell<u64>, share: f64) -> bool {
-    share > 0.0 && ((next_random(state) % 1_000_000) as f64) < share * 1_000_000.0
+    share >= 1.0 || (share > 0.0 && ((next_random(state) % 1_000_000) as f64) < share * 1_000_000.0)
 }
 
 /// xorshift64*: a fast per-shard generator for balancing decisions (not for secrets).

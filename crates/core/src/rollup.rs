@@ -10,7 +10,8 @@
 //! bounded channel to the record writer, which merges them into the store's
 //! `rollups` table. A full channel loses nothing: the deltas wait on the shard,
 //! merged by (minute, labels), so what waits is bounded by the label sets (all
-//! from the config) times the minutes the writer is behind.
+//! from the config) times the minutes the writer is behind; once the writer is
+//! gone, nothing is kept.
 //!
 //! Depends on `metrics` (the histogram bounds), `error` (outcomes) and `rng`.
 
@@ -251,9 +252,11 @@ impl ShardRollups {
         }
         match self.tx.try_send(std::mem::take(&mut self.pending)) {
             Ok(()) => {}
-            Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => {
-                self.pending = back;
-            }
+            // The writer is behind: the deltas wait here, merged.
+            Err(TrySendError::Full(back)) => self.pending = back,
+            // The writer is gone (the gateway is stopping): nothing will ever
+            // take them, so nothing is kept (memory stays bounded).
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
@@ -375,6 +378,24 @@ mod tests {
         assert_eq!(buckets, sent, "every latency is in some delta's histogram");
         // At most one delta per (minute, labels) waits.
         assert!(r.pending.len() <= 2, "{}", r.pending.len());
+    }
+
+    #[test]
+    fn nothing_waits_once_the_writer_is_gone() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut r = ShardRollups::new(tx);
+        drop(rx);
+        let t0 = Instant::now();
+        for minute in 0..100 {
+            r.count(
+                minute,
+                ["api", "c", "v1", ""],
+                &call(200, Outcome::Ok, 10),
+                t0,
+            );
+            r.flush(t0);
+        }
+        assert!(r.pending.is_empty());
     }
 
     #[test]

@@ -112,6 +112,11 @@ impl CanaryRun {
         })
     }
 
+    /// Whether the canary was rolled back (and stays at 0%).
+    pub fn rolled_back(&self) -> bool {
+        self.analysis.phase() == Phase::RolledBack
+    }
+
     /// Where the rollout stands, to save.
     pub fn progress(&self) -> Progress {
         self.analysis.progress()

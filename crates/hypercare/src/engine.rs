@@ -227,7 +227,7 @@ impl EngineView {
         let rollbacks = self
             .canaries
             .iter()
-            .filter(|c| c.json()["status"]["phase"] == "rolled_back")
+            .filter(|c| c.rolled_back())
             .map(|c| format!("canary-rollback:{}", c.config.subject()));
         rules.chain(rollbacks).collect()
     }

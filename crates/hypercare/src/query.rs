@@ -305,7 +305,8 @@ pub struct Aggregate {
     pub estimated: u64,
     /// Sum and count of streamed calls' time to first token (µs).
     pub ttft: (u64, u64),
-    /// Calls with a stored row.
+    /// Calls whose row was handed to the store's writer (a write that fails
+    /// afterwards loses them; `hypergate_callstore_lost_total` counts those).
     pub recorded: u64,
     /// Calls whose row the store's sampling rules left out.
     pub sampled_out: u64,
@@ -387,7 +388,9 @@ impl Aggregate {
     pub fn rows_note(&self) -> Option<String> {
         (self.recorded < self.requests).then(|| {
             format!(
-                "rows: recorded {} of {} calls ({} left out by sampling, {} dropped); totals count every call",
+                "rows: recorded {} of {} calls ({} left out by sampling, {} dropped); totals count every call \
+                 (recorded: handed to the store's writer; rows of a write that failed afterwards are \
+                 counted in hypergate_callstore_lost_total)",
                 self.recorded,
                 self.requests,
                 self.sampled_out,

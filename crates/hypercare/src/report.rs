@@ -312,7 +312,11 @@ pub fn report(
     let llm_rows: Vec<Vec<String>> = llm_rows.into_iter().map(|(_, r)| r).collect();
     sections.push(Section {
         title: "LLM usage, cost and feedback".into(),
-        lines: vec![],
+        lines: vec![
+            "Calls, tokens, cost and TTFT are exact (rollups); feedback scores are those \
+             of the stored rows (every LLM call's row is kept unless keep_llm is off)."
+                .into(),
+        ],
         table: (!llm_rows.is_empty()).then(|| {
             (
                 [
@@ -352,7 +356,7 @@ pub fn report(
     if !prompt_rows.is_empty() {
         sections.push(Section {
             title: "Prompt versions by feedback".into(),
-            lines: vec![],
+            lines: vec!["From the stored rows.".into()],
             table: Some((
                 ["Prompt", "Version", "Calls", "Avg score", "Scores"]
                     .map(String::from)

@@ -72,10 +72,8 @@ pub fn export(
     outcome: Outcome,
     end: Instant,
 ) {
-    let keep = ex.trace.sampled
-        || sink
-            .sampler()
-            .keep(false, outcome.is_error(), is_canary(inst, ex));
+    let canary = is_canary(inst, ex);
+    let keep = ex.trace.sampled || sink.sampler().keep(false, outcome.is_error(), canary);
     let logs = sink.exports_logs();
     if !keep && !logs {
         return;
@@ -156,7 +154,7 @@ pub fn export(
     if ex.retries > 0 {
         server.push_attr(attr::HYPERGATE_RETRIES, ex.retries);
     }
-    if is_canary(inst, ex) {
+    if canary {
         server.push_attr(attr::HYPERGATE_CANARY, true);
     }
     if outcome.is_error() {
