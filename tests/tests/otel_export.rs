@@ -35,7 +35,7 @@ fn random() -> impl FnMut() -> u64 {
     }
 }
 
-fn plain_span(n: u64) -> SpanData {
+fn push_plain(sink: &hypergate_otel::TelemetrySink, n: u64) {
     let context = SpanContext {
         trace_id: [1; 16],
         span_id: n.max(1).to_be_bytes(),
@@ -43,7 +43,7 @@ fn plain_span(n: u64) -> SpanData {
         sampled: true,
         trace_state: None,
     };
-    SpanData::new(&context, "span", SpanKind::Internal, 1, 2)
+    sink.push_span(&SpanData::new(&context, "span", SpanKind::Internal, 1, 2));
 }
 
 fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
@@ -131,14 +131,16 @@ fn spans_and_logs_arrive_with_ids_kinds_attributes_and_status() {
     request.push_attr(GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, 0.25);
     request.push_attr("hypergate.cached", false);
     request.status = SpanStatus::Error("upstream answered 502".into());
-    sinks[0].push_span(upstream);
-    sinks[0].push_span(request);
+    sinks[0].push_span(&upstream);
+    sinks[0].push_span(&request);
 
-    sinks[1].push_log(LogData {
+    sinks[1].push_log(&LogData {
         time_unix_nanos: start + 1_000,
         severity: Severity::for_status(502),
         body: "POST /v1/chat/completions 502".into(),
-        attributes: vec![(HTTP_RESPONSE_STATUS_CODE, AttrValue::Int(502))],
+        attributes: [(HTTP_RESPONSE_STATUS_CODE, AttrValue::Int(502))]
+            .into_iter()
+            .collect(),
         trace_id: Some(server.trace_id),
         span_id: Some(server.span_id),
     });
@@ -293,7 +295,7 @@ fn sampling_decisions_pick_what_is_exported() {
         let keep = sink.sampler().keep(context.sampled, is_error, is_canary);
         assert_eq!(keep, expect, "case {i}");
         if keep {
-            sink.push_span(SpanData::new(
+            sink.push_span(&SpanData::new(
                 &context,
                 format!("case {i}"),
                 SpanKind::Server,
@@ -318,12 +320,12 @@ fn queue_full_drops_are_counted_exactly() {
     });
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
-    sinks[0].push_span(plain_span(1));
+    push_plain(&sinks[0], 1);
     // The exporter took batch 1 off the queue: it is connected, waiting for an answer.
     assert!(matches!(collector.next(), Event::Accepted));
-    sinks[0].push_span(plain_span(2)); // fills the one queue slot
+    push_plain(&sinks[0], 2); // fills the one queue slot
     for n in 3..=5 {
-        sinks[0].push_span(plain_span(n)); // dropped
+        push_plain(&sinks[0], n); // dropped
     }
     assert_eq!(counter(&exporter, |s| &s.spans_dropped), 3);
     drop(release); // the receiver reads and answers now
@@ -353,7 +355,7 @@ fn a_500_counts_the_batch_as_failed() {
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
     for n in 1..=3 {
-        sinks[0].push_span(plain_span(n));
+        push_plain(&sinks[0], n);
     }
     let stats = std::sync::Arc::clone(exporter.stats());
     finish(&collector, exporter, sinks);
@@ -379,8 +381,8 @@ fn a_503_or_429_is_retried_once() {
     let settings = settings(&collector, |c| c.batch_size = 1);
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
-    sinks[0].push_span(plain_span(1)); // 503, then 200
-    sinks[0].push_span(plain_span(2)); // 429, then 429: failed
+    push_plain(&sinks[0], 1); // 503, then 200
+    push_plain(&sinks[0], 2); // 429, then 429: failed
     let stats = std::sync::Arc::clone(exporter.stats());
     finish(&collector, exporter, sinks);
     assert_eq!(stats.spans_exported.load(Ordering::Relaxed), 1);
@@ -403,7 +405,7 @@ fn keep_alive_reuses_one_connection_whatever_the_body_framing() {
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
     for n in 1..=4 {
-        sinks[0].push_span(plain_span(n));
+        push_plain(&sinks[0], n);
     }
     let stats = std::sync::Arc::clone(exporter.stats());
     let events = finish(&collector, exporter, sinks);
@@ -422,11 +424,11 @@ fn a_connection_the_collector_closed_is_replaced() {
     let settings = settings(&collector, |c| c.batch_size = 1);
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
-    sinks[0].push_span(plain_span(1));
+    push_plain(&sinks[0], 1);
     // Wait until the first request was answered and its connection closed.
     assert!(matches!(collector.next(), Event::Accepted));
     assert!(matches!(collector.next(), Event::Traces { .. }));
-    sinks[0].push_span(plain_span(2));
+    push_plain(&sinks[0], 2);
     let stats = std::sync::Arc::clone(exporter.stats());
     let events = finish(&collector, exporter, sinks);
     assert_eq!(stats.spans_exported.load(Ordering::Relaxed), 2);
@@ -461,12 +463,12 @@ fn an_unreachable_collector_counts_failures() {
     let settings = config.validate(&OtlpEnv::default()).expect("valid");
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
-    sinks[0].push_span(plain_span(1));
-    sinks[0].push_log(LogData {
+    push_plain(&sinks[0], 1);
+    sinks[0].push_log(&LogData {
         time_unix_nanos: 1,
         severity: Severity::Info,
         body: "GET / 200".into(),
-        attributes: Vec::new(),
+        attributes: Default::default(),
         trace_id: None,
         span_id: None,
     });
@@ -485,7 +487,7 @@ fn shutdown_waits_at_most_its_bound() {
     let settings = settings(&collector, |c| c.batch_size = 1);
     let (exporter, sinks) =
         Exporter::start(&settings, &Resource::from_settings(&settings), 1).expect("start");
-    sinks[0].push_span(plain_span(1));
+    push_plain(&sinks[0], 1);
     assert!(matches!(collector.next(), Event::Accepted));
     let started = Instant::now();
     assert!(

@@ -1,17 +1,14 @@
-//! Turns batches into OTLP messages: one resource, one instrumentation scope
-//! (`hypergate`), every item of the batch. Spans are written straight into
-//! protobuf bytes (see [`trace_request`]); log records go through
-//! `opentelemetry-proto`'s generated types. Runs on the exporter thread; the
-//! request path never encodes.
+//! Writes OTLP protobuf by hand: each span and log record straight into its
+//! shard's batch buffer when it is pushed (see [`put_span`], [`put_log`]), and
+//! the export request around a batch on the exporter thread ([`request`]).
+//! One resource and one instrumentation scope (`hypergate`) per request.
 //!
 //! Depends on: [`crate::span`], [`crate::log`], [`crate::resource`].
 
 use crate::log::LogData;
 use crate::resource::Resource;
 use crate::span::{AttrValue, SpanData, SpanKind, SpanStatus};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 
@@ -46,28 +43,14 @@ fn key_value(key: String, value: any_value::Value) -> KeyValue {
     }
 }
 
-fn attributes(attributes: Vec<(&'static str, AttrValue)>) -> Vec<KeyValue> {
-    attributes
-        .into_iter()
-        .map(|(k, v)| {
-            let value = match v {
-                AttrValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
-                AttrValue::Shared(s) => any_value::Value::StringValue(s.to_string()),
-                AttrValue::Int(i) => any_value::Value::IntValue(i),
-                AttrValue::Float(f) => any_value::Value::DoubleValue(f),
-                AttrValue::Bool(b) => any_value::Value::BoolValue(b),
-            };
-            key_value(k.to_string(), value)
-        })
-        .collect()
-}
-
-// Spans are written straight into protobuf bytes rather than built as
-// `opentelemetry-proto` structs and encoded: the structs need an owned `String`
-// for every attribute key and value and a `Vec` per id, which was most of the
-// exporter's CPU with every request sampled (measured with `cargo xtask bench
+// Spans and records are written straight into protobuf bytes rather than
+// built as `opentelemetry-proto` structs and encoded: the structs need an
+// owned `String` for every attribute key and value and a `Vec` per id, and a
+// span kept as owned data until the exporter thread encodes it costs
+// allocations on the shard and frees on another thread. Both were most of
+// tracing's cost with every request sampled (measured with `cargo xtask bench
 // --scenario trace-all`). Field numbers are those of
-// opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto; the
+// opentelemetry/proto/{trace,logs}/v1/*.proto and common/v1/common.proto; the
 // tests decode the bytes with the generated types.
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 
@@ -105,7 +88,6 @@ fn put_varint(out: &mut Vec<u8>, tag: u32, v: u64) {
 fn any_value_len(v: &AttrValue) -> usize {
     match v {
         AttrValue::Str(s) => len_field(1, s.len()),
-        AttrValue::Shared(s) => len_field(1, s.len()),
         AttrValue::Bool(_) => 2,
         AttrValue::Int(i) => 1 + encoded_len_varint(*i as u64),
         AttrValue::Float(_) => 9,
@@ -125,10 +107,6 @@ fn put_key_value(out: &mut Vec<u8>, tag: u32, k: &str, v: &AttrValue) {
             put_len(out, 1, s.len());
             out.extend_from_slice(s.as_bytes());
         }
-        AttrValue::Shared(s) => {
-            put_len(out, 1, s.len());
-            out.extend_from_slice(s.as_bytes());
-        }
         AttrValue::Bool(b) => {
             encode_key(2, WireType::Varint, out);
             encode_varint(u64::from(*b), out);
@@ -144,7 +122,7 @@ fn put_key_value(out: &mut Vec<u8>, tag: u32, k: &str, v: &AttrValue) {
     }
 }
 
-fn status_parts(s: &SpanStatus) -> Option<(u64, &str)> {
+fn status_parts<'s>(s: &'s SpanStatus<'_>) -> Option<(u64, &'s str)> {
     match s {
         SpanStatus::Unset => None,
         SpanStatus::Ok => Some((status::StatusCode::Ok as u64, "")),
@@ -169,15 +147,24 @@ fn kind(k: SpanKind) -> u64 {
     }) as u64
 }
 
+fn name_len(s: &SpanData) -> usize {
+    s.name.len()
+        + if s.name_detail.is_empty() {
+            0
+        } else {
+            1 + s.name_detail.len()
+        }
+}
+
 fn span_len(s: &SpanData) -> usize {
-    let state = s.trace_state.as_ref().map_or("", |t| t.as_str());
+    let state = s.trace_state.map_or("", |t| t.as_str());
     let opt = |tag: u32, len: usize| if len == 0 { 0 } else { len_field(tag, len) };
     let fixed = |v: u64| if v == 0 { 0 } else { 9 };
     len_field(1, 16)
         + len_field(2, 8)
         + opt(3, state.len())
         + s.parent_span_id.map_or(0, |_| len_field(4, 8))
-        + opt(5, s.name.len())
+        + opt(5, name_len(s))
         + 1
         + encoded_len_varint(kind(s.kind))
         + fixed(s.start_unix_nanos)
@@ -189,19 +176,26 @@ fn span_len(s: &SpanData) -> usize {
         + status_parts(&s.status).map_or(0, |(c, m)| len_field(15, status_len(c, m)))
 }
 
-fn put_span(out: &mut Vec<u8>, s: &SpanData, len: usize) {
+/// Appends `s` as one `spans` entry of a `ScopeSpans` (field 2).
+pub(crate) fn put_span(out: &mut Vec<u8>, s: &SpanData) {
+    let len = span_len(s);
+    out.reserve(len_field(2, len));
     put_len(out, 2, len);
     put_bytes(out, 1, &s.trace_id);
     put_bytes(out, 2, &s.span_id);
-    put_bytes(
-        out,
-        3,
-        s.trace_state.as_ref().map_or("", |t| t.as_str()).as_bytes(),
-    );
+    put_bytes(out, 3, s.trace_state.map_or("", |t| t.as_str()).as_bytes());
     if let Some(p) = &s.parent_span_id {
         put_bytes(out, 4, p);
     }
-    put_bytes(out, 5, s.name.as_bytes());
+    let name = name_len(s);
+    if name > 0 {
+        put_len(out, 5, name);
+        out.extend_from_slice(s.name.as_bytes());
+        if !s.name_detail.is_empty() {
+            out.push(b' ');
+            out.extend_from_slice(s.name_detail.as_bytes());
+        }
+    }
     put_varint(out, 6, kind(s.kind));
     put_fixed64(out, 7, s.start_unix_nanos);
     put_fixed64(out, 8, s.end_unix_nanos);
@@ -213,6 +207,47 @@ fn put_span(out: &mut Vec<u8>, s: &SpanData, len: usize) {
         put_bytes(out, 2, message.as_bytes());
         put_varint(out, 3, code);
     }
+}
+
+fn log_len(l: &LogData) -> usize {
+    let fixed = |v: u64| if v == 0 { 0 } else { 9 };
+    let text = l.severity.text();
+    fixed(l.time_unix_nanos)
+        + 1
+        + encoded_len_varint(l.severity.number() as u64)
+        + len_field(3, text.len())
+        + len_field(5, len_field(1, l.body.len()))
+        + l.attributes
+            .iter()
+            .map(|(k, v)| len_field(6, key_value_len(k, v)))
+            .sum::<usize>()
+        + l.trace_id.map_or(0, |_| len_field(9, 16))
+        + l.span_id.map_or(0, |_| len_field(10, 8))
+        + fixed(l.time_unix_nanos)
+}
+
+/// Appends `l` as one `log_records` entry of a `ScopeLogs` (field 2).
+pub(crate) fn put_log(out: &mut Vec<u8>, l: &LogData) {
+    let len = log_len(l);
+    out.reserve(len_field(2, len));
+    put_len(out, 2, len);
+    put_fixed64(out, 1, l.time_unix_nanos);
+    put_varint(out, 2, l.severity.number() as u64);
+    put_bytes(out, 3, l.severity.text().as_bytes());
+    put_len(out, 5, len_field(1, l.body.len()));
+    put_len(out, 1, l.body.len());
+    out.extend_from_slice(l.body.as_bytes());
+    for (k, v) in &l.attributes {
+        put_key_value(out, 6, k, v);
+    }
+    if let Some(t) = &l.trace_id {
+        put_bytes(out, 9, t);
+    }
+    if let Some(s) = &l.span_id {
+        put_bytes(out, 10, s);
+    }
+    // The gateway observes the call when it ends.
+    put_fixed64(out, 11, l.time_unix_nanos);
 }
 
 /// The encoded `Resource` and `InstrumentationScope`, built once per exporter.
@@ -229,55 +264,20 @@ pub(crate) fn fixed(resource: &ProtoResource) -> Fixed {
     }
 }
 
-/// One `ExportTraceServiceRequest` for a batch of spans, written into `out`.
-pub(crate) fn trace_request(fixed: &Fixed, spans: &[SpanData], out: &mut Vec<u8>) {
+/// One export request around `items`, the entries [`put_span`] or
+/// [`put_log`] wrote, into `out`. `ExportTraceServiceRequest` and
+/// `ExportLogsServiceRequest` have the same shape and field numbers:
+/// `resource_*` (1) { `resource` (1), `scope_*` (2) { `scope` (1), items (2) } }.
+pub(crate) fn request(fixed: &Fixed, items: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    let lens: Vec<usize> = spans.iter().map(span_len).collect();
-    let scope_spans_len =
-        len_field(1, fixed.scope.len()) + lens.iter().map(|l| len_field(2, *l)).sum::<usize>();
-    let resource_spans_len = len_field(1, fixed.resource.len()) + len_field(2, scope_spans_len);
-    out.reserve(len_field(1, resource_spans_len));
-    put_len(out, 1, resource_spans_len);
+    let scope_len = len_field(1, fixed.scope.len()) + items.len();
+    let resource_len = len_field(1, fixed.resource.len()) + len_field(2, scope_len);
+    out.reserve(len_field(1, resource_len));
+    put_len(out, 1, resource_len);
     put_len(out, 1, fixed.resource.len());
     out.extend_from_slice(&fixed.resource);
-    put_len(out, 2, scope_spans_len);
+    put_len(out, 2, scope_len);
     put_len(out, 1, fixed.scope.len());
     out.extend_from_slice(&fixed.scope);
-    for (s, len) in spans.iter().zip(lens) {
-        put_span(out, s, len);
-    }
-}
-
-fn log_record(l: LogData) -> LogRecord {
-    LogRecord {
-        time_unix_nano: l.time_unix_nanos,
-        observed_time_unix_nano: l.time_unix_nanos,
-        severity_number: l.severity.number(),
-        severity_text: l.severity.text().to_string(),
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(l.body)),
-        }),
-        attributes: attributes(l.attributes),
-        trace_id: l.trace_id.map(|t| t.to_vec()).unwrap_or_default(),
-        span_id: l.span_id.map(|s| s.to_vec()).unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
-/// One export request for a batch of log records.
-pub(crate) fn logs_request(
-    resource: &ProtoResource,
-    logs: Vec<LogData>,
-) -> ExportLogsServiceRequest {
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(resource.clone()),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(scope()),
-                log_records: logs.into_iter().map(log_record).collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    out.extend_from_slice(items);
 }

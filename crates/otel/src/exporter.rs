@@ -5,8 +5,9 @@
 //! 1. [`Exporter::start`] validates nothing (the settings already are), spawns
 //!    the thread and returns one [`TelemetrySink`] per shard. The sinks hold the
 //!    only senders of a bounded channel of `queue_batches` batches.
-//! 2. The thread takes one batch at a time, encodes it (spans to
-//!    `/v1/traces`, records to `/v1/logs`) and sends it; the outcome is
+//! 2. The thread takes one batch at a time (items the sinks already wrote as
+//!    protobuf), wraps it in an export request (spans to `/v1/traces`,
+//!    records to `/v1/logs`) and sends it; the outcome is
 //!    counted per item in [`OtlpStats`]. A failure is logged once, and again
 //!    only after an export has succeeded in between.
 //! 3. It ends when every sink is gone (after exporting what was queued), or
@@ -25,7 +26,6 @@ use crate::sink::{Batch, SinkSettings, TelemetrySink};
 use crate::stats::{add, OtlpStats};
 use client::HttpClient;
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
-use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use std::io;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -65,7 +65,6 @@ impl Exporter {
                 &settings.headers,
             ),
             fixed: encode::fixed(&encode::resource(resource)),
-            resource: encode::resource(resource),
             body: Vec::new(),
             stats: Arc::clone(&stats),
             traces_failing: false,
@@ -120,10 +119,9 @@ impl Exporter {
 struct Worker {
     traces: HttpClient,
     logs: HttpClient,
-    resource: ProtoResource,
-    /// The resource and scope as bytes, for spans.
+    /// The resource and scope as bytes.
     fixed: encode::Fixed,
-    /// The spans' request body, reused.
+    /// The request body, reused.
     body: Vec<u8>,
     stats: Arc<OtlpStats>,
     traces_failing: bool,
@@ -160,13 +158,11 @@ impl Worker {
         let stats = &self.stats;
         match batch {
             Batch::Spans(spans) => {
-                let count = spans.len();
-                encode::trace_request(&self.fixed, &spans, &mut self.body);
-                drop(spans);
-                let result = self.traces.post_encoded(&self.body, &stats.export_requests);
+                encode::request(&self.fixed, &spans.bytes, &mut self.body);
+                let result = self.traces.post(&self.body, &stats.export_requests);
                 record(
                     result,
-                    count,
+                    spans.count,
                     [
                         &stats.spans_exported,
                         &stats.spans_failed,
@@ -177,12 +173,11 @@ impl Worker {
                 );
             }
             Batch::Logs(logs) => {
-                let count = logs.len();
-                let request = encode::logs_request(&self.resource, logs);
-                let result = self.logs.post(&request, &stats.export_requests);
+                encode::request(&self.fixed, &logs.bytes, &mut self.body);
+                let result = self.logs.post(&self.body, &stats.export_requests);
                 record(
                     result,
-                    count,
+                    logs.count,
                     [
                         &stats.logs_exported,
                         &stats.logs_failed,

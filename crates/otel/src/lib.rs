@@ -1,6 +1,6 @@
 //! `hypergate-otel`: OpenTelemetry traces and call-record logs, exported over
 //! OTLP/HTTP with protobuf bodies, built so that a shard pays only for filling
-//! a struct and pushing it into a `Vec`.
+//! a struct on its stack and writing it as bytes into a buffer.
 //!
 //! - [`context`]: W3C trace context: parse an incoming `traceparent` and
 //!   `tracestate`, make the gateway's span ids, format the outgoing header.
@@ -12,8 +12,10 @@
 //!   environment variables over it, and validation into [`config::OtlpSettings`].
 //! - [`sink`]: the per-shard buffer ([`sink::TelemetrySink`]) that hands full
 //!   batches to the exporter thread without blocking.
-//! - [`exporter`]: the exporter thread: encodes batches (`opentelemetry-proto`,
-//!   `prost`) and POSTs them with a small blocking HTTP/1.1 client.
+//! - [`exporter`]: the exporter thread: wraps batches in export requests and
+//!   POSTs them with a small blocking HTTP/1.1 client. The protobuf is
+//!   written by hand (field numbers from `opentelemetry-proto`, whose
+//!   generated types encode the resource and the tests decode).
 //! - [`resource`], [`stats`]: the resource every batch carries, and the
 //!   exporter's counters with their Prometheus text.
 //!
@@ -21,7 +23,7 @@
 //! [`context::RemoteParent::parse`], make the server span's context with
 //! [`context::SpanContext::server`] (the head decision), and at the end of the
 //! request ask [`sampler::Sampler::keep`] whether to build a
-//! [`span::SpanData`]; push it into the shard's sink, and call
+//! [`span::SpanData`]; push it into the shard's sink (which encodes it), and call
 //! [`sink::TelemetrySink::flush_if_due`] from the shard's periodic tick.
 //!
 //! Allowed dependencies: third-party crates only (no other Hypergate crate),
@@ -48,5 +50,5 @@ pub use log::{LogData, Severity};
 pub use resource::Resource;
 pub use sampler::{Sampler, SamplerPolicy};
 pub use sink::TelemetrySink;
-pub use span::{AttrValue, SpanData, SpanKind, SpanStatus};
+pub use span::{AttrValue, Attributes, SpanData, SpanKind, SpanStatus};
 pub use stats::OtlpStats;

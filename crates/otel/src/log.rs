@@ -1,11 +1,13 @@
 //! The log-record model for call records: one record per finished request,
 //! exported as an OTLP log with the request's trace and span ids so that a
-//! backend can jump from the record to the trace.
+//! backend can jump from the record to the trace. Like a span, it borrows
+//! from the request and is written as protobuf bytes when pushed.
 //!
 //! Depends on: [`crate::context`] (ids) and [`crate::span`] (attribute values).
 
 use crate::context::{SpanId, TraceId};
-use crate::span::AttrValue;
+use crate::span::Attributes;
+use std::borrow::Cow;
 
 /// A record's severity. Calls answered below 500 are `Info`, 5xx are `Error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +47,15 @@ impl Severity {
 
 /// One call record as a log.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LogData {
+pub struct LogData<'a> {
     /// When the call ended, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
     /// Info or error (see [`Severity::for_status`]).
     pub severity: Severity,
     /// A one-line summary, e.g. `GET /v1/chat/completions 200`.
-    pub body: String,
+    pub body: Cow<'a, str>,
     /// Attributes, keyed by the names in [`crate::attributes`].
-    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub attributes: Attributes<'a>,
     /// The request's trace, when it has one.
     pub trace_id: Option<TraceId>,
     /// The request's server span, when it has one.

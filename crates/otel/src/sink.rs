@@ -1,16 +1,21 @@
-//! The per-shard buffer: finished spans and log records collect in plain
-//! `Vec`s and go to the exporter thread a batch at a time, through a bounded
-//! channel, with `try_send`: a shard never waits for the exporter.
+//! The per-shard buffer: finished spans and log records are written as
+//! protobuf bytes into one buffer per signal as they are pushed (no allocation
+//! per span, nothing for the exporter to free) and go to the exporter thread a
+//! batch at a time, through a bounded channel, with `try_send`: a shard never
+//! waits for the exporter.
 //!
-//! A batch is handed over when it reaches `batch_size`, when the shard's
+//! A batch is handed over when it reaches `batch_size` items or
+//! [`MAX_BATCH_BYTES`], when the shard's
 //! periodic tick calls [`TelemetrySink::flush_if_due`] and the flush interval
 //! has passed, and when the sink is dropped (the shard stopping). When the
 //! exporter's queue is full the batch is dropped and its items are counted in
 //! [`OtlpStats`]. The sink is `Send` (made on the control thread, moved into
 //! its shard) but not `Sync`: one shard owns it.
 //!
-//! Depends on: [`crate::span`], [`crate::log`], [`crate::sampler`], [`crate::stats`].
+//! Depends on: [`crate::span`], [`crate::log`], [`crate::sampler`],
+//! [`crate::stats`] and the crate's encoder.
 
+use crate::encode;
 use crate::log::LogData;
 use crate::sampler::Sampler;
 use crate::span::SpanData;
@@ -20,12 +25,51 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A batch's encoded size at which it is handed over whatever its count, so
+/// that one export request stays well under collectors' usual 4 MiB limit.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Encoded items: `ScopeSpans.spans` or `ScopeLogs.log_records` entries.
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) count: usize,
+}
+
 /// What travels from a sink to the exporter thread.
 pub(crate) enum Batch {
     /// Finished spans.
-    Spans(Vec<SpanData>),
+    Spans(Encoded),
     /// Call records.
-    Logs(Vec<LogData>),
+    Logs(Encoded),
+}
+
+/// One signal's batch being filled.
+struct Pending {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            bytes: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Takes the batch, leaving an empty buffer as large as the last one
+    /// (one allocation per batch, not one per regrowth).
+    fn take(&mut self) -> Option<Encoded> {
+        if self.count == 0 {
+            return None;
+        }
+        let next = Vec::with_capacity(self.bytes.len());
+        let bytes = std::mem::replace(&mut self.bytes, next);
+        Some(Encoded {
+            bytes,
+            count: std::mem::take(&mut self.count),
+        })
+    }
 }
 
 /// How a sink batches; the same for every shard.
@@ -40,8 +84,8 @@ pub(crate) struct SinkSettings {
 /// One shard's buffer of finished spans and log records.
 pub struct TelemetrySink {
     queue: Sender<Batch>,
-    spans: RefCell<Vec<SpanData>>,
-    logs: RefCell<Vec<LogData>>,
+    spans: RefCell<Pending>,
+    logs: RefCell<Pending>,
     settings: SinkSettings,
     next_flush: Cell<Instant>,
     stats: Arc<OtlpStats>,
@@ -56,8 +100,8 @@ impl TelemetrySink {
     ) -> TelemetrySink {
         TelemetrySink {
             queue,
-            spans: RefCell::new(Vec::new()),
-            logs: RefCell::new(Vec::new()),
+            spans: RefCell::new(Pending::new()),
+            logs: RefCell::new(Pending::new()),
             settings,
             next_flush: Cell::new(now + settings.flush_interval),
             stats,
@@ -69,7 +113,7 @@ impl TelemetrySink {
         &self.settings.sampler
     }
 
-    /// Whether call records are exported: when not, skip building [`LogData`].
+    /// Whether call records are exported: when not, skip building a [`LogData`].
     pub fn exports_logs(&self) -> bool {
         self.settings.export_logs
     }
@@ -79,28 +123,31 @@ impl TelemetrySink {
         &self.stats
     }
 
-    /// Buffers a finished span; hands the batch over when it is full.
-    pub fn push_span(&self, span: SpanData) {
+    /// Writes a finished span into the batch; hands the batch over when it
+    /// is full.
+    pub fn push_span(&self, span: &SpanData<'_>) {
         let full = {
             let mut spans = self.spans.borrow_mut();
-            spans.push(span);
-            spans.len() >= self.settings.batch_size
+            encode::put_span(&mut spans.bytes, span);
+            spans.count += 1;
+            spans.count >= self.settings.batch_size || spans.bytes.len() >= MAX_BATCH_BYTES
         };
         if full {
             self.hand_over_spans();
         }
     }
 
-    /// Buffers a call record (ignored unless logs are exported); hands the
-    /// batch over when it is full.
-    pub fn push_log(&self, log: LogData) {
+    /// Writes a call record into the batch (ignored unless logs are
+    /// exported); hands the batch over when it is full.
+    pub fn push_log(&self, log: &LogData<'_>) {
         if !self.settings.export_logs {
             return;
         }
         let full = {
             let mut logs = self.logs.borrow_mut();
-            logs.push(log);
-            logs.len() >= self.settings.batch_size
+            encode::put_log(&mut logs.bytes, log);
+            logs.count += 1;
+            logs.count >= self.settings.batch_size || logs.bytes.len() >= MAX_BATCH_BYTES
         };
         if full {
             self.hand_over_logs();
@@ -123,15 +170,15 @@ impl TelemetrySink {
     }
 
     fn hand_over_spans(&self) {
-        let spans = std::mem::take(&mut *self.spans.borrow_mut());
-        if !spans.is_empty() {
+        let spans = self.spans.borrow_mut().take();
+        if let Some(spans) = spans {
             self.hand_over(Batch::Spans(spans));
         }
     }
 
     fn hand_over_logs(&self) {
-        let logs = std::mem::take(&mut *self.logs.borrow_mut());
-        if !logs.is_empty() {
+        let logs = self.logs.borrow_mut().take();
+        if let Some(logs) = logs {
             self.hand_over(Batch::Logs(logs));
         }
     }
@@ -140,8 +187,8 @@ impl TelemetrySink {
     fn hand_over(&self, batch: Batch) {
         if let Err(e) = self.queue.try_send(batch) {
             match e.into_inner() {
-                Batch::Spans(spans) => add(&self.stats.spans_dropped, spans.len()),
-                Batch::Logs(logs) => add(&self.stats.logs_dropped, logs.len()),
+                Batch::Spans(spans) => add(&self.stats.spans_dropped, spans.count),
+                Batch::Logs(logs) => add(&self.stats.logs_dropped, logs.count),
             }
         }
     }
@@ -164,7 +211,7 @@ mod tests {
     use crossbeam_channel::{bounded, Receiver};
     use std::sync::atomic::Ordering;
 
-    fn span(n: u8) -> SpanData {
+    fn push_span(sink: &TelemetrySink, n: u8) {
         let context = SpanContext {
             trace_id: [n; 16],
             span_id: [n; 8],
@@ -172,18 +219,18 @@ mod tests {
             sampled: true,
             trace_state: None,
         };
-        SpanData::new(&context, "span", SpanKind::Server, 1, 2)
+        sink.push_span(&SpanData::new(&context, "span", SpanKind::Server, 1, 2));
     }
 
-    fn log() -> LogData {
-        LogData {
+    fn push_log(sink: &TelemetrySink) {
+        sink.push_log(&LogData {
             time_unix_nanos: 1,
             severity: Severity::Info,
             body: "GET / 200".into(),
-            attributes: Vec::new(),
+            attributes: Default::default(),
             trace_id: None,
             span_id: None,
-        }
+        });
     }
 
     fn sink(queue: usize, export_logs: bool, now: Instant) -> (TelemetrySink, Receiver<Batch>) {
@@ -200,8 +247,8 @@ mod tests {
     fn sizes(rx: &Receiver<Batch>) -> Vec<(char, usize)> {
         rx.try_iter()
             .map(|b| match b {
-                Batch::Spans(s) => ('s', s.len()),
-                Batch::Logs(l) => ('l', l.len()),
+                Batch::Spans(s) => ('s', s.count),
+                Batch::Logs(l) => ('l', l.count),
             })
             .collect()
     }
@@ -211,15 +258,15 @@ mod tests {
         let start = Instant::now();
         let (sink, rx) = sink(8, true, start);
         for n in 0..4 {
-            sink.push_span(span(n));
+            push_span(&sink, n);
         }
-        sink.push_log(log());
+        push_log(&sink);
         assert_eq!(sizes(&rx), [('s', 3)]);
         sink.flush_if_due(start + Duration::from_millis(999));
         assert_eq!(sizes(&rx), []);
         sink.flush_if_due(start + Duration::from_secs(1));
         assert_eq!(sizes(&rx), [('s', 1), ('l', 1)]);
-        sink.push_span(span(9));
+        push_span(&sink, 9);
         sink.flush_if_due(start + Duration::from_millis(1500));
         assert_eq!(
             sizes(&rx),
@@ -234,10 +281,10 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let (sink, rx) = sink(1, true, Instant::now());
         for n in 0..9 {
-            sink.push_span(span(n));
+            push_span(&sink, n);
         }
         for _ in 0..4 {
-            sink.push_log(log());
+            push_log(&sink);
         }
         sink.flush();
         let stats = Arc::clone(sink.stats());
@@ -247,10 +294,44 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_handed_over_at_its_byte_cap_whatever_its_count() {
+        let (tx, rx) = bounded(8);
+        let settings = SinkSettings {
+            batch_size: 1_000_000,
+            flush_interval: Duration::from_secs(60),
+            sampler: Sampler::new(SamplerPolicy::AlwaysOn, true, true),
+            export_logs: false,
+        };
+        let sink = TelemetrySink::new(tx, settings, Arc::default(), Instant::now());
+        let context = SpanContext {
+            trace_id: [7; 16],
+            span_id: [7; 8],
+            parent_span_id: None,
+            sampled: true,
+            trace_state: None,
+        };
+        let path = "/p".repeat(4096);
+        let mut pushed = 0;
+        while rx.is_empty() {
+            let mut span = SpanData::new(&context, "GET", SpanKind::Server, 1, 2);
+            span.push_attr(crate::attributes::URL_PATH, path.as_str());
+            sink.push_span(&span);
+            pushed += 1;
+            assert!(pushed < 1_000, "handed over by size");
+        }
+        let Ok(Batch::Spans(batch)) = rx.try_recv() else {
+            panic!("a span batch")
+        };
+        assert_eq!(batch.count, pushed);
+        assert!(batch.bytes.len() >= MAX_BATCH_BYTES);
+        assert!(batch.bytes.len() < MAX_BATCH_BYTES + 9000);
+    }
+
+    #[test]
     fn logs_are_ignored_unless_exported() {
         let (sink, rx) = sink(8, false, Instant::now());
         assert!(!sink.exports_logs());
-        sink.push_log(log());
+        push_log(&sink);
         sink.flush();
         assert_eq!(sizes(&rx), []);
     }

@@ -1,9 +1,10 @@
 //! The record phase's OpenTelemetry output: a server span per request, a
 //! client span per upstream attempt (retries visible), an LLM call's span with
-//! the GenAI semantic conventions, and the call record as a log record, pushed
-//! into the shard's [`TelemetrySink`] (a `Vec` push; the exporter thread
-//! encodes and sends). Built only for requests the sampler keeps: sampled at
-//! the head, or kept at the end because they failed or were served by a canary.
+//! the GenAI semantic conventions, and the call record as a log record, built
+//! on the stack from borrowed values and written as protobuf into the shard's
+//! [`TelemetrySink`] (no allocation per span; the exporter thread sends).
+//! Built only for requests the sampler keeps: sampled at the head, or kept at
+//! the end because they failed or were served by a canary.
 //!
 //! Depends on `exchange`, `state` and `hypergate-otel`.
 
@@ -13,21 +14,10 @@ use crate::state::{Installed, ShardCtx};
 use hypergate_core::error::Outcome;
 use hypergate_otel::attributes as attr;
 use hypergate_otel::{
-    AttrValue, LogData, Severity, SpanContext, SpanData, SpanKind, SpanStatus, TelemetrySink,
+    Attributes, LogData, Severity, SpanData, SpanKind, SpanStatus, TelemetrySink,
 };
 use std::borrow::Cow;
 use std::time::Instant;
-
-/// The method as a static string when it is a standard one (no copy per span).
-fn method(m: &str) -> Cow<'static, str> {
-    const STANDARD: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match STANDARD.iter().find(|s| **s == m) {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(m.to_string()),
-    }
-}
 
 /// When the request's head was complete, in nanoseconds since the Unix epoch
 /// (the cached clock's millisecond, plus nothing finer: offsets within the
@@ -80,23 +70,24 @@ pub fn export(
     }
     let base = start_nanos(ex);
     let end_nanos = nanos_at(base, ex, end);
-    let route = ex.route.map(|ri| &inst.config.routes[ri].name);
+    let method = view.method();
+    let route = ex.route.map(|ri| &*inst.config.routes[ri].name);
     let cluster = ex
         .route
         .zip(ex.target)
         .map(|(ri, t)| &inst.clusters[inst.routes[ri].targets[t].0]);
-    // Room for every attribute the server span may get (no regrowth).
-    let mut common: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
-    common.push((attr::HTTP_REQUEST_METHOD, method(view.method()).into()));
-    common.push((attr::URL_PATH, view.path().to_string().into()));
-    // Config names are shared (a reference count each), not copied.
+    // Everything borrows from the request and the config until the sink has
+    // written it.
+    let mut common = Attributes::new();
+    common.push((attr::HTTP_REQUEST_METHOD, method.into()));
+    common.push((attr::URL_PATH, view.path().into()));
     if let Some(r) = route {
-        common.push((attr::HTTP_ROUTE, r.clone().into()));
-        common.push((attr::HYPERGATE_ROUTE, r.clone().into()));
+        common.push((attr::HTTP_ROUTE, r.into()));
+        common.push((attr::HYPERGATE_ROUTE, r.into()));
     }
     if let Some(c) = cluster {
-        common.push((attr::HYPERGATE_CLUSTER, c.spec.name.clone().into()));
-        common.push((attr::HYPERGATE_VERSION, c.spec.version.clone().into()));
+        common.push((attr::HYPERGATE_CLUSTER, (&*c.spec.name).into()));
+        common.push((attr::HYPERGATE_VERSION, (&*c.spec.version).into()));
     }
     if ex.status > 0 {
         common.push((attr::HTTP_RESPONSE_STATUS_CODE, ex.status.into()));
@@ -105,14 +96,11 @@ pub fn export(
     if !ex.error.is_empty() {
         common.push((attr::ERROR_TYPE, ex.error.into()));
     }
-    common.push((
-        attr::HYPERGATE_REQUEST_ID,
-        ex.rid.as_str().to_string().into(),
-    ));
+    common.push((attr::HYPERGATE_REQUEST_ID, ex.rid.as_str().into()));
     if let Some(c) = ex.consumer {
         common.push((
             attr::HYPERGATE_CONSUMER,
-            inst.config.auth.consumers[c].name.clone().into(),
+            (&*inst.config.auth.consumers[c].name).into(),
         ));
     }
     if logs {
@@ -122,7 +110,7 @@ pub fn export(
             (end_nanos.saturating_sub(base) / 1000).into(),
         ));
         if let Some(l) = ex.llm.as_deref() {
-            attributes.push((attr::GEN_AI_RESPONSE_MODEL, l.model.clone().into()));
+            attributes.push((attr::GEN_AI_RESPONSE_MODEL, l.model.as_str().into()));
             attributes.push((attr::GEN_AI_USAGE_INPUT_TOKENS, l.prompt_tokens.into()));
             attributes.push((attr::GEN_AI_USAGE_OUTPUT_TOKENS, l.completion_tokens.into()));
             attributes.push((
@@ -130,10 +118,10 @@ pub fn export(
                 (l.cost_nanos as f64 / 1e9).into(),
             ));
         }
-        sink.push_log(LogData {
+        sink.push_log(&LogData {
             time_unix_nanos: end_nanos,
             severity: Severity::for_status(ex.status),
-            body: format!("{} {} {}", view.method(), view.path(), ex.status),
+            body: format!("{method} {} {}", view.path(), ex.status).into(),
             attributes,
             trace_id: Some(ex.trace.trace_id),
             span_id: keep.then_some(ex.trace.span_id),
@@ -142,15 +130,10 @@ pub fn export(
     if !keep {
         return;
     }
-    let mut name = String::with_capacity(view.method().len() + 1 + route.map_or(0, |r| r.len()));
-    name.push_str(view.method());
-    if let Some(r) = route {
-        name.push(' ');
-        name.push_str(r);
-    }
-    let mut server = SpanData::new(&ex.trace, name, SpanKind::Server, base, end_nanos);
+    let mut server = SpanData::new(&ex.trace, method, SpanKind::Server, base, end_nanos);
+    server.name_detail = route.unwrap_or("");
     server.attributes = common;
-    server.push_attr(attr::NETWORK_PEER_ADDRESS, down.peer_ip.clone());
+    server.push_attr(attr::NETWORK_PEER_ADDRESS, &*down.peer_ip);
     if ex.retries > 0 {
         server.push_attr(attr::HYPERGATE_RETRIES, ex.retries);
     }
@@ -160,25 +143,25 @@ pub fn export(
     if outcome.is_error() {
         server.status = SpanStatus::Error(Cow::Borrowed(ex.error_or(outcome)));
     }
-    sink.push_span(server);
-    let child = |span_id| SpanContext {
-        span_id,
-        parent_span_id: Some(ex.trace.span_id),
-        ..ex.trace.clone()
+    sink.push_span(&server);
+    // A child of the server span: the same trace and trace state.
+    let child = |span_id, name, start, end| {
+        let mut span = SpanData::new(&ex.trace, name, SpanKind::Client, start, end);
+        span.span_id = span_id;
+        span.parent_span_id = Some(ex.trace.span_id);
+        span
     };
     for (i, a) in ex.attempts.iter().enumerate() {
-        let mut span = SpanData::new(
-            &child(a.span_id),
-            method(view.method()),
-            SpanKind::Client,
+        let mut span = child(
+            a.span_id,
+            method,
             nanos_at(base, ex, a.start),
             nanos_at(base, ex, a.end),
         );
-        span.attributes = Vec::with_capacity(6);
-        span.push_attr(attr::HTTP_REQUEST_METHOD, method(view.method()));
+        span.push_attr(attr::HTTP_REQUEST_METHOD, method);
         if let Some(c) = cluster {
-            span.push_attr(attr::SERVER_ADDRESS, c.endpoints[a.endpoint].label.clone());
-            span.push_attr(attr::HYPERGATE_CLUSTER, c.spec.name.clone());
+            span.push_attr(attr::SERVER_ADDRESS, &*c.endpoints[a.endpoint].label);
+            span.push_attr(attr::HYPERGATE_CLUSTER, &*c.spec.name);
         }
         span.push_attr(attr::HYPERGATE_RETRY, i as u64);
         match a.result {
@@ -195,7 +178,7 @@ pub fn export(
                 span.status = SpanStatus::Error(Cow::Borrowed(label));
             }
         }
-        sink.push_span(span);
+        sink.push_span(&span);
     }
     if let Some(l) = ex.llm.as_deref() {
         let operation = if view.path().ends_with("/embeddings") {
@@ -209,29 +192,23 @@ pub fn export(
         let id = hypergate_core::rng::next_random(&ctx.rng)
             .max(1)
             .to_be_bytes();
-        let mut span = SpanData::new(
-            &child(id),
-            format!("{operation} {}", l.model),
-            SpanKind::Client,
-            started,
-            end_nanos,
-        );
-        span.attributes = Vec::with_capacity(11);
+        let mut span = child(id, operation, started, end_nanos);
+        span.name_detail = &l.model;
         span.push_attr(attr::GEN_AI_OPERATION_NAME, operation);
-        span.push_attr(attr::GEN_AI_PROVIDER_NAME, l.provider.clone());
-        span.push_attr(attr::GEN_AI_REQUEST_MODEL, l.alias.clone());
-        span.push_attr(attr::GEN_AI_RESPONSE_MODEL, l.model.clone());
+        span.push_attr(attr::GEN_AI_PROVIDER_NAME, l.provider.as_str());
+        span.push_attr(attr::GEN_AI_REQUEST_MODEL, l.alias.as_str());
+        span.push_attr(attr::GEN_AI_RESPONSE_MODEL, l.model.as_str());
         span.push_attr(attr::GEN_AI_USAGE_INPUT_TOKENS, l.prompt_tokens);
         span.push_attr(attr::GEN_AI_USAGE_OUTPUT_TOKENS, l.completion_tokens);
         if let Some(t) = l.ttft_us {
             span.push_attr(attr::GEN_AI_SERVER_TIME_TO_FIRST_TOKEN, t as f64 / 1e6);
         }
-        span.push_attr(attr::HYPERGATE_LLM_TARGET, l.target.clone());
+        span.push_attr(attr::HYPERGATE_LLM_TARGET, l.target.as_str());
         span.push_attr(attr::HYPERGATE_LLM_ATTEMPTS, l.attempts);
         span.push_attr(attr::HYPERGATE_LLM_COST_USD, l.cost_nanos as f64 / 1e9);
         if outcome.is_error() {
             span.status = SpanStatus::Error(Cow::Borrowed(ex.error_or(outcome)));
         }
-        sink.push_span(span);
+        sink.push_span(&span);
     }
 }

@@ -602,8 +602,8 @@ const fn process_cpu_figures(max_cpu_ratio: f64) -> [PairFigure; 4] {
 }
 
 /// The note under both tracing sections.
-const TRACE_NOTE: &str = "(process CPU includes the exporter thread, which encodes the spans \
-     and POSTs them over OTLP/HTTP; the collector is a mock-upstream on the upstream's CPUs, in \
+const TRACE_NOTE: &str = "(process CPU includes the shards writing each span as protobuf into \
+     their batch buffers and the exporter thread POSTing the batches over OTLP/HTTP; the collector is a mock-upstream on the upstream's CPUs, in \
      machine CPU but never in process CPU; spans exported/s is what the collector accepted per \
      second of each measured \"on\" run, from hypergate_otlp_spans_total{outcome=\"exported\"}, \
      and dropped (exporter queue full) and failed (export request failed) are the sums over \

@@ -49,9 +49,6 @@ pub(crate) enum ExportError {
     /// The answer was not HTTP/1.x as expected.
     #[error("bad response: {0}")]
     BadResponse(&'static str),
-    /// The message did not encode (not expected: the buffer grows).
-    #[error("encode: {0}")]
-    Encode(#[from] prost::EncodeError),
     /// A status other than 2xx.
     #[error("the collector answered {0}")]
     Status(u16),
@@ -115,23 +112,9 @@ impl HttpClient {
         self.endpoint.url()
     }
 
-    /// POSTs `message`; `Ok` on a 2xx. Each request sent is added to `requests`.
-    pub(crate) fn post(
-        &mut self,
-        message: &impl prost::Message,
-        requests: &AtomicU64,
-    ) -> Result<(), ExportError> {
-        self.head(message.encoded_len());
-        message.encode(&mut self.request)?;
-        self.finish(requests)
-    }
-
-    /// POSTs a body already encoded; `Ok` on a 2xx.
-    pub(crate) fn post_encoded(
-        &mut self,
-        body: &[u8],
-        requests: &AtomicU64,
-    ) -> Result<(), ExportError> {
+    /// POSTs an encoded body; `Ok` on a 2xx. Each request sent is added to
+    /// `requests`.
+    pub(crate) fn post(&mut self, body: &[u8], requests: &AtomicU64) -> Result<(), ExportError> {
         self.head(body.len());
         self.request.extend_from_slice(body);
         self.finish(requests)
