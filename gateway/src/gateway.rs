@@ -95,7 +95,17 @@ impl Gateway {
         let controller = runtime.controller.clone();
         let view = crate::hypercare::engine::SharedView::default();
         let control: Arc<dyn hypergate_runtime::control::Control> = controller.clone();
-        crate::hypercare::engine::start(Arc::downgrade(&control), view.clone())?;
+        let fleet = match crate::hypercare::fleet::FleetSettings::of(
+            &controller.config().raw,
+            runtime.admin_addr.port(),
+        ) {
+            Some(settings) => Some(crate::hypercare::fleet::Fleet::start(
+                settings,
+                Arc::downgrade(&control),
+            )?),
+            None => None,
+        };
+        crate::hypercare::engine::start(Arc::downgrade(&control), view.clone(), fleet.clone())?;
         for d in &demos {
             crate::demo::start(d).map_err(|source| StartError::Demo {
                 address: d.address.clone(),
@@ -110,6 +120,7 @@ impl Gateway {
                 crate::admin::Hypercare {
                     view,
                     store_counters,
+                    fleet,
                 },
             )?;
             tracing::info!(%admin_addr, "admin listening");

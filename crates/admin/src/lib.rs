@@ -10,7 +10,8 @@
 //! `GET`/`POST`/`DELETE /overrides` (the runtime overrides layer),
 //! `GET /hypercare/calls`, `GET /hypercare/calls/<id>`, `GET /hypercare/summary`
 //! (the call store) and `GET /hypercare/alerts`, `GET /hypercare/canary`,
-//! `GET /hypercare/windows` and `POST /hypercare/windows` (the hypercare engine),
+//! `GET /hypercare/windows` and `POST /hypercare/windows` (the hypercare engine;
+//! the fleet leader's on a follower), `GET /hypercare/fleet` (the fleet's members),
 //! and the dashboard at `/ui`.
 //!
 //! Every connection passes, in order ([`serve`], then [`check_access`]):
@@ -72,6 +73,8 @@ pub struct Hypercare {
     pub view: hypergate_hypercare::engine::SharedView,
     /// The call store's counters, when the store is enabled (for `/metrics`).
     pub store_counters: Option<Arc<hypergate_hypercare::store::StoreCounters>>,
+    /// The fleet membership, when `[fleet]` is on.
+    pub fleet: Option<Arc<hypergate_hypercare::fleet::Fleet>>,
 }
 
 /// Starts the admin thread on an already bound listener.
@@ -563,6 +566,16 @@ fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
         );
     }
     let mut view = hc.view.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(remote) = &view.remote {
+        // A follower judges nothing: the window would never be evaluated.
+        return json(
+            409,
+            serde_json::json!({
+                "error": "this instance follows the fleet's leader: open the window there",
+                "leader": remote.leader,
+            }),
+        );
+    }
     if view.windows.iter().any(|x| x.config.name == w.name) {
         return json(
             409,
@@ -579,6 +592,15 @@ fn open_window(body: &[u8], c: &Controller, hc: &Hypercare) -> Reply {
 /// other call-store views; alerts, canaries and windows from the engine's view.
 fn hypercare(what: &str, query: &str, c: &Controller, hc: &Hypercare) -> Reply {
     use hypergate_hypercare::query;
+    if what == "fleet" {
+        return match &hc.fleet {
+            Some(fleet) => json(200, fleet.json()),
+            None => json(
+                404,
+                serde_json::json!({"error": "this gateway is not in a fleet ([fleet] enabled = false)"}),
+            ),
+        };
+    }
     if matches!(what, "alerts" | "canary" | "windows") {
         let view = hc.view.lock().unwrap_or_else(|e| e.into_inner());
         return json(
@@ -700,6 +722,9 @@ fn route(method: &str, path: &str, c: &Controller, hc: &Hypercare) -> Reply {
             if let Ok(view) = hc.view.lock() {
                 view.prometheus(&mut body);
             }
+            if let Some(fleet) = &hc.fleet {
+                fleet.prometheus(&mut body);
+            }
             if let Some(probe) = c.tcp_probe() {
                 probe.prometheus(&mut body);
             }
@@ -722,7 +747,15 @@ fn route(method: &str, path: &str, c: &Controller, hc: &Hypercare) -> Reply {
         ("GET", "/readyz") if c.is_draining() => {
             json(503, serde_json::json!({"status": "draining"}))
         }
-        ("GET", "/readyz") => json(200, serde_json::json!({"status": "ready"})),
+        ("GET", "/readyz") => match &hc.fleet {
+            // A fleet member without Redis still serves: ready, and says why
+            // it judges nothing.
+            Some(fleet) => json(
+                200,
+                serde_json::json!({"status": "ready", "fleet": fleet.readiness()}),
+            ),
+            None => json(200, serde_json::json!({"status": "ready"})),
+        },
         ("GET", "/config") => {
             // What runs: the file's config with the runtime overrides applied,
             // and the overlay saying which values differ from the file, who set

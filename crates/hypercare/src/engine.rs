@@ -7,10 +7,17 @@
 //! restored on the first tick (`hypercare::state`), with the recent canary
 //! decisions, so a restart resumes rollouts and windows where they were.
 //!
+//! In a fleet (`[fleet]`, [`super::fleet`]) the history holds the fleet's
+//! totals instead of this instance's, the leader alone evaluates (its weight
+//! changes become fleet decisions, its webhooks the only ones) and publishes
+//! its state; followers show the leader's views, and a new leader resumes
+//! canaries and windows from the state its predecessor published.
+//!
 //! The thread ends when the gateway drains.
 
 use super::alerts::{self, AlertEvent, AlertState, AlertStatus, Notifier};
 use super::canary::CanaryRun;
+use super::fleet::{Fleet, FleetControl, LeaderState};
 use super::series::{total_retransmits, Point, Series};
 use super::state::{self, definition, Entry, Saved};
 use super::windows::WindowRun;
@@ -20,6 +27,10 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// In a fleet, how long the engine waits for the fleet's next merge when the
+/// last one was already judged.
+const FLEET_WAIT: Duration = Duration::from_millis(20);
 
 /// Alert events kept for `/hypercare/alerts` and reports.
 const EVENTS_KEPT: usize = 1000;
@@ -37,11 +48,16 @@ pub struct EngineView {
     pub decisions: VecDeque<Value>,
     /// Hypercare windows (from the config, and opened through the admin API).
     pub windows: Vec<WindowRun>,
+    /// On a fleet follower: the leader's state, shown instead of the above.
+    pub remote: Option<super::fleet::LeaderState>,
 }
 
 impl EngineView {
     /// `/hypercare/canary`.
     pub fn canary_json(&self) -> Value {
+        if let Some(r) = &self.remote {
+            return r.views["canary"].clone();
+        }
         json!({
             "canaries": self.canaries.iter().map(CanaryRun::json).collect::<Vec<_>>(),
             "decisions": self.decisions,
@@ -50,6 +66,9 @@ impl EngineView {
 
     /// `/hypercare/windows`.
     pub fn windows_json(&self) -> Value {
+        if let Some(r) = &self.remote {
+            return r.views["windows"].clone();
+        }
         json!({"windows": self.windows.iter().map(WindowRun::json).collect::<Vec<_>>()})
     }
 
@@ -57,6 +76,14 @@ impl EngineView {
     /// and decisions, each alert rule's state, each window's verdict and
     /// progress (gauges, except the decision counts).
     pub fn prometheus(&self, out: &mut String) {
+        if let Some(r) = &self.remote {
+            out.push_str(&r.prometheus);
+            return;
+        }
+        self.local_prometheus(out);
+    }
+
+    fn local_prometheus(&self, out: &mut String) {
         use hypergate_core::metrics::{escape, header};
         use std::fmt::Write;
         let str_of = |v: &Value| escape(v.as_str().unwrap_or(""));
@@ -219,6 +246,9 @@ impl EngineView {
     /// canary's `canary-rollback:<route>` alert (critical; it fires with the
     /// rollback and stays until the canary's configuration changes).
     pub fn firing(&self) -> Vec<String> {
+        if let Some(r) = &self.remote {
+            return r.firing.clone();
+        }
         let rules = self
             .alerts
             .iter()
@@ -234,6 +264,9 @@ impl EngineView {
 
     /// `/hypercare/alerts`.
     pub fn alerts_json(&self) -> Value {
+        if let Some(r) = &self.remote {
+            return r.views["alerts"].clone();
+        }
         json!({
             "alerts": self.alerts,
             "firing": self.firing(),
@@ -245,15 +278,24 @@ impl EngineView {
 /// The engine's shared view.
 pub type SharedView = Arc<Mutex<EngineView>>;
 
-/// Starts the engine thread for `controller`.
-pub fn start(controller: Weak<dyn Control>, view: SharedView) -> std::io::Result<()> {
+/// Starts the engine thread for `controller`, judging `fleet`'s totals when
+/// this instance is a fleet member.
+pub fn start(
+    controller: Weak<dyn Control>,
+    view: SharedView,
+    fleet: Option<Arc<Fleet>>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("hypercare".into())
-        .spawn(move || run(&controller, &view))?;
+        .spawn(move || run(&controller, &view, fleet.as_deref()))?;
     Ok(())
 }
 
-fn run(controller: &Weak<dyn Control>, view: &SharedView) {
+fn run(controller: &Weak<dyn Control>, view: &SharedView, fleet: Option<&Fleet>) {
+    // Whether this instance judged on the last tick (always, outside a fleet).
+    let mut leading = fleet.is_none();
+    // The fleet's merge the last point came from.
+    let mut last_merge = 0;
     let mut series = Series::new(Duration::from_secs(3600));
     let mut notifier: Option<(
         Vec<hypergate_core::config::hypercare::WebhookConfig>,
@@ -288,11 +330,67 @@ fn run(controller: &Weak<dyn Control>, view: &SharedView) {
             .max(Duration::from_secs(600))
             + interval * 2;
         series.set_keep(keep);
+        let stats = match fleet {
+            None => super::series::Compact::of(&c.snapshot(), &c.feedback_scores()),
+            Some(f) => match f.merged() {
+                Some((merges, m)) if merges != last_merge => {
+                    last_merge = merges;
+                    m
+                }
+                // Not read yet, or not read again since the last tick: a
+                // point would repeat the last one (an empty step).
+                _ => {
+                    drop(c);
+                    std::thread::sleep(FLEET_WAIT.min(interval));
+                    continue;
+                }
+            },
+        };
         series.push(Point {
             at: Instant::now(),
-            stats: super::series::Compact::of(&c.snapshot(), &c.feedback_scores()),
+            stats,
             retransmits: c.tcp_stats().map(|s| total_retransmits(&s)),
         });
+        if let Some(f) = fleet {
+            let now_leading = f.is_leader();
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            if !now_leading {
+                // A follower shows the leader's views and judges nothing.
+                v.remote = f.leader_state();
+                v.canaries.clear();
+                v.windows.clear();
+                v.alerts.clear();
+                leading = false;
+                drop(v);
+                drop(c);
+                std::thread::sleep(interval);
+                continue;
+            }
+            if !leading {
+                // Just took over: resume from what the last leader published.
+                let last = v.remote.take().or_else(|| f.leader_state());
+                if let Some(state) = last {
+                    tracing::info!(previous = %state.leader, token = state.token, "fleet: resuming canaries and windows from the last leader's state");
+                    let from_leader = state.saved();
+                    restore_dynamic_windows(&mut v, &from_leader);
+                    saved = Some(from_leader);
+                    v.decisions = state.views["canary"]["decisions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into();
+                }
+                leading = true;
+            }
+        }
+        let fleet_control = fleet.map(|f| FleetControl {
+            inner: &*c,
+            fleet: f,
+        });
+        let control: &dyn Control = match &fleet_control {
+            Some(fc) => fc,
+            None => &*c,
+        };
         let store = c
             .store_path()
             .and_then(|p| super::store::open_for_reading(p).ok());
@@ -303,16 +401,7 @@ fn run(controller: &Weak<dyn Control>, view: &SharedView) {
             let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
             v.decisions = state::recent_events(conn, "canary", EVENTS_KEPT).into();
             let saved = Saved::load(conn);
-            // Windows opened through the admin API come back with their definition.
-            for (name, entry) in saved.of_kind("window") {
-                let dynamic = entry.state["dynamic"].as_bool().unwrap_or(false);
-                let config = serde_json::from_str::<WindowConfig>(&entry.config);
-                if let (true, Ok(config)) = (dynamic, config) {
-                    if !v.windows.iter().any(|w| w.config.name == name) {
-                        v.windows.push(WindowRun::restore(config, &entry.state));
-                    }
-                }
-            }
+            restore_dynamic_windows(&mut v, &saved);
             saved
         });
         let mut events = Vec::new();
@@ -341,7 +430,7 @@ fn run(controller: &Weak<dyn Control>, view: &SharedView) {
                 })
                 .collect();
             for run in &mut v.canaries {
-                let outcome = run.tick(&series, &*c);
+                let outcome = run.tick(&series, control);
                 if let Some(record) = outcome.record {
                     decisions.push(record);
                 }
@@ -422,20 +511,36 @@ fn run(controller: &Weak<dyn Control>, view: &SharedView) {
                     v.decisions.pop_front();
                 }
             }
+            let canaries: Vec<(String, Entry)> = v
+                .canaries
+                .iter()
+                .map(|r| {
+                    let state = serde_json::to_value(r.progress()).unwrap_or_default();
+                    (r.config.subject(), entry(&r.config, state))
+                })
+                .collect();
+            let windows: Vec<(String, Entry)> = v
+                .windows
+                .iter()
+                .map(|w| (w.config.name.clone(), entry(&w.config, w.saved())))
+                .collect();
+            if let Some(f) = fleet {
+                let mut prometheus = String::new();
+                v.local_prometheus(&mut prometheus);
+                f.publish_state(LeaderState {
+                    canaries: canaries.clone(),
+                    windows: windows.clone(),
+                    views: json!({
+                        "canary": v.canary_json(),
+                        "alerts": v.alerts_json(),
+                        "windows": v.windows_json(),
+                    }),
+                    firing: v.firing(),
+                    prometheus,
+                    ..Default::default()
+                });
+            }
             if let Some(path) = c.store_path() {
-                let canaries: Vec<(String, Entry)> = v
-                    .canaries
-                    .iter()
-                    .map(|r| {
-                        let state = serde_json::to_value(r.progress()).unwrap_or_default();
-                        (r.config.subject(), entry(&r.config, state))
-                    })
-                    .collect();
-                let windows: Vec<(String, Entry)> = v
-                    .windows
-                    .iter()
-                    .map(|w| (w.config.name.clone(), entry(&w.config, w.saved())))
-                    .collect();
                 for (i, (kind, now)) in [("canary", canaries), ("window", windows)]
                     .into_iter()
                     .enumerate()
@@ -466,6 +571,19 @@ fn run(controller: &Weak<dyn Control>, view: &SharedView) {
         drop(store);
         drop(c);
         std::thread::sleep(interval);
+    }
+}
+
+/// Windows opened through the admin API come back with their definition.
+fn restore_dynamic_windows(v: &mut EngineView, saved: &Saved) {
+    for (name, entry) in saved.of_kind("window") {
+        let dynamic = entry.state["dynamic"].as_bool().unwrap_or(false);
+        let config = serde_json::from_str::<WindowConfig>(&entry.config);
+        if let (true, Ok(config)) = (dynamic, config) {
+            if !v.windows.iter().any(|w| w.config.name == name) {
+                v.windows.push(WindowRun::restore(config, &entry.state));
+            }
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //!   [`canary`] analysis (promote, hold or roll back a weighted split) and
 //!   hypercare [`windows`] (exit criteria, progress and verdict).
 //! - [`state`]: canary and window progress kept in the store, so a restart resumes them.
+//! - [`fleet`]: several gateways judged and steered as one through Redis: shared
+//!   aggregates, one leader under a fenced lease, decisions with epochs.
 //! - [`diff`]: release baselines compared with significance tests; [`report`]:
 //!   the hypercare report in Markdown or HTML, from the store alone.
 //!
@@ -18,7 +20,7 @@
 //! merged stats snapshots in, runtime overrides (a canary's weights) out.
 //!
 //! Allowed dependencies: `hypergate-core`, `hypergate-upstream` (TLS for
-//! webhooks), `hypergate-edge` (reason labels), `hypergate-llm` (feedback),
+//! webhooks), `hypergate-edge` (reason labels, the Redis address), `hypergate-llm` (feedback),
 //! `hypergate-runtime`, and the pure `hypergate-analysis`.
 
 #![allow(
@@ -34,6 +36,7 @@ pub mod blocks;
 pub mod canary;
 pub mod diff;
 pub mod engine;
+pub mod fleet;
 pub mod query;
 pub mod report;
 pub mod series;

@@ -17,11 +17,12 @@
 use hdrhistogram::Histogram;
 use hypergate_core::metrics::new_histogram;
 use hypergate_runtime::observability::{Snapshot, TargetCounts};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A histogram's non-empty buckets: (highest equivalent value, cumulative count), by value.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sparse(Vec<(u64, u64)>);
 
 impl Sparse {
@@ -55,10 +56,80 @@ impl Sparse {
         }
         h
     }
+
+    /// Adds to each bucket what it gained from `then` to `now` (a bucket
+    /// whose count went down, after a restart or a reload, counts as new).
+    fn accumulate(&mut self, now: &Sparse, then: Option<&Sparse>) {
+        let old = then.map_or(&[][..], |t| &t.0[..]);
+        let mut j = 0;
+        let mut gained = Vec::with_capacity(now.0.len());
+        for &(value, count) in &now.0 {
+            while j < old.len() && old[j].0 < value {
+                j += 1;
+            }
+            let before = old.get(j).filter(|o| o.0 == value).map_or(0, |o| o.1);
+            let n = grown(count, before);
+            if n > 0 {
+                gained.push((value, n));
+            }
+        }
+        if gained.is_empty() {
+            return;
+        }
+        // Merge two lists sorted by value.
+        let mut merged = Vec::with_capacity(self.0.len() + gained.len());
+        let (mut a, mut b) = (self.0.iter().peekable(), gained.into_iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(&&(va, ca)), Some(&(vb, cb))) => {
+                    if va == vb {
+                        merged.push((va, ca + cb));
+                        a.next();
+                        b.next();
+                    } else if va < vb {
+                        merged.push((va, ca));
+                        a.next();
+                    } else {
+                        merged.push((vb, cb));
+                        b.next();
+                    }
+                }
+                (Some(&&x), None) => {
+                    merged.push(x);
+                    a.next();
+                }
+                (None, Some(&x)) => {
+                    merged.push(x);
+                    b.next();
+                }
+                (None, None) => break,
+            }
+        }
+        self.0 = merged;
+    }
+}
+
+/// What a cumulative counter gained from `before` to `now`; all of `now` when
+/// it went down (its source restarted or re-created the series).
+fn grown(now: u64, before: u64) -> u64 {
+    if now >= before {
+        now - before
+    } else {
+        now
+    }
+}
+
+/// The same for a float sum.
+fn grown_f(now: f64, before: f64) -> f64 {
+    if now >= before {
+        now - before
+    } else {
+        now
+    }
 }
 
 /// What a point keeps of a merged snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Compact {
     /// (route, cluster, version) -> counts by status class and outcome.
     targets: BTreeMap<(String, String, String), TargetCounts>,
@@ -75,7 +146,7 @@ pub struct Compact {
 }
 
 /// Cumulative figures of one LLM alias target.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct LlmTarget {
     ok: u64,
     errors: u64,
@@ -155,6 +226,64 @@ impl Compact {
             llm_targets,
             rate_limited: m.edge_rejections[hypergate_edge::EdgeReject::RateLimited.index()],
         }
+    }
+
+    /// Adds what a source's cumulative figures gained from `then` (its
+    /// previous figures; `None` when first seen) to `now`: a fleet's totals
+    /// are the sums of its members' gains, so they keep growing when a member
+    /// leaves or restarts (a counter that went down counts as new).
+    pub fn accumulate(&mut self, now: &Compact, then: Option<&Compact>) {
+        for (key, counts) in &now.targets {
+            let before = then
+                .and_then(|t| t.targets.get(key))
+                .copied()
+                .unwrap_or_default();
+            let total = self.targets.entry(key.clone()).or_default();
+            for i in 0..counts.by_class.len() {
+                total.by_class[i] += grown(counts.by_class[i], before.by_class[i]);
+            }
+            for i in 0..counts.by_outcome.len() {
+                total.by_outcome[i] += grown(counts.by_outcome[i], before.by_outcome[i]);
+            }
+        }
+        for (route, h) in &now.routes {
+            let before = then.and_then(|t| t.routes.get(route));
+            self.routes
+                .entry(route.clone())
+                .or_default()
+                .accumulate(h, before);
+        }
+        for (key, h) in &now.clusters {
+            let before = then.and_then(|t| t.clusters.get(key));
+            self.clusters
+                .entry(key.clone())
+                .or_default()
+                .accumulate(h, before);
+        }
+        for (key, &(tokens, nanos)) in &now.llm {
+            let (bt, bn) = then
+                .and_then(|t| t.llm.get(key))
+                .copied()
+                .unwrap_or_default();
+            let total = self.llm.entry(key.clone()).or_default();
+            total.0 += grown(tokens, bt);
+            total.1 += grown(nanos, bn);
+        }
+        for (key, t) in &now.llm_targets {
+            let before = then.and_then(|p| p.llm_targets.get(key));
+            let b = before.cloned().unwrap_or_default();
+            let total = self.llm_targets.entry(key.clone()).or_default();
+            total.ok += grown(t.ok, b.ok);
+            total.errors += grown(t.errors, b.errors);
+            total.cost_nanos += grown(t.cost_nanos, b.cost_nanos);
+            total.cost_sq += grown_f(t.cost_sq, b.cost_sq);
+            total.ttft.accumulate(&t.ttft, before.map(|b| &b.ttft));
+            total.total.accumulate(&t.total, before.map(|b| &b.total));
+            total.feedback.0 += grown(t.feedback.0, b.feedback.0);
+            total.feedback.1 += grown_f(t.feedback.1, b.feedback.1);
+            total.feedback.2 += grown_f(t.feedback.2, b.feedback.2);
+        }
+        self.rate_limited += grown(now.rate_limited, then.map_or(0, |t| t.rate_limited));
     }
 }
 
@@ -431,6 +560,20 @@ fn between(now: &Point, then: &Point, scope: &Scope) -> WindowFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accumulated_gains_survive_a_member_leaving_or_restarting() {
+        let sparse = |pairs: &[(u64, u64)]| Sparse(pairs.to_vec());
+        let mut total = Sparse::default();
+        // Member A: 3 then 5 at 10 µs; member B: 2 at 20 µs, then restarted with 1.
+        total.accumulate(&sparse(&[(10, 3)]), None);
+        total.accumulate(&sparse(&[(20, 2)]), None);
+        total.accumulate(&sparse(&[(10, 5)]), Some(&sparse(&[(10, 3)])));
+        total.accumulate(&sparse(&[(20, 1)]), Some(&sparse(&[(20, 2)])));
+        assert_eq!(total, sparse(&[(10, 5), (20, 3)]));
+        assert_eq!(grown(7, 4), 3);
+        assert_eq!(grown(2, 4), 2, "a counter that went down counts as new");
+    }
 
     #[test]
     fn sparse_difference_equals_the_histogram_difference() {

@@ -19,7 +19,7 @@ pub fn definition(config: &impl serde::Serialize) -> String {
 }
 
 /// What a row keeps: the definition, and the progress.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The definition, as JSON text.
     pub config: String,
@@ -60,6 +60,13 @@ impl Saved {
             Err(e) => tracing::warn!(error = %e, "hypercare: saved progress unreadable"),
         }
         Saved { entries }
+    }
+
+    /// Entries by (kind, key), e.g. from a fleet leader's published state.
+    pub fn from_entries(entries: impl IntoIterator<Item = ((String, String), Entry)>) -> Saved {
+        Saved {
+            entries: entries.into_iter().collect(),
+        }
     }
 
     /// The progress saved for `key` of `kind` under the definition `config`.

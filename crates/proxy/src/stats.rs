@@ -51,8 +51,9 @@ impl TargetStats {
     }
 }
 
-/// A target's counters as numbers (snapshots, merged stats, hypercare series).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A target's counters as numbers (snapshots, merged stats, hypercare series,
+/// a fleet member's published aggregates).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TargetCounts {
     /// By status class, see [`STATUS_CLASSES`].
     pub by_class: [u64; 6],

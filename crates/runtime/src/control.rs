@@ -7,8 +7,9 @@
 
 use crate::gateway::{Controller, OverrideError};
 use crate::observability::Snapshot;
-use hypergate_core::config::overrides::{OverrideSubject, WeightOverride};
-use hypergate_proxy::spec::Config;
+use hypergate_core::config::overrides::{OverrideSubject, Overrides, WeightOverride};
+/// The running config, as [`Control::config`] gives it.
+pub use hypergate_proxy::spec::Config;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub trait Control: Send + Sync {
     fn tcp_stats(&self) -> Option<serde_json::Value>;
     /// The call store's file, when the store is enabled.
     fn store_path(&self) -> Option<&Path>;
+    /// The runtime overrides in force.
+    fn overrides(&self) -> Arc<Overrides>;
     /// Sets the weights of `subject` as a runtime override (see
     /// [`Controller::set_override`]).
     fn set_override(
@@ -59,6 +62,10 @@ impl Control for Controller {
 
     fn store_path(&self) -> Option<&Path> {
         Controller::store_path(self)
+    }
+
+    fn overrides(&self) -> Arc<Overrides> {
+        Controller::overrides(self)
     }
 
     fn set_override(

@@ -92,6 +92,10 @@ pub enum OverrideError {
     /// A shard did not install it in time (the others have).
     #[error("shard {0} did not acknowledge the overrides")]
     ShardTimeout(usize),
+    /// A fleet decision that was not written (this instance does not lead
+    /// the fleet, or Redis is unreachable): nothing changed.
+    #[error("fleet: {0}")]
+    Fleet(String),
 }
 
 /// Reads and validates a config file (the whole validation, the checks of the

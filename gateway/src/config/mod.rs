@@ -55,5 +55,6 @@ pub fn validate(raw: raw::RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         crate::hypercare::validate(&raw.hypercare, &routes, issues);
         crate::hypercare::canary::validate(&raw.hypercare.canaries, raw, issues);
         crate::hypercare::windows::validate(&raw.hypercare.windows, &routes, issues);
+        crate::hypercare::fleet::validate(raw, issues);
     })
 }

@@ -1,7 +1,7 @@
 //! Reload diffs: what a new config adds, changes and removes, by name.
 //!
 //! Clusters and routes are compared by their raw sections. Sections that are
-//! bound at start (server, the admin address, listeners, access log, observability) cannot
+//! bound at start (server, the admin address, listeners, access log, observability, fleet) cannot
 //! change on a reload; such a reload is refused with the sections named, so the operator
 //! knows a restart is needed and the running config stays in place. The admin's
 //! `token` and `allowed_hosts` apply from the next admin request.
@@ -113,6 +113,9 @@ pub fn diff(o: &RawConfig, n: &RawConfig) -> ConfigDiff {
     }
     if fingerprint(&o.observability) != fingerprint(&n.observability) {
         restart_required.push("observability".to_string());
+    }
+    if fingerprint(&o.fleet) != fingerprint(&n.fleet) {
+        restart_required.push("fleet".to_string());
     }
     ConfigDiff {
         clusters: named(&o.clusters, &n.clusters, |c| &c.name),

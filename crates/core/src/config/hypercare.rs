@@ -37,6 +37,50 @@ impl Default for HypercareConfig {
     }
 }
 
+/// The `[fleet]` section: several gateways judged and steered as one through
+/// Redis (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Turns the fleet on.
+    pub enabled: bool,
+    /// The fleet's name: instances with the same name (on the same Redis) are
+    /// one fleet; every key it writes starts with `hypergate:fleet:<name>:`.
+    pub name: String,
+    /// This instance's id; empty: the host name and the admin port
+    /// (`host:9901`). Two running instances must not share one.
+    pub instance_id: String,
+    /// The Redis the fleet uses; absent: the one in `[redis]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<super::edge::RedisConfig>,
+    /// How often an instance publishes its aggregates, reads the others' and
+    /// renews or seeks the leader's lease.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
+    /// How often an instance looks for a newer fleet decision (so every
+    /// instance applies one within this time, plus a Redis round trip).
+    #[serde(with = "humantime_serde")]
+    pub decision_poll: Duration,
+    /// The leader's lease: another instance takes over at most this long (plus
+    /// one `publish_interval`) after the leader stops renewing it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            name: "default".into(),
+            instance_id: String::new(),
+            redis: None,
+            publish_interval: Duration::from_secs(1),
+            decision_poll: Duration::from_millis(250),
+            lease: Duration::from_secs(6),
+        }
+    }
+}
+
 /// The call-record store (`[hypercare.store]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

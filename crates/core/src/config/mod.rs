@@ -124,9 +124,10 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, Vec<ConfigIssue>> {
             "protection" => section(&key, value, &mut raw.protection, &mut issues),
             "ai" => section(&key, value, &mut raw.ai, &mut issues),
             "hypercare" => section(&key, value, &mut raw.hypercare, &mut issues),
+            "fleet" => section(&key, value, &mut raw.fleet, &mut issues),
             other => issues.push(ConfigIssue {
                 path: other.to_string(),
-                reason: "unknown section (expected server, admin, limits, path, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai, hypercare)".into(),
+                reason: "unknown section (expected server, admin, limits, path, access_log, listeners, clusters, routes, demo_upstreams, observability, consumers, auth, rate_limits, redis, protection, ai, hypercare, fleet)".into(),
             }),
         }
     }

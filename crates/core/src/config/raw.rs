@@ -67,6 +67,9 @@ pub struct RawConfig {
     /// Hypercare: the call-record store.
     #[serde(default)]
     pub hypercare: super::hypercare::HypercareConfig,
+    /// Several gateways judged and steered as one, through Redis.
+    #[serde(default)]
+    pub fleet: super::hypercare::FleetConfig,
 }
 
 /// Process-wide settings.

@@ -1,0 +1,605 @@
+//! A fleet of gateways judged and steered as one through a real
+//! `redis-server`: one leader under a fenced lease judges the fleet's merged
+//! figures, its decisions reach every instance, a dead leader is replaced, and
+//! an instance that loses Redis serves on with what it has.
+
+use hypergate::hypercare::fleet::{DECIDE, LEASE};
+use hypergate_tests::gateway::admin_request;
+use hypergate_tests::process::GatewayProcess;
+use hypergate_tests::redis::RedisServer;
+use hypergate_tests::{
+    cluster, preamble, wait_until, Conn, MockUpstream, Reply, Request, TestGateway,
+};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fleet timings for tests (the defaults are 1s, 250ms and 6s).
+const FAST: &str = r#"publish_interval = "200ms"
+decision_poll = "50ms"
+lease = "1s""#;
+
+/// Two routes behind weighted splits with a canary analysis each:
+/// `checkout` (`/buy`, v1 stable and v2 canary) and `search` (`/search`, an
+/// A/A split of two clusters on one upstream).
+#[allow(clippy::too_many_arguments)]
+fn config(
+    stable: SocketAddr,
+    canary: SocketAddr,
+    same: SocketAddr,
+    redis: SocketAddr,
+    fleet: &str,
+    id: &str,
+    timings: &str,
+    steps: &str,
+) -> String {
+    format!(
+        r#"{}{}{}{}{}
+[[routes]]
+name = "checkout"
+[routes.match]
+path_prefix = "/buy"
+[routes.split]
+targets = [{{ cluster = "v1", weight = 90 }}, {{ cluster = "v2", weight = 10 }}]
+
+[[routes]]
+name = "search"
+[routes.match]
+path_prefix = "/search"
+[routes.split]
+targets = [{{ cluster = "a1", weight = 90 }}, {{ cluster = "a2", weight = 10 }}]
+
+[redis]
+address = "{redis}"
+timeout = "200ms"
+
+[fleet]
+enabled = true
+name = "{fleet}"
+instance_id = "{id}"
+{timings}
+
+[hypercare]
+evaluation_interval = "200ms"
+
+[[hypercare.canaries]]
+route = "checkout"
+stable = "v1"
+canary = "v2"
+steps = [{steps}]
+latency_tolerance = 3.0
+
+[[hypercare.canaries]]
+route = "search"
+stable = "a1"
+canary = "a2"
+steps = [{steps}]
+latency_tolerance = 3.0
+"#,
+        preamble(1),
+        cluster("v1", &[stable], "version = \"v1\""),
+        cluster("v2", &[canary], "version = \"v2\""),
+        cluster("a1", &[same], "version = \"a1\""),
+        cluster("a2", &[same], "version = \"a2\""),
+    )
+}
+
+const SLOW_STEPS: &str = r#"{ weight = 10, bake = "600s", min_requests = 1000000 }, { weight = 50, bake = "600s", min_requests = 1000000 }"#;
+
+/// The canary's weight in an instance's own overrides (what its shards run).
+fn applied_weight(admin: SocketAddr, route: &str, side: &str) -> Option<u64> {
+    let overlay: Value = admin_request(admin, "GET", "/overrides").json();
+    overlay["weights"]
+        .as_array()?
+        .iter()
+        .find(|o| o["subject"]["name"] == route)
+        .and_then(|o| o["weights"][side].as_u64())
+}
+
+fn fleet_view(admin: SocketAddr) -> Value {
+    admin_request(admin, "GET", "/hypercare/fleet").json()
+}
+
+/// Waits up to 90 s for `condition`; on a timeout, shows what each instance
+/// knows of the fleet and its canaries before failing.
+fn wait_or_dump(what: &str, admins: &[SocketAddr], mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &a in admins {
+        eprintln!(
+            "{a}: fleet {}\n  overrides {}\n  canary {}",
+            fleet_view(a),
+            admin_request(a, "GET", "/overrides").text(),
+            admin_request(a, "GET", "/hypercare/canary").text()
+        );
+    }
+    panic!("timed out after 90s waiting until {what}");
+}
+
+/// A canary upstream that fails one request in 50 (+2 points of errors)
+/// once `failing` is set.
+fn flaky_canary(failing: Arc<AtomicBool>, calls: Arc<AtomicUsize>) -> MockUpstream {
+    MockUpstream::start(move |_| {
+        let i = calls.fetch_add(1, Ordering::Relaxed);
+        if failing.load(Ordering::Relaxed) && i.is_multiple_of(50) {
+            Reply::status(500).into()
+        } else {
+            Reply::ok("v2").into()
+        }
+    })
+}
+
+/// Sets the flag when dropped, so that a failing wait (a panic) still stops
+/// the load threads of its scope.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sends requests to `/buy` and `/search` on each gateway (a connection each)
+/// until `stop`.
+fn load(addrs: &[SocketAddr], stop: &AtomicBool) {
+    std::thread::scope(|s| {
+        for &addr in addrs {
+            s.spawn(move || {
+                let (buy, search) = (
+                    Request::get("/buy").to_bytes(),
+                    Request::get("/search").to_bytes(),
+                );
+                let mut c: Option<Conn> = None;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
+                    n += 1;
+                    let conn = match c.as_mut() {
+                        Some(conn) => conn,
+                        None => match Conn::try_connect(addr) {
+                            Ok(conn) => c.insert(conn),
+                            // The gateway is gone (killed): stop sending to it.
+                            Err(_) => return,
+                        },
+                    };
+                    let req = if n.is_multiple_of(2) { &buy } else { &search };
+                    if conn.try_send(req).is_err() || conn.try_read_response(false).is_err() {
+                        c = None;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
+    let redis = RedisServer::start();
+    let stable = MockUpstream::ok("v1");
+    let same = MockUpstream::ok("aa");
+    let failing = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let canary = flaky_canary(failing.clone(), calls.clone());
+    let steps = r#"{ weight = 10, bake = "600s", min_requests = 1000000 }, { weight = 50, bake = "600s", min_requests = 1000000 }"#;
+    let gws: Vec<TestGateway> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            TestGateway::start(&config(
+                stable.addr(),
+                canary.addr(),
+                same.addr(),
+                redis.addr,
+                "rollback",
+                id,
+                FAST,
+                steps,
+            ))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
+    wait_until(
+        "three members, one leader, step 1 applied everywhere",
+        Duration::from_secs(20),
+        || {
+            admins.iter().all(|&a| {
+                let v = fleet_view(a);
+                v["instances"].as_array().map_or(0, Vec::len) == 3
+                    && v["leader"]["id"].is_string()
+                    && applied_weight(a, "checkout", "v2") == Some(10)
+                    && applied_weight(a, "search", "a2") == Some(10)
+            })
+        },
+    );
+    let leaders: Vec<Value> = admins
+        .iter()
+        .map(|&a| fleet_view(a)["leader"]["id"].clone())
+        .collect();
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0]),
+        "one leader: {leaders:?}"
+    );
+    let leading = admins
+        .iter()
+        .filter(|&&a| fleet_view(a)["is_leader"] == true)
+        .count();
+    assert_eq!(leading, 1, "exactly one instance judges");
+
+    let stop = AtomicBool::new(false);
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.inner().listener_addrs[0].1).collect();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| load(&addrs, &stop));
+        let _stop = StopOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(300));
+        failing.store(true, Ordering::Relaxed);
+        wait_or_dump("the rollback applied on all three", &admins, || {
+            admins
+                .iter()
+                .all(|&a| applied_weight(a, "checkout", "v2") == Some(0))
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+    eprintln!(
+        "rollback on every instance {:?} after the first errors",
+        started.elapsed()
+    );
+    // One decision: the leader's history (every instance shows it) has one
+    // rollback, of checkout; the A/A split was never rolled back.
+    // (A follower shows the leader's state as of its last read.)
+    let rolled_back = |v: &Value| {
+        v["canaries"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["status"]["phase"] == "rolled_back"))
+    };
+    wait_until(
+        "every instance shows the rollback",
+        Duration::from_secs(5),
+        || {
+            admins
+                .iter()
+                .all(|&a| rolled_back(&admin_request(a, "GET", "/hypercare/canary").json()))
+        },
+    );
+    let view: Value = admin_request(admins[1], "GET", "/hypercare/canary").json();
+    let rollbacks: Vec<&Value> = view["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .filter(|d| d["decision"]["action"] == "rollback")
+        .collect();
+    assert_eq!(rollbacks.len(), 1, "{view}");
+    assert_eq!(rollbacks[0]["route"], "checkout");
+    let search = view["canaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["route"] == "search")
+        .expect("the A/A canary");
+    assert_ne!(search["status"]["phase"], "rolled_back", "{search}");
+    for &a in &admins {
+        assert_eq!(applied_weight(a, "search", "a2"), Some(10));
+        let overlay: Value = admin_request(a, "GET", "/overrides").json();
+        let reason = overlay["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["subject"]["name"] == "checkout")
+            .unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(reason.contains("fleet rollback epoch"), "{reason}");
+    }
+    // Every instance applied the same epoch.
+    wait_until("one epoch everywhere", Duration::from_secs(5), || {
+        let epochs: Vec<Value> = admins
+            .iter()
+            .map(|&a| fleet_view(a)["applied_epoch"].clone())
+            .collect();
+        epochs.iter().all(|e| *e == epochs[0])
+    });
+    // Only the leader wrote decisions, and none was fenced.
+    let series = |name: &str, id: &str| format!("{name}{{fleet=\"rollback\",instance=\"{id}\"}}");
+    let ids = ["a", "b", "c"];
+    let written: Vec<f64> = gws
+        .iter()
+        .zip(ids)
+        .map(|(g, id)| g.metric(&series("hypergate_fleet_decisions_written_total", id)))
+        .collect();
+    assert_eq!(
+        written.iter().filter(|w| **w > 0.0).count(),
+        1,
+        "one instance wrote every decision: {written:?}"
+    );
+    assert!(
+        written.iter().sum::<f64>() >= 3.0,
+        "two first steps and the rollback: {written:?}"
+    );
+    for (g, id) in gws.iter().zip(ids) {
+        assert_eq!(
+            g.metric(&series("hypergate_fleet_decisions_fenced_total", id)),
+            0.0
+        );
+        assert_eq!(g.metric(&series("hypergate_fleet_redis_up", id)), 1.0);
+        assert_eq!(g.metric(&series("hypergate_fleet_instances", id)), 3.0);
+    }
+    // No request reaches the canary any more.
+    let before = calls.load(Ordering::Relaxed);
+    for g in &gws {
+        for _ in 0..50 {
+            assert_eq!(g.get("/buy").status, 200);
+        }
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), before);
+}
+
+#[test]
+fn a_killed_leader_is_replaced_within_ten_seconds_and_the_rollout_resumes() {
+    let redis = RedisServer::start();
+    let stable = MockUpstream::ok("v1");
+    let canary = MockUpstream::ok("v2");
+    let same = MockUpstream::ok("aa");
+    // Step 1 bakes briefly on a few requests, then step 2 holds.
+    let steps = r#"{ weight = 10, bake = "1s", min_requests = 1000 }, { weight = 50, bake = "600s", min_requests = 1000000 }"#;
+    // The default timings: a 6 s lease renewed every second.
+    let gws: Vec<GatewayProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            GatewayProcess::spawn(&config(
+                stable.addr(),
+                canary.addr(),
+                same.addr(),
+                redis.addr,
+                "takeover",
+                id,
+                "",
+                steps,
+            ))
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.addr).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| load(&addrs, &stop));
+        let _stop = StopOnDrop(&stop);
+        wait_until(
+            "promoted to step 2 everywhere",
+            Duration::from_secs(90),
+            || {
+                gws.iter()
+                    .all(|g| applied_weight(g.admin, "checkout", "v2") == Some(50))
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+    });
+    let leader = fleet_view(gws[0].admin)["leader"].clone();
+    let old = gws
+        .iter()
+        .position(|g| fleet_view(g.admin)["is_leader"] == true)
+        .expect("a leader");
+    assert_eq!(leader["id"], ["a", "b", "c"][old]);
+    let killed_at = Instant::now();
+    gws[old].signal(libc::SIGKILL);
+    let survivors: Vec<&GatewayProcess> = gws
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, g)| g)
+        .collect();
+    wait_until("a new leader", Duration::from_secs(10), || {
+        survivors
+            .iter()
+            .any(|g| fleet_view(g.admin)["is_leader"] == true)
+    });
+    let took = killed_at.elapsed();
+    eprintln!("leadership moved {took:?} after the leader was killed");
+    assert!(took < Duration::from_secs(10));
+    let views: Vec<Value> = survivors.iter().map(|g| fleet_view(g.admin)).collect();
+    let new_leader = views.iter().find(|v| v["is_leader"] == true).unwrap();
+    assert_ne!(new_leader["instance"], leader["id"]);
+    assert_eq!(
+        new_leader["leader"]["token"].as_u64(),
+        leader["token"].as_u64().map(|t| t + 1),
+        "one takeover, one new fencing token"
+    );
+    // The new leader resumed the rollout where it was: still step 2, the
+    // same weights everywhere, no fenced (conflicting) write.
+    wait_until(
+        "the new leader judges the canary",
+        Duration::from_secs(10),
+        || {
+            let c: Value = admin_request(survivors[0].admin, "GET", "/hypercare/canary").json();
+            c["canaries"]
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["route"] == "checkout").cloned())
+                .is_some_and(|c| c["weight"] == 50)
+        },
+    );
+    for g in &survivors {
+        assert_eq!(applied_weight(g.admin, "checkout", "v2"), Some(50));
+        let id = fleet_view(g.admin)["instance"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let m = admin_request(g.admin, "GET", "/metrics").text();
+        let fenced = format!(
+            "hypergate_fleet_decisions_fenced_total{{fleet=\"takeover\",instance=\"{id}\"}} 0"
+        );
+        assert!(m.contains(&fenced), "no conflicting write: {fenced}");
+    }
+}
+
+#[test]
+fn without_redis_every_instance_serves_on_and_catches_up_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let stable = MockUpstream::ok("v1");
+    let same = MockUpstream::ok("aa");
+    let failing = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let canary = flaky_canary(failing.clone(), calls.clone());
+    let gws: Vec<TestGateway> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            TestGateway::start(&config(
+                stable.addr(),
+                canary.addr(),
+                same.addr(),
+                redis.addr,
+                "outage",
+                id,
+                FAST,
+                SLOW_STEPS,
+            ))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
+    wait_until("step 1 applied everywhere", Duration::from_secs(20), || {
+        admins.iter().all(|&a| {
+            applied_weight(a, "checkout", "v2") == Some(10)
+                && applied_weight(a, "search", "a2") == Some(10)
+        })
+    });
+    redis.stop();
+    wait_until(
+        "every instance knows Redis is gone and judges nothing",
+        Duration::from_secs(10),
+        || {
+            gws.iter().zip(["a", "b", "c"]).all(|(g, id)| {
+                let ready = g.admin_request("GET", "/readyz");
+                let labels = format!("{{fleet=\"outage\",instance=\"{id}\"}}");
+                ready.status == 200
+                    && ready.json()["fleet"]["redis"] == "down"
+                    && g.metric(&format!("hypergate_fleet_redis_up{labels}")) == 0.0
+                    && g.metric(&format!("hypergate_fleet_leader{labels}")) == 0.0
+            })
+        },
+    );
+    // The canary fails now, but nobody may judge: the weights stay.
+    failing.store(true, Ordering::Relaxed);
+    for g in &gws {
+        for _ in 0..200 {
+            let r = g.get("/buy");
+            assert!(r.status == 200 || r.status == 500, "served: {}", r.status);
+        }
+        assert_eq!(
+            applied_weight(g.inner().admin_addr, "checkout", "v2"),
+            Some(10)
+        );
+    }
+    assert!(gws
+        .iter()
+        .all(|g| g.inner().controller.overrides().weights.len() == 2));
+    // Redis returns (empty: no persistence); the fleet elects, judges the
+    // failing canary and every instance applies the rollback.
+    redis.restart();
+    let stop = AtomicBool::new(false);
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.inner().listener_addrs[0].1).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| load(&addrs, &stop));
+        let _stop = StopOnDrop(&stop);
+        wait_or_dump(
+            "the rollback applied on all three after Redis returned",
+            &admins,
+            || {
+                admins
+                    .iter()
+                    .all(|&a| applied_weight(a, "checkout", "v2") == Some(0))
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+    });
+    for g in &gws {
+        assert_eq!(
+            g.admin_request("GET", "/readyz").json()["fleet"]["redis"],
+            "up"
+        );
+    }
+}
+
+#[test]
+fn a_stale_leader_cannot_overwrite_a_newer_decision() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(format!("redis://{}/", redis.addr)).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let keys = ["t:leader", "t:token", "t:decisions", "t:epoch"];
+    let lease = |con: &mut redis::Connection, id: &str, held: &str| -> (i64, i64, String) {
+        redis::cmd("EVAL")
+            .arg(LEASE)
+            .arg(2)
+            .arg(keys[0])
+            .arg(keys[1])
+            .arg(id)
+            .arg(60_000)
+            .arg(held)
+            .query(con)
+            .expect("lease")
+    };
+    let decide = |con: &mut redis::Connection, holder: &str, token: i64, layer: &str| -> i64 {
+        let (epoch, _gen): (i64, String) = redis::cmd("EVAL")
+            .arg(DECIDE)
+            .arg(3)
+            .arg(keys[0])
+            .arg(keys[2])
+            .arg(keys[3])
+            .arg(holder)
+            .arg(token)
+            .arg(layer)
+            .arg("g1")
+            .query(con)
+            .expect("decide");
+        epoch
+    };
+    // a takes the lease (token 1) and decides; b cannot take it meanwhile.
+    assert_eq!(lease(&mut con, "a", ""), (1, 1, "a".into()));
+    assert_eq!(lease(&mut con, "b", ""), (0, 1, "a".into()));
+    assert_eq!(decide(&mut con, "a 1", 1, r#"{"epoch":0,"weights":[]}"#), 1);
+    // a's lease lapses (as if it had paused); b takes over with token 2.
+    let _: () = redis::cmd("DEL").arg(keys[0]).query(&mut con).unwrap();
+    assert_eq!(lease(&mut con, "b", ""), (1, 2, "b".into()));
+    assert_eq!(decide(&mut con, "b 2", 2, r#"{"epoch":0,"weights":[]}"#), 2);
+    // a wakes up and tries to write with its old lease: refused.
+    assert_eq!(decide(&mut con, "a 1", 1, r#"{"stale":true}"#), -1);
+    // Its renewal fails too: it is no longer the holder.
+    assert_eq!(lease(&mut con, "a", "1"), (0, 2, "b".into()));
+    // Even with the leader key forged back to a, the older token cannot
+    // overwrite what token 2 wrote.
+    let _: () = redis::cmd("SET")
+        .arg(keys[0])
+        .arg("a 1")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(decide(&mut con, "a 1", 1, r#"{"stale":true}"#), -2);
+    let layer: String = redis::cmd("HGET")
+        .arg(keys[2])
+        .arg("layer")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        layer, r#"{"epoch":0,"weights":[]}"#,
+        "the newer decision stands"
+    );
+}
+
+#[test]
+fn a_fleet_without_redis_or_with_a_short_lease_is_refused_with_every_error() {
+    let text = format!(
+        "{}\n[fleet]\nenabled = true\nname = \"bad name\"\ninstance_id = \"x y\"\nlease = \"1s\"\n",
+        preamble(1)
+    );
+    let err = hypergate::config::load_str(&text, "fleet.toml").expect_err("refused");
+    let paths: Vec<&str> = err.issues.iter().map(|i| i.path.as_str()).collect();
+    for p in [
+        "fleet.name",
+        "fleet.instance_id",
+        "fleet.redis",
+        "fleet.lease",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+}
