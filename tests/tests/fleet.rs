@@ -13,7 +13,7 @@ use hypergate_tests::{
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Fleet timings for tests (the defaults are 1s, 250ms and 6s).
@@ -602,4 +602,186 @@ fn a_fleet_without_redis_or_with_a_short_lease_is_refused_with_every_error() {
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
+}
+
+/// The closing figure of docs/fleet.md, not a check (timings are never
+/// asserted): seconds from the canary's first error to the rollback applied
+/// on every instance, with 200 canary requests/s (2,000/s on the route at a
+/// 10% canary weight) spread over three fleet members, against one gateway
+/// taking all of it; 20 seeded runs each. Run with
+/// `cargo test -p hypergate-tests --test fleet -- --ignored --nocapture detection_time`.
+#[test]
+#[ignore = "a measurement (about 10 minutes), run by hand"]
+fn detection_time() {
+    let runs: u64 = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let redis = RedisServer::start();
+    let stable = MockUpstream::ok("v1");
+    let same = MockUpstream::ok("aa");
+    for members in [3usize, 1] {
+        let mut times = Vec::new();
+        for seed in 0..runs {
+            let failing = Arc::new(AtomicBool::new(false));
+            let first_error = Arc::new(Mutex::new(None::<Instant>));
+            let (f, fe) = (failing.clone(), first_error.clone());
+            // 2% errors from a seeded generator, once failing.
+            let rng = Mutex::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let canary = MockUpstream::start(move |_| {
+                let mut x = rng.lock().unwrap();
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                if f.load(Ordering::Relaxed) && (*x).is_multiple_of(50) {
+                    fe.lock().unwrap().get_or_insert_with(Instant::now);
+                    Reply::status(500).into()
+                } else {
+                    Reply::ok("v2").into()
+                }
+            });
+            let fleet = format!("timing-{members}-{seed}");
+            let gws: Vec<TestGateway> = (0..members)
+                .map(|i| {
+                    let mut toml = config(
+                        stable.addr(),
+                        canary.addr(),
+                        same.addr(),
+                        redis.addr,
+                        &fleet,
+                        &format!("m{i}"),
+                        "",
+                        SLOW_STEPS,
+                    )
+                    .replace(
+                        "evaluation_interval = \"200ms\"",
+                        "evaluation_interval = \"1s\"",
+                    );
+                    if members == 1 {
+                        toml = toml.replace("enabled = true", "enabled = false");
+                    }
+                    TestGateway::start(&toml)
+                })
+                .collect();
+            let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
+            wait_until("step 1 everywhere", Duration::from_secs(30), || {
+                admins
+                    .iter()
+                    .all(|&a| applied_weight(a, "checkout", "v2") == Some(10))
+            });
+            let stop = AtomicBool::new(false);
+            let addrs: Vec<SocketAddr> =
+                gws.iter().map(|g| g.inner().listener_addrs[0].1).collect();
+            let took = std::thread::scope(|s| {
+                // 2,000 requests/s to /buy in all, paced, one connection per gateway.
+                for &addr in &addrs {
+                    let stop = &stop;
+                    let per_second = 2000 / addrs.len() as u64;
+                    s.spawn(move || {
+                        let mut c = Conn::connect(addr);
+                        let start = Instant::now();
+                        let req = Request::get("/buy").to_bytes();
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) && n < 400_000 {
+                            let due = start + Duration::from_micros(n * 1_000_000 / per_second);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            if c.try_send(&req).is_err() || c.try_read_response(false).is_err() {
+                                c = Conn::connect(addr);
+                            }
+                            n += 1;
+                        }
+                    });
+                }
+                let _stop = StopOnDrop(&stop);
+                std::thread::sleep(Duration::from_secs(2));
+                failing.store(true, Ordering::Relaxed);
+                wait_or_dump("the rollback everywhere", &admins, || {
+                    admins
+                        .iter()
+                        .all(|&a| applied_weight(a, "checkout", "v2") == Some(0))
+                });
+                let done = Instant::now();
+                let first = first_error.lock().unwrap().expect("an error was served");
+                done.duration_since(first)
+            });
+            eprintln!("members {members} seed {seed}: {:.2} s", took.as_secs_f64());
+            times.push(took.as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "== {members} instance(s), {} runs: median {:.2} s, worst {:.2} s, best {:.2} s",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() - 1],
+            times[0]
+        );
+    }
+}
+
+/// The fleet's Redis traffic per instance per second, at the default
+/// intervals, three members under steady load on two analysed routes: a
+/// figure for docs/fleet.md, not a check. Run with
+/// `cargo test -p hypergate-tests --test fleet -- --ignored --nocapture redis_traffic`.
+#[test]
+#[ignore = "a measurement (about 30 seconds), run by hand"]
+fn redis_traffic() {
+    let redis = RedisServer::start();
+    let stable = MockUpstream::ok("v1");
+    let canary = MockUpstream::ok("v2");
+    let same = MockUpstream::ok("aa");
+    let gws: Vec<TestGateway> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            TestGateway::start(&config(
+                stable.addr(),
+                canary.addr(),
+                same.addr(),
+                redis.addr,
+                "traffic",
+                id,
+                "",
+                SLOW_STEPS,
+            ))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
+    wait_until("three members", Duration::from_secs(20), || {
+        admins
+            .iter()
+            .all(|&a| fleet_view(a)["instances"].as_array().map_or(0, Vec::len) == 3)
+    });
+    let stop = AtomicBool::new(false);
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.inner().listener_addrs[0].1).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| load(&addrs, &stop));
+        let _stop = StopOnDrop(&stop);
+        // Let every latency bucket in use appear, then measure 10 s.
+        std::thread::sleep(Duration::from_secs(5));
+        let read = |a: SocketAddr| {
+            let t = &fleet_view(a)["traffic"];
+            [
+                t["round_trips"].as_f64().unwrap(),
+                t["bytes_sent"].as_f64().unwrap(),
+                t["bytes_read"].as_f64().unwrap(),
+            ]
+        };
+        let before: Vec<[f64; 3]> = admins.iter().map(|&a| read(a)).collect();
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs(10));
+        let secs = start.elapsed().as_secs_f64();
+        for (i, &a) in admins.iter().enumerate() {
+            let after = read(a);
+            let view = fleet_view(a);
+            eprintln!(
+                "instance {} (leader: {}): {:.1} round trips/s, {:.0} bytes/s sent, {:.0} bytes/s read",
+                view["instance"],
+                view["is_leader"],
+                (after[0] - before[i][0]) / secs,
+                (after[1] - before[i][1]) / secs,
+                (after[2] - before[i][2]) / secs
+            );
+        }
+    });
 }

@@ -718,7 +718,6 @@ impl Fleet {
         if result.is_err() {
             *w = None;
         }
-        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
         result
     }
 
@@ -739,6 +738,8 @@ impl Fleet {
                 .arg(self.key("decisions"))
                 .arg("layer")
                 .query(con)?;
+            // This read and the script below.
+            self.counters.round_trips.fetch_add(2, Ordering::Relaxed);
             let mut layer: Overrides = layer
                 .and_then(|l| serde_json::from_str(&l).ok())
                 .unwrap_or_default();
@@ -803,6 +804,7 @@ impl Fleet {
         state.at_ms = super::unix_ms();
         let text = serde_json::to_string(&state).unwrap_or_default();
         let result = self.with_writer(|con| {
+            self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
             redis::cmd("EVAL")
                 .arg(PUBLISH_STATE)
                 .arg(2)
