@@ -4,6 +4,7 @@
 //! an instance that loses Redis serves on with what it has.
 
 use hypergate::hypercare::fleet::{DECIDE, LEASE};
+use hypergate_tests::browser::Browser;
 use hypergate_tests::gateway::admin_request;
 use hypergate_tests::process::GatewayProcess;
 use hypergate_tests::redis::RedisServer;
@@ -84,6 +85,25 @@ latency_tolerance = 3.0
         cluster("a1", &[same], "version = \"a1\""),
         cluster("a2", &[same], "version = \"a2\""),
     )
+}
+
+/// One in-process gateway per id in `fleet`, on the given upstreams
+/// (stable, canary, the A/A pair's) and Redis.
+fn start_fleet(
+    ids: &[&str],
+    [stable, canary, same]: [SocketAddr; 3],
+    redis: SocketAddr,
+    fleet: &str,
+    timings: &str,
+    steps: &str,
+) -> Vec<TestGateway> {
+    ids.iter()
+        .map(|id| {
+            TestGateway::start(&config(
+                stable, canary, same, redis, fleet, id, timings, steps,
+            ))
+        })
+        .collect()
 }
 
 const SLOW_STEPS: &str = r#"{ weight = 10, bake = "600s", min_requests = 1000000 }, { weight = 50, bake = "600s", min_requests = 1000000 }"#;
@@ -186,22 +206,14 @@ fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
     let failing = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let canary = flaky_canary(failing.clone(), calls.clone());
-    let steps = r#"{ weight = 10, bake = "600s", min_requests = 1000000 }, { weight = 50, bake = "600s", min_requests = 1000000 }"#;
-    let gws: Vec<TestGateway> = ["a", "b", "c"]
-        .iter()
-        .map(|id| {
-            TestGateway::start(&config(
-                stable.addr(),
-                canary.addr(),
-                same.addr(),
-                redis.addr,
-                "rollback",
-                id,
-                FAST,
-                steps,
-            ))
-        })
-        .collect();
+    let gws = start_fleet(
+        &["a", "b", "c"],
+        [stable.addr(), canary.addr(), same.addr()],
+        redis.addr,
+        "rollback",
+        FAST,
+        SLOW_STEPS,
+    );
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
     wait_until(
         "three members, one leader, step 1 applied everywhere",
@@ -443,21 +455,14 @@ fn without_redis_every_instance_serves_on_and_catches_up_when_it_returns() {
     let failing = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let canary = flaky_canary(failing.clone(), calls.clone());
-    let gws: Vec<TestGateway> = ["a", "b", "c"]
-        .iter()
-        .map(|id| {
-            TestGateway::start(&config(
-                stable.addr(),
-                canary.addr(),
-                same.addr(),
-                redis.addr,
-                "outage",
-                id,
-                FAST,
-                SLOW_STEPS,
-            ))
-        })
-        .collect();
+    let gws = start_fleet(
+        &["a", "b", "c"],
+        [stable.addr(), canary.addr(), same.addr()],
+        redis.addr,
+        "outage",
+        FAST,
+        SLOW_STEPS,
+    );
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
     wait_until("step 1 applied everywhere", Duration::from_secs(20), || {
         admins.iter().all(|&a| {
@@ -520,6 +525,72 @@ fn without_redis_every_instance_serves_on_and_catches_up_when_it_returns() {
             "up"
         );
     }
+}
+
+#[test]
+fn the_dashboard_shows_the_fleet_with_each_instance() {
+    let redis = RedisServer::start();
+    let (stable, canary, same) = (
+        MockUpstream::ok("v1"),
+        MockUpstream::ok("v2"),
+        MockUpstream::ok("aa"),
+    );
+    let gws = start_fleet(
+        &["east", "west"],
+        [stable.addr(), canary.addr(), same.addr()],
+        redis.addr,
+        "dashboard",
+        FAST,
+        SLOW_STEPS,
+    );
+    for g in &gws {
+        for _ in 0..20 {
+            assert_eq!(g.get("/buy").status, 200);
+        }
+    }
+    let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
+    wait_until("both members counted", Duration::from_secs(20), || {
+        let v = fleet_view(admins[0]);
+        v["instances"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2 && m.iter().all(|i| i["requests"].as_u64() >= Some(20)))
+            && v["leader"]["id"].is_string()
+    });
+    let follower = admins
+        .iter()
+        .copied()
+        .find(|&a| fleet_view(a)["is_leader"] == false)
+        .expect("a follower");
+    let mut browser = Browser::launch(1400, 1000);
+    browser.navigate(&format!("http://{follower}/ui"));
+    browser.wait_for(
+        "the fleet panel with both instances",
+        Duration::from_secs(20),
+        "document.getElementById('fleet-section')?.hidden === false ? document.getElementById('fleet').innerText : ''",
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains("east") && t.contains("west") && t.contains("leader"))
+        },
+    );
+    let text = browser.evaluate("document.getElementById('fleet').innerText");
+    let text = text.as_str().unwrap_or_default();
+    assert!(text.contains("follower") && text.contains("up"), "{text}");
+    assert!(
+        browser.problems().is_empty(),
+        "console errors: {:?}",
+        browser.problems()
+    );
+    // Outside a fleet the endpoint says so, and the panel stays hidden
+    // (tests/tests/dashboard.rs checks that page for console errors).
+    let alone = TestGateway::start(&format!(
+        "{}{}\n[[routes]]\nname = \"all\"\ncluster = \"v1\"\n",
+        preamble(1),
+        cluster("v1", &[stable.addr()], "")
+    ));
+    assert_eq!(
+        alone.admin_request("GET", "/hypercare/fleet").json(),
+        serde_json::json!({"enabled": false})
+    );
 }
 
 #[test]
@@ -731,21 +802,14 @@ fn redis_traffic() {
     let stable = MockUpstream::ok("v1");
     let canary = MockUpstream::ok("v2");
     let same = MockUpstream::ok("aa");
-    let gws: Vec<TestGateway> = ["a", "b", "c"]
-        .iter()
-        .map(|id| {
-            TestGateway::start(&config(
-                stable.addr(),
-                canary.addr(),
-                same.addr(),
-                redis.addr,
-                "traffic",
-                id,
-                "",
-                SLOW_STEPS,
-            ))
-        })
-        .collect();
+    let gws = start_fleet(
+        &["a", "b", "c"],
+        [stable.addr(), canary.addr(), same.addr()],
+        redis.addr,
+        "traffic",
+        "",
+        SLOW_STEPS,
+    );
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
     wait_until("three members", Duration::from_secs(20), || {
         admins

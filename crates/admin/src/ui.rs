@@ -5,7 +5,7 @@
 //! licence served next to it) are compiled into the binary with `include_str!`:
 //! nothing is built or read from disk at run time. In the browser, `app.js` polls the admin JSON endpoints
 //! (`/stats`, `/hypercare/series`, `/hypercare/canary`, `/hypercare/alerts`,
-//! `/hypercare/windows`, `/hypercare/summary`) every 2 s on the same origin and
+//! `/hypercare/windows`, `/hypercare/summary`, `/hypercare/fleet`) every 2 s on the same origin and
 //! draws the charts and panels. Every response carries a `Content-Security-Policy`
 //! that allows scripts, styles and fetches from this origin only (no inline code,
 //! no other host), and `nosniff`.

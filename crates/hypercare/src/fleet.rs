@@ -197,6 +197,10 @@ pub struct Member {
     pub applied_epoch: u64,
     /// Whether it held the lease when it published.
     pub leader: bool,
+    /// Requests it counted since it started.
+    pub requests: u64,
+    /// Of those, errors of the service.
+    pub errors: u64,
 }
 
 /// The leader's engine state, as followers and a next leader read it.
@@ -616,13 +620,18 @@ impl Fleet {
         s.merges += 1;
         s.members = published
             .into_iter()
-            .map(|p| Member {
-                id: p.id,
-                boot: p.boot,
-                last_seen_ms: p.at_ms,
-                config_hash: p.config_hash,
-                applied_epoch: p.applied_epoch,
-                leader: p.leader,
+            .map(|p| {
+                let (requests, errors) = p.stats.totals();
+                Member {
+                    id: p.id,
+                    boot: p.boot,
+                    last_seen_ms: p.at_ms,
+                    config_hash: p.config_hash,
+                    applied_epoch: p.applied_epoch,
+                    leader: p.leader,
+                    requests,
+                    errors,
+                }
             })
             .collect();
         if held_now != 1 {
@@ -846,6 +855,7 @@ impl Fleet {
         let s = self.shared();
         let now_ms = super::unix_ms();
         json!({
+            "enabled": true,
             "fleet": self.settings.name,
             "instance": self.settings.instance,
             "boot": format!("{:016x}", self.boot),
@@ -867,6 +877,8 @@ impl Fleet {
                 "config_hash": m.config_hash,
                 "applied_epoch": m.applied_epoch,
                 "leader": m.leader,
+                "requests": m.requests,
+                "errors": m.errors,
             })).collect::<Vec<_>>(),
             "traffic": {
                 "round_trips": self.counters.round_trips.load(Ordering::Relaxed),

@@ -228,6 +228,13 @@ impl Compact {
         }
     }
 
+    /// Requests and errors of the service counted so far, over every target.
+    pub fn totals(&self) -> (u64, u64) {
+        self.targets
+            .values()
+            .fold((0, 0), |(r, e), c| (r + c.requests(), e + c.errors()))
+    }
+
     /// Adds what a source's cumulative figures gained from `then` (its
     /// previous figures; `None` when first seen) to `now`: a fleet's totals
     /// are the sums of its members' gains, so they keep growing when a member

@@ -594,6 +594,35 @@
     }));
   }
 
+  // ---------- fleet ----------
+
+  function drawFleet(data) {
+    const section = $("fleet-section");
+    if (!data || !data.enabled) {
+      section.hidden = true;
+      return;
+    }
+    section.hidden = false;
+    const leader = data.leader ? data.leader.id + " (token " + data.leader.token + ")" : "none";
+    const redis = data.redis || {};
+    replace("fleet",
+      el("div", { class: "subtle" },
+        "Fleet " + (data.fleet || "?") + " · this instance " + (data.instance || "?") +
+        " · leader " + leader + " · decision epoch " + fmtNum(data.applied_epoch || 0) + " · Redis ",
+        badge(redis.up ? "up" : "down", redis.up ? "ok" : "bad")),
+      table(["Instance", "Role", "Last seen", "Config", "Epoch", "#Requests", "#Errors", "#Error rate"],
+        (data.instances || []).map((m) => [
+          m.id || "?",
+          m.leader ? "leader" : "follower",
+          fmtNum(m.last_seen_ago_ms || 0) + " ms ago",
+          m.config_hash || "–",
+          fmtNum(m.applied_epoch || 0),
+          fmtNum(m.requests || 0),
+          fmtNum(m.errors || 0),
+          m.requests > 0 ? fmtPct((m.errors || 0) / m.requests) : "–",
+        ])));
+  }
+
   // ---------- LLM ----------
 
   function drawLlm(stats) {
@@ -1020,13 +1049,14 @@
 
   async function poll() {
     const w = encodeURIComponent(windowSelect.value);
-    const [stats, series, summary, canary, alerts, windows] = await Promise.allSettled([
+    const [stats, series, summary, canary, alerts, windows, fleet] = await Promise.allSettled([
       getJson("/stats"),
       getJson("/hypercare/series?window=" + w),
       getJson("/hypercare/summary?window=" + w),
       getJson("/hypercare/canary"),
       getJson("/hypercare/alerts"),
       getJson("/hypercare/windows"),
+      getJson("/hypercare/fleet"),
     ]);
     const value = (r) => (r.status === "fulfilled" ? r.value : null);
     if (stats.status === "fulfilled") {
@@ -1042,6 +1072,7 @@
     safely("canary", drawCanary, value(canary));
     safely("alerts", drawAlerts, value(alerts));
     safely("windows", drawWindows, value(windows));
+    safely("fleet", drawFleet, value(fleet));
     safely("LLM", drawLlm, value(stats));
     safely("TCP", drawTcp, value(stats));
     safely("call filters", learnFromSummary, value(summary));
