@@ -308,6 +308,31 @@ fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
             .to_string();
         assert!(reason.contains("fleet rollback epoch"), "{reason}");
     }
+    // The fleet's totals are exact: once everyone has published after the
+    // load, they equal the sum of what each gateway counted itself.
+    let local: f64 = gws
+        .iter()
+        .map(|g| {
+            g.metrics()
+                .lines()
+                .filter(|l| l.starts_with("hypergate_requests_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum();
+    wait_until(
+        "fleet totals equal the sum of the instances",
+        Duration::from_secs(5),
+        || {
+            admins.iter().all(|&a| {
+                let totals = fleet_view(a)["totals"].clone();
+                let sum: u64 = totals
+                    .as_array()
+                    .map_or(0, |t| t.iter().filter_map(|r| r["requests"].as_u64()).sum());
+                sum as f64 == local
+            })
+        },
+    );
     // Every instance applied the same epoch.
     wait_until("one epoch everywhere", Duration::from_secs(5), || {
         let epochs: Vec<Value> = admins

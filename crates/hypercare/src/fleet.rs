@@ -880,6 +880,8 @@ impl Fleet {
                 "requests": m.requests,
                 "errors": m.errors,
             })).collect::<Vec<_>>(),
+            // Exact: every member's gains since this instance first read it.
+            "totals": s.merged.as_ref().map(|m| m.targets_json()),
             "traffic": {
                 "round_trips": self.counters.round_trips.load(Ordering::Relaxed),
                 "bytes_sent": self.counters.bytes_sent.load(Ordering::Relaxed),

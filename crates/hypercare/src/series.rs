@@ -228,6 +228,44 @@ impl Compact {
         }
     }
 
+    /// Per (route, cluster, version): requests, errors of the service, counts
+    /// by status class, and the upstream latency quantiles of the cluster
+    /// version (µs), as JSON rows (the fleet's summary).
+    pub fn targets_json(&self) -> Vec<serde_json::Value> {
+        self.targets
+            .iter()
+            .map(|((route, cluster, version), c)| {
+                let latency = self
+                    .clusters
+                    .get(&(cluster.clone(), version.clone()))
+                    .map(|h| h.minus(None))
+                    .filter(|h| !h.is_empty())
+                    .map(|h| {
+                        serde_json::json!({
+                            "count": h.len(),
+                            "p50_us": h.value_at_quantile(0.5),
+                            "p99_us": h.value_at_quantile(0.99),
+                        })
+                    });
+                let classes: serde_json::Map<String, serde_json::Value> =
+                    hypergate_core::metrics::STATUS_CLASSES
+                        .iter()
+                        .zip(c.by_class)
+                        .map(|(k, v)| (k.to_string(), v.into()))
+                        .collect();
+                serde_json::json!({
+                    "route": route,
+                    "cluster": cluster,
+                    "version": version,
+                    "requests": c.requests(),
+                    "errors": c.errors(),
+                    "by_class": classes,
+                    "upstream_latency": latency,
+                })
+            })
+            .collect()
+    }
+
     /// Requests and errors of the service counted so far, over every target.
     pub fn totals(&self) -> (u64, u64) {
         self.targets
