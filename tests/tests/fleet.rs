@@ -683,6 +683,34 @@ fn a_stale_leader_cannot_overwrite_a_newer_decision() {
 }
 
 #[test]
+fn a_fleet_redis_of_its_own_with_a_password_from_the_environment() {
+    let redis = RedisServer::start_with_user("fleet", "s3cret-fleet");
+    // Read while the config loads; no other test uses this variable.
+    std::env::set_var("HG_TEST_FLEET_REDIS_PASSWORD", "s3cret-fleet");
+    let upstream = MockUpstream::ok("v1");
+    let gw = TestGateway::start(&format!(
+        "{}{}\n[[routes]]\nname = \"all\"\ncluster = \"v1\"\n\n[fleet]\nenabled = true\nname = \"auth\"\ninstance_id = \"solo\"\n{FAST}\n[fleet.redis]\naddress = \"{}\"\nusername = \"fleet\"\npassword = \"${{HG_TEST_FLEET_REDIS_PASSWORD}}\"\n",
+        preamble(1),
+        cluster("v1", &[upstream.addr()], ""),
+        redis.addr
+    ));
+    wait_until(
+        "the fleet's own Redis answers",
+        Duration::from_secs(10),
+        || {
+            let v = fleet_view(gw.inner().admin_addr);
+            v["redis"]["up"] == true && v["is_leader"] == true
+        },
+    );
+    let config = gw.admin_request("GET", "/config").text();
+    assert!(
+        !config.contains("s3cret-fleet"),
+        "the password is never shown"
+    );
+    assert!(config.contains("<redacted>"));
+}
+
+#[test]
 fn a_fleet_without_redis_or_with_a_short_lease_is_refused_with_every_error() {
     let text = format!(
         "{}\n[fleet]\nenabled = true\nname = \"bad name\"\ninstance_id = \"x y\"\nlease = \"1s\"\n",

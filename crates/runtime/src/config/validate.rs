@@ -271,7 +271,7 @@ fn otlp_settings(raw: &RawConfig, issues: &mut Issues) -> Option<hypergate_otel:
 }
 
 /// Expands `${VAR}` in the secrets that the running config hands out as they
-/// are (`admin.token`, `redis.password`), once, when the file is loaded; other
+/// are (`admin.token`, `redis.password`, `fleet.redis.password`), once, when the file is loaded; other
 /// secrets are expanded where they are compiled (provider keys in
 /// `ai::spec`, JWT secrets in `auth`).
 fn expand_secrets(raw: &mut RawConfig, issues: &mut Issues) {
@@ -280,6 +280,10 @@ fn expand_secrets(raw: &mut RawConfig, issues: &mut Issues) {
         (
             "redis.password",
             raw.redis.as_mut().and_then(|r| r.password.as_mut()),
+        ),
+        (
+            "fleet.redis.password",
+            raw.fleet.redis.as_mut().and_then(|r| r.password.as_mut()),
         ),
     ];
     for (path, secret) in fields {
