@@ -118,6 +118,11 @@ enum Command {
         /// Config file whose store to read.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The fleet's report instead (members, exact traffic of every
+        /// instance, the leader's canary decisions), read from the Redis of
+        /// the `[fleet]` in `--config`.
+        #[arg(long, requires = "config")]
+        fleet: bool,
     },
     /// Export configuration in other tools' formats.
     Export {
@@ -261,15 +266,29 @@ fn real_main() -> anyhow::Result<()> {
             format,
             db,
             config,
+            fleet,
         } => {
-            let conn = open_store(db, config)?;
-            let since = humantime::parse_duration(&since)
-                .with_context(|| format!("--since {since:?}: expected a duration like 24h"))?;
             let format = match format.as_str() {
                 "md" | "markdown" => hypergate::hypercare::report::Format::Markdown,
                 "html" => hypergate::hypercare::report::Format::Html,
                 other => anyhow::bail!("--format {other:?}: expected md or html"),
             };
+            if fleet {
+                let path = config.context("--fleet needs --config")?;
+                let cfg = config::load_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let settings = hypergate::hypercare::fleet::FleetSettings::of(&cfg.raw, 0)
+                    .with_context(|| format!("{}: [fleet] is not enabled", path.display()))?;
+                let snapshot = hypergate::hypercare::fleet::read_snapshot(&settings)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                print!(
+                    "{}",
+                    hypergate::hypercare::report::fleet_report(&snapshot, now_ms(), format)
+                );
+                return Ok(());
+            }
+            let conn = open_store(db, config)?;
+            let since = humantime::parse_duration(&since)
+                .with_context(|| format!("--since {since:?}: expected a duration like 24h"))?;
             print!(
                 "{}",
                 hypergate::hypercare::report::report(&conn, since, now_ms(), format)?

@@ -6,7 +6,7 @@
 use hypergate::hypercare::fleet::{DECIDE, LEASE};
 use hypergate_tests::browser::Browser;
 use hypergate_tests::gateway::admin_request;
-use hypergate_tests::process::GatewayProcess;
+use hypergate_tests::process::{run_cli, GatewayProcess};
 use hypergate_tests::redis::RedisServer;
 use hypergate_tests::{
     cluster, preamble, wait_until, Conn, MockUpstream, Reply, Request, TestGateway,
@@ -365,6 +365,37 @@ fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
         );
         assert_eq!(g.metric(&series("hypergate_fleet_redis_up", id)), 1.0);
         assert_eq!(g.metric(&series("hypergate_fleet_instances", id)), 3.0);
+    }
+    // The fleet's report, read from Redis by the command line.
+    let dir = hypergate_tests::TempDir::new();
+    let path = dir.write(
+        "fleet.toml",
+        &config(
+            stable.addr(),
+            canary.addr(),
+            same.addr(),
+            redis.addr,
+            "rollback",
+            "reader",
+            FAST,
+            SLOW_STEPS,
+        ),
+    );
+    let (status, out, err) = run_cli(&[
+        "report",
+        "--fleet",
+        "--config",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert!(status.success(), "{err}");
+    for shown in [
+        "# Fleet report",
+        "## Fleet rollback",
+        "3 instance(s) publishing",
+        "| checkout | v2 | v2 |",
+        "| checkout | v1 | v2 | rollback |",
+    ] {
+        assert!(out.contains(shown), "the report lacks {shown:?}:\n{out}");
     }
     // No request reaches the canary any more.
     let before = calls.load(Ordering::Relaxed);

@@ -618,22 +618,7 @@ impl Fleet {
         let mut s = self.shared();
         s.merged = Some(merged);
         s.merges += 1;
-        s.members = published
-            .into_iter()
-            .map(|p| {
-                let (requests, errors) = p.stats.totals();
-                Member {
-                    id: p.id,
-                    boot: p.boot,
-                    last_seen_ms: p.at_ms,
-                    config_hash: p.config_hash,
-                    applied_epoch: p.applied_epoch,
-                    leader: p.leader,
-                    requests,
-                    errors,
-                }
-            })
-            .collect();
+        s.members = published.iter().map(member).collect();
         if held_now != 1 {
             s.leader_state = state;
         }
@@ -984,6 +969,101 @@ impl Fleet {
             header(out, name, kind, help);
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
+    }
+}
+
+/// What `hypergate report --fleet` reads of a fleet, straight from its Redis.
+#[derive(Debug, Clone)]
+pub struct FleetSnapshot {
+    /// The fleet's name.
+    pub name: String,
+    /// The lease holder and its token, if any.
+    pub leader: Option<(String, u64)>,
+    /// The decision epoch in Redis.
+    pub epoch: u64,
+    /// The members publishing now.
+    pub members: Vec<Member>,
+    /// Per (route, cluster, version): the members' figures since each started
+    /// (see [`Compact::targets_json`]).
+    pub totals: Vec<Value>,
+    /// The canary decisions other than holds, as the leader last published them.
+    pub decisions: Vec<Value>,
+}
+
+/// Reads the fleet's members, totals and the leader's decisions from Redis
+/// (one connection, four round trips).
+pub fn read_snapshot(settings: &FleetSettings) -> Result<FleetSnapshot, String> {
+    let key = |suffix: &str| format!("hypergate:fleet:{}:{suffix}", settings.name);
+    let info = hypergate_edge::ratelimit::redis_connection_info(&settings.redis)
+        .ok_or_else(|| format!("{:?} is not a Redis address", settings.redis.address))?;
+    let timeout = settings.redis.timeout.max(MIN_TIMEOUT);
+    let fail = |e: redis::RedisError| format!("Redis {}: {e}", settings.redis.address);
+    let mut con = redis::Client::open(info)
+        .and_then(|c| c.get_connection_with_timeout(timeout))
+        .map_err(fail)?;
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(key("members"))
+        .query(&mut con)
+        .map_err(fail)?;
+    let keys: Vec<String> = members.iter().map(|m| key(&format!("inst:{m}"))).collect();
+    let values: Vec<Option<Vec<u8>>> = if keys.is_empty() {
+        Vec::new()
+    } else {
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query(&mut con)
+            .map_err(fail)?
+    };
+    let published: Vec<Published> = values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| postcard::from_bytes(&v).ok())
+        .collect();
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(key("leader"))
+        .query(&mut con)
+        .map_err(fail)?;
+    let (epoch, state): (Option<u64>, Option<String>) = redis::pipe()
+        .cmd("HGET")
+        .arg(key("decisions"))
+        .arg("epoch")
+        .cmd("GET")
+        .arg(key("state"))
+        .query(&mut con)
+        .map_err(fail)?;
+    let state: Option<LeaderState> = state.and_then(|s| serde_json::from_str(&s).ok());
+    let mut sources = Sources::default();
+    let merged = sources.merge(&published, Instant::now());
+    Ok(FleetSnapshot {
+        name: settings.name.clone(),
+        leader: holder.and_then(|h| {
+            let (id, token) = h.rsplit_once(' ')?;
+            Some((id.to_string(), token.parse().ok()?))
+        }),
+        epoch: epoch.unwrap_or(0),
+        members: published.iter().map(member).collect(),
+        totals: merged.targets_json(),
+        decisions: state
+            .map(|s| s.views["canary"]["decisions"].clone())
+            .and_then(|d| d.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d["decision"]["action"] != "hold")
+            .collect(),
+    })
+}
+
+fn member(p: &Published) -> Member {
+    let (requests, errors) = p.stats.totals();
+    Member {
+        id: p.id.clone(),
+        boot: p.boot,
+        last_seen_ms: p.at_ms,
+        config_hash: p.config_hash.clone(),
+        applied_epoch: p.applied_epoch,
+        leader: p.leader,
+        requests,
+        errors,
     }
 }
 

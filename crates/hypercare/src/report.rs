@@ -28,6 +28,12 @@ struct Section {
     table: Option<(Vec<String>, Vec<Vec<String>>)>,
 }
 
+/// Unix milliseconds as an RFC 3339 time, to the second.
+fn when(t: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(t as u64))
+        .to_string()
+}
+
 fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
@@ -176,10 +182,6 @@ pub fn report(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
-    let when = |t: i64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(t as u64))
-            .to_string()
-    };
     let mut canary_rows = Vec::new();
     let mut alert_rows = Vec::new();
     let mut window_state: std::collections::BTreeMap<String, Value> = Default::default();
@@ -401,10 +403,140 @@ pub fn report(
     });
 
     let title = format!("Hypercare report: {} to {}", when(since_ms), when(now_ms));
-    Ok(match format {
-        Format::Markdown => markdown(&title, &sections),
-        Format::Html => html(&title, &sections),
-    })
+    Ok(render(&title, &sections, format))
+}
+
+fn render(title: &str, sections: &[Section], format: Format) -> String {
+    match format {
+        Format::Markdown => markdown(title, sections),
+        Format::Html => html(title, sections),
+    }
+}
+
+/// `hypergate report --fleet`: the fleet's members, its exact traffic by
+/// route, cluster and version (every member's counts since it started), and
+/// the leader's canary decisions, read from the fleet's Redis.
+pub fn fleet_report(f: &super::fleet::FleetSnapshot, now_ms: i64, format: Format) -> String {
+    let mut sections = Vec::new();
+    let leader = f.leader.as_ref().map_or(
+        "none (no instance holds the lease)".to_string(),
+        |(id, t)| format!("{id} (fencing token {t})"),
+    );
+    sections.push(Section {
+        title: format!("Fleet {}", f.name),
+        lines: vec![
+            format!("Leader: {leader}. Decision epoch: {}.", f.epoch),
+            format!(
+                "{} instance(s) publishing; a member that stopped publishing is left out here.",
+                f.members.len()
+            ),
+        ],
+        table: Some((
+            [
+                "Instance",
+                "Role",
+                "Last seen",
+                "Config",
+                "Epoch",
+                "Requests",
+                "Errors",
+            ]
+            .map(String::from)
+            .to_vec(),
+            f.members
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.clone(),
+                        if m.leader { "leader" } else { "follower" }.into(),
+                        when(m.last_seen_ms as i64),
+                        m.config_hash.clone(),
+                        m.applied_epoch.to_string(),
+                        m.requests.to_string(),
+                        m.errors.to_string(),
+                    ]
+                })
+                .collect(),
+        )),
+    });
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    sections.push(Section {
+        title: "Fleet traffic".into(),
+        lines: vec![
+            "Exact: each member's counters since it started, summed (not sampled rows).".into(),
+        ],
+        table: Some((
+            [
+                "Route",
+                "Cluster",
+                "Version",
+                "Requests",
+                "Errors",
+                "Error rate",
+                "Upstream p50 ms",
+                "Upstream p99 ms",
+            ]
+            .map(String::from)
+            .to_vec(),
+            f.totals
+                .iter()
+                .map(|t| {
+                    let (r, e) = (num(&t["requests"]), num(&t["errors"]));
+                    let q = |k: &str| {
+                        t["upstream_latency"][k]
+                            .as_u64()
+                            .map_or("–".to_string(), ms)
+                    };
+                    vec![
+                        t["route"].as_str().unwrap_or("").to_string(),
+                        t["cluster"].as_str().unwrap_or("").to_string(),
+                        t["version"].as_str().unwrap_or("").to_string(),
+                        r.to_string(),
+                        e.to_string(),
+                        if r > 0 {
+                            pct(e as f64 / r as f64)
+                        } else {
+                            "–".into()
+                        },
+                        q("p50_us"),
+                        q("p99_us"),
+                    ]
+                })
+                .collect(),
+        )),
+    });
+    sections.push(Section {
+        title: "Fleet canary decisions".into(),
+        lines: if f.decisions.is_empty() {
+            vec!["None besides holds (or no leader has published yet).".into()]
+        } else {
+            Vec::new()
+        },
+        table: (!f.decisions.is_empty()).then(|| {
+            (
+                ["Route", "Stable", "Canary", "Decision", "Weight"]
+                    .map(String::from)
+                    .to_vec(),
+                f.decisions
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d["route"].as_str().unwrap_or("").to_string(),
+                            d["stable"].as_str().unwrap_or("").to_string(),
+                            d["canary"].as_str().unwrap_or("").to_string(),
+                            d["decision"]["action"].as_str().unwrap_or("").to_string(),
+                            d["decision"]["evidence"]["weight"].to_string(),
+                        ]
+                    })
+                    .collect(),
+            )
+        }),
+    });
+    render(
+        &format!("Fleet report: {}", when(now_ms)),
+        &sections,
+        format,
+    )
 }
 
 fn markdown(title: &str, sections: &[Section]) -> String {
