@@ -97,11 +97,31 @@ fn start_fleet(
     timings: &str,
     steps: &str,
 ) -> Vec<TestGateway> {
+    start_fleet_with(
+        ids,
+        [stable, canary, same],
+        redis,
+        fleet,
+        timings,
+        steps,
+        "",
+    )
+}
+
+/// The same, with `extra` TOML appended to every instance's config.
+fn start_fleet_with(
+    ids: &[&str],
+    [stable, canary, same]: [SocketAddr; 3],
+    redis: SocketAddr,
+    fleet: &str,
+    timings: &str,
+    steps: &str,
+    extra: &str,
+) -> Vec<TestGateway> {
     ids.iter()
         .map(|id| {
-            TestGateway::start(&config(
-                stable, canary, same, redis, fleet, id, timings, steps,
-            ))
+            let toml = config(stable, canary, same, redis, fleet, id, timings, steps);
+            TestGateway::start(&format!("{toml}{extra}"))
         })
         .collect()
 }
@@ -206,13 +226,19 @@ fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
     let failing = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let canary = flaky_canary(failing.clone(), calls.clone());
-    let gws = start_fleet(
+    // Every instance names the same webhook; only the leader may call it.
+    let hook = MockUpstream::ok("ok");
+    let gws = start_fleet_with(
         &["a", "b", "c"],
         [stable.addr(), canary.addr(), same.addr()],
         redis.addr,
         "rollback",
         FAST,
         SLOW_STEPS,
+        &format!(
+            "\n[[hypercare.webhooks]]\nurl = \"http://{}/hook\"\n",
+            hook.addr()
+        ),
     );
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
     wait_until(
@@ -366,6 +392,24 @@ fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
         assert_eq!(g.metric(&series("hypergate_fleet_redis_up", id)), 1.0);
         assert_eq!(g.metric(&series("hypergate_fleet_instances", id)), 3.0);
     }
+    // One webhook call for the one rollback, from the leader alone.
+    wait_until("the webhook told", Duration::from_secs(10), || {
+        hook.request_count() >= 1
+    });
+    // An absence cannot be awaited: a follower sending its own would have
+    // done so on the same tick as the leader, well within this.
+    std::thread::sleep(Duration::from_millis(500));
+    let told: Vec<Value> = hook
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON"))
+        .filter(|b: &Value| b.to_string().contains("canary-rollback:checkout"))
+        .collect();
+    assert_eq!(
+        told.len(),
+        1,
+        "one notification, not one per instance: {told:?}"
+    );
     // The fleet's report, read from Redis by the command line.
     let dir = hypergate_tests::TempDir::new();
     let path = dir.write(
