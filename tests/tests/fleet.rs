@@ -88,28 +88,9 @@ latency_tolerance = 3.0
 }
 
 /// One in-process gateway per id in `fleet`, on the given upstreams
-/// (stable, canary, the A/A pair's) and Redis.
+/// (stable, canary, the A/A pair's) and Redis, with `extra` TOML appended to
+/// every instance's config.
 fn start_fleet(
-    ids: &[&str],
-    [stable, canary, same]: [SocketAddr; 3],
-    redis: SocketAddr,
-    fleet: &str,
-    timings: &str,
-    steps: &str,
-) -> Vec<TestGateway> {
-    start_fleet_with(
-        ids,
-        [stable, canary, same],
-        redis,
-        fleet,
-        timings,
-        steps,
-        "",
-    )
-}
-
-/// The same, with `extra` TOML appended to every instance's config.
-fn start_fleet_with(
     ids: &[&str],
     [stable, canary, same]: [SocketAddr; 3],
     redis: SocketAddr,
@@ -228,7 +209,7 @@ fn a_failing_canary_is_rolled_back_on_every_instance_by_one_decision() {
     let canary = flaky_canary(failing.clone(), calls.clone());
     // Every instance names the same webhook; only the leader may call it.
     let hook = MockUpstream::ok("ok");
-    let gws = start_fleet_with(
+    let gws = start_fleet(
         &["a", "b", "c"],
         [stable.addr(), canary.addr(), same.addr()],
         redis.addr,
@@ -562,6 +543,7 @@ fn without_redis_every_instance_serves_on_and_catches_up_when_it_returns() {
         "outage",
         FAST,
         SLOW_STEPS,
+        "",
     );
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
     wait_until("step 1 applied everywhere", Duration::from_secs(20), || {
@@ -642,6 +624,7 @@ fn the_dashboard_shows_the_fleet_with_each_instance() {
         "dashboard",
         FAST,
         SLOW_STEPS,
+        "",
     );
     for g in &gws {
         for _ in 0..20 {
@@ -937,6 +920,7 @@ fn redis_traffic() {
         "traffic",
         "",
         SLOW_STEPS,
+        "",
     );
     let admins: Vec<SocketAddr> = gws.iter().map(|g| g.inner().admin_addr).collect();
     wait_until("three members", Duration::from_secs(20), || {
