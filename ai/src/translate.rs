@@ -919,6 +919,18 @@ fn anthropic_stop_to_openai(reason: &str) -> &'static str {
     }
 }
 
+/// An Anthropic message id for an OpenAI completion's id: Anthropic clients
+/// and logs expect `msg_…`, so `chatcmpl-abc` becomes `msg_abc` (the same
+/// call stays recognisable) and any other id is prefixed.
+fn anthropic_message_id(openai_id: &str) -> String {
+    match openai_id.strip_prefix("chatcmpl-") {
+        Some(rest) => format!("msg_{rest}"),
+        None if openai_id.starts_with("msg_") => openai_id.to_owned(),
+        None if openai_id.is_empty() => "msg_gateway".to_owned(),
+        None => format!("msg_{openai_id}"),
+    }
+}
+
 /// OpenAI `finish_reason` as Anthropic `stop_reason`.
 fn openai_stop_to_anthropic(reason: &str) -> &'static str {
     match reason {
@@ -1028,7 +1040,7 @@ pub fn openai_response_to_anthropic(response: &Value) -> Value {
             json!(openai_stop_to_anthropic(reason))
         });
     json!({
-        "id": response["id"],
+        "id": anthropic_message_id(response["id"].as_str().unwrap_or("")),
         "type": "message",
         "role": "assistant",
         "model": response["model"],
@@ -1509,7 +1521,7 @@ impl OpenAiStreamToAnthropic {
             json!({
                 "type": "message_start",
                 "message": {
-                    "id": id.unwrap_or("msg"),
+                    "id": anthropic_message_id(id.unwrap_or("")),
                     "type": "message",
                     "role": "assistant",
                     "model": self.model,
@@ -2092,7 +2104,7 @@ mod tests {
         assert_eq!(
             openai_response_to_anthropic(&completion),
             json!({
-                "id": "chatcmpl-1",
+                "id": "msg_1",
                 "type": "message",
                 "role": "assistant",
                 "model": "gpt-4o",
@@ -2587,7 +2599,7 @@ mod tests {
         assert_eq!(
             data,
             vec![
-                &json!({"type": "message_start", "message": {"id": "chatcmpl-123", "type": "message", "role": "assistant",
+                &json!({"type": "message_start", "message": {"id": "msg_123", "type": "message", "role": "assistant",
                     "model": "gpt-4o-mini", "content": [], "stop_reason": null, "stop_sequence": null,
                     "usage": {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0}}}),
                 &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),

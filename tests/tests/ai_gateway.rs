@@ -197,6 +197,65 @@ fn all_targets_failing_gives_a_json_error_with_the_last_cause() {
 }
 
 #[test]
+fn an_empty_conversation_is_a_400_and_reaches_no_provider() {
+    let llm = mock(MockConfig::default());
+    let gw = gateway(
+        "",
+        &format!(
+            "{}\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n",
+            provider("p", "openai", &llm)
+        ),
+    );
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        json!({"model": "a", "messages": []})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    let r = post(
+        &gw,
+        "/v1/messages",
+        json!({"model": "a", "max_tokens": 10, "messages": []})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(llm.requests(), 0, "no provider was asked");
+    // A message in Anthropic's format from an OpenAI provider has an
+    // Anthropic message id.
+    let r = post(
+        &gw,
+        "/v1/messages",
+        json!({"model": "a", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+            .into_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap_or_default().to_string();
+    assert!(id.starts_with("msg_") && !id.contains("chatcmpl"), "{id}");
+}
+
+#[test]
+fn one_attempt_still_goes_through_the_fallbacks() {
+    let other = mock(MockConfig::default());
+    let gw = gateway(
+        "",
+        &format!(
+            "\n[[ai.providers]]\nname = \"gone\"\nbase_url = \"http://{}/v1\"\n{}\n[ai.retry]\nmax_attempts = 1\n[[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"gone\", model = \"m1\" }}]\nfallbacks = [\"b\"]\n[[ai.models]]\nalias = \"b\"\ntargets = [{{ provider = \"o\", model = \"m1\" }}]\n",
+            hypergate_tests::util::closed_port(),
+            provider("o", "openai", &other)
+        ),
+    );
+    let r = post(&gw, "/v1/chat/completions", chat("a", "hi", json!({})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(other.requests(), 1, "the fallback answered");
+}
+
+#[test]
 fn no_fallback_once_the_stream_has_started() {
     let truncating = mock(MockConfig {
         truncate_after: Some(2),

@@ -802,6 +802,13 @@ impl<'r, 'a> Chat<'r, 'a> {
             ));
         }
         let alias = self.alias_of(&canonical)?;
+        // Both APIs refuse an empty conversation; no provider is asked.
+        if canonical["messages"].as_array().is_some_and(Vec::is_empty) {
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "messages must hold at least one message",
+            ));
+        }
         self.rec.alias = spec.aliases[alias].name.to_string();
         let streamed = canonical["stream"].as_bool().unwrap_or(false) && prompt_output.is_none();
         self.rec.stream = streamed;
@@ -1189,7 +1196,9 @@ impl<'r, 'a> Chat<'r, 'a> {
             )
         };
         let policy = RetryPolicy {
-            attempts: spec.max_attempts,
+            // The plan (the alias's targets, then its fallbacks) is always gone
+            // through once; `max_attempts` bounds the passes that start over.
+            attempts: spec.max_attempts.max(plan.len() as u32),
             statuses: RetryStatuses::Overload,
             on_timeout: spec.retry_on_timeout,
             free: plan.len() as u32,
