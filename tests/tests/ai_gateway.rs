@@ -382,6 +382,24 @@ fn budget_holds_under_fifty_concurrent_requests() {
     let used = budgets[0]["tokens_this_minute"].as_u64().unwrap();
     assert!(used <= 1000, "used {used}");
     assert!(used < ok * 80, "settled below the reservations: {used}");
+    // A call larger than the whole window can never be admitted: a 400 that
+    // says so, not a 429 to retry, and no provider asked.
+    let before = slow.requests();
+    let r = post(
+        &gw,
+        "/v1/chat/completions",
+        chat("a", "hi", json!({"max_tokens": 5000})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    let message = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("allows 1000 tokens per minute") && message.contains("5000 max_tokens"),
+        "{message}"
+    );
+    assert!(r.header("retry-after").is_none());
+    assert_eq!(slow.requests(), before);
 }
 
 #[test]

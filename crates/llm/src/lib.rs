@@ -985,6 +985,28 @@ impl<'r, 'a> Chat<'r, 'a> {
             .max()
             .unwrap_or(0);
         let tokens = prompt + completion;
+        // A call larger than a whole window can never be admitted: waiting
+        // would not help, so it is the request's fault (400), not a 429.
+        for b in &budgets {
+            let too_big = [
+                (b.tokens_per_minute, tokens, "tokens per minute"),
+                (b.cost_per_day, cost, "nano-dollars per day"),
+                (b.cost_per_month, cost, "nano-dollars per month"),
+            ]
+            .into_iter()
+            .find_map(|(limit, need, unit)| limit.filter(|l| need > *l).map(|l| (l, need, unit)));
+            if let Some((limit, need, unit)) = too_big {
+                return Err(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "budget {:?} allows {limit} {unit}; this call alone needs an estimated \
+                         {need} ({prompt} prompt tokens + {completion} max_tokens): lower \
+                         max_tokens or shorten the prompt",
+                        &*b.name
+                    ),
+                ));
+            }
+        }
         let clock = Clock::now();
         let route: Arc<str> = self.req.route.clone();
         let refused = |budget: &Arc<str>, window: budget::Window, retry_after: u64| {
