@@ -418,6 +418,13 @@ fn openai_sdk_embeddings_and_model_list() {
         );
     }
     assert_eq!(out["models"], json!(["embed", "gpt"]), "{out}");
+    assert_eq!(
+        out["retrieved"],
+        json!({"id": "embed", "object": "model"}),
+        "models.retrieve: {out}"
+    );
+    assert_eq!(out["missing"]["raised"], "NotFoundError", "{out}");
+    assert_eq!(out["missing"]["status"], 404, "{out}");
     assert_eq!(out["model_objects"], json!(["model"]), "{out}");
 
     // Two embedding calls reached the provider, in the encodings asked for;

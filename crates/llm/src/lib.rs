@@ -491,6 +491,28 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             let body = json!({"object": "list", "data": data});
             respond_json(req, stream, out, 200, &body).await
         }
+        ("GET", None) if req.path.contains("/models/") => {
+            // `GET /v1/models/{id}` (the SDKs' `models.retrieve`): one alias
+            // this route serves, or 404 as for a model it does not know.
+            let id = req.path.split_once("/models/").map_or("", |(_, id)| id);
+            let found = spec
+                .alias_index
+                .get(id)
+                .copied()
+                .filter(|i| req.route_ai.models.is_empty() || req.route_ai.models.contains(i));
+            match found {
+                Some(i) => {
+                    let body = json!({"id": &*spec.aliases[i].name, "object": "model", "created": 0, "owned_by": "hypergate"});
+                    respond_json(req, stream, out, 200, &body).await
+                }
+                None => Err(GatewayError::new(
+                    ErrorKind::ModelNotFound,
+                    format!(
+                        "the model {id:?} does not exist on this route; GET /v1/models lists them"
+                    ),
+                )),
+            }
+        }
         _ => Err(GatewayError::new(
             ErrorKind::NotFound,
             format!(
