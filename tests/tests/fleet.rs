@@ -567,17 +567,34 @@ fn without_redis_every_instance_serves_on_and_catches_up_when_it_returns() {
             })
         },
     );
-    // The canary fails now, but nobody may judge: the weights stay.
+    // The canary fails now, but nobody may judge: the weights stay. It gets
+    // more failing traffic than the rollback test needed to be rolled back
+    // (about 1,200 canary calls), so a gateway judging on its own would.
     failing.store(true, Ordering::Relaxed);
     for g in &gws {
-        for _ in 0..200 {
-            let r = g.get("/buy");
-            assert!(r.status == 200 || r.status == 500, "served: {}", r.status);
-        }
+        let r = g.get("/buy");
+        assert!(r.status == 200 || r.status == 500, "served: {}", r.status);
+    }
+    let stop = AtomicBool::new(false);
+    let addrs: Vec<SocketAddr> = gws.iter().map(|g| g.inner().listener_addrs[0].1).collect();
+    let before = calls.load(Ordering::Relaxed);
+    std::thread::scope(|s| {
+        s.spawn(|| load(&addrs, &stop));
+        let _stop = StopOnDrop(&stop);
+        wait_until(
+            "3,000 canary calls served without Redis",
+            Duration::from_secs(90),
+            || calls.load(Ordering::Relaxed) >= before + 3000,
+        );
+    });
+    for (g, id) in gws.iter().zip(["a", "b", "c"]) {
         assert_eq!(
             applied_weight(g.inner().admin_addr, "checkout", "v2"),
-            Some(10)
+            Some(10),
+            "{id} flipped a weight on its own"
         );
+        let labels = format!("{{fleet=\"outage\",instance=\"{id}\"}}");
+        assert_eq!(g.metric(&format!("hypergate_fleet_leader{labels}")), 0.0);
     }
     assert!(gws
         .iter()

@@ -40,7 +40,7 @@ use hypergate_core::config::hypercare::FleetConfig;
 use hypergate_core::config::overrides::{OverrideSubject, Overrides, WeightOverride};
 use hypergate_core::config::raw::{RawConfig, RedisConfig};
 use hypergate_core::config::ConfigIssue;
-use hypergate_runtime::control::Control;
+use hypergate_runtime::control::{Config, Control};
 use hypergate_runtime::gateway::OverrideError;
 use hypergate_runtime::observability::Snapshot;
 use serde::{Deserialize, Serialize};
@@ -384,11 +384,6 @@ impl Fleet {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// This instance's id.
-    pub fn instance(&self) -> &str {
-        &self.settings.instance
-    }
-
     /// Whether this instance holds a lease that has not lapsed.
     pub fn is_leader(&self) -> bool {
         self.shared()
@@ -406,11 +401,6 @@ impl Fleet {
     /// The leader's engine state, as last read (followers) or written (leader).
     pub fn leader_state(&self) -> Option<LeaderState> {
         self.shared().leader_state.clone()
-    }
-
-    /// Whether Redis answered the last call.
-    pub fn redis_up(&self) -> bool {
-        self.shared().redis_up
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -433,6 +423,7 @@ impl Fleet {
     fn run(&self, controller: &Weak<dyn Control>) {
         let mut con: Option<redis::Connection> = None;
         let mut sources = Sources::default();
+        let mut hash = ConfigHash::default();
         let mut next_publish = Instant::now();
         loop {
             let Some(c) = controller.upgrade() else {
@@ -454,7 +445,7 @@ impl Fleet {
                 let mut result = Ok(());
                 if Instant::now() >= next_publish {
                     next_publish = Instant::now() + self.settings.publish_interval;
-                    result = self.publish_and_read(link, &*c, &mut sources);
+                    result = self.publish_and_read(link, &*c, &mut sources, &mut hash);
                 }
                 if result.is_ok() {
                     result = self.poll_decisions(link, &*c);
@@ -500,6 +491,7 @@ impl Fleet {
         con: &mut redis::Connection,
         c: &dyn Control,
         sources: &mut Sources,
+        hash: &mut ConfigHash,
     ) -> redis::RedisResult<()> {
         let stats = Compact::of(&c.snapshot(), &c.feedback_scores());
         let (applied_epoch, held) = {
@@ -510,7 +502,7 @@ impl Fleet {
             id: self.settings.instance.clone(),
             boot: self.boot,
             at_ms: super::unix_ms(),
-            config_hash: config_hash(&c.config().raw),
+            config_hash: hash.of(&c.config()),
             applied_epoch,
             leader: self.is_leader(),
             stats,
@@ -865,8 +857,13 @@ impl Fleet {
                 "requests": m.requests,
                 "errors": m.errors,
             })).collect::<Vec<_>>(),
-            // Exact: every member's gains since this instance first read it.
+            // Every member's counts since it started, as far as this instance
+            // has read them (a member gone before this instance first read it
+            // is missing: `totals_note` says so).
             "totals": s.merged.as_ref().map(|m| m.targets_json()),
+            "totals_note": "exact counts of every member this instance has read since it \
+                started (members that stopped publishing before that are not included); \
+                upstream latency is per cluster version, over all its routes",
             "traffic": {
                 "round_trips": self.counters.round_trips.load(Ordering::Relaxed),
                 "bytes_sent": self.counters.bytes_sent.load(Ordering::Relaxed),
@@ -1077,7 +1074,7 @@ pub struct FleetControl<'a> {
 }
 
 impl Control for FleetControl<'_> {
-    fn config(&self) -> Arc<hypergate_runtime::control::Config> {
+    fn config(&self) -> Arc<Config> {
         self.inner.config()
     }
 
@@ -1150,9 +1147,24 @@ impl Sources {
     }
 }
 
-/// A short hash of the config's sections (secrets serialise redacted), so
-/// `/hypercare/fleet` shows which instances run the same file.
-fn config_hash(raw: &RawConfig) -> String {
-    let text = serde_json::to_string(raw).unwrap_or_default();
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+/// A short hash of the running config's sections (secrets serialise
+/// redacted), so `/hypercare/fleet` shows which instances run the same file;
+/// computed again only when the config changes (a reload installs a new `Arc`).
+#[derive(Default)]
+struct ConfigHash {
+    of: Option<(std::sync::Weak<Config>, String)>,
+}
+
+impl ConfigHash {
+    fn of(&mut self, config: &Arc<Config>) -> String {
+        match &self.of {
+            Some((weak, hash)) if std::ptr::eq(weak.as_ptr(), Arc::as_ptr(config)) => hash.clone(),
+            _ => {
+                let text = serde_json::to_string(&config.raw).unwrap_or_default();
+                let hash = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+                self.of = Some((Arc::downgrade(config), hash.clone()));
+                hash
+            }
+        }
+    }
 }

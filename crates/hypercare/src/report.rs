@@ -463,7 +463,10 @@ pub fn fleet_report(f: &super::fleet::FleetSnapshot, now_ms: i64, format: Format
     sections.push(Section {
         title: "Fleet traffic".into(),
         lines: vec![
-            "Exact: each member's counters since it started, summed (not sampled rows).".into(),
+            "Exact for the members publishing now: their counters since each started, summed \
+             (not sampled rows). Calls of members that stopped publishing are not in these \
+             figures; upstream latency is the cluster version's, over all its routes."
+                .into(),
         ],
         table: Some((
             [

@@ -845,21 +845,11 @@ impl Bench<'_> {
             unsent: report.unsent,
             rss_start_kb: rss_samples.first().map(|sample| sample.rss_kb),
             rss_samples,
-            callstore_records_per_s: store_before.zip(store_after).map(
-                |((before, at), (after, until))| {
-                    let seconds = until.duration_since(at).as_secs_f64();
-                    after.written.saturating_sub(before.written) as f64 / seconds.max(1e-3)
-                },
-            ),
+            callstore_records_per_s: per_second(store_before.zip(store_after), |c| c.written),
             callstore_dropped: store_before
                 .zip(store_after)
                 .map(|((before, _), (after, _))| after.dropped.saturating_sub(before.dropped)),
-            otlp_spans_exported_per_s: spans_before.zip(spans_after).map(
-                |((before, at), (after, until))| {
-                    let seconds = until.duration_since(at).as_secs_f64();
-                    after.exported.saturating_sub(before.exported) as f64 / seconds.max(1e-3)
-                },
-            ),
+            otlp_spans_exported_per_s: per_second(spans_before.zip(spans_after), |c| c.exported),
             otlp_spans_dropped: spans_before
                 .zip(spans_after)
                 .map(|((before, _), (after, _))| after.dropped.saturating_sub(before.dropped)),
@@ -1166,6 +1156,17 @@ fn machine_summary(cpus: usize) -> String {
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let load = load_average().map_or_else(String::new, |load| format!(", load average {load:.2}"));
     format!("machine: {cpus} CPU(s) available, {model}{load}")
+}
+
+/// A counter's rate between two timed readings.
+fn per_second<T>(
+    readings: Option<((T, Instant), (T, Instant))>,
+    count: impl Fn(&T) -> u64,
+) -> Option<f64> {
+    readings.map(|((before, at), (after, until))| {
+        let seconds = until.duration_since(at).as_secs_f64();
+        count(&after).saturating_sub(count(&before)) as f64 / seconds.max(1e-3)
+    })
 }
 
 #[cfg(test)]
