@@ -236,7 +236,7 @@ pub(crate) fn put_log(out: &mut Vec<u8>, l: &LogData) {
     put_bytes(out, 3, l.severity.text().as_bytes());
     put_len(out, 5, len_field(1, l.body.len()));
     put_len(out, 1, l.body.len());
-    out.extend_from_slice(l.body.as_bytes());
+    l.body.write(out);
     for (k, v) in &l.attributes {
         put_key_value(out, 6, k, v);
     }

@@ -46,7 +46,7 @@ pub mod stats;
 pub use config::{OtlpConfig, OtlpConfigIssue, OtlpEnv, OtlpSettings};
 pub use context::{RemoteParent, SpanContext, SpanId, TraceId, TraceState};
 pub use exporter::Exporter;
-pub use log::{LogData, Severity};
+pub use log::{LogBody, LogData, Severity};
 pub use resource::Resource;
 pub use sampler::{Sampler, SamplerPolicy};
 pub use sink::TelemetrySink;

@@ -45,6 +45,84 @@ impl Severity {
     }
 }
 
+/// A record's body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogBody<'a> {
+    /// Any text.
+    Text(Cow<'a, str>),
+    /// A call's summary line, `GET /path 200`, written by the encoder from
+    /// its parts so that the request path formats nothing.
+    Call {
+        /// The method.
+        method: &'a str,
+        /// The (canonical) path.
+        path: &'a str,
+        /// The status sent (0: none).
+        status: u16,
+    },
+}
+
+impl LogBody<'_> {
+    /// The body's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            LogBody::Text(t) => t.len(),
+            LogBody::Call {
+                method,
+                path,
+                status,
+            } => method.len() + 1 + path.len() + 1 + digits(*status),
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the body's bytes.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            LogBody::Text(t) => out.extend_from_slice(t.as_bytes()),
+            LogBody::Call {
+                method,
+                path,
+                status,
+            } => {
+                out.extend_from_slice(method.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(path.as_bytes());
+                out.push(b' ');
+                let mut buf = [0u8; 5];
+                let n = digits(*status);
+                let mut v = *status;
+                for i in (0..n).rev() {
+                    buf[i] = b'0' + (v % 10) as u8;
+                    v /= 10;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a str> for LogBody<'a> {
+    fn from(t: &'a str) -> Self {
+        LogBody::Text(Cow::Borrowed(t))
+    }
+}
+
+/// Decimal digits of `v`.
+fn digits(v: u16) -> usize {
+    match v {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    }
+}
+
 /// One call record as a log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogData<'a> {
@@ -53,11 +131,35 @@ pub struct LogData<'a> {
     /// Info or error (see [`Severity::for_status`]).
     pub severity: Severity,
     /// A one-line summary, e.g. `GET /v1/chat/completions 200`.
-    pub body: Cow<'a, str>,
+    pub body: LogBody<'a>,
     /// Attributes, keyed by the names in [`crate::attributes`].
     pub attributes: Attributes<'a>,
     /// The request's trace, when it has one.
     pub trace_id: Option<TraceId>,
     /// The request's server span, when it has one.
     pub span_id: Option<SpanId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_body_is_written_from_its_parts() {
+        for (status, text) in [
+            (200, "GET /a/b 200"),
+            (0, "GET /a/b 0"),
+            (57, "GET /a/b 57"),
+        ] {
+            let body = LogBody::Call {
+                method: "GET",
+                path: "/a/b",
+                status,
+            };
+            let mut out = Vec::new();
+            body.write(&mut out);
+            assert_eq!(out, text.as_bytes());
+            assert_eq!(body.len(), text.len());
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::state::{Installed, ShardCtx};
 use hypergate_core::error::Outcome;
 use hypergate_otel::attributes as attr;
 use hypergate_otel::{
-    Attributes, LogData, Severity, SpanData, SpanKind, SpanStatus, TelemetrySink,
+    Attributes, LogBody, LogData, Severity, SpanData, SpanKind, SpanStatus, TelemetrySink,
 };
 use std::borrow::Cow;
 use std::time::Instant;
@@ -121,7 +121,11 @@ pub fn export(
         sink.push_log(&LogData {
             time_unix_nanos: end_nanos,
             severity: Severity::for_status(ex.status),
-            body: format!("{method} {} {}", view.path(), ex.status).into(),
+            body: LogBody::Call {
+                method,
+                path: view.path(),
+                status: ex.status,
+            },
             attributes,
             trace_id: Some(ex.trace.trace_id),
             span_id: keep.then_some(ex.trace.span_id),
