@@ -7,8 +7,13 @@
 //!   responses, errors and streams (chunk by chunk); usage extraction.
 //! - [`guard`]: guardrails: deny patterns, PII redaction (also across stream chunks).
 //! - [`tokens`]: token counting with a real BPE tokenizer, for estimates.
+//! - [`responses`]: OpenAI's Responses API over Chat Completions (requests,
+//!   answers, the stream's named events).
+//! - [`completions`]: OpenAI's legacy Completions API over Chat Completions.
 
+pub mod completions;
 pub mod guard;
+pub mod responses;
 pub mod sse;
 pub mod tokens;
 pub mod translate;

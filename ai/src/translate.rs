@@ -87,6 +87,23 @@ pub enum TranslateError {
     },
 }
 
+impl TranslateError {
+    /// The request field at fault (OpenAI's `error.param`): the JSON path's
+    /// first segment, e.g. `messages` for `messages[2].content`; empty when the
+    /// error is not about a request field.
+    pub fn path(&self) -> &str {
+        let path = match self {
+            TranslateError::Missing { path }
+            | TranslateError::WrongType { path, .. }
+            | TranslateError::Unsupported { path, .. }
+            | TranslateError::InvalidArguments { path, .. } => path.as_str(),
+            TranslateError::MultipleChoices { .. } => "n",
+            TranslateError::MalformedEvent { .. } | TranslateError::ProviderError { .. } => "",
+        };
+        path.split(['.', '[']).next().unwrap_or_default()
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Field access with paths.
 

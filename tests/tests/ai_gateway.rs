@@ -170,7 +170,7 @@ fn all_targets_failing_gives_a_json_error_with_the_last_cause() {
     let r = post(&gw, "/v1/chat/completions", chat("a", "hi", json!({})));
     assert_eq!(r.status, 502);
     let e = r.json();
-    assert_eq!(e["error"]["type"], "provider_error");
+    assert_eq!(e["error"]["code"], "provider_error");
     assert!(
         e["error"]["message"]
             .as_str()
@@ -193,7 +193,7 @@ fn all_targets_failing_gives_a_json_error_with_the_last_cause() {
     );
     let r = post(&gw2, "/v1/chat/completions", chat("a", "hi", json!({})));
     assert_eq!(r.status, 502);
-    assert_eq!(r.json()["error"]["type"], "provider_unreachable");
+    assert_eq!(r.json()["error"]["code"], "provider_unreachable");
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn budget_holds_under_fifty_concurrent_requests() {
                     200 => ok.fetch_add(1, Ordering::Relaxed),
                     429 => {
                         let e = r.json();
-                        assert_eq!(e["error"]["type"], "budget_exceeded", "{e}");
+                        assert_eq!(e["error"]["code"], "budget_exceeded", "{e}");
                         assert!(r.header("retry-after").is_some());
                         refused.fetch_add(1, Ordering::Relaxed)
                     }
@@ -566,7 +566,7 @@ targets = [{{ provider = \"p\", model = \"m1\" }}]
     );
     assert_eq!(r.status, 400);
     let e = r.json();
-    assert_eq!(e["error"]["type"], "guardrail_denied");
+    assert_eq!(e["error"]["code"], "guardrail_denied");
     assert!(e["error"]["message"].as_str().unwrap().contains("secrets"));
     assert_eq!(m.requests(), 0, "a denied prompt never leaves");
 
@@ -882,7 +882,7 @@ fn unknown_models_endpoints_and_bad_bodies_get_clear_errors() {
     let gw = gateway("", &one_alias(&m));
     let r = post(&gw, "/v1/chat/completions", chat("nope", "hi", json!({})));
     assert_eq!(r.status, 404);
-    assert_eq!(r.json()["error"]["type"], "model_not_found");
+    assert_eq!(r.json()["error"]["code"], "model_not_found");
     let r = post(&gw, "/v1/chat/completions", b"{not json".to_vec());
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
@@ -947,7 +947,7 @@ fn redis_budgets_are_shared_by_gateways_and_fail_as_configured() {
                     200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    429 => assert_eq!(r.json()["error"]["type"], "budget_exceeded"),
+                    429 => assert_eq!(r.json()["error"]["code"], "budget_exceeded"),
                     s => panic!("unexpected {s}: {}", r.text()),
                 }
             });
@@ -965,7 +965,7 @@ fn redis_budgets_are_shared_by_gateways_and_fail_as_configured() {
         chat("a", "hi", json!({"max_tokens": 5})),
     );
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.json()["error"]["type"], "budget_unavailable");
+    assert_eq!(r.json()["error"]["code"], "budget_unavailable");
     // The same budget failing open admits.
     let open = gateway("budgets = [\"shared\"]", &config("open"));
     let r = post(

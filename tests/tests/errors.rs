@@ -88,8 +88,8 @@ fn edge_refusals_on_ai_routes_speak_the_clients_api() {
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.header("www-authenticate").is_some());
     let v: Value = r.json();
-    assert_eq!(v["error"]["type"], "missing_credentials", "{v}");
-    assert_eq!(v["error"]["code"], "401", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(v["error"]["code"], "missing_credentials", "{v}");
     assert!(v["error"].get("param").is_some(), "{v}");
     assert_eq!(v["error"]["request_id"], r.header("x-request-id").unwrap());
     // Anthropic's shape: a type Anthropic clients branch on.
@@ -99,6 +99,7 @@ fn edge_refusals_on_ai_routes_speak_the_clients_api() {
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"]["type"], "authentication_error", "{v}");
     assert_eq!(v["error"]["message"], "credentials are required", "{v}");
+    assert_eq!(v["request_id"], r.header("x-request-id").unwrap(), "{v}");
     // With the key, the provider is down: an upstream error, in the same shape.
     let r = gw.send(
         &Request::post(
@@ -109,8 +110,8 @@ fn edge_refusals_on_ai_routes_speak_the_clients_api() {
         .header("authorization", "Bearer sk-alice"),
     );
     assert_eq!(r.status, 502, "{}", r.text());
-    assert_eq!(r.json()["error"]["type"], "provider_unreachable");
-    assert_eq!(r.json()["error"]["code"], "502");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert_eq!(r.json()["error"]["code"], "provider_unreachable");
     assert_eq!(
         gw.metric("hypergate_errors_total{type=\"missing_credentials\",side=\"downstream\"}"),
         2.0

@@ -221,6 +221,33 @@ impl ErrorKind {
         }
     }
 
+    /// OpenAI's `error.type` and `error.code` for this kind, as OpenAI's API
+    /// writes them: `invalid_request_error` for refused requests (with the
+    /// gateway's label as the code, e.g. `context_length_exceeded`,
+    /// `model_not_found`, `missing_credentials`; no code for a plain invalid
+    /// request), `requests` / `rate_limit_exceeded` for rate limits,
+    /// `insufficient_quota` for spent budgets, `server_error` for everything
+    /// that failed on the gateway's or a provider's side (the label as the code).
+    pub fn openai(self) -> (&'static str, Option<&'static str>) {
+        use ErrorKind::*;
+        match self {
+            InvalidRequest | ProviderRejected(_) => ("invalid_request_error", None),
+            RateLimited | ProviderRateLimited => ("requests", Some("rate_limit_exceeded")),
+            BudgetExceeded => ("insufficient_quota", Some("budget_exceeded")),
+            kind if kind.status() < 500 => ("invalid_request_error", Some(kind.label())),
+            kind => ("server_error", Some(kind.label())),
+        }
+    }
+
+    /// The request field a kind is about, when it always is the same one.
+    pub fn param(self) -> Option<&'static str> {
+        match self {
+            ErrorKind::ModelNotFound | ErrorKind::ModelNotAllowed => Some("model"),
+            ErrorKind::ContextLengthExceeded => Some("messages"),
+            _ => None,
+        }
+    }
+
     /// Whether a response can still be written for it (false once the client
     /// is gone or a response is under way).
     pub fn answerable(self) -> bool {
@@ -341,6 +368,8 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// The request field at fault (OpenAI's `error.param`), when one is.
+    pub param: Option<Cow<'static, str>>,
 }
 
 impl GatewayError {
@@ -352,7 +381,14 @@ impl GatewayError {
             retryable: false,
             message: message.into(),
             retry_after: None,
+            param: kind.param().map(Cow::Borrowed),
         }
+    }
+
+    /// Names the request field at fault.
+    pub fn param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
+        self
     }
 
     /// The same error, marked retryable or not.
@@ -385,11 +421,18 @@ impl GatewayError {
                 "error": { "type": kind, "message": message, "request_id": request_id }
             }),
             ErrorShape::OpenAi => {
-                let mut v = openai_error(status, kind, message);
+                let (kind_type, code) = self.kind.openai();
+                let mut v = openai_error(kind_type, code, self.param.as_deref(), message);
                 v["error"]["request_id"] = request_id.into();
                 v
             }
-            ErrorShape::Anthropic => anthropic_error(status, kind, message),
+            ErrorShape::Anthropic => {
+                let mut v = anthropic_error(status, kind, message);
+                if !request_id.is_empty() {
+                    v["request_id"] = request_id.into();
+                }
+                v
+            }
         }
     }
 }
@@ -476,15 +519,14 @@ pub fn write_response(
     body.len()
 }
 
-/// An OpenAI error body: `{"error": {"message", "type", "param": null, "code"}}`, with
-/// `kind` as the type and the HTTP status (as a string) as the code.
-pub fn openai_error(status: u16, kind: &str, message: &str) -> Value {
+/// An OpenAI error body: `{"error": {"message", "type", "param", "code"}}`.
+pub fn openai_error(kind: &str, code: Option<&str>, param: Option<&str>, message: &str) -> Value {
     json!({
         "error": {
             "message": message,
             "type": kind,
-            "param": null,
-            "code": status.to_string(),
+            "param": param,
+            "code": code,
         }
     })
 }
@@ -571,13 +613,14 @@ mod tests {
         let mut out = Vec::new();
         write_response(&mut out, &err, ErrorShape::OpenAi, "r1", false, &[]);
         let (_, v) = parse(&out);
-        assert_eq!(v["error"]["type"], "budget_exceeded");
-        assert_eq!(v["error"]["code"], "429");
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        assert_eq!(v["error"]["code"], "budget_exceeded");
         assert_eq!(v["error"]["request_id"], "r1");
         out.clear();
         write_response(&mut out, &err, ErrorShape::Anthropic, "r1", false, &[]);
         let (_, v) = parse(&out);
         assert_eq!(v["type"], "error");
+        assert_eq!(v["request_id"], "r1");
         // Not an Anthropic type: the status decides, as Anthropic clients expect.
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(
@@ -590,8 +633,25 @@ mod tests {
     #[test]
     fn error_bodies_in_both_formats() {
         assert_eq!(
-            openai_error(429, "rate_limit_error", "slow down"),
-            json!({"error": {"message": "slow down", "type": "rate_limit_error", "param": null, "code": "429"}})
+            openai_error("requests", Some("rate_limit_exceeded"), None, "slow down"),
+            json!({"error": {"message": "slow down", "type": "requests", "param": null, "code": "rate_limit_exceeded"}})
+        );
+        let e = GatewayError::new(ErrorKind::ContextLengthExceeded, "too long");
+        let v = e.body(ErrorShape::OpenAi, "r");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "context_length_exceeded");
+        assert_eq!(v["error"]["param"], "messages");
+        let v = GatewayError::new(ErrorKind::ProviderTimeout, "slow").body(ErrorShape::OpenAi, "r");
+        assert_eq!(
+            (&v["error"]["type"], &v["error"]["code"]),
+            (&json!("server_error"), &json!("provider_timeout"))
+        );
+        let v = GatewayError::new(ErrorKind::InvalidRequest, "bad")
+            .param("input")
+            .body(ErrorShape::OpenAi, "r");
+        assert_eq!(
+            (&v["error"]["code"], &v["error"]["param"]),
+            (&Value::Null, &json!("input"))
         );
         assert_eq!(
             anthropic_error(529, "overloaded_error", "busy"),

@@ -47,6 +47,7 @@ use hypergate_ai::guard::StreamRedactor;
 use hypergate_ai::sse::SseParser;
 use hypergate_ai::tokens;
 use hypergate_ai::translate::{self, Usage};
+use hypergate_ai::{completions, responses};
 use hypergate_core::config::ai::{GuardrailStage, PromptOutput, ProviderKind};
 use hypergate_core::config::edge::RedisConfig;
 use hypergate_core::error::{ErrorKind, ErrorShape, GatewayError, Outcome as CallOutcome};
@@ -285,16 +286,28 @@ pub type AiOutcome = hypergate_proxy::HandlerOutcome;
 /// Which API format the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
+    /// OpenAI Chat Completions (and the other OpenAI endpoints).
     OpenAi,
+    /// Anthropic Messages.
     Anthropic,
+    /// OpenAI Responses.
+    Responses,
+    /// OpenAI's legacy Completions.
+    Completions,
 }
 
 impl Format {
     /// The API a request at `path` speaks: Anthropic's Messages API at
-    /// `.../messages`, OpenAI's everywhere else.
+    /// `.../messages` (and `.../messages/count_tokens`), OpenAI's Responses at
+    /// `.../responses`, OpenAI's legacy Completions at `.../completions`
+    /// (not `.../chat/completions`), OpenAI's everywhere else.
     fn of(path: &str) -> Self {
-        if path.ends_with("/messages") {
+        if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
             Format::Anthropic
+        } else if path.ends_with("/responses") {
+            Format::Responses
+        } else if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
+            Format::Completions
         } else {
             Format::OpenAi
         }
@@ -393,7 +406,7 @@ impl hypergate_proxy::Handler for AiShard {
 
     fn error_shape(&self, path: &str) -> ErrorShape {
         match Format::of(path) {
-            Format::OpenAi => ErrorShape::OpenAi,
+            Format::OpenAi | Format::Responses | Format::Completions => ErrorShape::OpenAi,
             Format::Anthropic => ErrorShape::Anthropic,
         }
     }
@@ -451,7 +464,12 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             outcome.upstream_us = chat.upstream_us;
             r
         }
-        ("POST", None) if suffix_is("/chat/completions") || suffix_is("/messages") => {
+        ("POST", None)
+            if suffix_is("/chat/completions")
+                || suffix_is("/messages")
+                || suffix_is("/responses")
+                || suffix_is("/completions") =>
+        {
             let mut chat = Chat::new(req, format);
             let r = match parse_json(&body) {
                 Ok(v) => chat.run(v, stream, out, None).await,
@@ -461,6 +479,20 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             outcome.upstream_us = chat.upstream_us;
             r
         }
+        ("POST", None) if suffix_is("/messages/count_tokens") => {
+            let mut chat = Chat::new(req, Format::Anthropic);
+            let r = chat.count_tokens(&body, stream, out).await;
+            outcome.llm = Some(Box::new(chat.rec));
+            outcome.upstream_us = chat.upstream_us;
+            r
+        }
+        ("GET" | "DELETE", None) if req.path.contains("/responses/") => Err(GatewayError::new(
+            ErrorKind::InvalidRequest,
+            "this gateway does not store responses: it answers the Responses API by \
+                 translating each call to its providers' chat APIs, which keep no state; \
+                 keep the response you received (and send the whole conversation as `input`)",
+        )
+        .param("response_id")),
         ("POST", None) if suffix_is("/embeddings") => {
             let mut chat = Chat::new(req, Format::OpenAi);
             let r = chat.embeddings(&body, stream, out).await;
@@ -685,6 +717,10 @@ fn unix_now() -> u64 {
 struct Chat<'r, 'a> {
     req: &'r AiRequest<'a>,
     format: Format,
+    /// Responses API calls: the response id and the request fields it echoes.
+    responses: Option<(String, Value)>,
+    /// The call only counts tokens (`messages/count_tokens`).
+    count_only: bool,
     rec: LlmRecord,
     upstream_us: Option<u64>,
     started: Instant,
@@ -704,6 +740,8 @@ impl<'r, 'a> Chat<'r, 'a> {
         Self {
             req,
             format,
+            responses: None,
+            count_only: false,
             rec: LlmRecord::default(),
             upstream_us: None,
             started: Instant::now(),
@@ -717,6 +755,7 @@ impl<'r, 'a> Chat<'r, 'a> {
     fn alias_of(&self, req: &Value) -> Result<usize, GatewayError> {
         let model = req["model"].as_str().ok_or_else(|| {
             GatewayError::new(ErrorKind::InvalidRequest, "model (string) is required")
+                .param("model")
         })?;
         let spec = self.spec();
         let i = *spec.alias_index.get(model).ok_or_else(|| {
@@ -812,16 +851,44 @@ impl<'r, 'a> Chat<'r, 'a> {
         prompt_output: Option<PromptOutput>,
     ) -> Result<Sent, GatewayError> {
         let spec = self.spec();
+        let invalid = |e: translate::TranslateError| {
+            let param = e.path().to_string();
+            let e = GatewayError::new(ErrorKind::InvalidRequest, e.to_string());
+            if param.is_empty() {
+                e
+            } else {
+                e.param(param)
+            }
+        };
         let mut canonical = match self.format {
             Format::OpenAi => body,
-            Format::Anthropic => translate::anthropic_request_to_openai(&body)
-                .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, e.to_string()))?,
+            Format::Anthropic => translate::anthropic_request_to_openai(&body).map_err(invalid)?,
+            Format::Completions => completions::request_to_chat(&body).map_err(invalid)?,
+            Format::Responses => {
+                for key in ["previous_response_id", "conversation"] {
+                    if body.get(key).is_some_and(|v| !v.is_null()) {
+                        return Err(GatewayError::new(
+                            ErrorKind::InvalidRequest,
+                            format!(
+                                "{key} is not supported: this gateway answers the Responses API \
+                                 by translating each call to its providers' chat APIs, which \
+                                 keep no conversation state; send the whole conversation as `input`"
+                            ),
+                        )
+                        .param(key));
+                    }
+                }
+                let id = format!("resp_{}", self.req.request_id.replace('-', ""));
+                self.responses = Some((id, responses::echo_of(&body)));
+                responses::request_to_chat(&body).map_err(invalid)?
+            }
         };
         if !canonical["messages"].is_array() {
             return Err(GatewayError::new(
                 ErrorKind::InvalidRequest,
                 "messages (array) is required",
-            ));
+            )
+            .param("messages"));
         }
         let alias = self.alias_of(&canonical)?;
         // Both APIs refuse an empty conversation; no provider is asked.
@@ -829,10 +896,21 @@ impl<'r, 'a> Chat<'r, 'a> {
             return Err(GatewayError::new(
                 ErrorKind::InvalidRequest,
                 "messages must hold at least one message",
-            ));
+            )
+            .param("messages"));
         }
         self.rec.alias = spec.aliases[alias].name.to_string();
         let streamed = canonical["stream"].as_bool().unwrap_or(false) && prompt_output.is_none();
+        if streamed && canonical["n"].as_u64().is_some_and(|n| n > 1) {
+            // Guardrails, the usage estimate and the stream translations follow
+            // one choice per stream; a client asks for several without `stream`.
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "n > 1 is supported without stream only: this gateway checks streamed \
+                 answers one choice at a time",
+            )
+            .param("n"));
+        }
         self.rec.stream = streamed;
         let client_usage = canonical["stream_options"]["include_usage"].as_bool() == Some(true);
         self.guard_request(alias, &mut canonical)?;
@@ -988,10 +1066,13 @@ impl<'r, 'a> Chat<'r, 'a> {
             .map(|b| b.default_max_tokens)
             .max()
             .unwrap_or(0);
+        // Each of `n` choices may use the whole cap.
+        let choices = canonical["n"].as_u64().unwrap_or(1).max(1);
         let completion = canonical["max_tokens"]
             .as_u64()
             .or_else(|| canonical["max_completion_tokens"].as_u64())
-            .unwrap_or(default_max);
+            .unwrap_or(default_max)
+            .saturating_mul(choices);
         // Cost estimate at the most expensive target the call could reach.
         let estimate = Usage {
             prompt,
@@ -1026,7 +1107,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                          max_tokens or shorten the prompt",
                         &*b.name
                     ),
-                ));
+                )
+                .param("max_tokens"));
             }
         }
         let clock = Clock::now();
@@ -1267,8 +1349,14 @@ impl<'r, 'a> Chat<'r, 'a> {
             let target = &spec.aliases[a].targets[t];
             let provider = &spec.providers[target.provider];
             let cluster = cluster_of((a, t));
-            let (suffix, body) = provider_request(provider, canonical, &target.model, streamed)
-                .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, e))?;
+            let (suffix, body) = provider_request(
+                provider,
+                canonical,
+                &target.model,
+                streamed,
+                self.count_only,
+            )
+            .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, e))?;
             let mut call = ProviderCall {
                 provider,
                 method: "POST",
@@ -1505,6 +1593,14 @@ impl<'r, 'a> Chat<'r, 'a> {
             }
             (None, Format::OpenAi) => canon,
             (None, Format::Anthropic) => translate::openai_response_to_anthropic(&canon),
+            (None, Format::Completions) => completions::chat_to_completion(&canon),
+            (None, Format::Responses) => {
+                let (id, echo) = self
+                    .responses
+                    .as_ref()
+                    .map_or(("", &Value::Null), |(i, e)| (i.as_str(), e));
+                responses::chat_to_response(&canon, id, unix_now(), echo)
+            }
         };
         respond_json(self.req, stream, out, 200, &body).await
     }
@@ -1517,11 +1613,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         out: &mut Vec<u8>,
         client_usage: bool,
     ) -> Result<Sent, GatewayError> {
-        let mut em = Emitter::new(
-            self.format,
-            canon["model"].as_str().unwrap_or(""),
-            client_usage,
-        );
+        let mut em = self.emitter(canon["model"].as_str().unwrap_or(""), client_usage);
         em.input_tokens =
             Usage::from_openai(&canon["usage"]).map(|u| u.prompt.saturating_sub(u.cached));
         out.clear();
@@ -1579,7 +1671,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut parser = SseParser::new(MAX_SSE_EVENT);
         let mut from_anthropic = (kind == ProviderKind::Anthropic)
             .then(|| translate::AnthropicStreamToOpenAi::new(self.req.request_id, unix_now()));
-        let mut em = Emitter::new(self.format, &target.model, client_usage);
+        let mut em = self.emitter(&target.model, client_usage);
         let mut usage: Option<Usage> = None;
         let mut text = String::new();
         let mut assembled = Assembler::default();
@@ -1809,6 +1901,20 @@ impl<'r, 'a> Chat<'r, 'a> {
         Ok((sent, usage, estimated))
     }
 
+    /// The writer of this call's event stream, in the client's format.
+    fn emitter(&self, model: &str, client_usage: bool) -> Emitter {
+        let mut em = Emitter::new(self.format, model, client_usage);
+        if let Some((id, echo)) = &self.responses {
+            em.to_responses = Some(responses::ChatStreamToResponses::new(
+                id,
+                unix_now(),
+                model,
+                echo.clone(),
+            ));
+        }
+        em
+    }
+
     fn call_stats(&self, alias: usize, target: usize) -> Rc<stats::CallStats> {
         let spec = self.spec();
         self.req.ai.stats.call((
@@ -1977,6 +2083,64 @@ impl<'r, 'a> Chat<'r, 'a> {
     }
 
     /// `POST /v1/embeddings`: forwarded to an OpenAI-format target of the alias.
+    /// `POST /v1/messages/count_tokens`: Anthropic's count of a Messages
+    /// request, passed through when every target the call could reach is an
+    /// Anthropic provider (the count is then exact for whichever answers),
+    /// otherwise the gateway tokenizer's estimate, marked `"estimated": true`.
+    async fn count_tokens<S: AsyncWriteRent>(
+        &mut self,
+        body: &[u8],
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Result<Sent, GatewayError> {
+        let spec = self.spec();
+        let mut req = parse_json(body)?;
+        // Counting takes a Messages request without `max_tokens`.
+        let mut full = req.clone();
+        if full.get("max_tokens").is_none() {
+            full["max_tokens"] = 1.into();
+        }
+        let canonical = translate::anthropic_request_to_openai(&full).map_err(|e| {
+            GatewayError::new(ErrorKind::InvalidRequest, e.to_string()).param(e.path().to_string())
+        })?;
+        let alias = self.alias_of(&canonical)?;
+        self.rec.alias = spec.aliases[alias].name.to_string();
+        let plan = self.plan(alias);
+        let anthropic_only = !plan.is_empty()
+            && plan.iter().all(|&(a, t)| {
+                spec.providers[spec.aliases[a].targets[t].provider].kind == ProviderKind::Anthropic
+            });
+        if !anthropic_only {
+            self.rec.estimated = true;
+            let n = tokens::count_chat_request(&canonical);
+            let answer = json!({"input_tokens": n, "estimated": true});
+            return respond_json(self.req, stream, out, 200, &answer).await;
+        }
+        if let Some(o) = req.as_object_mut() {
+            o.remove("max_tokens");
+            o.remove("stream");
+        }
+        self.count_only = true;
+        let mut answered = self.attempts(alias, &req, false, out).await?;
+        let t = &spec.aliases[answered.alias].targets[answered.target];
+        self.rec.target = t.label.to_string();
+        self.rec.provider = spec.providers[t.provider].name.to_string();
+        self.rec.model = t.model.to_string();
+        let body = answered.resp.read_all(MAX_PROVIDER_BODY).await;
+        answered.resp.finish();
+        let v: Value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|v: &Value| v["input_tokens"].is_u64())
+            .ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::ProviderError,
+                    "the provider's token count is not a JSON object with input_tokens",
+                )
+            })?;
+        respond_json(self.req, stream, out, 200, &v).await
+    }
+
     async fn embeddings<S: AsyncWriteRent>(
         &mut self,
         body: &[u8],
@@ -2027,7 +2191,17 @@ fn provider_request(
     canonical: &Value,
     model: &str,
     streamed: bool,
+    count_only: bool,
 ) -> Result<(&'static str, String), String> {
+    if count_only {
+        // An Anthropic `count_tokens` body, passed through with the target's model.
+        if provider.kind != ProviderKind::Anthropic {
+            return Err("token counts pass through to Anthropic providers only".into());
+        }
+        let mut body = canonical.clone();
+        body["model"] = model.into();
+        return Ok(("/messages/count_tokens", body.to_string()));
+    }
     let is_embedding = canonical.get("input").is_some() && canonical.get("messages").is_none();
     if is_embedding {
         if provider.kind == ProviderKind::Anthropic {
@@ -2215,6 +2389,9 @@ struct Emitter {
     format: Format,
     client_usage: bool,
     to_anthropic: Option<translate::OpenAiStreamToAnthropic>,
+    /// Responses API streams: the translator, and whether its opening events went out.
+    to_responses: Option<responses::ChatStreamToResponses>,
+    started: bool,
     last: Option<Value>,
     /// Prompt tokens for Anthropic's `message_start` (which reports them up front).
     input_tokens: Option<u64>,
@@ -2229,12 +2406,48 @@ impl Emitter {
                 .then(|| translate::OpenAiStreamToAnthropic::new(model)),
             last: None,
             input_tokens: None,
+            to_responses: None,
+            started: false,
+        }
+    }
+
+    /// Writes named events (Anthropic's, the Responses API's).
+    fn named(events: &mut Vec<u8>, list: Vec<(String, Value)>) {
+        for (name, data) in list {
+            hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
+        }
+    }
+
+    /// The Responses translator, after writing its opening events once.
+    fn responses(&mut self, events: &mut Vec<u8>) -> Option<&mut responses::ChatStreamToResponses> {
+        let tr = self.to_responses.as_mut()?;
+        if !self.started {
+            self.started = true;
+            Self::named(events, tr.start());
+        }
+        Some(tr)
+    }
+
+    /// An OpenAI-format chunk as the client's format writes it.
+    fn openai_like(&self, chunk: &Value, events: &mut Vec<u8>) {
+        if self.format == Format::Completions {
+            if let Some(c) = completions::chunk_to_completion(chunk) {
+                hypergate_ai::sse::write_event(events, None, &c.to_string());
+            }
+        } else {
+            hypergate_ai::sse::write_event(events, None, &chunk.to_string());
         }
     }
 
     fn chunk(&mut self, chunk: &Value, events: &mut Vec<u8>) {
+        if let Some(tr) = self.responses(events) {
+            let list = tr.push(chunk);
+            Self::named(events, list);
+            self.last = Some(chunk.clone());
+            return;
+        }
         match &mut self.to_anthropic {
-            None => hypergate_ai::sse::write_event(events, None, &chunk.to_string()),
+            None => self.openai_like(chunk, events),
             Some(tr) => {
                 for (name, mut data) in tr.push(chunk) {
                     if let (Some(n), "message_start") = (self.input_tokens, name.as_str()) {
@@ -2258,6 +2471,11 @@ impl Emitter {
     }
 
     fn end(&mut self, usage: Option<Usage>, events: &mut Vec<u8>) {
+        if let Some(tr) = self.responses(events) {
+            let list = tr.finish(usage);
+            Self::named(events, list);
+            return;
+        }
         match &mut self.to_anthropic {
             None => {
                 if self.client_usage {
@@ -2268,7 +2486,7 @@ impl Emitter {
                             .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
                         c["choices"] = json!([]);
                         c["usage"] = u.to_openai();
-                        hypergate_ai::sse::write_event(events, None, &c.to_string());
+                        self.openai_like(&c, events);
                     }
                 }
                 hypergate_ai::sse::write_event(events, None, "[DONE]");
@@ -2282,9 +2500,19 @@ impl Emitter {
     }
 
     fn error(&mut self, message: &str, request_id: &str, events: &mut Vec<u8>) {
+        if let Some(tr) = self.responses(events) {
+            let list = tr.fail(message);
+            Self::named(events, list);
+            return;
+        }
         match self.format {
-            Format::OpenAi => {
-                let mut e = hypergate_core::error::openai_error(502, "provider_error", message);
+            Format::OpenAi | Format::Completions | Format::Responses => {
+                let mut e = hypergate_core::error::openai_error(
+                    "server_error",
+                    Some("provider_error"),
+                    None,
+                    message,
+                );
                 e["error"]["request_id"] = request_id.into();
                 hypergate_ai::sse::write_event(events, None, &e.to_string());
             }

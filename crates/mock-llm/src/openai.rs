@@ -60,7 +60,9 @@ pub(crate) fn chat_completions(json: Option<&Value>, config: &MockConfig) -> Res
         .map(|message| 3 + count_words(&message_text(&message["content"])))
         .sum();
     let answer = decide_answer(body, messages, config);
-    let completion_tokens = answer.tokens();
+    // `n` choices, each the same answer, billed `n` times as OpenAI bills them.
+    let n = body["n"].as_u64().unwrap_or(1).clamp(1, 16);
+    let completion_tokens = answer.tokens() * n;
     let usage = usage_object(prompt_tokens, completion_tokens);
     let id = random_id("chatcmpl-", 29);
     let created = unix_time();
@@ -93,12 +95,12 @@ pub(crate) fn chat_completions(json: Option<&Value>, config: &MockConfig) -> Res
             "object": "chat.completion",
             "created": created,
             "model": model,
-            "choices": [{
-                "index": 0,
+            "choices": (0..n).map(|index| json!({
+                "index": index,
                 "message": message,
                 "logprobs": null,
                 "finish_reason": finish_reason
-            }],
+            })).collect::<Vec<_>>(),
             "service_tier": "default",
             "system_fingerprint": SYSTEM_FINGERPRINT
         });
