@@ -5,9 +5,15 @@
 //! - [`sse`]: incremental Server-Sent Events parser and writer.
 //! - [`translate`]: OpenAI Chat Completions <-> Anthropic Messages, for requests,
 //!   responses, errors and streams (chunk by chunk); usage extraction.
+//! - [`gemini`]: OpenAI Chat Completions -> Google Gemini `generateContent` and back
+//!   (responses and SSE streams).
+//! - [`bedrock`]: OpenAI Chat Completions -> Amazon Bedrock Converse and back, the AWS
+//!   event-stream framing of its streams, and SigV4 request signing.
 //! - [`guard`]: guardrails: deny patterns, PII redaction (also across stream chunks).
 //! - [`tokens`]: token counting with a real BPE tokenizer, for estimates.
 
+pub mod bedrock;
+pub mod gemini;
 pub mod guard;
 pub mod sse;
 pub mod tokens;
