@@ -707,3 +707,246 @@ impl ConverseStreamToOpenAi {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_request_becomes_converse_request() {
+        let request = json!({
+            "model": "anthropic.claude-3-haiku",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Weather?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "t1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "t2", "type": "function", "function": {"name": "w", "arguments": ""}}
+                ]},
+                {"role": "tool", "tool_call_id": "t1", "content": "{\"temp\":21}"},
+                {"role": "tool", "tool_call_id": "t2", "content": "sunny"},
+                {"role": "user", "content": ""}
+            ],
+            "tools": [{"type": "function", "function": {"name": "w", "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+            "tool_choice": "required",
+            "max_completion_tokens": 50, "temperature": 0.5, "top_p": 1, "stop": ["END"],
+            "seed": 3, "response_format": {"type": "json_object"}
+        });
+        assert_eq!(
+            openai_request_to_converse(&request).unwrap(),
+            json!({
+                "messages": [
+                    {"role": "user", "content": [
+                        {"text": "Weather?"},
+                        {"image": {"format": "jpeg", "source": {"bytes": "AAAA"}}}
+                    ]},
+                    {"role": "assistant", "content": [
+                        {"toolUse": {"toolUseId": "t1", "name": "w", "input": {"city": "Paris"}}},
+                        {"toolUse": {"toolUseId": "t2", "name": "w", "input": {}}}
+                    ]},
+                    {"role": "user", "content": [
+                        {"toolResult": {"toolUseId": "t1", "content": [{"json": {"temp": 21}}]}},
+                        {"toolResult": {"toolUseId": "t2", "content": [{"text": "sunny"}]}}
+                    ]}
+                ],
+                "system": [{"text": "Be brief."}],
+                "inferenceConfig": {"maxTokens": 50, "temperature": 0.5, "topP": 1, "stopSequences": ["END"]},
+                "toolConfig": {
+                    "tools": [{"toolSpec": {"name": "w", "description": "Weather", "inputSchema": {"json":
+                        {"type": "object", "properties": {"city": {"type": "string"}}}}}}],
+                    "toolChoice": {"any": {}}
+                }
+            })
+        );
+        let with_choice = |choice: Value| {
+            let request = json!({"messages": [], "tools": [{"type": "function", "function": {"name": "w"}}], "tool_choice": choice});
+            openai_request_to_converse(&request).unwrap()
+        };
+        assert_eq!(
+            with_choice(json!("auto"))["toolConfig"]["toolChoice"],
+            json!({"auto": {}})
+        );
+        assert_eq!(
+            with_choice(json!({"type": "function", "function": {"name": "w"}}))["toolConfig"]
+                ["toolChoice"],
+            json!({"tool": {"name": "w"}})
+        );
+        assert!(with_choice(json!("none")).get("toolConfig").is_none());
+    }
+
+    #[test]
+    fn request_errors_name_the_path() {
+        let error = |request: Value| {
+            openai_request_to_converse(&request)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error(json!({"messages": [], "n": 2})),
+            "n: only one choice per request is supported, got 2"
+        );
+        let url_image = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]});
+        assert!(error(url_image).starts_with("messages[0].content[0].image_url.url: unsupported"));
+        let bad_arguments = json!({"messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c", "function": {"name": "f", "arguments": "[1]"}}]}]});
+        assert!(error(bad_arguments).starts_with("messages[0].tool_calls[0].function.arguments:"));
+        let schema =
+            json!({"messages": [], "response_format": {"type": "json_schema", "json_schema": {}}});
+        assert!(error(schema).starts_with("response_format.type: unsupported"));
+        let svg = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/svg+xml;base64,AA"}}]}]});
+        assert!(error(svg).contains("image media type"));
+    }
+
+    #[test]
+    fn converse_response_becomes_chat_completion() {
+        let response = json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"reasoningContent": {"reasoningText": {"text": "hmm"}}},
+                {"text": "Checking."},
+                {"toolUse": {"toolUseId": "tooluse_1", "name": "w", "input": {"city": "Paris"}}}
+            ]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 21,
+                      "cacheReadInputTokens": 4, "cacheWriteInputTokens": 2},
+            "metrics": {"latencyMs": 100}
+        });
+        let completion = converse_response_to_openai(&response, "chatcmpl-1", 7, "claude");
+        let choice = &completion["choices"][0];
+        assert_eq!(choice["message"]["content"], "Checking.");
+        assert_eq!(
+            choice["message"]["tool_calls"],
+            json!([{"id": "tooluse_1", "type": "function", "function": {"name": "w", "arguments": "{\"city\":\"Paris\"}"}}])
+        );
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(completion["usage"]["prompt_tokens"], 16);
+        assert_eq!(completion["usage"]["completion_tokens"], 5);
+        assert_eq!(completion["usage"]["total_tokens"], 21);
+        assert_eq!(
+            completion["usage"]["prompt_tokens_details"]["cached_tokens"],
+            4
+        );
+        assert_eq!(
+            Usage::from_openai(&completion["usage"]),
+            Usage::from_converse(&response["usage"])
+        );
+        for (reason, finish) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("guardrail_intervened", "content_filter"),
+            ("content_filtered", "content_filter"),
+        ] {
+            let response =
+                json!({"output": {"message": {"content": [{"text": "x"}]}}, "stopReason": reason});
+            assert_eq!(
+                converse_response_to_openai(&response, "i", 0, "m")["choices"][0]["finish_reason"],
+                finish
+            );
+        }
+    }
+
+    fn event(event_type: &str, payload: Value) -> Vec<u8> {
+        encode_message(
+            &[
+                (":event-type", event_type),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.to_string().as_bytes(),
+        )
+    }
+
+    #[test]
+    fn converse_stream_becomes_chunks() {
+        let bytes = [
+            event("messageStart", json!({"role": "assistant"})),
+            event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hi "}})),
+            event("contentBlockStop", json!({"contentBlockIndex": 0})),
+            event("contentBlockStart", json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu1", "name": "w"}}})),
+            event("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"city\":"}}})),
+            event("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"Paris\"}"}}})),
+            event("contentBlockStop", json!({"contentBlockIndex": 1})),
+            event("messageStop", json!({"stopReason": "tool_use"})),
+            event("metadata", json!({"usage": {"inputTokens": 3, "outputTokens": 4, "totalTokens": 7}, "metrics": {"latencyMs": 1}})),
+        ]
+        .concat();
+        let mut decoder = EventStreamDecoder::new();
+        let mut stream = ConverseStreamToOpenAi::new("chatcmpl-1", 7, "claude");
+        let mut chunks = Vec::new();
+        for piece in bytes.chunks(7) {
+            decoder.push(piece);
+            while let Some(message) = decoder.next_message().unwrap() {
+                assert!(!stream.finished());
+                chunks.extend(stream.push_message(&message).unwrap());
+            }
+        }
+        assert!(stream.finished());
+        let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert_eq!(deltas[0], &json!({"role": "assistant", "content": ""}));
+        assert_eq!(deltas[1]["content"], "Hi ");
+        assert_eq!(
+            deltas[2]["tool_calls"],
+            json!([{"index": 0, "id": "tu1", "type": "function", "function": {"name": "w", "arguments": ""}}])
+        );
+        assert_eq!(
+            deltas[3]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":"
+        );
+        assert_eq!(
+            deltas[4]["tool_calls"][0]["function"]["arguments"],
+            "\"Paris\"}"
+        );
+        assert_eq!(chunks[5]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks[6]["choices"], json!([]));
+        assert_eq!(chunks[6]["usage"]["total_tokens"], 7);
+        assert_eq!(stream.usage().map(|u| u.completion), Some(4));
+    }
+
+    #[test]
+    fn converse_stream_exceptions_are_errors() {
+        let mut stream = ConverseStreamToOpenAi::new("i", 0, "m");
+        let exception = encode_message(
+            &[
+                (":exception-type", "throttlingException"),
+                (":content-type", "application/json"),
+                (":message-type", "exception"),
+            ],
+            br#"{"message":"Too many requests, please wait before trying again."}"#,
+        );
+        let mut decoder = EventStreamDecoder::new();
+        decoder.push(&exception);
+        let message = decoder.next_message().unwrap().unwrap();
+        assert_eq!(
+            stream.push_message(&message).unwrap_err(),
+            TranslateError::ProviderError {
+                kind: "throttlingException".to_owned(),
+                message: "Too many requests, please wait before trying again.".to_owned()
+            }
+        );
+        for kind in [
+            "internalServerException",
+            "modelStreamErrorException",
+            "validationException",
+        ] {
+            assert!(stream.push(kind, &json!({"message": "x"})).is_err());
+        }
+        assert!(matches!(
+            stream.push(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": 5, "delta": {"toolUse": {"input": "{"}}})
+            ),
+            Err(TranslateError::MalformedEvent { .. })
+        ));
+        assert!(stream.push("metadata", &json!({"usage": {}})).is_ok());
+        assert!(
+            !stream.finished(),
+            "metadata without messageStop is not a clean end"
+        );
+    }
+}

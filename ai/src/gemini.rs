@@ -889,3 +889,247 @@ impl GeminiStreamToOpenAi {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse(data: Value) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: data.to_string(),
+        }
+    }
+
+    #[test]
+    fn openai_request_becomes_gemini_request() {
+        let request = json!({
+            "model": "gemini-2.0-flash",
+            "stream": true,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Use metric."}]},
+                {"role": "user", "content": "Weather?"},
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "image_url", "image_url": "https://example.com/cat.JPG?x=1"}
+                ]},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}
+                }]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\":21}"},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+            ],
+            "tools": [{"type": "function", "function": {
+                "name": "get_weather", "description": "Weather by city", "strict": true,
+                "parameters": {"$schema": "x", "type": "object", "additionalProperties": false,
+                    "properties": {"city": {"type": ["string", "null"]}, "unit": {"const": "c"}},
+                    "required": ["city"]}
+            }}, {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "temperature": 0.2, "top_p": 0.9, "max_tokens": 100, "stop": "END", "n": 2,
+            "seed": 7, "presence_penalty": 0.1, "frequency_penalty": 0.3,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "w", "strict": true,
+                "schema": {"type": "object", "properties": {"t": {"type": "number"}}, "additionalProperties": false}}}
+        });
+        let gemini = openai_request_to_gemini(&request).unwrap();
+        assert_eq!(
+            gemini,
+            json!({
+                "systemInstruction": {"parts": [{"text": "Be brief.\n\nUse metric."}]},
+                "contents": [
+                    {"role": "user", "parts": [
+                        {"text": "Weather?"},
+                        {"inlineData": {"mimeType": "image/png", "data": "AAAA"}},
+                        {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.JPG?x=1"}}
+                    ]},
+                    {"role": "model", "parts": [
+                        {"text": "Checking."},
+                        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+                    ]},
+                    {"role": "user", "parts": [
+                        {"functionResponse": {"name": "get_weather", "response": {"temp": 21}}},
+                        {"functionResponse": {"name": "get_weather", "response": {"content": "sunny"}}}
+                    ]}
+                ],
+                "tools": [{"functionDeclarations": [
+                    {"name": "get_weather", "description": "Weather by city", "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string", "nullable": true}, "unit": {"enum": ["c"]}},
+                        "required": ["city"]
+                    }},
+                    {"name": "now"}
+                ]}],
+                "toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}},
+                "generationConfig": {
+                    "temperature": 0.2, "topP": 0.9, "seed": 7, "presencePenalty": 0.1,
+                    "frequencyPenalty": 0.3, "maxOutputTokens": 100, "candidateCount": 2,
+                    "stopSequences": ["END"], "responseMimeType": "application/json",
+                    "responseSchema": {"type": "object", "properties": {"t": {"type": "number"}}}
+                }
+            })
+        );
+        for (choice, mode) in [("none", "NONE"), ("auto", "AUTO"), ("required", "ANY")] {
+            let request = json!({"messages": [], "tool_choice": choice});
+            assert_eq!(
+                openai_request_to_gemini(&request).unwrap()["toolConfig"]["functionCallingConfig"]
+                    ["mode"],
+                mode
+            );
+        }
+        let json_mode = json!({"messages": [], "response_format": {"type": "json_object"}});
+        assert_eq!(
+            openai_request_to_gemini(&json_mode).unwrap()["generationConfig"],
+            json!({"responseMimeType": "application/json"})
+        );
+    }
+
+    #[test]
+    fn request_errors_name_the_path() {
+        let error = |request: Value| openai_request_to_gemini(&request).unwrap_err().to_string();
+        let bad_arguments = json!({"messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]});
+        assert!(error(bad_arguments).starts_with("messages[0].tool_calls[0].function.arguments:"));
+        let unknown_id =
+            json!({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]});
+        assert!(error(unknown_id).starts_with("messages[0].tool_call_id:"));
+        let reference = json!({"messages": [], "tools": [{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}}}}]});
+        assert!(error(reference).starts_with("tools[0].function.parameters.properties.a.$ref:"));
+        let audio =
+            json!({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]});
+        assert!(error(audio).starts_with("messages[0].content[0]: unsupported part type"));
+        let format = json!({"messages": [], "response_format": {"type": "grammar"}});
+        assert!(error(format).starts_with("response_format.type:"));
+        assert!(error(json!({"messages": [{"role": "function"}]})).starts_with("messages[0].role:"));
+    }
+
+    fn usage_metadata() -> Value {
+        json!({"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 3,
+               "cachedContentTokenCount": 4, "toolUsePromptTokenCount": 2, "totalTokenCount": 20})
+    }
+
+    #[test]
+    fn gemini_response_becomes_chat_completion() {
+        let response = json!({
+            "candidates": [
+                {"index": 0, "finishReason": "STOP", "content": {"role": "model", "parts": [
+                    {"text": "thinking…", "thought": true},
+                    {"text": "Let me "}, {"text": "check."},
+                    {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+                ]}},
+                {"index": 1, "finishReason": "MAX_TOKENS", "content": {"parts": [{"text": "Cut"}]}},
+                {"index": 2, "finishReason": "SAFETY", "safetyRatings": [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": true}]}
+            ],
+            "usageMetadata": usage_metadata()
+        });
+        let completion = gemini_response_to_openai(&response, "gen-1", 7, "gemini-2.0-flash");
+        assert_eq!(completion["object"], "chat.completion");
+        assert_eq!(completion["model"], "gemini-2.0-flash");
+        let choices = completion["choices"].as_array().unwrap();
+        assert_eq!(choices[0]["message"]["content"], "Let me check.");
+        assert_eq!(
+            choices[0]["message"]["tool_calls"],
+            json!([{"id": "call_gen-1_0", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}])
+        );
+        assert_eq!(choices[0]["finish_reason"], "tool_calls");
+        assert_eq!(choices[1]["index"], 1);
+        assert_eq!(choices[1]["finish_reason"], "length");
+        assert_eq!(choices[2]["finish_reason"], "content_filter");
+        assert_eq!(choices[2]["message"]["content"], "");
+        let usage = &completion["usage"];
+        assert_eq!(usage["prompt_tokens"], 12);
+        assert_eq!(usage["completion_tokens"], 8);
+        assert_eq!(usage["total_tokens"], 20);
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 4);
+        assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 3);
+        assert_eq!(
+            Usage::from_openai(usage),
+            Usage::from_gemini(&usage_metadata())
+        );
+
+        let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}});
+        let completion = gemini_response_to_openai(&blocked, "gen-2", 7, "m");
+        assert_eq!(completion["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(completion["choices"][0]["message"]["content"], "");
+        assert_eq!(completion["usage"]["prompt_tokens"], 4);
+    }
+
+    #[test]
+    fn gemini_stream_becomes_chunks() {
+        let mut stream = GeminiStreamToOpenAi::new("gen-1", 7, "gemini-2.0-flash");
+        let mut chunks = Vec::new();
+        for data in [
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}, "index": 0}],
+                   "usageMetadata": {"promptTokenCount": 10, "totalTokenCount": 10}}),
+            json!({"candidates": [{"content": {"parts": [{"text": "hmm", "thought": true}, {"text": "lo"}]}, "index": 0}]}),
+            json!({"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": {"a": 1}}}]}, "index": 0}]}),
+            json!({"candidates": [{"content": {"parts": [{"text": ""}]}, "finishReason": "STOP", "index": 0}]}),
+        ] {
+            chunks.extend(stream.push(&sse(data)).unwrap());
+        }
+        assert!(stream.finished());
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hel");
+        assert_eq!(chunks[2]["choices"][0]["delta"]["content"], "lo");
+        assert_eq!(
+            chunks[3]["choices"][0]["delta"]["tool_calls"],
+            json!([{"index": 0, "id": "call_gen-1_0", "type": "function",
+                    "function": {"name": "f", "arguments": "{\"a\":1}"}}])
+        );
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            chunks.len(),
+            5,
+            "no usage chunk until usage follows the finish"
+        );
+        let later = stream
+            .push(&sse(json!({"usageMetadata": usage_metadata()})))
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0]["choices"], json!([]));
+        assert_eq!(later[0]["usage"]["completion_tokens"], 8);
+        assert_eq!(stream.usage(), Usage::from_gemini(&usage_metadata()));
+        let again = stream
+            .push(&sse(json!({"usageMetadata": usage_metadata()})))
+            .unwrap();
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn gemini_stream_errors_and_blocks() {
+        let mut stream = GeminiStreamToOpenAi::new("gen-1", 7, "m");
+        let error = stream
+            .push(&sse(json!({"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}})))
+            .unwrap_err();
+        assert_eq!(
+            error,
+            TranslateError::ProviderError {
+                kind: "RESOURCE_EXHAUSTED".to_owned(),
+                message: "Resource exhausted".to_owned()
+            }
+        );
+        assert!(matches!(
+            stream.push(&SseEvent {
+                event: None,
+                data: "{".to_owned()
+            }),
+            Err(TranslateError::MalformedEvent { .. })
+        ));
+        let chunks = stream
+            .push(&sse(
+                json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                              "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}}),
+            ))
+            .unwrap();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[1]["choices"][0]["finish_reason"], "content_filter");
+        assert_eq!(chunks[2]["usage"]["prompt_tokens"], 3);
+        assert!(stream.finished());
+    }
+}
