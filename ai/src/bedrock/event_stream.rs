@@ -109,10 +109,13 @@ impl EventStreamDecoder {
         Ok(Some(Message { headers, payload }))
     }
 
-    /// Ends the stream: whether it ended between messages (`false` means it was cut
-    /// in the middle of one).
-    pub fn finish(&self) -> bool {
-        self.buffer.is_empty()
+    /// Ends the stream and resets the decoder, like [`crate::sse::SseParser::finish`]:
+    /// returns `true` when bytes of an unfinished message were discarded (the stream
+    /// was cut in the middle of a message).
+    pub fn finish(&mut self) -> bool {
+        let truncated = !self.buffer.is_empty();
+        self.buffer.clear();
+        truncated
     }
 }
 
@@ -217,7 +220,7 @@ mod tests {
         assert_eq!(decoded.header(":event-type"), Some("chun"));
         assert_eq!(decoded.headers.len(), 1);
         assert_eq!(decoded.payload, payload);
-        assert!(decoder.finish());
+        assert!(!decoder.finish());
     }
 
     #[test]
@@ -256,10 +259,11 @@ mod tests {
         assert_eq!(messages[0].header(":event-type"), Some("contentBlockDelta"));
         assert_eq!(messages[0].header(":message-type"), Some("event"));
         assert_eq!(messages[1].payload, b"{}");
-        assert!(decoder.finish());
+        assert!(!decoder.finish());
         decoder.push(&stream[..20]);
         assert!(decoder.next_message().unwrap().is_none());
-        assert!(!decoder.finish());
+        assert!(decoder.finish());
+        assert!(!decoder.finish(), "finish resets the decoder");
     }
 
     #[test]

@@ -14,15 +14,21 @@ use sha2::{Digest, Sha256};
 /// Why a request's signature is refused: the `x-amzn-errortype` and the message AWS sends.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
+    /// The `x-amzn-errortype`, e.g. `InvalidSignatureException`.
     pub error_type: &'static str,
+    /// The `message` of the error body.
     pub message: String,
 }
 
 /// What the signature must match.
 pub(crate) struct Expected<'a> {
+    /// The access key id the credential must name.
     pub access_key_id: &'a str,
+    /// The secret the signature is recomputed with.
     pub secret_access_key: &'a str,
+    /// The region the credential scope must name.
     pub region: &'a str,
+    /// The service the credential scope must name (`bedrock`).
     pub service: &'a str,
 }
 
