@@ -108,7 +108,7 @@ impl TranslateError {
 // Field access with paths.
 
 /// `parent.key`, or `key` at the top level.
-fn field_path(parent: &str, key: &str) -> String {
+pub(crate) fn field_path(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()
     } else {
@@ -117,7 +117,11 @@ fn field_path(parent: &str, key: &str) -> String {
 }
 
 /// A required string field.
-fn required_str<'a>(object: &'a Value, key: &str, path: &str) -> Result<&'a str, TranslateError> {
+pub(crate) fn required_str<'a>(
+    object: &'a Value,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, TranslateError> {
     match object.get(key) {
         Some(Value::String(s)) => Ok(s),
         None | Some(Value::Null) => Err(TranslateError::Missing {
@@ -131,7 +135,7 @@ fn required_str<'a>(object: &'a Value, key: &str, path: &str) -> Result<&'a str,
 }
 
 /// A required array field.
-fn required_array<'a>(
+pub(crate) fn required_array<'a>(
     object: &'a Value,
     key: &str,
     path: &str,
@@ -142,7 +146,7 @@ fn required_array<'a>(
 }
 
 /// An optional array field; null counts as absent.
-fn optional_array<'a>(
+pub(crate) fn optional_array<'a>(
     object: &'a Value,
     key: &str,
     path: &str,
@@ -158,14 +162,14 @@ fn optional_array<'a>(
 }
 
 /// Copies `from` of `source` to `to` of `target` when present and not null.
-fn copy_field(source: &Value, from: &str, target: &mut Map<String, Value>, to: &str) {
+pub(crate) fn copy_field(source: &Value, from: &str, target: &mut Map<String, Value>, to: &str) {
     if let Some(value) = source.get(from).filter(|v| !v.is_null()) {
         target.insert(to.to_owned(), value.clone());
     }
 }
 
 /// Fails unless the request is a JSON object.
-fn ensure_object(request: &Value) -> Result<(), TranslateError> {
+pub(crate) fn ensure_object(request: &Value) -> Result<(), TranslateError> {
     if request.is_object() {
         Ok(())
     } else {
@@ -177,7 +181,10 @@ fn ensure_object(request: &Value) -> Result<(), TranslateError> {
 }
 
 /// The texts of an array of text blocks or text parts (`{"type":"text","text":...}`).
-fn text_parts<'a>(parts: &'a [Value], path: &str) -> Result<Vec<&'a str>, TranslateError> {
+pub(crate) fn text_parts<'a>(
+    parts: &'a [Value],
+    path: &str,
+) -> Result<Vec<&'a str>, TranslateError> {
     parts
         .iter()
         .enumerate()
@@ -196,7 +203,7 @@ fn text_parts<'a>(parts: &'a [Value], path: &str) -> Result<Vec<&'a str>, Transl
 }
 
 /// Text from a string or an array of text parts, parts joined with `separator`.
-fn text_content(
+pub(crate) fn text_content(
     content: Option<&Value>,
     path: &str,
     separator: &str,
@@ -817,7 +824,10 @@ fn openai_assistant_content(message: &Value, path: &str) -> Result<Content, Tran
 }
 
 /// Tool call arguments (a JSON string, or an object some clients send) as an object.
-fn parse_arguments(arguments: Option<&Value>, path: &str) -> Result<Value, TranslateError> {
+pub(crate) fn parse_arguments(
+    arguments: Option<&Value>,
+    path: &str,
+) -> Result<Value, TranslateError> {
     let invalid = |reason: String| TranslateError::InvalidArguments {
         path: path.to_owned(),
         reason,
@@ -1094,13 +1104,15 @@ pub fn chunk_text_mut(chunk: &mut Value) -> Option<&mut String> {
 // ---------------------------------------------------------------------------
 // Errors.
 
-/// The message of a provider's error body: `error.message` (OpenAI and Anthropic),
-/// `error` as a string, or a top-level `message` (other OpenAI-compatible servers).
+/// The message of a provider's error body: `error.message` (OpenAI, Anthropic and
+/// Google Gemini's `{"error": {"code", "message", "status"}}`), `error` as a string,
+/// or a top-level `message` / `Message` (Amazon Bedrock, other OpenAI-compatible servers).
 pub fn provider_error_message(body: &Value) -> Option<String> {
     [
         body.pointer("/error/message"),
         body.get("error"),
         body.get("message"),
+        body.get("Message"),
     ]
     .into_iter()
     .flatten()
@@ -2195,6 +2207,15 @@ mod tests {
         assert_eq!(
             provider_error_message(&json!({"message": "Bad gateway"})).as_deref(),
             Some("Bad gateway")
+        );
+        let gemini = json!({"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT"}});
+        assert_eq!(
+            provider_error_message(&gemini).as_deref(),
+            Some("API key not valid.")
+        );
+        assert_eq!(
+            provider_error_message(&json!({"Message": "User is not authorized"})).as_deref(),
+            Some("User is not authorized")
         );
         assert_eq!(provider_error_message(&json!({"detail": 1})), None);
         assert_eq!(provider_error_message(&json!("text")), None);

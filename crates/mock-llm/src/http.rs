@@ -1,4 +1,5 @@
-//! Just enough HTTP/1.1 for the mock: reading requests, writing JSON and SSE responses.
+//! Just enough HTTP/1.1 for the mock: reading requests, writing JSON, SSE and AWS
+//! event-stream responses.
 //!
 //! Reading ([`read_request`]): the head is parsed with `httparse` from a
 //! per-connection buffer that keeps any bytes past the request (pipelining);
@@ -6,8 +7,8 @@
 //! (a message with both is rejected). `Expect: 100-continue` is answered.
 //!
 //! Writing ([`write_response`]): a JSON body goes out with `Content-Length` in
-//! one write. An SSE body goes out with `Transfer-Encoding: chunked`, one chunk
-//! per event, each written on its own (the sockets have `TCP_NODELAY`, so every
+//! one write. An SSE body or a binary event stream (`application/vnd.amazon.eventstream`)
+//! goes out with `Transfer-Encoding: chunked`, one chunk per event, each written on its own (the sockets have `TCP_NODELAY`, so every
 //! event leaves at once), with the configured delay between events. A stream
 //! can be cut after a number of content events: the writer then stops without
 //! the terminating chunk and the caller closes the connection.
@@ -31,6 +32,8 @@ pub(crate) struct Request {
     pub method: String,
     /// The path, without the query string.
     pub path: String,
+    /// The query string (after `?`, empty when there is none), as sent.
+    pub query: String,
     /// Headers in order, names lowercased.
     pub headers: Vec<(String, String)>,
     /// The decoded body.
@@ -66,14 +69,15 @@ pub(crate) fn read_request(
     stream: &mut TcpStream,
     buffer: &mut Vec<u8>,
 ) -> Result<Request, ReadError> {
-    let (head_len, method, path, version, headers) = loop {
+    let (head_len, method, path, query, version, headers) = loop {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut slots);
         match parsed.parse(buffer) {
             Ok(httparse::Status::Complete(head_len)) => {
                 let method = parsed.method.unwrap_or_default().to_owned();
                 let target = parsed.path.unwrap_or_default();
-                let path = target.split('?').next().unwrap_or_default().to_owned();
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let (path, query) = (path.to_owned(), query.to_owned());
                 let version = parsed.version.unwrap_or(1);
                 let headers = parsed
                     .headers
@@ -83,7 +87,7 @@ pub(crate) fn read_request(
                         (header.name.to_ascii_lowercase(), value)
                     })
                     .collect::<Vec<_>>();
-                break (head_len, method, path, version, headers);
+                break (head_len, method, path, query, version, headers);
             }
             Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => {
                 return Err(ReadError::TooLarge)
@@ -141,6 +145,7 @@ pub(crate) fn read_request(
     Ok(Request {
         method,
         path,
+        query,
         headers,
         body,
         keep_alive,
@@ -265,6 +270,17 @@ pub(crate) enum Body {
     Json(Vec<u8>),
     /// Server-sent events, sent chunked, one chunk per event.
     Events(Vec<SseEvent>),
+    /// AWS event-stream messages, sent chunked, one chunk per message.
+    EventStream(Vec<BinaryEvent>),
+}
+
+/// One encoded AWS event-stream message.
+#[derive(Debug)]
+pub(crate) struct BinaryEvent {
+    /// The encoded message.
+    pub bytes: Vec<u8>,
+    /// Whether it carries reply content (what `truncate_after` counts).
+    pub content: bool,
 }
 
 /// One server-sent event.
@@ -334,37 +350,76 @@ pub(crate) fn write_response(
             Ok(Written::Complete)
         }
         Body::Events(events) => {
-            head.push_str(&format!(
-                "content-type: text/event-stream\r\ncache-control: no-cache\r\n\
-                 transfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n"
-            ));
-            stream.write_all(head.as_bytes())?;
-            let mut content_events = 0;
-            for (index, event) in events.iter().enumerate() {
-                if event.content && truncate_after == Some(content_events) {
-                    return Ok(Written::Truncated);
-                }
-                if index > 0 && !chunk_delay.is_zero() {
-                    thread::sleep(chunk_delay);
-                }
+            let chunks = events.iter().map(|event| {
                 let mut payload = String::with_capacity(event.data.len() + 32);
                 if let Some(name) = event.name {
                     payload.push_str(&format!("event: {name}\n"));
                 }
                 payload.push_str(&format!("data: {}\n\n", event.data));
-                let chunk = format!("{:x}\r\n{payload}\r\n", payload.len());
-                stream.write_all(chunk.as_bytes())?;
-                if event.content {
-                    content_events += 1;
-                    if truncate_after == Some(content_events) {
-                        return Ok(Written::Truncated);
-                    }
-                }
-            }
-            stream.write_all(b"0\r\n\r\n")?;
-            Ok(Written::Complete)
+                (payload.into_bytes(), event.content)
+            });
+            head.push_str("content-type: text/event-stream\r\ncache-control: no-cache\r\n");
+            write_chunked(
+                stream,
+                head,
+                connection,
+                chunks,
+                chunk_delay,
+                truncate_after,
+            )
+        }
+        Body::EventStream(events) => {
+            let chunks = events
+                .iter()
+                .map(|event| (event.bytes.clone(), event.content));
+            head.push_str("content-type: application/vnd.amazon.eventstream\r\n");
+            write_chunked(
+                stream,
+                head,
+                connection,
+                chunks,
+                chunk_delay,
+                truncate_after,
+            )
         }
     }
+}
+
+/// Writes `head` (without its framing headers) and one chunk per `(payload, is
+/// content)` item, `chunk_delay` apart, stopping after `truncate_after` content items.
+fn write_chunked(
+    stream: &mut TcpStream,
+    mut head: String,
+    connection: &str,
+    chunks: impl Iterator<Item = (Vec<u8>, bool)>,
+    chunk_delay: Duration,
+    truncate_after: Option<usize>,
+) -> io::Result<Written> {
+    head.push_str(&format!(
+        "transfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n"
+    ));
+    stream.write_all(head.as_bytes())?;
+    let mut content_events = 0;
+    for (index, (payload, content)) in chunks.enumerate() {
+        if content && truncate_after == Some(content_events) {
+            return Ok(Written::Truncated);
+        }
+        if index > 0 && !chunk_delay.is_zero() {
+            thread::sleep(chunk_delay);
+        }
+        let mut chunk = format!("{:x}\r\n", payload.len()).into_bytes();
+        chunk.extend_from_slice(&payload);
+        chunk.extend_from_slice(b"\r\n");
+        stream.write_all(&chunk)?;
+        if content {
+            content_events += 1;
+            if truncate_after == Some(content_events) {
+                return Ok(Written::Truncated);
+            }
+        }
+    }
+    stream.write_all(b"0\r\n\r\n")?;
+    Ok(Written::Complete)
 }
 
 /// The reason phrase for a status code.

@@ -1,4 +1,5 @@
-//! A mock LLM provider that speaks the real OpenAI and Anthropic wire formats.
+//! A mock LLM provider that speaks the real OpenAI, Anthropic, Google Gemini and
+//! Amazon Bedrock (Converse) wire formats.
 //!
 //! Hypergate's integration tests and quickstart demo run it in-process
 //! ([`MockLlm::start`] on port 0), and the benchmark runs it as the `mock-llm`
@@ -14,6 +15,16 @@
 //!   `anthropic-version`, OpenAI's otherwise.
 //! - `POST …/messages`: Anthropic Messages, JSON (`message`) or SSE (named events
 //!   `message_start` … `message_stop`), with tool use.
+//! - `POST …/models/{model}:generateContent` and `…:streamGenerateContent?alt=sse`:
+//!   Gemini, JSON or SSE (one `GenerateContentResponse` per event; without `alt=sse`
+//!   the stream answers 400), with function calls. Auth: `x-goog-api-key` or the `key`
+//!   query parameter. A last user text containing `unsafe-content` is answered with
+//!   `finishReason: SAFETY` and blocking `safetyRatings`.
+//! - `POST …/model/{modelId}/converse` and `…/converse-stream`: Bedrock Converse, JSON
+//!   or a binary AWS event stream (`application/vnd.amazon.eventstream`), with tool
+//!   use. Auth: a SigV4 `Authorization` header, which the mock recomputes from the
+//!   request it received with `MockConfig::aws_*` (service `bedrock`); a mismatch is
+//!   answered 403 `InvalidSignatureException`, as AWS does.
 //!
 //! How it answers:
 //! 1. The reply is `MockConfig::reply` if set, else `"Mock reply to: <last user
@@ -38,8 +49,10 @@
 //! connection, blocking sockets with `TCP_NODELAY`, HTTP/1.1 keep-alive. Modules:
 //! - `http`: request reading and response writing (JSON and chunked SSE).
 //! - `server`: the accept loop, per-connection loop, routing, auth and fault injection.
-//! - `openai`, `anthropic`: the two wire formats.
-//! - `content`: the deterministic text, token counts, ids and embeddings both use.
+//! - `openai`, `anthropic`, `gemini`, `bedrock`: the wire formats.
+//! - `sigv4`: the mock's own SigV4 verification (written apart from the gateway's
+//!   signer, so that a mistake in one is not hidden by the same mistake in the other).
+//! - `content`: the deterministic text, token counts, ids and embeddings they all use.
 
 #![allow(
     clippy::disallowed_types,
@@ -48,10 +61,13 @@
 )]
 
 mod anthropic;
+mod bedrock;
 mod content;
+mod gemini;
 mod http;
 mod openai;
 mod server;
+mod sigv4;
 
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -80,7 +96,8 @@ pub struct MockConfig {
     /// `x-mock-chunk-delay-ms`.
     pub chunk_delay: Duration,
     /// Answer requests with this status and the provider's error JSON
-    /// (OpenAI's on OpenAI paths, Anthropic's on `/messages`). Only 400-599 take
+    /// (OpenAI's on OpenAI paths, Anthropic's on `/messages`, Google's on Gemini
+    /// paths, Bedrock's with `x-amzn-errortype` on Converse paths). Only 400-599 take
     /// effect. Overridden per request by `x-mock-status`.
     pub error_status: Option<u16>,
     /// Send `Retry-After: <seconds>` with 429, 503 and 529 errors.
@@ -106,9 +123,24 @@ pub struct MockConfig {
     /// The `model` reported in answers; by default the requested model.
     pub model_label: Option<String>,
     /// Answer 401 when a request lacks its API key (`Authorization` for OpenAI,
-    /// `x-api-key` for Anthropic). Any key is accepted.
+    /// `x-api-key` for Anthropic; Gemini answers 403 without `x-goog-api-key` or
+    /// `key`). Any key is accepted. For Bedrock, check the SigV4 signature against
+    /// the `aws_*` fields below (403 when it is missing or wrong).
     pub require_auth: bool,
+    /// Bedrock: the access key id a SigV4 signature must use.
+    pub aws_access_key_id: String,
+    /// Bedrock: the secret access key the mock signs with to check a signature.
+    pub aws_secret_access_key: String,
+    /// Bedrock: the region a signature's credential scope must name.
+    pub aws_region: String,
 }
+
+/// The default [`MockConfig::aws_access_key_id`].
+pub const DEFAULT_AWS_ACCESS_KEY_ID: &str = "AKIDMOCK";
+/// The default [`MockConfig::aws_secret_access_key`].
+pub const DEFAULT_AWS_SECRET_ACCESS_KEY: &str = "mock-secret";
+/// The default [`MockConfig::aws_region`].
+pub const DEFAULT_AWS_REGION: &str = "us-east-1";
 
 impl Default for MockConfig {
     fn default() -> MockConfig {
@@ -124,6 +156,9 @@ impl Default for MockConfig {
             chunk_chars: 0,
             model_label: None,
             require_auth: true,
+            aws_access_key_id: DEFAULT_AWS_ACCESS_KEY_ID.to_owned(),
+            aws_secret_access_key: DEFAULT_AWS_SECRET_ACCESS_KEY.to_owned(),
+            aws_region: DEFAULT_AWS_REGION.to_owned(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `mock-llm`: runs the mock OpenAI / Anthropic provider until killed.
+//! `mock-llm`: runs the mock OpenAI / Anthropic / Gemini / Bedrock provider until killed.
 //!
 //! Every [`MockConfig`] knob is a flag; the bound address is printed as
 //! `listening on ADDR` once the socket is open (so `--listen 127.0.0.1:0` works).
@@ -11,11 +11,14 @@
 
 use anyhow::Context;
 use clap::Parser;
-use hypergate_mock_llm::{MockConfig, MockLlm};
+use hypergate_mock_llm::{
+    MockConfig, MockLlm, DEFAULT_AWS_ACCESS_KEY_ID, DEFAULT_AWS_REGION,
+    DEFAULT_AWS_SECRET_ACCESS_KEY,
+};
 use std::io::Write;
 use std::time::Duration;
 
-/// A mock LLM provider speaking the OpenAI and Anthropic wire formats.
+/// A mock LLM provider speaking the OpenAI, Anthropic, Gemini and Bedrock wire formats.
 #[derive(Debug, Parser)]
 #[command(name = "mock-llm", version, about)]
 struct Args {
@@ -52,9 +55,19 @@ struct Args {
     /// The model name reported in answers (default: the requested model).
     #[arg(long)]
     model_label: Option<String>,
-    /// Accept requests without an API key header.
+    /// Accept requests without an API key header (and Bedrock requests without a
+    /// valid SigV4 signature).
     #[arg(long)]
     no_auth: bool,
+    /// Bedrock: the access key id SigV4 signatures must use.
+    #[arg(long, default_value = DEFAULT_AWS_ACCESS_KEY_ID)]
+    aws_access_key_id: String,
+    /// Bedrock: the secret access key signatures are checked with.
+    #[arg(long, default_value = DEFAULT_AWS_SECRET_ACCESS_KEY)]
+    aws_secret_access_key: String,
+    /// Bedrock: the region signatures must be scoped to.
+    #[arg(long, default_value = DEFAULT_AWS_REGION)]
+    aws_region: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +84,9 @@ fn main() -> anyhow::Result<()> {
         chunk_chars: args.chunk_chars,
         model_label: args.model_label,
         require_auth: !args.no_auth,
+        aws_access_key_id: args.aws_access_key_id,
+        aws_secret_access_key: args.aws_secret_access_key,
+        aws_region: args.aws_region,
     };
     let mock =
         MockLlm::start(&args.listen, config).with_context(|| format!("binding {}", args.listen))?;

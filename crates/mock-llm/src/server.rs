@@ -6,7 +6,8 @@
 //! connection is kept alive. [`dispatch`] reads the request top to bottom:
 //! 1. count and log it (path, headers, JSON body);
 //! 2. route on the path suffix (404 for anything else) and check the method (405);
-//! 3. check the provider's auth headers (401, and 400 without `anthropic-version`);
+//! 3. check the provider's auth (401, and 400 without `anthropic-version`; Gemini
+//!    403 without a key; Bedrock's SigV4 signature, 403 when missing or wrong);
 //! 4. inject an error if `x-mock-status` or `MockConfig::error_status` asks for one;
 //! 5. hand the request to the provider module that builds the answer.
 //!
@@ -15,7 +16,8 @@
 //! connections (so that dropping the handle closes them).
 
 use crate::http::{read_request, write_response, ReadError, Request, Response, Written};
-use crate::{anthropic, openai, LoggedRequest, MockConfig, REQUEST_LOG_CAPACITY};
+use crate::sigv4::{self, Expected};
+use crate::{anthropic, bedrock, gemini, openai, LoggedRequest, MockConfig, REQUEST_LOG_CAPACITY};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -232,12 +234,36 @@ enum Endpoint {
     Embeddings,
     Models,
     Messages,
+    /// Gemini `…/models/{model}:generateContent`.
+    GenerateContent,
+    /// Gemini `…/models/{model}:streamGenerateContent`.
+    StreamGenerateContent,
+    /// Bedrock `…/model/{modelId}/converse`.
+    Converse,
+    /// Bedrock `…/model/{modelId}/converse-stream`.
+    ConverseStream,
 }
 
 impl Endpoint {
     /// The endpoint a path ends with.
     fn from_path(path: &str) -> Option<Endpoint> {
         let path = path.trim_end_matches('/');
+        if path.contains("/models/") {
+            if path.ends_with(":generateContent") {
+                return Some(Endpoint::GenerateContent);
+            }
+            if path.ends_with(":streamGenerateContent") {
+                return Some(Endpoint::StreamGenerateContent);
+            }
+        }
+        if path.contains("/model/") {
+            if path.ends_with("/converse") {
+                return Some(Endpoint::Converse);
+            }
+            if path.ends_with("/converse-stream") {
+                return Some(Endpoint::ConverseStream);
+            }
+        }
         [
             ("/chat/completions", Endpoint::ChatCompletions),
             ("/embeddings", Endpoint::Embeddings),
@@ -252,7 +278,18 @@ impl Endpoint {
     fn method(self) -> &'static str {
         match self {
             Endpoint::Models => "GET",
-            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Messages => "POST",
+            _ => "POST",
+        }
+    }
+
+    /// Whose wire format the endpoint speaks; `None` for the shared `…/models`.
+    fn provider(self) -> Option<Provider> {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Embeddings => Some(Provider::OpenAi),
+            Endpoint::Models => None,
+            Endpoint::Messages => Some(Provider::Anthropic),
+            Endpoint::GenerateContent | Endpoint::StreamGenerateContent => Some(Provider::Gemini),
+            Endpoint::Converse | Endpoint::ConverseStream => Some(Provider::Bedrock),
         }
     }
 }
@@ -262,6 +299,8 @@ impl Endpoint {
 enum Provider {
     OpenAi,
     Anthropic,
+    Gemini,
+    Bedrock,
 }
 
 impl Provider {
@@ -269,6 +308,17 @@ impl Provider {
         match self {
             Provider::OpenAi => openai::error(status, message, openai::error_type(status), None),
             Provider::Anthropic => anthropic::error(status, message),
+            Provider::Gemini => gemini::error(status, message),
+            Provider::Bedrock => bedrock::error(status, message),
+        }
+    }
+
+    fn injected_error(self, status: u16) -> Response {
+        match self {
+            Provider::OpenAi => openai::injected_error(status),
+            Provider::Anthropic => anthropic::injected_error(status),
+            Provider::Gemini => gemini::injected_error(status),
+            Provider::Bedrock => bedrock::injected_error(status),
         }
     }
 }
@@ -311,10 +361,10 @@ fn respond(
 ) -> Response {
     let anthropic_version = request.header("anthropic-version").is_some();
     let endpoint = Endpoint::from_path(&request.path);
-    let provider = match endpoint {
-        Some(Endpoint::Messages) => Provider::Anthropic,
-        Some(Endpoint::Models) | None if anthropic_version => Provider::Anthropic,
-        _ => Provider::OpenAi,
+    let provider = match endpoint.and_then(Endpoint::provider) {
+        Some(provider) => provider,
+        None if anthropic_version => Provider::Anthropic,
+        None => Provider::OpenAi,
     };
     let Some(endpoint) = endpoint else {
         let message = format!("Invalid URL ({} {})", request.method, request.path);
@@ -341,12 +391,34 @@ fn respond(
                 return anthropic::error(400, "anthropic-version: header is required");
             }
         }
+        Provider::Gemini => {
+            let query_key = request
+                .query
+                .split('&')
+                .any(|pair| pair.strip_prefix("key=").is_some_and(|key| !key.is_empty()));
+            if config.require_auth && request.header("x-goog-api-key").is_none() && !query_key {
+                return gemini::error(
+                    403,
+                    "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+                );
+            }
+        }
+        Provider::Bedrock => {
+            let expected = Expected {
+                access_key_id: &config.aws_access_key_id,
+                secret_access_key: &config.aws_secret_access_key,
+                region: &config.aws_region,
+                service: "bedrock",
+            };
+            if config.require_auth {
+                if let Err(refusal) = sigv4::verify(request, &expected) {
+                    return bedrock::typed_error(403, refusal.error_type, &refusal.message);
+                }
+            }
+        }
     }
     if let Some(status) = shared.injected_status(request, config) {
-        return match provider {
-            Provider::OpenAi => openai::injected_error(status),
-            Provider::Anthropic => anthropic::injected_error(status),
-        };
+        return provider.injected_error(status);
     }
     match endpoint {
         Endpoint::ChatCompletions => openai::chat_completions(json, config),
@@ -354,6 +426,16 @@ fn respond(
         Endpoint::Models if provider == Provider::Anthropic => anthropic::models(),
         Endpoint::Models => openai::models(),
         Endpoint::Messages => anthropic::messages(json, config),
+        Endpoint::GenerateContent | Endpoint::StreamGenerateContent => gemini::generate_content(
+            &request.path,
+            &request.query,
+            json,
+            config,
+            endpoint == Endpoint::StreamGenerateContent,
+        ),
+        Endpoint::Converse | Endpoint::ConverseStream => {
+            bedrock::converse(json, config, endpoint == Endpoint::ConverseStream)
+        }
     }
 }
 
@@ -382,5 +464,21 @@ mod tests {
         assert_eq!(Endpoint::from_path("/v1/models"), Some(Endpoint::Models));
         assert_eq!(Endpoint::from_path("/v1/completions"), None);
         assert_eq!(Endpoint::from_path("/v1/models/gpt-4o"), None);
+        assert_eq!(
+            Endpoint::from_path("/v1beta/models/gemini-2.0-flash:generateContent"),
+            Some(Endpoint::GenerateContent)
+        );
+        assert_eq!(
+            Endpoint::from_path("/v1beta/models/gemini-2.0-flash:streamGenerateContent"),
+            Some(Endpoint::StreamGenerateContent)
+        );
+        assert_eq!(
+            Endpoint::from_path("/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"),
+            Some(Endpoint::Converse)
+        );
+        assert_eq!(
+            Endpoint::from_path("/model/anthropic.claude-3-haiku/converse-stream"),
+            Some(Endpoint::ConverseStream)
+        );
     }
 }
