@@ -319,3 +319,39 @@ fn openai_sdk_completions_n_and_error_fields() {
         assert_eq!(got["param"], param, "{case}: {got}");
     }
 }
+
+/// Anthropic's `messages.count_tokens`: the provider's count for an alias
+/// served by Anthropic providers only, the tokenizer's (marked) otherwise.
+#[test]
+fn anthropic_sdk_count_tokens_exact_or_marked_estimated() {
+    let anthropic = mock();
+    let openai = mock();
+    let gw = gateway(
+        &format!(
+            "{}{}{}{}",
+            provider("a", "anthropic", &anthropic.addr().to_string()),
+            provider("o", "openai", &openai.addr().to_string()),
+            model("claude", "a", ""),
+            model("demo", "o", ""),
+        ),
+        "",
+    );
+    let out = run(
+        "anthropic_count_tokens.py",
+        &gw,
+        &["claude", "demo", "no-such-model"],
+    );
+    // The mock's count: "Be brief." (2) + the question (6) + 3 for the message.
+    assert_eq!(out["claude"]["input_tokens"], 11, "{out}");
+    assert_eq!(out["claude"]["estimated"], false, "{out}");
+    let sent = bodies(&anthropic, "/messages/count_tokens");
+    assert_eq!(sent.len(), 1, "{out}");
+    assert_eq!(sent[0]["model"], "m", "the target's model");
+    assert!(sent[0].get("max_tokens").is_none(), "{}", sent[0]);
+    let estimate = out["demo"]["input_tokens"].as_u64().unwrap();
+    assert!((10..30).contains(&estimate), "{out}");
+    assert_eq!(out["demo"]["estimated"], true, "{out}");
+    assert_eq!(openai.requests(), 0, "an estimate asks no provider");
+    assert_eq!(out["no-such-model"]["class"], "NotFoundError", "{out}");
+    assert_eq!(out["no-such-model"]["type"], "not_found_error", "{out}");
+}

@@ -36,6 +36,7 @@
 pub mod budget;
 pub mod budget_redis;
 pub mod cache;
+mod decode;
 pub mod feedback;
 pub mod provider;
 pub mod spec;
@@ -44,7 +45,6 @@ pub mod stats;
 use budget::{BudgetBook, Clock, Reservation};
 use bytes::BytesMut;
 use hypergate_ai::guard::StreamRedactor;
-use hypergate_ai::sse::SseParser;
 use hypergate_ai::tokens;
 use hypergate_ai::translate::{self, Usage};
 use hypergate_ai::{completions, responses};
@@ -75,8 +75,6 @@ use std::time::{Duration, Instant};
 const MAX_AI_BODY: u64 = 16 << 20;
 /// Largest non-streamed provider answer read.
 const MAX_PROVIDER_BODY: usize = 64 << 20;
-/// Largest single SSE event accepted from a provider.
-const MAX_SSE_EVENT: usize = 4 << 20;
 /// Completion tokens reserved for Anthropic providers when the client gives no cap.
 const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
 
@@ -1357,13 +1355,23 @@ impl<'r, 'a> Chat<'r, 'a> {
                 self.count_only,
             )
             .map_err(|e| GatewayError::new(ErrorKind::InvalidRequest, e))?;
+            let signed = provider::sign(provider, &suffix, body.as_bytes()).map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::ProviderAuth(500),
+                    format!(
+                        "provider {:?}: signing the call failed: {e}",
+                        &*provider.name
+                    ),
+                )
+            })?;
             let mut call = ProviderCall {
                 provider,
                 method: "POST",
-                suffix,
+                suffix: &suffix,
                 body: body.as_bytes(),
                 accept_stream: streamed,
                 request_id: self.req.request_id,
+                signed: &signed,
             };
             let limits = AttemptLimits {
                 write_timeout: provider.timeout,
@@ -1388,8 +1396,9 @@ impl<'r, 'a> Chat<'r, 'a> {
                         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
                     let event_stream =
                         client::header(buf, &head, "content-type").is_some_and(|v| {
-                            v.windows(17)
-                                .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+                            let has =
+                                |t: &[u8]| v.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t));
+                            has(b"text/event-stream") || has(b"application/vnd.amazon.eventstream")
                         });
                     let mut resp = resp.into_body(&head, provider.timeout);
                     let status = head.status;
@@ -1499,9 +1508,22 @@ impl<'r, 'a> Chat<'r, 'a> {
         })?;
         let parsed: Value = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("the provider's answer is not JSON: {e}")))?;
+        let model = &spec.aliases[answered.alias].targets[answered.target].model;
         let mut canon = match provider.kind {
             ProviderKind::Openai => parsed,
             ProviderKind::Anthropic => translate::anthropic_response_to_openai(&parsed, unix_now()),
+            ProviderKind::Gemini => hypergate_ai::gemini::gemini_response_to_openai(
+                &parsed,
+                &chat_id(self.req.request_id),
+                unix_now(),
+                model,
+            ),
+            ProviderKind::Bedrock => hypergate_ai::bedrock::converse_response_to_openai(
+                &parsed,
+                &chat_id(self.req.request_id),
+                unix_now(),
+                model,
+            ),
         };
         let (usage, estimated) = match translate::Usage::from_openai(&canon["usage"]) {
             Some(u) => (u, false),
@@ -1668,9 +1690,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             .iter()
             .map(|(g, guard)| (*g, StreamRedactor::new(guard.clone())))
             .collect();
-        let mut parser = SseParser::new(MAX_SSE_EVENT);
-        let mut from_anthropic = (kind == ProviderKind::Anthropic)
-            .then(|| translate::AnthropicStreamToOpenAi::new(self.req.request_id, unix_now()));
+        let mut decoder =
+            decode::StreamDecoder::new(kind, self.req.request_id, unix_now(), &target.model);
         let mut em = self.emitter(&target.model, client_usage);
         let mut usage: Option<Usage> = None;
         let mut text = String::new();
@@ -1701,6 +1722,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             piece.clear();
             match answered.resp.next(&mut piece).await {
                 Ok(true) => {}
+                // Gemini's stream ends with the body, after its finish reason.
+                Ok(false) if decoder.complete_at_end() => break,
                 Ok(false) => {
                     failure = Some("the provider ended the stream before its last event".into());
                     break;
@@ -1710,52 +1733,23 @@ impl<'r, 'a> Chat<'r, 'a> {
                     break;
                 }
             }
-            parser.push(&piece);
+            decoder.push(&piece);
             events.clear();
             loop {
-                let ev = match parser.next_event() {
-                    Ok(Some(ev)) => ev,
+                let chunks = match decoder.next() {
+                    Ok(Some(chunks)) => chunks,
                     Ok(None) => break,
                     Err(e) => {
-                        failure = Some(format!("invalid event stream from the provider: {e}"));
+                        failure = Some(e);
                         break;
                     }
-                };
-                let chunks: Vec<Value> = match &mut from_anthropic {
-                    Some(tr) => match tr.push(&ev) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            failure = Some(format!("provider stream error: {e}"));
-                            break;
-                        }
-                    },
-                    None if ev.data.trim() == "[DONE]" => {
-                        done = true;
-                        Vec::new()
-                    }
-                    None => match serde_json::from_str::<Value>(&ev.data) {
-                        Ok(v) if v.get("error").is_some() => {
-                            failure = Some(
-                                translate::provider_error_message(&v)
-                                    .unwrap_or_else(|| "provider stream error".into()),
-                            );
-                            break;
-                        }
-                        Ok(v) => vec![v],
-                        Err(e) => {
-                            failure = Some(format!("invalid chunk from the provider: {e}"));
-                            break;
-                        }
-                    },
                 };
                 if em.input_tokens.is_none() && self.format == Format::Anthropic {
                     // Anthropic clients read the prompt size from `message_start`:
                     // the provider's figure when it gave one up front, else the estimate.
                     em.input_tokens = Some(
-                        from_anthropic
-                            .as_ref()
-                            .and_then(|t| t.usage())
-                            .map(|u| u.prompt.saturating_sub(u.cached))
+                        decoder
+                            .upfront_prompt()
                             .unwrap_or_else(|| tokens::count_chat_request(canonical)),
                     );
                 }
@@ -1804,11 +1798,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                     assembled.add(&chunk);
                     em.chunk(&chunk, &mut events);
                 }
-                if from_anthropic.as_ref().is_some_and(|t| t.finished()) {
+                if decoder.done() {
                     done = true;
-                }
-                if failure.is_some() {
-                    break;
                 }
             }
             if failure.is_some() {
@@ -1823,10 +1814,8 @@ impl<'r, 'a> Chat<'r, 'a> {
                 }
             }
         }
-        if let Some(tr) = &from_anthropic {
-            if usage.is_none() {
-                usage = tr.usage();
-            }
+        if usage.is_none() {
+            usage = decoder.usage();
         }
         // Usage the provider did not report is counted from what it produced.
         let estimated = usage.is_none() || aborted;
@@ -2192,7 +2181,7 @@ fn provider_request(
     model: &str,
     streamed: bool,
     count_only: bool,
-) -> Result<(&'static str, String), String> {
+) -> Result<(String, String), String> {
     if count_only {
         // An Anthropic `count_tokens` body, passed through with the target's model.
         if provider.kind != ProviderKind::Anthropic {
@@ -2200,16 +2189,16 @@ fn provider_request(
         }
         let mut body = canonical.clone();
         body["model"] = model.into();
-        return Ok(("/messages/count_tokens", body.to_string()));
+        return Ok(("/messages/count_tokens".into(), body.to_string()));
     }
     let is_embedding = canonical.get("input").is_some() && canonical.get("messages").is_none();
     if is_embedding {
-        if provider.kind == ProviderKind::Anthropic {
+        if provider.kind != ProviderKind::Openai {
             return Err("embeddings need an OpenAI-format provider".into());
         }
         let mut body = canonical.clone();
         body["model"] = model.into();
-        return Ok(("/embeddings", body.to_string()));
+        return Ok(("/embeddings".into(), body.to_string()));
     }
     match provider.kind {
         ProviderKind::Openai => {
@@ -2224,7 +2213,7 @@ fn provider_request(
                 o.remove("stream");
                 o.remove("stream_options");
             }
-            Ok(("/chat/completions", body.to_string()))
+            Ok(("/chat/completions".into(), body.to_string()))
         }
         ProviderKind::Anthropic => {
             let mut body =
@@ -2232,9 +2221,53 @@ fn provider_request(
                     .map_err(|e| e.to_string())?;
             body["model"] = model.into();
             body["stream"] = streamed.into();
-            Ok(("/messages", body.to_string()))
+            Ok(("/messages".into(), body.to_string()))
+        }
+        ProviderKind::Gemini => {
+            let body = hypergate_ai::gemini::openai_request_to_gemini(canonical)
+                .map_err(|e| e.to_string())?;
+            let model = path_segment(model);
+            let suffix = if streamed {
+                format!("/models/{model}:streamGenerateContent?alt=sse")
+            } else {
+                format!("/models/{model}:generateContent")
+            };
+            Ok((suffix, body.to_string()))
+        }
+        ProviderKind::Bedrock => {
+            let body = hypergate_ai::bedrock::openai_request_to_converse(canonical)
+                .map_err(|e| e.to_string())?;
+            let action = if streamed {
+                "converse-stream"
+            } else {
+                "converse"
+            };
+            Ok((
+                format!("/model/{}/{action}", path_segment(model)),
+                body.to_string(),
+            ))
         }
     }
+}
+
+/// `text` as one path segment: every byte outside RFC 3986's unreserved set
+/// percent-encoded (a Bedrock model id's `:` becomes `%3A`, which SigV4 signs
+/// as sent).
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A chat id for answers whose provider gives none (Gemini, Bedrock).
+fn chat_id(request_id: &str) -> String {
+    format!("chatcmpl-{request_id}")
 }
 
 /// Splits a complete canonical answer into the chunks a provider would have

@@ -110,6 +110,32 @@ pub struct Provider {
     pub timeout: Duration,
     /// Ask for usage on OpenAI-format streams.
     pub stream_usage: bool,
+    /// Bedrock: the credentials every call is signed with (SigV4).
+    pub aws: Option<Aws>,
+}
+
+/// A Bedrock provider's AWS credentials (`${VAR}`s expanded). `Debug` shows
+/// the region and service only.
+pub struct Aws {
+    /// Region.
+    pub region: String,
+    /// Signing service name.
+    pub service: String,
+    /// Access key id.
+    pub access_key_id: Secret,
+    /// Secret access key.
+    pub secret_access_key: Secret,
+    /// Session token of temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Aws {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aws")
+            .field("region", &self.region)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Provider {
@@ -785,8 +811,9 @@ fn provider(
     };
     if let Some(key) = &key {
         let header = p.auth_header.clone().unwrap_or_else(|| match p.kind {
-            ProviderKind::Openai => "authorization".into(),
+            ProviderKind::Openai | ProviderKind::Bedrock => "authorization".into(),
             ProviderKind::Anthropic => "x-api-key".into(),
+            ProviderKind::Gemini => "x-goog-api-key".into(),
         });
         // The key leaves here, into the pre-rendered headers sent with every call.
         let value = if header.eq_ignore_ascii_case("authorization") {
@@ -814,6 +841,63 @@ fn provider(
     let query = match &p.query {
         Some(q) if !q.is_empty() => format!("?{}", q.trim_start_matches('?')),
         _ => String::new(),
+    };
+    let aws = match (&p.aws, p.kind) {
+        (Some(_), k) if k != ProviderKind::Bedrock => {
+            issue(
+                issues,
+                format!("{path}.aws"),
+                "AWS credentials are for kind = \"bedrock\" providers",
+            );
+            None
+        }
+        (Some(a), _) => {
+            let region = match &a.region {
+                Some(r) => Some(expand_env(r, &format!("{path}.aws.region"), issues)),
+                // bedrock-runtime.<region>.amazonaws.com
+                None => host
+                    .strip_suffix(".amazonaws.com")
+                    .and_then(|h| h.split('.').nth(1))
+                    .map(str::to_string),
+            };
+            let secret = |s: &Secret, field: &str, issues: &mut Vec<ConfigIssue>| {
+                Secret::new(expand_env(
+                    s.expose(),
+                    &format!("{path}.aws.{field}"),
+                    issues,
+                ))
+            };
+            match region.filter(|r| !r.is_empty()) {
+                Some(region) => Some(Aws {
+                    region,
+                    service: a.service.clone(),
+                    access_key_id: secret(&a.access_key_id, "access_key_id", issues),
+                    secret_access_key: secret(&a.secret_access_key, "secret_access_key", issues),
+                    session_token: a
+                        .session_token
+                        .as_ref()
+                        .map(|t| secret(t, "session_token", issues)),
+                }),
+                None => {
+                    issue(
+                        issues,
+                        format!("{path}.aws.region"),
+                        "required: the base URL's host does not name a region",
+                    );
+                    None
+                }
+            }
+        }
+        (None, ProviderKind::Bedrock) if key.is_none() => {
+            issue(
+                issues,
+                format!("{path}.aws"),
+                "a Bedrock provider needs AWS credentials ([aws] access_key_id and \
+                 secret_access_key, signed with SigV4) or a Bedrock API key (api_key)",
+            );
+            None
+        }
+        (None, _) => None,
     };
     if p.timeout.is_zero() {
         issue(
@@ -859,6 +943,7 @@ fn provider(
             query,
             timeout: p.timeout,
             stream_usage: p.stream_usage,
+            aws,
         },
         cluster_cfg,
     ))

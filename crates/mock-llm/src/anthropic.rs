@@ -268,6 +268,30 @@ fn usage_object(input_tokens: u64, output_tokens: u64) -> Value {
 }
 
 /// `GET …/models` with `anthropic-version`.
+/// `POST …/messages/count_tokens`: the prompt tokens `messages` would count
+/// (words of the system prompt and of every message, plus 3 per message).
+pub(crate) fn count_tokens(json: Option<&Value>) -> Response {
+    let Some(body) = json.filter(|body| body.is_object()) else {
+        return error(400, "The request body is not valid JSON.");
+    };
+    if body["model"].as_str().is_none() {
+        return error(400, "model: Field required");
+    }
+    let Some(messages) = body["messages"].as_array() else {
+        return error(400, "messages: Field required");
+    };
+    let input_tokens = count_words(&content_text(&body["system"]))
+        + messages
+            .iter()
+            .map(|message| 3 + count_words(&content_text(&message["content"])))
+            .sum::<u64>();
+    Response::json(
+        200,
+        request_id_header(),
+        &json!({"input_tokens": input_tokens}),
+    )
+}
+
 pub(crate) fn models() -> Response {
     let model = |id: &str, display_name: &str, created_at: &str| json!({"type": "model", "id": id, "display_name": display_name, "created_at": created_at});
     let list = json!({

@@ -15,6 +15,9 @@
 //!   `anthropic-version`, OpenAI's otherwise.
 //! - `POST …/messages`: Anthropic Messages, JSON (`message`) or SSE (named events
 //!   `message_start` … `message_stop`), with tool use.
+//! - `POST …/messages/count_tokens`: Anthropic's token count (`input_tokens`).
+//! - `POST …/responses`: OpenAI Responses, JSON (`response`) or its named SSE
+//!   events, read and written through `hypergate-ai`'s Responses translation.
 //! - `POST …/models/{model}:generateContent` and `…:streamGenerateContent?alt=sse`:
 //!   Gemini, JSON or SSE (one `GenerateContentResponse` per event; without `alt=sse`
 //!   the stream answers 400), with function calls. Auth: `x-goog-api-key` or the `key`

@@ -278,6 +278,99 @@ fn usage_object(prompt_tokens: u64, completion_tokens: u64) -> Value {
 }
 
 /// `POST …/embeddings`: 8 floats per input, derived from a hash of the input.
+/// The Responses API's stream event names, as [`SseEvent`] names them.
+const RESPONSES_EVENTS: [&str; 15] = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+    "error",
+    "response.queued",
+];
+
+/// `POST …/responses`: OpenAI's Responses API. The request is read through
+/// `hypergate-ai`'s translation to chat, answered as [`chat_completions`]
+/// would, and written back as a `response` object or the API's named events.
+pub(crate) fn responses(json: Option<&Value>, config: &MockConfig) -> Response {
+    let Some(body) = json.filter(|body| body.is_object()) else {
+        return invalid_json();
+    };
+    if body["model"].as_str().is_none() {
+        return missing_parameter("model");
+    }
+    let mut chat = match hypergate_ai::responses::request_to_chat(body) {
+        Ok(chat) => chat,
+        Err(e) => return error_with_param(400, &e.to_string(), e.path(), None),
+    };
+    chat["stream"] = false.into();
+    let answer = chat_completions(Some(&chat), config);
+    let Body::Json(bytes) = &answer.body else {
+        return answer;
+    };
+    let Ok(canon) = serde_json::from_slice::<Value>(bytes) else {
+        return answer;
+    };
+    if answer.status != 200 {
+        return answer;
+    }
+    let id = random_id("resp_", 24);
+    let echo = hypergate_ai::responses::echo_of(body);
+    if body["stream"].as_bool() != Some(true) {
+        let response = hypergate_ai::responses::chat_to_response(&canon, &id, unix_time(), &echo);
+        return Response::json(200, request_id_header(), &response);
+    }
+    let mut tr = hypergate_ai::responses::ChatStreamToResponses::new(
+        &id,
+        unix_time(),
+        canon["model"].as_str().unwrap_or_default(),
+        echo,
+    );
+    let mut events = tr.start();
+    let message = &canon["choices"][0]["message"];
+    let chunk = |delta: Value, finish: Option<&Value>| json!({"model": canon["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    if let Some(text) = message["content"].as_str() {
+        for piece in text_pieces(text, config.chunk_chars) {
+            events.extend(tr.push(&chunk(json!({"content": piece}), None)));
+        }
+    }
+    for (index, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let delta = json!({"tool_calls": [{"index": index, "id": call["id"], "function": call["function"]}]});
+        events.extend(tr.push(&chunk(delta, None)));
+    }
+    events.extend(tr.push(&chunk(
+        json!({}),
+        Some(&canon["choices"][0]["finish_reason"]),
+    )));
+    events.extend(tr.finish(hypergate_ai::translate::Usage::from_openai(&canon["usage"])));
+    let events = events
+        .into_iter()
+        .map(|(name, data)| SseEvent {
+            content: name.ends_with(".delta"),
+            name: RESPONSES_EVENTS.iter().copied().find(|n| *n == name),
+            data: data.to_string(),
+        })
+        .collect();
+    Response {
+        status: 200,
+        headers: request_id_header(),
+        body: Body::Events(events),
+    }
+}
+
 pub(crate) fn embeddings(json: Option<&Value>, config: &MockConfig) -> Response {
     let Some(body) = json.filter(|body| body.is_object()) else {
         return invalid_json();

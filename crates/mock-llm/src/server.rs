@@ -234,6 +234,10 @@ enum Endpoint {
     Embeddings,
     Models,
     Messages,
+    /// Anthropic `…/messages/count_tokens`.
+    CountTokens,
+    /// OpenAI `…/responses`.
+    Responses,
     /// Gemini `…/models/{model}:generateContent`.
     GenerateContent,
     /// Gemini `…/models/{model}:streamGenerateContent`.
@@ -266,6 +270,8 @@ impl Endpoint {
         }
         [
             ("/chat/completions", Endpoint::ChatCompletions),
+            ("/messages/count_tokens", Endpoint::CountTokens),
+            ("/responses", Endpoint::Responses),
             ("/embeddings", Endpoint::Embeddings),
             ("/models", Endpoint::Models),
             ("/messages", Endpoint::Messages),
@@ -285,9 +291,11 @@ impl Endpoint {
     /// Whose wire format the endpoint speaks; `None` for the shared `…/models`.
     fn provider(self) -> Option<Provider> {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Embeddings => Some(Provider::OpenAi),
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => {
+                Some(Provider::OpenAi)
+            }
             Endpoint::Models => None,
-            Endpoint::Messages => Some(Provider::Anthropic),
+            Endpoint::Messages | Endpoint::CountTokens => Some(Provider::Anthropic),
             Endpoint::GenerateContent | Endpoint::StreamGenerateContent => Some(Provider::Gemini),
             Endpoint::Converse | Endpoint::ConverseStream => Some(Provider::Bedrock),
         }
@@ -426,6 +434,8 @@ fn respond(
         Endpoint::Models if provider == Provider::Anthropic => anthropic::models(),
         Endpoint::Models => openai::models(),
         Endpoint::Messages => anthropic::messages(json, config),
+        Endpoint::CountTokens => anthropic::count_tokens(json),
+        Endpoint::Responses => openai::responses(json, config),
         Endpoint::GenerateContent | Endpoint::StreamGenerateContent => gemini::generate_content(
             &request.path,
             &request.query,

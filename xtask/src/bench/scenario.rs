@@ -86,6 +86,8 @@ pub struct Llm {
     /// Ask for a streamed (SSE) answer and measure latency to its first chunk
     /// (`loadgen --ttfb`); otherwise to the end of the JSON answer.
     pub stream: bool,
+    /// Speak OpenAI's Responses API (`/v1/responses`) instead of Chat Completions.
+    pub responses: bool,
     /// Hypergate alone, one long run (`--duration`, default
     /// [`SOAK_DEFAULT_SECS`]) with its resident set sampled every
     /// [`SOAK_SAMPLE_SECS`]; only run when named with `--scenario`.
@@ -112,6 +114,12 @@ impl Llm {
     /// The request body: one short user message (the mock answers with seven
     /// words); streamed requests ask for usage, as Hypergate does upstream.
     pub fn body(self) -> String {
+        if self.responses {
+            return format!(
+                r#"{{"model":"{LLM_MODEL}","input":"Say hello to the benchmark","stream":{}}}"#,
+                self.stream
+            );
+        }
         let stream = if self.stream {
             r#""stream":true,"stream_options":{"include_usage":true}"#
         } else {
@@ -359,9 +367,25 @@ pub const SCENARIOS: &[Scenario] = &[
          LLM: direct, through Hypergate and through LiteLLM; latency to the whole answer",
         Llm {
             stream: false,
+            responses: false,
             soak: false,
         },
     ),
+    Scenario {
+        path: "/v1/responses",
+        ..chat(
+            "llm-responses",
+            "OpenAI Responses calls (JSON) at a fixed rate (--rate, default 1,000 req/s) to \
+             the mock LLM: direct (the mock's own /v1/responses), through Hypergate (which \
+             translates them to chat for the provider) and through LiteLLM; latency to the \
+             whole answer; compare its added p50/p99 and CPU per request with llm-chat's",
+            Llm {
+                stream: false,
+                responses: true,
+                soak: false,
+            },
+        )
+    },
     chat(
         "llm-stream",
         "streamed chat completions (SSE) at a fixed rate (--rate, default 1,000 req/s) to \
@@ -369,6 +393,7 @@ pub const SCENARIOS: &[Scenario] = &[
          chunk",
         Llm {
             stream: true,
+            responses: false,
             soak: false,
         },
     ),
@@ -379,6 +404,7 @@ pub const SCENARIOS: &[Scenario] = &[
          when named)",
         Llm {
             stream: true,
+            responses: false,
             soak: true,
         },
     ),
@@ -496,6 +522,11 @@ mod tests {
 
     #[test]
     fn llm_bodies_are_chat_requests_for_the_shared_model() {
+        let responses = find("llm-responses").and_then(|s| s.llm).expect("exists");
+        let body: serde_json::Value =
+            serde_json::from_str(&responses.body()).expect("the body is JSON");
+        assert_eq!(body["model"], LLM_MODEL);
+        assert!(body["input"].is_string());
         for name in ["llm-chat", "llm-stream", "llm-soak"] {
             let scenario = find(name).expect("scenario exists");
             let llm = scenario.llm.expect("an LLM scenario");

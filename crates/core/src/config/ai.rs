@@ -59,6 +59,35 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic Messages API.
     Anthropic,
+    /// Google's native Gemini API (`generateContent`, `streamGenerateContent`).
+    Gemini,
+    /// Amazon Bedrock's Converse API (`converse`, `converse-stream`), signed
+    /// with SigV4 (`[ai.providers.aws]`) or with a Bedrock API key (`api_key`).
+    Bedrock,
+}
+
+/// AWS credentials of a Bedrock provider: every request is signed with SigV4.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region, e.g. `us-east-1`; by default the one in the base URL's host
+    /// (`bedrock-runtime.<region>.amazonaws.com`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Access key id; may be `${AWS_ACCESS_KEY_ID}`.
+    pub access_key_id: Secret,
+    /// Secret access key; may be `${AWS_SECRET_ACCESS_KEY}`.
+    pub secret_access_key: Secret,
+    /// Session token of temporary credentials; may be `${AWS_SESSION_TOKEN}`.
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    /// Signing service name.
+    #[serde(default = "default_aws_service")]
+    pub service: String,
+}
+
+fn default_aws_service() -> String {
+    "bedrock".into()
 }
 
 /// One LLM provider endpoint.
@@ -80,8 +109,9 @@ pub struct ProviderConfig {
     /// File holding the API key (trailing whitespace trimmed); instead of `api_key`.
     #[serde(default)]
     pub api_key_file: Option<String>,
-    /// Header carrying the key: `authorization` (Bearer, OpenAI default), `api-key`
-    /// (Azure OpenAI) or `x-api-key` (Anthropic default).
+    /// Header carrying the key: `authorization` (Bearer, OpenAI and Bedrock
+    /// default), `api-key` (Azure OpenAI), `x-api-key` (Anthropic default) or
+    /// `x-goog-api-key` (Gemini default).
     #[serde(default)]
     pub auth_header: Option<String>,
     /// Extra request headers (e.g. `anthropic-version`, Azure's query-less deployments); values may name `${ENV_VARS}`.
@@ -103,6 +133,9 @@ pub struct ProviderConfig {
     /// Ask streaming OpenAI-format providers for usage (`stream_options.include_usage`).
     #[serde(default = "default_true")]
     pub stream_usage: bool,
+    /// Bedrock: AWS credentials to sign every call with (SigV4).
+    #[serde(default)]
+    pub aws: Option<AwsConfig>,
 }
 
 fn default_provider_timeout() -> Duration {
