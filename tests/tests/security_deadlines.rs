@@ -235,7 +235,7 @@ fn a_provider_timeout_is_not_retried_by_default() {
     let (r, took) = chat(&gw);
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(
-        r.json()["error"]["type"],
+        r.json()["error"]["code"],
         "provider_timeout",
         "{}",
         r.text()
