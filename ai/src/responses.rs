@@ -369,6 +369,98 @@ fn response_format(format: &Value) -> Result<Option<Value>, TranslateError> {
     }
 }
 
+/// Calls `f` on every text of a Responses request a guardrail reads:
+/// `instructions`, a string `input`, the text parts (or string content) of
+/// input messages, and function call outputs.
+pub fn for_each_input_text(req: &mut Value, mut f: impl FnMut(&mut String)) {
+    if let Some(Value::String(s)) = req.get_mut("instructions") {
+        f(s);
+    }
+    match req.get_mut("input") {
+        Some(Value::String(s)) => f(s),
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item.get_mut("content") {
+                    Some(Value::String(s)) => f(s),
+                    Some(Value::Array(parts)) => {
+                        for part in parts {
+                            if let Some(Value::String(s)) = part.get_mut("text") {
+                                f(s);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(Value::String(s)) = item.get_mut("output") {
+                    f(s);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Calls `f` on the `text` of every `output_text` part anywhere in `v` (a
+/// `response`, an output item, a content part, a stream event).
+pub fn for_each_output_text(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match v {
+        Value::Object(o) => {
+            if o.get("type").and_then(Value::as_str) == Some("output_text") {
+                if let Some(Value::String(s)) = o.get_mut("text") {
+                    f(s);
+                }
+            }
+            for (_, child) in o.iter_mut() {
+                if child.is_object() || child.is_array() {
+                    for_each_output_text(child, f);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                for_each_output_text(child, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A Responses `usage` object read back; `None` unless it has token counts.
+pub fn usage_of(u: &Value) -> Option<Usage> {
+    if u.get("input_tokens").is_none() && u.get("output_tokens").is_none() {
+        return None;
+    }
+    let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage {
+        prompt: n("/input_tokens"),
+        completion: n("/output_tokens"),
+        cached: n("/input_tokens_details/cached_tokens"),
+        reasoning: n("/output_tokens_details/reasoning_tokens"),
+    })
+}
+
+/// A chat request with a Responses request's model and texts only, for what
+/// the gateway estimates and checks (guardrails, size, budgets) when the call
+/// goes to a provider that speaks the Responses API itself, whatever the
+/// request holds that chat could not express (built-in tools, references).
+pub fn estimate_chat(req: &Value) -> Value {
+    let mut texts = Vec::new();
+    let mut copy = req.clone();
+    for_each_input_text(&mut copy, |s| texts.push(s.clone()));
+    let messages: Vec<Value> = texts
+        .into_iter()
+        .map(|t| json!({"role": "user", "content": t}))
+        .collect();
+    let mut chat = json!({"model": req["model"], "messages": messages});
+    if let Some(n) = req["max_output_tokens"].as_u64() {
+        chat["max_completion_tokens"] = n.into();
+    }
+    if let Some(s) = req["stream"].as_bool() {
+        chat["stream"] = s.into();
+    }
+    chat
+}
+
 /// Usage in the Responses API's terms.
 pub fn usage_object(u: &Usage) -> Value {
     json!({
@@ -887,6 +979,30 @@ mod tests {
         assert!(e.to_string().starts_with("background:"), "{e}");
         let e = request_to_chat(&json!({"model": "m"})).unwrap_err();
         assert_eq!(e.to_string(), "input: missing");
+    }
+
+    #[test]
+    fn texts_usage_and_estimates_of_native_calls() {
+        let mut req = json!({
+            "model": "m", "instructions": "be brief", "max_output_tokens": 9,
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "a@b.io"}]},
+                {"type": "function_call_output", "call_id": "c", "output": "out"},
+            ],
+            "tools": [{"type": "web_search"}],
+        });
+        let mut seen = Vec::new();
+        for_each_input_text(&mut req, |s| seen.push(s.clone()));
+        assert_eq!(seen, ["be brief", "a@b.io", "out"]);
+        let chat = estimate_chat(&req);
+        assert_eq!(chat["messages"].as_array().unwrap().len(), 3);
+        assert_eq!(chat["max_completion_tokens"], 9);
+        let mut resp = json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "x"}]}], "usage": {"input_tokens": 3, "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 1}}});
+        for_each_output_text(&mut resp, &mut |s: &mut String| s.push('!'));
+        assert_eq!(resp["output"][0]["content"][0]["text"], "x!");
+        let u = usage_of(&resp["usage"]).unwrap();
+        assert_eq!((u.prompt, u.completion, u.reasoning), (3, 2, 1));
+        assert_eq!(usage_of(&json!({})), None);
     }
 
     #[test]

@@ -302,6 +302,7 @@ fn bedrock_and_gemini_config_errors_are_listed() {
              [[ai.providers]]\nname = \"c\"\nkind = \"bedrock\"\nbase_url = \"https://example.com\"\n\
              [ai.providers.aws]\naccess_key_id = \"a\"\nsecret_access_key = \"s\"\n\
              [[ai.providers]]\nname = \"g\"\nkind = \"gemini\"\nbase_url = \"https://generativelanguage.googleapis.com/v1beta\"\n\
+             responses_api = true\n\
              [ai.providers.aws]\naccess_key_id = \"a\"\nsecret_access_key = \"s\"\n",
             preamble(1)
         ),
@@ -315,6 +316,7 @@ fn bedrock_and_gemini_config_errors_are_listed() {
         "ai.providers[0].aws: a Bedrock provider needs AWS credentials",
         "ai.providers[1].aws.region: required",
         "ai.providers[2].aws: AWS credentials are for kind = \"bedrock\" providers",
+        "ai.providers[2].responses_api: only OpenAI-format providers",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

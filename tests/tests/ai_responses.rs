@@ -2,7 +2,9 @@
 //! stream the client cuts is billed as estimated (like chat streams);
 //! guardrails redact across streamed deltas and deny on `input`; a provider
 //! that breaks off mid-stream ends it with `response.failed`; a cached answer
-//! replays as Responses events.
+//! replays as Responses events. A provider that serves the Responses API
+//! itself gets the call as it is, and its events go through the same
+//! guardrails.
 
 use hypergate_mock_llm::{MockConfig, MockLlm};
 use hypergate_tests::{preamble, wait_until, Conn, Request, TestGateway};
@@ -24,9 +26,14 @@ fn mock(config: MockConfig) -> MockLlm {
 /// A gateway with the AI route `llm` on `/v1` (with `route_ai`), alias `a` on
 /// `m`'s OpenAI-format model `m1`, priced.
 fn gateway(m: &MockLlm, route_ai: &str, ai: &str) -> TestGateway {
+    gateway_with(m, route_ai, ai, "")
+}
+
+/// [`gateway`] with `provider` lines added to the provider's section.
+fn gateway_with(m: &MockLlm, route_ai: &str, ai: &str, provider: &str) -> TestGateway {
     TestGateway::start(&format!(
         "{}\n[[routes]]\nname = \"llm\"\n[routes.match]\npath_prefix = \"/v1\"\n[routes.ai]\n{route_ai}\n\n\
-         [[ai.providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\napi_key = \"k\"\n\
+         [[ai.providers]]\nname = \"p\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\napi_key = \"k\"\n{provider}\n\
          [[ai.models]]\nalias = \"a\"\ntargets = [{{ provider = \"p\", model = \"m1\" }}]\n\
          [[ai.prices]]\nmodel = \"m1\"\ninput = 1.0\noutput = 2.0\n{ai}\n",
         preamble(1),
@@ -240,4 +247,90 @@ fn a_cached_answer_replays_as_responses_events() {
         first.json()["output"][0]["content"][0]["text"],
         "Mock reply to: cache me"
     );
+}
+
+#[test]
+fn guardrails_apply_to_calls_passed_through_to_a_responses_provider() {
+    let m = mock(MockConfig {
+        reply: Some("please write to bob@example.com today".into()),
+        chunk_chars: 7,
+        ..Default::default()
+    });
+    let gw = gateway_with(
+        &m,
+        "guardrails = [\"pii\"]",
+        "[[ai.guardrails]]\nname = \"pii\"\nredact = [\"email\"]\napply_to = \"both\"\n",
+        "responses_api = true",
+    );
+    let r = post(
+        &gw,
+        json!({"model": "a", "instructions": "mail a@b.io", "input": "hi", "stream": true, "metadata": {"team": "x"}, "store": false}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = m.last_request().unwrap();
+    assert_eq!(
+        sent["instructions"], "mail [REDACTED:email]",
+        "passed through, redacted: {sent}"
+    );
+    assert_eq!(
+        sent["metadata"]["team"], "x",
+        "as the client sent it: {sent}"
+    );
+    assert_eq!(sent["store"], false, "as the client sent it: {sent}");
+    let ev = events(&r.body);
+    assert!(
+        ev.iter()
+            .filter(|(n, _)| n == "response.output_text.delta")
+            .count()
+            > 3
+    );
+    assert_eq!(text_of(&ev), "please write to [REDACTED:email] today");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        !body.contains("ample.c") && !body.contains("bob@"),
+        "no piece of the address leaked"
+    );
+    let done = ev
+        .iter()
+        .find(|(n, _)| n == "response.output_text.done")
+        .unwrap();
+    assert_eq!(done.1["text"], "please write to [REDACTED:email] today");
+    let (last, completed) = ev.last().unwrap();
+    assert_eq!(last, "response.completed");
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        "please write to [REDACTED:email] today"
+    );
+    let seq: Vec<u64> = ev
+        .iter()
+        .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seq,
+        (0..ev.len() as u64).collect::<Vec<_>>(),
+        "renumbered in order"
+    );
+
+    let r = post(&gw, json!({"model": "a", "input": "hi"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["output"][0]["content"][0]["text"],
+        "please write to [REDACTED:email] today"
+    );
+    assert!(m
+        .requests_log()
+        .iter()
+        .all(|(p, _, _)| p == "/v1/responses"));
+    wait_until("both calls counted", Duration::from_secs(5), || {
+        gw.metrics().contains(&format!(
+            "hypergate_llm_requests_total{{{KEY},outcome=\"ok\"}} 2"
+        ))
+    });
+    assert_eq!(
+        gw.metric(&format!("hypergate_llm_estimated_usage_total{{{KEY}}}")),
+        0.0
+    );
+    assert!(gw.metrics().contains(
+        "hypergate_llm_guardrail_actions_total{guardrail=\"pii\",action=\"redact_response\"} 2"
+    ));
 }

@@ -175,7 +175,8 @@ fn openai_sdk_responses_api_over_both_provider_formats() {
     }
 }
 
-/// The `/stats` entry of alias `demo` once `calls` calls are counted.
+/// The `/stats` entry of alias `demo` (answered by a target: refused calls
+/// have their own, target `none`) once `calls` calls are counted.
 fn wait_stats(gw: &TestGateway, calls: u64) -> Value {
     let mut found = Value::Null;
     wait_until("/stats counts the calls", Duration::from_secs(5), || {
@@ -184,7 +185,7 @@ fn wait_stats(gw: &TestGateway, calls: u64) -> Value {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|c| c["alias"] == "demo")
+            .find(|c| c["alias"] == "demo" && c["target"] != "none")
             .cloned()
             .unwrap_or(Value::Null);
         found["ok"].as_u64().unwrap_or(0) >= calls
@@ -354,4 +355,69 @@ fn anthropic_sdk_count_tokens_exact_or_marked_estimated() {
     assert_eq!(openai.requests(), 0, "an estimate asks no provider");
     assert_eq!(out["no-such-model"]["class"], "NotFoundError", "{out}");
     assert_eq!(out["no-such-model"]["type"], "not_found_error", "{out}");
+}
+
+/// A provider that serves the Responses API itself (`responses_api = true`)
+/// gets the calls as they are: state (`previous_response_id`), retrieval and
+/// deletion work through the gateway, and the usage is the provider's.
+#[test]
+fn openai_sdk_responses_passed_through_with_state() {
+    let m = mock();
+    let gw = gateway(
+        &format!(
+            "{}responses_api = true\n{}",
+            provider("p", "openai", &m.addr().to_string()),
+            model("demo", "p", "")
+        ),
+        "",
+    );
+    let out = run("openai_responses_native.py", &gw, &["demo"]);
+    assert_eq!(out["first"]["text"], ANSWER, "{out}");
+    // The mock counts words plus 3 per message; the stored conversation
+    // (question, answer) comes before the new question.
+    assert_eq!(out["first"]["input_tokens"], 6 + 3, "{out}");
+    assert_eq!(
+        out["second"]["text"], "Mock reply to: And of Italy?",
+        "{out}"
+    );
+    assert_eq!(out["second"]["input_tokens"], 9 + 9 + 3 + 3 + 3, "{out}");
+    assert_eq!(
+        out["second"]["previous_response_id"], out["first"]["id"],
+        "{out}"
+    );
+    assert_eq!(
+        out["streamed"]["text"], "Mock reply to: And of Spain?",
+        "{out}"
+    );
+    assert_eq!(
+        out["streamed"]["final_text"], "Mock reply to: And of Spain?",
+        "{out}"
+    );
+    assert!(
+        out["streamed"]["input_tokens"].as_u64().unwrap() > 27,
+        "{out}"
+    );
+    assert_eq!(out["retrieved"]["id"], out["first"]["id"], "{out}");
+    assert_eq!(out["retrieved"]["text"], ANSWER, "{out}");
+    assert_eq!(out["after_delete"]["class"], "NotFoundError", "{out}");
+    assert_eq!(out["unknown_previous"]["class"], "BadRequestError", "{out}");
+    assert!(
+        out["unknown_previous"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resp_nope"),
+        "{out}"
+    );
+    // Every call reached the provider's own /responses, never chat.
+    let log = m.requests_log();
+    assert!(
+        log.iter().all(|(p, _, _)| p.contains("/responses")),
+        "{log:?}"
+    );
+    let posts = bodies(&m, "/v1/responses");
+    assert_eq!(posts[1]["previous_response_id"], out["first"]["id"]);
+    assert_eq!(posts[1]["model"], "m", "the target's model");
+    let stats = wait_stats(&gw, 3);
+    assert_eq!(stats["estimated"], 0, "{stats}");
+    assert_eq!(stats["completion"], 9 + 6 + 6, "{stats}");
 }

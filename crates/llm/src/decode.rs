@@ -16,7 +16,7 @@ use hypergate_core::config::ai::ProviderKind;
 use serde_json::Value;
 
 /// Largest single event accepted from a provider (SSE or event-stream message).
-const MAX_EVENT: usize = 4 << 20;
+pub(crate) const MAX_EVENT: usize = 4 << 20;
 
 /// Decodes one provider stream.
 pub(crate) enum StreamDecoder {

@@ -484,13 +484,13 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
             outcome.upstream_us = chat.upstream_us;
             r
         }
-        ("GET" | "DELETE", None) if req.path.contains("/responses/") => Err(GatewayError::new(
-            ErrorKind::InvalidRequest,
-            "this gateway does not store responses: it answers the Responses API by \
-                 translating each call to its providers' chat APIs, which keep no state; \
-                 keep the response you received (and send the whole conversation as `input`)",
-        )
-        .param("response_id")),
+        ("GET" | "DELETE", None) if req.path.contains("/responses/") => {
+            let mut chat = Chat::new(req, Format::Responses);
+            let r = chat.stored_response(stream, out).await;
+            outcome.llm = Some(Box::new(chat.rec));
+            outcome.upstream_us = chat.upstream_us;
+            r
+        }
         ("POST", None) if suffix_is("/embeddings") => {
             let mut chat = Chat::new(req, Format::OpenAi);
             let r = chat.embeddings(&body, stream, out).await;
@@ -719,6 +719,9 @@ struct Chat<'r, 'a> {
     responses: Option<(String, Value)>,
     /// The call only counts tokens (`messages/count_tokens`).
     count_only: bool,
+    /// Responses API calls: the client's request (with the request
+    /// guardrails' redactions), for providers that serve the API themselves.
+    responses_body: Option<Value>,
     rec: LlmRecord,
     upstream_us: Option<u64>,
     started: Instant,
@@ -740,6 +743,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             format,
             responses: None,
             count_only: false,
+            responses_body: None,
             rec: LlmRecord::default(),
             upstream_us: None,
             started: Instant::now(),
@@ -827,17 +831,32 @@ impl<'r, 'a> Chat<'r, 'a> {
                 ));
             }
             let mut redacted = false;
-            for_each_text(req, |s| {
+            let mut redact = |s: &mut String| {
                 if let Some((clean, _)) = guard.redact(s) {
                     *s = clean;
                     redacted = true;
                 }
-            });
+            };
+            for_each_text(req, &mut redact);
+            // What a Responses provider gets as it is: the same redactions.
+            if let Some(body) = &mut self.responses_body {
+                responses::for_each_input_text(body, &mut redact);
+            }
             if redacted {
                 self.note_guard(g, "redact_request");
             }
         }
         Ok(())
+    }
+
+    /// Every target `alias` (and its fallbacks) can reach serves the Responses
+    /// API itself.
+    fn native_only(&self, alias: usize) -> bool {
+        let spec = self.spec();
+        std::iter::once(alias)
+            .chain(spec.aliases[alias].fallbacks.iter().copied())
+            .flat_map(|a| spec.aliases[a].targets.iter())
+            .all(|t| spec.providers[t.provider].responses_api)
     }
 
     /// Runs a chat call from a client request body.
@@ -863,14 +882,18 @@ impl<'r, 'a> Chat<'r, 'a> {
             Format::Anthropic => translate::anthropic_request_to_openai(&body).map_err(invalid)?,
             Format::Completions => completions::request_to_chat(&body).map_err(invalid)?,
             Format::Responses => {
+                // Providers that serve the API themselves get the call as it
+                // is; the others get it translated, which needs no state.
+                let native = self.alias_of(&body).is_ok_and(|a| self.native_only(a));
                 for key in ["previous_response_id", "conversation"] {
-                    if body.get(key).is_some_and(|v| !v.is_null()) {
+                    if !native && body.get(key).is_some_and(|v| !v.is_null()) {
                         return Err(GatewayError::new(
                             ErrorKind::InvalidRequest,
                             format!(
-                                "{key} is not supported: this gateway answers the Responses API \
-                                 by translating each call to its providers' chat APIs, which \
-                                 keep no conversation state; send the whole conversation as `input`"
+                                "{key} is not supported for this model: it is answered by \
+                                 translating the call to its providers' chat APIs, which keep \
+                                 no conversation state (only providers with responses_api = true \
+                                 do); send the whole conversation as `input`"
                             ),
                         )
                         .param(key));
@@ -878,7 +901,14 @@ impl<'r, 'a> Chat<'r, 'a> {
                 }
                 let id = format!("resp_{}", self.req.request_id.replace('-', ""));
                 self.responses = Some((id, responses::echo_of(&body)));
-                responses::request_to_chat(&body).map_err(invalid)?
+                let chat = match responses::request_to_chat(&body) {
+                    Ok(chat) => chat,
+                    // What chat cannot express, the provider itself reads.
+                    Err(_) if native => responses::estimate_chat(&body),
+                    Err(e) => return Err(invalid(e)),
+                };
+                self.responses_body = Some(body);
+                chat
             }
         };
         if !canonical["messages"].is_array() {
@@ -938,7 +968,14 @@ impl<'r, 'a> Chat<'r, 'a> {
             let max = store.capture_max_bytes + CAPTURE_SLACK;
             self.rec.request_body = Some(cut_text(&text, max).to_string());
         }
-        let cache_key = self.cache_key(alias, &canonical);
+        // A call passed through whole to Responses providers is not cached:
+        // its canonical form holds only its texts, not its tools or state.
+        let passed_through = self.responses_body.is_some() && self.native_only(alias);
+        let cache_key = if passed_through {
+            None
+        } else {
+            self.cache_key(alias, &canonical)
+        };
         if let Some(key) = cache_key {
             let hit = self.req.ai.cache.borrow_mut().get(key);
             let ai = &self.req.ai.stats;
@@ -985,7 +1022,13 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.provider = spec.providers[t.provider].name.to_string();
         self.rec.model = t.model.to_string();
         self.remember(alias, t.label.clone());
-        let result = if streamed && answered.event_stream {
+        let native = self.responses_body.is_some() && spec.providers[t.provider].responses_api;
+        let result = if native && streamed && answered.event_stream {
+            self.native_stream(answered, &canonical, stream, out).await
+        } else if native {
+            self.native_complete(answered, &canonical, stream, out)
+                .await
+        } else if streamed && answered.event_stream {
             self.stream_answer(answered, &canonical, stream, out, client_usage, cache_key)
                 .await
         } else {
@@ -1347,9 +1390,14 @@ impl<'r, 'a> Chat<'r, 'a> {
             let target = &spec.aliases[a].targets[t];
             let provider = &spec.providers[target.provider];
             let cluster = cluster_of((a, t));
+            let native = self
+                .responses_body
+                .as_ref()
+                .filter(|_| provider.responses_api);
             let (suffix, body) = provider_request(
                 provider,
                 canonical,
+                native,
                 &target.model,
                 streamed,
                 self.count_only,
@@ -1890,6 +1938,280 @@ impl<'r, 'a> Chat<'r, 'a> {
         Ok((sent, usage, estimated))
     }
 
+    /// The guardrails' redactions on every `output_text` of a Responses
+    /// provider's `response` (or event); counted once per call when `note`.
+    fn redact_native(&mut self, alias: usize, v: &mut Value, note: bool) {
+        for g in self.guards(alias, true) {
+            let guard = self.spec().guardrails[g].0.clone();
+            let mut redacted = false;
+            let mut redact = |s: &mut String| {
+                if let Some((clean, _)) = guard.redact(s) {
+                    *s = clean;
+                    redacted = true;
+                }
+            };
+            responses::for_each_output_text(v, &mut redact);
+            // `response.output_text.done` carries the whole text at the top.
+            if v["type"] == "response.output_text.done" {
+                if let Some(Value::String(s)) = v.get_mut("text") {
+                    redact(s);
+                }
+            }
+            if redacted && note {
+                self.note_guard(g, "redact_response");
+            }
+        }
+    }
+
+    /// A complete answer of a provider that serves the Responses API, passed
+    /// on with the response guardrails' redactions; usage from its `usage`
+    /// (else counted with the tokenizer and marked estimated).
+    async fn native_complete<S: AsyncWriteRent>(
+        &mut self,
+        mut answered: ProviderAnswer<'_>,
+        canonical: &Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Result<(Sent, Usage, bool), (GatewayError, Usage, bool)> {
+        let body = answered.resp.read_all(MAX_PROVIDER_BODY).await;
+        answered.resp.finish();
+        let fail = |m: String| {
+            (
+                GatewayError::new(ErrorKind::ProviderError, m),
+                Usage::default(),
+                false,
+            )
+        };
+        let body = body.map_err(|e| {
+            fail(format!(
+                "reading the provider's answer failed: the provider {e}"
+            ))
+        })?;
+        let mut v: Value = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("the provider's answer is not JSON: {e}")))?;
+        let mut text = String::new();
+        responses::for_each_output_text(&mut v, &mut |s: &mut String| text.push_str(s));
+        let (usage, estimated) = match responses::usage_of(&v["usage"]) {
+            Some(u) => (u, false),
+            None => (
+                Usage {
+                    prompt: tokens::count_chat_request(canonical),
+                    completion: tokens::count(&text),
+                    ..Usage::default()
+                },
+                true,
+            ),
+        };
+        self.redact_native(answered.alias, &mut v, true);
+        if self.rec.request_body.is_some() {
+            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
+            let mut shown = String::new();
+            responses::for_each_output_text(&mut v, &mut |s: &mut String| shown.push_str(s));
+            self.rec.response_body = Some(cut_text(&shown, max).to_string());
+        }
+        respond_json(self.req, stream, out, 200, &v)
+            .await
+            .map(|s| (s, usage, estimated))
+            .map_err(|e| (e, usage, estimated))
+    }
+
+    /// The event stream of a provider that serves the Responses API, passed
+    /// on event by event as it arrives: text deltas through the response
+    /// guardrails' stream redactors (what they hold back goes out before the
+    /// text's `.done` event), whole texts in later events redacted the same
+    /// way, sequence numbers renumbered (an event may be added), usage from
+    /// `response.completed` (else counted and marked estimated).
+    async fn native_stream<S: AsyncWriteRent>(
+        &mut self,
+        mut answered: ProviderAnswer<'_>,
+        canonical: &Value,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Result<(Sent, Usage, bool), (GatewayError, Usage, bool)> {
+        let spec = self.spec();
+        let target = &spec.aliases[answered.alias].targets[answered.target];
+        let provider = &spec.providers[target.provider];
+        let idle = self.req.inst.config.raw.limits.send_timeout;
+        let mut redactors: Vec<(usize, StreamRedactor)> = self
+            .guards(answered.alias, true)
+            .into_iter()
+            .map(|g| (g, StreamRedactor::new(spec.guardrails[g].0.clone())))
+            .collect();
+        let mut parser = hypergate_ai::sse::SseParser::new(decode::MAX_EVENT);
+        let stats = self.call_stats(answered.alias, answered.target);
+        let mut usage: Option<Usage> = None;
+        let mut text = String::new();
+        let (mut first_token, mut last_token): (Option<Instant>, Option<Instant>) = (None, None);
+        let mut seq = 0u64;
+        let (mut done, mut aborted) = (false, false);
+        let mut failure: Option<String> = None;
+        let mut sent_bytes = 0u64;
+        let mut piece = Vec::with_capacity(16 * 1024);
+        let mut events = Vec::with_capacity(16 * 1024);
+        let mut write_event = |events: &mut Vec<u8>, name: &str, mut data: Value| {
+            data["sequence_number"] = seq.into();
+            seq += 1;
+            hypergate_ai::sse::write_event(events, Some(name), &data.to_string());
+        };
+        out.clear();
+        write_head(
+            out,
+            self.req,
+            200,
+            "text/event-stream",
+            None,
+            !self.req.keep_alive,
+        );
+        if write_out(stream, out, idle).await.is_err() {
+            aborted = true;
+        }
+        while !aborted && !done {
+            piece.clear();
+            match answered.resp.next(&mut piece).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    failure = Some("the provider ended the stream before its last event".into());
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!("the provider {e}"));
+                    break;
+                }
+            }
+            parser.push(&piece);
+            events.clear();
+            loop {
+                let ev = match parser.next_event() {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(format!("invalid event stream from the provider: {e}"));
+                        break;
+                    }
+                };
+                let mut data: Value = match serde_json::from_str(&ev.data) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failure = Some(format!("invalid event from the provider: {e}"));
+                        break;
+                    }
+                };
+                let name = data["type"]
+                    .as_str()
+                    .or(ev.event.as_deref())
+                    .unwrap_or("message")
+                    .to_string();
+                match name.as_str() {
+                    "response.output_text.delta" => {
+                        let now = Instant::now();
+                        if first_token.is_none() {
+                            first_token = Some(now);
+                            let ttft = now.duration_since(self.started).as_micros() as u64;
+                            self.rec.ttft_us = Some(ttft);
+                            stats.ttft.record(ttft);
+                        } else if let Some(prev) = last_token {
+                            stats
+                                .itl
+                                .record(now.duration_since(prev).as_micros() as u64);
+                        }
+                        last_token = Some(now);
+                        if let Some(Value::String(d)) = data.get_mut("delta") {
+                            text.push_str(d);
+                            for (_, r) in &mut redactors {
+                                *d = r.push(d);
+                            }
+                        }
+                    }
+                    "response.output_text.done" => {
+                        let tail = flush_redactors(&mut redactors);
+                        if !tail.is_empty() {
+                            let extra = json!({
+                                "type": "response.output_text.delta",
+                                "item_id": data["item_id"],
+                                "output_index": data["output_index"],
+                                "content_index": data["content_index"],
+                                "delta": tail,
+                                "logprobs": [],
+                            });
+                            write_event(&mut events, "response.output_text.delta", extra);
+                        }
+                    }
+                    "response.completed" | "response.incomplete" | "response.failed" | "error" => {
+                        usage = responses::usage_of(&data["response"]["usage"]).or(usage);
+                        if name == "response.failed" || name == "error" {
+                            let message = data["response"]["error"]["message"]
+                                .as_str()
+                                .or(data["message"].as_str())
+                                .unwrap_or("the provider's response failed");
+                            self.rec.error = Some(provider.redact(message.to_string()));
+                        }
+                        done = true;
+                    }
+                    _ => {}
+                }
+                self.redact_native(answered.alias, &mut data, false);
+                write_event(&mut events, &name, data);
+            }
+            if failure.is_some() {
+                break;
+            }
+            if !events.is_empty() {
+                out.clear();
+                frame(out, &events, self.req.http10);
+                sent_bytes += events.len() as u64;
+                if write_out(stream, out, idle).await.is_err() {
+                    aborted = true;
+                }
+            }
+        }
+        let estimated = usage.is_none() || aborted;
+        let usage = match usage {
+            Some(u) if !aborted => u,
+            _ => Usage {
+                prompt: tokens::count_chat_request(canonical),
+                completion: tokens::count(&text),
+                ..Usage::default()
+            },
+        };
+        if self.rec.request_body.is_some() {
+            let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
+            self.rec.response_body = Some(cut_text(&text, max).to_string());
+        }
+        self.note_redactions(&redactors);
+        if aborted {
+            self.rec.client_aborted = true;
+            drop(answered);
+            let sent = Sent {
+                status: 200,
+                bytes: sent_bytes,
+                keep_alive: false,
+            };
+            return Ok((sent, usage, true));
+        }
+        events.clear();
+        if let Some(f) = &failure {
+            let f = provider.redact(f.clone());
+            let e = json!({"type": "error", "code": "server_error", "message": f, "param": null});
+            write_event(&mut events, "error", e);
+            self.rec.error = Some(f);
+        }
+        out.clear();
+        frame(out, &events, self.req.http10);
+        end_stream(out, self.req.http10);
+        sent_bytes += events.len() as u64;
+        let ok = write_out(stream, out, idle).await.is_ok();
+        if failure.is_none() {
+            answered.resp.drain(64 * 1024).await;
+            answered.resp.finish();
+        }
+        let sent = Sent {
+            status: 200,
+            bytes: sent_bytes,
+            keep_alive: ok && !self.req.http10 && failure.is_none(),
+        };
+        Ok((sent, usage, estimated))
+    }
+
     /// The writer of this call's event stream, in the client's format.
     fn emitter(&self, model: &str, client_usage: bool) -> Emitter {
         let mut em = Emitter::new(self.format, model, client_usage);
@@ -2072,6 +2394,149 @@ impl<'r, 'a> Chat<'r, 'a> {
     }
 
     /// `POST /v1/embeddings`: forwarded to an OpenAI-format target of the alias.
+    /// `GET` / `DELETE /v1/responses/{id}`: asked of the providers of this
+    /// route's models that keep responses (`responses_api = true`), in turn,
+    /// until one knows the id; the answer's texts go through the route's
+    /// response guardrails. Without such a provider: 400, nothing is stored.
+    async fn stored_response<S: AsyncWriteRent>(
+        &mut self,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> Result<Sent, GatewayError> {
+        let spec = self.spec();
+        let id = self
+            .req
+            .path
+            .split_once("/responses/")
+            .map_or("", |(_, id)| id);
+        let allowed =
+            |i: usize| self.req.route_ai.models.is_empty() || self.req.route_ai.models.contains(&i);
+        let mut keepers: Vec<usize> = spec
+            .aliases
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| allowed(*i))
+            .flat_map(|(_, a)| a.targets.iter().map(|t| t.provider))
+            .filter(|&p| spec.providers[p].responses_api)
+            .collect();
+        keepers.sort_unstable();
+        keepers.dedup();
+        if keepers.is_empty() {
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "no provider of this route keeps responses: the gateway answers the Responses \
+                 API by translating each call to its providers' chat APIs, which keep no state, \
+                 and stores none itself; keep the response you received",
+            )
+            .param("response_id"));
+        }
+        let method = if self.req.method == "DELETE" {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let suffix = format!("/responses/{}", path_segment(id));
+        let deadline = self.req.started + self.req.deadline;
+        let mut last = None;
+        for p in keepers {
+            let provider = &spec.providers[p];
+            let cluster = &self.req.inst.clusters[provider.cluster];
+            self.rec.provider = provider.name.to_string();
+            self.rec.attempts += 1;
+            let mut call = ProviderCall {
+                provider,
+                method,
+                suffix: &suffix,
+                body: b"",
+                accept_stream: false,
+                request_id: self.req.request_id,
+                signed: b"",
+            };
+            let limits = AttemptLimits {
+                write_timeout: provider.timeout,
+                response_timeout: provider.timeout,
+                deadline: Some(deadline),
+                max_head: self.req.inst.config.raw.limits.max_response_header_bytes,
+                head_request: false,
+                verify_open: true,
+            };
+            let mut head = ResponseHead::default();
+            let result = client::attempt(cluster, 0, &mut call, &mut head, out, limits).await;
+            let outcome = match &result {
+                Ok(_) => Outcome::Answered(head.status),
+                Err(f) => Outcome::Failed(*f),
+            };
+            client::record_outcome(cluster, 0, outcome);
+            let resp = match result {
+                Ok(resp) => resp,
+                Err(f) => {
+                    last = Some(GatewayError::new(
+                        ErrorKind::ProviderUnreachable,
+                        format!("provider {:?}: {}", &*provider.name, f.label()),
+                    ));
+                    continue;
+                }
+            };
+            self.upstream_us = Some(resp.upstream_us);
+            let mut body = resp.into_body(&head, provider.timeout);
+            let bytes = body.read_all(MAX_PROVIDER_BODY).await.unwrap_or_default();
+            body.finish();
+            let mut v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            match head.status {
+                200..=299 => {
+                    let guards: Vec<usize> = self
+                        .req
+                        .route_ai
+                        .guardrails
+                        .iter()
+                        .copied()
+                        .filter(|&g| spec.guardrails[g].1 != GuardrailStage::Request)
+                        .collect();
+                    for g in guards {
+                        let guard = spec.guardrails[g].0.clone();
+                        let mut redacted = false;
+                        responses::for_each_output_text(&mut v, &mut |s: &mut String| {
+                            if let Some((clean, _)) = guard.redact(s) {
+                                *s = clean;
+                                redacted = true;
+                            }
+                        });
+                        if redacted {
+                            self.note_guard(g, "redact_response");
+                        }
+                    }
+                    return respond_json(self.req, stream, out, head.status, &v).await;
+                }
+                // Another provider may have stored it.
+                404 => {
+                    last = Some(
+                        GatewayError::new(
+                            ErrorKind::NotFound,
+                            format!("no response with id {id:?} on this route"),
+                        )
+                        .param("response_id"),
+                    );
+                }
+                status => {
+                    let message =
+                        provider.redact(translate::provider_error_message(&v).unwrap_or_else(
+                            || format!("provider {:?} answered {status}", &*provider.name),
+                        ));
+                    let kind = if status >= 500 {
+                        ErrorKind::ProviderError
+                    } else {
+                        ErrorKind::ProviderRejected(status)
+                    };
+                    return Err(GatewayError::new(
+                        kind,
+                        format!("provider {:?}: {message}", &*provider.name),
+                    ));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| GatewayError::new(ErrorKind::NotFound, "no such response")))
+    }
+
     /// `POST /v1/messages/count_tokens`: Anthropic's count of a Messages
     /// request, passed through when every target the call could reach is an
     /// Anthropic provider (the count is then exact for whichever answers),
@@ -2178,6 +2643,7 @@ impl<'r, 'a> Chat<'r, 'a> {
 fn provider_request(
     provider: &spec::Provider,
     canonical: &Value,
+    native: Option<&Value>,
     model: &str,
     streamed: bool,
     count_only: bool,
@@ -2190,6 +2656,13 @@ fn provider_request(
         let mut body = canonical.clone();
         body["model"] = model.into();
         return Ok(("/messages/count_tokens".into(), body.to_string()));
+    }
+    if let Some(request) = native {
+        // A Responses call to a provider that serves the API: as it is.
+        let mut body = request.clone();
+        body["model"] = model.into();
+        body["stream"] = streamed.into();
+        return Ok(("/responses".into(), body.to_string()));
     }
     let is_embedding = canonical.get("input").is_some() && canonical.get("messages").is_none();
     if is_embedding {

@@ -112,6 +112,8 @@ pub struct Provider {
     pub stream_usage: bool,
     /// Bedrock: the credentials every call is signed with (SigV4).
     pub aws: Option<Aws>,
+    /// Serves the Responses API itself: Responses calls pass through.
+    pub responses_api: bool,
 }
 
 /// A Bedrock provider's AWS credentials (`${VAR}`s expanded). `Debug` shows
@@ -899,6 +901,13 @@ fn provider(
         }
         (None, _) => None,
     };
+    if p.responses_api && p.kind != ProviderKind::Openai {
+        issue(
+            issues,
+            format!("{path}.responses_api"),
+            "only OpenAI-format providers (kind = \"openai\") serve the Responses API",
+        );
+    }
     if p.timeout.is_zero() {
         issue(
             issues,
@@ -944,6 +953,7 @@ fn provider(
             timeout: p.timeout,
             stream_usage: p.stream_usage,
             aws,
+            responses_api: p.responses_api,
         },
         cluster_cfg,
     ))

@@ -17,7 +17,9 @@
 //!   `message_start` … `message_stop`), with tool use.
 //! - `POST …/messages/count_tokens`: Anthropic's token count (`input_tokens`).
 //! - `POST …/responses`: OpenAI Responses, JSON (`response`) or its named SSE
-//!   events, read and written through `hypergate-ai`'s Responses translation.
+//!   events, read and written through `hypergate-ai`'s Responses translation;
+//!   answers are kept (the last 256, unless `store: false`) for
+//!   `previous_response_id` and `GET` / `DELETE …/responses/{id}`.
 //! - `POST …/models/{model}:generateContent` and `…:streamGenerateContent?alt=sse`:
 //!   Gemini, JSON or SSE (one `GenerateContentResponse` per event; without `alt=sse`
 //!   the stream answers 400), with function calls. Auth: `x-goog-api-key` or the `key`

@@ -297,10 +297,48 @@ const RESPONSES_EVENTS: [&str; 15] = [
     "response.queued",
 ];
 
+/// How many Responses API answers the mock keeps for `previous_response_id`
+/// and `GET …/responses/{id}`.
+pub(crate) const STORED_RESPONSES: usize = 256;
+
+/// The Responses API answers the mock keeps: (id, `response`, conversation).
+pub(crate) type Stored = std::sync::Mutex<std::collections::VecDeque<(String, Value, Vec<Value>)>>;
+
+fn lock(
+    stored: &Stored,
+) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, Value, Vec<Value>)>> {
+    stored
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `GET` / `DELETE …/responses/{id}`: a stored answer, or its deletion.
+pub(crate) fn stored_response(method: &str, path: &str, stored: &Stored) -> Response {
+    let id = path.rsplit('/').next().unwrap_or_default();
+    let mut kept = lock(stored);
+    let Some(at) = kept.iter().position(|(i, _, _)| i == id) else {
+        return error(
+            404,
+            &format!("Response with id '{id}' not found."),
+            "invalid_request_error",
+            None,
+        );
+    };
+    if method == "DELETE" {
+        kept.remove(at);
+        let deleted = json!({"id": id, "object": "response.deleted", "deleted": true});
+        return Response::json(200, request_id_header(), &deleted);
+    }
+    Response::json(200, request_id_header(), &kept[at].1)
+}
+
 /// `POST …/responses`: OpenAI's Responses API. The request is read through
 /// `hypergate-ai`'s translation to chat, answered as [`chat_completions`]
 /// would, and written back as a `response` object or the API's named events.
-pub(crate) fn responses(json: Option<&Value>, config: &MockConfig) -> Response {
+/// It keeps what it answered, as OpenAI does (unless `store` is false):
+/// `previous_response_id` continues a stored conversation, and
+/// [`stored_response`] reads or deletes one.
+pub(crate) fn responses(json: Option<&Value>, config: &MockConfig, stored: &Stored) -> Response {
     let Some(body) = json.filter(|body| body.is_object()) else {
         return invalid_json();
     };
@@ -312,6 +350,23 @@ pub(crate) fn responses(json: Option<&Value>, config: &MockConfig) -> Response {
         Err(e) => return error_with_param(400, &e.to_string(), e.path(), None),
     };
     chat["stream"] = false.into();
+    if let Some(previous) = body["previous_response_id"].as_str() {
+        let found = lock(stored)
+            .iter()
+            .find(|(id, _, _)| id == previous)
+            .map(|(_, _, messages)| messages.clone());
+        let Some(mut messages) = found else {
+            let message = format!("Previous response with id '{previous}' not found.");
+            return error_with_param(
+                400,
+                &message,
+                "previous_response_id",
+                Some("previous_response_not_found"),
+            );
+        };
+        messages.extend(chat["messages"].as_array().cloned().unwrap_or_default());
+        chat["messages"] = Value::Array(messages);
+    }
     let answer = chat_completions(Some(&chat), config);
     let Body::Json(bytes) = &answer.body else {
         return answer;
@@ -324,9 +379,24 @@ pub(crate) fn responses(json: Option<&Value>, config: &MockConfig) -> Response {
     }
     let id = random_id("resp_", 24);
     let echo = hypergate_ai::responses::echo_of(body);
+    let store = |response: &Value| {
+        if body["store"].as_bool() == Some(false) {
+            return;
+        }
+        let mut messages = chat["messages"].as_array().cloned().unwrap_or_default();
+        messages.push(canon["choices"][0]["message"].clone());
+        let mut kept = lock(stored);
+        if kept.len() == STORED_RESPONSES {
+            kept.pop_front();
+        }
+        kept.push_back((id.clone(), response.clone(), messages));
+    };
+    let mut whole = hypergate_ai::responses::chat_to_response(&canon, &id, unix_time(), &echo);
+    whole["previous_response_id"] = body["previous_response_id"].clone();
+    whole["store"] = (body["store"].as_bool() != Some(false)).into();
+    store(&whole);
     if body["stream"].as_bool() != Some(true) {
-        let response = hypergate_ai::responses::chat_to_response(&canon, &id, unix_time(), &echo);
-        return Response::json(200, request_id_header(), &response);
+        return Response::json(200, request_id_header(), &whole);
     }
     let mut tr = hypergate_ai::responses::ChatStreamToResponses::new(
         &id,

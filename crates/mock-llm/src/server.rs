@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     connections: Mutex<HashMap<u64, TcpStream>>,
     /// Set when the handle is dropped.
     pub shutdown: AtomicBool,
+    /// Stored Responses API answers (the OpenAI API keeps them): the
+    /// `response` object and the chat messages of its conversation, newest
+    /// last, at most [`openai::STORED_RESPONSES`].
+    pub stored: Mutex<VecDeque<(String, Value, Vec<Value>)>>,
 }
 
 /// The bounded request log.
@@ -55,6 +59,7 @@ impl Shared {
         Shared {
             config: RwLock::new(Arc::new(config)),
             requests: AtomicU64::new(0),
+            stored: Mutex::new(VecDeque::new()),
             injected_failures: AtomicU32::new(0),
             log: Mutex::new(RequestLog::default()),
             connections: Mutex::new(HashMap::new()),
@@ -238,6 +243,8 @@ enum Endpoint {
     CountTokens,
     /// OpenAI `…/responses`.
     Responses,
+    /// OpenAI `GET` / `DELETE …/responses/{id}`.
+    StoredResponse,
     /// Gemini `…/models/{model}:generateContent`.
     GenerateContent,
     /// Gemini `…/models/{model}:streamGenerateContent`.
@@ -252,6 +259,9 @@ impl Endpoint {
     /// The endpoint a path ends with.
     fn from_path(path: &str) -> Option<Endpoint> {
         let path = path.trim_end_matches('/');
+        if path.contains("/responses/") {
+            return Some(Endpoint::StoredResponse);
+        }
         if path.contains("/models/") {
             if path.ends_with(":generateContent") {
                 return Some(Endpoint::GenerateContent);
@@ -281,19 +291,21 @@ impl Endpoint {
         .map(|(_, endpoint)| endpoint)
     }
 
-    fn method(self) -> &'static str {
+    fn allows(self, method: &str) -> bool {
         match self {
-            Endpoint::Models => "GET",
-            _ => "POST",
+            Endpoint::Models => method == "GET",
+            Endpoint::StoredResponse => matches!(method, "GET" | "DELETE"),
+            _ => method == "POST",
         }
     }
 
     /// Whose wire format the endpoint speaks; `None` for the shared `…/models`.
     fn provider(self) -> Option<Provider> {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => {
-                Some(Provider::OpenAi)
-            }
+            Endpoint::ChatCompletions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::StoredResponse => Some(Provider::OpenAi),
             Endpoint::Models => None,
             Endpoint::Messages | Endpoint::CountTokens => Some(Provider::Anthropic),
             Endpoint::GenerateContent | Endpoint::StreamGenerateContent => Some(Provider::Gemini),
@@ -378,7 +390,7 @@ fn respond(
         let message = format!("Invalid URL ({} {})", request.method, request.path);
         return provider.error(404, &message);
     };
-    if request.method != endpoint.method() {
+    if !endpoint.allows(&request.method) {
         let message = format!("Method {} not allowed for {}", request.method, request.path);
         return provider.error(405, &message);
     }
@@ -435,7 +447,10 @@ fn respond(
         Endpoint::Models => openai::models(),
         Endpoint::Messages => anthropic::messages(json, config),
         Endpoint::CountTokens => anthropic::count_tokens(json),
-        Endpoint::Responses => openai::responses(json, config),
+        Endpoint::Responses => openai::responses(json, config, &shared.stored),
+        Endpoint::StoredResponse => {
+            openai::stored_response(&request.method, &request.path, &shared.stored)
+        }
         Endpoint::GenerateContent | Endpoint::StreamGenerateContent => gemini::generate_content(
             &request.path,
             &request.query,

@@ -136,6 +136,12 @@ pub struct ProviderConfig {
     /// Bedrock: AWS credentials to sign every call with (SigV4).
     #[serde(default)]
     pub aws: Option<AwsConfig>,
+    /// OpenAI-format providers that serve the Responses API themselves
+    /// (OpenAI, Azure OpenAI): Responses calls go to their `/responses` as
+    /// they are (built-in tools and stored state included) instead of being
+    /// translated to chat.
+    #[serde(default)]
+    pub responses_api: bool,
 }
 
 fn default_provider_timeout() -> Duration {
