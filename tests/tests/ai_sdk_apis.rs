@@ -421,3 +421,58 @@ fn openai_sdk_responses_passed_through_with_state() {
     assert_eq!(stats["estimated"], 0, "{stats}");
     assert_eq!(stats["completion"], 9 + 6 + 6, "{stats}");
 }
+
+/// The quickstart itself (`examples/quickstart.toml`, its own mock provider
+/// and demo upstream, on free ports), run as a process: every AI endpoint
+/// with both SDKs, streamed and not, and the errors each SDK raises.
+#[test]
+fn both_sdks_against_the_quickstart_every_endpoint() {
+    let root = hypergate_tests::process::workspace_root();
+    let mut toml = std::fs::read_to_string(root.join("examples/quickstart.toml")).unwrap();
+    for fixed in ["127.0.0.1:8081", "127.0.0.1:8082"] {
+        let free = hypergate_tests::util::closed_port().to_string();
+        toml = toml.replace(fixed, &free);
+    }
+    toml = toml
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.2:0");
+    let gw = hypergate_tests::process::GatewayProcess::spawn(&toml);
+    let out = hypergate_tests::python::run_script("quickstart_apis.py", gw.addr, &[]);
+    let answer = "Mock reply to: What is the capital of France?";
+    for key in [
+        "chat",
+        "chat_stream",
+        "responses",
+        "responses_stream",
+        "messages",
+        "messages_stream",
+    ] {
+        assert_eq!(out[key], answer, "{key}: {out}");
+    }
+    // The legacy API's default cap (16 tokens) holds the whole answer.
+    assert_eq!(out["completions"], answer, "{out}");
+    assert_eq!(out["completions_stream"], answer, "{out}");
+    assert_eq!(out["models"], serde_json::json!(["demo"]), "{out}");
+    assert_eq!(out["model"], "demo", "{out}");
+    assert!(out["embedding_len"].as_u64().unwrap() > 0, "{out}");
+    assert!(
+        out["count_tokens"]["input_tokens"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    assert_eq!(
+        out["count_tokens"]["estimated"], true,
+        "an OpenAI-format provider: {out}"
+    );
+    let e = &out["errors"];
+    assert_eq!(e["openai_unknown"]["class"], "NotFoundError", "{out}");
+    assert_eq!(e["openai_unknown"]["code"], "model_not_found", "{out}");
+    assert_eq!(e["openai_empty"]["class"], "BadRequestError", "{out}");
+    assert_eq!(e["openai_empty"]["type"], "invalid_request_error", "{out}");
+    assert_eq!(e["anthropic_unknown"]["class"], "NotFoundError", "{out}");
+    assert_eq!(e["anthropic_unknown"]["type"], "not_found_error", "{out}");
+    assert_eq!(e["anthropic_empty"]["class"], "BadRequestError", "{out}");
+    assert_eq!(
+        e["anthropic_empty"]["type"], "invalid_request_error",
+        "{out}"
+    );
+}
