@@ -22,6 +22,7 @@
 //! - [`util`]: polling with deadlines, temp dirs, closed ports.
 //! - [`tls`]: a throwaway CA, server certificates and signing keys made with the
 //!   `openssl` tool, and wrappers around `curl` and `openssl s_client`.
+//! - [`h2raw`]: a raw HTTP/2 client that writes frames byte by byte, for attacks.
 //!
 //! The tests live in `tests/tests/`, one file per area.
 #![deny(missing_docs)]
@@ -31,6 +32,7 @@ pub mod body;
 pub mod browser;
 pub mod client;
 pub mod gateway;
+pub mod h2raw;
 pub mod mock;
 pub mod otlp;
 pub mod process;

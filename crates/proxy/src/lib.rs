@@ -7,7 +7,8 @@
 //!   [`Handler`] (the LLM gateway) or `forward` (split, the upstream client,
 //!   the response); errors through `respond`, the one responder; `record`
 //!   (metrics, rollups, the call record, and `trace`: OpenTelemetry spans).
-//!   An allowed upgrade continues in `tunnel`.
+//!   An allowed upgrade continues in `tunnel`. HTTP/2 connections are served
+//!   by [`h2`], whose streams enter the same pipeline one request each.
 //! - [`exchange`]: the request as the phases read it, and its running account.
 //! - [`respond`]: every answer the gateway writes itself.
 //! - [`routing`]: route lookup on the canonical path.
@@ -24,6 +25,7 @@
 mod edge_phase;
 pub mod exchange;
 mod forward;
+pub mod h2;
 pub mod handler;
 mod head;
 pub mod pipeline;

@@ -56,7 +56,9 @@ struct Io<'a, S> {
 
 /// Serves one downstream connection until it closes. `fd` is the underlying
 /// socket (so a drain can wake the connection when idle); `scheme` is what
-/// `X-Forwarded-Proto` says (`http` or `https`).
+/// `X-Forwarded-Proto` says (`http` or `https`); `read` holds bytes already
+/// read from it (by the `h2c` sniffing of the first bytes), usually none.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_connection<S: ClientStream, H: Handler>(
     ctx: Rc<ShardCtx>,
     handler: Rc<H>,
@@ -65,6 +67,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     peer: SocketAddr,
     scheme: &'static str,
     _permit: hypergate_edge::policy::ConnectionPermit,
+    read: BytesMut,
 ) {
     let slot = ctx.conns.borrow_mut().register(fd);
     let active = &ctx.stats.active_connections;
@@ -76,7 +79,10 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
         peer_ip: peer.ip().to_string().into(),
         scheme,
     };
-    let mut bufs = Buffers::default();
+    let mut bufs = Buffers {
+        rbuf: read,
+        ..Buffers::default()
+    };
     loop {
         let inst = ctx.installed.borrow().clone();
         if bufs.rbuf.is_empty() && !idle(&ctx, &inst, slot, &mut stream, &mut bufs).await {
@@ -131,6 +137,40 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     }
     ctx.conns.borrow_mut().unregister(slot);
     active.set(active.get() - 1);
+}
+
+/// Serves the one request of an HTTP/2 stream ([`crate::h2`]): the same
+/// head phase, phases, responder and record as a request on an HTTP/1.1
+/// connection. No upgrade happens on a stream (the HTTP/2 codec refuses the
+/// `upgrade` header), so the exchange ends with its response.
+pub(crate) async fn serve_stream<S: ClientStream, H: Handler>(
+    ctx: &ShardCtx,
+    handler: &H,
+    mut stream: S,
+    down: &Downstream,
+) {
+    let mut bufs = Buffers::default();
+    let inst = ctx.installed.borrow().clone();
+    let head_bufs = head::HeadBufs {
+        rbuf: &mut bufs.rbuf,
+        head_buf: &mut bufs.head_buf,
+        head: &mut bufs.head,
+        canon: &mut bufs.canon,
+    };
+    match head::read(&inst, &mut stream, head_bufs).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(err) => {
+            respond::refuse_head(ctx, &inst, &mut stream, &mut bufs.out, &err).await;
+            return;
+        }
+    }
+    let (_after, ex) = handle(ctx, handler, &inst, down, &mut stream, &mut bufs).await;
+    let view = View {
+        buf: &bufs.head_buf,
+        head: &bufs.head,
+    };
+    record::record(ctx, &inst, &view, &ex, down);
 }
 
 /// Waits, between requests, for the next one (within `idle_timeout`). A drain

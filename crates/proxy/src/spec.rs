@@ -68,6 +68,8 @@ pub struct ListenerSpec {
     pub backlog: i32,
     /// TLS termination settings.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serves HTTP/2 with prior knowledge (`h2c`, plaintext listeners).
+    pub h2c: bool,
 }
 
 /// A validated route.

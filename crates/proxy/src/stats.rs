@@ -180,6 +180,8 @@ pub struct ShardStats {
     pub tls_handshakes: Cell<u64>,
     /// Failed TLS handshakes by reason (see `tls::HANDSHAKE_FAILURES`).
     pub tls_failures: [Cell<u64>; HANDSHAKE_FAILURES.len()],
+    /// HTTP/2 events by kind (see [`H2_EVENTS`]).
+    pub h2: [Cell<u64>; H2_EVENTS.len()],
     /// Open tunnels (upgraded connections).
     pub tunnels_active: Cell<u64>,
     /// Ended tunnels by reason.
@@ -330,6 +332,7 @@ impl ShardStats {
                 .collect(),
             tls_handshakes: self.tls_handshakes.get(),
             tls_failures: self.tls_failures.each_ref().map(Cell::get),
+            h2: self.h2.each_ref().map(Cell::get),
             tunnels_active: self.tunnels_active.get(),
             tunnels_ended: self.tunnels_ended.each_ref().map(Cell::get),
             tunnel_bytes: self.tunnel_bytes.each_ref().map(Cell::get),
@@ -389,6 +392,7 @@ pub struct ShardSnapshot {
     consumers: Vec<(ConsumerKey, u64)>,
     tls_handshakes: u64,
     tls_failures: [u64; HANDSHAKE_FAILURES.len()],
+    h2: [u64; H2_EVENTS.len()],
     tunnels_active: u64,
     tunnels_ended: [u64; TunnelEnd::ALL.len()],
     tunnel_bytes: [u64; 2],
@@ -428,6 +432,8 @@ pub struct MergedStats {
     pub tls_handshakes: u64,
     /// Failed TLS handshakes by reason.
     pub tls_failures: [u64; HANDSHAKE_FAILURES.len()],
+    /// HTTP/2 events by kind (see [`H2_EVENTS`]).
+    pub h2: [u64; H2_EVENTS.len()],
     /// Open tunnels.
     pub tunnels_active: u64,
     /// Ended tunnels by reason (see [`TunnelEnd::ALL`]).
@@ -527,6 +533,9 @@ impl MergedStats {
             for (a, b) in m.tls_failures.iter_mut().zip(&s.tls_failures) {
                 *a += b;
             }
+            for (a, b) in m.h2.iter_mut().zip(&s.h2) {
+                *a += b;
+            }
             m.tunnels_active += s.tunnels_active;
             for (a, b) in m.tunnels_ended.iter_mut().zip(&s.tunnels_ended) {
                 *a += b;
@@ -539,6 +548,35 @@ impl MergedStats {
             }
         }
         m
+    }
+}
+
+/// HTTP/2 events counted in metrics: connections served, streams that
+/// entered the pipeline, streams refused over the per-connection limit, and
+/// connections that ended with a protocol error (or a failed handshake).
+pub const H2_EVENTS: [&str; 4] = [
+    "connections",
+    "streams",
+    "refused_streams",
+    "protocol_errors",
+];
+
+/// Indexes into [`H2_EVENTS`].
+pub mod h2_event {
+    /// A connection served.
+    pub const CONNECTION: usize = 0;
+    /// A stream that entered the pipeline.
+    pub const STREAM: usize = 1;
+    /// A stream refused over the per-connection limit.
+    pub const REFUSED: usize = 2;
+    /// A connection ended by a protocol error or a failed handshake.
+    pub const ERROR: usize = 3;
+}
+
+impl ShardStats {
+    /// Counts one HTTP/2 event (an index of [`H2_EVENTS`]).
+    pub fn h2_event(&self, event: usize) {
+        self.h2[event].set(self.h2[event].get() + 1);
     }
 }
 

@@ -494,9 +494,11 @@ fn admit(
     ctx.stats
         .accepted_connections
         .set(ctx.stats.accepted_connections.get() + 1);
-    let tls = ctx.installed.borrow().config.listeners[listener_idx]
-        .tls
-        .clone();
+    let (tls, h2c) = {
+        let inst = ctx.installed.borrow();
+        let l = &inst.config.listeners[listener_idx];
+        (l.tls.clone(), l.h2c)
+    };
     let permit = match ctx.conn_limits.admit(peer.ip()) {
         Ok(p) => p,
         Err(refusal) => {
@@ -515,6 +517,9 @@ fn admit(
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     match tls {
+        None if h2c => {
+            monoio::spawn(serve_h2c(ctx.clone(), ai.clone(), stream, peer, permit));
+        }
         None => {
             monoio::spawn(hypergate_proxy::serve_connection(
                 ctx.clone(),
@@ -524,6 +529,7 @@ fn admit(
                 peer,
                 "http",
                 permit,
+                bytes::BytesMut::new(),
             ));
         }
         Some(tls) => {
@@ -562,7 +568,21 @@ async fn serve_tls(
             ctx.stats
                 .tls_handshakes
                 .set(ctx.stats.tls_handshakes.get() + 1);
-            hypergate_proxy::serve_connection(ctx, ai, tls_stream, fd, peer, "https", permit).await;
+            if tls_stream.alpn_protocol().as_deref() == Some(&b"h2"[..]) {
+                hypergate_proxy::h2::serve_h2(ctx, ai, tls_stream, fd, peer, "https", permit).await;
+            } else {
+                hypergate_proxy::serve_connection(
+                    ctx,
+                    ai,
+                    tls_stream,
+                    fd,
+                    peer,
+                    "https",
+                    permit,
+                    bytes::BytesMut::new(),
+                )
+                .await;
+            }
         }
         Ok(Err(e)) => ctx
             .stats
@@ -570,6 +590,32 @@ async fn serve_tls(
         Err(_) => ctx.stats.tls_failure(crate::tls::classify_handshake_error(
             &std::io::ErrorKind::TimedOut.into(),
         )),
+    }
+}
+
+/// A plaintext connection on a listener that also serves HTTP/2 with prior
+/// knowledge: its first bytes (the HTTP/2 preface or not, within
+/// `limits.idle_timeout`) decide which protocol serves it.
+async fn serve_h2c(
+    ctx: Rc<ShardCtx>,
+    ai: Rc<hypergate_llm::AiShard>,
+    mut stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    permit: ConnectionPermit,
+) {
+    use hypergate_proxy::h2::{self, Opening};
+    let fd = stream.as_raw_fd();
+    let wait = ctx.installed.borrow().config.raw.limits.idle_timeout;
+    match h2::sniff(&mut stream, wait).await {
+        Opening::H2(preface) => {
+            let stream = h2::Prefixed::new(preface, stream);
+            h2::serve_h2(ctx, ai, stream, fd, peer, "http", permit).await;
+        }
+        Opening::Http1(read) => {
+            hypergate_proxy::serve_connection(ctx, ai, stream, fd, peer, "http", permit, read)
+                .await;
+        }
+        Opening::Nothing => {}
     }
 }
 

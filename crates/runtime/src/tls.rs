@@ -60,6 +60,7 @@ fn read_key(file: &str) -> Result<PrivateKeyDer<'static>, String> {
 /// Builds a listener's rustls config, reporting every problem.
 pub fn server_config(
     t: &ListenerTlsConfig,
+    alpn: &[&[u8]],
     path: &str,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Arc<rustls::ServerConfig>> {
@@ -140,7 +141,8 @@ pub fn server_config(
         .ok()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The listener's protocols, in the server's order of preference.
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Some(Arc::new(cfg))
 }
 

@@ -184,6 +184,15 @@ pub struct LimitsConfig {
     pub tunnel_idle_timeout: Duration,
     /// Largest upstream response header section in bytes; larger gets 502.
     pub max_response_header_bytes: usize,
+    /// HTTP/2: streams of one connection in the pipeline at once (also the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` advertised); more are refused.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: each stream's flow-control window in bytes (the connection's
+    /// is four times it): what a client may send ahead, and what the gateway
+    /// buffers for a slow reader.
+    pub h2_initial_window: u32,
+    /// HTTP/2: largest frame payload accepted (`SETTINGS_MAX_FRAME_SIZE`).
+    pub h2_max_frame_size: u32,
 }
 
 impl Default for LimitsConfig {
@@ -201,6 +210,9 @@ impl Default for LimitsConfig {
             send_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(300),
             max_response_header_bytes: 64 * 1024,
+            h2_max_concurrent_streams: 128,
+            h2_initial_window: 256 * 1024,
+            h2_max_frame_size: 16 * 1024,
         }
     }
 }
@@ -299,6 +311,27 @@ pub struct ListenerConfig {
     /// Terminate TLS on this listener.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// Protocols served: `"http1"`, plus `"h2"` (offered by ALPN, TLS
+    /// listeners) or `"h2c"` (HTTP/2 with prior knowledge, plaintext
+    /// listeners; never by `Upgrade: h2c`).
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<Protocol>,
+}
+
+/// A protocol a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 (and 1.0).
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN.
+    H2,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+fn default_protocols() -> Vec<Protocol> {
+    vec![Protocol::Http1]
 }
 
 fn default_backlog() -> i32 {

@@ -105,15 +105,52 @@ pub fn validate(
                     "the admin listener must not share a data-plane address",
                 );
             }
-            let tls = l
-                .tls
-                .as_ref()
-                .and_then(|t| crate::tls::server_config(t, &format!("{path}.tls"), &mut issues.0));
+            use hypergate_core::config::raw::Protocol;
+            let has = |p: Protocol| l.protocols.contains(&p);
+            if l.protocols.is_empty() {
+                issues.push(
+                    format!("{path}.protocols"),
+                    "at least one protocol is required",
+                );
+            }
+            if has(Protocol::H2) && l.tls.is_none() {
+                issues.push(
+                    format!("{path}.protocols"),
+                    "\"h2\" is negotiated by TLS ALPN: use \"h2c\" on a plaintext listener",
+                );
+            }
+            if has(Protocol::H2c) && l.tls.is_some() {
+                issues.push(
+                    format!("{path}.protocols"),
+                    "\"h2c\" is HTTP/2 without TLS: use \"h2\" on a TLS listener",
+                );
+            }
+            if l.tls.is_some() && !has(Protocol::Http1) && !has(Protocol::H2) {
+                issues.push(
+                    format!("{path}.protocols"),
+                    "a TLS listener needs \"http1\" or \"h2\"",
+                );
+            }
+            if l.tls.is_none() && !has(Protocol::Http1) && !has(Protocol::H2c) {
+                issues.push(
+                    format!("{path}.protocols"),
+                    "a plaintext listener needs \"http1\" or \"h2c\"",
+                );
+            }
+            let alpn: Vec<&[u8]> = [(Protocol::H2, &b"h2"[..]), (Protocol::Http1, b"http/1.1")]
+                .into_iter()
+                .filter(|(p, _)| has(*p))
+                .map(|(_, id)| id)
+                .collect();
+            let tls = l.tls.as_ref().and_then(|t| {
+                crate::tls::server_config(t, &alpn, &format!("{path}.tls"), &mut issues.0)
+            });
             listeners.push(ListenerSpec {
                 name: l.name.as_str().into(),
                 addr,
                 backlog: l.backlog,
                 tls,
+                h2c: has(Protocol::H2c),
             });
         }
     }

@@ -348,6 +348,20 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
     }
     header(
         &mut out,
+        "hypergate_h2_events_total",
+        "counter",
+        "HTTP/2: connections served, streams that entered the pipeline, streams refused \
+         over the per-connection limit, connections ended by a protocol error.",
+    );
+    for (i, event) in hypergate_proxy::stats::H2_EVENTS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "hypergate_h2_events_total{{event=\"{event}\"}} {}",
+            m.h2[i]
+        );
+    }
+    header(
+        &mut out,
         "hypergate_tls_handshakes_total",
         "counter",
         "Completed TLS handshakes.",

@@ -1,0 +1,444 @@
+//! HTTP/2 downstream over real sockets: prior knowledge (`h2c`) and ALPN
+//! (`h2`), each stream through the same pipeline as an HTTP/1.1 request
+//! (curl and h2load as clients), and the attacks: rapid reset
+//! (CVE-2023-44487), a CONTINUATION flood, an HPACK bomb, 10,000 streams on
+//! one connection and a slow reader of a large response, each with memory
+//! bounded and another client still served; GOAWAY on drain.
+
+use hypergate_tests::h2raw::{self, kind, H2Raw, END_HEADERS, END_STREAM};
+use hypergate_tests::tls::Pki;
+use hypergate_tests::{cluster, preamble, MockUpstream, Reply, TestGateway};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "h2-secret-key";
+
+/// A gateway whose listener serves HTTP/1.1 and h2c: `/hello` answered
+/// directly, `/private` (API key) and everything else to `upstream`.
+fn gateway(upstream: &MockUpstream, limits: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"{preamble}protocols = ["http1", "h2c"]
+
+[limits]
+{limits}
+{cluster}
+[[consumers]]
+name = "holder"
+api_keys = ["{hash}"]
+
+[auth.api_key]
+header = "x-api-key"
+
+[[routes]]
+name = "hello"
+[routes.match]
+path_exact = "/hello"
+[routes.direct]
+status = 200
+body = "hello over any protocol\n"
+
+[[routes]]
+name = "private"
+cluster = "backend"
+[routes.match]
+path_prefix = "/private"
+[routes.policy]
+auth = ["api_key"]
+
+[[routes]]
+name = "public"
+cluster = "backend"
+"#,
+        preamble = preamble(1),
+        cluster = cluster("backend", &[upstream.addr()], ""),
+        hash = hypergate::auth::hash_key(KEY),
+    ))
+}
+
+/// `curl` (HTTP/2 with prior knowledge unless `extra` says otherwise):
+/// (status, HTTP version, body).
+fn curl(addr: SocketAddr, path: &str, extra: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "--path-as-is",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(if extra.contains(&"--http1.1") {
+            &[][..]
+        } else {
+            &["--http2-prior-knowledge"][..]
+        })
+        .args(extra)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut it = tail.split(' ');
+    let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (
+        status,
+        it.next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn h2c_and_http1_share_a_listener_and_the_pipeline() {
+    let up = MockUpstream::start(|req| {
+        Reply::ok(format!("upstream saw {} {}", req.method, req.body.len())).into()
+    });
+    let gw = gateway(&up, "");
+    assert_eq!(
+        curl(gw.addr, "/hello", &[]),
+        (200, "2".into(), "hello over any protocol\n".into())
+    );
+    assert_eq!(curl(gw.addr, "/hello", &["--http1.1"]).0, 200);
+    assert_eq!(curl(gw.addr, "/hello", &["--http1.1"]).1, "1.1");
+    // The edge phase runs on streams: no key, no entry; path variants are
+    // made canonical first, as for HTTP/1.1.
+    let (status, version, body) = curl(gw.addr, "/private/x", &[]);
+    assert_eq!((status, version.as_str()), (401, "2"), "{body}");
+    assert!(body.contains("missing_credentials"), "{body}");
+    for variant in [
+        "/public/../private/x",
+        "//private/x",
+        "/%70rivate/x",
+        "/./private/x",
+    ] {
+        let (status, _, body) = curl(gw.addr, variant, &[]);
+        assert_eq!(status, 401, "{variant}: {body}");
+    }
+    assert_eq!(
+        up.request_count(),
+        0,
+        "nothing unauthenticated reached the upstream"
+    );
+    let key = format!("x-api-key: {KEY}");
+    let (status, _, body) = curl(gw.addr, "/private/x", &["-H", &key]);
+    assert_eq!((status, body.as_str()), (200, "upstream saw GET 0"));
+    let seen = up.last();
+    assert_eq!(seen.version, 1, "the upstream gets HTTP/1.1");
+    assert!(
+        seen.headers
+            .iter()
+            .any(|(n, v)| n == "host" && v.starts_with("127.0.0.1")),
+        "{:?}",
+        seen.headers
+    );
+    // A 1 MiB body, sent as DATA frames, arrives whole.
+    let body_file = hypergate_tests::TempDir::new();
+    let path = body_file.write("body.bin", &"x".repeat(1 << 20));
+    let data = format!("@{}", path.display());
+    let (status, _, body) = curl(gw.addr, "/upload", &["--data-binary", &data]);
+    assert_eq!((status, body.as_str()), (200, "upstream saw POST 1048576"));
+    assert!(up.last().body_complete);
+    assert_eq!(
+        gw.metric("hypergate_h2_events_total{event=\"streams\"}"),
+        8.0
+    );
+    assert_eq!(
+        gw.metric("hypergate_h2_events_total{event=\"protocol_errors\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn tls_listener_offers_h2_by_alpn_and_still_speaks_http1() {
+    let pki = Pki::new();
+    let cert = pki.issue("h2", &["h2.test"]);
+    let gw = TestGateway::start(&format!(
+        r#"{}protocols = ["http1", "h2"]
+[listeners.tls]
+certificates = [{{ cert_file = "{}", key_file = "{}" }}]
+
+[[routes]]
+name = "hello"
+[routes.direct]
+status = 200
+body = "tls\n"
+"#,
+        preamble(1),
+        cert.cert.display(),
+        cert.key.display()
+    ));
+    let h2 = hypergate_tests::tls::curl(gw.addr, "h2.test", "/", pki.ca_cert(), &["--http2"]);
+    assert_eq!(h2.status, Some(200), "{}", h2.stderr);
+    assert!(h2.stderr.contains("< HTTP/2 200"), "{}", h2.stderr);
+    let h1 = hypergate_tests::tls::curl(gw.addr, "h2.test", "/", pki.ca_cert(), &["--http1.1"]);
+    assert!(h1.stderr.contains("< HTTP/1.1 200"), "{}", h1.stderr);
+}
+
+#[test]
+fn h2_and_h2c_are_refused_where_they_cannot_work() {
+    let dir = hypergate_tests::TempDir::new();
+    let path = dir.write(
+        "bad.toml",
+        r#"
+[[listeners]]
+name = "plain"
+address = "127.0.0.1:0"
+protocols = ["http1", "h2"]
+[[routes]]
+name = "hello"
+[routes.direct]
+status = 200
+"#,
+    );
+    let (status, stdout, stderr) =
+        hypergate_tests::process::run_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!status.success());
+    let text = format!("{stdout}{stderr}");
+    assert!(
+        text.contains("listeners[0].protocols: \"h2\" is negotiated by TLS ALPN"),
+        "{text}"
+    );
+}
+
+/// A second client, served while an attack runs.
+fn still_served(gw: &TestGateway) {
+    let started = Instant::now();
+    let (status, ..) = curl(gw.addr, "/hello", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn rapid_reset_is_bounded() {
+    let up = MockUpstream::start(|_| Reply::ok("slow").latency(Duration::from_millis(50)).into());
+    let gw = gateway(&up, "");
+    let rss = h2raw::rss_kib();
+    let mut c = H2Raw::connect(gw.addr, None);
+    let mut sent = 0u32;
+    let mut closed = false;
+    // 20,000 streams, each reset as soon as it is opened, in batches.
+    'attack: for batch in 0..200u32 {
+        let mut bytes = Vec::new();
+        for i in 0..100u32 {
+            let id = (batch * 100 + i) * 2 + 1;
+            bytes.extend(H2Raw::encode(
+                kind::HEADERS,
+                END_HEADERS | END_STREAM,
+                id,
+                &h2raw::get_block("/upstream"),
+            ));
+            bytes.extend(H2Raw::encode(kind::RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        if !c.send_raw(&bytes) {
+            closed = true;
+            break 'attack;
+        }
+        sent += 100;
+    }
+    let frames = c.read_until(Duration::from_secs(5), |f| f.kind == kind::GOAWAY);
+    let goaway = frames.iter().any(|f| f.kind == kind::GOAWAY);
+    assert!(
+        closed || goaway,
+        "the attacker was cut off ({sent} streams sent)"
+    );
+    still_served(&gw);
+    // Work reached the upstream only for streams inside the limits.
+    assert!(
+        up.request_count() < 2_000,
+        "{} upstream requests for {sent} reset streams",
+        up.request_count()
+    );
+    let grown = h2raw::rss_kib().saturating_sub(rss);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+}
+
+#[test]
+fn continuation_flood_is_cut_off() {
+    let up = MockUpstream::ok("x");
+    let gw = gateway(&up, "");
+    let rss = h2raw::rss_kib();
+    let mut c = H2Raw::connect(gw.addr, None);
+    assert!(c.frame(kind::HEADERS, END_STREAM, 1, &h2raw::get_block("/hello")));
+    // Up to 64 MiB of CONTINUATION frames that never end the header block.
+    let junk = {
+        let mut b = Vec::new();
+        for i in 0..1000 {
+            h2raw::literal(&mut b, 1, format!("{i:015}").as_bytes());
+        }
+        b.truncate(16 * 1024);
+        b
+    };
+    let mut sent = 0usize;
+    for _ in 0..4096 {
+        if !c.frame(kind::CONTINUATION, 0, 1, &junk) {
+            break;
+        }
+        sent += junk.len();
+    }
+    let frames = c.read_until(Duration::from_secs(5), |f| f.kind == kind::GOAWAY);
+    assert!(
+        sent < 64 << 20 || frames.iter().any(|f| f.kind == kind::GOAWAY),
+        "the flood was taken whole ({sent} bytes) without a GOAWAY"
+    );
+    assert!(
+        !frames.iter().any(|f| f.kind == kind::HEADERS),
+        "no response to an endless header block"
+    );
+    still_served(&gw);
+    let grown = h2raw::rss_kib().saturating_sub(rss);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+}
+
+#[test]
+fn hpack_bomb_is_refused() {
+    let up = MockUpstream::ok("x");
+    let gw = gateway(&up, "");
+    let rss = h2raw::rss_kib();
+    let mut c = H2Raw::connect(gw.addr, None);
+    // One 4,000-byte header put in the dynamic table, then referenced 4,000
+    // times: a 4 KB block that decodes to 16 MB of headers.
+    let mut block = h2raw::get_block("/hello");
+    block.push(0x40);
+    h2raw::length(&mut block, 1);
+    block.push(b'x');
+    h2raw::length(&mut block, 4000);
+    block.extend(std::iter::repeat_n(b'a', 4000));
+    block.extend(std::iter::repeat_n(0xbe, 4000));
+    let mut first = true;
+    for piece in block.chunks(16 * 1024) {
+        let (kind, flags) = if first {
+            (kind::HEADERS, END_STREAM)
+        } else {
+            (kind::CONTINUATION, 0)
+        };
+        first = false;
+        c.frame(kind, flags, 1, piece);
+    }
+    c.frame(kind::CONTINUATION, END_HEADERS, 1, &[]);
+    let frames = c.read_until(Duration::from_secs(5), |f| {
+        f.kind == kind::GOAWAY || f.kind == kind::RST_STREAM || f.kind == kind::HEADERS
+    });
+    let answered_ok = frames
+        .iter()
+        .any(|f| f.kind == kind::HEADERS && f.payload.first() == Some(&0x88));
+    assert!(!answered_ok, "a 16 MB header list was accepted: {frames:?}");
+    assert_eq!(up.request_count(), 0);
+    still_served(&gw);
+    let grown = h2raw::rss_kib().saturating_sub(rss);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+}
+
+#[test]
+fn ten_thousand_streams_on_one_connection() {
+    let up = MockUpstream::ok("x");
+    let gw = gateway(&up, "");
+    let rss = h2raw::rss_kib();
+    // A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS: 10,000 streams at once.
+    let mut c = H2Raw::connect(gw.addr, None);
+    let mut bytes = Vec::new();
+    for i in 0..10_000u32 {
+        bytes.extend(H2Raw::encode(
+            kind::HEADERS,
+            END_HEADERS | END_STREAM,
+            i * 2 + 1,
+            &h2raw::get_block("/hello"),
+        ));
+    }
+    let _ = c.send_raw(&bytes);
+    let (mut answered, mut refused) = (0, 0);
+    c.read_until(Duration::from_secs(10), |f| {
+        match f.kind {
+            kind::HEADERS => answered += 1,
+            kind::RST_STREAM => refused += 1,
+            _ => {}
+        }
+        f.kind == kind::GOAWAY || answered + refused == 10_000
+    });
+    assert!(answered >= 128, "answered {answered}, refused {refused}");
+    still_served(&gw);
+    let grown = h2raw::rss_kib().saturating_sub(rss);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    // A well-behaved client (h2load) gets every one of 10,000 streams answered.
+    let out = Command::new("h2load")
+        .args([
+            "-n",
+            "10000",
+            "-c",
+            "1",
+            "-m",
+            "10000",
+            &format!("http://{}/hello", gw.addr),
+        ])
+        .output()
+        .expect("run h2load (apt install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10000 succeeded, 0 failed"), "{text}");
+}
+
+#[test]
+fn a_slow_reader_of_a_large_response_holds_little() {
+    let up = MockUpstream::start(|_| Reply::ok("").pattern(7, 32 << 20).into());
+    let gw = gateway(&up, "send_timeout = \"2s\"");
+    let rss = h2raw::rss_kib();
+    // A 32 MiB answer to a client whose window never reopens after 64 KiB.
+    let mut c = H2Raw::connect(gw.addr, None);
+    assert!(c.frame(
+        kind::HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &h2raw::get_block("/big")
+    ));
+    let frames = c.read_until(Duration::from_secs(1), |_| false);
+    let got: usize = frames
+        .iter()
+        .filter(|f| f.kind == kind::DATA)
+        .map(|f| f.payload.len())
+        .sum();
+    assert!(got <= 65_535, "{got} bytes sent past the client's window");
+    still_served(&gw);
+    let grown = h2raw::rss_kib().saturating_sub(rss);
+    assert!(
+        grown < 24 * 1024,
+        "RSS grew by {grown} KiB for a 32 MiB answer"
+    );
+    // After send_timeout, the stream is given up (reset), not held forever.
+    let frames = c.read_until(Duration::from_secs(6), |f| f.kind == kind::RST_STREAM);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.kind == kind::RST_STREAM && f.stream == 1),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn drain_sends_goaway() {
+    let up = MockUpstream::ok("x");
+    let toml = format!(
+        "{}protocols = [\"http1\", \"h2c\"]\n{}\n[[routes]]\nname = \"all\"\ncluster = \"backend\"\n",
+        // No lame-duck period: the drain starts at once.
+        preamble(1).replace("drain_timeout", "drain_delay = \"0s\"\ndrain_timeout"),
+        cluster("backend", &[up.addr()], "")
+    );
+    let mut gw = hypergate_tests::process::GatewayProcess::spawn(&toml);
+    let mut c = H2Raw::connect(gw.addr, None);
+    assert!(c.frame(
+        kind::HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &h2raw::get_block("/")
+    ));
+    let frames = c.read_until(Duration::from_secs(5), |f| {
+        f.kind == kind::DATA && f.flags & END_STREAM != 0
+    });
+    assert!(frames.iter().any(|f| f.kind == kind::HEADERS), "{frames:?}");
+    gw.signal(libc::SIGTERM);
+    let frames = c.read_until(Duration::from_secs(5), |f| f.kind == kind::GOAWAY);
+    assert!(frames.iter().any(|f| f.kind == kind::GOAWAY), "{frames:?}");
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success());
+}
