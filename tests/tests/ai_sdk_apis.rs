@@ -423,8 +423,9 @@ fn openai_sdk_responses_passed_through_with_state() {
 }
 
 /// The quickstart itself (`examples/quickstart.toml`, its own mock provider
-/// and demo upstream, on free ports), run as a process: every AI endpoint
-/// with both SDKs, streamed and not, and the errors each SDK raises.
+/// and demo upstream, on free ports), run as a process: HTTP/2 with prior
+/// knowledge on its listener, and every AI endpoint with both SDKs, streamed
+/// and not, and the errors each SDK raises.
 #[test]
 fn both_sdks_against_the_quickstart_every_endpoint() {
     let root = hypergate_tests::process::workspace_root();
@@ -437,6 +438,20 @@ fn both_sdks_against_the_quickstart_every_endpoint() {
         .replace("127.0.0.1:8080", "127.0.0.1:0")
         .replace("127.0.0.1:9901", "127.0.0.2:0");
     let gw = hypergate_tests::process::GatewayProcess::spawn(&toml);
+    // Its listener also speaks HTTP/2 with prior knowledge.
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["--max-time", "10", "--http2-prior-knowledge"])
+        .arg(format!("http://{}/", gw.addr))
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "200 2");
     let out = hypergate_tests::python::run_script("quickstart_apis.py", gw.addr, &[]);
     let answer = "Mock reply to: What is the capital of France?";
     for key in [
