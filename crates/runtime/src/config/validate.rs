@@ -394,15 +394,24 @@ fn check_limits(l: &raw::LimitsConfig, issues: &mut Issues) {
         );
     }
     if l.h2_max_concurrent_streams == 0 || l.h2_max_concurrent_streams > 10_000 {
-        issues.push("limits.h2_max_concurrent_streams", "must be between 1 and 10000");
+        issues.push(
+            "limits.h2_max_concurrent_streams",
+            "must be between 1 and 10000",
+        );
     }
     // RFC 9113's bounds for SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE
     // (the connection window is four times the stream's, so a quarter of the maximum).
     if !(65_535..=(1 << 29)).contains(&l.h2_initial_window) {
-        issues.push("limits.h2_initial_window", "must be between 65535 and 536870912 bytes");
+        issues.push(
+            "limits.h2_initial_window",
+            "must be between 65535 and 536870912 bytes",
+        );
     }
     if !(16_384..=16_777_215).contains(&l.h2_max_frame_size) {
-        issues.push("limits.h2_max_frame_size", "must be between 16384 and 16777215 bytes");
+        issues.push(
+            "limits.h2_max_frame_size",
+            "must be between 16384 and 16777215 bytes",
+        );
     }
     for (name, d) in [
         ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
