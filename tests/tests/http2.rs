@@ -442,3 +442,74 @@ fn drain_sends_goaway() {
     let status = gw.wait_exit(Duration::from_secs(10)).expect("exits");
     assert!(status.success());
 }
+
+#[test]
+fn llm_streams_and_large_bodies_cross_the_bridge_intact() {
+    // A streamed LLM answer (SSE, chunked on HTTP/1.1) arrives event by event
+    // as DATA frames, and a 32 MiB answer arrives byte for byte.
+    let llm = hypergate_mock_llm::MockLlm::start(
+        "127.0.0.1:0",
+        hypergate_mock_llm::MockConfig {
+            require_auth: false,
+            ..Default::default()
+        },
+    )
+    .expect("mock LLM");
+    let up = MockUpstream::start(|_| Reply::ok("").pattern(11, 32 << 20).into());
+    let gw = TestGateway::start(&format!(
+        r#"{}protocols = ["http1", "h2c"]
+{}
+[[ai.providers]]
+name = "p"
+kind = "openai"
+base_url = "http://{}/v1"
+[[ai.models]]
+alias = "demo"
+targets = [{{ provider = "p", model = "m" }}]
+
+[[routes]]
+name = "llm"
+[routes.match]
+path_prefix = "/v1"
+[routes.ai]
+
+[[routes]]
+name = "big"
+cluster = "backend"
+"#,
+        preamble(1),
+        cluster("backend", &[up.addr()], ""),
+        llm.addr()
+    ));
+    let body =
+        r#"{"model":"demo","stream":true,"messages":[{"role":"user","content":"one two three"}]}"#;
+    let (status, version, text) = curl(
+        gw.addr,
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "--data", body],
+    );
+    assert_eq!((status, version.as_str()), (200, "2"), "{text}");
+    let deltas: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(deltas, "Mock reply to: one two three");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let out = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "--max-time", "30"])
+        .arg(format!("http://{}/big", gw.addr))
+        .output()
+        .expect("curl");
+    assert_eq!(out.stdout.len(), 32 << 20);
+    assert_eq!(
+        hypergate_tests::body::Fingerprint::of(&out.stdout),
+        hypergate_tests::body::Pattern::new(11, 32 << 20).fingerprint()
+    );
+}
