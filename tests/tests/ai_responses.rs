@@ -334,3 +334,13 @@ fn guardrails_apply_to_calls_passed_through_to_a_responses_provider() {
         "hypergate_llm_guardrail_actions_total{guardrail=\"pii\",action=\"redact_response\"} 2"
     ));
 }
+
+#[test]
+fn an_empty_input_is_a_400_naming_input() {
+    let m = mock(MockConfig::default());
+    let gw = gateway(&m, "", "");
+    let r = post(&gw, json!({"model": "a", "input": []}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "input", "{}", r.text());
+    assert_eq!(m.requests(), 0);
+}

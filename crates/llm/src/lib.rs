@@ -919,13 +919,16 @@ impl<'r, 'a> Chat<'r, 'a> {
             .param("messages"));
         }
         let alias = self.alias_of(&canonical)?;
-        // Both APIs refuse an empty conversation; no provider is asked.
-        if canonical["messages"].as_array().is_some_and(Vec::is_empty) {
-            return Err(GatewayError::new(
-                ErrorKind::InvalidRequest,
-                "messages must hold at least one message",
-            )
-            .param("messages"));
+        // Every API refuses an empty conversation; no provider is asked. (A
+        // call passed through to a Responses provider is the provider's to judge.)
+        let passed_whole = self.responses_body.is_some() && self.native_only(alias);
+        if !passed_whole && canonical["messages"].as_array().is_some_and(Vec::is_empty) {
+            let (message, param) = match self.format {
+                Format::Responses => ("input must hold at least one item", "input"),
+                Format::Completions => ("prompt must not be empty", "prompt"),
+                _ => ("messages must hold at least one message", "messages"),
+            };
+            return Err(GatewayError::new(ErrorKind::InvalidRequest, message).param(param));
         }
         self.rec.alias = spec.aliases[alias].name.to_string();
         let streamed = canonical["stream"].as_bool().unwrap_or(false) && prompt_output.is_none();
@@ -970,8 +973,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         }
         // A call passed through whole to Responses providers is not cached:
         // its canonical form holds only its texts, not its tools or state.
-        let passed_through = self.responses_body.is_some() && self.native_only(alias);
-        let cache_key = if passed_through {
+        let cache_key = if passed_whole {
             None
         } else {
             self.cache_key(alias, &canonical)
