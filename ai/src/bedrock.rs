@@ -30,7 +30,7 @@ pub use event_stream::{encode_message, EventStreamDecoder, Message, MAX_MESSAGE_
 pub use sigv4::{sign, SignInput};
 
 use crate::translate::{
-    copy_field, ensure_object, field_path, optional_array, parse_arguments, required_array,
+    copy_field, ensure_object, field_path, optional_array, read_assistant, required_array,
     required_str, text_content, TranslateError, Usage,
 };
 
@@ -230,74 +230,12 @@ fn image_block(part: &Value, path: &str) -> Result<Value, TranslateError> {
 
 /// An assistant message's text and tool calls as Converse content blocks.
 fn assistant_blocks(message: &Value, path: &str) -> Result<Vec<Value>, TranslateError> {
-    let content_path = field_path(path, "content");
-    let mut blocks = Vec::new();
-    match message.get("content") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(text)) => {
-            if !text.is_empty() {
-                blocks.push(json!({"text": text}));
-            }
-        }
-        Some(Value::Array(parts)) => {
-            for (index, part) in parts.iter().enumerate() {
-                let path = format!("{content_path}[{index}]");
-                let text = match required_str(part, "type", &path)? {
-                    "text" => required_str(part, "text", &path)?,
-                    "refusal" => required_str(part, "refusal", &path)?,
-                    other => {
-                        return Err(TranslateError::Unsupported {
-                            path,
-                            what: "part type",
-                            value: other.to_owned(),
-                        })
-                    }
-                };
-                if !text.is_empty() {
-                    blocks.push(json!({"text": text}));
-                }
-            }
-        }
-        Some(_) => {
-            return Err(TranslateError::WrongType {
-                path: content_path,
-                expected: "a string, an array of content parts or null",
-            })
-        }
-    }
-    for (index, call) in optional_array(message, "tool_calls", path)?
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let path = format!("{path}.tool_calls[{index}]");
-        if let Some(kind) = call.get("type").and_then(Value::as_str) {
-            if kind != "function" {
-                return Err(TranslateError::Unsupported {
-                    path: field_path(&path, "type"),
-                    what: "tool call type",
-                    value: kind.to_owned(),
-                });
-            }
-        }
-        let function_path = field_path(&path, "function");
-        let function = call
-            .get("function")
-            .filter(|f| f.is_object())
-            .ok_or_else(|| TranslateError::Missing {
-                path: function_path.clone(),
-            })?;
-        let input = parse_arguments(
-            function.get("arguments"),
-            &field_path(&function_path, "arguments"),
-        )?;
-        blocks.push(json!({"toolUse": {
-            "toolUseId": required_str(call, "id", &path)?,
-            "name": required_str(function, "name", &function_path)?,
-            "input": input,
-        }}));
-    }
-    Ok(blocks)
+    let turn = read_assistant(message, path)?;
+    let texts = turn.texts.iter().map(|text| json!({"text": text}));
+    let calls = turn.calls.into_iter().map(
+        |call| json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.input}}),
+    );
+    Ok(texts.chain(calls).collect())
 }
 
 /// A `tool` message as a `toolResult` block.

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use crate::sse::SseEvent;
 use crate::translate::{
-    copy_field, ensure_object, field_path, optional_array, parse_arguments, required_array,
+    copy_field, ensure_object, field_path, optional_array, read_assistant, required_array,
     required_str, text_content, TranslateError, Usage,
 };
 
@@ -238,70 +238,15 @@ fn assistant_parts(
     path: &str,
     call_names: &mut HashMap<String, String>,
 ) -> Result<Vec<Value>, TranslateError> {
-    let content_path = field_path(path, "content");
-    let mut parts = Vec::new();
-    match message.get("content") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(text)) => {
-            if !text.is_empty() {
-                parts.push(json!({"text": text}));
-            }
-        }
-        Some(Value::Array(items)) => {
-            for (index, item) in items.iter().enumerate() {
-                let path = format!("{content_path}[{index}]");
-                let text = match required_str(item, "type", &path)? {
-                    "text" => required_str(item, "text", &path)?,
-                    "refusal" => required_str(item, "refusal", &path)?,
-                    other => {
-                        return Err(TranslateError::Unsupported {
-                            path,
-                            what: "part type",
-                            value: other.to_owned(),
-                        })
-                    }
-                };
-                if !text.is_empty() {
-                    parts.push(json!({"text": text}));
-                }
-            }
-        }
-        Some(_) => {
-            return Err(TranslateError::WrongType {
-                path: content_path,
-                expected: "a string, an array of content parts or null",
-            })
-        }
-    }
-    for (index, call) in optional_array(message, "tool_calls", path)?
-        .unwrap_or_default()
+    let turn = read_assistant(message, path)?;
+    let mut parts: Vec<Value> = turn
+        .texts
         .iter()
-        .enumerate()
-    {
-        let path = format!("{path}.tool_calls[{index}]");
-        if let Some(kind) = call.get("type").and_then(Value::as_str) {
-            if kind != "function" {
-                return Err(TranslateError::Unsupported {
-                    path: field_path(&path, "type"),
-                    what: "tool call type",
-                    value: kind.to_owned(),
-                });
-            }
-        }
-        let function_path = field_path(&path, "function");
-        let function = call
-            .get("function")
-            .filter(|f| f.is_object())
-            .ok_or_else(|| TranslateError::Missing {
-                path: function_path.clone(),
-            })?;
-        let name = required_str(function, "name", &function_path)?;
-        let args = parse_arguments(
-            function.get("arguments"),
-            &field_path(&function_path, "arguments"),
-        )?;
-        call_names.insert(required_str(call, "id", &path)?.to_owned(), name.to_owned());
-        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+        .map(|text| json!({"text": text}))
+        .collect();
+    for call in turn.calls {
+        call_names.insert(call.id.to_owned(), call.name.to_owned());
+        parts.push(json!({"functionCall": {"name": call.name, "args": call.input}}));
     }
     Ok(parts)
 }

@@ -748,17 +748,46 @@ fn openai_image_to_anthropic(part: &Value, path: &str) -> Result<Value, Translat
 }
 
 /// An assistant message's content and tool calls as Anthropic content.
-fn openai_assistant_content(message: &Value, path: &str) -> Result<Content, TranslateError> {
+/// An assistant message of a chat request, read once for every translation:
+/// its texts in order (text and refusal parts; empty ones left out), whether
+/// its content was one string, and its tool calls with parsed arguments.
+pub(crate) struct AssistantTurn<'a> {
+    /// The content when it is one string (possibly empty).
+    pub plain: Option<&'a str>,
+    /// Non-empty texts, in order.
+    pub texts: Vec<&'a str>,
+    /// Tool calls, in order.
+    pub calls: Vec<ToolCallIn<'a>>,
+}
+
+/// One tool call of an assistant message.
+pub(crate) struct ToolCallIn<'a> {
+    /// The call's id.
+    pub id: &'a str,
+    /// The function's name.
+    pub name: &'a str,
+    /// The arguments, parsed into a JSON object.
+    pub input: Value,
+}
+
+/// Reads an assistant `message` at `path` (see [`AssistantTurn`]); errors
+/// name the JSON path.
+pub(crate) fn read_assistant<'a>(
+    message: &'a Value,
+    path: &str,
+) -> Result<AssistantTurn<'a>, TranslateError> {
     let content_path = field_path(path, "content");
-    let mut blocks = Vec::new();
+    let mut turn = AssistantTurn {
+        plain: None,
+        texts: Vec::new(),
+        calls: Vec::new(),
+    };
     match message.get("content") {
         None | Some(Value::Null) => {}
         Some(Value::String(text)) => {
-            if optional_array(message, "tool_calls", path)?.is_none_or(<[Value]>::is_empty) {
-                return Ok(Content::Text(text.clone()));
-            }
+            turn.plain = Some(text);
             if !text.is_empty() {
-                blocks.push(json!({"type": "text", "text": text}));
+                turn.texts.push(text);
             }
         }
         Some(Value::Array(parts)) => {
@@ -776,7 +805,7 @@ fn openai_assistant_content(message: &Value, path: &str) -> Result<Content, Tran
                     }
                 };
                 if !text.is_empty() {
-                    blocks.push(json!({"type": "text", "text": text}));
+                    turn.texts.push(text);
                 }
             }
         }
@@ -813,14 +842,28 @@ fn openai_assistant_content(message: &Value, path: &str) -> Result<Content, Tran
             function.get("arguments"),
             &field_path(&function_path, "arguments"),
         )?;
-        blocks.push(json!({
-            "type": "tool_use",
-            "id": required_str(call, "id", &path)?,
-            "name": required_str(function, "name", &function_path)?,
-            "input": input,
-        }));
+        turn.calls.push(ToolCallIn {
+            id: required_str(call, "id", &path)?,
+            name: required_str(function, "name", &function_path)?,
+            input,
+        });
     }
-    Ok(Content::Blocks(blocks))
+    Ok(turn)
+}
+
+fn openai_assistant_content(message: &Value, path: &str) -> Result<Content, TranslateError> {
+    let turn = read_assistant(message, path)?;
+    if let (Some(text), true) = (turn.plain, turn.calls.is_empty()) {
+        return Ok(Content::Text(text.to_owned()));
+    }
+    let texts = turn
+        .texts
+        .iter()
+        .map(|text| json!({"type": "text", "text": text}));
+    let calls = turn.calls.into_iter().map(
+        |call| json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}),
+    );
+    Ok(Content::Blocks(texts.chain(calls).collect()))
 }
 
 /// Tool call arguments (a JSON string, or an object some clients send) as an object.
