@@ -1746,8 +1746,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut usage: Option<Usage> = None;
         let mut text = String::new();
         let mut assembled = Assembler::default();
-        let mut first_token: Option<Instant> = None;
-        let mut last_token: Option<Instant> = None;
+        let mut clock = TokenClock::default();
         let stats = self.call_stats(answered.alias, answered.target);
         let mut done = false;
         let mut failure: Option<String> = None;
@@ -1756,16 +1755,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut piece = Vec::with_capacity(16 * 1024);
         let mut events = Vec::with_capacity(16 * 1024);
 
-        out.clear();
-        write_head(
-            out,
-            self.req,
-            200,
-            "text/event-stream",
-            None,
-            !self.req.keep_alive,
-        );
-        if write_out(stream, out, idle).await.is_err() {
+        if !self.open_event_stream(stream, out).await {
             aborted = true;
         }
         while !aborted && !done {
@@ -1815,18 +1805,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                     }
                     let has_token = chunk_has_token(&chunk);
                     if has_token {
-                        let now = Instant::now();
-                        if first_token.is_none() {
-                            first_token = Some(now);
-                            let ttft = now.duration_since(self.started).as_micros() as u64;
-                            self.rec.ttft_us = Some(ttft);
-                            stats.ttft.record(ttft);
-                        } else if let Some(prev) = last_token {
-                            stats
-                                .itl
-                                .record(now.duration_since(prev).as_micros() as u64);
-                        }
-                        last_token = Some(now);
+                        clock.token(self.started, &mut self.rec, &stats);
                     }
                     let finishing = chunk["choices"][0]["finish_reason"].is_string();
                     if let Some(t) = translate::chunk_text_mut(&mut chunk) {
@@ -1881,14 +1860,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
             self.rec.response_body = Some(cut_text(&text, max).to_string());
         }
-        if let (Some(first), Some(last)) = (first_token, last_token) {
-            let secs = last.duration_since(first).as_secs_f64();
-            if secs > 0.0 && usage.completion > 1 {
-                stats
-                    .tokens_per_second
-                    .record(((usage.completion - 1) as f64 / secs) as u64);
-            }
-        }
+        clock.finish(usage.completion, &stats);
         if aborted {
             self.note_redactions(&redactors);
             self.rec.client_aborted = true;
@@ -2043,7 +2015,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let stats = self.call_stats(answered.alias, answered.target);
         let mut usage: Option<Usage> = None;
         let mut text = String::new();
-        let (mut first_token, mut last_token): (Option<Instant>, Option<Instant>) = (None, None);
+        let mut clock = TokenClock::default();
         let mut seq = 0u64;
         let (mut done, mut aborted) = (false, false);
         let mut failure: Option<String> = None;
@@ -2055,16 +2027,7 @@ impl<'r, 'a> Chat<'r, 'a> {
             seq += 1;
             hypergate_ai::sse::write_event(events, Some(name), &data.to_string());
         };
-        out.clear();
-        write_head(
-            out,
-            self.req,
-            200,
-            "text/event-stream",
-            None,
-            !self.req.keep_alive,
-        );
-        if write_out(stream, out, idle).await.is_err() {
+        if !self.open_event_stream(stream, out).await {
             aborted = true;
         }
         while !aborted && !done {
@@ -2105,18 +2068,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                     .to_string();
                 match name.as_str() {
                     "response.output_text.delta" => {
-                        let now = Instant::now();
-                        if first_token.is_none() {
-                            first_token = Some(now);
-                            let ttft = now.duration_since(self.started).as_micros() as u64;
-                            self.rec.ttft_us = Some(ttft);
-                            stats.ttft.record(ttft);
-                        } else if let Some(prev) = last_token {
-                            stats
-                                .itl
-                                .record(now.duration_since(prev).as_micros() as u64);
-                        }
-                        last_token = Some(now);
+                        clock.token(self.started, &mut self.rec, &stats);
                         if let Some(Value::String(d)) = data.get_mut("delta") {
                             text.push_str(d);
                             for (_, r) in &mut redactors {
@@ -2175,6 +2127,7 @@ impl<'r, 'a> Chat<'r, 'a> {
                 ..Usage::default()
             },
         };
+        clock.finish(usage.completion, &stats);
         if self.rec.request_body.is_some() {
             let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
             self.rec.response_body = Some(cut_text(&text, max).to_string());
@@ -2212,6 +2165,26 @@ impl<'r, 'a> Chat<'r, 'a> {
             keep_alive: ok && !self.req.http10 && failure.is_none(),
         };
         Ok((sent, usage, estimated))
+    }
+
+    /// Writes the head of an event stream answer; `false` when the client is gone.
+    async fn open_event_stream<S: AsyncWriteRent>(
+        &self,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        write_head(
+            out,
+            self.req,
+            200,
+            "text/event-stream",
+            None,
+            !self.req.keep_alive,
+        );
+        write_out(stream, out, self.req.inst.config.raw.limits.send_timeout)
+            .await
+            .is_ok()
     }
 
     /// The writer of this call's event stream, in the client's format.
@@ -2889,6 +2862,45 @@ impl Assembler {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": finish}],
             "usage": usage.to_openai(),
         }))
+    }
+}
+
+/// When a stream's tokens arrived: time to the first token and the gaps
+/// between tokens as they come, tokens per second at the end.
+#[derive(Default)]
+struct TokenClock {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl TokenClock {
+    /// A token (or a delta of text) arrived now.
+    fn token(&mut self, started: Instant, rec: &mut LlmRecord, stats: &stats::CallStats) {
+        let now = Instant::now();
+        match self.last {
+            None => {
+                let ttft = now.duration_since(started).as_micros() as u64;
+                rec.ttft_us = Some(ttft);
+                stats.ttft.record(ttft);
+                self.first = Some(now);
+            }
+            Some(prev) => stats
+                .itl
+                .record(now.duration_since(prev).as_micros() as u64),
+        }
+        self.last = Some(now);
+    }
+
+    /// The stream ended with `completion` tokens.
+    fn finish(&self, completion: u64, stats: &stats::CallStats) {
+        if let (Some(first), Some(last)) = (self.first, self.last) {
+            let secs = last.duration_since(first).as_secs_f64();
+            if secs > 0.0 && completion > 1 {
+                stats
+                    .tokens_per_second
+                    .record(((completion - 1) as f64 / secs) as u64);
+            }
+        }
     }
 }
 
