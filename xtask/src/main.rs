@@ -5,10 +5,11 @@
 //!
 //! Subcommands:
 //! - `bench`: builds the release binaries, starts a mock upstream, Hypergate, nginx
-//!   and HAProxy on loopback, drives each with wrk in alternating rounds, prints a
-//!   table with Hypergate/peer ratios and writes `target/bench/latest.json`
-//!   (see `bench/README.md`); its LLM scenarios do the same with the mock LLM
-//!   provider, LiteLLM and `loadgen` at a fixed rate.
+//!   and HAProxy on loopback, drives each with wrk (h2load for the HTTP/2
+//!   scenario) in alternating rounds, prints a table with Hypergate/peer ratios
+//!   and writes `target/bench/latest.json` (see `bench/README.md`); its LLM
+//!   scenarios do the same with the mock LLM provider, LiteLLM and `loadgen` at
+//!   a fixed rate.
 //! - `build-ebpf`: installs the pinned nightly and bpf-linker when missing, builds the
 //!   kernel probe in `ebpf/probe` and prints the object's path (see `xtask/src/ebpf.rs`).
 //! - `alloc-check`: counts heap allocations per proxied request (see `xtask/src/alloc.rs`).

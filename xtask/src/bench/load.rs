@@ -1,4 +1,4 @@
-//! Drives wrk or `loadgen` and reads their report.
+//! Drives wrk, `h2load` or `loadgen` and reads their report.
 //!
 //! wrk runs closed-loop (each connection sends its next request when the previous
 //! response is in) for a fixed time, with `bench/wrk/report.lua` (or `post.lua`,
@@ -11,7 +11,19 @@
 //! LLM scenarios use `loadgen` instead: open loop at a fixed rate, `POST`ing the
 //! scenario's chat completion as JSON, with `--ttfb` for streamed answers (see
 //! `bench/src/bin/loadgen.rs`). It prints the same JSON line as wrk's script.
+//!
+//! The HTTP/2 scenario uses `h2load` (nghttp2): closed loop like wrk, cleartext
+//! HTTP/2 with prior knowledge, `-c` connections with `-m` streams in flight on
+//! each, for `-D` seconds, bound to the generator's CPUs like wrk. Its summary
+//! gives the request counts and req/s (see [`parse_h2load_summary`]); the
+//! latency percentiles are exact, computed from its `--log-file` (one line per
+//! request: start time, status or -1 for a failed stream, µs until the end of
+//! the response), read line by line into a count per distinct latency (see
+//! [`LatencyCounts`]), so memory follows the spread of latencies, not the
+//! number of requests. h2load appends to that file, so it is removed first.
+//! Its `-N` (connection inactivity timeout) plays wrk's `--timeout`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,9 +34,9 @@ use serde::Deserialize;
 
 use super::layout::Placement;
 use super::process::{self, Guarded, Interrupt, Output};
-use super::scenario::{Llm, RequestKind, Scenario};
+use super::scenario::{H2c, Llm, RequestKind, Scenario};
 
-/// wrk's per-request timeout.
+/// wrk's per-request timeout (h2load's connection inactivity timeout).
 const REQUEST_TIMEOUT_SECS: u64 = 5;
 
 /// Time wrk gets beyond its run time to connect, finish and report.
@@ -46,23 +58,41 @@ pub struct LoadReport {
     /// 99.9th percentile latency, µs.
     pub p999_us: u64,
     /// Requests a fixed-rate run was still behind on when time was up
-    /// (`loadgen` only; wrk does not say).
+    /// (`loadgen` only; wrk and h2load do not say).
     #[serde(default)]
     pub unsent: u64,
+}
+
+/// The counts on h2load's `requests:` summary line and its req/s.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct H2loadSummary {
+    /// Streams that ended, answered or not (`done`).
+    done: u64,
+    /// Streams answered with a 2xx or 3xx status (`succeeded`).
+    succeeded: u64,
+    /// Streams that did not succeed: reset or abandoned (`errored`, which
+    /// counts timed-out ones too) and answered with another status.
+    failed: u64,
+    /// Streams reset, abandoned or timed out (`errored`, a part of `failed`).
+    errored: u64,
+    /// Succeeded streams per second of the measured duration.
+    rps: f64,
 }
 
 /// The load generators.
 #[derive(Debug)]
 pub struct LoadTools {
-    /// wrk, needed when a closed-loop scenario runs.
+    /// wrk, needed when a closed-loop HTTP/1.1 scenario runs.
     pub wrk: Option<PathBuf>,
+    /// h2load, needed when the HTTP/2 scenario runs.
+    pub h2load: Option<PathBuf>,
     /// `target/release/loadgen`.
     pub loadgen: PathBuf,
     /// `bench/wrk` in the workspace (wrk's scripts).
     pub scripts: PathBuf,
 }
 
-/// One wrk invocation.
+/// One load generator invocation.
 #[derive(Debug)]
 pub struct LoadRun<'a> {
     /// What to send.
@@ -81,7 +111,8 @@ pub struct LoadRun<'a> {
     pub rate: f64,
     /// The generators.
     pub tools: &'a LoadTools,
-    /// File for the generator's output.
+    /// File for the generator's output; h2load's per-request log goes beside
+    /// it (see [`LoadRun::request_log`]).
     pub log: PathBuf,
 }
 
@@ -90,6 +121,14 @@ impl LoadRun<'_> {
     fn command(&self) -> anyhow::Result<(&'static str, Command)> {
         if let Some(llm) = self.scenario.llm {
             return Ok(("loadgen", self.loadgen_command(llm)));
+        }
+        if let Some(h2c) = self.scenario.h2c {
+            let h2load = self
+                .tools
+                .h2load
+                .as_deref()
+                .context("h2load is not installed (apt-get install -y nghttp2-client)")?;
+            return Ok(("h2load", self.h2load_command(h2load, h2c)));
         }
         let wrk = self.tools.wrk.as_deref().context("wrk is not installed")?;
         Ok(("wrk", self.wrk_command(wrk)))
@@ -112,6 +151,35 @@ impl LoadRun<'_> {
         if llm.stream {
             command.arg("--ttfb");
         }
+        command
+    }
+
+    /// h2load's per-request log (`--log-file`): the output file with the
+    /// extension `requests.tsv`.
+    fn request_log(&self) -> PathBuf {
+        self.log.with_extension("requests.tsv")
+    }
+
+    /// The h2load command line of the HTTP/2 scenario, without CPU binding.
+    fn h2load_command(&self, h2load: &Path, h2c: H2c) -> Command {
+        let threads = self.generator.workers.clamp(1, self.scenario.connections);
+        let mut command = Command::new(h2load);
+        command
+            .arg(format!("--clients={}", self.scenario.connections))
+            .arg(format!(
+                "--max-concurrent-streams={}",
+                h2c.streams_per_connection
+            ))
+            .arg(format!("--threads={threads}"))
+            .arg(format!("--duration={}", self.duration.as_secs().max(1)))
+            .arg(format!(
+                "--connection-inactivity-timeout={REQUEST_TIMEOUT_SECS}"
+            ))
+            .arg(format!("--log-file={}", self.request_log().display()));
+        for header in self.headers {
+            command.arg(format!("--header={header}"));
+        }
+        command.arg(format!("http://{}{}", self.target, self.scenario.path));
         command
     }
 
@@ -165,6 +233,10 @@ impl LoadRun<'_> {
         mut sample: impl FnMut(Duration) -> anyhow::Result<()>,
     ) -> anyhow::Result<LoadReport> {
         let (name, command) = self.command()?;
+        if name == "h2load" {
+            // h2load appends to its log; a warm-up's or earlier run's lines must go.
+            remove_if_present(&self.request_log())?;
+        }
         let mut child = Guarded::spawn(
             name,
             command,
@@ -191,6 +263,14 @@ impl LoadRun<'_> {
                 process::tail_of_file(&self.log, 1024).trim()
             );
         }
+        if name == "h2load" {
+            return self.h2load_report(&output).with_context(|| {
+                format!(
+                    "reading h2load's results:\n{}",
+                    process::tail_of_file(&self.log, 1024).trim()
+                )
+            });
+        }
         parse_report(&output).with_context(|| {
             format!(
                 "no report line in {name}'s output:\n{}",
@@ -198,6 +278,154 @@ impl LoadRun<'_> {
             )
         })
     }
+
+    /// The report of an h2load run: counts and req/s from its summary,
+    /// latency percentiles from its per-request log. Errors are the streams
+    /// that did not succeed (reset, timed out, or an error status).
+    fn h2load_report(&self, output: &str) -> anyhow::Result<LoadReport> {
+        let summary = parse_h2load_summary(output)?;
+        let path = self.request_log();
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("opening h2load's log {}", path.display()))?;
+        let latencies = LatencyCounts::read_h2load_log(std::io::BufReader::new(file))
+            .with_context(|| format!("reading h2load's log {}", path.display()))?;
+        if summary.done == 0 || latencies.total() == 0 {
+            bail!("h2load completed no request");
+        }
+        Ok(LoadReport {
+            requests: latencies.total(),
+            errors: summary
+                .failed
+                .max(summary.errored)
+                .max(summary.done.saturating_sub(summary.succeeded)),
+            rps: summary.rps,
+            p50_us: latencies.percentile(50.0),
+            p99_us: latencies.percentile(99.0),
+            p999_us: latencies.percentile(99.9),
+            unsent: 0,
+        })
+    }
+}
+
+/// Removes `path`; fine if it is not there.
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Exact latency percentiles in memory that grows with the number of
+/// distinct latencies (µs), not of requests: a count per latency.
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    counts: BTreeMap<u64, u64>,
+    total: u64,
+}
+
+impl LatencyCounts {
+    /// Reads h2load's `--log-file` line by line (`start_us<TAB>status<TAB>
+    /// duration_us`, maybe more columns later) and counts the latency of every
+    /// answered stream; failed streams (status -1) have no answer and are left
+    /// out, as wrk leaves out requests that got none.
+    fn read_h2load_log(mut reader: impl std::io::BufRead) -> anyhow::Result<Self> {
+        let mut counts = Self::default();
+        let mut line = String::new();
+        let mut number = 0u64;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(counts);
+            }
+            number += 1;
+            let text = line.trim_end();
+            if text.is_empty() {
+                continue;
+            }
+            let mut columns = text.split('\t');
+            let (Some(_start), Some(status), Some(duration)) =
+                (columns.next(), columns.next(), columns.next())
+            else {
+                bail!("line {number}: expected start, status and duration: {text:?}");
+            };
+            let status: i64 = status
+                .parse()
+                .with_context(|| format!("line {number}: status {status:?}"))?;
+            if status < 0 {
+                continue;
+            }
+            let duration: u64 = duration
+                .parse()
+                .with_context(|| format!("line {number}: duration {duration:?}"))?;
+            counts.record(duration);
+        }
+    }
+
+    fn record(&mut self, latency_us: u64) {
+        *self.counts.entry(latency_us).or_default() += 1;
+        self.total += 1;
+    }
+
+    /// Latencies counted.
+    fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The nearest-rank percentile: the smallest latency at or below which
+    /// `percent`% of them lie (0 when there are none).
+    fn percentile(&self, percent: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let rank = ((percent / 100.0 * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (&latency, &count) in &self.counts {
+            seen += count;
+            if seen >= rank {
+                return latency;
+            }
+        }
+        0
+    }
+}
+
+/// Reads h2load's summary: the `requests:` line's counts and the req/s of the
+/// `finished in` line.
+fn parse_h2load_summary(output: &str) -> anyhow::Result<H2loadSummary> {
+    let finished = output
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("finished in "))
+        .context("no `finished in` line")?;
+    let rps = finished
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" req/s"))
+        .and_then(|rps| rps.trim().parse().ok())
+        .with_context(|| format!("no req/s in `finished in {finished}`"))?;
+    let requests = output
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("requests: "))
+        .context("no `requests:` line")?;
+    // `4033 total, 4036 started, 4033 done, 4000 succeeded, 33 failed, 33 errored, 0 timeout`
+    let count = |name: &str| -> anyhow::Result<u64> {
+        requests
+            .split(',')
+            .find_map(|part| {
+                let (value, label) = part.trim().split_once(' ')?;
+                (label == name).then(|| value.parse().ok()).flatten()
+            })
+            .with_context(|| format!("no {name} count in `requests: {requests}`"))
+    };
+    Ok(H2loadSummary {
+        done: count("done")?,
+        succeeded: count("succeeded")?,
+        failed: count("failed")?,
+        errored: count("errored")?,
+        rps,
+    })
 }
 
 /// Finds and parses the last JSON line in wrk's output.
@@ -219,6 +447,7 @@ mod tests {
     fn tools() -> LoadTools {
         LoadTools {
             wrk: Some(PathBuf::from("wrk")),
+            h2load: Some(PathBuf::from("/usr/bin/h2load")),
             loadgen: PathBuf::from("/t/release/loadgen"),
             scripts: PathBuf::from("/w/bench/wrk"),
         }
@@ -243,6 +472,148 @@ mod tests {
         assert_eq!(report.errors, 2);
         assert_eq!(report.p999_us, 1091);
         assert!(parse_report("Running 1s test\n").is_err());
+    }
+
+    /// h2load 1.52's output around a run where nginx closed 4 connections
+    /// with streams in flight.
+    const H2LOAD_OUTPUT: &str = "starting benchmark...\n\
+        spawning thread #0: 4 total client(s). Timing-based test with 0s of warm-up time and \
+        1s of main duration for measurements.\n\
+        Application protocol: h2c\n\
+        Process Request Failure:2\n\
+        \n\
+        finished in 1.00s, 4000.00 req/s, 312.76KB/s\n\
+        requests: 4033 total, 4036 started, 4033 done, 4000 succeeded, 33 failed, 33 errored, \
+        0 timeout\n\
+        status codes: 4000 2xx, 0 3xx, 0 4xx, 0 5xx\n\
+        traffic: 312.76KB (320264) total, 191.41KB (196000) headers (space savings 50.51%), \
+        50.78KB (52000) data\n\
+        \x20                    min         max         mean         sd        +/- sd\n\
+        time for request:       50us      1.50ms       643us       262us    67.13%\n\
+        req/s           :   14281.53    15076.20    14575.35      348.59    75.00%\n";
+
+    fn h2_run<'a>(tools: &'a LoadTools, placement: &'a Placement, log: PathBuf) -> LoadRun<'a> {
+        LoadRun {
+            scenario: scenario::find("h2-get").expect("exists"),
+            target: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            headers: &[],
+            tls: false,
+            generator: placement,
+            duration: Duration::from_secs(4),
+            rate: 1000.0,
+            tools,
+            log,
+        }
+    }
+
+    #[test]
+    fn the_http2_scenario_runs_h2load_with_streams_and_a_request_log() {
+        let placement = Placement {
+            cpus: Some(vec![0]),
+            workers: 1,
+        };
+        let without_wrk = LoadTools {
+            wrk: None,
+            ..tools()
+        };
+        let run = h2_run(
+            &without_wrk,
+            &placement,
+            PathBuf::from("/tmp/h2load-hypergate-1.log"),
+        );
+        assert_eq!(run.command().map(|(name, _)| name).ok(), Some("h2load"));
+        assert_eq!(
+            arguments(&run),
+            [
+                "--clients=64",
+                "--max-concurrent-streams=10",
+                "--threads=1",
+                "--duration=4",
+                "--connection-inactivity-timeout=5",
+                "--log-file=/tmp/h2load-hypergate-1.requests.tsv",
+                "http://127.0.0.1:8080/",
+            ]
+        );
+        let missing = LoadTools {
+            h2load: None,
+            ..tools()
+        };
+        let run = h2_run(&missing, &placement, PathBuf::from("/tmp/h2load.log"));
+        let error = run.command().map(|(name, _)| name).expect_err("no h2load");
+        assert!(format!("{error:#}").contains("nghttp2-client"));
+    }
+
+    #[test]
+    fn h2load_summary_gives_counts_and_rate() {
+        let summary = parse_h2load_summary(H2LOAD_OUTPUT).expect("parses");
+        assert_eq!(
+            summary,
+            H2loadSummary {
+                done: 4033,
+                succeeded: 4000,
+                failed: 33,
+                errored: 33,
+                rps: 4000.0
+            }
+        );
+        assert!(parse_h2load_summary("starting benchmark...\n").is_err());
+        assert!(parse_h2load_summary("finished in 1.00s, 5.00 req/s, 1KB/s\n").is_err());
+    }
+
+    #[test]
+    fn latency_percentiles_from_the_request_log_are_exact() {
+        // 1..=1000 µs once each, a failed stream, and a 5xx answer (counted).
+        let mut log = String::new();
+        for duration in 1..=1000 {
+            log.push_str(&format!("1796674846823140\t200\t{duration}\n"));
+        }
+        log.push_str("1796674846823141\t-1\t77\n1796674846823142\t502\t2000\textra\n");
+        let counts = LatencyCounts::read_h2load_log(log.as_bytes()).expect("parses");
+        assert_eq!(counts.total(), 1001);
+        assert_eq!(counts.percentile(50.0), 501);
+        assert_eq!(counts.percentile(99.0), 991);
+        assert_eq!(counts.percentile(99.9), 1000);
+        assert_eq!(counts.percentile(100.0), 2000);
+        assert_eq!(LatencyCounts::default().percentile(99.0), 0);
+        // Memory follows distinct latencies: 100,000 requests at two latencies.
+        let mut many = LatencyCounts::default();
+        for index in 0..100_000 {
+            many.record(if index % 100 == 0 { 900 } else { 120 });
+        }
+        assert_eq!(many.counts.len(), 2);
+        assert_eq!((many.percentile(50.0), many.percentile(99.9)), (120, 900));
+        assert!(LatencyCounts::read_h2load_log("1\t200\n".as_bytes()).is_err());
+        assert!(LatencyCounts::read_h2load_log("1\tok\t5\n".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn h2load_report_counts_answers_and_errors() {
+        let dir = std::env::temp_dir().join(format!("xtask-h2load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let placement = Placement {
+            cpus: None,
+            workers: 2,
+        };
+        let tools = tools();
+        let run = h2_run(&tools, &placement, dir.join("h2load-nginx-1.log"));
+        let mut log = String::new();
+        for duration in [100, 200, 300, 400] {
+            log.push_str(&format!("1\t200\t{duration}\n"));
+        }
+        log.push_str("1\t-1\t9\n");
+        std::fs::write(run.request_log(), log).expect("write");
+        let report = run.h2load_report(H2LOAD_OUTPUT).expect("a report");
+        assert_eq!((report.requests, report.errors), (4, 33));
+        assert_eq!(
+            (report.p50_us, report.p99_us, report.p999_us),
+            (200, 400, 400)
+        );
+        assert_eq!(report.rps, 4000.0);
+        std::fs::write(run.request_log(), "").expect("write");
+        assert!(run.h2load_report(H2LOAD_OUTPUT).is_err(), "no request");
+        remove_if_present(&run.request_log()).expect("removed");
+        remove_if_present(&run.request_log()).expect("already gone is fine");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! How a run goes:
 //! 1. Check that wrk, nginx and HAProxy are installed (and LiteLLM, when an LLM
-//!    scenario runs); a missing peer is skipped with the line that installs it
-//!    (nothing is installed here), a missing wrk stops a run that needs it.
+//!    scenario runs, and h2load, when the HTTP/2 scenario does); a missing peer
+//!    is skipped with the line that installs it (nothing is installed here), a
+//!    missing wrk stops a run that needs it, a missing h2load skips the HTTP/2
+//!    scenario with the line that installs it.
 //! 2. `cargo build --release` the benchmark tools (and the mock LLM provider for
 //!    LLM scenarios) and Hypergate; a Hypergate that
 //!    does not build stops the run with that message. When the eBPF scenario is
@@ -29,7 +31,9 @@
 //!    since), it is skipped in that scenario with the reason, and that alone
 //!    does not fail the run. Each visit is a short wrk warm-up, then a measured
 //!    wrk run with the proxy's CPU time and memory and the whole machine's CPU
-//!    time sampled from `/proc` around it. LLM scenarios do the same with the mock LLM provider
+//!    time sampled from `/proc` around it. The HTTP/2 scenario does the same
+//!    with h2load (h2c, several streams per connection) and no `direct`. LLM
+//!    scenarios do the same with the mock LLM provider
 //!    and `loadgen` at a fixed rate; the soak is one long run through Hypergate
 //!    with its memory sampled every few seconds.
 //! 4. Print the table, the Hypergate/peer ratios, with `--baseline` the
@@ -76,7 +80,10 @@ use scenario::{Pair, Scenario};
 use targets::{Programs, RunningTarget, Target, TargetSetup};
 
 /// The line that installs every external tool the benchmark uses.
-const INSTALL_LINE: &str = "apt-get install -y nginx haproxy wrk";
+const INSTALL_LINE: &str = "apt-get install -y nginx haproxy wrk nghttp2-client";
+
+/// The line that installs h2load, the HTTP/2 scenario's load generator.
+const H2LOAD_INSTALL_LINE: &str = "apt-get install -y nghttp2-client";
 
 /// Where the benchmark looks for LiteLLM's `litellm` command besides PATH,
 /// under the home directory: the virtualenv [`LITELLM_INSTALL_LINE`] makes.
@@ -359,6 +366,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mock_llm = release.join("mock-llm");
     let load_tools = LoadTools {
         wrk: tools.wrk,
+        h2load: tools.h2load,
         loadgen: release.join("loadgen"),
         scripts: root.join("bench").join("wrk"),
     };
@@ -752,6 +760,8 @@ impl Bench<'_> {
         let name = target.target.name();
         let generator = if scenario.llm.is_some() {
             "loadgen"
+        } else if scenario.h2c.is_some() {
+            "h2load"
         } else {
             "wrk"
         };
@@ -914,18 +924,32 @@ fn brief(error: &anyhow::Error) -> String {
 #[derive(Debug)]
 struct Tools {
     wrk: Option<PathBuf>,
+    h2load: Option<PathBuf>,
     nginx: Option<PathBuf>,
     haproxy: Option<PathBuf>,
     litellm: Option<PathBuf>,
 }
 
-/// Finds the tools the plan's scenarios need: wrk, nginx and haproxy for the
-/// closed-loop ones, LiteLLM for the LLM ones. Drops missing peers from the
-/// targets with a note that says how to install them; a missing wrk is an error.
+/// Finds the tools the plan's scenarios need: nginx and haproxy for the
+/// closed-loop ones, wrk for those over HTTP/1.1, h2load for the HTTP/2 one,
+/// LiteLLM for the LLM ones. Drops missing peers from the targets with a note
+/// that says how to install them; a missing h2load drops the HTTP/2 scenario
+/// the same way; a missing wrk is an error.
 fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
-    let closed_loop = plan.scenarios.iter().any(|s| s.llm.is_none());
     let find = |name: &str, needed: bool| needed.then(|| find_program(name)).flatten();
-    let wrk = find("wrk", closed_loop);
+    let h2load = find("h2load", plan.scenarios.iter().any(|s| s.h2c.is_some()));
+    if h2load.is_none() {
+        for scenario in plan.scenarios.iter().filter(|s| s.h2c.is_some()) {
+            eprintln!(
+                "bench: skipping {}: h2load is not installed; install it with \
+                 `{H2LOAD_INSTALL_LINE}`",
+                scenario.name
+            );
+        }
+        plan.scenarios.retain(|scenario| scenario.h2c.is_none());
+    }
+    let closed_loop = plan.scenarios.iter().any(|s| s.llm.is_none());
+    let wrk = find("wrk", needs_wrk(plan));
     let nginx = find(
         "nginx",
         closed_loop && plan.targets.contains(&Target::Nginx),
@@ -940,7 +964,7 @@ fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
         let missing: Vec<&str> = [
             ("nginx", nginx.is_none() && wanted(Target::Nginx)),
             ("haproxy", haproxy.is_none() && wanted(Target::Haproxy)),
-            ("wrk", wrk.is_none()),
+            ("wrk", wrk.is_none() && needs_wrk(plan)),
         ]
         .into_iter()
         .filter(|&(_, missing)| missing)
@@ -952,7 +976,7 @@ fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
                 missing.join(", ")
             );
         }
-        if wrk.is_none() {
+        if wrk.is_none() && needs_wrk(plan) {
             bail!("wrk is required to generate load; install it with `{INSTALL_LINE}`");
         }
     }
@@ -985,10 +1009,18 @@ fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
     }
     Ok(Tools {
         wrk,
+        h2load,
         nginx,
         haproxy,
         litellm,
     })
+}
+
+/// Whether a selected scenario sends HTTP/1.1 closed-loop load (wrk's).
+fn needs_wrk(plan: &Plan) -> bool {
+    plan.scenarios
+        .iter()
+        .any(|scenario| scenario.llm.is_none() && scenario.h2c.is_none())
 }
 
 /// LiteLLM's `litellm` command: on PATH, or in the virtualenv under the home
@@ -1216,6 +1248,31 @@ mod tests {
             ]
         );
         assert_eq!((plan.rounds, plan.duration.as_secs()), (1, 3));
+    }
+
+    #[test]
+    fn the_http2_scenario_runs_every_proxy_but_not_direct_and_not_in_quick() {
+        let plan = plan(&["--scenario=h2-get", "--scenario=get-c64"]).expect("valid");
+        let [h2, plain] = plan.scenarios[..] else {
+            panic!("two scenarios");
+        };
+        assert_eq!(
+            plan.targets_for(h2),
+            [Target::Hypergate, Target::Nginx, Target::Haproxy]
+        );
+        assert!(plan.targets_for(plain).contains(&Target::Direct));
+        assert!(!needs_wrk(
+            &self::plan(&["--scenario=h2-get"]).expect("valid")
+        ));
+        assert!(needs_wrk(&plan));
+        assert!(names(&self::plan(&[]).expect("valid")).contains(&"h2-get"));
+        assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"h2-get"));
+        let with_base =
+            self::plan(&["--scenario=h2-get", "--baseline=HEAD~1", "--no-peers"]).expect("valid");
+        assert_eq!(
+            with_base.targets_for(with_base.scenarios[0]),
+            [Target::Hypergate, Target::HypergateBase]
+        );
     }
 
     #[test]

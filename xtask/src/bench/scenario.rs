@@ -21,6 +21,13 @@
 //! sampled and one with 1% (the load carries no `traceparent`, so the head
 //! sampler alone decides).
 //!
+//! The HTTP/2 scenario ([`Scenario::h2c`]) sends the small GET of `get-c64`
+//! over cleartext HTTP/2 with prior knowledge (h2c), several streams at once
+//! per connection, with `h2load` instead of wrk. Every proxy's listener speaks
+//! h2c and talks HTTP/1.1 to the same keep-alive upstream, so the figure is
+//! each proxy's HTTP/2 termination; `direct` does not run there (the mock
+//! upstream speaks HTTP/1.1 only).
+//!
 //! LLM scenarios ([`Scenario::llm`]) send OpenAI chat completions at a fixed rate
 //! with `loadgen` (open loop) instead of wrk, to the mock LLM provider
 //! (`mock-llm`, no delays) instead of the mock upstream, directly and through
@@ -131,6 +138,14 @@ impl Llm {
     }
 }
 
+/// HTTP/2 load with prior knowledge over cleartext TCP (h2c), from `h2load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2c {
+    /// Streams each connection keeps in flight at once (`h2load -m`); the
+    /// scenario's `connections` are h2load's clients (`-c`).
+    pub streams_per_connection: usize,
+}
+
 /// The edge policy Hypergate applies (peers always run their plain config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Edge {
@@ -150,7 +165,8 @@ pub struct Scenario {
     pub name: &'static str,
     /// One line for `--help`-like listings and the README.
     pub summary: &'static str,
-    /// Concurrent client connections (closed loop: one request in flight each).
+    /// Concurrent client connections (closed loop: one request in flight each,
+    /// or [`H2c::streams_per_connection`] over HTTP/2).
     pub connections: usize,
     /// The request sent.
     pub request: RequestKind,
@@ -182,6 +198,10 @@ pub struct Scenario {
     /// Hypergate, LiteLLM and direct as targets; `request` and
     /// `upstream_body_bytes` do not apply.
     pub llm: Option<Llm>,
+    /// The load is HTTP/2 with prior knowledge (h2c) from `h2load`, several
+    /// streams per connection, instead of HTTP/1.1 from wrk; every proxy's
+    /// listener speaks h2c, `direct` does not run.
+    pub h2c: Option<H2c>,
     /// Part of the `--quick` smoke subset.
     pub quick: bool,
 }
@@ -206,6 +226,7 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
         cpu_baseline: None,
         pair: None,
         llm: None,
+        h2c: None,
         quick: false,
     }
 }
@@ -322,6 +343,18 @@ pub const SCENARIOS: &[Scenario] = &[
         ..small_get(
             "tls-newconn",
             "GET over TLS with `Connection: close`: a TLS handshake per request, 64 connections",
+            64,
+        )
+    },
+    Scenario {
+        h2c: Some(H2c {
+            streams_per_connection: 10,
+        }),
+        ..small_get(
+            "h2-get",
+            "the GET of get-c64 over HTTP/2 with prior knowledge (h2c, h2load): 64 connections, \
+             10 concurrent streams each; every proxy's listener speaks h2c, HTTP/1.1 upstream \
+             (direct does not run: the mock upstream speaks HTTP/1.1 only)",
             64,
         )
     },
@@ -508,6 +541,38 @@ mod tests {
         );
         assert!(!pair.new_connection_per_request && !pair.access_log && !pair.tls);
         assert_eq!(pair.edge, Edge::None);
+    }
+
+    #[test]
+    fn h2_get_is_get_c64_traffic_over_h2c_outside_the_smoke_set() {
+        let h2 = find("h2-get").expect("scenario exists");
+        let plain = find("get-c64").expect("scenario exists");
+        assert_eq!(
+            h2.h2c,
+            Some(H2c {
+                streams_per_connection: 10
+            })
+        );
+        assert!(!h2.quick);
+        assert_eq!(
+            (h2.connections, h2.request, h2.path, h2.upstream_body_bytes),
+            (
+                plain.connections,
+                plain.request,
+                plain.path,
+                plain.upstream_body_bytes
+            )
+        );
+        assert!(!h2.new_connection_per_request && !h2.access_log && !h2.tls);
+        assert!(h2.edge == Edge::None && h2.pair.is_none() && h2.llm.is_none());
+        let others: Vec<_> = SCENARIOS
+            .iter()
+            .filter(|scenario| scenario.h2c.is_some())
+            .map(|scenario| scenario.name)
+            .collect();
+        assert_eq!(others, ["h2-get"]);
+        assert!(!Target::Direct.runs_in(h2) && Target::Direct.runs_in(plain));
+        assert!(Target::Nginx.runs_in(h2) && Target::Haproxy.runs_in(h2));
     }
 
     #[test]

@@ -20,9 +20,14 @@
 //! - in TLS scenarios, every proxy terminates TLS with the same certificate and
 //!   key (TLS 1.2 and 1.3, ALPN `http/1.1`) and still talks plain HTTP upstream;
 //! - in edge scenarios, Hypergate adds the scenario's policy (API key plus a rate
-//!   limit, or JWT) on its route, while nginx and HAProxy keep the plain config.
+//!   limit, or JWT) on its route, while nginx and HAProxy keep the plain config;
+//! - in the HTTP/2 scenario, every proxy's listener speaks cleartext HTTP/2 with
+//!   prior knowledge (h2c) and still talks HTTP/1.1 upstream: Hypergate's with
+//!   `protocols = ["http1", "h2c"]`, nginx's with `listen ADDR http2` (nginx
+//!   1.22 then speaks h2c only on that port), HAProxy's with `bind ADDR proto h2`.
 //!
-//! `direct` sends the load straight to the upstream: the no-proxy limit.
+//! `direct` sends the load straight to the upstream: the no-proxy limit. It does
+//! not run in the HTTP/2 scenario (the mock upstream speaks HTTP/1.1 only).
 //!
 //! In LLM scenarios the upstream is the mock LLM provider, Hypergate's config
 //! is one AI route (`[routes.ai]`) with the mock as its only provider and model
@@ -53,7 +58,9 @@
 //!
 //! A target counts as started once its port accepts connections and a request
 //! through it (with the scenario's credential headers; over TLS with `curl -k`
-//! in TLS scenarios; in LLM scenarios the scenario's chat completion, and up to
+//! in TLS scenarios; over h2c with `curl --http2-prior-knowledge` in the HTTP/2
+//! scenario, so a listener that does not speak it never counts as started; in
+//! LLM scenarios the scenario's chat completion, and up to
 //! [`LITELLM_START_TIMEOUT`] for LiteLLM, which starts slowly) comes back `200`; for Hypergate, `/healthz` on its admin
 //! port must also answer `200` if anything listens there. `hypergate-ebpf` must
 //! also show the probe's counters on `/metrics`: a gateway whose probe did not
@@ -201,18 +208,19 @@ impl Target {
     }
 
     /// Whether this target runs in `scenario`: LiteLLM only in LLM scenarios,
-    /// nginx and HAProxy only outside them.
+    /// nginx and HAProxy only outside them, `direct` everywhere but the HTTP/2
+    /// scenario (the mock upstream speaks HTTP/1.1 only).
     pub fn runs_in(self, scenario: &Scenario) -> bool {
         match self {
             Self::Litellm => scenario.llm.is_some(),
             Self::Nginx | Self::Haproxy => scenario.llm.is_none(),
+            Self::Direct => scenario.h2c.is_none(),
             Self::Hypergate
             | Self::HypergateEbpf
             | Self::HypergateCallstore
             | Self::HypergateTraceAll
             | Self::HypergateTraceOnePercent
-            | Self::HypergateBase
-            | Self::Direct => true,
+            | Self::HypergateBase => true,
         }
     }
 }
@@ -417,6 +425,7 @@ pub fn start(
         path: setup.scenario.path,
         headers: &setup.edge.headers,
         tls: setup.scenario.tls && target != Target::Direct,
+        h2c: setup.scenario.h2c.is_some() && target != Target::Direct,
         json_body: chat_body.as_deref(),
     };
     let timeout = if target == Target::Litellm {
@@ -545,6 +554,8 @@ struct Probe<'a> {
     path: &'a str,
     headers: &'a [String],
     tls: bool,
+    /// HTTP/2 with prior knowledge over cleartext TCP.
+    h2c: bool,
     json_body: Option<&'a str>,
 }
 
@@ -566,10 +577,13 @@ fn wait_until_ready(
     loop {
         running.ensure_running()?;
         interrupt.check()?;
-        let outcome = match (request.tls, request.json_body) {
-            (true, _) => probe_tls(running.address, path, request.headers),
-            (false, Some(body)) => post_json(running.address, path, body),
-            (false, None) => probe(running.address, path, request.headers),
+        let outcome = match (request.tls, request.h2c, request.json_body) {
+            (true, _, _) => probe_with_curl(CurlMode::Tls, running.address, path, request.headers),
+            (false, true, _) => {
+                probe_with_curl(CurlMode::H2c, running.address, path, request.headers)
+            }
+            (false, false, Some(body)) => post_json(running.address, path, body),
+            (false, false, None) => probe(running.address, path, request.headers),
         };
         let problem = match outcome {
             Ok(200) => match admin.map(|admin| probe(admin, "/healthz", &[])) {
@@ -652,24 +666,48 @@ fn get_body(address: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-/// `probe` over TLS, through `curl -k` (the certificate is self-signed).
-fn probe_tls(address: SocketAddr, path: &str, headers: &[String]) -> anyhow::Result<u16> {
+/// How [`probe_with_curl`] talks to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CurlMode {
+    /// HTTPS without verifying the certificate (`-k`: it is self-signed).
+    Tls,
+    /// Cleartext HTTP/2 with prior knowledge (`--http2-prior-knowledge`).
+    H2c,
+}
+
+/// `probe` through curl, over TLS or h2c, which the hand-written HTTP/1.1
+/// probe cannot speak.
+fn probe_with_curl(
+    mode: CurlMode,
+    address: SocketAddr,
+    path: &str,
+    headers: &[String],
+) -> anyhow::Result<u16> {
     let mut command = Command::new("curl");
     command
-        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
         .arg(PROBE_TIMEOUT.as_secs().to_string());
     for header in headers {
         command.arg("-H").arg(header);
     }
-    let output = command
-        .arg(format!("https://{address}{path}"))
-        .output()
-        .context("running curl (TLS scenarios probe with it: apt-get install -y curl)")?;
+    let (url, what) = match mode {
+        CurlMode::Tls => {
+            command.arg("-k");
+            (format!("https://{address}{path}"), "an HTTPS request")
+        }
+        CurlMode::H2c => {
+            command.arg("--http2-prior-knowledge");
+            (format!("http://{address}{path}"), "an h2c request")
+        }
+    };
+    let output = command.arg(url).output().context(
+        "running curl (TLS and HTTP/2 scenarios probe with it: apt-get install -y curl)",
+    )?;
     let code = String::from_utf8_lossy(&output.stdout);
     match code.trim().parse::<u16>() {
         Ok(status) if status != 0 => Ok(status),
         _ => bail!(
-            "curl could not complete an HTTPS request ({}): {}",
+            "curl could not complete {what} ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         ),
@@ -711,6 +749,10 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
         "\n[admin]\nlisten = \"{admin}\"\n\n\
          [[listeners]]\nname = \"main\"\naddress = \"{listen}\"\n"
     );
+    if setup.scenario.h2c.is_some() {
+        // h2c beside HTTP/1.1, on this scenario's listener only.
+        config.push_str("protocols = [\"http1\", \"h2c\"]\n");
+    }
     if let Some(tls) = &setup.edge.tls {
         let _ = write!(
             config,
@@ -909,7 +951,7 @@ fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> S
          \x20       keepalive_requests 1000000;\n\
          \x20   }}\n\
          \x20   server {{\n\
-         \x20       listen {listen}{ssl} backlog=4096;\n\
+         \x20       listen {listen}{ssl}{http2} backlog=4096;\n\
          {certificate}\
          \x20       location / {{\n\
          \x20           proxy_pass http://backend;\n\
@@ -922,6 +964,13 @@ fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> S
         upstream = setup.upstream,
         files = 2 * MAX_CONNECTIONS + 100,
         ssl = if setup.edge.tls.is_some() { " ssl" } else { "" },
+        // nginx 1.22: `http2` on a plaintext listener is h2c with prior
+        // knowledge (and HTTP/1.1 no longer on that port).
+        http2 = if setup.scenario.h2c.is_some() {
+            " http2"
+        } else {
+            ""
+        },
         certificate = setup
             .edge
             .tls
@@ -965,15 +1014,19 @@ fn haproxy_config(setup: &TargetSetup<'_>, listen: SocketAddr) -> String {
     if setup.scenario.access_log {
         config.push_str("    log global\n    option httplog\n");
     }
-    let tls = setup.edge.tls.as_ref().map_or_else(String::new, |tls| {
+    let mut bind_options = setup.edge.tls.as_ref().map_or_else(String::new, |tls| {
         format!(
             " ssl crt {} alpn http/1.1 ssl-min-ver TLSv1.2",
             tls.combined.display()
         )
     });
+    if setup.scenario.h2c.is_some() {
+        // HTTP/2 with prior knowledge on a plaintext bind; the backend stays HTTP/1.1.
+        bind_options.push_str(" proto h2");
+    }
     let _ = write!(
         config,
-        "\nfrontend bench\n    bind {listen}{tls}\n    default_backend upstream\n\n\
+        "\nfrontend bench\n    bind {listen}{bind_options}\n    default_backend upstream\n\n\
          backend upstream\n    server origin {}\n",
         setup.upstream
     );
@@ -1307,6 +1360,42 @@ mod tests {
         let plain = self::setup("get-c64", &placement);
         assert!(!nginx_config(&plain, listen, false).contains("ssl"));
         assert!(!hypergate_config(&plain, listen, listen).contains("tls"));
+    }
+
+    #[test]
+    fn the_http2_scenario_puts_h2c_on_every_listener_and_skips_direct() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
+        let h2 = setup("h2-get", &placement);
+        let text = hypergate_target_config(Target::Hypergate, &h2, listen, admin);
+        let config: toml::Table = text.parse().expect("the config is TOML");
+        let listener = &config["listeners"][0];
+        assert_eq!(listener["address"].as_str(), Some("127.0.0.1:18080"));
+        assert_eq!(
+            listener["protocols"].as_array().map(Vec::as_slice),
+            Some(&["http1".into(), "h2c".into()][..])
+        );
+        // The rest is get-c64's config: the same cluster, route and pool.
+        let plain = setup("get-c64", &placement);
+        assert_eq!(
+            text.replace("protocols = [\"http1\", \"h2c\"]\n", ""),
+            hypergate_target_config(Target::Hypergate, &plain, listen, admin)
+        );
+        assert!(!hypergate_config(&plain, listen, admin).contains("protocols"));
+        let nginx = nginx_config(&h2, listen, false);
+        assert!(nginx.contains("listen 127.0.0.1:18080 http2 backlog=4096;"));
+        assert!(nginx.contains("keepalive 256;"));
+        assert_eq!(
+            nginx.replace(" http2", ""),
+            nginx_config(&plain, listen, false)
+        );
+        assert!(!nginx_config(&plain, listen, false).contains("http2"));
+        let haproxy = haproxy_config(&h2, listen);
+        assert!(haproxy.contains("bind 127.0.0.1:18080 proto h2\n"));
+        assert!(!haproxy_config(&plain, listen).contains("proto h2"));
+        assert!(!Target::Direct.runs_in(h2.scenario));
+        assert!(Target::Nginx.runs_in(h2.scenario) && Target::Hypergate.runs_in(h2.scenario));
     }
 
     #[test]
