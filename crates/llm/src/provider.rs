@@ -33,20 +33,18 @@ pub struct ProviderCall<'a> {
 /// The content type of every provider call's body (signed as sent).
 const CONTENT_TYPE: &str = "application/json";
 
-/// The path and query a call to `suffix` goes to: the provider's base path,
-/// the suffix, and the provider's query joined to the suffix's own.
-fn path_and_query(p: &Provider, suffix: &str) -> String {
-    let mut out = String::with_capacity(p.base_path.len() + suffix.len() + p.query.len());
-    out.push_str(&p.base_path);
-    out.push_str(suffix);
+/// Appends the path and query a call to `suffix` goes to: the provider's base
+/// path, the suffix, and the provider's query joined to the suffix's own.
+fn put_path_and_query(out: &mut Vec<u8>, p: &Provider, suffix: &str) {
+    out.extend_from_slice(p.base_path.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
     match p.query.strip_prefix('?') {
         Some(q) if suffix.contains('?') => {
-            out.push('&');
-            out.push_str(q);
+            out.push(b'&');
+            out.extend_from_slice(q.as_bytes());
         }
-        _ => out.push_str(&p.query),
+        _ => out.extend_from_slice(p.query.as_bytes()),
     }
-    out
 }
 
 /// The SigV4 header lines for a `POST` of `body` to `suffix`, for a provider
@@ -56,7 +54,9 @@ pub fn sign(p: &Provider, suffix: &str, body: &[u8]) -> Result<Vec<u8>, String> 
     let Some(aws) = &p.aws else {
         return Ok(Vec::new());
     };
-    let path = path_and_query(p, suffix);
+    let mut path = Vec::new();
+    put_path_and_query(&mut path, p, suffix);
+    let path = String::from_utf8_lossy(&path);
     // The credentials are read here only to sign.
     let headers = hypergate_ai::bedrock::sigv4::sign(hypergate_ai::bedrock::sigv4::SignInput {
         method: "POST",
@@ -88,7 +88,7 @@ impl Outgoing for ProviderCall<'_> {
         let p = self.provider;
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
-        out.extend_from_slice(path_and_query(p, self.suffix).as_bytes());
+        put_path_and_query(out, p, self.suffix);
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         out.extend_from_slice(p.host.as_bytes());
         out.extend_from_slice(b"\r\nuser-agent: hypergate\r\nx-request-id: ");
