@@ -139,7 +139,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     active.set(active.get() - 1);
 }
 
-/// Serves the one request of an HTTP/2 stream ([`crate::h2`]): the same
+/// Serves the one request of an HTTP/2 stream (the `h2` module calls it): the same
 /// head phase, phases, responder and record as a request on an HTTP/1.1
 /// connection. No upgrade happens on a stream (the HTTP/2 codec refuses the
 /// `upgrade` header), so the exchange ends with its response.
