@@ -99,9 +99,9 @@ impl H2Raw {
             settings.extend_from_slice(&w.to_be_bytes());
         }
         c.frame(kind::SETTINGS, 0, 0, &settings);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            match c.read_frame(Duration::from_secs(5)) {
+            match c.read_frame(Duration::from_secs(15)) {
                 Some(f) if f.kind == kind::SETTINGS && f.flags & 1 == 0 => {
                     c.frame(kind::SETTINGS, 1, 0, &[]);
                     return c;
@@ -193,9 +193,9 @@ impl H2Raw {
     }
 }
 
-/// The resident set of this process, in KiB.
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// The resident set of process `pid`, in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

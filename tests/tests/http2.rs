@@ -6,10 +6,12 @@
 //! bounded and another client still served; GOAWAY on drain.
 
 use hypergate_tests::h2raw::{self, kind, H2Raw, END_HEADERS, END_STREAM};
+use hypergate_tests::process::GatewayProcess;
 use hypergate_tests::tls::Pki;
 use hypergate_tests::{cluster, preamble, MockUpstream, Reply, TestGateway};
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "h2-secret-key";
@@ -17,7 +19,26 @@ const KEY: &str = "h2-secret-key";
 /// A gateway whose listener serves HTTP/1.1 and h2c: `/hello` answered
 /// directly, `/private` (API key) and everything else to `upstream`.
 fn gateway(upstream: &MockUpstream, limits: &str) -> TestGateway {
-    TestGateway::start(&format!(
+    TestGateway::start(&config(upstream, limits))
+}
+
+/// The same as a separate process, for the attacks: its memory is its own
+/// (the tests of this file run in parallel in one process).
+fn attacked(upstream: &MockUpstream, limits: &str) -> GatewayProcess {
+    GatewayProcess::spawn(&config(upstream, limits))
+}
+
+/// The attacks run one at a time: each loads the machine on purpose.
+static ATTACKS: Mutex<()> = Mutex::new(());
+
+fn one_attack_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ATTACKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn config(upstream: &MockUpstream, limits: &str) -> String {
+    format!(
         r#"{preamble}protocols = ["http1", "h2c"]
 
 [limits]
@@ -53,7 +74,7 @@ cluster = "backend"
         preamble = preamble(1),
         cluster = cluster("backend", &[upstream.addr()], ""),
         hash = hypergate::auth::hash_key(KEY),
-    ))
+    )
 }
 
 /// `curl` (HTTP/2 with prior knowledge unless `extra` says otherwise):
@@ -201,9 +222,9 @@ status = 200
 }
 
 /// A second client, served while an attack runs.
-fn still_served(gw: &TestGateway) {
+fn still_served(addr: SocketAddr) {
     let started = Instant::now();
-    let (status, ..) = curl(gw.addr, "/hello", &[]);
+    let (status, ..) = curl(addr, "/hello", &[]);
     assert_eq!(status, 200);
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -215,8 +236,9 @@ fn still_served(gw: &TestGateway) {
 #[test]
 fn rapid_reset_is_bounded() {
     let up = MockUpstream::start(|_| Reply::ok("slow").latency(Duration::from_millis(50)).into());
-    let gw = gateway(&up, "");
-    let rss = h2raw::rss_kib();
+    let _serial = one_attack_at_a_time();
+    let gw = attacked(&up, "");
+    let rss = h2raw::rss_kib_of(gw.pid());
     let mut c = H2Raw::connect(gw.addr, None);
     let mut sent = 0u32;
     let mut closed = false;
@@ -245,22 +267,23 @@ fn rapid_reset_is_bounded() {
         closed || goaway,
         "the attacker was cut off ({sent} streams sent)"
     );
-    still_served(&gw);
+    still_served(gw.addr);
     // Work reached the upstream only for streams inside the limits.
     assert!(
         up.request_count() < 2_000,
         "{} upstream requests for {sent} reset streams",
         up.request_count()
     );
-    let grown = h2raw::rss_kib().saturating_sub(rss);
+    let grown = h2raw::rss_kib_of(gw.pid()).saturating_sub(rss);
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
 }
 
 #[test]
 fn continuation_flood_is_cut_off() {
     let up = MockUpstream::ok("x");
-    let gw = gateway(&up, "");
-    let rss = h2raw::rss_kib();
+    let _serial = one_attack_at_a_time();
+    let gw = attacked(&up, "");
+    let rss = h2raw::rss_kib_of(gw.pid());
     let mut c = H2Raw::connect(gw.addr, None);
     assert!(c.frame(kind::HEADERS, END_STREAM, 1, &h2raw::get_block("/hello")));
     // Up to 64 MiB of CONTINUATION frames that never end the header block.
@@ -288,16 +311,17 @@ fn continuation_flood_is_cut_off() {
         !frames.iter().any(|f| f.kind == kind::HEADERS),
         "no response to an endless header block"
     );
-    still_served(&gw);
-    let grown = h2raw::rss_kib().saturating_sub(rss);
+    still_served(gw.addr);
+    let grown = h2raw::rss_kib_of(gw.pid()).saturating_sub(rss);
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
 }
 
 #[test]
 fn hpack_bomb_is_refused() {
     let up = MockUpstream::ok("x");
-    let gw = gateway(&up, "");
-    let rss = h2raw::rss_kib();
+    let _serial = one_attack_at_a_time();
+    let gw = attacked(&up, "");
+    let rss = h2raw::rss_kib_of(gw.pid());
     let mut c = H2Raw::connect(gw.addr, None);
     // One 4,000-byte header put in the dynamic table, then referenced 4,000
     // times: a 4 KB block that decodes to 16 MB of headers.
@@ -327,16 +351,17 @@ fn hpack_bomb_is_refused() {
         .any(|f| f.kind == kind::HEADERS && f.payload.first() == Some(&0x88));
     assert!(!answered_ok, "a 16 MB header list was accepted: {frames:?}");
     assert_eq!(up.request_count(), 0);
-    still_served(&gw);
-    let grown = h2raw::rss_kib().saturating_sub(rss);
+    still_served(gw.addr);
+    let grown = h2raw::rss_kib_of(gw.pid()).saturating_sub(rss);
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
 }
 
 #[test]
 fn ten_thousand_streams_on_one_connection() {
     let up = MockUpstream::ok("x");
-    let gw = gateway(&up, "");
-    let rss = h2raw::rss_kib();
+    let _serial = one_attack_at_a_time();
+    let gw = attacked(&up, "");
+    let rss = h2raw::rss_kib_of(gw.pid());
     // A client that ignores SETTINGS_MAX_CONCURRENT_STREAMS: 10,000 streams at once.
     let mut c = H2Raw::connect(gw.addr, None);
     let mut bytes = Vec::new();
@@ -359,8 +384,8 @@ fn ten_thousand_streams_on_one_connection() {
         f.kind == kind::GOAWAY || answered + refused == 10_000
     });
     assert!(answered >= 128, "answered {answered}, refused {refused}");
-    still_served(&gw);
-    let grown = h2raw::rss_kib().saturating_sub(rss);
+    still_served(gw.addr);
+    let grown = h2raw::rss_kib_of(gw.pid()).saturating_sub(rss);
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     // A well-behaved client (h2load) gets every one of 10,000 streams answered.
     let out = Command::new("h2load")
@@ -382,8 +407,9 @@ fn ten_thousand_streams_on_one_connection() {
 #[test]
 fn a_slow_reader_of_a_large_response_holds_little() {
     let up = MockUpstream::start(|_| Reply::ok("").pattern(7, 32 << 20).into());
-    let gw = gateway(&up, "send_timeout = \"2s\"");
-    let rss = h2raw::rss_kib();
+    let _serial = one_attack_at_a_time();
+    let gw = attacked(&up, "send_timeout = \"2s\"");
+    let rss = h2raw::rss_kib_of(gw.pid());
     // A 32 MiB answer to a client whose window never reopens after 64 KiB.
     let mut c = H2Raw::connect(gw.addr, None);
     assert!(c.frame(
@@ -399,8 +425,8 @@ fn a_slow_reader_of_a_large_response_holds_little() {
         .map(|f| f.payload.len())
         .sum();
     assert!(got <= 65_535, "{got} bytes sent past the client's window");
-    still_served(&gw);
-    let grown = h2raw::rss_kib().saturating_sub(rss);
+    still_served(gw.addr);
+    let grown = h2raw::rss_kib_of(gw.pid()).saturating_sub(rss);
     assert!(
         grown < 24 * 1024,
         "RSS grew by {grown} KiB for a 32 MiB answer"
@@ -424,7 +450,7 @@ fn drain_sends_goaway() {
         preamble(1).replace("drain_timeout", "drain_delay = \"0s\"\ndrain_timeout"),
         cluster("backend", &[up.addr()], "")
     );
-    let mut gw = hypergate_tests::process::GatewayProcess::spawn(&toml);
+    let mut gw = GatewayProcess::spawn(&toml);
     let mut c = H2Raw::connect(gw.addr, None);
     assert!(c.frame(
         kind::HEADERS,
