@@ -539,3 +539,47 @@ cluster = "backend"
         hypergate_tests::body::Pattern::new(11, 32 << 20).fingerprint()
     );
 }
+
+#[test]
+fn gateway_errors_reach_grpc_clients_as_grpc_statuses() {
+    let closed = hypergate_tests::util::closed_port();
+    let up = MockUpstream::ok("x");
+    let gw = TestGateway::start(&format!(
+        r#"{preamble}protocols = ["http1", "h2c"]
+{backend}{down}
+[[consumers]]
+name = "holder"
+api_keys = ["{hash}"]
+
+[auth.api_key]
+header = "x-api-key"
+
+[[routes]]
+name = "health"
+cluster = "backend"
+[routes.match]
+path_prefix = "/grpc.health.v1.Health/"
+[routes.policy]
+auth = ["api_key"]
+
+[[routes]]
+name = "down"
+cluster = "down"
+[routes.match]
+path_prefix = "/down.Service/"
+"#,
+        preamble = preamble(1),
+        backend = cluster("backend", &[up.addr()], ""),
+        down = cluster("down", &[closed], ""),
+        hash = hypergate::auth::hash_key(KEY),
+    ));
+    let out = hypergate_tests::python::run_script("grpc_errors.py", gw.addr, &[]);
+    assert_eq!(out["unauthenticated"]["code"], "UNAUTHENTICATED", "{out}");
+    assert_eq!(out["unrouted"]["code"], "UNIMPLEMENTED", "{out}");
+    assert_eq!(out["down"]["code"], "UNAVAILABLE", "{out}");
+    assert!(
+        out["down"]["details"].as_str().unwrap().contains("connect"),
+        "{out}"
+    );
+    assert_eq!(up.request_count(), 0);
+}

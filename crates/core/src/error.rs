@@ -239,6 +239,32 @@ impl ErrorKind {
         }
     }
 
+    /// The gRPC status code for this kind, for gRPC clients: UNAUTHENTICATED
+    /// (16), PERMISSION_DENIED (7), UNIMPLEMENTED (12, no such route or
+    /// model), RESOURCE_EXHAUSTED (8, rate limits, budgets, sizes, connection
+    /// caps), DEADLINE_EXCEEDED (4, every timeout), INVALID_ARGUMENT (3, a
+    /// refused request), UNAVAILABLE (14, the upstream or a dependency failed)
+    /// and INTERNAL (13, a gateway error).
+    pub fn grpc_code(self) -> u8 {
+        use ErrorKind::*;
+        match self {
+            Unauthenticated(_) => 16,
+            Forbidden | IpDenied | CorsDenied | ModelNotAllowed => 7,
+            NoRoute | NotFound | ModelNotFound => 12,
+            RateLimited | BudgetExceeded | ProviderRateLimited | ConnectionLimit => 8,
+            Rejected(r) if r.status() == 413 || r.status() == 431 || r.status() == 414 => 8,
+            BodyTimeout | ConnectTimeout | UpstreamTimeout | ProviderTimeout => 4,
+            Rejected(_)
+            | InvalidRequest
+            | ContextLengthExceeded
+            | GuardrailDenied
+            | ProviderRejected(_) => 3,
+            ClientGone => 1,
+            ProviderAuth(_) => 13,
+            _ => 14,
+        }
+    }
+
     /// The request field a kind is about, when it always is the same one.
     pub fn param(self) -> Option<&'static str> {
         match self {
@@ -426,6 +452,9 @@ impl GatewayError {
                 v["error"]["request_id"] = request_id.into();
                 v
             }
+            ErrorShape::Grpc => {
+                json!({"grpc-status": self.kind.grpc_code(), "grpc-message": message})
+            }
             ErrorShape::Anthropic => {
                 let mut v = anthropic_error(status, kind, message);
                 if !request_id.is_empty() {
@@ -482,6 +511,10 @@ pub enum ErrorShape {
     OpenAi,
     /// Anthropic's `{"type": "error", "error": {"type", "message"}}`.
     Anthropic,
+    /// A gRPC status: `200` with `content-type: application/grpc`, no body,
+    /// and `grpc-status` / `grpc-message` in the head (a trailers-only
+    /// response, which an HTTP/2 client gets as one HEADERS frame).
+    Grpc,
 }
 
 /// Appends the complete error response: status line, JSON body in `shape`,
@@ -496,6 +529,10 @@ pub fn write_response(
     close: bool,
     extra: &[u8],
 ) -> usize {
+    if shape == ErrorShape::Grpc {
+        write_grpc_status(out, err, request_id, close, extra);
+        return 0;
+    }
     let body = err.body(shape, request_id).to_string();
     write_status_line(out, err.status());
     write_header(out, b"content-type", b"application/json");
@@ -517,6 +554,38 @@ pub fn write_response(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     body.len()
+}
+
+/// A gRPC trailers-only answer for `err` (see [`ErrorShape::Grpc`]); the
+/// message is percent-encoded as gRPC requires.
+fn write_grpc_status(
+    out: &mut Vec<u8>,
+    err: &GatewayError,
+    request_id: &str,
+    close: bool,
+    extra: &[u8],
+) {
+    write_status_line(out, 200);
+    write_header(out, b"content-type", b"application/grpc");
+    out.extend_from_slice(b"grpc-status: ");
+    write_u64(out, u64::from(err.kind.grpc_code()));
+    out.extend_from_slice(b"\r\ngrpc-message: ");
+    for &b in err.message.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+    if !request_id.is_empty() {
+        write_header(out, b"x-request-id", request_id.as_bytes());
+    }
+    if close {
+        write_header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// An OpenAI error body: `{"error": {"message", "type", "param", "code"}}`.
@@ -671,6 +740,39 @@ mod tests {
             (529, "overloaded_error"),
         ] {
             assert_eq!(anthropic_error_type(status), kind, "{status}");
+        }
+    }
+
+    #[test]
+    fn grpc_clients_get_a_trailers_only_status() {
+        let mut out = Vec::new();
+        let err = GatewayError::new(
+            ErrorKind::Unauthenticated("missing_credentials"),
+            "no key: 100%",
+        );
+        write_response(&mut out, &err, ErrorShape::Grpc, "r1", false, &[]);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\ngrpc-status: 16\r\n"), "{text}");
+        assert!(
+            text.contains("\r\ngrpc-message: no key: 100%25\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("content-length: 0\r\nx-request-id: r1\r\n\r\n"),
+            "{text}"
+        );
+        for (kind, code) in [
+            (ErrorKind::UpstreamTimeout, 4),
+            (ErrorKind::RateLimited, 8),
+            (ErrorKind::NoRoute, 12),
+            (ErrorKind::ConnectFailed, 14),
+            (ErrorKind::InvalidRequest, 3),
+        ] {
+            assert_eq!(kind.grpc_code(), code, "{kind:?}");
         }
     }
 

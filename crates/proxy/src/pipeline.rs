@@ -233,7 +233,12 @@ async fn handle<S: ClientStream, H: Handler>(
     let after = match phases(ctx, handler, inst, down, &req, &mut ex, io).await {
         Ok(after) => after,
         Err(err) => {
+            // gRPC clients read a status, not a body, whatever the route.
+            let grpc = req
+                .header("content-type")
+                .is_some_and(|t| t.starts_with(b"application/grpc"));
             let shape = match ex.route.map(|r| &inst.config.routes[r].action) {
+                _ if grpc => ErrorShape::Grpc,
                 Some(RouteAction::Ai) => handler.error_shape(req.path()),
                 _ => ErrorShape::Json,
             };
