@@ -35,6 +35,7 @@ use crate::stats::h2_event;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
+use hypergate_core::http::chunked::{write_chunk_header, ChunkedDecoder, Step};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::BufResult;
@@ -226,25 +227,13 @@ enum Out {
     Head,
     /// A sized body: bytes left.
     Length(u64),
-    /// A chunked body.
-    Chunked(Chunk),
+    /// A chunked body, through the codec's decoder (bounded size lines and
+    /// trailers; the pipeline writes no trailers: it drops upstream ones).
+    Chunked(ChunkedDecoder),
     /// A body without a length: it ends when the pipeline is done.
     Close,
     /// Sent whole; anything more is ignored.
     Done,
-}
-
-/// The chunked decoder's state.
-#[derive(Debug)]
-enum Chunk {
-    /// Reading a size line (bytes so far).
-    Size(Vec<u8>),
-    /// Chunk data left.
-    Data(u64),
-    /// The CRLF after a chunk's data (bytes of it left).
-    DataEnd(u8),
-    /// After the last chunk: the trailer section (bytes so far).
-    Trailers(Vec<u8>),
 }
 
 /// One HTTP/2 stream as the pipeline sees it: a connection that carries
@@ -260,6 +249,8 @@ pub struct H2Exchange {
     send: Option<SendStream<Bytes>>,
     head_request: bool,
     head: Vec<u8>,
+    /// Chunked framing the decoder needs more of (a size line cut in two).
+    carry: Vec<u8>,
     out: Out,
 }
 
@@ -285,6 +276,7 @@ impl H2Exchange {
             send: None,
             head_request: parts.method == http::Method::HEAD,
             head: Vec::new(),
+            carry: Vec::new(),
             out: Out::Head,
         }
     }
@@ -309,11 +301,11 @@ impl H2Exchange {
                         continue;
                     }
                     self.pending = if self.chunked {
-                        let mut framed = BytesMut::with_capacity(data.len() + 16);
-                        framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        let mut framed = Vec::with_capacity(data.len() + 20);
+                        write_chunk_header(&mut framed, data.len());
                         framed.extend_from_slice(&data);
                         framed.extend_from_slice(b"\r\n");
-                        framed.freeze()
+                        Bytes::from(framed)
                     } else {
                         data
                     };
@@ -357,58 +349,50 @@ impl H2Exchange {
                         .await?;
                     data = &data[n..];
                 }
-                Out::Chunked(state) => match state {
-                    Chunk::Size(line) => {
-                        let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                            line.extend_from_slice(data);
-                            return Ok(());
-                        };
-                        line.extend_from_slice(&data[..nl]);
-                        data = &data[nl + 1..];
-                        let text = std::str::from_utf8(line).unwrap_or("").trim();
-                        let hex = text.split(';').next().unwrap_or("");
-                        let size = u64::from_str_radix(hex, 16)
-                            .map_err(|_| io::Error::other("bad chunk size"))?;
-                        *state = if size == 0 {
-                            Chunk::Trailers(Vec::new())
-                        } else {
-                            Chunk::Data(size)
-                        };
-                    }
-                    Chunk::Data(left) => {
-                        let n = (*left).min(data.len() as u64) as usize;
-                        *left -= n as u64;
-                        if *left == 0 {
-                            *state = Chunk::DataEnd(2);
-                        }
-                        self.send_data(Bytes::copy_from_slice(&data[..n]), false)
-                            .await?;
-                        data = &data[n..];
-                    }
-                    Chunk::DataEnd(left) => {
-                        let n = (*left as usize).min(data.len());
-                        *left -= n as u8;
-                        data = &data[n..];
-                        if *left == 0 {
-                            *state = Chunk::Size(Vec::new());
-                        }
-                    }
-                    Chunk::Trailers(seen) => {
-                        seen.extend_from_slice(data);
-                        data = &[];
-                        let done = seen.as_slice() == b"\r\n" || seen.ends_with(b"\r\n\r\n");
-                        if done {
-                            let trailers = parse_trailers(seen);
-                            self.out = Out::Done;
-                            self.finish(trailers)?;
-                        }
-                    }
-                },
+                Out::Chunked(_) => return self.take_chunked(data).await,
                 Out::Close => {
                     self.send_data(Bytes::copy_from_slice(data), false).await?;
                     data = &[];
                 }
                 Out::Done => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes chunked body bytes: de-chunked through the codec's decoder, the
+    /// payload sent as DATA, the stream ended with the last chunk.
+    async fn take_chunked(&mut self, data: &[u8]) -> io::Result<()> {
+        let held;
+        let mut input = if self.carry.is_empty() {
+            data
+        } else {
+            self.carry.extend_from_slice(data);
+            held = std::mem::take(&mut self.carry);
+            held.as_slice()
+        };
+        while !input.is_empty() {
+            let Out::Chunked(decoder) = &mut self.out else {
+                return Ok(());
+            };
+            match decoder.step(input).map_err(io::Error::other)? {
+                // Bounded by the decoder: a size line or trailer line that
+                // grows past its limit is an error, not more to keep.
+                Step::NeedMore => {
+                    self.carry.extend_from_slice(input);
+                    return Ok(());
+                }
+                Step::Progress { consumed, data } => {
+                    if !data.is_empty() {
+                        self.send_data(Bytes::copy_from_slice(&input[data]), false)
+                            .await?;
+                    }
+                    input = &input[consumed..];
+                }
+                Step::Done { .. } => {
+                    self.out = Out::Done;
+                    return self.finish();
+                }
             }
         }
         Ok(())
@@ -459,7 +443,7 @@ impl H2Exchange {
         self.out = if no_body {
             Out::Done
         } else if chunked {
-            Out::Chunked(Chunk::Size(Vec::new()))
+            Out::Chunked(ChunkedDecoder::default())
         } else {
             length.map_or(Out::Close, Out::Length)
         };
@@ -499,39 +483,14 @@ impl H2Exchange {
         Ok(())
     }
 
-    /// Ends the stream, with trailers when the chunked body had some.
-    fn finish(&mut self, trailers: Option<http::HeaderMap>) -> io::Result<()> {
+    /// Ends the stream after a chunked body's last chunk.
+    fn finish(&mut self) -> io::Result<()> {
         let Some(send) = self.send.as_mut() else {
             return Ok(());
         };
-        let broken = |e: h2::Error| io::Error::new(io::ErrorKind::BrokenPipe, e);
-        match trailers {
-            Some(t) if !t.is_empty() => send.send_trailers(t).map_err(broken),
-            _ => send.send_data(Bytes::new(), true).map_err(broken),
-        }
+        send.send_data(Bytes::new(), true)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
     }
-}
-
-/// The trailer section after a chunked body (`\r\n` alone: none).
-fn parse_trailers(section: &[u8]) -> Option<http::HeaderMap> {
-    let mut map = http::HeaderMap::new();
-    for line in section.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if connection_specific(name) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(name),
-            http::HeaderValue::from_bytes(value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    Some(map)
 }
 
 /// Copies the start of `from` into `buf`'s iovecs, in order; returns how
@@ -759,13 +718,5 @@ mod tests {
             String::from_utf8(head).unwrap(),
             "GET / HTTP/1.1\r\nhost: h\r\n\r\n"
         );
-    }
-
-    #[test]
-    fn trailers_are_parsed_without_connection_headers() {
-        let t =
-            parse_trailers(b"grpc-status: 0\r\ngrpc-message: ok\r\nconnection: x\r\n\r\n").unwrap();
-        assert_eq!(t.len(), 2);
-        assert_eq!(t["grpc-status"], "0");
     }
 }
