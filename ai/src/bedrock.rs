@@ -30,8 +30,8 @@ pub use event_stream::{encode_message, EventStreamDecoder, Message, MAX_MESSAGE_
 pub use sigv4::{sign, SignInput};
 
 use crate::translate::{
-    copy_field, ensure_object, field_path, optional_array, read_assistant, required_array,
-    required_str, text_content, TranslateError, Usage,
+    copy_field, ensure_object, field_path, optional_array, read_assistant, read_function_tool,
+    read_image, required_array, required_str, text_content, ImageSource, TranslateError, Usage,
 };
 
 // ---------------------------------------------------------------------------
@@ -180,38 +180,17 @@ fn user_blocks(content: Option<&Value>, path: &str) -> Result<Vec<Value>, Transl
 
 /// An OpenAI `image_url` part with a base64 data URL as a Converse `image` block.
 fn image_block(part: &Value, path: &str) -> Result<Value, TranslateError> {
-    let image_path = field_path(path, "image_url");
-    let url = match part.get("image_url") {
-        Some(Value::String(url)) => url.as_str(),
-        Some(image @ Value::Object(_)) => required_str(image, "url", &image_path)?,
-        None | Some(Value::Null) => return Err(TranslateError::Missing { path: image_path }),
-        Some(_) => {
-            return Err(TranslateError::WrongType {
-                path: image_path,
-                expected: "an object with a url",
-            })
+    let (media_type, data, url_path) = match read_image(part, path)? {
+        (ImageSource::Base64 { media_type, data }, url_path) => (media_type, data, url_path),
+        (ImageSource::Url(url), url_path) => {
+            let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+            return Err(TranslateError::Unsupported {
+                path: url_path,
+                what: "image URL scheme (Bedrock takes the image's bytes: use a data URL)",
+                value: scheme.to_owned(),
+            });
         }
     };
-    let url_path = field_path(&image_path, "url");
-    let Some(rest) = url.strip_prefix("data:") else {
-        let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
-        return Err(TranslateError::Unsupported {
-            path: url_path,
-            what: "image URL scheme (Bedrock takes the image's bytes: use a data URL)",
-            value: scheme.to_owned(),
-        });
-    };
-    let (meta, data) = rest.split_once(',').ok_or(TranslateError::WrongType {
-        path: url_path.clone(),
-        expected: "a data URL",
-    })?;
-    let media_type = meta
-        .strip_suffix(";base64")
-        .ok_or_else(|| TranslateError::Unsupported {
-            path: url_path.clone(),
-            what: "data URL encoding (only base64)",
-            value: meta.to_owned(),
-        })?;
     let format = match media_type {
         "image/png" => "png",
         "image/jpeg" | "image/jpg" => "jpeg",
@@ -319,32 +298,14 @@ fn tool_config(request: &Value) -> Result<Option<Value>, TranslateError> {
     };
     let mut specs = Vec::new();
     for (index, tool) in tools.iter().enumerate() {
-        let path = format!("tools[{index}]");
-        if let Some(kind) = tool.get("type").and_then(Value::as_str) {
-            if kind != "function" {
-                return Err(TranslateError::Unsupported {
-                    path: field_path(&path, "type"),
-                    what: "tool type",
-                    value: kind.to_owned(),
-                });
-            }
-        }
-        let function_path = field_path(&path, "function");
-        let function = tool
-            .get("function")
-            .filter(|f| f.is_object())
-            .ok_or_else(|| TranslateError::Missing {
-                path: function_path.clone(),
-            })?;
+        let tool = read_function_tool(tool, &format!("tools[{index}]"))?;
         let mut spec = Map::new();
-        spec.insert(
-            "name".to_owned(),
-            json!(required_str(function, "name", &function_path)?),
-        );
-        copy_field(function, "description", &mut spec, "description");
-        let schema = function
-            .get("parameters")
-            .filter(|p| !p.is_null())
+        spec.insert("name".to_owned(), json!(tool.name));
+        if let Some(d) = tool.description {
+            spec.insert("description".to_owned(), d.clone());
+        }
+        let schema = tool
+            .parameters
             .cloned()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
         spec.insert("inputSchema".to_owned(), json!({ "json": schema }));

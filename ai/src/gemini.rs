@@ -23,8 +23,8 @@ use serde_json::{json, Map, Value};
 
 use crate::sse::SseEvent;
 use crate::translate::{
-    copy_field, ensure_object, field_path, optional_array, read_assistant, required_array,
-    required_str, text_content, TranslateError, Usage,
+    copy_field, ensure_object, field_path, optional_array, read_assistant, read_function_tool,
+    read_image, required_array, required_str, text_content, ImageSource, TranslateError, Usage,
 };
 
 // ---------------------------------------------------------------------------
@@ -179,56 +179,27 @@ fn user_parts(content: Option<&Value>, path: &str) -> Result<Vec<Value>, Transla
 
 /// An OpenAI `image_url` part as `inlineData` (data URL) or `fileData` (http URL).
 fn image_part(part: &Value, path: &str) -> Result<Value, TranslateError> {
-    let image_path = field_path(path, "image_url");
-    let url = match part.get("image_url") {
-        Some(Value::String(url)) => url.as_str(),
-        Some(image @ Value::Object(_)) => required_str(image, "url", &image_path)?,
-        None | Some(Value::Null) => return Err(TranslateError::Missing { path: image_path }),
-        Some(_) => {
-            return Err(TranslateError::WrongType {
-                path: image_path,
-                expected: "an object with a url",
-            })
+    let url = match read_image(part, path)?.0 {
+        ImageSource::Base64 { media_type, data } => {
+            return Ok(json!({"inlineData": {"mimeType": media_type, "data": data}}))
         }
+        ImageSource::Url(url) => url,
     };
-    let url_path = field_path(&image_path, "url");
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or(TranslateError::WrongType {
-            path: url_path.clone(),
-            expected: "a data URL",
-        })?;
-        let mime_type =
-            meta.strip_suffix(";base64")
-                .ok_or_else(|| TranslateError::Unsupported {
-                    path: url_path,
-                    what: "data URL encoding (only base64)",
-                    value: meta.to_owned(),
-                })?;
-        return Ok(json!({"inlineData": {"mimeType": mime_type, "data": data}}));
+    let file_name = url.split(['?', '#']).next().unwrap_or(url);
+    let extension = file_name.rsplit_once('.').map(|(_, ext)| ext);
+    let mime_type = match extension.map(str::to_ascii_lowercase).as_deref() {
+        Some("png") => Some("image/png"),
+        Some("jpg" | "jpeg") => Some("image/jpeg"),
+        Some("gif") => Some("image/gif"),
+        Some("webp") => Some("image/webp"),
+        _ => None,
+    };
+    let mut file = Map::new();
+    if let Some(mime_type) = mime_type {
+        file.insert("mimeType".to_owned(), json!(mime_type));
     }
-    if url.starts_with("https://") || url.starts_with("http://") {
-        let file_name = url.split(['?', '#']).next().unwrap_or(url);
-        let extension = file_name.rsplit_once('.').map(|(_, ext)| ext);
-        let mime_type = match extension.map(str::to_ascii_lowercase).as_deref() {
-            Some("png") => Some("image/png"),
-            Some("jpg" | "jpeg") => Some("image/jpeg"),
-            Some("gif") => Some("image/gif"),
-            Some("webp") => Some("image/webp"),
-            _ => None,
-        };
-        let mut file = Map::new();
-        if let Some(mime_type) = mime_type {
-            file.insert("mimeType".to_owned(), json!(mime_type));
-        }
-        file.insert("fileUri".to_owned(), json!(url));
-        return Ok(json!({ "fileData": file }));
-    }
-    let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
-    Err(TranslateError::Unsupported {
-        path: url_path,
-        what: "image URL scheme",
-        value: scheme.to_owned(),
-    })
+    file.insert("fileUri".to_owned(), json!(url));
+    Ok(json!({ "fileData": file }))
 }
 
 /// An assistant message's text and tool calls as `model` parts; records each call's
@@ -275,30 +246,14 @@ fn tool_response_part(
 
 /// An OpenAI function tool as a Gemini function declaration.
 fn function_declaration(tool: &Value, path: &str) -> Result<Value, TranslateError> {
-    if let Some(kind) = tool.get("type").and_then(Value::as_str) {
-        if kind != "function" {
-            return Err(TranslateError::Unsupported {
-                path: field_path(path, "type"),
-                what: "tool type",
-                value: kind.to_owned(),
-            });
-        }
-    }
-    let function_path = field_path(path, "function");
-    let function = tool
-        .get("function")
-        .filter(|f| f.is_object())
-        .ok_or_else(|| TranslateError::Missing {
-            path: function_path.clone(),
-        })?;
+    let tool = read_function_tool(tool, path)?;
     let mut out = Map::new();
-    out.insert(
-        "name".to_owned(),
-        json!(required_str(function, "name", &function_path)?),
-    );
-    copy_field(function, "description", &mut out, "description");
-    if let Some(parameters) = function.get("parameters").filter(|p| !p.is_null()) {
-        let parameters = clean_schema(parameters, &field_path(&function_path, "parameters"))?;
+    out.insert("name".to_owned(), json!(tool.name));
+    if let Some(d) = tool.description {
+        out.insert("description".to_owned(), d.clone());
+    }
+    if let Some(parameters) = tool.parameters {
+        let parameters = clean_schema(parameters, &tool.parameters_path)?;
         // Gemini rejects an OBJECT without properties: a function without parameters
         // is declared without `parameters`.
         let empty_object = parameters["properties"]

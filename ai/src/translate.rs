@@ -704,8 +704,26 @@ fn openai_user_content(message: &Value, path: &str) -> Result<Content, Translate
     Ok(Content::Blocks(blocks))
 }
 
-/// An OpenAI `image_url` part as an Anthropic image block.
-fn openai_image_to_anthropic(part: &Value, path: &str) -> Result<Value, TranslateError> {
+/// Where an OpenAI `image_url` part's image is.
+pub(crate) enum ImageSource<'a> {
+    /// A base64 `data:` URL: its media type and data.
+    Base64 {
+        /// E.g. `image/png`.
+        media_type: &'a str,
+        /// The base64 payload.
+        data: &'a str,
+    },
+    /// An `http(s)` URL.
+    Url(&'a str),
+}
+
+/// Reads an OpenAI `image_url` part at `path`: the image's source and the
+/// JSON path of its URL (for a format's own errors about it). Other URL
+/// schemes and non-base64 data URLs are errors.
+pub(crate) fn read_image<'a>(
+    part: &'a Value,
+    path: &str,
+) -> Result<(ImageSource<'a>, String), TranslateError> {
     let image_path = field_path(path, "image_url");
     let url = match part.get("image_url") {
         Some(Value::String(url)) => url.as_str(),
@@ -727,23 +745,72 @@ fn openai_image_to_anthropic(part: &Value, path: &str) -> Result<Value, Translat
         let media_type =
             meta.strip_suffix(";base64")
                 .ok_or_else(|| TranslateError::Unsupported {
-                    path: url_path,
+                    path: url_path.clone(),
                     what: "data URL encoding (only base64)",
                     value: meta.to_owned(),
                 })?;
-        return Ok(json!({
-            "type": "image",
-            "source": {"type": "base64", "media_type": media_type, "data": data},
-        }));
+        return Ok((ImageSource::Base64 { media_type, data }, url_path));
     }
     if url.starts_with("https://") || url.starts_with("http://") {
-        return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
+        return Ok((ImageSource::Url(url), url_path));
     }
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
     Err(TranslateError::Unsupported {
         path: url_path,
         what: "image URL scheme",
         value: scheme.to_owned(),
+    })
+}
+
+/// An OpenAI `image_url` part as an Anthropic image block.
+fn openai_image_to_anthropic(part: &Value, path: &str) -> Result<Value, TranslateError> {
+    Ok(match read_image(part, path)?.0 {
+        ImageSource::Base64 { media_type, data } => json!({
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }),
+        ImageSource::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+    })
+}
+
+/// An OpenAI function tool, read for every translation.
+pub(crate) struct FunctionTool<'a> {
+    /// The function's name.
+    pub name: &'a str,
+    /// Its description, when it has one.
+    pub description: Option<&'a Value>,
+    /// Its JSON-schema parameters, when given.
+    pub parameters: Option<&'a Value>,
+    /// The JSON path of the parameters.
+    pub parameters_path: String,
+}
+
+/// Reads `tools[i]` at `path`: only function tools translate.
+pub(crate) fn read_function_tool<'a>(
+    tool: &'a Value,
+    path: &str,
+) -> Result<FunctionTool<'a>, TranslateError> {
+    if let Some(kind) = tool.get("type").and_then(Value::as_str) {
+        if kind != "function" {
+            return Err(TranslateError::Unsupported {
+                path: field_path(path, "type"),
+                what: "tool type",
+                value: kind.to_owned(),
+            });
+        }
+    }
+    let function_path = field_path(path, "function");
+    let function = tool
+        .get("function")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| TranslateError::Missing {
+            path: function_path.clone(),
+        })?;
+    Ok(FunctionTool {
+        name: required_str(function, "name", &function_path)?,
+        description: function.get("description").filter(|d| !d.is_null()),
+        parameters: function.get("parameters").filter(|p| !p.is_null()),
+        parameters_path: field_path(&function_path, "parameters"),
     })
 }
 
@@ -915,31 +982,14 @@ fn openai_tool_message_to_anthropic(message: &Value, path: &str) -> Result<Value
 
 /// An OpenAI function tool as an Anthropic client tool.
 fn openai_tool_to_anthropic(tool: &Value, path: &str) -> Result<Value, TranslateError> {
-    if let Some(kind) = tool.get("type").and_then(Value::as_str) {
-        if kind != "function" {
-            return Err(TranslateError::Unsupported {
-                path: field_path(path, "type"),
-                what: "tool type",
-                value: kind.to_owned(),
-            });
-        }
-    }
-    let function_path = field_path(path, "function");
-    let function = tool
-        .get("function")
-        .filter(|f| f.is_object())
-        .ok_or_else(|| TranslateError::Missing {
-            path: function_path.clone(),
-        })?;
+    let tool = read_function_tool(tool, path)?;
     let mut out = Map::new();
-    out.insert(
-        "name".to_owned(),
-        json!(required_str(function, "name", &function_path)?),
-    );
-    copy_field(function, "description", &mut out, "description");
-    let schema = function
-        .get("parameters")
-        .filter(|p| !p.is_null())
+    out.insert("name".to_owned(), json!(tool.name));
+    if let Some(d) = tool.description {
+        out.insert("description".to_owned(), d.clone());
+    }
+    let schema = tool
+        .parameters
         .cloned()
         .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
     out.insert("input_schema".to_owned(), schema);
