@@ -570,13 +570,9 @@ fn write_grpc_status(
     out.extend_from_slice(b"grpc-status: ");
     write_u64(out, u64::from(err.kind.grpc_code()));
     out.extend_from_slice(b"\r\ngrpc-message: ");
-    for &b in err.message.as_bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(b);
-        } else {
-            out.extend_from_slice(format!("%{b:02X}").as_bytes());
-        }
-    }
+    crate::http::percent_encode(out, err.message.as_bytes(), |b| {
+        (0x20..0x7f).contains(&b) && b != b'%'
+    });
     out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
     if !request_id.is_empty() {
         write_header(out, b"x-request-id", request_id.as_bytes());

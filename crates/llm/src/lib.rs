@@ -2702,15 +2702,14 @@ fn provider_request(
 /// percent-encoded (a Bedrock model id's `:` becomes `%3A`, which SigV4 signs
 /// as sent).
 fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(text.len());
+    hypergate_core::http::percent_encode(
+        &mut out,
+        text.as_bytes(),
+        hypergate_core::http::unreserved,
+    );
+    // Only ASCII is written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A chat id for answers whose provider gives none (Gemini, Bedrock).

@@ -1,5 +1,6 @@
 //! HTTP/1.1 on the wire: strict head parsing, chunked framing, canonical paths,
-//! and the small writers every response uses (status line, header, number).
+//! and the small writers every response uses (status line, header, number,
+//! percent-encoding).
 //!
 //! - [`codec`]: request and response heads on `httparse`, stored as byte ranges.
 //! - [`chunked`]: incremental chunked decoding and encoding.
@@ -51,6 +52,24 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `bytes` percent-encoded: each byte for which `keep` is false as
+/// `%XX` (upper-case hex), the others as they are.
+pub fn percent_encode(out: &mut Vec<u8>, bytes: &[u8], keep: impl Fn(u8) -> bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in bytes {
+        if keep(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// RFC 3986's unreserved characters: what a path segment keeps unencoded.
+pub fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +81,12 @@ mod tests {
         out.push(b' ');
         write_u64(&mut out, 18446744073709551615);
         assert_eq!(out, b"0 18446744073709551615");
+    }
+
+    #[test]
+    fn percent_encoding() {
+        let mut out = Vec::new();
+        percent_encode(&mut out, b"a:b/c~d %", unreserved);
+        assert_eq!(out, b"a%3Ab%2Fc~d%20%25");
     }
 }
