@@ -106,10 +106,16 @@ pub async fn serve_h2<S, H>(
     let mut refused = 0u32;
     let mut last_activity = Instant::now();
     let mut closing = false;
+    let mut tick = std::pin::pin!(monoio::time::sleep(TICK));
     loop {
+        // One timer for the connection, re-armed when it fires: a new one
+        // per stream would cost a timer-wheel entry per request.
         let next = monoio::select! {
             next = conn.accept() => Some(next),
-            _ = monoio::time::sleep(TICK) => None,
+            _ = &mut tick => {
+                tick.as_mut().reset(monoio::time::Instant::now() + TICK);
+                None
+            }
         };
         match next {
             None => {
