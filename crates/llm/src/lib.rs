@@ -715,16 +715,21 @@ fn unix_now() -> u64 {
 struct Chat<'r, 'a> {
     req: &'r AiRequest<'a>,
     format: Format,
-    /// Responses API calls: the response id and the request fields it echoes.
-    responses: Option<(String, Value)>,
+    /// A Responses API call.
+    responses: Option<ResponsesCall>,
     /// The call only counts tokens (`messages/count_tokens`).
     count_only: bool,
-    /// Responses API calls: the client's request (with the request
-    /// guardrails' redactions), for providers that serve the API themselves.
-    responses_body: Option<Value>,
     rec: LlmRecord,
     upstream_us: Option<u64>,
     started: Instant,
+}
+
+/// A Responses API call: the response id, and the client's request (with the
+/// request guardrails' redactions): what the answer echoes, and what
+/// providers that serve the API get as it is.
+struct ResponsesCall {
+    id: String,
+    body: Value,
 }
 
 /// A successful provider answer, its body still to read.
@@ -743,7 +748,6 @@ impl<'r, 'a> Chat<'r, 'a> {
             format,
             responses: None,
             count_only: false,
-            responses_body: None,
             rec: LlmRecord::default(),
             upstream_us: None,
             started: Instant::now(),
@@ -839,8 +843,8 @@ impl<'r, 'a> Chat<'r, 'a> {
             };
             for_each_text(req, &mut redact);
             // What a Responses provider gets as it is: the same redactions.
-            if let Some(body) = &mut self.responses_body {
-                responses::for_each_input_text(body, &mut redact);
+            if let Some(call) = &mut self.responses {
+                responses::for_each_input_text(&mut call.body, &mut redact);
             }
             if redacted {
                 self.note_guard(g, "redact_request");
@@ -900,14 +904,13 @@ impl<'r, 'a> Chat<'r, 'a> {
                     }
                 }
                 let id = format!("resp_{}", self.req.request_id.replace('-', ""));
-                self.responses = Some((id, responses::echo_of(&body)));
                 let chat = match responses::request_to_chat(&body) {
                     Ok(chat) => chat,
                     // What chat cannot express, the provider itself reads.
                     Err(_) if native => responses::estimate_chat(&body),
                     Err(e) => return Err(invalid(e)),
                 };
-                self.responses_body = Some(body);
+                self.responses = Some(ResponsesCall { id, body });
                 chat
             }
         };
@@ -921,7 +924,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let alias = self.alias_of(&canonical)?;
         // Every API refuses an empty conversation; no provider is asked. (A
         // call passed through to a Responses provider is the provider's to judge.)
-        let passed_whole = self.responses_body.is_some() && self.native_only(alias);
+        let passed_whole = self.responses.is_some() && self.native_only(alias);
         if !passed_whole && canonical["messages"].as_array().is_some_and(Vec::is_empty) {
             let (message, param) = match self.format {
                 Format::Responses => ("input must hold at least one item", "input"),
@@ -1024,7 +1027,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.rec.provider = spec.providers[t.provider].name.to_string();
         self.rec.model = t.model.to_string();
         self.remember(alias, t.label.clone());
-        let native = self.responses_body.is_some() && spec.providers[t.provider].responses_api;
+        let native = self.responses.is_some() && spec.providers[t.provider].responses_api;
         let result = if native && streamed && answered.event_stream {
             self.native_stream(answered, &canonical, stream, out).await
         } else if native {
@@ -1393,8 +1396,9 @@ impl<'r, 'a> Chat<'r, 'a> {
             let provider = &spec.providers[target.provider];
             let cluster = cluster_of((a, t));
             let native = self
-                .responses_body
+                .responses
                 .as_ref()
+                .map(|c| &c.body)
                 .filter(|_| provider.responses_api);
             let (suffix, body) = provider_request(
                 provider,
@@ -1667,11 +1671,10 @@ impl<'r, 'a> Chat<'r, 'a> {
             (None, Format::Anthropic) => translate::openai_response_to_anthropic(&canon),
             (None, Format::Completions) => completions::chat_to_completion(&canon),
             (None, Format::Responses) => {
-                let (id, echo) = self
-                    .responses
-                    .as_ref()
-                    .map_or(("", &Value::Null), |(i, e)| (i.as_str(), e));
-                responses::chat_to_response(&canon, id, unix_now(), echo)
+                let (id, echo) = self.responses.as_ref().map_or(("", Value::Null), |c| {
+                    (c.id.as_str(), responses::echo_of(&c.body))
+                });
+                responses::chat_to_response(&canon, id, unix_now(), &echo)
             }
         };
         respond_json(self.req, stream, out, 200, &body).await
@@ -2190,12 +2193,12 @@ impl<'r, 'a> Chat<'r, 'a> {
     /// The writer of this call's event stream, in the client's format.
     fn emitter(&self, model: &str, client_usage: bool) -> Emitter {
         let mut em = Emitter::new(self.format, model, client_usage);
-        if let Some((id, echo)) = &self.responses {
+        if let Some(call) = &self.responses {
             em.to_responses = Some(responses::ChatStreamToResponses::new(
-                id,
+                &call.id,
                 unix_now(),
                 model,
-                echo.clone(),
+                responses::echo_of(&call.body),
             ));
         }
         em
