@@ -31,7 +31,8 @@ pub use sigv4::{sign, SignInput};
 
 use crate::translate::{
     copy_field, ensure_object, field_path, optional_array, read_assistant, read_function_tool,
-    read_image, required_array, required_str, text_content, ImageSource, TranslateError, Usage,
+    read_image, read_user_content, required_array, required_str, text_content, unsupported_part,
+    ImageSource, TranslateError, Usage, UserContent, UserPart,
 };
 
 // ---------------------------------------------------------------------------
@@ -143,37 +144,18 @@ pub fn openai_request_to_converse(request: &Value) -> Result<Value, TranslateErr
 
 /// A user message's content as Converse content blocks.
 fn user_blocks(content: Option<&Value>, path: &str) -> Result<Vec<Value>, TranslateError> {
-    let parts = match content {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => return Ok(Vec::new()),
-        Some(Value::String(text)) => return Ok(vec![json!({"text": text})]),
-        Some(Value::Array(parts)) => parts,
-        Some(_) => {
-            return Err(TranslateError::WrongType {
-                path: path.to_owned(),
-                expected: "a string or an array of content parts",
-            })
-        }
+    let parts = match read_user_content(content, path)? {
+        UserContent::Plain("") => return Ok(Vec::new()),
+        UserContent::Plain(text) => return Ok(vec![json!({"text": text})]),
+        UserContent::Parts(parts) => parts,
     };
-    let mut blocks = Vec::new();
-    for (index, part) in parts.iter().enumerate() {
-        let path = format!("{path}[{index}]");
-        match required_str(part, "type", &path)? {
-            "text" => {
-                let text = required_str(part, "text", &path)?;
-                if !text.is_empty() {
-                    blocks.push(json!({"text": text}));
-                }
-            }
-            "image_url" => blocks.push(image_block(part, &path)?),
-            other => {
-                return Err(TranslateError::Unsupported {
-                    path,
-                    what: "part type",
-                    value: other.to_owned(),
-                })
-            }
-        }
+    let mut blocks = Vec::with_capacity(parts.len());
+    for part in parts {
+        blocks.push(match part {
+            UserPart::Text(text) => json!({"text": text}),
+            UserPart::Image(part, path) => image_block(part, &path)?,
+            UserPart::Audio(_, path) => return Err(unsupported_part(path, "input_audio")),
+        });
     }
     Ok(blocks)
 }

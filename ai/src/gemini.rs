@@ -24,7 +24,8 @@ use serde_json::{json, Map, Value};
 use crate::sse::SseEvent;
 use crate::translate::{
     copy_field, ensure_object, field_path, optional_array, read_assistant, read_function_tool,
-    read_image, required_array, required_str, text_content, ImageSource, TranslateError, Usage,
+    read_image, read_user_content, required_array, required_str, text_content, ImageSource,
+    TranslateError, Usage, UserContent, UserPart,
 };
 
 // ---------------------------------------------------------------------------
@@ -133,46 +134,24 @@ pub fn openai_request_to_gemini(request: &Value) -> Result<Value, TranslateError
 
 /// A user message's content as Gemini parts.
 fn user_parts(content: Option<&Value>, path: &str) -> Result<Vec<Value>, TranslateError> {
-    let parts = match content {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::String(text)) if text.is_empty() => return Ok(Vec::new()),
-        Some(Value::String(text)) => return Ok(vec![json!({"text": text})]),
-        Some(Value::Array(parts)) => parts,
-        Some(_) => {
-            return Err(TranslateError::WrongType {
-                path: path.to_owned(),
-                expected: "a string or an array of content parts",
-            })
-        }
+    let parts = match read_user_content(content, path)? {
+        UserContent::Plain("") => return Ok(Vec::new()),
+        UserContent::Plain(text) => return Ok(vec![json!({"text": text})]),
+        UserContent::Parts(parts) => parts,
     };
-    let mut out = Vec::new();
-    for (index, part) in parts.iter().enumerate() {
-        let path = format!("{path}[{index}]");
-        match required_str(part, "type", &path)? {
-            "text" => {
-                let text = required_str(part, "text", &path)?;
-                if !text.is_empty() {
-                    out.push(json!({"text": text}));
-                }
-            }
-            "image_url" => out.push(image_part(part, &path)?),
-            "input_audio" => {
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        out.push(match part {
+            UserPart::Text(text) => json!({"text": text}),
+            UserPart::Image(part, path) => image_part(part, &path)?,
+            UserPart::Audio(part, path) => {
                 let audio_path = field_path(&path, "input_audio");
                 let audio = part.get("input_audio").unwrap_or(&Value::Null);
                 let data = required_str(audio, "data", &audio_path)?;
                 let format = required_str(audio, "format", &audio_path)?;
-                out.push(
-                    json!({"inlineData": {"mimeType": format!("audio/{format}"), "data": data}}),
-                );
+                json!({"inlineData": {"mimeType": format!("audio/{format}"), "data": data}})
             }
-            other => {
-                return Err(TranslateError::Unsupported {
-                    path,
-                    what: "part type",
-                    value: other.to_owned(),
-                })
-            }
-        }
+        });
     }
     Ok(out)
 }

@@ -670,9 +670,57 @@ pub fn openai_request_to_anthropic(
 
 /// A user message's content as Anthropic content.
 fn openai_user_content(message: &Value, path: &str) -> Result<Content, TranslateError> {
-    let parts = match message.get("content") {
-        None | Some(Value::Null) => return Ok(Content::Text(String::new())),
-        Some(Value::String(text)) => return Ok(Content::Text(text.clone())),
+    let parts = match read_user_content(message.get("content"), path)? {
+        UserContent::Plain(text) => return Ok(Content::Text(text.to_owned())),
+        UserContent::Parts(parts) => parts,
+    };
+    let mut blocks = Vec::with_capacity(parts.len());
+    for part in parts {
+        blocks.push(match part {
+            UserPart::Text(text) => json!({"type": "text", "text": text}),
+            UserPart::Image(part, path) => openai_image_to_anthropic(part, &path)?,
+            UserPart::Audio(_, path) => return Err(unsupported_part(path, "input_audio")),
+        });
+    }
+    Ok(Content::Blocks(blocks))
+}
+
+/// A user message's content, read for every translation.
+pub(crate) enum UserContent<'a> {
+    /// One string (empty when the content is null).
+    Plain(&'a str),
+    /// Content parts, in order (empty texts left out).
+    Parts(Vec<UserPart<'a>>),
+}
+
+/// One part of a user message.
+pub(crate) enum UserPart<'a> {
+    /// Text.
+    Text(&'a str),
+    /// An `image_url` part and its JSON path (read it with [`read_image`]).
+    Image(&'a Value, String),
+    /// An `input_audio` part and its JSON path (formats that carry audio
+    /// read its `data` and `format`).
+    Audio(&'a Value, String),
+}
+
+/// The error for a part type a format cannot carry.
+pub(crate) fn unsupported_part(path: String, kind: &str) -> TranslateError {
+    TranslateError::Unsupported {
+        path,
+        what: "part type",
+        value: kind.to_owned(),
+    }
+}
+
+/// Reads a user message's `content` at `path`; unknown part types are errors.
+pub(crate) fn read_user_content<'a>(
+    content: Option<&'a Value>,
+    path: &str,
+) -> Result<UserContent<'a>, TranslateError> {
+    let parts = match content {
+        None | Some(Value::Null) => return Ok(UserContent::Plain("")),
+        Some(Value::String(text)) => return Ok(UserContent::Plain(text)),
         Some(Value::Array(parts)) => parts,
         Some(_) => {
             return Err(TranslateError::WrongType {
@@ -681,27 +729,22 @@ fn openai_user_content(message: &Value, path: &str) -> Result<Content, Translate
             })
         }
     };
-    let mut blocks = Vec::new();
+    let mut out = Vec::with_capacity(parts.len());
     for (index, part) in parts.iter().enumerate() {
         let path = format!("{path}[{index}]");
         match required_str(part, "type", &path)? {
             "text" => {
                 let text = required_str(part, "text", &path)?;
                 if !text.is_empty() {
-                    blocks.push(json!({"type": "text", "text": text}));
+                    out.push(UserPart::Text(text));
                 }
             }
-            "image_url" => blocks.push(openai_image_to_anthropic(part, &path)?),
-            other => {
-                return Err(TranslateError::Unsupported {
-                    path,
-                    what: "part type",
-                    value: other.to_owned(),
-                })
-            }
+            "image_url" => out.push(UserPart::Image(part, path)),
+            "input_audio" => out.push(UserPart::Audio(part, path)),
+            other => return Err(unsupported_part(path, other)),
         }
     }
-    Ok(Content::Blocks(blocks))
+    Ok(UserContent::Parts(out))
 }
 
 /// Where an OpenAI `image_url` part's image is.
