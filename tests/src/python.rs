@@ -97,3 +97,60 @@ pub fn run_script(script: &str, gateway: SocketAddr, args: &[&str]) -> Value {
             panic!("{script} printed no JSON line; stdout:\n{stdout}\nstderr:\n{stderr}")
         })
 }
+
+/// A Python server (`tests/python/<script>`) that prints `{"port": N}` once
+/// it listens on 127.0.0.1 and serves until its stdin closes (on drop).
+pub struct Server {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `script` and waits for its port line.
+    pub fn start(script: &str) -> Server {
+        use std::io::BufRead;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+        let mut child = Command::new(python())
+            .arg(dir.join(script))
+            .current_dir(&dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {script}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        // The first line is the port; the read ends when the server prints
+        // it or exits.
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the port line");
+        let port = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .unwrap_or_else(|| panic!("{script} printed no port: {line:?}"));
+        Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port as u16)),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if self.child.try_wait().ok().flatten().is_none() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -6,14 +6,89 @@
 //! buffers are reused for the connection's lifetime. On a timeout the in-flight
 //! operation is cancelled and its buffer is lost with it, so a connection that
 //! timed out is always closed, never reused.
+//!
+//! [`split`] lends a stream's read and write sides to two futures at once
+//! (a full-duplex exchange: a gRPC call's request streams while its response
+//! does).
 
-use crate::http::chunked::{write_chunk_header, ChunkedDecoder, Step, LAST_CHUNK};
+use crate::http::chunked::{
+    write_chunk_header, write_last_chunk, ChunkedDecoder, Step, LAST_CHUNK,
+};
 use crate::http::codec::BodyFraming;
 use bytes::{Buf, BytesMut};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::BufResult;
 use std::io;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
+
+/// The read side of a stream lent by [`split`].
+pub struct ReadHalf<'a, T> {
+    stream: *mut T,
+    _lent: PhantomData<&'a mut T>,
+}
+
+/// The write side of a stream lent by [`split`].
+pub struct WriteHalf<'a, T> {
+    stream: *mut T,
+    _lent: PhantomData<&'a mut T>,
+}
+
+/// Lends `stream`'s read and write sides separately, for as long as the
+/// borrow lasts (monoio's own split takes the stream by value). The halves
+/// are `!Send`: both stay on the shard's thread.
+pub fn split<T: Split>(stream: &mut T) -> (ReadHalf<'_, T>, WriteHalf<'_, T>) {
+    let stream: *mut T = stream;
+    (
+        ReadHalf {
+            stream,
+            _lent: PhantomData,
+        },
+        WriteHalf {
+            stream,
+            _lent: PhantomData,
+        },
+    )
+}
+
+impl<T: AsyncReadRent> AsyncReadRent for ReadHalf<'_, T> {
+    async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: the pointer comes from a `&mut T` borrowed for `'_`, so the
+        // stream outlives this half and nothing else uses it meanwhile but the
+        // other half; `T: Split` promises its reads and writes touch
+        // independent state, so the read half's `&mut` never aliases what
+        // the write half changes.
+        unsafe { &mut *self.stream }.read(buf).await
+    }
+
+    async fn readv<B: IoVecBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: as in `read`.
+        unsafe { &mut *self.stream }.readv(buf).await
+    }
+}
+
+impl<T: AsyncWriteRent> AsyncWriteRent for WriteHalf<'_, T> {
+    async fn write<B: IoBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: as in `ReadHalf::read`, for the write side.
+        unsafe { &mut *self.stream }.write(buf).await
+    }
+
+    async fn writev<B: IoVecBuf>(&mut self, buf: B) -> BufResult<usize, B> {
+        // SAFETY: as in `ReadHalf::read`, for the write side.
+        unsafe { &mut *self.stream }.writev(buf).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        // SAFETY: as in `ReadHalf::read`, for the write side.
+        unsafe { &mut *self.stream }.flush().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        // SAFETY: as in `ReadHalf::read`, for the write side.
+        unsafe { &mut *self.stream }.shutdown().await
+    }
+}
 
 /// Outcome of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,8 +261,18 @@ impl Tap<'_> {
 /// Flush threshold for the re-framing buffer.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// What a pump carried.
+#[derive(Debug, Default)]
+pub struct Pumped {
+    /// Payload bytes.
+    pub bytes: u64,
+    /// A chunked body's trailer section, as the decoder kept it (forwarded
+    /// when the destination is chunked too).
+    pub trailers: Vec<u8>,
+}
+
 /// Streams one body from `src` (with already-read bytes in `sbuf`) to `dst`.
-/// Returns the payload size. Memory stays flat: at most one read buffer and
+/// Returns the payload size and trailers. Memory stays flat: at most one read buffer and
 /// one re-framing buffer are held, whatever the body size. `tap` keeps the
 /// first payload bytes (de-chunked) for body capture.
 #[allow(clippy::too_many_arguments)]
@@ -200,10 +285,10 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     encoding: Encoding,
     limits: PumpLimits,
     mut tap: Option<Tap<'_>>,
-) -> Result<u64, PumpError> {
+) -> Result<Pumped, PumpError> {
     let mut total: u64 = 0;
     let mut remaining = match framing {
-        BodyFraming::None => return Ok(0),
+        BodyFraming::None => return Ok(Pumped::default()),
         BodyFraming::Length(n) => n,
         _ => 0,
     };
@@ -277,12 +362,15 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         if finished || (matches!(framing, BodyFraming::Length(_)) && remaining == 0) {
             if encoding == Encoding::Chunked {
-                out.extend_from_slice(LAST_CHUNK);
+                write_last_chunk(out, decoder.trailers());
             }
             write_out(dst, out, limits.write_timeout)
                 .await
                 .map_err(|_| PumpError::Destination)?;
-            return Ok(total);
+            return Ok(Pumped {
+                bytes: total,
+                trailers: decoder.take_trailers(),
+            });
         }
         if out.len() >= FLUSH_AT || (!out.is_empty() && sbuf.is_empty()) {
             write_out(dst, out, limits.write_timeout)
@@ -308,7 +396,10 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 write_out(dst, out, limits.write_timeout)
                     .await
                     .map_err(|_| PumpError::Destination)?;
-                return Ok(total);
+                return Ok(Pumped {
+                    bytes: total,
+                    trailers: Vec::new(),
+                });
             }
             ReadOutcome::Eof => return Err(PumpError::SourceClosed),
             ReadOutcome::Timeout => return Err(PumpError::SourceTimeout),

@@ -939,6 +939,7 @@ fn provider(
             ca_file: p.ca_file.clone(),
             server_name: host.clone(),
         }),
+        protocol: Default::default(),
     };
     Some((
         Provider {

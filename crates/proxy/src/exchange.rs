@@ -164,6 +164,12 @@ pub struct Exchange {
     /// Whether the request body was read whole (an error answered after that
     /// may keep the connection).
     pub body_read: bool,
+    /// The `grpc-status` of a gRPC call's answer (from its trailers, or its
+    /// head when it had no body).
+    pub grpc_status: Option<u8>,
+    /// Whether that status is an error of the service on this route
+    /// (`[routes.grpc] error_codes`).
+    pub grpc_error: bool,
     /// LLM details.
     pub llm: Option<Box<LlmRecord>>,
     /// The bodies' first bytes, on a call sampled for capture.
@@ -202,6 +208,8 @@ impl Exchange {
             retries: 0,
             close: false,
             body_read: false,
+            grpc_status: None,
+            grpc_error: false,
             llm: None,
             capture: None,
         }
@@ -230,7 +238,12 @@ impl Exchange {
             .llm
             .as_ref()
             .map_or((false, false), |l| (l.client_aborted, l.error.is_some()));
-        Outcome::of(self.status, self.error_kind, aborted, broken)
+        match Outcome::of(self.status, self.error_kind, aborted, broken) {
+            // A gRPC answer is a 200 whatever its status: the status decides.
+            Outcome::Ok if self.grpc_error && self.grpc_status == Some(4) => Outcome::Timeout,
+            Outcome::Ok if self.grpc_error => Outcome::UpstreamError,
+            outcome => outcome,
+        }
     }
 }
 

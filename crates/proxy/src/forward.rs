@@ -17,15 +17,17 @@ use crate::spec::Route;
 use crate::state::{Installed, ShardCtx};
 use bytes::{Buf, BytesMut};
 use hypergate_core::error::{ErrorKind, GatewayError};
+use hypergate_core::http::chunked;
 use hypergate_core::http::codec::{at, is_hop_by_hop, BodyFraming, ResponseHead};
 use hypergate_core::http::{write_header, write_u64};
-use hypergate_core::io::{pump, write_out, Encoding, PumpError, PumpLimits};
+use hypergate_core::io::{pump, split, write_out, Encoding, PumpError, PumpLimits};
 use hypergate_otel::SpanContext;
 use hypergate_upstream::client::{
     self, AttemptLimits, Failure, Next, Outcome, Outgoing, Retries, RetryPolicy, RetryStatuses,
 };
 use hypergate_upstream::lease::Lease;
 use hypergate_upstream::{ClusterRuntime, UpstreamConn};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use std::time::{Duration, Instant};
 
 /// Largest body copied next to its head so both leave in one write.
@@ -72,6 +74,7 @@ pub async fn proxy<S: ClientStream>(
         ))
     });
     let limits = &inst.config.raw.limits;
+    let grpc = crate::grpc::Call::of(req, route, ex.started);
     let ProxyIo {
         stream,
         rbuf,
@@ -79,6 +82,22 @@ pub async fn proxy<S: ClientStream>(
         resp,
         extra,
     } = io;
+    // A gRPC call's body may stream as long as the call lasts (its deadline
+    // bounds it), and streams while the response does.
+    let body_limits = match grpc {
+        Some(call) => PumpLimits {
+            read_timeout: call.left(),
+            write_timeout: cluster.spec.raw.read_timeout,
+            max_bytes: max_body,
+            deadline: Some(call.deadline),
+        },
+        None => PumpLimits {
+            read_timeout: limits.body_idle_timeout,
+            write_timeout: cluster.spec.raw.read_timeout,
+            max_bytes: max_body,
+            deadline: Some(ex.started + limits.body_timeout),
+        },
+    };
     let mut request = Forwarded {
         inst,
         route,
@@ -98,12 +117,9 @@ pub async fn proxy<S: ClientStream>(
         stream,
         rbuf,
         capture,
-        body_limits: PumpLimits {
-            read_timeout: limits.body_idle_timeout,
-            write_timeout: cluster.spec.raw.read_timeout,
-            max_bytes: max_body,
-            deadline: Some(ex.started + limits.body_timeout),
-        },
+        body_limits,
+        grpc,
+        duplex: grpc.is_some() && req.head.body == BodyFraming::Chunked,
         send_timeout: limits.send_timeout,
         max_body,
         inline: false,
@@ -129,15 +145,16 @@ pub async fn proxy<S: ClientStream>(
     ex.attempts = tally.attempts;
     let Forwarded {
         stream,
+        rbuf,
         capture,
         bytes_in,
         upgrade,
+        duplex,
         ..
     } = request;
     ex.capture = capture;
     ex.bytes_in = bytes_in;
     let mut answer = sent?;
-    ex.upstream_us = Some(answer.upstream_us);
     let reply = Reply {
         ctx,
         inst,
@@ -146,9 +163,17 @@ pub async fn proxy<S: ClientStream>(
         req,
         extra,
         upgrade: upgrade.is_some(),
+        grpc,
     };
+    if duplex {
+        return reply
+            .duplex(stream, rbuf, out, resp, ex, answer, body_limits)
+            .await;
+    }
+    ex.upstream_us = Some(answer.upstream_us);
+    let conn = answer.lease.conn();
     Ok(reply
-        .respond(stream, out, resp, ex, &mut answer.lease)
+        .respond(stream, out, resp, ex, &mut conn.stream, &mut conn.rbuf)
         .await?
         .finish(answer.lease))
 }
@@ -194,7 +219,7 @@ async fn send<'c, S: ClientStream>(
     let limits = AttemptLimits {
         write_timeout: spec.raw.read_timeout,
         response_timeout: request.route.timeout,
-        deadline: None,
+        deadline: request.grpc.map(|c| c.deadline),
         max_head: inst.config.raw.limits.max_response_header_bytes,
         head_request: req.method() == "HEAD",
         verify_open: req.head.has_body(),
@@ -228,6 +253,13 @@ async fn send<'c, S: ClientStream>(
             (child.span_id, Instant::now())
         });
         let result = client::attempt(cluster, ep, request, resp, out, limits).await;
+        if request.duplex {
+            // Sent without its body: the answer is judged once its head is read.
+            return result.map_err(|f| {
+                client::record_outcome(cluster, ep, Outcome::Failed(f));
+                f.error()
+            });
+        }
         if let Some((span_id, start)) = attempt_span {
             tally.attempts.push(AttemptSpan {
                 span_id,
@@ -291,6 +323,10 @@ struct Forwarded<'a, 'i, S> {
     rbuf: &'a mut BytesMut,
     capture: Option<Box<Captured>>,
     body_limits: PumpLimits,
+    /// A gRPC call's facts (its deadline).
+    grpc: Option<crate::grpc::Call>,
+    /// The body streams while the response is read (a streamed gRPC call).
+    duplex: bool,
     send_timeout: Duration,
     max_body: u64,
     /// The body left with the head.
@@ -369,8 +405,8 @@ impl<S: ClientStream> Outgoing for Forwarded<'_, '_, S> {
         )
         .await
         {
-            Ok(n) => {
-                self.bytes_in = n;
+            Ok(p) => {
+                self.bytes_in = p.bytes;
                 Ok(())
             }
             Err(PumpError::Destination) => Err(Failure::Write),
@@ -380,6 +416,10 @@ impl<S: ClientStream> Outgoing for Forwarded<'_, '_, S> {
 
     fn resendable(&self) -> bool {
         !self.body_taken
+    }
+
+    fn duplex(&self) -> bool {
+        self.duplex
     }
 }
 
@@ -429,6 +469,8 @@ impl<S> Forwarded<'_, '_, S> {
                     b"expect",
                     // An h2c upgrade's settings; never forwarded (no h2c upgrades).
                     b"http2-settings",
+                    // Written below: what is left of the call's deadline.
+                    b"grpc-timeout",
                 ]
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name))
@@ -477,6 +519,9 @@ impl<S> Forwarded<'_, '_, S> {
         }
         write_header(out, b"x-request-id", self.rid.as_bytes());
         write_header(out, b"traceparent", &self.traceparent);
+        if let Some(call) = self.grpc {
+            call.write_timeout_header(out);
+        }
         match head.body {
             BodyFraming::Length(n) => {
                 out.extend_from_slice(b"content-length: ");
@@ -505,17 +550,21 @@ struct Reply<'a> {
     extra: &'a [u8],
     /// An upgrade was forwarded.
     upgrade: bool,
+    /// A gRPC call's facts.
+    grpc: Option<crate::grpc::Call>,
 }
 
 impl Reply<'_> {
-    /// Writes the response head and streams the body to the client.
-    async fn respond<S: ClientStream>(
+    /// Writes the response head and streams the body from `src` (with the
+    /// head and what followed it in `sbuf`) to the client.
+    async fn respond<S: AsyncWriteRent, R: AsyncReadRent>(
         &self,
         stream: &mut S,
         out: &mut Vec<u8>,
         resp: &mut ResponseHead,
         ex: &mut Exchange,
-        lease: &mut Lease<'_>,
+        src: &mut R,
+        sbuf: &mut BytesMut,
     ) -> Result<Responded, GatewayError> {
         let head = self.req.head;
         let send = self.inst.config.raw.limits.send_timeout;
@@ -529,6 +578,11 @@ impl Reply<'_> {
                 "the upstream switched protocols without being asked to",
             ));
         }
+        if self.grpc.is_some() {
+            // A trailers-only answer carries its status in the head.
+            let status = client::header(sbuf, resp, "grpc-status");
+            self.grpc_status(ex, status);
+        }
         let client_http10 = head.version == 0;
         let (down, mut close) = match resp.body {
             BodyFraming::None => (Down::Passthrough, false),
@@ -537,11 +591,10 @@ impl Reply<'_> {
             BodyFraming::Chunked | BodyFraming::UntilClose => (Down::Chunked, false),
         };
         close |= !keep_alive;
-        let conn = lease.conn();
         out.clear();
         write_response_head(
             out,
-            &conn.rbuf,
+            sbuf,
             resp,
             self.route,
             ex.rid.as_str(),
@@ -551,11 +604,11 @@ impl Reply<'_> {
             upgrade,
             self.extra,
         );
-        conn.rbuf.advance(resp.len);
+        sbuf.advance(resp.len);
         if upgrade {
             // Bytes the upstream sent right after its 101 belong to the tunnel.
-            out.extend_from_slice(&conn.rbuf);
-            conn.rbuf.clear();
+            out.extend_from_slice(sbuf);
+            sbuf.clear();
             return Ok(match write_out(stream, out, send).await {
                 Ok(()) => Responded::Upgrade,
                 Err(_) => Responded::Close,
@@ -564,12 +617,12 @@ impl Reply<'_> {
         // A small body that arrived with the head leaves in the same write.
         let mut body_inline = false;
         if let (BodyFraming::Length(n), Down::Length(_)) = (resp.body, down) {
-            if n <= INLINE_BODY_MAX && conn.rbuf.len() as u64 >= n {
-                out.extend_from_slice(&conn.rbuf[..n as usize]);
+            if n <= INLINE_BODY_MAX && sbuf.len() as u64 >= n {
+                out.extend_from_slice(&sbuf[..n as usize]);
                 if let Some(c) = ex.capture.as_mut() {
-                    c.response().keep(&conn.rbuf[..n as usize]);
+                    c.response().keep(&sbuf[..n as usize]);
                 }
-                conn.rbuf.advance(n as usize);
+                sbuf.advance(n as usize);
                 ex.bytes_out = n;
                 body_inline = true;
             }
@@ -592,10 +645,18 @@ impl Reply<'_> {
             max_bytes: 0,
             deadline: None,
         };
-        let conn = lease.conn();
+        let limits = match self.grpc {
+            // A stream may be silent between messages as long as the call lasts.
+            Some(call) => PumpLimits {
+                read_timeout: call.left(),
+                deadline: Some(call.deadline),
+                ..limits
+            },
+            None => limits,
+        };
         match pump(
-            &mut conn.stream,
-            &mut conn.rbuf,
+            src,
+            sbuf,
             stream,
             out,
             resp.body,
@@ -605,13 +666,31 @@ impl Reply<'_> {
         )
         .await
         {
-            Ok(n) => ex.bytes_out = n,
+            Ok(p) => {
+                ex.bytes_out = p.bytes;
+                if self.grpc.is_some() && ex.grpc_status.is_none() {
+                    let status = chunked::forwardable_trailers(&p.trailers)
+                        .find(|(n, _)| n.eq_ignore_ascii_case(b"grpc-status"))
+                        .map(|(_, v)| v);
+                    self.grpc_status(ex, status);
+                }
+            }
             Err(e) => {
                 ex.failed(if e == PumpError::Destination {
                     ErrorKind::ClientGone
+                } else if e == PumpError::SourceTimeout && self.grpc.is_some() {
+                    ErrorKind::UpstreamTimeout
                 } else {
                     ErrorKind::UpstreamBodyAborted
                 });
+                if let (Some(_), Encoding::Chunked) = (self.grpc, encoding) {
+                    if e != PumpError::Destination {
+                        // The client learns why its call ended, as a status.
+                        out.clear();
+                        crate::grpc::write_failed_trailers(out, e == PumpError::SourceTimeout);
+                        let _ = write_out(stream, out, send).await;
+                    }
+                }
                 return Ok(Responded::Close);
             }
         }
@@ -619,6 +698,99 @@ impl Reply<'_> {
             resp.keep_alive && resp.body != BodyFraming::UntilClose,
             close,
         ))
+    }
+
+    /// Notes a gRPC call's `grpc-status` and whether the route counts it as
+    /// an error (a gRPC answer without one is a broken one: `UNKNOWN`).
+    fn grpc_status(&self, ex: &mut Exchange, value: Option<&[u8]>) {
+        let Some(value) = value else { return };
+        let code = crate::grpc::parse_status(value).unwrap_or(2);
+        ex.grpc_status = Some(code);
+        ex.grpc_error = self.route.grpc.is_error(code);
+    }
+
+    /// A streamed gRPC call: its body goes up while the response comes
+    /// down (a bidirectional stream answers messages before the client is
+    /// done), each direction on its own half of both connections. The call
+    /// ends when the response does; a client that cancels (or a body that
+    /// fails) ends it at once, and the upstream stream with it.
+    #[allow(clippy::too_many_arguments)]
+    async fn duplex<S: ClientStream>(
+        &self,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        resp: &mut ResponseHead,
+        ex: &mut Exchange,
+        mut answer: client::Response<'_>,
+        body_limits: PumpLimits,
+    ) -> Result<After, GatewayError> {
+        let call = self.grpc.expect("only gRPC calls are duplex");
+        let endpoint = answer.lease.endpoint;
+        let sent_at = answer.sent_at;
+        let conn = answer.lease.conn();
+        let (mut up_read, mut up_write) = split(&mut conn.stream);
+        let up_buf = &mut conn.rbuf;
+        let (mut down_read, mut down_write) = split(stream);
+        let mut up_out = Vec::with_capacity(16 * 1024);
+        let request = pump(
+            &mut down_read,
+            rbuf,
+            &mut up_write,
+            &mut up_out,
+            BodyFraming::Chunked,
+            Encoding::Chunked,
+            body_limits,
+            None,
+        );
+        let limits = AttemptLimits {
+            write_timeout: self.cluster.spec.raw.read_timeout,
+            response_timeout: self.route.timeout,
+            deadline: Some(call.deadline),
+            max_head: self.inst.config.raw.limits.max_response_header_bytes,
+            head_request: false,
+            verify_open: false,
+        };
+        let body_bytes = std::cell::Cell::new(0);
+        let response = async {
+            let head_by = call.deadline.min(Instant::now() + self.route.timeout);
+            let read = client::read_head(&mut up_read, up_buf, resp, &limits, head_by).await;
+            let outcome = match read {
+                Ok(()) => Outcome::Answered(resp.status),
+                Err(f) => Outcome::Failed(f),
+            };
+            client::record_outcome(self.cluster, endpoint, outcome);
+            read.map_err(Failure::error)?;
+            ex.upstream_us = Some(sent_at.elapsed().as_micros() as u64);
+            let responded = self
+                .respond(&mut down_write, out, resp, ex, &mut up_read, up_buf)
+                .await;
+            ex.bytes_in = body_bytes.get();
+            responded
+        };
+        let mut request = std::pin::pin!(request);
+        let mut response = std::pin::pin!(response);
+        let mut sending = true;
+        let responded = loop {
+            monoio::select! {
+                r = &mut response => break r,
+                sent = &mut request, if sending => {
+                    sending = false;
+                    match sent {
+                        Ok(p) => body_bytes.set(p.bytes),
+                        // The client cancelled or its body failed: the call
+                        // ends here, the upstream stream is dropped (reset).
+                        Err(PumpError::Destination) => {
+                            return Err(Failure::Write.error());
+                        }
+                        Err(e) => return Err(GatewayError::request_body(e)),
+                    }
+                }
+            }
+        };
+        // Whatever the client still sends belongs to a call that is over.
+        responded?;
+        Ok(After::Close)
     }
 }
 

@@ -34,8 +34,10 @@ use crate::state::ShardCtx;
 use crate::stats::h2_event;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
-use hypergate_core::http::chunked::{write_chunk_header, ChunkedDecoder, Step};
+use h2::{Reason, RecvStream};
+use hypergate_core::http::bridge::{
+    connection_specific, copy_to_buf, copy_to_iovecs, BodyReader, BodySender,
+};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::BufResult;
@@ -164,20 +166,6 @@ pub async fn serve_h2<S, H>(
     active.set(active.get() - 1);
 }
 
-/// Headers that describe one HTTP/1.1 connection, never an HTTP/2 stream.
-fn connection_specific(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// The request head as HTTP/1.1 bytes, and whether its body is sent chunked
 /// (no `content-length` and not already ended).
 fn request_head(parts: &http::request::Parts, ended: bool) -> (Vec<u8>, bool) {
@@ -227,44 +215,33 @@ fn request_head(parts: &http::request::Parts, ended: bool) -> (Vec<u8>, bool) {
 }
 
 /// Where the response the pipeline writes stands.
-#[derive(Debug)]
 enum Out {
     /// Collecting the head.
     Head,
-    /// A sized body: bytes left.
-    Length(u64),
-    /// A chunked body, through the codec's decoder (bounded size lines and
-    /// trailers; the pipeline writes no trailers: it drops upstream ones).
-    Chunked(ChunkedDecoder),
-    /// A body without a length: it ends when the pipeline is done.
-    Close,
-    /// Sent whole; anything more is ignored.
+    /// The body, onto the stream's DATA frames.
+    Body(BodySender),
+    /// Sent whole (or with no body); anything more is ignored.
     Done,
 }
 
 /// One HTTP/2 stream as the pipeline sees it: a connection that carries
 /// exactly one HTTP/1.1 request and its response (see the module docs).
 pub struct H2Exchange {
-    /// Read side: request bytes not read yet (the head first).
+    /// Read side: request bytes not read yet (the head first), then the body.
     pending: Bytes,
-    body: Option<RecvStream>,
-    chunked: bool,
-    terminated: bool,
+    body: BodyReader,
     /// Write side.
     respond: Option<SendResponse<Bytes>>,
-    send: Option<SendStream<Bytes>>,
     head_request: bool,
     head: Vec<u8>,
-    /// Chunked framing the decoder needs more of (a size line cut in two).
-    carry: Vec<u8>,
     out: Out,
 }
 
 // SAFETY: `Split` promises the stream tolerates its read and write halves
 // being used at once. The read methods touch only the read-side fields
-// (`pending`, `body`, `chunked`, `terminated`) and the write methods only
-// the write-side ones; the `h2` handles behind them are independent
-// (receiving and sending halves of the stream).
+// (`pending`, `body`) and the write methods only the write-side ones; the
+// `h2` handles behind them are independent (receiving and sending halves of
+// the stream).
 unsafe impl Split for H2Exchange {}
 
 impl H2Exchange {
@@ -275,133 +252,45 @@ impl H2Exchange {
         let (head, chunked) = request_head(&parts, ended);
         Self {
             pending: Bytes::from(head),
-            body: (!ended).then_some(body),
-            chunked,
-            terminated: !chunked,
+            body: BodyReader::new((!ended).then_some(body), chunked),
             respond: Some(respond),
-            send: None,
             head_request: parts.method == http::Method::HEAD,
             head: Vec::new(),
-            carry: Vec::new(),
             out: Out::Head,
         }
     }
 
-    /// The next request bytes: what is pending, else the next DATA frame
-    /// (framed as a chunk when the body is chunked); empty at the end.
+    /// The next request bytes into `pending` (empty at the end).
     async fn fill(&mut self) -> io::Result<()> {
-        while self.pending.is_empty() {
-            let Some(body) = &mut self.body else {
-                if !self.terminated {
-                    self.terminated = true;
-                    self.pending = Bytes::from_static(b"0\r\n\r\n");
-                }
-                return Ok(());
-            };
-            match body.data().await {
-                Some(Ok(data)) => {
-                    // The window reopens as the pipeline takes the bytes: a
-                    // slow upstream slows the client, nothing piles up here.
-                    let _ = body.flow_control().release_capacity(data.len());
-                    if data.is_empty() {
-                        continue;
-                    }
-                    self.pending = if self.chunked {
-                        let mut framed = Vec::with_capacity(data.len() + 20);
-                        write_chunk_header(&mut framed, data.len());
-                        framed.extend_from_slice(&data);
-                        framed.extend_from_slice(b"\r\n");
-                        Bytes::from(framed)
-                    } else {
-                        data
-                    };
-                }
-                Some(Err(e)) => return Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
-                None => self.body = None,
-            }
+        if self.pending.is_empty() {
+            self.pending = self.body.next().await?;
         }
         Ok(())
     }
 
     /// Takes what the pipeline wrote (see the module docs).
-    async fn take(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            match &mut self.out {
-                Out::Head => {
-                    self.head.extend_from_slice(data);
-                    let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        if self.head.len() > 256 * 1024 {
-                            return Err(io::Error::other("response head too large"));
-                        }
-                        return Ok(());
-                    };
-                    let rest = self.head.split_off(end + 4);
-                    self.start_response()?;
-                    self.head.clear();
-                    if rest.is_empty() {
-                        return Ok(());
+    async fn take(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.out {
+            Out::Head => {
+                self.head.extend_from_slice(data);
+                let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    if self.head.len() > 256 * 1024 {
+                        return Err(io::Error::other("response head too large"));
                     }
-                    // The body bytes that came with the head.
-                    return Box::pin(self.take(&rest)).await;
-                }
-                Out::Length(left) => {
-                    let n = (*left).min(data.len() as u64) as usize;
-                    *left -= n as u64;
-                    let end = *left == 0;
-                    if end {
-                        self.out = Out::Done;
-                    }
-                    self.send_data(Bytes::copy_from_slice(&data[..n]), end)
-                        .await?;
-                    data = &data[n..];
-                }
-                Out::Chunked(_) => return self.take_chunked(data).await,
-                Out::Close => {
-                    self.send_data(Bytes::copy_from_slice(data), false).await?;
-                    data = &[];
-                }
-                Out::Done => return Ok(()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes chunked body bytes: de-chunked through the codec's decoder, the
-    /// payload sent as DATA, the stream ended with the last chunk.
-    async fn take_chunked(&mut self, data: &[u8]) -> io::Result<()> {
-        let held;
-        let mut input = if self.carry.is_empty() {
-            data
-        } else {
-            self.carry.extend_from_slice(data);
-            held = std::mem::take(&mut self.carry);
-            held.as_slice()
-        };
-        while !input.is_empty() {
-            let Out::Chunked(decoder) = &mut self.out else {
-                return Ok(());
-            };
-            match decoder.step(input).map_err(io::Error::other)? {
-                // Bounded by the decoder: a size line or trailer line that
-                // grows past its limit is an error, not more to keep.
-                Step::NeedMore => {
-                    self.carry.extend_from_slice(input);
+                    return Ok(());
+                };
+                let rest = self.head.split_off(end + 4);
+                self.start_response()?;
+                self.head.clear();
+                if rest.is_empty() {
                     return Ok(());
                 }
-                Step::Progress { consumed, data } => {
-                    if !data.is_empty() {
-                        self.send_data(Bytes::copy_from_slice(&input[data]), false)
-                            .await?;
-                    }
-                    input = &input[consumed..];
-                }
-                Step::Done { .. } => {
-                    self.out = Out::Done;
-                    return self.finish();
-                }
+                // The body bytes that came with the head.
+                Box::pin(self.take(&rest)).await
             }
+            Out::Body(sender) => sender.take(data).await,
+            Out::Done => Ok(()),
         }
-        Ok(())
     }
 
     /// Sends the response head parsed from `self.head`.
@@ -448,92 +337,24 @@ impl H2Exchange {
         self.respond = None;
         self.out = if no_body {
             Out::Done
-        } else if chunked {
-            Out::Chunked(ChunkedDecoder::default())
         } else {
-            length.map_or(Out::Close, Out::Length)
+            Out::Body(BodySender::new(send, length, chunked))
         };
-        if matches!(self.out, Out::Done) {
-            return Ok(());
-        }
-        self.send = Some(send);
         Ok(())
     }
-
-    /// Sends body bytes as the window allows; `end` ends the stream.
-    async fn send_data(&mut self, mut data: Bytes, end: bool) -> io::Result<()> {
-        let send = self
-            .send
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no stream to send on"))?;
-        let broken = |e: h2::Error| io::Error::new(io::ErrorKind::BrokenPipe, e);
-        let was_empty = data.is_empty();
-        while !data.is_empty() {
-            send.reserve_capacity(data.len());
-            let granted = std::future::poll_fn(|cx| send.poll_capacity(cx)).await;
-            let n = match granted {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(broken(e)),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            if n == 0 {
-                continue;
-            }
-            let piece = data.split_to(n.min(data.len()));
-            send.send_data(piece, end && data.is_empty())
-                .map_err(broken)?;
-        }
-        if end && was_empty {
-            send.send_data(Bytes::new(), true).map_err(broken)?;
-        }
-        Ok(())
-    }
-
-    /// Ends the stream after a chunked body's last chunk.
-    fn finish(&mut self) -> io::Result<()> {
-        let Some(send) = self.send.as_mut() else {
-            return Ok(());
-        };
-        send.send_data(Bytes::new(), true)
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))
-    }
-}
-
-/// Copies the start of `from` into `buf`'s iovecs, in order; returns how
-/// many bytes (consumed from `from`).
-fn copy_to_iovecs<T: IoVecBufMut>(from: &mut Bytes, buf: &mut T) -> usize {
-    let mut total = 0;
-    // SAFETY: `write_iovec_ptr` points at `write_iovec_len` iovecs, each
-    // describing writable memory of `buf`; every copy stays within one.
-    unsafe {
-        let iovecs = std::slice::from_raw_parts(buf.write_iovec_ptr(), buf.write_iovec_len());
-        for iov in iovecs {
-            if from.is_empty() {
-                break;
-            }
-            let n = from.len().min(iov.iov_len);
-            std::ptr::copy_nonoverlapping(from.as_ptr(), iov.iov_base.cast::<u8>(), n);
-            let _ = from.split_to(n);
-            total += n;
-        }
-        buf.set_init(total);
-    }
-    total
 }
 
 impl Drop for H2Exchange {
     fn drop(&mut self) {
         // A response the pipeline never finished: the client must not take
-        // a truncated body for a whole one.
+        // a truncated body for a whole one (a body without a length ends
+        // when the pipeline is done with it).
         if let Some(respond) = &mut self.respond {
             respond.send_reset(Reason::INTERNAL_ERROR);
-        } else if matches!(self.out, Out::Close) {
-            if let Some(send) = &mut self.send {
-                let _ = send.send_data(Bytes::new(), true);
-            }
-        } else if !matches!(self.out, Out::Done) {
-            if let Some(send) = &mut self.send {
-                send.send_reset(Reason::INTERNAL_ERROR);
+        } else if let Out::Body(sender) = &mut self.out {
+            sender.end();
+            if !sender.is_done() {
+                sender.reset(Reason::INTERNAL_ERROR);
             }
         }
     }
@@ -544,14 +365,7 @@ impl AsyncReadRent for H2Exchange {
         if let Err(e) = self.fill().await {
             return (Err(e), buf);
         }
-        let n = self.pending.len().min(buf.bytes_total());
-        // SAFETY: `write_ptr` points at `bytes_total` writable bytes of `buf`,
-        // and `n` is at most that; `pending` holds at least `n` bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.pending.as_ptr(), buf.write_ptr(), n);
-            buf.set_init(n);
-        }
-        let _ = self.pending.split_to(n);
+        let n = copy_to_buf(&mut self.pending, &mut buf);
         (Ok(n), buf)
     }
 

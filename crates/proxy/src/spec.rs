@@ -93,6 +93,24 @@ pub struct Route {
     pub upgrade: Vec<String>,
     /// Edge policy.
     pub policy: RoutePolicy,
+    /// How gRPC calls are judged and timed.
+    pub grpc: GrpcRoute,
+}
+
+/// A route's gRPC settings, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcRoute {
+    /// Bit `c` set: `grpc-status` `c` is an error of the service.
+    pub error_codes: u32,
+    /// Longest deadline of a call.
+    pub max_timeout: Duration,
+}
+
+impl GrpcRoute {
+    /// Whether `grpc-status` `code` counts as an error of the service.
+    pub fn is_error(&self, code: u8) -> bool {
+        code < 32 && self.error_codes & (1 << code) != 0
+    }
 }
 
 impl Route {
@@ -592,6 +610,7 @@ pub fn validate_route(
         issues.push(format!("{path}.timeout"), "must be greater than zero");
     }
     let policy = validate_policy(&r.policy, &format!("{path}.policy"), raw, has_jwt, issues);
+    let grpc = validate_grpc(&r.grpc, &format!("{path}.grpc"), timeout, issues);
     let request_headers = validate_header_ops(
         &r.request_headers,
         &format!("{path}.request_headers"),
@@ -615,7 +634,46 @@ pub fn validate_route(
         timeout,
         upgrade,
         policy,
+        grpc,
     })
+}
+
+/// Validates a route's `[routes.grpc]` table.
+fn validate_grpc(
+    g: &raw::GrpcRouteConfig,
+    path: &str,
+    route_timeout: Duration,
+    issues: &mut Issues<'_>,
+) -> GrpcRoute {
+    let mut error_codes = 0u32;
+    for (i, name) in g.error_codes.iter().enumerate() {
+        let code = raw::GRPC_CODES
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(name))
+            .or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|c| *c < raw::GRPC_CODES.len())
+            });
+        match code {
+            Some(0) => issues.push(format!("{path}.error_codes[{i}]"), "OK is never an error"),
+            Some(c) => error_codes |= 1 << c,
+            None => issues.push(
+                format!("{path}.error_codes[{i}]"),
+                format!(
+                    "{name:?} is not a gRPC status code (expected one of {} or 1..16)",
+                    raw::GRPC_CODES[1..].join(", ")
+                ),
+            ),
+        }
+    }
+    if g.max_timeout.is_some_and(|t| t.is_zero()) {
+        issues.push(format!("{path}.max_timeout"), "must be greater than zero");
+    }
+    GrpcRoute {
+        error_codes,
+        max_timeout: g.max_timeout.unwrap_or(route_timeout),
+    }
 }
 
 fn is_tchar(b: u8) -> bool {

@@ -191,7 +191,47 @@ pub struct ShardStats {
     /// Errors the gateway answered, by (label, side): a bounded set, the
     /// labels are static.
     errors: RefCell<HashMap<ErrorKey, u64>>,
+    /// gRPC calls by route, then method (`/package.Service/Method`), by
+    /// status code ([`GRPC_CODE_LABELS`]); at most [`MAX_GRPC_METHODS`]
+    /// methods per shard, the rest under [`OTHER_METHOD`].
+    grpc: RefCell<HashMap<Arc<str>, GrpcMethods>>,
+    grpc_methods: Cell<usize>,
 }
+
+/// Calls of one gRPC method by status code.
+pub type GrpcCounts = [u64; GRPC_CODE_LABELS.len()];
+
+/// A route's gRPC methods and their calls.
+type GrpcMethods = HashMap<Box<str>, GrpcCounts>;
+
+/// Methods (paths) counted apart per shard: clients choose the paths, so
+/// the set is bounded; calls to methods beyond it count as [`OTHER_METHOD`].
+pub const MAX_GRPC_METHODS: usize = 256;
+
+/// The method label of calls beyond [`MAX_GRPC_METHODS`].
+pub const OTHER_METHOD: &str = "other";
+
+/// Status code labels of gRPC calls: codes 0 to 16 by name, then any other.
+pub const GRPC_CODE_LABELS: [&str; 18] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+    "other",
+];
 
 /// (error label, side label).
 type ErrorKey = (&'static str, &'static str);
@@ -236,6 +276,30 @@ impl ShardStats {
             .entry((name.clone(), version.clone()))
             .or_default()
             .clone()
+    }
+
+    /// Counts a gRPC call on `route` to `method` that ended with `code`.
+    /// Allocates only for a method not seen before (within the bound).
+    pub fn grpc_call(&self, route: &Arc<str>, method: &str, code: u8) {
+        let code = usize::from(code).min(GRPC_CODE_LABELS.len() - 1);
+        let mut grpc = self.grpc.borrow_mut();
+        let methods = match grpc.get_mut(&**route) {
+            Some(m) => m,
+            None => grpc.entry(route.clone()).or_default(),
+        };
+        if let Some(counts) = methods.get_mut(method) {
+            counts[code] += 1;
+            return;
+        }
+        let method = if self.grpc_methods.get() < MAX_GRPC_METHODS {
+            self.grpc_methods.set(self.grpc_methods.get() + 1);
+            method
+        } else {
+            OTHER_METHOD
+        };
+        methods
+            .entry(method.into())
+            .or_insert([0; GRPC_CODE_LABELS.len()])[code] += 1;
     }
 
     /// Counts an edge-policy refusal.
@@ -337,6 +401,16 @@ impl ShardStats {
             tunnels_ended: self.tunnels_ended.each_ref().map(Cell::get),
             tunnel_bytes: self.tunnel_bytes.each_ref().map(Cell::get),
             errors: self.errors.borrow().iter().map(|(k, v)| (*k, *v)).collect(),
+            grpc: self
+                .grpc
+                .borrow()
+                .iter()
+                .flat_map(|(route, methods)| {
+                    methods
+                        .iter()
+                        .map(|(m, c)| ((route.to_string(), m.to_string()), *c))
+                })
+                .collect(),
         }
     }
 }
@@ -397,6 +471,7 @@ pub struct ShardSnapshot {
     tunnels_ended: [u64; TunnelEnd::ALL.len()],
     tunnel_bytes: [u64; 2],
     errors: Vec<(ErrorKey, u64)>,
+    grpc: Vec<((String, String), GrpcCounts)>,
 }
 
 /// Snapshots of all shards merged.
@@ -442,6 +517,8 @@ pub struct MergedStats {
     pub tunnel_bytes: [u64; 2],
     /// Errors the gateway answered, by (label, side).
     pub errors: BTreeMap<(&'static str, &'static str), u64>,
+    /// gRPC calls by (route, method), by status code.
+    pub grpc: BTreeMap<(String, String), GrpcCounts>,
     /// Shards that answered.
     pub shards: usize,
 }
@@ -545,6 +622,15 @@ impl MergedStats {
             }
             for (k, n) in &s.errors {
                 *m.errors.entry(*k).or_default() += n;
+            }
+            for (k, counts) in &s.grpc {
+                let merged = m
+                    .grpc
+                    .entry(k.clone())
+                    .or_insert([0; GRPC_CODE_LABELS.len()]);
+                for (a, b) in merged.iter_mut().zip(counts) {
+                    *a += b;
+                }
             }
         }
         m

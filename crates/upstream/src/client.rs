@@ -125,6 +125,13 @@ pub trait Outgoing {
     /// Whether the request can be written again from its start (no body byte
     /// was taken from the client that cannot be read again).
     fn resendable(&self) -> bool;
+
+    /// Whether the body streams while the response is read (a gRPC call):
+    /// [`attempt`] then returns once the head is sent, before any response
+    /// byte, and the caller sends the body and reads the head itself.
+    fn duplex(&self) -> bool {
+        false
+    }
 }
 
 /// The limits of one attempt.
@@ -237,44 +244,67 @@ async fn attempt_inner<'a>(
             }
             return Err(Failure::Write);
         }
+        if request.duplex() {
+            // The body streams alongside the response: the caller reads the
+            // head ([`read_head`]) while it sends the body.
+            return Ok(Response {
+                lease,
+                sent_at,
+                upstream_us: 0,
+            });
+        }
         request.send_body(lease.conn(), out).await?;
         let deadline = Instant::now() + limits.response_timeout;
         let conn = lease.conn();
-        loop {
-            match parse_response(&conn.rbuf, limits.max_head, limits.head_request, head) {
-                Ok(Parsed::Complete(n)) => {
-                    if (100..200).contains(&head.status) && head.status != 101 {
-                        // Interim responses: the gateway answers 100-continue itself.
-                        conn.rbuf.advance(n);
-                        continue;
-                    }
-                    let upstream_us = sent_at.elapsed().as_micros() as u64;
-                    return Ok(Response {
-                        lease,
-                        sent_at,
-                        upstream_us,
-                    });
+        let read = read_head(&mut conn.stream, &mut conn.rbuf, head, &limits, deadline);
+        match read.await {
+            Ok(()) => {
+                let upstream_us = sent_at.elapsed().as_micros() as u64;
+                return Ok(Response {
+                    lease,
+                    sent_at,
+                    upstream_us,
+                });
+            }
+            Err(Failure::Reset) if reused && request.resendable() => pooled = false,
+            Err(f) => return Err(f),
+        }
+    }
+}
+
+/// Reads a response head from `src` into `rbuf` and parses it into `head`
+/// (interim 1xx responses skipped) by `deadline`. A close before any byte
+/// is [`Failure::Reset`].
+pub async fn read_head<R: monoio::io::AsyncReadRent>(
+    src: &mut R,
+    rbuf: &mut bytes::BytesMut,
+    head: &mut ResponseHead,
+    limits: &AttemptLimits,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    loop {
+        match parse_response(rbuf, limits.max_head, limits.head_request, head) {
+            Ok(Parsed::Complete(n)) => {
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    // Interim responses: the gateway answers 100-continue itself.
+                    rbuf.advance(n);
+                    continue;
                 }
-                Ok(Parsed::Partial) => {}
-                Err(_) => return Err(Failure::BadResponse),
+                return Ok(());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Failure::Timeout);
-            }
-            let was_empty = conn.rbuf.is_empty();
-            match read_more(&mut conn.stream, &mut conn.rbuf, left).await {
-                ReadOutcome::Data => {}
-                ReadOutcome::Timeout => return Err(Failure::Timeout),
-                ReadOutcome::Eof | ReadOutcome::Failed if was_empty => {
-                    if reused && request.resendable() {
-                        pooled = false;
-                        break;
-                    }
-                    return Err(Failure::Reset);
-                }
-                ReadOutcome::Eof | ReadOutcome::Failed => return Err(Failure::BadResponse),
-            }
+            Ok(Parsed::Partial) => {}
+            Err(_) => return Err(Failure::BadResponse),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Timeout);
+        }
+        let was_empty = rbuf.is_empty();
+        match read_more(src, rbuf, left).await {
+            ReadOutcome::Data => {}
+            ReadOutcome::Timeout => return Err(Failure::Timeout),
+            ReadOutcome::Eof | ReadOutcome::Failed if was_empty => return Err(Failure::Reset),
+            ReadOutcome::Eof | ReadOutcome::Failed => return Err(Failure::BadResponse),
         }
     }
 }

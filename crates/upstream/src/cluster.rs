@@ -1,7 +1,7 @@
 //! Validated clusters: endpoints resolved, the hash key parsed, the
 //! consistent-hash ring built once, TLS to the endpoints set up.
 
-use hypergate_core::config::raw::{self, LbPolicy};
+use hypergate_core::config::raw::{self, LbPolicy, UpstreamProtocol};
 use hypergate_core::config::ConfigIssue;
 use hypergate_core::keys::KeySource;
 use std::net::SocketAddr;
@@ -118,12 +118,47 @@ impl Cluster {
                 "must be at least 1",
             );
         }
+        match (c.protocol, c.tls.is_some()) {
+            (UpstreamProtocol::H2, false) => push(
+                issues,
+                format!("{path}.protocol"),
+                "\"h2\" is HTTP/2 over TLS: set [clusters.tls] (or use \"h2c\" for plain TCP)",
+            ),
+            (UpstreamProtocol::H2c, true) => push(
+                issues,
+                format!("{path}.protocol"),
+                "\"h2c\" is HTTP/2 over plain TCP: remove [clusters.tls] (or use \"h2\")",
+            ),
+            _ => {}
+        }
+        if c.protocol.is_h2() && c.pool.max_streams == 0 {
+            push(
+                issues,
+                format!("{path}.pool.max_streams"),
+                "must be at least 1",
+            );
+        }
         if let Some(hc) = &c.health_check {
-            if !hc.path.starts_with('/') {
+            if hc.grpc_service.is_some() {
+                if !c.protocol.is_h2() {
+                    push(
+                        issues,
+                        format!("{path}.health_check.grpc_service"),
+                        "gRPC health checks need protocol = \"h2\" or \"h2c\"",
+                    );
+                }
+                if !hc.path.is_empty() {
+                    push(
+                        issues,
+                        format!("{path}.health_check.path"),
+                        "a gRPC health check has no path (it calls grpc.health.v1.Health/Check)",
+                    );
+                }
+            } else if !hc.path.starts_with('/') {
                 push(
                     issues,
                     format!("{path}.health_check.path"),
-                    "must start with '/'",
+                    "must start with '/' (or set grpc_service for a gRPC check)",
                 );
             }
             if hc.interval.is_zero() || hc.timeout.is_zero() {
@@ -176,10 +211,9 @@ impl Cluster {
                 "at most 5 extra attempts",
             );
         }
-        let tls = c
-            .tls
-            .as_ref()
-            .and_then(|t| crate::tls::client_config(t, &format!("{path}.tls"), issues));
+        let tls = c.tls.as_ref().and_then(|t| {
+            crate::tls::client_config(t, &format!("{path}.tls"), c.protocol.is_h2(), issues)
+        });
         if issues.len() > before {
             return None;
         }

@@ -1,6 +1,7 @@
 //! Leasing an upstream connection for one exchange: from the endpoint's
 //! per-shard pool (checked for liveness) or newly connected (with TLS for TLS
-//! clusters), bounded by the pool's `max_connections` and the connect timeout.
+//! clusters), bounded by the pool's `max_connections` and the connect timeout;
+//! on HTTP/2 clusters, a stream on a multiplexed connection (`h2`).
 
 use crate::{ClusterRuntime, UpstreamConn, UpstreamStream};
 use monoio::net::TcpStream;
@@ -36,10 +37,14 @@ impl Lease<'_> {
     /// Takes the connection out of the pool's accounting for good (an upgrade
     /// turns it into a tunnel).
     pub fn take(mut self) -> UpstreamConn {
-        self.cluster.closed(self.endpoint);
-        self.conn
+        let conn = self
+            .conn
             .take()
-            .expect("lease holds a connection until released")
+            .expect("lease holds a connection until released");
+        if !conn.multiplexed() {
+            self.cluster.closed(self.endpoint);
+        }
+        conn
     }
 }
 
@@ -47,7 +52,8 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let e = &self.cluster.endpoints[self.endpoint];
         e.in_flight.set(e.in_flight.get().saturating_sub(1));
-        if self.conn.take().is_some() {
+        // An HTTP/2 stream's connection is counted until it closes, not per stream.
+        if self.conn.take().is_some_and(|c| !c.multiplexed()) {
             self.cluster.closed(self.endpoint);
         }
     }
@@ -73,6 +79,27 @@ pub async fn lease(
     verify_open: bool,
 ) -> Result<Lease<'_>, LeaseError> {
     let endpoint = &cluster.endpoints[ep];
+    let conn = if cluster.spec.raw.protocol.is_h2() {
+        crate::h2::lease_stream(cluster, ep, pooled).await?
+    } else {
+        lease_http1(cluster, ep, pooled, verify_open).await?
+    };
+    endpoint.in_flight.set(endpoint.in_flight.get() + 1);
+    Ok(Lease {
+        cluster,
+        endpoint: ep,
+        conn: Some(conn),
+    })
+}
+
+/// A pooled or new HTTP/1.1 connection.
+async fn lease_http1(
+    cluster: &ClusterRuntime,
+    ep: usize,
+    pooled: bool,
+    verify_open: bool,
+) -> Result<UpstreamConn, LeaseError> {
+    let endpoint = &cluster.endpoints[ep];
     let conn = match pooled.then(|| cluster.checkout(ep, verify_open)).flatten() {
         Some(c) => c,
         None => {
@@ -94,16 +121,11 @@ pub async fn lease(
             }
         }
     };
-    endpoint.in_flight.set(endpoint.in_flight.get() + 1);
-    Ok(Lease {
-        cluster,
-        endpoint: ep,
-        conn: Some(conn),
-    })
+    Ok(conn)
 }
 
 /// Connects to an endpoint (with a TLS handshake for TLS clusters).
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> std::io::Result<UpstreamConn> {

@@ -16,6 +16,7 @@
 pub mod breaker;
 pub mod client;
 pub mod cluster;
+pub mod h2;
 pub mod health;
 pub mod lease;
 pub mod tls;
@@ -40,6 +41,8 @@ pub enum UpstreamStream {
     Plain(TcpStream),
     /// TLS over TCP (boxed: the session state is large).
     Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+    /// One stream on a multiplexed HTTP/2 connection (see [`h2`]).
+    H2(Box<h2::H2Stream>),
 }
 
 impl AsyncReadRent for UpstreamStream {
@@ -47,6 +50,7 @@ impl AsyncReadRent for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.read(buf).await,
             UpstreamStream::Tls(s) => s.read(buf).await,
+            UpstreamStream::H2(s) => s.read(buf).await,
         }
     }
 
@@ -54,6 +58,7 @@ impl AsyncReadRent for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.readv(buf).await,
             UpstreamStream::Tls(s) => s.readv(buf).await,
+            UpstreamStream::H2(s) => s.readv(buf).await,
         }
     }
 }
@@ -63,6 +68,7 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.write(buf).await,
             UpstreamStream::Tls(s) => s.write(buf).await,
+            UpstreamStream::H2(s) => s.write(buf).await,
         }
     }
 
@@ -70,6 +76,7 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.writev(buf).await,
             UpstreamStream::Tls(s) => s.writev(buf).await,
+            UpstreamStream::H2(s) => s.writev(buf).await,
         }
     }
 
@@ -77,6 +84,7 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.flush().await,
             UpstreamStream::Tls(s) => s.flush().await,
+            UpstreamStream::H2(s) => s.flush().await,
         }
     }
 
@@ -84,12 +92,14 @@ impl AsyncWriteRent for UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.shutdown().await,
             UpstreamStream::Tls(s) => s.shutdown().await,
+            UpstreamStream::H2(s) => s.shutdown().await,
         }
     }
 }
 
-// SAFETY: both variants are `Split` (monoio's TcpStream, and rustls streams over
-// it): their reads and writes touch independent state and may run concurrently.
+// SAFETY: every variant is `Split` (monoio's TcpStream, rustls streams over
+// it, and `H2Stream`): their reads and writes touch independent state and may
+// run concurrently.
 unsafe impl Split for UpstreamStream {}
 
 /// An upstream connection with its read buffer.
@@ -121,6 +131,12 @@ impl UpstreamConn {
     pub fn fd(&self) -> std::os::fd::RawFd {
         self.fd
     }
+
+    /// Whether this is a stream on a multiplexed (HTTP/2) connection: it is
+    /// never pooled itself, and its connection is counted once, not per stream.
+    pub fn multiplexed(&self) -> bool {
+        matches!(self.stream, UpstreamStream::H2(_))
+    }
 }
 
 /// Per-shard state of one endpoint.
@@ -132,6 +148,8 @@ pub struct EndpointRuntime {
     /// Weight.
     pub weight: u32,
     idle: RefCell<Vec<UpstreamConn>>,
+    /// HTTP/2 clusters: the open multiplexed connections.
+    h2: RefCell<Vec<Rc<h2::H2Conn>>>,
     /// Open connections (busy + idle) on this shard.
     pub open: Cell<usize>,
     /// Requests in flight on this shard.
@@ -212,6 +230,7 @@ impl ClusterRuntime {
                     label: e.label.clone(),
                     weight: e.weight,
                     idle: RefCell::new(Vec::new()),
+                    h2: RefCell::new(Vec::new()),
                     open: Cell::new(0),
                     in_flight: Cell::new(0),
                     outlier: breaker::Breaker::default(),
@@ -324,6 +343,10 @@ impl ClusterRuntime {
 
     /// Returns a connection to the pool, or closes it when the pool is full.
     pub fn checkin(&self, i: usize, mut conn: UpstreamConn) {
+        if conn.multiplexed() {
+            // The stream is over; its connection stays with the endpoint.
+            return;
+        }
         let e = &self.endpoints[i];
         let mut idle = e.idle.borrow_mut();
         if idle.len() < self.spec.raw.pool.max_idle && conn.rbuf.is_empty() {

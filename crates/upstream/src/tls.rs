@@ -30,13 +30,19 @@ pub struct UpstreamTls {
     pub server_name: ServerName<'static>,
 }
 
-/// Builds a cluster's TLS client config.
+/// Builds a cluster's TLS client config; `h2`: offer (only) HTTP/2 by ALPN.
 pub fn client_config(
     t: &UpstreamTlsConfig,
     path: &str,
+    h2: bool,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<UpstreamTls> {
     let config = match verifying_client_config(&t.ca_file) {
+        Ok(c) if h2 => {
+            let mut c = Arc::unwrap_or_clone(c);
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(c)
+        }
         Ok(c) => c,
         Err(reason) => {
             issues.push(ConfigIssue {

@@ -389,6 +389,31 @@ pub struct ClusterConfig {
     /// TLS to the endpoints (plain TCP when absent).
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// The protocol spoken to the endpoints: `"http1"` (default), `"h2"`
+    /// (HTTP/2 over `tls`, offered by ALPN) or `"h2c"` (HTTP/2 over plain
+    /// TCP, with prior knowledge). gRPC services need `h2` or `h2c`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol a cluster's endpoints speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a request per connection at a time, connections pooled.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS: requests multiplexed as streams on few connections.
+    H2,
+    /// HTTP/2 over plain TCP (prior knowledge).
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// Whether requests are multiplexed as HTTP/2 streams.
+    pub fn is_h2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
 }
 
 fn default_connect_timeout() -> Duration {
@@ -424,6 +449,9 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Open connections (busy + idle) per endpoint per shard; beyond it requests get 503.
     pub max_connections: usize,
+    /// HTTP/2 clusters: streams in flight on one connection before another is
+    /// opened (the server's own `SETTINGS_MAX_CONCURRENT_STREAMS` applies too).
+    pub max_streams: usize,
 }
 
 impl Default for PoolConfig {
@@ -432,6 +460,7 @@ impl Default for PoolConfig {
             max_idle: 1024,
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_streams: 100,
         }
     }
 }
@@ -440,8 +469,14 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
-    /// Path requested with GET.
+    /// Path requested with GET (required unless `grpc_service` is set).
+    #[serde(default)]
     pub path: String,
+    /// Check with gRPC instead (`grpc.health.v1.Health/Check` for this
+    /// service name; `""` asks about the server as a whole): healthy when it
+    /// answers `SERVING`. Needs `protocol = "h2"` or `"h2c"`.
+    #[serde(default)]
+    pub grpc_service: Option<String>,
     /// Time between checks of one endpoint.
     #[serde(default = "default_hc_interval", with = "humantime_serde")]
     pub interval: Duration,
@@ -574,6 +609,66 @@ pub struct RouteConfig {
     /// Serve the AI API (chat completions, messages, embeddings, models, feedback, prompts).
     #[serde(default)]
     pub ai: Option<super::ai::AiRouteConfig>,
+    /// How gRPC calls on this route are judged and timed (any request with
+    /// `content-type: application/grpc...` is a gRPC call; these are the
+    /// defaults when the table is absent).
+    #[serde(default)]
+    pub grpc: GrpcRouteConfig,
+}
+
+/// A route's gRPC settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcRouteConfig {
+    /// The `grpc-status` codes that make a call an error of the service for
+    /// metrics, alerts, windows and canary analysis (names such as
+    /// `"UNAVAILABLE"`, or numbers). Default: `UNKNOWN`, `DEADLINE_EXCEEDED`,
+    /// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`; the client's
+    /// own errors (`INVALID_ARGUMENT`, `NOT_FOUND`, ...) are answers.
+    pub error_codes: Vec<String>,
+    /// Longest deadline a call may have: a client's `grpc-timeout` above it
+    /// (or none) is cut to it. Default: the route's `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Option<Duration>,
+}
+
+/// The gRPC status codes by name, in code order (`OK` is 0).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+impl Default for GrpcRouteConfig {
+    fn default() -> Self {
+        Self {
+            error_codes: [
+                "UNKNOWN",
+                "DEADLINE_EXCEEDED",
+                "UNIMPLEMENTED",
+                "INTERNAL",
+                "UNAVAILABLE",
+                "DATA_LOSS",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_timeout: None,
+        }
+    }
 }
 
 /// A proxied route's `timeout` when none is given.

@@ -4,10 +4,15 @@
 //! decoded here (chunk sizes by `httparse::parse_chunk_size`, strict CRLF after
 //! each chunk, bounded trailers) and re-encoded by the writer, so a malformed
 //! chunk is an error at the gateway instead of a desync downstream.
+//!
+//! Trailer fields (gRPC's `grpc-status` travels in them) are kept by the
+//! decoder, each line checked as a header field, and written again after the
+//! last chunk by [`write_last_chunk`], less the fields that must never be
+//! trailers (framing, routing, authentication; RFC 9110 section 6.5.1).
 
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_SIZE_LINE: usize = 4096;
-/// Largest trailer section accepted (trailers are dropped, not forwarded).
+/// Largest trailer section accepted.
 const MAX_TRAILERS: usize = 16 * 1024;
 
 /// A chunked-body framing error.
@@ -19,8 +24,8 @@ pub enum ChunkError {
     /// Missing CRLF after chunk data.
     #[error("invalid chunk terminator")]
     Terminator,
-    /// Trailer section too large.
-    #[error("trailers too large")]
+    /// Trailer section too large, or a trailer line that is not a header field.
+    #[error("trailers too large or invalid")]
     Trailers,
 }
 
@@ -38,6 +43,9 @@ enum State {
 pub struct ChunkedDecoder {
     state: State,
     trailer_bytes: usize,
+    /// The trailer lines seen, each with its CRLF (empty, and unallocated,
+    /// for the common body without trailers).
+    trailers: Vec<u8>,
 }
 
 impl Default for ChunkedDecoder {
@@ -45,6 +53,7 @@ impl Default for ChunkedDecoder {
         Self {
             state: State::Size,
             trailer_bytes: 0,
+            trailers: Vec::new(),
         }
     }
 }
@@ -72,6 +81,17 @@ impl ChunkedDecoder {
     /// Whether the terminating chunk and trailers were seen.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// The trailer section seen so far: `name: value` lines, each with its
+    /// CRLF, every one a valid header field.
+    pub fn trailers(&self) -> &[u8] {
+        &self.trailers
+    }
+
+    /// Takes the trailer section (see [`ChunkedDecoder::trailers`]).
+    pub fn take_trailers(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.trailers)
     }
 
     /// Decodes as much of `input` as possible in one step.
@@ -147,6 +167,12 @@ impl ChunkedDecoder {
                     }
                     if nl == 1 {
                         self.state = State::Done;
+                    } else {
+                        let line = &rest[..=nl];
+                        if !header_line(line) {
+                            return Err(ChunkError::Trailers);
+                        }
+                        self.trailers.extend_from_slice(line);
                     }
                 }
             }
@@ -192,6 +218,74 @@ pub fn write_chunk_header(out: &mut Vec<u8>, size: usize) {
 
 /// The last chunk and an empty trailer section.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Whether one trailer line (with its CRLF) is a header field: a token name,
+/// a colon, a value of visible characters, spaces and tabs (no obsolete line
+/// folding).
+fn header_line(line: &[u8]) -> bool {
+    let line = &line[..line.len() - 2];
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    // A field name is an RFC 9110 token.
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty() && name.iter().all(tchar) && http::HeaderValue::from_bytes(value).is_ok()
+}
+
+/// Fields never taken from a trailer section: they frame, route or
+/// authenticate a message, and a proxy that forwarded them would let a
+/// body's end change its meaning.
+fn forbidden_trailer(name: &[u8]) -> bool {
+    const FORBIDDEN: [&[u8]; 14] = [
+        b"content-length",
+        b"transfer-encoding",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"trailer",
+        b"host",
+        b"authorization",
+        b"proxy-authorization",
+        b"set-cookie",
+        b"cookie",
+        b"connection",
+        b"te",
+        b"upgrade",
+    ];
+    FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// The trailer fields of `trailers` (lines as [`ChunkedDecoder::trailers`]
+/// keeps them) that may be forwarded, as `(name, value)` with the value
+/// trimmed.
+pub fn forwardable_trailers(trailers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    trailers
+        .split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii()))
+        })
+        .filter(|(name, _)| !forbidden_trailer(name))
+}
+
+/// Appends the last chunk with the forwardable fields of `trailers` (lines
+/// as [`ChunkedDecoder::trailers`] keeps them), then the empty line.
+pub fn write_last_chunk(out: &mut Vec<u8>, trailers: &[u8]) {
+    if trailers.is_empty() {
+        out.extend_from_slice(LAST_CHUNK);
+        return;
+    }
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in forwardable_trailers(trailers) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
 
 #[cfg(test)]
 mod tests {
@@ -271,6 +365,40 @@ mod tests {
             decode_all(&body, body.len()).map(|r| r.0),
             Ok(b"hello".to_vec())
         );
+    }
+
+    #[test]
+    fn trailers_are_kept_checked_and_filtered() {
+        let body = b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok%20x\r\ncontent-length: 9\r\n\r\n";
+        for split in 1..body.len() {
+            let mut d = ChunkedDecoder::default();
+            let mut buf = Vec::new();
+            for piece in body.chunks(split) {
+                buf.extend_from_slice(piece);
+                while let Step::Progress { consumed, .. } = d.step(&buf).unwrap() {
+                    buf.drain(..consumed);
+                }
+            }
+            assert!(d.is_done());
+            let mut out = Vec::new();
+            write_last_chunk(&mut out, d.trailers());
+            assert_eq!(out, b"0\r\ngrpc-status: 0\r\ngrpc-message: ok%20x\r\n\r\n");
+        }
+        // A line that is not a header field, or that folds.
+        for bad in [
+            &b"0\r\nno colon\r\n\r\n"[..],
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nx y: v\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_all(bad, bad.len()),
+                Err(ChunkError::Trailers),
+                "{bad:?}"
+            );
+        }
+        let mut out = Vec::new();
+        write_last_chunk(&mut out, b"");
+        assert_eq!(out, LAST_CHUNK);
     }
 
     #[test]

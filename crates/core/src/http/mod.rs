@@ -5,9 +5,11 @@
 //! - [`codec`]: request and response heads on `httparse`, stored as byte ranges.
 //! - [`chunked`]: incremental chunked decoding and encoding.
 //! - [`path`]: the canonical path every later phase routes and checks on.
+//! - [`bridge`]: HTTP/1.1 message bytes to and from HTTP/2 streams.
 //!
 //! Error responses are written by the `error` module's `write_response` only.
 
+pub mod bridge;
 pub mod chunked;
 pub mod codec;
 pub mod path;

@@ -362,6 +362,24 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
     }
     header(
         &mut out,
+        "hypergate_grpc_calls_total",
+        "counter",
+        "gRPC calls by route, method (service/method path; at most 256 per shard, the rest \
+         as \"other\") and grpc-status code (the upstream's, or the gateway's own).",
+    );
+    for ((route, method), counts) in &m.grpc {
+        for (code, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let _ = writeln!(
+                out,
+                "hypergate_grpc_calls_total{{route=\"{}\",method=\"{}\",code=\"{}\"}} {n}",
+                escape(route),
+                escape(method),
+                hypergate_proxy::stats::GRPC_CODE_LABELS[code]
+            );
+        }
+    }
+    header(
+        &mut out,
         "hypergate_tls_handshakes_total",
         "counter",
         "Completed TLS handshakes.",
