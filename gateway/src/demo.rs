@@ -1,11 +1,14 @@
-//! Built-in demo upstreams: tiny HTTP servers the gateway starts itself so the
+//! Built-in demo upstreams: tiny servers the gateway starts itself so the
 //! examples work on a fresh machine with nothing else running.
 //!
-//! Each answers every request with a short text naming itself (`/healthz`
-//! answers `ok`), keeps connections alive, reads and discards request bodies,
-//! and fails a configurable share of requests with 500 (for canary demos).
-//! `kind = "llm"` starts the built-in mock LLM provider (`crates/mock-llm`) instead.
+//! `kind = "http"` (this file) answers every request with a short text naming
+//! itself (`/healthz` answers `ok`), keeps connections alive, reads and
+//! discards request bodies, and fails a configurable share of requests with
+//! 500 (for canary demos). `kind = "llm"` starts the built-in mock LLM provider
+//! (`crates/mock-llm`), `kind = "grpc"` the demo gRPC server (`demo_grpc`).
 //! Not a data-plane component: blocking sockets, a thread per connection.
+//!
+//! Depends on `config` (the demo's settings) and `demo_grpc`.
 
 use crate::config::raw::{DemoKind, DemoUpstreamConfig};
 use std::io::{Read, Write};
@@ -15,25 +18,34 @@ use std::sync::Arc;
 
 /// Binds and starts a demo upstream.
 pub fn start(cfg: &DemoUpstreamConfig) -> std::io::Result<()> {
-    if cfg.kind == DemoKind::Llm {
-        let mock = hypergate_mock_llm::MockLlm::start(
-            &cfg.address,
-            hypergate_mock_llm::MockConfig {
-                chunk_delay: cfg.chunk_delay,
-                require_auth: false,
-                ..Default::default()
-            },
-        )?;
-        tracing::info!(name = %cfg.name, address = %mock.addr(), "demo LLM provider listening");
-        // Like the HTTP demo's threads, it serves for the life of the process.
-        std::mem::forget(mock);
-        return Ok(());
+    // Fail one request in every `1 / fail_ratio`, spread evenly.
+    let fail_every = (cfg.fail_ratio > 0.0).then(|| (1.0 / cfg.fail_ratio).round().max(1.0) as u64);
+    match cfg.kind {
+        DemoKind::Http => start_http(cfg, fail_every),
+        DemoKind::Llm => start_llm(cfg),
+        DemoKind::Grpc => crate::demo_grpc::start(cfg, fail_every),
     }
+}
+
+fn start_llm(cfg: &DemoUpstreamConfig) -> std::io::Result<()> {
+    let mock = hypergate_mock_llm::MockLlm::start(
+        &cfg.address,
+        hypergate_mock_llm::MockConfig {
+            chunk_delay: cfg.chunk_delay,
+            require_auth: false,
+            ..Default::default()
+        },
+    )?;
+    tracing::info!(name = %cfg.name, address = %mock.addr(), "demo LLM provider listening");
+    // Like the HTTP demo's threads, it serves for the life of the process.
+    std::mem::forget(mock);
+    Ok(())
+}
+
+fn start_http(cfg: &DemoUpstreamConfig, fail_every: Option<u64>) -> std::io::Result<()> {
     let listener = TcpListener::bind(&cfg.address)?;
     tracing::info!(name = %cfg.name, address = %cfg.address, "demo upstream listening");
     let name: Arc<str> = cfg.name.as_str().into();
-    // Fail one request in every `1 / fail_ratio`, spread evenly.
-    let fail_every = (cfg.fail_ratio > 0.0).then(|| (1.0 / cfg.fail_ratio).round().max(1.0) as u64);
     let counter = Arc::new(AtomicU64::new(0));
     std::thread::Builder::new()
         .name(format!("demo-{}", cfg.name))

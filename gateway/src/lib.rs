@@ -20,7 +20,7 @@
 //! - `hypergate-admin`: the admin listener and the dashboard.
 //! - this crate: [`config`] (a file loaded with every layer's checks),
 //!   [`gateway`] (everything started and wired), [`demo`] (built-in demo
-//!   upstreams) and the `hypergate` binary; it re-exports the crates under short
+//!   upstreams: HTTP, the mock LLM provider, and gRPC in `demo_grpc`) and the `hypergate` binary; it re-exports the crates under short
 //!   names (`hypergate::proxy`, `hypergate::hypercare`, ...) for the tests,
 //!   benchmarks and fuzz targets.
 //!
@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod demo;
+mod demo_grpc;
 pub mod gateway;
 
 pub use hypergate_admin as admin;

@@ -816,11 +816,13 @@ pub struct DemoUpstreamConfig {
     /// Text in its answers (e.g. a version).
     #[serde(default = "default_demo_name")]
     pub name: String,
-    /// Share of requests answered with 500, from 0.0 to 1.0.
+    /// Share of requests answered with 500 (`grpc`: of Echo calls answered
+    /// with UNAVAILABLE), from 0.0 to 1.0.
     #[serde(default)]
     pub fail_ratio: f64,
-    /// `http` (a text answer) or `llm` (a mock LLM provider speaking the OpenAI
-    /// and Anthropic wire formats, streaming included; no key needed).
+    /// `http` (a text answer), `llm` (a mock LLM provider speaking the OpenAI
+    /// and Anthropic wire formats, streaming included; no key needed) or `grpc`
+    /// (a gRPC server over h2c: the health service and an echo service).
     #[serde(default)]
     pub kind: DemoKind,
     /// `llm` only: pause between streamed chunks.
@@ -837,6 +839,11 @@ pub enum DemoKind {
     Http,
     /// A mock LLM provider.
     Llm,
+    /// A gRPC server over HTTP/2 cleartext (prior knowledge): the standard
+    /// `grpc.health.v1.Health` (`Check`, `Watch`) and `hypergate.demo.Echo`
+    /// (`Echo`, unary, and `Stream`, bidirectional), which send every request
+    /// message back unchanged.
+    Grpc,
 }
 
 fn default_demo_chunk_delay() -> Duration {
