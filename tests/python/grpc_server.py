@@ -1,7 +1,8 @@
 """A real gRPC server (the official grpcio package) for the gateway's gRPC tests.
 
-Usage: grpc_server.py. Listens on 127.0.0.1 (an ephemeral port), prints
-{"port": N} on one line, and serves until its stdin closes. Every method
+Usage: grpc_server.py [CERT KEY]. Listens on 127.0.0.1 (an ephemeral port;
+with TLS when given a PEM certificate and key), prints {"port": N} on one
+line, and serves until its stdin closes. It has no health service. Every method
 carries raw bytes (no generated code) and works under any service name, so
 routes can tell calls apart by their service:
 
@@ -54,20 +55,24 @@ def client_stream(requests, context):
 
 def server_stream(request, context):
     count, size, gap = (int(x) for x in request.decode().split(":"))
-    for i in range(count):
-        if not context.is_active():
+    completed = False
+    try:
+        for i in range(count):
+            if not context.is_active():
+                return
+            yield bytes([65 + i % 26]) * size
+            if gap:
+                # Waits in small steps so a cancelled call is noticed.
+                deadline = time.monotonic() + gap / 1000
+                while time.monotonic() < deadline and context.is_active():
+                    time.sleep(0.005)
+        completed = True
+    finally:
+        # Also when grpcio closes the generator at a `yield` (a cancelled
+        # call): the call did not complete.
+        if not completed:
             with lock:
                 cancelled.append("ServerStream")
-            return
-        yield bytes([65 + i % 26]) * size
-        if gap:
-            # Waits in small steps so a cancelled call is noticed.
-            deadline = time.monotonic() + gap / 1000
-            while time.monotonic() < deadline and context.is_active():
-                time.sleep(0.005)
-    if not context.is_active():
-        with lock:
-            cancelled.append("ServerStream")
 
 
 def bidi(requests, context):
@@ -111,7 +116,12 @@ def main():
         ],
     )
     server.add_generic_rpc_handlers((AnyService(),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) == 3:
+        with open(sys.argv[1], "rb") as cert, open(sys.argv[2], "rb") as key:
+            credentials = grpc.ssl_server_credentials(((key.read(), cert.read()),))
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(json.dumps({"port": port}), flush=True)
     sys.stdin.read()

@@ -107,12 +107,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `script` and waits for its port line.
-    pub fn start(script: &str) -> Server {
+    /// Starts `script` (with `args`) and waits for its port line.
+    pub fn start(script: &str, args: &[&std::ffi::OsStr]) -> Server {
         use std::io::BufRead;
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
         let mut child = Command::new(python())
             .arg(dir.join(script))
+            .args(args)
             .current_dir(&dir)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::piped())

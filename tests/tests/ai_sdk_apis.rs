@@ -423,14 +423,15 @@ fn openai_sdk_responses_passed_through_with_state() {
 }
 
 /// The quickstart itself (`examples/quickstart.toml`, its own mock provider
-/// and demo upstream, on free ports), run as a process: HTTP/2 with prior
-/// knowledge on its listener, and every AI endpoint with both SDKs, streamed
+/// and demo upstreams, on free ports), run as a process: HTTP/2 with prior
+/// knowledge on its listener, gRPC health checks through its gRPC route,
+/// and every AI endpoint with both SDKs, streamed
 /// and not, and the errors each SDK raises.
 #[test]
 fn both_sdks_against_the_quickstart_every_endpoint() {
     let root = hypergate_tests::process::workspace_root();
     let mut toml = std::fs::read_to_string(root.join("examples/quickstart.toml")).unwrap();
-    for fixed in ["127.0.0.1:8081", "127.0.0.1:8082"] {
+    for fixed in ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"] {
         let free = hypergate_tests::util::closed_port().to_string();
         toml = toml.replace(fixed, &free);
     }
@@ -452,6 +453,11 @@ fn both_sdks_against_the_quickstart_every_endpoint() {
         .output()
         .expect("run curl");
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "200 2");
+    // Its gRPC route answers the standard health check, to the grpcio client.
+    let grpc = hypergate_tests::python::run_script("grpc_quickstart.py", gw.addr, &[]);
+    assert_eq!(grpc["server"], "SERVING", "{grpc}");
+    assert_eq!(grpc["echo_service"], "SERVING", "{grpc}");
+    assert_eq!(grpc["echo"], "hello over grpc", "{grpc}");
     let out = hypergate_tests::python::run_script("quickstart_apis.py", gw.addr, &[]);
     let answer = "Mock reply to: What is the capital of France?";
     for key in [

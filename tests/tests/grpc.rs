@@ -7,7 +7,10 @@
 //! codes); gRPC health checks that eject an endpoint.
 
 use hypergate_tests::python::{run_script, Server};
+use hypergate_tests::tls::Pki;
+use hypergate_tests::util::{closed_port, wait_until};
 use hypergate_tests::{preamble, TestGateway};
+use std::time::Duration;
 
 fn config(server: std::net::SocketAddr) -> String {
     format!(
@@ -38,7 +41,7 @@ path_prefix = "/test.Calls/"
 
 #[test]
 fn every_call_type_through_an_h2c_cluster() {
-    let server = Server::start("grpc_server.py");
+    let server = Server::start("grpc_server.py", &[]);
     let gw = TestGateway::start(&config(server.addr));
     let out = run_script("grpc_calls.py", gw.addr, &[]);
     assert_eq!(out["unary"]["answer"], "hello", "{out}");
@@ -117,4 +120,174 @@ fn metric(metrics: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// gRPC health checks (`grpc.health.v1`) mark an endpoint without a
+/// `SERVING` health service unhealthy, and calls avoid it.
+#[test]
+fn grpc_health_checks_take_an_endpoint_out() {
+    let unhealthy = Server::start("grpc_server.py", &[]);
+    let demo = closed_port();
+    let gw = TestGateway::start(&format!(
+        r#"{preamble}protocols = ["h2c"]
+
+[[demo_upstreams]]
+address = "{demo}"
+name = "checked-demo"
+kind = "grpc"
+
+[[clusters]]
+name = "checked"
+protocol = "h2c"
+endpoints = [{{ address = "{demo}" }}, {{ address = "{bad}" }}]
+[clusters.health_check]
+grpc_service = ""
+interval = "100ms"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[[routes]]
+name = "health"
+cluster = "checked"
+[routes.match]
+path_prefix = "/grpc.health.v1.Health/"
+
+[[routes]]
+name = "echo"
+cluster = "checked"
+[routes.match]
+path_prefix = "/hypergate.demo.Echo/"
+"#,
+        preamble = preamble(1),
+        bad = unhealthy.addr,
+    ));
+    let healthy = |endpoint: std::net::SocketAddr| {
+        let series =
+            format!("hypergate_upstream_healthy{{cluster=\"checked\",endpoint=\"{endpoint}\"}}");
+        gw.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(|v| v.trim() == "1"))
+    };
+    wait_until(
+        "the endpoint without a health service is unhealthy, the demo healthy",
+        Duration::from_secs(10),
+        || healthy(unhealthy.addr) == Some(false) && healthy(demo) == Some(true),
+    );
+    // Round robin over the two would send every other call to the server
+    // without the services: none goes there now.
+    for _ in 0..3 {
+        let out = run_script("grpc_quickstart.py", gw.addr, &[]);
+        assert_eq!(out["server"], "SERVING", "{out}");
+        assert_eq!(out["echo"], "hello over grpc", "{out}");
+    }
+}
+
+/// `protocol = "h2"`: HTTP/2 over TLS to the upstream (ALPN `h2`, the
+/// server verified against the cluster's CA), gRPC calls of every kind.
+#[test]
+fn grpc_over_tls_to_an_h2_cluster() {
+    let pki = Pki::new();
+    let cert = pki.issue("grpc", &["grpc.test"]);
+    let server = Server::start(
+        "grpc_server.py",
+        &[cert.cert.as_os_str(), cert.key.as_os_str()],
+    );
+    let endpoints = format!("endpoints = [{{ address = \"{}\" }}]", server.addr);
+    let toml = config(server.addr)
+        .replace("protocol = \"h2c\"", "protocol = \"h2\"")
+        .replace(
+            &endpoints,
+            &format!(
+                "{endpoints}\n[clusters.tls]\nca_file = \"{}\"\nserver_name = \"grpc.test\"",
+                pki.ca_cert().display()
+            ),
+        );
+    let gw = TestGateway::start(&toml);
+    let out = run_script("grpc_calls.py", gw.addr, &[]);
+    assert_eq!(out["unary"]["answer"], "hello", "{out}");
+    assert_eq!(out["unary_4mb"], true, "{out}");
+    assert_eq!(
+        out["bidi"],
+        serde_json::json!(["ping-0", "ping-1", "ping-2"]),
+        "{out}"
+    );
+    assert_eq!(out["not_found"]["code"], "NOT_FOUND", "{out}");
+}
+
+/// An upstream that answers one message and then resets the stream (no
+/// trailers): the client gets the message, then `UNAVAILABLE` saying the
+/// upstream broke off, and the call counts as an upstream error.
+#[test]
+fn an_upstream_reset_mid_call_ends_it_with_a_status() {
+    let upstream = resetting_upstream();
+    let gw = TestGateway::start(&config(upstream));
+    let out = run_script("grpc_stream.py", gw.addr, &["/test.Calls/Reset"]);
+    assert_eq!(out["messages"], serde_json::json!(["hello"]), "{out}");
+    assert_eq!(out["code"], "UNAVAILABLE", "{out}");
+    assert_eq!(out["details"], "the upstream broke off the call", "{out}");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hypergate_request_outcomes_total{route=\"calls\",cluster=\"calls\",version=\"\",outcome=\"upstream_error\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+/// A raw HTTP/2 server: to every request, response HEADERS, one gRPC
+/// message (`hello`) and RST_STREAM (INTERNAL_ERROR).
+fn resetting_upstream() -> std::net::SocketAddr {
+    use hypergate_tests::h2raw::{kind, H2Raw, END_HEADERS, END_STREAM};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut preface = [0u8; 24];
+                if conn.read_exact(&mut preface).is_err() {
+                    return;
+                }
+                let _ = conn.write_all(&H2Raw::encode(kind::SETTINGS, 0, 0, &[]));
+                loop {
+                    let mut head = [0u8; 9];
+                    if conn.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let mut payload = vec![0u8; len];
+                    if conn.read_exact(&mut payload).is_err() {
+                        return;
+                    }
+                    let (frame, flags) = (head[3], head[4]);
+                    let stream =
+                        u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                    if frame == kind::SETTINGS && flags & 1 == 0 {
+                        let _ = conn.write_all(&H2Raw::encode(kind::SETTINGS, 1, 0, &[]));
+                    }
+                    let request_ended =
+                        (frame == kind::DATA || frame == kind::HEADERS) && flags & END_STREAM != 0;
+                    if request_ended {
+                        // :status 200, content-type: application/grpc (name index 31).
+                        let mut block = vec![0x88, 0x0f, 0x10];
+                        hypergate_tests::h2raw::length(&mut block, 16);
+                        block.extend_from_slice(b"application/grpc");
+                        let mut out = H2Raw::encode(kind::HEADERS, END_HEADERS, stream, &block);
+                        out.extend(H2Raw::encode(kind::DATA, 0, stream, b"\0\0\0\0\x05hello"));
+                        out.extend(H2Raw::encode(
+                            kind::RST_STREAM,
+                            0,
+                            stream,
+                            &2u32.to_be_bytes(),
+                        ));
+                        let _ = conn.write_all(&out);
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

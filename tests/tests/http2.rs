@@ -583,3 +583,81 @@ path_prefix = "/down.Service/"
     );
     assert_eq!(up.request_count(), 0);
 }
+
+/// HTTP/1.1 clients to an HTTP/2 upstream and back: a gateway with an
+/// `h2c` cluster in front of a second gateway that serves h2c (a real
+/// HTTP/2 server) in front of an HTTP/1.1 mock. Statuses, headers, sized and
+/// chunked request bodies, a large response, HEAD, many requests on few
+/// upstream connections.
+#[test]
+fn http1_clients_through_an_h2c_cluster() {
+    use hypergate_tests::body::{Fingerprint, Pattern};
+    use hypergate_tests::client::{Conn, Request};
+    let origin = MockUpstream::start(|req| match req.path() {
+        "/big" => Reply::ok("").pattern(7, 8 << 20).into(),
+        "/missing" => Reply::status(404).body("no such thing").into(),
+        _ => Reply::ok("").echo().header("x-origin", "yes").into(),
+    });
+    let inner = TestGateway::start(&format!(
+        "{}protocols = [\"h2c\"]\n{}",
+        preamble(1),
+        cluster("origin", &[origin.addr()], "")
+            + "\n[[routes]]\nname = \"all\"\ncluster = \"origin\"\n"
+    ));
+    let outer = TestGateway::start(&format!(
+        "{}{}",
+        preamble(1),
+        cluster(
+            "inner",
+            &[inner.addr],
+            "protocol = \"h2c\"\n[clusters.pool]\nmax_streams = 8\n"
+        ) + "\n[[routes]]\nname = \"all\"\ncluster = \"inner\"\n"
+    ));
+    let mut c = Conn::connect(outer.addr);
+    let r = c.request(&Request::get("/missing"));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), "no such thing");
+    let mut body = vec![0u8; 1 << 20];
+    Pattern::new(3, 1 << 20).fill(&mut body);
+    let r = c.request(&Request::post("/echo", body.clone()));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-origin"), Some("yes"));
+    assert_eq!(r.body, body, "a sized body through HTTP/2 and back");
+    let r = c.request(&Request::post("/echo", body.clone()).chunked(10_000));
+    assert_eq!(r.body, body, "a chunked body through HTTP/2 and back");
+    let r = c.request(&Request::get("/big"));
+    assert_eq!(r.body.len(), 8 << 20);
+    assert_eq!(
+        Fingerprint::of(&r.body),
+        Pattern::new(7, 8 << 20).fingerprint()
+    );
+    let r = c.request(&Request::new("HEAD", "/big"));
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    // 40 requests from 8 clients at once: multiplexed on the inner
+    // gateway's few HTTP/2 connections (at most 8 streams each).
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = outer.addr;
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(addr);
+                for _ in 0..5 {
+                    assert_eq!(c.request(&Request::get("/missing")).status, 404);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let served = inner
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("hypergate_h2_events_total{event=\"connections\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(
+        (1..=8).contains(&served),
+        "{served} HTTP/2 connections for 45 requests"
+    );
+}
