@@ -189,3 +189,59 @@ fn a_start_up_failure_is_one_line_without_a_backtrace() {
         "{stderr}"
     );
 }
+
+/// HTTP/2 upstreams and gRPC settings: every mistake listed at once.
+#[test]
+fn check_reports_http2_and_grpc_mistakes() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "bad.toml",
+        &format!(
+            r#"{preamble}
+[[clusters]]
+name = "needs-tls"
+protocol = "h2"
+endpoints = [{{ address = "127.0.0.1:9" }}]
+
+[[clusters]]
+name = "plain-only"
+protocol = "h2c"
+endpoints = [{{ address = "127.0.0.1:9" }}]
+[clusters.tls]
+ca_file = "/etc/ssl/certs/ca-certificates.crt"
+server_name = "x"
+[clusters.pool]
+max_streams = 0
+
+[[clusters]]
+name = "http1"
+endpoints = [{{ address = "127.0.0.1:9" }}]
+[clusters.health_check]
+grpc_service = ""
+
+[[routes]]
+name = "r"
+cluster = "http1"
+[routes.grpc]
+error_codes = ["UNAVAILABLE", "NOPE", "0", "99"]
+max_timeout = "0s"
+"#,
+            preamble = preamble(1)
+        ),
+    );
+    let file = path.to_str().expect("utf-8 path");
+    let (status, _, stderr) = run_cli(&["check", "--config", file]);
+    assert!(!status.success(), "check passed a bad file:\n{stderr}");
+    for want in [
+        "clusters[0].protocol: \"h2\" is HTTP/2 over TLS",
+        "clusters[1].protocol: \"h2c\" is HTTP/2 over plain TCP",
+        "clusters[1].pool.max_streams",
+        "clusters[2].health_check.grpc_service: gRPC health checks need protocol",
+        "routes[0].grpc.error_codes[1]: \"NOPE\" is not a gRPC status code",
+        "routes[0].grpc.error_codes[2]: OK is never an error",
+        "routes[0].grpc.error_codes[3]",
+        "routes[0].grpc.max_timeout",
+    ] {
+        assert!(stderr.contains(want), "{want:?} not reported:\n{stderr}");
+    }
+}
