@@ -4,7 +4,8 @@
 //! end, errors with details, deadlines (the client's `grpc-timeout`, and the
 //! route's cap), cancellation reaching the server, a server that resets its
 //! stream; `grpc-status` as the call's outcome in metrics (configurable
-//! codes); gRPC health checks that eject an endpoint.
+//! codes) and in canary analysis (a failing gRPC canary rolled back under
+//! h2load); gRPC health checks that take an endpoint out.
 
 use hypergate_tests::python::{run_script, Server};
 use hypergate_tests::tls::Pki;
@@ -290,4 +291,118 @@ fn resetting_upstream() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// A gRPC release gets hypercare: a canary whose calls fail with
+/// `UNAVAILABLE` (every answer an HTTP 200) is rolled back by canary
+/// analysis, under load from h2load sending unary calls.
+#[test]
+fn a_failing_grpc_canary_is_rolled_back() {
+    let (v1, v2) = (closed_port(), closed_port());
+    let gw = TestGateway::start(&format!(
+        r#"{preamble}protocols = ["h2c"]
+
+[[demo_upstreams]]
+address = "{v1}"
+name = "orders-v1"
+kind = "grpc"
+
+[[demo_upstreams]]
+address = "{v2}"
+name = "orders-v2"
+kind = "grpc"
+fail_ratio = 0.2
+
+[[clusters]]
+name = "v1"
+version = "v1"
+protocol = "h2c"
+endpoints = [{{ address = "{v1}" }}]
+
+[[clusters]]
+name = "v2"
+version = "v2"
+protocol = "h2c"
+endpoints = [{{ address = "{v2}" }}]
+
+[[routes]]
+name = "orders"
+[routes.match]
+path_prefix = "/hypergate.demo.Echo/"
+[routes.split]
+targets = [{{ cluster = "v1", weight = 80 }}, {{ cluster = "v2", weight = 20 }}]
+
+[hypercare]
+evaluation_interval = "200ms"
+
+[[hypercare.canaries]]
+route = "orders"
+stable = "v1"
+canary = "v2"
+steps = [{{ weight = 20, bake = "60s", min_requests = 1000 }}, {{ weight = 50, bake = "60s", min_requests = 1000 }}]
+latency_tolerance = 3.0
+"#,
+        preamble = preamble(1),
+    ));
+    // One unary call: a 5-byte gRPC frame header and a 16-byte message.
+    let dir = hypergate_tests::TempDir::new();
+    let mut message = vec![0, 0, 0, 0, 16];
+    message.extend_from_slice(b"order 1234567890");
+    let body = dir.write("call.bin", "");
+    std::fs::write(&body, &message).unwrap();
+    // Bounded load: 30 s at most, stopped once the canary is rolled back.
+    let mut h2load = std::process::Command::new("h2load")
+        .args(["-c", "4", "-m", "4", "-D", "30"])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("http://{}/hypergate.demo.Echo/Echo", gw.addr))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("h2load (Debian package nghttp2-client; .ci/run installs it)");
+    wait_until(
+        "the gRPC canary is rolled back",
+        Duration::from_secs(30),
+        || {
+            gw.admin_request("GET", "/hypercare/canary").json()["canaries"][0]["status"]["phase"]
+                == "rolled_back"
+        },
+    );
+    let _ = h2load.kill();
+    let _ = h2load.wait();
+    let metrics = gw.metrics();
+    // Every answer was an HTTP 200; the grpc-status decided.
+    let series = |labels: &str| metric(&metrics, &format!("hypergate_requests_total{{{labels}}}"));
+    assert!(
+        series("route=\"orders\",cluster=\"v2\",version=\"v2\",status=\"2xx\"") > 0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("route=\"orders\",cluster=\"v2\",version=\"v2\",status=\"5xx\""),
+        0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "hypergate_request_outcomes_total{route=\"orders\",cluster=\"v2\",version=\"v2\",outcome=\"upstream_error\"}"
+        ) > 0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hypergate_request_outcomes_total{route=\"orders\",cluster=\"v1\",version=\"v1\",outcome=\"upstream_error\"}"
+        ),
+        0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "hypergate_grpc_calls_total{route=\"orders\",method=\"/hypergate.demo.Echo/Echo\",code=\"UNAVAILABLE\"}"
+        ) > 0,
+        "{metrics}"
+    );
 }

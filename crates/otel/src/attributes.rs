@@ -20,6 +20,10 @@ pub const SERVER_PORT: &str = "server.port";
 pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
 /// The class of error, e.g. `timeout`, `upstream_connect`, or a status code.
 pub const ERROR_TYPE: &str = "error.type";
+/// The RPC system of a call (`grpc`).
+pub const RPC_SYSTEM: &str = "rpc.system";
+/// A gRPC call's status code (integer).
+pub const RPC_GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
 
 /// The Hypergate route name.
 pub const HYPERGATE_ROUTE: &str = "hypergate.route";

@@ -707,6 +707,9 @@ impl Reply<'_> {
         let code = crate::grpc::parse_status(value).unwrap_or(2);
         ex.grpc_status = Some(code);
         ex.grpc_error = self.route.grpc.is_error(code);
+        if ex.grpc_error && ex.error.is_empty() {
+            ex.error = crate::grpc::error_label(code);
+        }
     }
 
     /// A streamed gRPC call: its body goes up while the response comes

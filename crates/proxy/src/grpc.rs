@@ -91,6 +91,32 @@ pub fn parse_status(value: &[u8]) -> Option<u8> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// The error label of a call that ended with `grpc-status` `code` (the
+/// call record's `error`): `grpc_` and the code's name in lower case.
+pub fn error_label(code: u8) -> &'static str {
+    const LABELS: [&str; 18] = [
+        "",
+        "grpc_cancelled",
+        "grpc_unknown",
+        "grpc_invalid_argument",
+        "grpc_deadline_exceeded",
+        "grpc_not_found",
+        "grpc_already_exists",
+        "grpc_permission_denied",
+        "grpc_resource_exhausted",
+        "grpc_failed_precondition",
+        "grpc_aborted",
+        "grpc_out_of_range",
+        "grpc_unimplemented",
+        "grpc_internal",
+        "grpc_unavailable",
+        "grpc_data_loss",
+        "grpc_unauthenticated",
+        "grpc_other",
+    ];
+    LABELS[usize::from(code).min(LABELS.len() - 1)]
+}
+
 /// The end of a chunked response whose upstream broke off mid-call: the
 /// last chunk with a `grpc-status` trailer, `DEADLINE_EXCEEDED` when the
 /// call ran out of time, else `UNAVAILABLE` (the body was cut).

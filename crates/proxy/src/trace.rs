@@ -92,6 +92,10 @@ pub fn export(
     if ex.status > 0 {
         common.push((attr::HTTP_RESPONSE_STATUS_CODE, ex.status.into()));
     }
+    if let Some(code) = ex.grpc_status {
+        common.push((attr::RPC_SYSTEM, "grpc".into()));
+        common.push((attr::RPC_GRPC_STATUS_CODE, u64::from(code).into()));
+    }
     common.push((attr::HYPERGATE_OUTCOME, outcome.label().into()));
     if !ex.error.is_empty() {
         common.push((attr::ERROR_TYPE, ex.error.into()));

@@ -13,11 +13,11 @@
 //! both protocols. Dropping a stream before its exchange ended resets it
 //! (`CANCEL`): a client that goes away cancels the upstream call.
 //!
-//! Depends on the crate's `ClusterRuntime` and `UpstreamStream`, and on
-//! `hypergate-core`'s bridge.
+//! The policy (pool limits, timeouts, when to open a connection) is
+//! `lease`'s; this module speaks the protocol. Depends on the crate's
+//! `ClusterRuntime` and `UpstreamStream`, and on `hypergate-core`'s bridge.
 
-use crate::lease::LeaseError;
-use crate::{ClusterRuntime, EndpointRuntime, UpstreamConn, UpstreamStream};
+use crate::{ClusterRuntime, UpstreamConn, UpstreamStream};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use hypergate_core::http::bridge::{
@@ -51,82 +51,40 @@ impl H2Conn {
     }
 }
 
-/// A stream on a connection to endpoint `ep` of an HTTP/2 cluster: on an
-/// open connection with room when `pooled`, else on a new one.
-pub async fn lease_stream(
-    cluster: &ClusterRuntime,
-    ep: usize,
-    pooled: bool,
-) -> Result<UpstreamConn, LeaseError> {
+/// A stream on an open connection to endpoint `ep` with room for one, if any.
+pub fn open_stream(cluster: &ClusterRuntime, ep: usize) -> Option<UpstreamConn> {
     let endpoint = &cluster.endpoints[ep];
     let cap = cluster.spec.raw.pool.max_streams;
     endpoint.h2.borrow_mut().retain(|c| !c.closed.get());
-    let found = pooled
-        .then(|| {
-            endpoint
-                .h2
-                .borrow()
-                .iter()
-                .find(|c| c.has_room(cap))
-                .cloned()
-        })
-        .flatten();
-    let (conn, reused) = match found {
-        Some(c) => (c, true),
-        None => {
-            if !cluster.may_connect(ep) {
-                return Err(LeaseError::PoolFull);
-            }
-            let connect = connect(endpoint, cluster);
-            let conn = match monoio::time::timeout(cluster.spec.raw.connect_timeout, connect).await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(_)) => return Err(LeaseError::Connect),
-                Err(_) => return Err(LeaseError::ConnectTimeout),
-            };
-            endpoint.h2.borrow_mut().push(conn.clone());
-            (conn, false)
-        }
-    };
-    conn.streams.set(conn.streams.get() + 1);
-    let scheme = if cluster.spec.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let fd = conn.fd;
-    let stream = H2Stream {
-        conn,
-        scheme,
-        authority: endpoint.label.clone(),
-        head: Vec::new(),
-        sender: None,
-        sent: false,
-        response: None,
-        pending: Bytes::new(),
-        reader: None,
-    };
-    let mut c = UpstreamConn::new(UpstreamStream::H2(Box::new(stream)), fd);
-    c.reused = reused;
-    Ok(c)
+    let conn = endpoint
+        .h2
+        .borrow()
+        .iter()
+        .find(|c| c.has_room(cap))
+        .cloned()?;
+    let mut stream = stream_on(cluster, ep, conn);
+    stream.reused = true;
+    Some(stream)
 }
 
-/// Connects, handshakes HTTP/2 (after TLS with ALPN `h2` on `h2` clusters),
-/// and starts the connection's task.
-async fn connect(
-    endpoint: &Rc<EndpointRuntime>,
+/// Speaks HTTP/2 on `conn`, newly connected to endpoint `ep` (after TLS
+/// with ALPN `h2` on `h2` clusters): the handshake, the connection's task
+/// (which counts the connection closed when it ends), and a first stream.
+pub async fn handshake(
     cluster: &ClusterRuntime,
-) -> io::Result<Rc<H2Conn>> {
-    let plain = crate::lease::connect(endpoint.addr, cluster.spec.tls.as_ref()).await?;
-    let fd = plain.fd();
-    if let UpstreamStream::Tls(tls) = &plain.stream {
+    ep: usize,
+    conn: UpstreamConn,
+) -> io::Result<UpstreamConn> {
+    let endpoint = &cluster.endpoints[ep];
+    let fd = conn.fd();
+    if let UpstreamStream::Tls(tls) = &conn.stream {
         if tls.alpn_protocol().as_deref() != Some(&b"h2"[..]) {
             return Err(io::Error::other(
                 "the upstream did not agree to HTTP/2 (ALPN)",
             ));
         }
     }
-    let io = monoio_compat::StreamWrapper::new(plain.stream);
+    let io = monoio_compat::StreamWrapper::new(conn.stream);
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
@@ -135,7 +93,6 @@ async fn connect(
         .await
         .map_err(io::Error::other)?;
     let closed = Rc::new(Cell::new(false));
-    cluster.opened(endpoint_index(cluster, endpoint));
     let (done, owner) = (closed.clone(), endpoint.clone());
     monoio::spawn(async move {
         if let Err(e) = connection.await {
@@ -146,20 +103,37 @@ async fn connect(
         done.set(true);
         owner.open.set(owner.open.get().saturating_sub(1));
     });
-    Ok(Rc::new(H2Conn {
+    let conn = Rc::new(H2Conn {
         send,
         streams: Cell::new(0),
         closed,
         fd,
-    }))
+    });
+    endpoint.h2.borrow_mut().push(conn.clone());
+    Ok(stream_on(cluster, ep, conn))
 }
 
-fn endpoint_index(cluster: &ClusterRuntime, endpoint: &Rc<EndpointRuntime>) -> usize {
-    cluster
-        .endpoints
-        .iter()
-        .position(|e| Rc::ptr_eq(e, endpoint))
-        .unwrap_or_default()
+/// A new stream's worth of `conn`, as an upstream connection.
+fn stream_on(cluster: &ClusterRuntime, ep: usize, conn: Rc<H2Conn>) -> UpstreamConn {
+    conn.streams.set(conn.streams.get() + 1);
+    let scheme = if cluster.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let fd = conn.fd;
+    let stream = H2Stream {
+        conn,
+        scheme,
+        authority: cluster.endpoints[ep].label.clone(),
+        head: Vec::new(),
+        sender: None,
+        sent: false,
+        response: None,
+        pending: Bytes::new(),
+        reader: None,
+    };
+    UpstreamConn::new(UpstreamStream::H2(Box::new(stream)), fd)
 }
 
 /// One request's stream on an upstream HTTP/2 connection, as HTTP/1.1 bytes

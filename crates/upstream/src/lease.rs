@@ -80,7 +80,7 @@ pub async fn lease(
 ) -> Result<Lease<'_>, LeaseError> {
     let endpoint = &cluster.endpoints[ep];
     let conn = if cluster.spec.raw.protocol.is_h2() {
-        crate::h2::lease_stream(cluster, ep, pooled).await?
+        lease_h2(cluster, ep, pooled).await?
     } else {
         lease_http1(cluster, ep, pooled, verify_open).await?
     };
@@ -90,6 +90,36 @@ pub async fn lease(
         endpoint: ep,
         conn: Some(conn),
     })
+}
+
+/// A stream on an HTTP/2 connection with room (when `pooled`), else on a
+/// new one.
+async fn lease_h2(
+    cluster: &ClusterRuntime,
+    ep: usize,
+    pooled: bool,
+) -> Result<UpstreamConn, LeaseError> {
+    if let Some(stream) = pooled
+        .then(|| crate::h2::open_stream(cluster, ep))
+        .flatten()
+    {
+        return Ok(stream);
+    }
+    if !cluster.may_connect(ep) {
+        return Err(LeaseError::PoolFull);
+    }
+    let opening = async {
+        let conn = connect(cluster.endpoints[ep].addr, cluster.spec.tls.as_ref()).await?;
+        crate::h2::handshake(cluster, ep, conn).await
+    };
+    match monoio::time::timeout(cluster.spec.raw.connect_timeout, opening).await {
+        Ok(Ok(stream)) => {
+            cluster.opened(ep);
+            Ok(stream)
+        }
+        Ok(Err(_)) => Err(LeaseError::Connect),
+        Err(_) => Err(LeaseError::ConnectTimeout),
+    }
 }
 
 /// A pooled or new HTTP/1.1 connection.
@@ -125,7 +155,7 @@ async fn lease_http1(
 }
 
 /// Connects to an endpoint (with a TLS handshake for TLS clusters).
-pub(crate) async fn connect(
+async fn connect(
     addr: SocketAddr,
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> std::io::Result<UpstreamConn> {

@@ -218,6 +218,8 @@ impl ClusterRuntime {
             .endpoints
             .iter()
             .map(|e| {
+                // Pools are kept only for endpoints spoken to the same way.
+                let previous = previous.filter(|p| p.spec.raw.protocol == spec.raw.protocol);
                 if let Some(old) = previous.and_then(|p| {
                     p.endpoints
                         .iter()
