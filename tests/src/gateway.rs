@@ -94,6 +94,34 @@ impl TestGateway {
         }
     }
 
+    /// Starts a gateway on the config `make` writes, again with a new one
+    /// when a port it names was taken meanwhile (demo upstreams' ports come
+    /// from [`crate::util::closed_port`], and a parallel test's connection
+    /// may take one before the gateway binds it): at most 5 tries.
+    pub fn start_with_fresh_ports(make: impl Fn() -> String) -> TestGateway {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let toml = make();
+            let dir = TempDir::new();
+            let config_path = dir.write("gateway.toml", &toml);
+            let config = hypergate::config::load_str(&toml, &config_path.display().to_string())
+                .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n{toml}"));
+            match Gateway::start(config, Some(config_path.clone())) {
+                Ok(gateway) => {
+                    return TestGateway {
+                        addr: gateway.listener_addrs[0].1,
+                        admin: gateway.admin_addr,
+                        gateway: Some(gateway),
+                        config_path,
+                        _dir: dir,
+                    }
+                }
+                Err(e) => last = format!("{e:?}"),
+            }
+        }
+        panic!("gateway does not start after 5 tries: {last}");
+    }
+
     /// The gateway itself (controller, addresses).
     pub fn inner(&self) -> &Gateway {
         self.gateway.as_ref().expect("gateway running")

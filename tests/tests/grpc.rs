@@ -128,9 +128,12 @@ fn metric(metrics: &str, series: &str) -> u64 {
 #[test]
 fn grpc_health_checks_take_an_endpoint_out() {
     let unhealthy = Server::start("grpc_server.py", &[]);
-    let demo = closed_port();
-    let gw = TestGateway::start(&format!(
-        r#"{preamble}protocols = ["h2c"]
+    let demo = std::cell::Cell::new(closed_port());
+    let gw = TestGateway::start_with_fresh_ports(|| {
+        demo.set(closed_port());
+        let demo = demo.get();
+        format!(
+            r#"{preamble}protocols = ["h2c"]
 
 [[demo_upstreams]]
 address = "{demo}"
@@ -159,9 +162,11 @@ cluster = "checked"
 [routes.match]
 path_prefix = "/hypergate.demo.Echo/"
 "#,
-        preamble = preamble(1),
-        bad = unhealthy.addr,
-    ));
+            preamble = preamble(1),
+            bad = unhealthy.addr,
+        )
+    });
+    let demo = demo.get();
     let healthy = |endpoint: std::net::SocketAddr| {
         let series =
             format!("hypergate_upstream_healthy{{cluster=\"checked\",endpoint=\"{endpoint}\"}}");
@@ -298,9 +303,10 @@ fn resetting_upstream() -> std::net::SocketAddr {
 /// analysis, under load from h2load sending unary calls.
 #[test]
 fn a_failing_grpc_canary_is_rolled_back() {
-    let (v1, v2) = (closed_port(), closed_port());
-    let gw = TestGateway::start(&format!(
-        r#"{preamble}protocols = ["h2c"]
+    let gw = TestGateway::start_with_fresh_ports(|| {
+        let (v1, v2) = (closed_port(), closed_port());
+        format!(
+            r#"{preamble}protocols = ["h2c"]
 
 [[demo_upstreams]]
 address = "{v1}"
@@ -342,8 +348,9 @@ canary = "v2"
 steps = [{{ weight = 20, bake = "60s", min_requests = 1000 }}, {{ weight = 50, bake = "60s", min_requests = 1000 }}]
 latency_tolerance = 3.0
 "#,
-        preamble = preamble(1),
-    ));
+            preamble = preamble(1),
+        )
+    });
     // One unary call: a 5-byte gRPC frame header and a 16-byte message.
     let dir = hypergate_tests::TempDir::new();
     let mut message = vec![0, 0, 0, 0, 16];

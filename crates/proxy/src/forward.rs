@@ -771,29 +771,42 @@ impl Reply<'_> {
             ex.bytes_in = body_bytes.get();
             responded
         };
-        let mut request = std::pin::pin!(request);
-        let mut response = std::pin::pin!(response);
-        let mut sending = true;
-        let responded = loop {
-            monoio::select! {
-                r = &mut response => break r,
-                sent = &mut request, if sending => {
-                    sending = false;
-                    match sent {
-                        Ok(p) => body_bytes.set(p.bytes),
-                        // The client cancelled or its body failed: the call
-                        // ends here, the upstream stream is dropped (reset).
-                        Err(PumpError::Destination) => {
-                            return Err(Failure::Write.error());
+        let ended = {
+            let mut request = std::pin::pin!(request);
+            let mut response = std::pin::pin!(response);
+            let mut sending = true;
+            loop {
+                monoio::select! {
+                    r = &mut response => break r,
+                    sent = &mut request, if sending => {
+                        sending = false;
+                        match sent {
+                            Ok(p) => body_bytes.set(p.bytes),
+                            // The upstream stopped reading (it may have
+                            // answered already, e.g. an early error): its
+                            // answer still comes.
+                            Err(PumpError::Destination) => {}
+                            // The client cancelled, or its body broke a
+                            // limit: the call ends here, and the upstream
+                            // stream is reset when it is dropped.
+                            Err(e) => break Err(GatewayError::request_body(e)),
                         }
-                        Err(e) => return Err(GatewayError::request_body(e)),
                     }
                 }
             }
         };
-        // Whatever the client still sends belongs to a call that is over.
-        responded?;
-        Ok(After::Close)
+        match ended {
+            Ok(_) => Ok(After::Close),
+            // Before the response head the client gets a status; after it, a
+            // status written now could land inside a message: the stream is
+            // reset (HTTP/2) or the connection closed (HTTP/1.1) instead.
+            Err(e) if ex.status == 0 => Err(e),
+            Err(e) => {
+                ex.failed(e.kind);
+                ex.close = true;
+                Ok(After::Close)
+            }
+        }
     }
 }
 

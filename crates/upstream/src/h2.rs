@@ -31,7 +31,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
-/// Largest response or request head the bridge collects.
+/// Largest request head the bridge collects, and largest header list
+/// accepted from the upstream.
 const MAX_HEAD: usize = 256 * 1024;
 
 /// One HTTP/2 connection to an endpoint.
@@ -89,6 +90,9 @@ pub async fn handshake(
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_concurrent_reset_streams(64)
+        // An upstream's header block (or trailers) is bounded like the
+        // HTTP/1.1 head the bridge makes of it.
+        .max_header_list_size(MAX_HEAD as u32)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(io::Error::other)?;
