@@ -12,7 +12,7 @@
 //! scenario's chat completion as JSON, with `--ttfb` for streamed answers (see
 //! `bench/src/bin/loadgen.rs`). It prints the same JSON line as wrk's script.
 //!
-//! The HTTP/2 scenario uses `h2load` (nghttp2): closed loop like wrk, cleartext
+//! The HTTP/2 scenarios use `h2load` (nghttp2): closed loop like wrk, cleartext
 //! HTTP/2 with prior knowledge, `-c` connections with `-m` streams in flight on
 //! each, for `-D` seconds, bound to the generator's CPUs like wrk. Its summary
 //! gives the request counts and req/s (see [`parse_h2load_summary`]); the
@@ -21,7 +21,12 @@
 //! the response), read line by line into a count per distinct latency (see
 //! [`LatencyCounts`]), so memory follows the spread of latencies, not the
 //! number of requests. h2load appends to that file, so it is removed first.
-//! Its `-N` (connection inactivity timeout) plays wrk's `--timeout`.
+//! Its `-N` (connection inactivity timeout) plays wrk's `--timeout`. In the
+//! gRPC scenario each request is a unary call: h2load `POST`s the scenario's
+//! one-message body from a file written beside the log before each run
+//! (`--data`), with gRPC's headers. h2load counts a `200` as success; the
+//! `grpc-status` in the trailers it does not read (the targets' readiness
+//! probe checks it, see `targets`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,7 +39,7 @@ use serde::Deserialize;
 
 use super::layout::Placement;
 use super::process::{self, Guarded, Interrupt, Output};
-use super::scenario::{H2c, Llm, RequestKind, Scenario};
+use super::scenario::{Grpc, H2c, Llm, RequestKind, Scenario};
 
 /// wrk's per-request timeout (h2load's connection inactivity timeout).
 const REQUEST_TIMEOUT_SECS: u64 = 5;
@@ -84,7 +89,7 @@ struct H2loadSummary {
 pub struct LoadTools {
     /// wrk, needed when a closed-loop HTTP/1.1 scenario runs.
     pub wrk: Option<PathBuf>,
-    /// h2load, needed when the HTTP/2 scenario runs.
+    /// h2load, needed when an HTTP/2 scenario runs.
     pub h2load: Option<PathBuf>,
     /// `target/release/loadgen`.
     pub loadgen: PathBuf,
@@ -112,7 +117,8 @@ pub struct LoadRun<'a> {
     /// The generators.
     pub tools: &'a LoadTools,
     /// File for the generator's output; h2load's per-request log goes beside
-    /// it (see [`LoadRun::request_log`]).
+    /// it (see [`LoadRun::request_log`]), and so does a gRPC call's body (see
+    /// [`LoadRun::body_file`]).
     pub log: PathBuf,
 }
 
@@ -160,7 +166,14 @@ impl LoadRun<'_> {
         self.log.with_extension("requests.tsv")
     }
 
-    /// The h2load command line of the HTTP/2 scenario, without CPU binding.
+    /// The body h2load sends with every gRPC call (`--data`): the output file
+    /// with the extension `body`.
+    fn body_file(&self) -> PathBuf {
+        self.log.with_extension("body")
+    }
+
+    /// The h2load command line of the HTTP/2 scenarios, without CPU binding;
+    /// gRPC calls `POST` [`LoadRun::body_file`] with gRPC's headers.
     fn h2load_command(&self, h2load: &Path, h2c: H2c) -> Command {
         let threads = self.generator.workers.clamp(1, self.scenario.connections);
         let mut command = Command::new(h2load);
@@ -176,6 +189,12 @@ impl LoadRun<'_> {
                 "--connection-inactivity-timeout={REQUEST_TIMEOUT_SECS}"
             ))
             .arg(format!("--log-file={}", self.request_log().display()));
+        if self.scenario.grpc.is_some() {
+            command.arg(format!("--data={}", self.body_file().display()));
+            for header in Grpc::HEADERS {
+                command.arg(format!("--header={header}"));
+            }
+        }
         for header in self.headers {
             command.arg(format!("--header={header}"));
         }
@@ -236,6 +255,11 @@ impl LoadRun<'_> {
         if name == "h2load" {
             // h2load appends to its log; a warm-up's or earlier run's lines must go.
             remove_if_present(&self.request_log())?;
+        }
+        if let Some(grpc) = self.scenario.grpc {
+            let body = self.body_file();
+            std::fs::write(&body, grpc.body())
+                .with_context(|| format!("writing {}", body.display()))?;
         }
         let mut child = Guarded::spawn(
             name,
@@ -541,6 +565,39 @@ mod tests {
         let run = h2_run(&missing, &placement, PathBuf::from("/tmp/h2load.log"));
         let error = run.command().map(|(name, _)| name).expect_err("no h2load");
         assert!(format!("{error:#}").contains("nghttp2-client"));
+    }
+
+    #[test]
+    fn the_grpc_scenario_posts_one_message_with_grpc_headers() {
+        let placement = Placement {
+            cpus: Some(vec![0]),
+            workers: 1,
+        };
+        let tools = tools();
+        let run = LoadRun {
+            scenario: scenario::find("grpc-unary").expect("exists"),
+            ..h2_run(&tools, &placement, PathBuf::from("/tmp/h2load-nginx-2.log"))
+        };
+        assert_eq!(run.command().map(|(name, _)| name).ok(), Some("h2load"));
+        assert_eq!(run.body_file(), Path::new("/tmp/h2load-nginx-2.body"));
+        assert_eq!(
+            arguments(&run),
+            [
+                "--clients=64",
+                "--max-concurrent-streams=10",
+                "--threads=1",
+                "--duration=4",
+                "--connection-inactivity-timeout=5",
+                "--log-file=/tmp/h2load-nginx-2.requests.tsv",
+                "--data=/tmp/h2load-nginx-2.body",
+                "--header=content-type: application/grpc",
+                "--header=te: trailers",
+                "http://127.0.0.1:8080/hypergate.demo.Echo/Echo",
+            ]
+        );
+        // h2-get sends no body.
+        let get = h2_run(&tools, &placement, PathBuf::from("/tmp/h2load.log"));
+        assert!(!arguments(&get).iter().any(|arg| arg.starts_with("--data")));
     }
 
     #[test]

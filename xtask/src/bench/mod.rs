@@ -3,12 +3,13 @@
 //!
 //! How a run goes:
 //! 1. Check that wrk, nginx and HAProxy are installed (and LiteLLM, when an LLM
-//!    scenario runs, and h2load, when the HTTP/2 scenario does); a missing peer
+//!    scenario runs, and h2load, when an HTTP/2 scenario does); a missing peer
 //!    is skipped with the line that installs it (nothing is installed here), a
 //!    missing wrk stops a run that needs it, a missing h2load skips the HTTP/2
-//!    scenario with the line that installs it.
+//!    scenarios with the line that installs it.
 //! 2. `cargo build --release` the benchmark tools (and the mock LLM provider for
-//!    LLM scenarios) and Hypergate; a Hypergate that
+//!    LLM scenarios) and Hypergate (needed by the gRPC scenario even without
+//!    the hypergate target: it serves the demo gRPC upstream); a Hypergate that
 //!    does not build stops the run with that message. When the eBPF scenario is
 //!    selected, also Hypergate with `--features ebpf`, into its own target
 //!    directory (`<target dir>/bench-ebpf`) so the plain binary is untouched;
@@ -17,7 +18,9 @@
 //!    that commit of Hypergate, in a worktree of its own with its own target
 //!    directory (see [`baseline`]); a baseline that does not build stops the run.
 //! 3. For each layout (see [`layout`]) and scenario (see [`scenario`]): start the
-//!    mock upstream (and, in the tracing scenarios, a second `mock-upstream` as
+//!    mock upstream (the mock LLM in LLM scenarios, a `hypergate` serving only
+//!    its demo gRPC upstream in the gRPC scenario, see
+//!    [`targets::start_grpc_upstream`]; and, in the tracing scenarios, a second `mock-upstream` as
 //!    the OTLP collector, see [`Bench::start_collector`]), then every target on
 //!    free 127.0.0.1 ports with configs in a
 //!    scratch directory (see [`targets`]), then run the rounds, visiting the
@@ -31,8 +34,9 @@
 //!    since), it is skipped in that scenario with the reason, and that alone
 //!    does not fail the run. Each visit is a short wrk warm-up, then a measured
 //!    wrk run with the proxy's CPU time and memory and the whole machine's CPU
-//!    time sampled from `/proc` around it. The HTTP/2 scenario does the same
-//!    with h2load (h2c, several streams per connection) and no `direct`. LLM
+//!    time sampled from `/proc` around it. The HTTP/2 scenarios do the same
+//!    with h2load (h2c, several streams per connection), `h2-get` without
+//!    `direct`, `grpc-unary` with gRPC calls. LLM
 //!    scenarios do the same with the mock LLM provider
 //!    and `loadgen` at a fixed rate; the soak is one long run through Hypergate
 //!    with its memory sampled every few seconds.
@@ -82,7 +86,7 @@ use targets::{Programs, RunningTarget, Target, TargetSetup};
 /// The line that installs every external tool the benchmark uses.
 const INSTALL_LINE: &str = "apt-get install -y nginx haproxy wrk nghttp2-client";
 
-/// The line that installs h2load, the HTTP/2 scenario's load generator.
+/// The line that installs h2load, the HTTP/2 scenarios' load generator.
 const H2LOAD_INSTALL_LINE: &str = "apt-get install -y nghttp2-client";
 
 /// Where the benchmark looks for LiteLLM's `litellm` command besides PATH,
@@ -286,6 +290,16 @@ impl Plan {
         self.scenarios.iter().any(|scenario| scenario.llm.is_some())
     }
 
+    /// Whether the run needs the `hypergate` binary: as a target, or as the
+    /// gRPC scenario's upstream.
+    fn needs_hypergate_binary(&self) -> bool {
+        self.targets.contains(&Target::Hypergate)
+            || self
+                .scenarios
+                .iter()
+                .any(|scenario| scenario.grpc.is_some())
+    }
+
     /// The targets `scenario` runs, in round order: the selected ones that
     /// apply to it (see [`Target::runs_in`]); for a pair, Hypergate without
     /// and with the feature; for the soak, Hypergate alone (none if
@@ -338,7 +352,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let tools = find_tools(&mut plan)?;
     let target_dir = target_dir(&root);
     let release = target_dir.join("release");
-    let with_hypergate = plan.targets.contains(&Target::Hypergate);
+    let with_hypergate = plan.needs_hypergate_binary();
     let with_llm = plan.has_llm();
     if !args.no_build {
         build(&root, with_hypergate, with_llm)?;
@@ -644,14 +658,25 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Starts the scenario's upstream (`mock-upstream`, or `mock-llm` without
-    /// any delay for LLM scenarios) and returns it with its address.
+    /// Starts the scenario's upstream (`mock-upstream`, `mock-llm` without
+    /// any delay for LLM scenarios, or Hypergate's demo gRPC upstream for the
+    /// gRPC scenario) and returns it with its address.
     fn start_upstream(
         &self,
         scenario: &Scenario,
         placement: &Placement,
         dir: &Path,
     ) -> anyhow::Result<(Guarded, SocketAddr)> {
+        if let Some(grpc) = scenario.grpc {
+            return targets::start_grpc_upstream(
+                &self.programs.hypergate,
+                grpc,
+                scenario.path,
+                placement,
+                dir,
+                self.interrupt,
+            );
+        }
         let (name, command) = if scenario.llm.is_some() {
             let mut command = Command::new(self.mock_llm);
             command.args([
@@ -931,9 +956,9 @@ struct Tools {
 }
 
 /// Finds the tools the plan's scenarios need: nginx and haproxy for the
-/// closed-loop ones, wrk for those over HTTP/1.1, h2load for the HTTP/2 one,
+/// closed-loop ones, wrk for those over HTTP/1.1, h2load for the HTTP/2 ones,
 /// LiteLLM for the LLM ones. Drops missing peers from the targets with a note
-/// that says how to install them; a missing h2load drops the HTTP/2 scenario
+/// that says how to install them; a missing h2load drops the HTTP/2 scenarios
 /// the same way; a missing wrk is an error.
 fn find_tools(plan: &mut Plan) -> anyhow::Result<Tools> {
     let find = |name: &str, needed: bool| needed.then(|| find_program(name)).flatten();
@@ -1272,6 +1297,37 @@ mod tests {
         assert_eq!(
             with_base.targets_for(with_base.scenarios[0]),
             [Target::Hypergate, Target::HypergateBase]
+        );
+    }
+
+    #[test]
+    fn the_grpc_scenario_runs_every_proxy_and_direct_not_in_quick() {
+        let plan = plan(&["--scenario=grpc-unary"]).expect("valid");
+        let [grpc] = plan.scenarios[..] else {
+            panic!("one scenario");
+        };
+        assert_eq!(
+            plan.targets_for(grpc),
+            [
+                Target::Hypergate,
+                Target::Nginx,
+                Target::Haproxy,
+                Target::Direct
+            ]
+        );
+        assert!(!needs_wrk(&plan));
+        assert!(names(&self::plan(&[]).expect("valid")).contains(&"grpc-unary"));
+        assert!(!names(&self::plan(&["--quick"]).expect("valid")).contains(&"grpc-unary"));
+        // The upstream is Hypergate's demo: built even when only peers run.
+        let peers = self::plan(&["--scenario=grpc-unary", "--proxy=nginx"]).expect("valid");
+        assert!(peers.needs_hypergate_binary());
+        let plain = self::plan(&["--scenario=h2-get", "--proxy=nginx"]).expect("valid");
+        assert!(!plain.needs_hypergate_binary());
+        let with_base = self::plan(&["--scenario=grpc-unary", "--baseline=HEAD~1", "--no-peers"])
+            .expect("valid");
+        assert_eq!(
+            with_base.targets_for(with_base.scenarios[0]),
+            [Target::Hypergate, Target::HypergateBase, Target::Direct]
         );
     }
 

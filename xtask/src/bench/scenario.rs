@@ -28,6 +28,13 @@
 //! each proxy's HTTP/2 termination; `direct` does not run there (the mock
 //! upstream speaks HTTP/1.1 only).
 //!
+//! The gRPC scenario ([`Scenario::grpc`]) is HTTP/2 load too, from `h2load`
+//! with the same connections and streams, but each request is a gRPC unary
+//! call (`POST /hypergate.demo.Echo/Echo` with one length-prefixed message,
+//! see [`Grpc::body`]) to the gateway's own demo gRPC upstream, an h2c server
+//! that echoes the message back with `grpc-status: 0` in trailers. Every proxy
+//! speaks h2c on both sides, and `direct` runs (the upstream speaks it).
+//!
 //! LLM scenarios ([`Scenario::llm`]) send OpenAI chat completions at a fixed rate
 //! with `loadgen` (open loop) instead of wrk, to the mock LLM provider
 //! (`mock-llm`, no delays) instead of the mock upstream, directly and through
@@ -146,6 +153,43 @@ pub struct H2c {
     pub streams_per_connection: usize,
 }
 
+/// gRPC unary calls to `hypergate.demo.Echo/Echo` on the gateway's demo gRPC
+/// upstream (`[[demo_upstreams]] kind = "grpc"`), which echoes each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grpc {
+    /// Payload bytes of the call's one message (the body adds gRPC's 5-byte
+    /// prefix); the answer's message is the same.
+    pub message_bytes: u32,
+}
+
+/// Bytes of gRPC's message prefix: the compressed flag and a 4-byte length.
+const GRPC_PREFIX_BYTES: usize = 5;
+
+impl Grpc {
+    /// The headers every call carries besides HTTP/2's pseudo-headers: gRPC's
+    /// content type, and `te: trailers`, which gRPC requires of clients.
+    pub const HEADERS: [&'static str; 2] = ["content-type: application/grpc", "te: trailers"];
+
+    /// Size of the request body (and of the echoed answer's): one message
+    /// with its prefix.
+    pub const fn body_bytes(self) -> usize {
+        GRPC_PREFIX_BYTES + self.message_bytes as usize
+    }
+
+    /// The request body: one uncompressed message (flag 0, big-endian length)
+    /// of `message_bytes` ASCII `x`, which the demo takes as opaque bytes.
+    pub fn body(self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.body_bytes());
+        body.push(0);
+        body.extend_from_slice(&self.message_bytes.to_be_bytes());
+        body.resize(self.body_bytes(), b'x');
+        body
+    }
+}
+
+/// The gRPC scenario's call: a 100-byte message.
+const ECHO_100: Grpc = Grpc { message_bytes: 100 };
+
 /// The edge policy Hypergate applies (peers always run their plain config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Edge {
@@ -200,8 +244,13 @@ pub struct Scenario {
     pub llm: Option<Llm>,
     /// The load is HTTP/2 with prior knowledge (h2c) from `h2load`, several
     /// streams per connection, instead of HTTP/1.1 from wrk; every proxy's
-    /// listener speaks h2c, `direct` does not run.
+    /// listener speaks h2c, `direct` does not run (unless [`Scenario::grpc`]).
     pub h2c: Option<H2c>,
+    /// The HTTP/2 load ([`Scenario::h2c`], required) is gRPC unary calls to
+    /// the demo gRPC upstream (a `hypergate` process of its own) instead of
+    /// the mock upstream; every proxy talks h2c to it, and `direct` runs.
+    /// `request` and `upstream_body_bytes` give the call's body size.
+    pub grpc: Option<Grpc>,
     /// Part of the `--quick` smoke subset.
     pub quick: bool,
 }
@@ -227,6 +276,7 @@ const fn small_get(name: &'static str, summary: &'static str, connections: usize
         pair: None,
         llm: None,
         h2c: None,
+        grpc: None,
         quick: false,
     }
 }
@@ -355,6 +405,24 @@ pub const SCENARIOS: &[Scenario] = &[
             "the GET of get-c64 over HTTP/2 with prior knowledge (h2c, h2load): 64 connections, \
              10 concurrent streams each; every proxy's listener speaks h2c, HTTP/1.1 upstream \
              (direct does not run: the mock upstream speaks HTTP/1.1 only)",
+            64,
+        )
+    },
+    Scenario {
+        path: "/hypergate.demo.Echo/Echo",
+        request: RequestKind::Post {
+            body_bytes: ECHO_100.body_bytes(),
+        },
+        upstream_body_bytes: ECHO_100.body_bytes(),
+        h2c: Some(H2c {
+            streams_per_connection: 10,
+        }),
+        grpc: Some(ECHO_100),
+        ..small_get(
+            "grpc-unary",
+            "gRPC unary calls (hypergate.demo.Echo/Echo, a 100-byte message) over h2c \
+             (h2load): 64 connections, 10 concurrent streams each, to the gateway's demo gRPC \
+             upstream; every proxy speaks h2c on both sides, and direct runs too",
             64,
         )
     },
@@ -570,9 +638,63 @@ mod tests {
             .filter(|scenario| scenario.h2c.is_some())
             .map(|scenario| scenario.name)
             .collect();
-        assert_eq!(others, ["h2-get"]);
+        assert_eq!(others, ["h2-get", "grpc-unary"]);
+        assert!(h2.grpc.is_none());
         assert!(!Target::Direct.runs_in(h2) && Target::Direct.runs_in(plain));
         assert!(Target::Nginx.runs_in(h2) && Target::Haproxy.runs_in(h2));
+    }
+
+    #[test]
+    fn grpc_unary_is_h2_get_load_of_echo_calls_outside_the_smoke_set() {
+        let grpc = find("grpc-unary").expect("scenario exists");
+        let h2 = find("h2-get").expect("scenario exists");
+        assert_eq!(grpc.grpc, Some(Grpc { message_bytes: 100 }));
+        assert_eq!((grpc.h2c, grpc.connections), (h2.h2c, h2.connections));
+        assert_eq!(grpc.path, "/hypergate.demo.Echo/Echo");
+        assert!(!grpc.quick && !grpc.new_connection_per_request && !grpc.access_log);
+        assert!(!grpc.tls && grpc.edge == Edge::None);
+        assert!(grpc.pair.is_none() && grpc.llm.is_none());
+        assert_eq!(grpc.hypergate_prefix_routes, 0);
+        let only: Vec<_> = SCENARIOS
+            .iter()
+            .filter(|scenario| scenario.grpc.is_some())
+            .map(|scenario| scenario.name)
+            .collect();
+        assert_eq!(only, ["grpc-unary"]);
+        assert!(SCENARIOS
+            .iter()
+            .all(|scenario| scenario.grpc.is_none() || scenario.h2c.is_some()));
+        // Every proxy, and direct too: the demo upstream speaks h2c.
+        for target in [Target::Hypergate, Target::Nginx, Target::Haproxy] {
+            assert!(target.runs_in(grpc), "{target:?}");
+        }
+        assert!(Target::Direct.runs_in(grpc) && !Target::Litellm.runs_in(grpc));
+    }
+
+    #[test]
+    fn the_grpc_body_is_one_length_prefixed_message() {
+        let call = find("grpc-unary").and_then(|s| s.grpc).expect("gRPC");
+        let body = call.body();
+        assert_eq!(body[..5], [0, 0, 0, 0, 100]);
+        assert_eq!(body.len(), 105);
+        assert!(body[5..].iter().all(|&byte| byte == b'x'));
+        let scenario = find("grpc-unary").expect("scenario exists");
+        assert_eq!(
+            scenario.request,
+            RequestKind::Post {
+                body_bytes: body.len()
+            }
+        );
+        assert_eq!(scenario.upstream_body_bytes, body.len());
+        let big = Grpc {
+            message_bytes: 70_000,
+        };
+        assert_eq!(big.body()[..5], [0, 0, 1, 0x11, 0x70]);
+        assert_eq!(big.body().len(), big.body_bytes());
+        assert_eq!(
+            Grpc::HEADERS,
+            ["content-type: application/grpc", "te: trailers"]
+        );
     }
 
     #[test]

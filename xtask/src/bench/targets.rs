@@ -24,10 +24,21 @@
 //! - in the HTTP/2 scenario, every proxy's listener speaks cleartext HTTP/2 with
 //!   prior knowledge (h2c) and still talks HTTP/1.1 upstream: Hypergate's with
 //!   `protocols = ["http1", "h2c"]`, nginx's with `listen ADDR http2` (nginx
-//!   1.22 then speaks h2c only on that port), HAProxy's with `bind ADDR proto h2`.
+//!   1.22 then speaks h2c only on that port), HAProxy's with `bind ADDR proto h2`;
+//! - in the gRPC scenario, the listeners speak h2c the same way (Hypergate's
+//!   with `protocols = ["h2c"]` alone) and every proxy speaks h2c to the demo
+//!   gRPC upstream too, multiplexing calls on pooled connections where it can:
+//!   Hypergate's cluster with `protocol = "h2c"` and `[clusters.pool]
+//!   max_streams` ([`GRPC_MAX_STREAMS`]), nginx with `grpc_pass` to its
+//!   `keepalive` upstream (one call at a time per upstream connection: nginx
+//!   does not multiplex upstream), HAProxy with `server ... proto h2`. The
+//!   upstream is a second `hypergate` process whose config serves a
+//!   `[[demo_upstreams]] kind = "grpc"` (see [`start_grpc_upstream`]), plus the
+//!   listener and route every config needs, which nothing calls.
 //!
 //! `direct` sends the load straight to the upstream: the no-proxy limit. It does
-//! not run in the HTTP/2 scenario (the mock upstream speaks HTTP/1.1 only).
+//! not run in the HTTP/2 scenario (the mock upstream speaks HTTP/1.1 only); it
+//! does in the gRPC one.
 //!
 //! In LLM scenarios the upstream is the mock LLM provider, Hypergate's config
 //! is one AI route (`[routes.ai]`) with the mock as its only provider and model
@@ -60,6 +71,8 @@
 //! through it (with the scenario's credential headers; over TLS with `curl -k`
 //! in TLS scenarios; over h2c with `curl --http2-prior-knowledge` in the HTTP/2
 //! scenario, so a listener that does not speak it never counts as started; in
+//! the gRPC scenario one Echo call over h2c, which must come back with
+//! `grpc-status: 0` and the message echoed (see [`probe_grpc`]); in
 //! LLM scenarios the scenario's chat completion, and up to
 //! [`LITELLM_START_TIMEOUT`] for LiteLLM, which starts slowly) comes back `200`; for Hypergate, `/healthz` on its admin
 //! port must also answer `200` if anything listens there. `hypergate-ebpf` must
@@ -78,7 +91,7 @@ use anyhow::{bail, Context as _};
 use super::edge::{EdgeMaterial, CONSUMER, JWT_AUDIENCE, JWT_ISSUER};
 use super::layout::Placement;
 use super::process::{Guarded, Interrupt, Output};
-use super::scenario::{Edge, Llm, Scenario, LLM_MODEL};
+use super::scenario::{Edge, Grpc, Llm, Scenario, LLM_MODEL};
 
 /// How long a target gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -107,6 +120,14 @@ pub const TRACE_SAMPLED_RATIO: f64 = 0.01;
 /// exporter (`flush_interval`, the default): with every request sampled the
 /// batches fill long before; with 1% this paces the exports.
 const TRACE_FLUSH_INTERVAL: &str = "1s";
+
+/// Streams Hypergate's h2c cluster puts on one upstream connection before it
+/// opens another (`[clusters.pool] max_streams`, its default written out).
+const GRPC_MAX_STREAMS: usize = 100;
+
+/// The file, in a target's directory, holding the gRPC call the readiness
+/// probe sends.
+const GRPC_PROBE_BODY: &str = "grpc-call.body";
 
 /// A counter the probe exports once it has seen a connection (the readiness
 /// request made one), with its label set opening.
@@ -209,12 +230,13 @@ impl Target {
 
     /// Whether this target runs in `scenario`: LiteLLM only in LLM scenarios,
     /// nginx and HAProxy only outside them, `direct` everywhere but the HTTP/2
-    /// scenario (the mock upstream speaks HTTP/1.1 only).
+    /// scenario (the mock upstream speaks HTTP/1.1 only; the gRPC scenario's
+    /// demo upstream speaks h2c).
     pub fn runs_in(self, scenario: &Scenario) -> bool {
         match self {
             Self::Litellm => scenario.llm.is_some(),
             Self::Nginx | Self::Haproxy => scenario.llm.is_none(),
-            Self::Direct => scenario.h2c.is_none(),
+            Self::Direct => scenario.h2c.is_none() || scenario.grpc.is_some(),
             Self::Hypergate
             | Self::HypergateEbpf
             | Self::HypergateCallstore
@@ -247,7 +269,8 @@ pub struct Programs {
 pub struct TargetSetup<'a> {
     /// The scenario, for its path and access-log setting.
     pub scenario: &'a Scenario,
-    /// The mock upstream's address.
+    /// The upstream's address: the mock upstream's, the mock LLM's, or the
+    /// demo gRPC upstream's.
     pub upstream: SocketAddr,
     /// The proxy's CPUs and worker count.
     pub placement: &'a Placement,
@@ -321,15 +344,13 @@ pub fn start(
                 &config,
                 hypergate_target_config(target, setup, address, admin),
             )?;
-            let mut command = Command::new(program);
-            command.arg("run").arg("--config").arg(&config);
-            for (name, _) in std::env::vars_os() {
-                if name.to_string_lossy().starts_with("OTEL_") {
-                    command.env_remove(name);
-                }
-            }
             let log = Output::combined(setup.dir.join("hypergate.log"));
-            let process = Guarded::spawn(target.name(), command, cpus, log)?;
+            let process = Guarded::spawn(
+                target.name(),
+                hypergate_command(program, &config),
+                cpus,
+                log,
+            )?;
             (address, Some(admin), Some(process))
         }
         Target::Nginx => {
@@ -421,12 +442,18 @@ pub fn start(
         }
         .body()
     });
+    let grpc_body = setup
+        .scenario
+        .grpc
+        .map(|grpc| write_grpc_body(grpc, &setup.dir))
+        .transpose()?;
     let probe = Probe {
         path: setup.scenario.path,
         headers: &setup.edge.headers,
         tls: setup.scenario.tls && target != Target::Direct,
         h2c: setup.scenario.h2c.is_some() && target != Target::Direct,
         json_body: chat_body.as_deref(),
+        grpc: setup.scenario.grpc.zip(grpc_body.as_deref()),
     };
     let timeout = if target == Target::Litellm {
         LITELLM_START_TIMEOUT
@@ -439,6 +466,91 @@ pub fn start(
         wait_for_ebpf_probe(&mut running, admin, interrupt)?;
     }
     Ok(running)
+}
+
+/// `hypergate run --config CONFIG`, without the `OTEL_*` variables of this
+/// environment (see the module docs).
+fn hypergate_command(program: &Path, config: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.arg("run").arg("--config").arg(config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Writes the body of the gRPC call the readiness probe sends into `dir`
+/// and returns its path.
+fn write_grpc_body(grpc: Grpc, dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join(GRPC_PROBE_BODY);
+    std::fs::write(&path, grpc.body()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Starts the gRPC scenario's upstream: Hypergate (`program`) serving a demo
+/// gRPC upstream on a free port, its files in `dir`, bound to the placement's
+/// CPUs (the demo serves on one thread of its own; the one shard the config
+/// asks for idles). Returns once an Echo call to `path` comes back with
+/// `grpc-status: 0` and the message.
+pub fn start_grpc_upstream(
+    program: &Path,
+    grpc: Grpc,
+    path: &str,
+    placement: &Placement,
+    dir: &Path,
+    interrupt: &Interrupt,
+) -> anyhow::Result<(Guarded, SocketAddr)> {
+    let demo = free_port()?;
+    let config = dir.join("upstream.toml");
+    std::fs::write(
+        &config,
+        grpc_upstream_config(demo, free_port()?, free_port()?),
+    )?;
+    let process = Guarded::spawn(
+        "demo gRPC upstream (hypergate)",
+        hypergate_command(program, &config),
+        placement.cpus.as_deref(),
+        Output::combined(dir.join("upstream.log")),
+    )?;
+    let mut running = RunningTarget {
+        target: Target::Direct,
+        address: demo,
+        admin: None,
+        process: Some(process),
+    };
+    let body = write_grpc_body(grpc, dir)?;
+    let probe = Probe {
+        path,
+        headers: &[],
+        tls: false,
+        h2c: true,
+        json_body: None,
+        grpc: Some((grpc, &body)),
+    };
+    wait_until_ready(&mut running, &probe, None, START_TIMEOUT, interrupt)
+        .context("the demo gRPC upstream did not start")?;
+    let process = running.process.take().context("the upstream process")?;
+    Ok((process, demo))
+}
+
+/// The config of the gRPC scenario's upstream process: the demo gRPC upstream
+/// at `demo`, and what every Hypergate config must have besides (a listener at
+/// `listen`, a cluster, a route, the admin listener at `admin`), which the
+/// benchmark never calls; no access log, no call store.
+fn grpc_upstream_config(demo: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "[server]\nshards = 1\npin_cores = false\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n\
+         [[listeners]]\nname = \"unused\"\naddress = \"{listen}\"\n\n\
+         [access_log]\nenabled = false\n\n\
+         [hypercare.store]\nenabled = false\n\n\
+         [[clusters]]\nname = \"unused\"\nendpoints = [{{ address = \"{demo}\" }}]\n\n\
+         [[routes]]\nname = \"unused\"\ncluster = \"unused\"\n\
+         [routes.match]\npath_prefix = \"/\"\n\n\
+         [[demo_upstreams]]\naddress = \"{demo}\"\nname = \"bench\"\nkind = \"grpc\"\n"
+    )
 }
 
 /// What Hypergate's call store has done so far, from its admin `/metrics`.
@@ -548,7 +660,8 @@ fn wait_for_ebpf_probe(
     }
 }
 
-/// The readiness request for a target: `GET path`, or `POST path` with a JSON body.
+/// The readiness request for a target: `GET path`, or `POST path` with a JSON
+/// body, or a gRPC call.
 #[derive(Debug)]
 struct Probe<'a> {
     path: &'a str,
@@ -557,6 +670,8 @@ struct Probe<'a> {
     /// HTTP/2 with prior knowledge over cleartext TCP.
     h2c: bool,
     json_body: Option<&'a str>,
+    /// A gRPC unary call over h2c, its body in this file (see [`probe_grpc`]).
+    grpc: Option<(Grpc, &'a Path)>,
 }
 
 /// Polls until the target proxies a request with `200` (and admin says healthy).
@@ -569,7 +684,7 @@ fn wait_until_ready(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let path = request.path;
-    let method = if request.json_body.is_some() {
+    let method = if request.json_body.is_some() || request.grpc.is_some() {
         "POST"
     } else {
         "GET"
@@ -577,13 +692,18 @@ fn wait_until_ready(
     loop {
         running.ensure_running()?;
         interrupt.check()?;
-        let outcome = match (request.tls, request.h2c, request.json_body) {
-            (true, _, _) => probe_with_curl(CurlMode::Tls, running.address, path, request.headers),
-            (false, true, _) => {
+        let outcome = match (request.grpc, request.tls, request.h2c, request.json_body) {
+            (Some((grpc, body)), _, _, _) => {
+                probe_grpc(running.address, path, request.headers, grpc, body)
+            }
+            (None, true, _, _) => {
+                probe_with_curl(CurlMode::Tls, running.address, path, request.headers)
+            }
+            (None, false, true, _) => {
                 probe_with_curl(CurlMode::H2c, running.address, path, request.headers)
             }
-            (false, false, Some(body)) => post_json(running.address, path, body),
-            (false, false, None) => probe(running.address, path, request.headers),
+            (None, false, false, Some(body)) => post_json(running.address, path, body),
+            (None, false, false, None) => probe(running.address, path, request.headers),
         };
         let problem = match outcome {
             Ok(200) => match admin.map(|admin| probe(admin, "/healthz", &[])) {
@@ -714,6 +834,86 @@ fn probe_with_curl(
     }
 }
 
+/// A gRPC unary call through curl over h2c: `POST path` with the call's body
+/// (the file `body`), gRPC's headers and `headers`. Gives the HTTP status,
+/// and for a `200` fails unless the answer carries `grpc-status: 0` (curl
+/// prints trailers with the head) and a body as long as the call's: the echo
+/// (see [`check_grpc_answer`]).
+fn probe_grpc(
+    address: SocketAddr,
+    path: &str,
+    headers: &[String],
+    grpc: Grpc,
+    body: &Path,
+) -> anyhow::Result<u16> {
+    let mut command = Command::new("curl");
+    command
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+        ])
+        .args(["-w", "\n%{http_code} %{size_download}", "--max-time"])
+        .arg(PROBE_TIMEOUT.as_secs().to_string());
+    for header in Grpc::HEADERS
+        .into_iter()
+        .chain(headers.iter().map(String::as_str))
+    {
+        command.arg("-H").arg(header);
+    }
+    let output = command
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .context("running curl (the gRPC scenario probes with it: apt-get install -y curl)")?;
+    check_grpc_answer(&String::from_utf8_lossy(&output.stdout), grpc.body_bytes()).with_context(
+        || {
+            format!(
+                "curl's gRPC call ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        },
+    )
+}
+
+/// Reads what [`probe_grpc`]'s curl printed: the head and trailers (`-D -`),
+/// then a line `STATUS BYTES` (`-w`). A non-200 status is returned as is; a
+/// `200` must have a last `grpc-status` of 0 and `body_bytes` of body.
+fn check_grpc_answer(output: &str, body_bytes: usize) -> anyhow::Result<u16> {
+    let last = output.lines().last().unwrap_or_default();
+    let (status, size) = last
+        .split_once(' ')
+        .and_then(|(status, size)| Some((status.parse::<u16>().ok()?, size.parse::<usize>().ok()?)))
+        .filter(|&(status, _)| status != 0)
+        .context("no answer")?;
+    if status != 200 {
+        return Ok(status);
+    }
+    let field = |name: &str| {
+        output.lines().rev().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    };
+    match field("grpc-status") {
+        Some("0") => {}
+        Some(code) => bail!(
+            "the call ended with grpc-status {code} ({})",
+            field("grpc-message").unwrap_or("no grpc-message")
+        ),
+        None => bail!("no grpc-status in the answer's head or trailers"),
+    }
+    if size != body_bytes {
+        bail!("the echo has {size} bytes of body, the call sent {body_bytes}");
+    }
+    Ok(status)
+}
+
 /// A 127.0.0.1 address with a port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -749,7 +949,10 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
         "\n[admin]\nlisten = \"{admin}\"\n\n\
          [[listeners]]\nname = \"main\"\naddress = \"{listen}\"\n"
     );
-    if setup.scenario.h2c.is_some() {
+    if setup.scenario.grpc.is_some() {
+        // gRPC is HTTP/2 only: h2c alone, as on nginx's `http2` listener.
+        config.push_str("protocols = [\"h2c\"]\n");
+    } else if setup.scenario.h2c.is_some() {
         // h2c beside HTTP/1.1, on this scenario's listener only.
         config.push_str("protocols = [\"http1\", \"h2c\"]\n");
     }
@@ -770,6 +973,13 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
         toml_escape(&access_log),
         setup.upstream
     );
+    if setup.scenario.grpc.is_some() {
+        // HTTP/2 to the demo gRPC upstream, calls multiplexed on pooled connections.
+        let _ = write!(
+            config,
+            "protocol = \"h2c\"\n[clusters.pool]\nmax_streams = {GRPC_MAX_STREAMS}\n"
+        );
+    }
     let policy = edge_policy(setup, &mut config);
     let mut route = |name: &str, prefix: &str| {
         let _ = write!(
@@ -954,10 +1164,7 @@ fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> S
          \x20       listen {listen}{ssl}{http2} backlog=4096;\n\
          {certificate}\
          \x20       location / {{\n\
-         \x20           proxy_pass http://backend;\n\
-         \x20           proxy_http_version 1.1;\n\
-         \x20           proxy_set_header Connection \"\";\n\
-         \x20           proxy_max_temp_file_size 0;\n\
+         {location}\
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
@@ -970,6 +1177,13 @@ fn nginx_config(setup: &TargetSetup<'_>, listen: SocketAddr, as_root: bool) -> S
             " http2"
         } else {
             ""
+        },
+        // gRPC: HTTP/2 to the upstream too, each call on a kept-alive connection.
+        location = if setup.scenario.grpc.is_some() {
+            "            grpc_pass grpc://backend;\n"
+        } else {
+            "            proxy_pass http://backend;\n            proxy_http_version 1.1;\n            \
+             proxy_set_header Connection \"\";\n            proxy_max_temp_file_size 0;\n"
         },
         certificate = setup
             .edge
@@ -1021,13 +1235,20 @@ fn haproxy_config(setup: &TargetSetup<'_>, listen: SocketAddr) -> String {
         )
     });
     if setup.scenario.h2c.is_some() {
-        // HTTP/2 with prior knowledge on a plaintext bind; the backend stays HTTP/1.1.
+        // HTTP/2 with prior knowledge on a plaintext bind; the backend stays
+        // HTTP/1.1 but in the gRPC scenario.
         bind_options.push_str(" proto h2");
     }
+    // gRPC: HTTP/2 with prior knowledge to the upstream too.
+    let server_options = if setup.scenario.grpc.is_some() {
+        " proto h2"
+    } else {
+        ""
+    };
     let _ = write!(
         config,
         "\nfrontend bench\n    bind {listen}{bind_options}\n    default_backend upstream\n\n\
-         backend upstream\n    server origin {}\n",
+         backend upstream\n    server origin {}{server_options}\n",
         setup.upstream
     );
     config
@@ -1396,6 +1617,125 @@ mod tests {
         assert!(!haproxy_config(&plain, listen).contains("proto h2"));
         assert!(!Target::Direct.runs_in(h2.scenario));
         assert!(Target::Nginx.runs_in(h2.scenario) && Target::Hypergate.runs_in(h2.scenario));
+    }
+
+    #[test]
+    fn the_grpc_scenario_speaks_h2c_on_both_sides_of_every_proxy() {
+        let placement = pinned_to_cpu_1();
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let admin = SocketAddr::from(([127, 0, 0, 1], 18081));
+        let grpc = setup("grpc-unary", &placement);
+        let text = hypergate_target_config(Target::Hypergate, &grpc, listen, admin);
+        let config: toml::Table = text.parse().expect("the config is TOML");
+        assert_eq!(
+            config["listeners"][0]["protocols"]
+                .as_array()
+                .map(Vec::as_slice),
+            Some(&["h2c".into()][..])
+        );
+        let cluster = &config["clusters"][0];
+        assert_eq!(cluster["protocol"].as_str(), Some("h2c"));
+        assert_eq!(cluster["pool"]["max_streams"].as_integer(), Some(100));
+        assert_eq!(
+            cluster["endpoints"][0]["address"].as_str(),
+            Some("127.0.0.1:19000")
+        );
+        assert_eq!(config["routes"][0]["cluster"].as_str(), Some("backend"));
+        // Otherwise h2-get's config: the same server, admin, route and store.
+        let h2 = setup("h2-get", &placement);
+        assert_eq!(
+            text.replace(
+                "protocols = [\"h2c\"]\n",
+                "protocols = [\"http1\", \"h2c\"]\n"
+            )
+            .replace(
+                "protocol = \"h2c\"\n[clusters.pool]\nmax_streams = 100\n",
+                ""
+            ),
+            hypergate_target_config(Target::Hypergate, &h2, listen, admin)
+        );
+        assert!(!hypergate_config(&h2, listen, admin).contains("[clusters.pool]"));
+        let nginx = nginx_config(&grpc, listen, false);
+        assert!(nginx.contains("listen 127.0.0.1:18080 http2 backlog=4096;"));
+        assert!(nginx.contains(
+            "upstream backend {\n        server 127.0.0.1:19000;\n        keepalive 256;"
+        ));
+        assert!(nginx.contains("location / {\n            grpc_pass grpc://backend;\n        }"));
+        assert!(!nginx.contains("proxy_pass"));
+        assert!(!nginx_config(&h2, listen, false).contains("grpc_pass"));
+        let haproxy = haproxy_config(&grpc, listen);
+        assert!(haproxy.contains("bind 127.0.0.1:18080 proto h2\n"));
+        assert!(haproxy.contains("server origin 127.0.0.1:19000 proto h2\n"));
+        assert!(haproxy_config(&h2, listen).contains("server origin 127.0.0.1:19000\n"));
+        for target in [
+            Target::Hypergate,
+            Target::Nginx,
+            Target::Haproxy,
+            Target::Direct,
+        ] {
+            assert!(target.runs_in(grpc.scenario), "{target:?}");
+        }
+    }
+
+    #[test]
+    fn the_grpc_upstream_is_a_demo_upstream_of_hypergate() {
+        let demo = SocketAddr::from(([127, 0, 0, 1], 19000));
+        let listen = SocketAddr::from(([127, 0, 0, 1], 19001));
+        let admin = SocketAddr::from(([127, 0, 0, 1], 19002));
+        let text = grpc_upstream_config(demo, listen, admin);
+        let config: toml::Table = text.parse().expect("the config is TOML");
+        let demos = config["demo_upstreams"].as_array().expect("a list");
+        assert_eq!(demos.len(), 1);
+        assert_eq!(demos[0]["kind"].as_str(), Some("grpc"));
+        assert_eq!(demos[0]["address"].as_str(), Some("127.0.0.1:19000"));
+        assert_eq!(config["server"]["shards"].as_integer(), Some(1));
+        assert_eq!(config["admin"]["listen"].as_str(), Some("127.0.0.1:19002"));
+        assert_eq!(
+            config["listeners"][0]["address"].as_str(),
+            Some("127.0.0.1:19001")
+        );
+        assert_eq!(config["access_log"]["enabled"].as_bool(), Some(false));
+        assert_eq!(
+            config["hypercare"]["store"]["enabled"].as_bool(),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn a_grpc_probe_needs_status_zero_and_the_echo() {
+        let answer = |trailers: &str, tail: &str| {
+            format!(
+                "HTTP/2 200 \r\ncontent-type: application/grpc\r\n\
+                 x-demo-upstream: bench\r\n\r\n{trailers}\n{tail}"
+            )
+        };
+        assert_eq!(
+            check_grpc_answer(&answer("grpc-status: 0\r\n\r\n", "200 105"), 105).ok(),
+            Some(200)
+        );
+        let failed = answer(
+            "grpc-status: 14\r\ngrpc-message: bench: injected failure\r\n",
+            "200 0",
+        );
+        let error = check_grpc_answer(&failed, 105).expect_err("UNAVAILABLE");
+        assert!(
+            format!("{error}").contains("grpc-status 14 (bench: injected failure)"),
+            "{error}"
+        );
+        let error = check_grpc_answer(&answer("", "200 105"), 105).expect_err("no trailers");
+        assert!(format!("{error}").contains("no grpc-status"), "{error}");
+        let error =
+            check_grpc_answer(&answer("grpc-status: 0\r\n", "200 5"), 105).expect_err("short");
+        assert!(format!("{error}").contains("5 bytes"), "{error}");
+        // A trailers-only answer carries the status in the head.
+        let head_only = "HTTP/2 200 \r\ngrpc-status: 12\r\n\r\n\n200 0";
+        assert!(check_grpc_answer(head_only, 105).is_err());
+        assert_eq!(
+            check_grpc_answer("HTTP/2 502 \r\n\r\n\n502 150", 105).ok(),
+            Some(502)
+        );
+        assert!(check_grpc_answer("\n000 0", 105).is_err(), "no connection");
+        assert!(check_grpc_answer("", 105).is_err());
     }
 
     #[test]
