@@ -133,7 +133,10 @@ const HEAD_READ: usize = 16 * 1024;
 pub const IDLE_BUFFER_MAX: usize = 32 * 1024;
 /// Room made for a read while streaming a body: fewer, larger reads and writes
 /// for big bodies (one read buffer of this size per busy connection).
-const BODY_READ: usize = 64 * 1024;
+pub const BODY_READ: usize = 64 * 1024;
+/// Room made for a read from an HTTP/2 stream: one DATA frame of the
+/// default size (16 KiB) and its chunk framing.
+pub const FRAME_READ: usize = 16 * 1024 + 64;
 
 /// Reads more bytes into `buf`, making room for at least `room` bytes first.
 async fn read_sized<S: AsyncReadRent>(
@@ -239,6 +242,11 @@ pub struct PumpLimits {
     pub max_bytes: u64,
     /// When the whole body must have arrived (a request body's total upload time).
     pub deadline: Option<Instant>,
+    /// Room made in the read buffer for each read: [`BODY_READ`] for a
+    /// socket; [`FRAME_READ`] for an HTTP/2 stream, whose reads bring one
+    /// DATA frame each (a stream's buffers serve one exchange: a large one
+    /// would be allocated, and faulted in, per request).
+    pub read_room: usize,
 }
 
 /// Keeps the first bytes of the payload a pump carries, for a call whose
@@ -387,7 +395,7 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 left.min(limits.read_timeout)
             }
         };
-        match read_sized(src, sbuf, wait, BODY_READ).await {
+        match read_sized(src, sbuf, wait, limits.read_room).await {
             ReadOutcome::Data => {}
             ReadOutcome::Eof if framing == BodyFraming::UntilClose => {
                 if encoding == Encoding::Chunked {

@@ -26,6 +26,8 @@ impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientStream for T {}
 pub struct Downstream {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client is an HTTP/2 stream (each read brings one DATA frame).
+    pub h2: bool,
     /// The client's IP address as text (formatted once per connection:
     /// `X-Forwarded-For` needs it on every request).
     pub peer_ip: std::sync::Arc<str>,

@@ -20,7 +20,9 @@ use hypergate_core::error::{ErrorKind, GatewayError};
 use hypergate_core::http::chunked;
 use hypergate_core::http::codec::{at, is_hop_by_hop, BodyFraming, ResponseHead};
 use hypergate_core::http::{write_header, write_u64};
-use hypergate_core::io::{pump, split, write_out, Encoding, PumpError, PumpLimits};
+use hypergate_core::io::{
+    pump, split, write_out, Encoding, PumpError, PumpLimits, BODY_READ, FRAME_READ,
+};
 use hypergate_otel::SpanContext;
 use hypergate_upstream::client::{
     self, AttemptLimits, Failure, Next, Outcome, Outgoing, Retries, RetryPolicy, RetryStatuses,
@@ -84,18 +86,21 @@ pub async fn proxy<S: ClientStream>(
     } = io;
     // A gRPC call's body may stream as long as the call lasts (its deadline
     // bounds it), and streams while the response does.
+    let read_room = if down.h2 { FRAME_READ } else { BODY_READ };
     let body_limits = match grpc {
         Some(call) => PumpLimits {
             read_timeout: call.left(),
             write_timeout: cluster.spec.raw.read_timeout,
             max_bytes: max_body,
             deadline: Some(call.deadline),
+            read_room,
         },
         None => PumpLimits {
             read_timeout: limits.body_idle_timeout,
             write_timeout: cluster.spec.raw.read_timeout,
             max_bytes: max_body,
             deadline: Some(ex.started + limits.body_timeout),
+            read_room,
         },
     };
     let mut request = Forwarded {
@@ -166,9 +171,9 @@ pub async fn proxy<S: ClientStream>(
         grpc,
     };
     if duplex {
-        return reply
-            .duplex(stream, rbuf, out, resp, ex, answer, body_limits)
-            .await;
+        // Boxed: its two directions' futures are large, and held inline they
+        // would make every request's future (each HTTP/2 stream's task) so.
+        return Box::pin(reply.duplex(stream, rbuf, out, resp, ex, answer, body_limits)).await;
     }
     ex.upstream_us = Some(answer.upstream_us);
     let conn = answer.lease.conn();
@@ -644,6 +649,11 @@ impl Reply<'_> {
             write_timeout: send,
             max_bytes: 0,
             deadline: None,
+            read_room: if self.cluster.spec.raw.protocol.is_h2() {
+                FRAME_READ
+            } else {
+                BODY_READ
+            },
         };
         let limits = match self.grpc {
             // A stream may be silent between messages as long as the call lasts.
@@ -735,7 +745,7 @@ impl Reply<'_> {
         let (mut up_read, mut up_write) = split(&mut conn.stream);
         let up_buf = &mut conn.rbuf;
         let (mut down_read, mut down_write) = split(stream);
-        let mut up_out = Vec::with_capacity(16 * 1024);
+        let mut up_out = Vec::with_capacity(4096);
         let request = pump(
             &mut down_read,
             rbuf,

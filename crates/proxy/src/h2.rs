@@ -79,6 +79,7 @@ pub async fn serve_h2<S, H>(
     ctx.stats.h2_event(h2_event::CONNECTION);
     let down = Rc::new(Downstream {
         peer,
+        h2: true,
         peer_ip: peer.ip().to_string().into(),
         scheme,
     });

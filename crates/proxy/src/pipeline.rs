@@ -45,6 +45,22 @@ struct Buffers {
     canon: Vec<u8>,
 }
 
+impl Buffers {
+    /// Buffers for one HTTP/2 stream: sized for a typical exchange at once,
+    /// since a stream's buffers serve one request (growing them from empty,
+    /// as a long-lived connection's do once, would copy them several times
+    /// per request).
+    fn for_stream() -> Buffers {
+        Buffers {
+            out: Vec::with_capacity(4096),
+            head_buf: Vec::with_capacity(1024),
+            extra: Vec::with_capacity(256),
+            canon: Vec::with_capacity(256),
+            ..Buffers::default()
+        }
+    }
+}
+
 /// Where a request's phases read and write.
 struct Io<'a, S> {
     stream: &'a mut S,
@@ -76,6 +92,7 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     peak.set(peak.get().max(active.get()));
     let down = Downstream {
         peer,
+        h2: false,
         peer_ip: peer.ip().to_string().into(),
         scheme,
     };
@@ -149,7 +166,7 @@ pub(crate) async fn serve_stream<S: ClientStream, H: Handler>(
     mut stream: S,
     down: &Downstream,
 ) {
-    let mut bufs = Buffers::default();
+    let mut bufs = Buffers::for_stream();
     let inst = ctx.installed.borrow().clone();
     let head_bufs = head::HeadBufs {
         rbuf: &mut bufs.rbuf,
@@ -321,7 +338,10 @@ async fn handle_with<S: ClientStream, H: Handler>(
         started: ex.started,
         deadline: route.timeout,
     };
-    let o = handler.serve(&request, io.stream, io.rbuf, io.out).await;
+    // Boxed: the LLM gateway's future is the largest of the phases'; inline,
+    // it would make every request's future (each HTTP/2 stream's task) that
+    // large. One allocation per AI call, next to its tens of microseconds.
+    let o = Box::pin(handler.serve(&request, io.stream, io.rbuf, io.out)).await;
     ex.bytes_in = o.bytes_in;
     ex.body_read = o.body_read;
     ex.upstream_us = o.upstream_us;

@@ -137,7 +137,16 @@ fn stream_on(cluster: &ClusterRuntime, ep: usize, conn: Rc<H2Conn>) -> UpstreamC
         pending: Bytes::new(),
         reader: None,
     };
-    UpstreamConn::new(UpstreamStream::H2(Box::new(stream)), fd)
+    UpstreamConn::with_buffer(UpstreamStream::H2(Box::new(stream)), fd, 4096)
+}
+
+/// A request head made ready for HTTP/2.
+struct Head {
+    request: http::Request<()>,
+    /// Its `content-length`.
+    length: Option<u64>,
+    /// Its body is chunked.
+    chunked: bool,
 }
 
 /// One request's stream on an upstream HTTP/2 connection, as HTTP/1.1 bytes
@@ -195,6 +204,31 @@ impl H2Stream {
 
     /// Sends the request head collected in `self.head` as HEADERS.
     async fn send_head(&mut self) -> io::Result<()> {
+        let Head {
+            request,
+            length,
+            chunked,
+        } = self.parse_head()?;
+        let end = !chunked && length.unwrap_or(0) == 0;
+        let mut send = self.conn.send.clone();
+        std::future::poll_fn(|cx| send.poll_ready(cx))
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        let (response, stream) = send
+            .send_request(request, end)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        self.response = Some(response);
+        self.sent = true;
+        if !end {
+            self.sender = Some(BodySender::new(stream, length, chunked));
+        }
+        Ok(())
+    }
+
+    /// The HTTP/2 request of the HTTP/1.1 head in `self.head`. Not async on
+    /// purpose: the parser's header array stays off the write future (every
+    /// upstream write's future is as large as this variant's).
+    fn parse_head(&self) -> io::Result<Head> {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Request::new(&mut headers);
         parsed
@@ -243,20 +277,11 @@ impl H2Stream {
             .uri(uri)
             .body(())
             .map_err(|e| io::Error::other(format!("request head: {e}")))?;
-        let end = !chunked && length.unwrap_or(0) == 0;
-        let mut send = self.conn.send.clone();
-        std::future::poll_fn(|cx| send.poll_ready(cx))
-            .await
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        let (response, stream) = send
-            .send_request(request, end)
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
-        self.response = Some(response);
-        self.sent = true;
-        if !end {
-            self.sender = Some(BodySender::new(stream, length, chunked));
-        }
-        Ok(())
+        Ok(Head {
+            request,
+            length,
+            chunked,
+        })
     }
 
     /// The next response bytes into `pending` (empty at the end).

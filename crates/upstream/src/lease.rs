@@ -112,7 +112,8 @@ async fn lease_h2(
         let conn = connect(cluster.endpoints[ep].addr, cluster.spec.tls.as_ref()).await?;
         crate::h2::handshake(cluster, ep, conn).await
     };
-    match monoio::time::timeout(cluster.spec.raw.connect_timeout, opening).await {
+    // Boxed, as connecting below: see `lease_http1`.
+    match monoio::time::timeout(cluster.spec.raw.connect_timeout, Box::pin(opening)).await {
         Ok(Ok(stream)) => {
             cluster.opened(ep);
             Ok(stream)
@@ -136,9 +137,13 @@ async fn lease_http1(
             if !cluster.may_connect(ep) {
                 return Err(LeaseError::PoolFull);
             }
+            // Boxed: a connect's future (the TLS handshake's, HTTP/2's) is
+            // kilobytes; inline, it would make every request's future, and
+            // each HTTP/2 stream's task, that large. Connects are rare next
+            // to requests (pooled connections), so is the allocation.
             match monoio::time::timeout(
                 cluster.spec.raw.connect_timeout,
-                connect(endpoint.addr, cluster.spec.tls.as_ref()),
+                Box::pin(connect(endpoint.addr, cluster.spec.tls.as_ref())),
             )
             .await
             {

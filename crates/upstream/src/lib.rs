@@ -118,10 +118,16 @@ pub struct UpstreamConn {
 impl UpstreamConn {
     /// Wraps a freshly connected stream; `fd` is its socket.
     pub fn new(stream: UpstreamStream, fd: std::os::fd::RawFd) -> Self {
+        Self::with_buffer(stream, fd, 16 * 1024)
+    }
+
+    /// Wraps `stream` with a read buffer of `capacity` bytes to begin with
+    /// (an HTTP/2 stream's serves one exchange: a small one, grown if needed).
+    fn with_buffer(stream: UpstreamStream, fd: std::os::fd::RawFd, capacity: usize) -> Self {
         Self {
             stream,
             fd,
-            rbuf: bytes::BytesMut::with_capacity(16 * 1024),
+            rbuf: bytes::BytesMut::with_capacity(capacity),
             reused: false,
             idle_since: Instant::now(),
         }
