@@ -133,7 +133,7 @@ pub fn start(cfg: &DemoUpstreamConfig, fail_every: Option<u64>) -> io::Result<()
             ),
         )
     })?;
-    let listener = std::net::TcpListener::bind(&cfg.address)?;
+    let listener = listen(&cfg.address)?;
     // The runtime's epoll driver needs a non-blocking socket (io_uring does not mind).
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
@@ -503,6 +503,29 @@ impl Reply {
             }
         }
     }
+}
+
+/// A listener on `address` with a deep accept queue: a proxy that opens a
+/// connection per call (nginx's `grpc_pass`) opens hundreds at once, and the
+/// standard library's 128 would overflow (the benchmark saw resets).
+fn listen(address: &str) -> io::Result<std::net::TcpListener> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(address)?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{address}: no address"),
+            )
+        })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
