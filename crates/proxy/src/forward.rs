@@ -84,9 +84,9 @@ pub async fn proxy<S: ClientStream>(
         resp,
         extra,
     } = io;
+    let read_room = if down.h2 { FRAME_READ } else { BODY_READ };
     // A gRPC call's body may stream as long as the call lasts (its deadline
     // bounds it), and streams while the response does.
-    let read_room = if down.h2 { FRAME_READ } else { BODY_READ };
     let body_limits = match grpc {
         Some(call) => PumpLimits {
             read_timeout: call.left(),
