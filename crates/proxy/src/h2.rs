@@ -35,9 +35,7 @@ use crate::stats::h2_event;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
-use hypergate_core::http::bridge::{
-    connection_specific, copy_to_buf, copy_to_iovecs, BodyReader, BodySender,
-};
+use hypergate_core::http::bridge::{connection_specific, copy_to_iovecs, BodyReader, BodySender};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::BufResult;
@@ -361,62 +359,7 @@ impl Drop for H2Exchange {
     }
 }
 
-impl AsyncReadRent for H2Exchange {
-    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        if let Err(e) = self.fill().await {
-            return (Err(e), buf);
-        }
-        let n = copy_to_buf(&mut self.pending, &mut buf);
-        (Ok(n), buf)
-    }
-
-    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        if let Err(e) = self.fill().await {
-            return (Err(e), buf);
-        }
-        let total = copy_to_iovecs(&mut self.pending, &mut buf);
-        (Ok(total), buf)
-    }
-}
-
-impl AsyncWriteRent for H2Exchange {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // SAFETY: `read_ptr` points at `bytes_init` initialised bytes of `buf`,
-        // which lives (unmoved) until it is returned below.
-        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-        let n = data.len();
-        match self.take(data).await {
-            Ok(()) => (Ok(n), buf),
-            Err(e) => (Err(e), buf),
-        }
-    }
-
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        let mut total = 0;
-        // SAFETY: `read_iovec_ptr` points at `read_iovec_len` iovecs, each
-        // describing initialised memory of `buf`, which lives until returned.
-        let iovecs =
-            unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
-        for iov in iovecs {
-            // SAFETY: as above, one iovec's memory.
-            let data =
-                unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len) };
-            if let Err(e) = self.take(data).await {
-                return (Err(e), buf);
-            }
-            total += data.len();
-        }
-        (Ok(total), buf)
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+hypergate_core::bridge_io!(H2Exchange);
 
 /// What a plaintext connection on an `h2c` listener opens with.
 pub enum Opening {

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use hypergate_core::config::raw::GRPC_CODES;
 pub use hypergate_core::metrics::{new_histogram, LazyHistogram, STATUS_CLASSES};
 
 /// Requests of one route to one cluster version, by status class and outcome.
@@ -192,14 +193,14 @@ pub struct ShardStats {
     /// labels are static.
     errors: RefCell<HashMap<ErrorKey, u64>>,
     /// gRPC calls by route, then method (`/package.Service/Method`), by
-    /// status code ([`GRPC_CODE_LABELS`]); at most [`MAX_GRPC_METHODS`]
+    /// status code ([`grpc_code_label`]); at most [`MAX_GRPC_METHODS`]
     /// methods per shard, the rest under [`OTHER_METHOD`].
     grpc: RefCell<HashMap<Arc<str>, GrpcMethods>>,
     grpc_methods: Cell<usize>,
 }
 
 /// Calls of one gRPC method by status code.
-pub type GrpcCounts = [u64; GRPC_CODE_LABELS.len()];
+pub type GrpcCounts = [u64; GRPC_CODE_SLOTS];
 
 /// A route's gRPC methods and their calls.
 type GrpcMethods = HashMap<Box<str>, GrpcCounts>;
@@ -211,27 +212,13 @@ pub const MAX_GRPC_METHODS: usize = 256;
 /// The method label of calls beyond [`MAX_GRPC_METHODS`].
 pub const OTHER_METHOD: &str = "other";
 
-/// Status code labels of gRPC calls: codes 0 to 16 by name, then any other.
-pub const GRPC_CODE_LABELS: [&str; 18] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-    "other",
-];
+/// Counters per gRPC method: codes 0 to 16, then any other.
+pub const GRPC_CODE_SLOTS: usize = GRPC_CODES.len() + 1;
+
+/// The label of a counter slot: the code's name, or `other`.
+pub fn grpc_code_label(slot: usize) -> &'static str {
+    GRPC_CODES.get(slot).copied().unwrap_or("other")
+}
 
 /// (error label, side label).
 type ErrorKey = (&'static str, &'static str);
@@ -281,7 +268,7 @@ impl ShardStats {
     /// Counts a gRPC call on `route` to `method` that ended with `code`.
     /// Allocates only for a method not seen before (within the bound).
     pub fn grpc_call(&self, route: &Arc<str>, method: &str, code: u8) {
-        let code = usize::from(code).min(GRPC_CODE_LABELS.len() - 1);
+        let code = usize::from(code).min(GRPC_CODE_SLOTS - 1);
         let mut grpc = self.grpc.borrow_mut();
         let methods = match grpc.get_mut(&**route) {
             Some(m) => m,
@@ -297,9 +284,7 @@ impl ShardStats {
         } else {
             OTHER_METHOD
         };
-        methods
-            .entry(method.into())
-            .or_insert([0; GRPC_CODE_LABELS.len()])[code] += 1;
+        methods.entry(method.into()).or_insert([0; GRPC_CODE_SLOTS])[code] += 1;
     }
 
     /// Counts an edge-policy refusal.
@@ -624,10 +609,7 @@ impl MergedStats {
                 *m.errors.entry(*k).or_default() += n;
             }
             for (k, counts) in &s.grpc {
-                let merged = m
-                    .grpc
-                    .entry(k.clone())
-                    .or_insert([0; GRPC_CODE_LABELS.len()]);
+                let merged = m.grpc.entry(k.clone()).or_insert([0; GRPC_CODE_SLOTS]);
                 for (a, b) in merged.iter_mut().zip(counts) {
                     *a += b;
                 }

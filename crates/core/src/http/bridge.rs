@@ -8,14 +8,16 @@
 //!   decoder, or until the end) as DATA frames sent as the peer's window
 //!   allows, a chunked body's trailers as a TRAILERS frame;
 //! - the field rules both directions share ([`connection_specific`],
-//!   [`trailer_map`], [`write_header_map`]).
+//!   [`trailer_map`], [`write_header_map`]);
+//! - [`bridge_io!`](crate::bridge_io): the monoio read and write traits of a
+//!   bridge type, written once for both.
 //!
 //! Depends on `chunked` (the decoder and trailer rules) and the `h2` crate.
 
 use crate::http::chunked::{forwardable_trailers, write_chunk_header, ChunkedDecoder, Step};
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
-use monoio::buf::IoVecBufMut;
+use monoio::buf::{IoBuf, IoVecBuf, IoVecBufMut};
 use std::io;
 
 /// Headers that describe one HTTP/1.1 connection, never an HTTP/2 stream.
@@ -315,4 +317,99 @@ pub fn copy_to_buf<T: monoio::buf::IoBufMut>(from: &mut Bytes, buf: &mut T) -> u
     }
     let _ = from.split_to(n);
     n
+}
+
+/// The bytes a write hands over: `buf`'s initialised bytes.
+pub fn written<T: IoBuf>(buf: &T) -> &[u8] {
+    // SAFETY: `read_ptr` points at `bytes_init` initialised bytes of `buf`,
+    // which the returned slice borrows (so `buf` lives, unmoved, as long).
+    unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) }
+}
+
+/// The bytes a vectored write hands over, iovec by iovec.
+pub fn written_iovecs<T: IoVecBuf>(buf: &T) -> impl Iterator<Item = &[u8]> {
+    // SAFETY: `read_iovec_ptr` points at `read_iovec_len` iovecs of `buf`,
+    // borrowed with it.
+    let iovecs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+    iovecs.iter().map(|iov| {
+        // SAFETY: each iovec describes `iov_len` initialised bytes of `buf`,
+        // borrowed with it.
+        unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len) }
+    })
+}
+
+/// Implements monoio's `AsyncReadRent` and `AsyncWriteRent` for a bridge
+/// type: one with a field `pending: bytes::Bytes` (bytes to read),
+/// `async fn fill(&mut self) -> std::io::Result<()>` (the next bytes into
+/// `pending`; none at the end) and `async fn take(&mut self, data: &[u8]) ->
+/// std::io::Result<()>` (what is written). A client's HTTP/2 stream and an
+/// upstream's are such types; the caller's crate needs `monoio`.
+#[macro_export]
+macro_rules! bridge_io {
+    ($ty:ty) => {
+        impl ::monoio::io::AsyncReadRent for $ty {
+            async fn read<T: ::monoio::buf::IoBufMut>(
+                &mut self,
+                mut buf: T,
+            ) -> ::monoio::BufResult<usize, T> {
+                if let Err(e) = self.fill().await {
+                    return (Err(e), buf);
+                }
+                let n = $crate::http::bridge::copy_to_buf(&mut self.pending, &mut buf);
+                (Ok(n), buf)
+            }
+
+            async fn readv<T: ::monoio::buf::IoVecBufMut>(
+                &mut self,
+                mut buf: T,
+            ) -> ::monoio::BufResult<usize, T> {
+                if let Err(e) = self.fill().await {
+                    return (Err(e), buf);
+                }
+                let n = $crate::http::bridge::copy_to_iovecs(&mut self.pending, &mut buf);
+                (Ok(n), buf)
+            }
+        }
+
+        impl ::monoio::io::AsyncWriteRent for $ty {
+            async fn write<T: ::monoio::buf::IoBuf>(
+                &mut self,
+                buf: T,
+            ) -> ::monoio::BufResult<usize, T> {
+                let data = $crate::http::bridge::written(&buf);
+                let n = data.len();
+                match self.take(data).await {
+                    Ok(()) => (Ok(n), buf),
+                    Err(e) => (Err(e), buf),
+                }
+            }
+
+            async fn writev<T: ::monoio::buf::IoVecBuf>(
+                &mut self,
+                buf: T,
+            ) -> ::monoio::BufResult<usize, T> {
+                let mut total = 0;
+                let mut failed = None;
+                for data in $crate::http::bridge::written_iovecs(&buf) {
+                    if let Err(e) = self.take(data).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    total += data.len();
+                }
+                match failed {
+                    Some(e) => (Err(e), buf),
+                    None => (Ok(total), buf),
+                }
+            }
+
+            async fn flush(&mut self) -> ::std::io::Result<()> {
+                Ok(())
+            }
+
+            async fn shutdown(&mut self) -> ::std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
 }

@@ -374,7 +374,7 @@ pub fn prometheus(m: &Snapshot, p: &ProcessInfo) -> String {
                 "hypergate_grpc_calls_total{{route=\"{}\",method=\"{}\",code=\"{}\"}} {n}",
                 escape(route),
                 escape(method),
-                hypergate_proxy::stats::GRPC_CODE_LABELS[code]
+                hypergate_proxy::stats::grpc_code_label(code)
             );
         }
     }
