@@ -166,6 +166,9 @@ pub struct Exchange {
     /// Whether the request body was read whole (an error answered after that
     /// may keep the connection).
     pub body_read: bool,
+    /// The request is a gRPC call (`content-type: application/grpc...`),
+    /// decided once for every phase (error shape, deadline, outcome, metrics).
+    pub grpc: bool,
     /// The `grpc-status` of a gRPC call's answer (from its trailers, or its
     /// head when it had no body).
     pub grpc_status: Option<u8>,
@@ -210,6 +213,9 @@ impl Exchange {
             retries: 0,
             close: false,
             body_read: false,
+            grpc: view
+                .header("content-type")
+                .is_some_and(crate::grpc::is_grpc),
             grpc_status: None,
             grpc_error: false,
             llm: None,

@@ -76,7 +76,7 @@ pub async fn proxy<S: ClientStream>(
         ))
     });
     let limits = &inst.config.raw.limits;
-    let grpc = crate::grpc::Call::of(req, route, ex.started);
+    let grpc = crate::grpc::Call::of(req, route, ex);
     let ProxyIo {
         stream,
         rbuf,

@@ -6,9 +6,10 @@
 //! this module for its deadline, streams it full duplex, and reads its
 //! `grpc-status` for the call's outcome (see `Exchange::outcome`).
 //!
-//! Depends on `exchange` (the request view) and `spec` (the route's settings).
+//! Depends on `exchange` (the request view and its account) and `spec` (the
+//! route's settings).
 
-use crate::exchange::View;
+use crate::exchange::{Exchange, View};
 use crate::routing::RequestInfo;
 use crate::spec::Route;
 use hypergate_core::http::write_u64;
@@ -23,13 +24,12 @@ pub struct Call {
 }
 
 impl Call {
-    /// The call `req` is, if it is a gRPC one (`content-type:
-    /// application/grpc`, `application/grpc+proto`, ...).
-    pub fn of(req: &View<'_>, route: &Route, started: Instant) -> Option<Call> {
-        let content_type = req.header("content-type")?;
-        if !is_grpc(content_type) {
+    /// The call `req` is, if it is a gRPC one (`ex.grpc`).
+    pub fn of(req: &View<'_>, route: &Route, ex: &Exchange) -> Option<Call> {
+        if !ex.grpc {
             return None;
         }
+        let started = ex.started;
         let cap = route.grpc.max_timeout;
         let asked = req.header("grpc-timeout").and_then(parse_timeout);
         Some(Call {

@@ -251,9 +251,8 @@ async fn handle<S: ClientStream, H: Handler>(
         Ok(after) => after,
         Err(err) => {
             // gRPC clients read a status, not a body, whatever the route.
-            let grpc = req.header("content-type").is_some_and(crate::grpc::is_grpc);
             let shape = match ex.route.map(|r| &inst.config.routes[r].action) {
-                _ if grpc => ErrorShape::Grpc,
+                _ if ex.grpc => ErrorShape::Grpc,
                 Some(RouteAction::Ai) => handler.error_shape(req.path()),
                 _ => ErrorShape::Json,
             };

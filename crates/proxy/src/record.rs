@@ -26,7 +26,7 @@ pub fn record(ctx: &ShardCtx, inst: &Installed, view: &View<'_>, ex: &Exchange, 
     let outcome = ex.outcome();
     if let Some(ri) = ex.route {
         count(inst, ri, ex, outcome, total_us);
-        if let Some(code) = grpc_code(view, ex) {
+        if let Some(code) = grpc_code(ex) {
             ctx.stats
                 .grpc_call(&inst.config.routes[ri].name, view.path(), code);
         }
@@ -58,17 +58,11 @@ fn count(inst: &Installed, ri: usize, ex: &Exchange, outcome: Outcome, total_us:
 /// A gRPC call's status: the upstream's `grpc-status`, else the one the
 /// gateway answered with (or the client's cancellation); `None` for other
 /// requests.
-fn grpc_code(view: &View<'_>, ex: &Exchange) -> Option<u8> {
+fn grpc_code(ex: &Exchange) -> Option<u8> {
     if let Some(code) = ex.grpc_status {
         return Some(code);
     }
-    if !view
-        .header("content-type")
-        .is_some_and(crate::grpc::is_grpc)
-    {
-        return None;
-    }
-    Some(ex.error_kind.map_or(0, |k| k.grpc_code()))
+    ex.grpc.then(|| ex.error_kind.map_or(0, |k| k.grpc_code()))
 }
 
 /// Whether the call store keeps this call's row, by `[hypercare.store]`'s
