@@ -105,19 +105,8 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
         if bufs.rbuf.is_empty() && !idle(&ctx, &inst, slot, &mut stream, &mut bufs).await {
             break;
         }
-        let head_bufs = head::HeadBufs {
-            rbuf: &mut bufs.rbuf,
-            head_buf: &mut bufs.head_buf,
-            head: &mut bufs.head,
-            canon: &mut bufs.canon,
-        };
-        match head::read(&inst, &mut stream, head_bufs).await {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(err) => {
-                respond::refuse_head(&ctx, &inst, &mut stream, &mut bufs.out, &err).await;
-                break;
-            }
+        if !read_head(&ctx, &inst, &mut stream, &mut bufs).await {
+            break;
         }
         let (after, mut ex) = handle(&ctx, &*handler, &inst, &down, &mut stream, &mut bufs).await;
         let after = match after {
@@ -132,22 +121,14 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
                 if end != TunnelEnd::Closed {
                     ex.error = end.label();
                 }
-                let view = View {
-                    buf: &bufs.head_buf,
-                    head: &bufs.head,
-                };
-                record::record(&ctx, &inst, &view, &ex, &down);
+                record(&ctx, &inst, &bufs, &ex, &down);
                 ctx.conns.borrow_mut().unregister(slot);
                 active.set(active.get() - 1);
                 return;
             }
             after => after,
         };
-        let view = View {
-            buf: &bufs.head_buf,
-            head: &bufs.head,
-        };
-        record::record(&ctx, &inst, &view, &ex, &down);
+        record(&ctx, &inst, &bufs, &ex, &down);
         if let After::Close = after {
             break;
         }
@@ -168,26 +149,43 @@ pub(crate) async fn serve_stream<S: ClientStream, H: Handler>(
 ) {
     let mut bufs = Buffers::for_stream();
     let inst = ctx.installed.borrow().clone();
+    if !read_head(ctx, &inst, &mut stream, &mut bufs).await {
+        return;
+    }
+    let (_after, ex) = handle(ctx, handler, &inst, down, &mut stream, &mut bufs).await;
+    record(ctx, &inst, &bufs, &ex, down);
+}
+
+/// The head phase of one request: read and canonicalise its head, or
+/// answer why it cannot be (the connection then ends). `false`: no request.
+async fn read_head<S: ClientStream>(
+    ctx: &ShardCtx,
+    inst: &Installed,
+    stream: &mut S,
+    bufs: &mut Buffers,
+) -> bool {
     let head_bufs = head::HeadBufs {
         rbuf: &mut bufs.rbuf,
         head_buf: &mut bufs.head_buf,
         head: &mut bufs.head,
         canon: &mut bufs.canon,
     };
-    match head::read(&inst, &mut stream, head_bufs).await {
-        Ok(true) => {}
-        Ok(false) => return,
+    match head::read(inst, stream, head_bufs).await {
+        Ok(read) => read,
         Err(err) => {
-            respond::refuse_head(ctx, &inst, &mut stream, &mut bufs.out, &err).await;
-            return;
+            respond::refuse_head(ctx, inst, stream, &mut bufs.out, &err).await;
+            false
         }
     }
-    let (_after, ex) = handle(ctx, handler, &inst, down, &mut stream, &mut bufs).await;
+}
+
+/// The record phase of a request whose head is in `bufs`.
+fn record(ctx: &ShardCtx, inst: &Installed, bufs: &Buffers, ex: &Exchange, down: &Downstream) {
     let view = View {
         buf: &bufs.head_buf,
         head: &bufs.head,
     };
-    record::record(ctx, &inst, &view, &ex, down);
+    record::record(ctx, inst, &view, ex, down);
 }
 
 /// Waits, between requests, for the next one (within `idle_timeout`). A drain
