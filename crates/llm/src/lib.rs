@@ -1691,15 +1691,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut em = self.emitter(canon["model"].as_str().unwrap_or(""), client_usage);
         em.input_tokens =
             Usage::from_openai(&canon["usage"]).map(|u| u.prompt.saturating_sub(u.cached));
-        out.clear();
-        write_head(
-            out,
-            self.req,
-            200,
-            "text/event-stream",
-            None,
-            !self.req.keep_alive,
-        );
+        self.event_stream_head(out);
         let mut events = Vec::new();
         for chunk in response_to_chunks(canon) {
             em.chunk(&chunk, &mut events);
@@ -2170,12 +2162,8 @@ impl<'r, 'a> Chat<'r, 'a> {
         Ok((sent, usage, estimated))
     }
 
-    /// Writes the head of an event stream answer; `false` when the client is gone.
-    async fn open_event_stream<S: AsyncWriteRent>(
-        &self,
-        stream: &mut S,
-        out: &mut Vec<u8>,
-    ) -> bool {
+    /// The head of an event stream answer, into an emptied `out`.
+    fn event_stream_head(&self, out: &mut Vec<u8>) {
         out.clear();
         write_head(
             out,
@@ -2185,6 +2173,15 @@ impl<'r, 'a> Chat<'r, 'a> {
             None,
             !self.req.keep_alive,
         );
+    }
+
+    /// Writes the head of an event stream answer; `false` when the client is gone.
+    async fn open_event_stream<S: AsyncWriteRent>(
+        &self,
+        stream: &mut S,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.event_stream_head(out);
         write_out(stream, out, self.req.inst.config.raw.limits.send_timeout)
             .await
             .is_ok()
