@@ -413,3 +413,55 @@ latency_tolerance = 3.0
         "{metrics}"
     );
 }
+
+/// An answer that is not gRPC (HTTP 200 without `grpc-status`, here a plain
+/// HTTP/2 server behind an h2c cluster) is a broken call, as gRPC clients
+/// read it: `UNKNOWN`, an upstream error, not an OK.
+#[test]
+fn an_answer_without_a_grpc_status_counts_as_unknown() {
+    let origin = hypergate_tests::MockUpstream::ok("not grpc");
+    let plain_h2 = TestGateway::start(&format!(
+        "{}protocols = [\"h2c\"]\n{}\n[[routes]]\nname = \"all\"\ncluster = \"origin\"\n",
+        preamble(1),
+        hypergate_tests::cluster("origin", &[origin.addr()], ""),
+    ));
+    let gw = TestGateway::start(&config(plain_h2.addr));
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args([
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+        ])
+        .args(["--data-binary", "@-"])
+        .arg(format!("http://{}/test.Calls/Unary", gw.addr))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hypergate_grpc_calls_total{route=\"calls\",method=\"/test.Calls/Unary\",code=\"UNKNOWN\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "hypergate_request_outcomes_total{route=\"calls\",cluster=\"calls\",version=\"\",outcome=\"upstream_error\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+}

@@ -585,8 +585,9 @@ impl Reply<'_> {
         }
         if self.grpc.is_some() {
             // A trailers-only answer carries its status in the head.
-            let status = client::header(sbuf, resp, "grpc-status");
-            self.grpc_status(ex, status);
+            if let Some(status) = client::header(sbuf, resp, "grpc-status") {
+                self.grpc_status(ex, resp.status, Some(status));
+            }
         }
         let client_http10 = head.version == 0;
         let (down, mut close) = match resp.body {
@@ -637,6 +638,10 @@ impl Reply<'_> {
             return Ok(Responded::Close);
         }
         if body_inline {
+            if self.grpc.is_some() && ex.grpc_status.is_none() {
+                // A sized gRPC answer has no trailers to carry its status.
+                self.grpc_status(ex, resp.status, None);
+            }
             return Ok(Responded::done(resp.keep_alive, close));
         }
         let encoding = if down == Down::Chunked {
@@ -682,7 +687,7 @@ impl Reply<'_> {
                     let status = chunked::forwardable_trailers(&p.trailers)
                         .find(|(n, _)| n.eq_ignore_ascii_case(b"grpc-status"))
                         .map(|(_, v)| v);
-                    self.grpc_status(ex, status);
+                    self.grpc_status(ex, resp.status, status);
                 }
             }
             Err(e) => {
@@ -710,11 +715,15 @@ impl Reply<'_> {
         ))
     }
 
-    /// Notes a gRPC call's `grpc-status` and whether the route counts it as
-    /// an error (a gRPC answer without one is a broken one: `UNKNOWN`).
-    fn grpc_status(&self, ex: &mut Exchange, value: Option<&[u8]>) {
-        let Some(value) = value else { return };
-        let code = crate::grpc::parse_status(value).unwrap_or(2);
+    /// Notes a gRPC call's `grpc-status` (`value`, from the head or the
+    /// trailers) and whether the route counts it as an error. A complete
+    /// HTTP 200 answer without a valid one is a broken call, as gRPC clients
+    /// read it: `UNKNOWN`. Any other HTTP status is judged as such.
+    fn grpc_status(&self, ex: &mut Exchange, http_status: u16, value: Option<&[u8]>) {
+        if http_status != 200 && value.is_none() {
+            return;
+        }
+        let code = value.and_then(crate::grpc::parse_status).unwrap_or(2);
         ex.grpc_status = Some(code);
         ex.grpc_error = self.route.grpc.is_error(code);
         if ex.grpc_error && ex.error.is_empty() {
@@ -813,7 +822,6 @@ impl Reply<'_> {
             Err(e) if ex.status == 0 => Err(e),
             Err(e) => {
                 ex.failed(e.kind);
-                ex.close = true;
                 Ok(After::Close)
             }
         }
