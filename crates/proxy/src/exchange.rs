@@ -215,7 +215,7 @@ impl Exchange {
             body_read: false,
             grpc: view
                 .header("content-type")
-                .is_some_and(crate::grpc::is_grpc),
+                .is_some_and(hypergate_core::http::is_grpc),
             grpc_status: None,
             grpc_error: false,
             llm: None,

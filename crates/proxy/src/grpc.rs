@@ -1,6 +1,7 @@
-//! gRPC calls through the proxy phase: what makes a request one, its
-//! deadline (`grpc-timeout`, capped by the route), the status its answer
-//! carries, and the status the gateway writes when a call breaks off.
+//! gRPC calls through the proxy phase: a call's deadline (`grpc-timeout`,
+//! capped by the route), the status its answer carries, and the status the
+//! gateway writes when a call breaks off. (Whether a request is a call is
+//! `hypergate_core::http::is_grpc`, decided once in `Exchange::grpc`.)
 //!
 //! A gRPC call is an ordinary request to every phase; the proxy phase asks
 //! this module for its deadline, streams it full duplex, and reads its
@@ -12,6 +13,7 @@
 use crate::exchange::{Exchange, View};
 use crate::routing::RequestInfo;
 use crate::spec::Route;
+pub use hypergate_core::http::is_grpc;
 use hypergate_core::http::write_u64;
 use std::time::{Duration, Instant};
 
@@ -53,13 +55,6 @@ impl Call {
         write_u64(out, (self.left().as_millis() as u64).min(99_999_999));
         out.extend_from_slice(b"m\r\n");
     }
-}
-
-/// Whether a `content-type` value names gRPC.
-pub fn is_grpc(content_type: &[u8]) -> bool {
-    content_type.len() >= 16
-        && content_type[..16].eq_ignore_ascii_case(b"application/grpc")
-        && matches!(content_type.get(16), None | Some(b'+' | b';'))
 }
 
 /// Parses a `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`,
@@ -131,6 +126,7 @@ pub fn write_failed_trailers(out: &mut Vec<u8>, timed_out: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hypergate_core::http::is_grpc;
 
     #[test]
     fn timeouts_statuses_and_content_types() {

@@ -10,7 +10,7 @@
 //!   An allowed upgrade continues in `tunnel`. HTTP/2 connections are served
 //!   by [`h2`], whose streams enter the same pipeline one request each.
 //! - [`exchange`]: the request as the phases read it, and its running account.
-//! - [`grpc`]: what makes a request a gRPC call, its deadline and status.
+//! - [`grpc`]: a gRPC call's deadline and status.
 //! - [`respond`]: every answer the gateway writes itself.
 //! - [`routing`]: route lookup on the canonical path.
 //! - [`spec`]: the validated config the shards run on, and route validation.

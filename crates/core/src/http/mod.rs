@@ -14,6 +14,13 @@ pub mod chunked;
 pub mod codec;
 pub mod path;
 
+/// Whether a `content-type` value names gRPC.
+pub fn is_grpc(content_type: &[u8]) -> bool {
+    content_type.len() >= 16
+        && content_type[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(content_type.get(16), None | Some(b'+' | b';'))
+}
+
 /// Reason phrase for a status code.
 pub fn reason(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
