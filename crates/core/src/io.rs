@@ -138,6 +138,17 @@ pub const BODY_READ: usize = 64 * 1024;
 /// default size (16 KiB) and its chunk framing.
 pub const FRAME_READ: usize = 16 * 1024 + 64;
 
+/// The instant `after` from now, on the coarse clock
+/// ([`coarse_now`](crate::clock::coarse_now)): what a read or write waits for
+/// at most. A timeout too large to add waits for about thirty years.
+pub fn deadline_in(after: Duration) -> monoio::time::Instant {
+    let now = crate::clock::coarse_now();
+    let at = now
+        .checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+    monoio::time::Instant::from_std(at)
+}
+
 /// Reads more bytes into `buf`, making room for at least `room` bytes first.
 async fn read_sized<S: AsyncReadRent>(
     stream: &mut S,
@@ -153,7 +164,7 @@ async fn read_sized<S: AsyncReadRent>(
     // line) are kept.
     let len = buf.len();
     let owned = std::mem::take(buf).slice_mut(len..);
-    match monoio::time::timeout(timeout, stream.read(owned)).await {
+    match monoio::time::timeout_at(deadline_in(timeout), stream.read(owned)).await {
         Ok((res, b)) => {
             *buf = b.into_inner();
             match res {
@@ -195,7 +206,7 @@ pub async fn write_out<S: AsyncWriteRent, B: ReusableBuf>(
         return Ok(());
     }
     let owned = std::mem::take(buf);
-    match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+    match monoio::time::timeout_at(deadline_in(timeout), stream.write_all(owned)).await {
         Ok((res, mut b)) => {
             b.clear_keep();
             *buf = b;
@@ -388,7 +399,7 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         let wait = match limits.deadline {
             None => limits.read_timeout,
             Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
+                let left = d.saturating_duration_since(crate::clock::coarse_now());
                 if left.is_zero() {
                     return Err(PumpError::SourceTimeout);
                 }
@@ -491,7 +502,7 @@ async fn read_body_more<S: AsyncReadRent>(
     idle: Duration,
     deadline: Instant,
 ) -> Result<(), PumpError> {
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.saturating_duration_since(crate::clock::coarse_now());
     if left.is_zero() {
         return Err(PumpError::SourceTimeout);
     }

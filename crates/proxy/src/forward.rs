@@ -775,7 +775,9 @@ impl Reply<'_> {
         };
         let body_bytes = std::cell::Cell::new(0);
         let response = async {
-            let head_by = call.deadline.min(Instant::now() + self.route.timeout);
+            let head_by = call
+                .deadline
+                .min(hypergate_core::clock::coarse_now() + self.route.timeout);
             let read = client::read_head(&mut up_read, up_buf, resp, &limits, head_by).await;
             let outcome = match read {
                 Ok(()) => Outcome::Answered(resp.status),

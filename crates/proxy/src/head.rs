@@ -8,11 +8,11 @@
 use crate::exchange::ClientStream;
 use crate::state::Installed;
 use bytes::{Buf, BytesMut};
+use hypergate_core::clock::coarse_now;
 use hypergate_core::error::{ErrorKind, GatewayError};
 use hypergate_core::http::codec::{at, parse_request, HeadLimits, Parsed, Reject, RequestHead};
 use hypergate_core::http::path::{normalize, Normalized, PathPolicy};
 use hypergate_core::io::{read_more, ReadOutcome};
-use std::time::Instant;
 
 /// Where a head is read into (the connection's buffers, reused per request).
 pub struct HeadBufs<'a> {
@@ -39,7 +39,7 @@ pub async fn read<S: ClientStream>(
         max_header_bytes: l.max_header_bytes,
         max_headers: l.max_headers,
     };
-    let deadline = Instant::now() + l.header_timeout;
+    let deadline = coarse_now() + l.header_timeout;
     loop {
         match parse_request(b.rbuf, &limits, b.head)? {
             Parsed::Complete(n) => {
@@ -50,7 +50,7 @@ pub async fn read<S: ClientStream>(
                 return Ok(true);
             }
             Parsed::Partial => {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.saturating_duration_since(coarse_now());
                 if left.is_zero() {
                     return Err(Reject::HeaderTimeout.into());
                 }

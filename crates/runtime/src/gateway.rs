@@ -669,6 +669,7 @@ impl Gateway {
                 id,
                 cpu: config.shard_cpus[id],
                 io_uring: config.raw.server.io_uring,
+                io_uring_task_run: config.raw.server.io_uring_task_run,
                 listeners,
                 config: config.clone(),
                 overrides: overrides.clone(),

@@ -13,6 +13,7 @@
 
 use crate::observability::{ShardReport, ShardStats};
 use hypergate_core::config::overrides::Overrides;
+use hypergate_core::config::raw::IoUringTaskRun;
 use hypergate_core::error::{write_response, ErrorKind, ErrorShape, GatewayError};
 use hypergate_core::record::AccessLogSink;
 use hypergate_edge::policy::{ConnRefusal, ConnectionLimits, ConnectionPermit};
@@ -77,6 +78,8 @@ pub struct ShardSpec {
     pub cpu: Option<usize>,
     /// Try io_uring.
     pub io_uring: bool,
+    /// When the kernel runs the ring's completion work.
+    pub io_uring_task_run: IoUringTaskRun,
     /// Listener sockets for this shard (already bound with SO_REUSEPORT).
     pub listeners: Vec<std::net::TcpListener>,
     /// Initial config.
@@ -168,20 +171,53 @@ pub fn io_uring_available() -> bool {
     monoio::utils::detect_uring()
 }
 
-fn build_runtime(io_uring: bool) -> std::io::Result<Runtime> {
+/// Builds the shard's runtime: io_uring when asked for and possible, with
+/// completion work run as `task_run` says; a kernel that refuses that mode
+/// gets the next one (deferred, cooperative, interrupt), one that refuses
+/// io_uring gets epoll.
+fn build_runtime(io_uring: bool, task_run: IoUringTaskRun) -> std::io::Result<Runtime> {
     if io_uring && io_uring_available() {
-        match RuntimeBuilder::<IoUringDriver>::new()
-            .enable_timer()
-            .with_entries(4096)
-            .build()
-        {
-            Ok(rt) => return Ok(rt.into()),
-            // The probe ring is tiny; a large one can still fail (RLIMIT_MEMLOCK on
-            // older kernels). Fall back to epoll rather than lose the shard.
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring ring setup failed; this shard uses epoll")
+        let modes = [
+            IoUringTaskRun::Deferred,
+            IoUringTaskRun::Cooperative,
+            IoUringTaskRun::Interrupt,
+        ];
+        let first = modes.iter().position(|m| *m == task_run).unwrap_or(0);
+        for mode in &modes[first..] {
+            let mut ring = io_uring::IoUring::builder();
+            match mode {
+                IoUringTaskRun::Deferred => {
+                    ring.setup_single_issuer().setup_defer_taskrun();
+                }
+                IoUringTaskRun::Cooperative => {
+                    ring.setup_single_issuer()
+                        .setup_coop_taskrun()
+                        .setup_taskrun_flag();
+                }
+                IoUringTaskRun::Interrupt => {}
+            }
+            match RuntimeBuilder::<IoUringDriver>::new()
+                .enable_timer()
+                .uring_builder(ring)
+                .with_entries(4096)
+                .build()
+            {
+                Ok(rt) => {
+                    if *mode != task_run {
+                        tracing::warn!(
+                            asked = ?task_run,
+                            used = ?mode,
+                            "the kernel refused the io_uring task-run mode asked for; this shard uses the next one"
+                        );
+                    }
+                    return Ok(rt.into());
+                }
+                // The probe ring is tiny; a large one can still fail (RLIMIT_MEMLOCK on
+                // older kernels), and a mode newer than the kernel fails with EINVAL.
+                Err(e) => tracing::debug!(error = %e, mode = ?mode, "io_uring ring setup failed"),
             }
         }
+        tracing::warn!("io_uring ring setup failed in every mode; this shard uses epoll");
     }
     Ok(RuntimeBuilder::<LegacyDriver>::new()
         .enable_timer()
@@ -204,7 +240,7 @@ fn run(spec: ShardSpec, rx: async_channel::Receiver<ShardCommand>) {
             tracing::warn!(shard = spec.id, cpu, "could not pin shard to CPU");
         }
     }
-    let mut rt = match build_runtime(spec.io_uring) {
+    let mut rt = match build_runtime(spec.io_uring, spec.io_uring_task_run) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(shard = spec.id, error = %e, "cannot build runtime");

@@ -21,6 +21,7 @@
 use crate::lease::{lease, Lease, LeaseError};
 use crate::{next_random, ClusterRuntime, UpstreamConn};
 use bytes::Buf;
+use hypergate_core::clock::coarse_now;
 use hypergate_core::error::{ErrorKind, GatewayError};
 use hypergate_core::http::chunked::{ChunkedDecoder, Step};
 use hypergate_core::http::codec::{at, parse_response, BodyFraming, Parsed, ResponseHead};
@@ -202,9 +203,9 @@ pub async fn attempt<'a>(
     match limits.deadline {
         None => attempt_inner(cluster, ep, request, head, out, limits).await,
         Some(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
             // Past the deadline the attempt is abandoned (its connection closed).
-            monoio::time::timeout(left, attempt_inner(cluster, ep, request, head, out, limits))
+            let at = monoio::time::Instant::from_std(deadline);
+            monoio::time::timeout_at(at, attempt_inner(cluster, ep, request, head, out, limits))
                 .await
                 .unwrap_or(Err(Failure::Timeout))
         }
@@ -254,7 +255,7 @@ async fn attempt_inner<'a>(
             });
         }
         request.send_body(lease.conn(), out).await?;
-        let deadline = Instant::now() + limits.response_timeout;
+        let deadline = coarse_now() + limits.response_timeout;
         let conn = lease.conn();
         let read = read_head(&mut conn.stream, &mut conn.rbuf, head, &limits, deadline);
         match read.await {
@@ -295,7 +296,7 @@ pub async fn read_head<R: monoio::io::AsyncReadRent>(
             Ok(Parsed::Partial) => {}
             Err(_) => return Err(Failure::BadResponse),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(coarse_now());
         if left.is_zero() {
             return Err(Failure::Timeout);
         }
@@ -427,7 +428,7 @@ impl<'c> Retries<'c> {
 
     /// Whether the deadline has passed.
     pub fn out_of_time(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.deadline.is_some_and(|d| coarse_now() >= d)
     }
 
     /// Decides on the next attempt after one that came to `outcome`:
@@ -455,7 +456,7 @@ impl<'c> Retries<'c> {
             }
             wait = wait.min(self.policy.max_backoff);
         }
-        if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+        if self.deadline.is_some_and(|d| coarse_now() + wait >= d) {
             return Next::OutOfTime;
         }
         if !self.budget.take_retry() {

@@ -22,6 +22,7 @@ pub mod lease;
 pub mod tls;
 
 pub use cluster::{Cluster, Endpoint};
+use hypergate_core::clock::coarse_now;
 use hypergate_core::config::raw::LbPolicy;
 pub use hypergate_core::rng::{next_random, sampled};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
@@ -129,7 +130,7 @@ impl UpstreamConn {
             fd,
             rbuf: bytes::BytesMut::with_capacity(capacity),
             reused: false,
-            idle_since: Instant::now(),
+            idle_since: coarse_now(),
         }
     }
 
@@ -176,7 +177,7 @@ impl EndpointRuntime {
 
     /// Whether passive outlier detection has ejected this endpoint on this shard.
     pub fn is_ejected(&self) -> bool {
-        self.ejected(Instant::now())
+        self.ejected(coarse_now())
     }
 
     fn ejected(&self, now: Instant) -> bool {
@@ -261,7 +262,7 @@ impl ClusterRuntime {
 
     /// Picks an endpoint index, skipping unavailable ones and those in `tried` (a bitmask).
     pub fn pick(&self, key: Option<u64>, tried: u64, rng: &Cell<u64>) -> Result<usize, NoEndpoint> {
-        let now = Instant::now();
+        let now = coarse_now();
         let usable =
             |i: usize| self.endpoints[i].available(now) && (i >= 64 || tried & (1 << i) == 0);
         let n = self.endpoints.len();
@@ -329,7 +330,9 @@ impl ClusterRuntime {
         let idle_timeout = self.spec.raw.pool.idle_timeout;
         let mut idle = e.idle.borrow_mut();
         while let Some(mut c) = idle.pop() {
-            if c.idle_since.elapsed() < idle_timeout && (!verify_open || still_open(c.fd)) {
+            if coarse_now().saturating_duration_since(c.idle_since) < idle_timeout
+                && (!verify_open || still_open(c.fd))
+            {
                 c.reused = true;
                 return Some(c);
             }
@@ -358,7 +361,7 @@ impl ClusterRuntime {
         let e = &self.endpoints[i];
         let mut idle = e.idle.borrow_mut();
         if idle.len() < self.spec.raw.pool.max_idle && conn.rbuf.is_empty() {
-            conn.idle_since = Instant::now();
+            conn.idle_since = coarse_now();
             idle.push(conn);
         } else {
             e.open.set(e.open.get() - 1);
@@ -382,7 +385,7 @@ impl ClusterRuntime {
     pub fn failure(&self, i: usize) {
         let o = &self.spec.raw.outlier;
         let e = &self.endpoints[i];
-        let now = Instant::now();
+        let now = coarse_now();
         let trip = breaker::Trip {
             threshold: o.consecutive_failures,
             base: o.base_ejection,
@@ -416,7 +419,7 @@ impl ClusterRuntime {
     /// Takes one retry from the budget if allowed.
     pub fn take_retry(&self) -> bool {
         let r = &self.spec.raw.retry;
-        let now = Instant::now();
+        let now = coarse_now();
         if now.duration_since(self.budget.window_start.get()) >= Duration::from_secs(1) {
             self.budget.window_start.set(now);
             self.budget.used_in_window.set(0);

@@ -98,6 +98,29 @@ pub struct ServerConfig {
     pub drain_idle_grace: Duration,
     /// Use io_uring when the kernel allows it (otherwise epoll is used).
     pub io_uring: bool,
+    /// When the kernel finishes a shard's io_uring operations (see
+    /// [`IoUringTaskRun`]).
+    pub io_uring_task_run: IoUringTaskRun,
+}
+
+/// When the kernel runs the completion work of a shard's io_uring operations
+/// (a read whose data arrived, a send that was waiting for room). Each shard
+/// is the only thread that submits to its ring, so nothing needs the kernel to
+/// interrupt it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoUringTaskRun {
+    /// Only when the shard waits for completions, between two batches of work
+    /// (`IORING_SETUP_DEFER_TASKRUN`, Linux 6.1): no interrupt, and completions
+    /// are reaped in batches. A shard busy for a long stretch (a large body
+    /// being transformed) sees its completions after it; the default.
+    Deferred,
+    /// At the shard's next system call, without interrupting it
+    /// (`IORING_SETUP_COOP_TASKRUN`, Linux 5.19).
+    Cooperative,
+    /// At once: the kernel interrupts the shard's thread (an inter-processor
+    /// interrupt when it runs on another CPU), as io_uring did before 5.19.
+    Interrupt,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +133,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(15),
             drain_idle_grace: Duration::from_secs(1),
             io_uring: true,
+            io_uring_task_run: IoUringTaskRun::Deferred,
         }
     }
 }
