@@ -30,7 +30,7 @@ pub struct Downstream {
     pub h2: bool,
     /// The client's IP address as text (formatted once per connection:
     /// `X-Forwarded-For` needs it on every request).
-    pub peer_ip: std::sync::Arc<str>,
+    pub peer_ip: hypergate_core::ids::IpText,
     /// What `X-Forwarded-Proto` says: `http` or `https`.
     pub scheme: &'static str,
 }

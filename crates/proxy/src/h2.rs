@@ -78,7 +78,7 @@ pub async fn serve_h2<S, H>(
     let down = Rc::new(Downstream {
         peer,
         h2: true,
-        peer_ip: peer.ip().to_string().into(),
+        peer_ip: hypergate_core::ids::IpText::new(peer.ip()),
         scheme,
     });
     let limits = ctx.installed.borrow().config.raw.limits.clone();

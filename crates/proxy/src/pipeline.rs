@@ -93,11 +93,16 @@ pub async fn serve_connection<S: ClientStream, H: Handler>(
     let down = Downstream {
         peer,
         h2: false,
-        peer_ip: peer.ip().to_string().into(),
+        peer_ip: hypergate_core::ids::IpText::new(peer.ip()),
         scheme,
     };
+    // The write buffer starts with room for a typical response head: grown
+    // from empty it would be reallocated several times on the connection's
+    // first request, which is its only one when clients close after each
+    // (about 900 instructions; see `bench/README.md`, newconn).
     let mut bufs = Buffers {
         rbuf: read,
+        out: Vec::with_capacity(1024),
         ..Buffers::default()
     };
     loop {
