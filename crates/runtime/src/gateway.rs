@@ -547,6 +547,9 @@ fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::T
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    // Accepted connections inherit TCP_NODELAY from the listener on Linux:
+    // set once here, not with a system call per connection.
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
@@ -738,5 +741,23 @@ impl Gateway {
                 tracing::warn!("OTLP exporter: spans still queued after 5s were not sent");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_reuseport;
+
+    #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a test connects with a blocking socket, off any shard"
+    )]
+    fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+        let listener = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

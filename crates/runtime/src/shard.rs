@@ -401,32 +401,46 @@ async fn accept_loop(
     // its request (and reset at exit). It is dropped only after the settle,
     // when the filter lets no new connection in.
     {
-        let mut settle_until: Option<Instant> = None;
+        let accepted = |r: std::io::Result<(monoio::net::TcpStream, std::net::SocketAddr)>| match r
+        {
+            Ok((stream, peer)) => {
+                admit(&ctx, &ai, stream, peer, listener_idx);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                false
+            }
+        };
+        // One accept and one drain signal, each made once and polled again
+        // after every connection (not rebuilt per accept).
         let mut accept = std::pin::pin!(listener.accept());
+        let mut drain = std::pin::pin!(accepting.recv());
         loop {
-            let draining = settle_until.is_some();
-            let settle_left = settle_until.map_or(Duration::ZERO, |u| {
-                u.saturating_duration_since(Instant::now())
-            });
             monoio::select! {
                 r = accept.as_mut() => {
                     accept.set(listener.accept());
-                    match r {
-                        Ok((stream, peer)) => admit(&ctx, &ai, stream, peer, listener_idx),
-                        Err(e) => {
-                            // EMFILE and friends: back off briefly instead of spinning.
-                            tracing::warn!(shard = ctx.id, error = %e, "accept failed");
-                            monoio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                    if !accepted(r) {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        monoio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                _ = accepting.recv(), if !draining => {
-                    if let Err(e) = refuse_new_syns(listener.as_raw_fd()) {
-                        tracing::warn!(shard = ctx.id, error = %e, "cannot stop new handshakes on a draining listener");
+                _ = drain.as_mut() => break,
+            }
+        }
+        if let Err(e) = refuse_new_syns(listener.as_raw_fd()) {
+            tracing::warn!(shard = ctx.id, error = %e, "cannot stop new handshakes on a draining listener");
+        }
+        let mut settled = std::pin::pin!(monoio::time::sleep(LISTENER_SETTLE));
+        loop {
+            monoio::select! {
+                r = accept.as_mut() => {
+                    accept.set(listener.accept());
+                    if !accepted(r) {
+                        monoio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    settle_until = Some(Instant::now() + LISTENER_SETTLE);
                 }
-                _ = monoio::time::sleep(settle_left), if draining => break,
+                _ = settled.as_mut() => break,
             }
         }
         // The pending accept (cancelled now, with nothing left to take) goes here,
@@ -550,7 +564,7 @@ fn admit(
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY is inherited from the listener (see `bind_reuseport`).
     let fd = stream.as_raw_fd();
     match tls {
         None if h2c => {
