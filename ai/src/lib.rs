@@ -16,6 +16,7 @@
 //! - [`completions`]: OpenAI's legacy Completions API over Chat Completions.
 
 pub mod bedrock;
+mod bpe;
 pub mod completions;
 pub mod gemini;
 pub mod guard;

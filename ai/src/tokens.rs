@@ -8,12 +8,14 @@
 //!
 //! How it works:
 //! 1. The tokenizer (about 200k ranks, decoded from data embedded in
-//!    `tiktoken-rs`) is built once, on first use, in a [`OnceLock`]; call
-//!    [`warm_up`] at startup so no request pays for that.
-//! 2. [`count`] encodes without special-token handling (`encode_ordinary`), the
-//!    cheapest path: special tokens in user text count as plain text.
-//!    `CoreBPE` is `Sync` and keeps one regex per thread slot, so shard threads
-//!    can count concurrently without a lock.
+//!    `tiktoken-rs` and packed into 3.4 MiB by the crate's `bpe` module) is
+//!    built once, on first use, in a [`OnceLock`]; call [`warm_up`] at startup
+//!    so no request pays for that. Building it briefly needs tiktoken's own
+//!    tokenizer (33 MiB of heap), freed once the compact one is made.
+//! 2. [`count`] encodes without special-token handling (tiktoken's
+//!    `encode_ordinary`, with identical counts), the cheapest path: special
+//!    tokens in user text count as plain text. The tokenizer is immutable and
+//!    `Sync`, so shard threads count concurrently without a lock.
 //! 3. [`count_chat_request`] applies OpenAI's documented per-message overheads
 //!    to the text of an OpenAI Chat Completions request; it is an estimate.
 
@@ -21,7 +23,8 @@ use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
+
+use crate::bpe::O200kCounter;
 
 /// Tokens OpenAI adds around every chat message (`<|start|>role ... <|end|>`).
 const TOKENS_PER_MESSAGE: u64 = 3;
@@ -30,14 +33,10 @@ const TOKENS_PER_NAME: u64 = 1;
 /// Tokens that prime the assistant's reply (`<|start|>assistant<|message|>`).
 const REPLY_PRIMING_TOKENS: u64 = 3;
 
-static TOKENIZER: OnceLock<CoreBPE> = OnceLock::new();
+static TOKENIZER: OnceLock<O200kCounter> = OnceLock::new();
 
-fn tokenizer() -> &'static CoreBPE {
-    TOKENIZER.get_or_init(|| {
-        // The ranks are compiled into tiktoken-rs; decoding them cannot fail
-        // unless that crate is broken, which the tests below would catch.
-        tiktoken_rs::o200k_base().expect("embedded o200k_base ranks decode")
-    })
+fn tokenizer() -> &'static O200kCounter {
+    TOKENIZER.get_or_init(O200kCounter::build)
 }
 
 /// Builds the tokenizer on a background thread, so the first request that
@@ -57,7 +56,7 @@ pub fn count(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    tokenizer().encode_ordinary(text).len() as u64
+    tokenizer().count(text) as u64
 }
 
 /// Estimated prompt tokens of an OpenAI Chat Completions request body.
