@@ -14,7 +14,8 @@
 //!    never saw its blank line, and says whether it did, so a truncated upstream
 //!    stream can be told apart from a clean end.
 //!
-//! [`write_event`] is the other direction: it frames one event for a client.
+//! [`write_event`] is the other direction: it frames one event for a client;
+//! [`write_json_event`] frames a JSON value without building its text first.
 
 use std::mem;
 
@@ -88,19 +89,28 @@ impl PendingEvent {
         match field {
             b"event" => {
                 self.event_type.clear();
-                self.event_type.push_str(&String::from_utf8_lossy(value));
+                push_lossy(&mut self.event_type, value);
             }
             b"data" => {
                 if self.has_data {
                     self.data.push('\n');
                 }
                 self.has_data = true;
-                self.data.push_str(&String::from_utf8_lossy(value));
+                push_lossy(&mut self.data, value);
             }
             // `id`, `retry` and unknown fields do not change the dispatched event.
             _ => {}
         }
         None
+    }
+}
+
+/// Appends `bytes` to `text`, invalid UTF-8 replaced by U+FFFD (the checked
+/// conversion first: it is much faster on the valid text providers send).
+fn push_lossy(text: &mut String, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(valid) => text.push_str(valid),
+        Err(_) => text.push_str(&String::from_utf8_lossy(bytes)),
     }
 }
 
@@ -176,10 +186,7 @@ impl SseParser {
                 self.bom_checked = true;
             }
             let search_from = self.scanned.max(self.consumed);
-            let Some(offset) = self.buffer[search_from..]
-                .iter()
-                .position(|&b| b == b'\n' || b == b'\r')
-            else {
+            let Some(offset) = memchr::memchr2(b'\n', b'\r', &self.buffer[search_from..]) else {
                 self.scanned = self.buffer.len();
                 let unfinished = self.buffer.len() - self.consumed;
                 if self.pending.held_bytes() + unfinished > self.max_event_bytes {
@@ -253,7 +260,7 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     let mut rest = data;
     loop {
         out.extend_from_slice(b"data: ");
-        match rest.find(['\r', '\n']) {
+        match rest.bytes().position(|b| b == b'\r' || b == b'\n') {
             Some(at) => {
                 out.extend_from_slice(&rest.as_bytes()[..at]);
                 out.push(b'\n');
@@ -268,6 +275,21 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
         }
     }
     out.push(b'\n');
+}
+
+/// Appends one event whose data is `data` as compact JSON: what [`write_event`]
+/// writes for `data.to_string()`, serialized straight into `out` (compact JSON
+/// has no line breaks, so it is one `data:` line).
+pub fn write_json_event(out: &mut Vec<u8>, event: Option<&str>, data: &serde_json::Value) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend(name.bytes().filter(|&b| b != b'\n' && b != b'\r'));
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    // Serializing a `Value` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]
@@ -327,6 +349,17 @@ data: [DONE]\n\n";
             event(Some("ping"), r#"{"type": "ping"}"#),
             event(None, "[DONE]"),
         ]
+    }
+
+    #[test]
+    fn json_event_is_the_event_of_the_json_text() {
+        let data = serde_json::json!({"b": "line\nbreak\r", "a": [1, null, 2.5], "c": {"d": "é"}});
+        for name in [None, Some("message_start"), Some("bad\nname")] {
+            let (mut direct, mut text) = (Vec::new(), Vec::new());
+            write_json_event(&mut direct, name, &data);
+            write_event(&mut text, name, &data.to_string());
+            assert_eq!(direct, text);
+        }
     }
 
     #[test]

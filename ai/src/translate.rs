@@ -1231,8 +1231,15 @@ pub fn response_text_mut(response: &mut Value) -> impl Iterator<Item = &mut Stri
 /// Mutable access to the text delta of a streamed chunk (`choices[0].delta.content`
 /// when it is a string), for rewriting in place.
 pub fn chunk_text_mut(chunk: &mut Value) -> Option<&mut String> {
-    match chunk.pointer_mut("/choices/0/delta/content") {
-        Some(Value::String(text)) => Some(text),
+    // Step by step rather than `pointer_mut`, which allocates for every segment
+    // (this runs on every chunk); a `0` step reads an object's "0" as a pointer does.
+    let choice = match chunk.get_mut("choices")? {
+        Value::Array(choices) => choices.first_mut()?,
+        Value::Object(choices) => choices.get_mut("0")?,
+        _ => return None,
+    };
+    match choice.get_mut("delta")?.get_mut("content")? {
+        Value::String(text) => Some(text),
         _ => None,
     }
 }
@@ -1279,12 +1286,13 @@ impl Usage {
         if usage.get("prompt_tokens").is_none() && usage.get("completion_tokens").is_none() {
             return None;
         }
-        let count = |pointer: &str| usage.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        let count = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        let detail = |object: &str, field: &str| usage.get(object).and_then(|d| d.get(field));
         Some(Usage {
-            prompt: count("/prompt_tokens"),
-            completion: count("/completion_tokens"),
-            cached: count("/prompt_tokens_details/cached_tokens"),
-            reasoning: count("/completion_tokens_details/reasoning_tokens"),
+            prompt: count(usage.get("prompt_tokens")),
+            completion: count(usage.get("completion_tokens")),
+            cached: count(detail("prompt_tokens_details", "cached_tokens")),
+            reasoning: count(detail("completion_tokens_details", "reasoning_tokens")),
         })
     }
 

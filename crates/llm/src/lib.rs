@@ -559,6 +559,19 @@ pub async fn serve<S: AsyncReadRent + AsyncWriteRent>(
     outcome
 }
 
+/// `value` as compact JSON, as `Value::to_string` writes it, serialized
+/// straight into bytes (`to_string` goes through `fmt`, several times slower).
+fn json_bytes(value: &Value) -> Vec<u8> {
+    // Serializing a `Value` into a `Vec` cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// [`json_bytes`] as a `String`.
+fn json_text(value: &Value) -> String {
+    // Serializing a `Value` cannot fail, and what it writes is UTF-8.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 /// What was sent to the client.
 struct Sent {
     status: u16,
@@ -600,7 +613,7 @@ async fn respond_json<S: AsyncWriteRent>(
     status: u16,
     body: &Value,
 ) -> Result<Sent, GatewayError> {
-    let text = body.to_string();
+    let text = json_bytes(body);
     out.clear();
     write_head(
         out,
@@ -610,7 +623,7 @@ async fn respond_json<S: AsyncWriteRent>(
         Some(text.len()),
         !req.keep_alive,
     );
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&text);
     let ok = write_out(stream, out, req.inst.config.raw.limits.send_timeout)
         .await
         .is_ok();
@@ -970,7 +983,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let store = &self.req.inst.config.raw.hypercare.store;
         if store.enabled && hypergate_upstream::sampled(&self.req.ctx.rng, store.capture_llm_bodies)
         {
-            let text = canonical.to_string();
+            let text = json_text(&canonical);
             let max = store.capture_max_bytes + CAPTURE_SLACK;
             self.rec.request_body = Some(cut_text(&text, max).to_string());
         }
@@ -1596,7 +1609,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.redact_response(answered.alias, &mut canon);
         if self.rec.request_body.is_some() {
             let max = self.req.inst.config.raw.hypercare.store.capture_max_bytes + CAPTURE_SLACK;
-            let text = canon["choices"].to_string();
+            let text = json_text(&canon["choices"]);
             self.rec.response_body = Some(cut_text(&text, max).to_string());
         }
         if let Some(key) = cache_key {
@@ -1694,7 +1707,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         self.event_stream_head(out);
         let mut events = Vec::new();
         for chunk in response_to_chunks(canon) {
-            em.chunk(&chunk, &mut events);
+            em.chunk(chunk, &mut events);
         }
         em.end(translate::Usage::from_openai(&canon["usage"]), &mut events);
         let bytes = events.len() as u64;
@@ -1816,11 +1829,11 @@ impl<'r, 'a> Chat<'r, 'a> {
                             extra["choices"][0]["finish_reason"] = Value::Null;
                             extra["choices"][0]["delta"] = json!({"content": tail});
                             assembled.add(&extra);
-                            em.chunk(&extra, &mut events);
+                            em.chunk(extra, &mut events);
                         }
                     }
                     assembled.add(&chunk);
-                    em.chunk(&chunk, &mut events);
+                    em.chunk(chunk, &mut events);
                 }
                 if decoder.done() {
                     done = true;
@@ -2020,7 +2033,7 @@ impl<'r, 'a> Chat<'r, 'a> {
         let mut write_event = |events: &mut Vec<u8>, name: &str, mut data: Value| {
             data["sequence_number"] = seq.into();
             seq += 1;
-            hypergate_ai::sse::write_event(events, Some(name), &data.to_string());
+            hypergate_ai::sse::write_json_event(events, Some(name), &data);
         };
         if !self.open_event_stream(stream, out).await {
             aborted = true;
@@ -2630,14 +2643,14 @@ fn provider_request(
         }
         let mut body = canonical.clone();
         body["model"] = model.into();
-        return Ok(("/messages/count_tokens".into(), body.to_string()));
+        return Ok(("/messages/count_tokens".into(), json_text(&body)));
     }
     if let Some(request) = native {
         // A Responses call to a provider that serves the API: as it is.
         let mut body = request.clone();
         body["model"] = model.into();
         body["stream"] = streamed.into();
-        return Ok(("/responses".into(), body.to_string()));
+        return Ok(("/responses".into(), json_text(&body)));
     }
     let is_embedding = canonical.get("input").is_some() && canonical.get("messages").is_none();
     if is_embedding {
@@ -2646,7 +2659,7 @@ fn provider_request(
         }
         let mut body = canonical.clone();
         body["model"] = model.into();
-        return Ok(("/embeddings".into(), body.to_string()));
+        return Ok(("/embeddings".into(), json_text(&body)));
     }
     match provider.kind {
         ProviderKind::Openai => {
@@ -2661,7 +2674,7 @@ fn provider_request(
                 o.remove("stream");
                 o.remove("stream_options");
             }
-            Ok(("/chat/completions".into(), body.to_string()))
+            Ok(("/chat/completions".into(), json_text(&body)))
         }
         ProviderKind::Anthropic => {
             let mut body =
@@ -2669,7 +2682,7 @@ fn provider_request(
                     .map_err(|e| e.to_string())?;
             body["model"] = model.into();
             body["stream"] = streamed.into();
-            Ok(("/messages".into(), body.to_string()))
+            Ok(("/messages".into(), json_text(&body)))
         }
         ProviderKind::Gemini => {
             let body = hypergate_ai::gemini::openai_request_to_gemini(canonical)
@@ -2680,7 +2693,7 @@ fn provider_request(
             } else {
                 format!("/models/{model}:generateContent")
             };
-            Ok((suffix, body.to_string()))
+            Ok((suffix, json_text(&body)))
         }
         ProviderKind::Bedrock => {
             let body = hypergate_ai::bedrock::openai_request_to_converse(canonical)
@@ -2692,7 +2705,7 @@ fn provider_request(
             };
             Ok((
                 format!("/model/{}/{action}", path_segment(model)),
-                body.to_string(),
+                json_text(&body),
             ))
         }
     }
@@ -2933,7 +2946,7 @@ impl Emitter {
     /// Writes named events (Anthropic's, the Responses API's).
     fn named(events: &mut Vec<u8>, list: Vec<(String, Value)>) {
         for (name, data) in list {
-            hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
+            hypergate_ai::sse::write_json_event(events, Some(&name), &data);
         }
     }
 
@@ -2951,32 +2964,32 @@ impl Emitter {
     fn openai_like(&self, chunk: &Value, events: &mut Vec<u8>) {
         if self.format == Format::Completions {
             if let Some(c) = completions::chunk_to_completion(chunk) {
-                hypergate_ai::sse::write_event(events, None, &c.to_string());
+                hypergate_ai::sse::write_json_event(events, None, &c);
             }
         } else {
-            hypergate_ai::sse::write_event(events, None, &chunk.to_string());
+            hypergate_ai::sse::write_json_event(events, None, chunk);
         }
     }
 
-    fn chunk(&mut self, chunk: &Value, events: &mut Vec<u8>) {
+    fn chunk(&mut self, chunk: Value, events: &mut Vec<u8>) {
         if let Some(tr) = self.responses(events) {
-            let list = tr.push(chunk);
+            let list = tr.push(&chunk);
             Self::named(events, list);
-            self.last = Some(chunk.clone());
+            self.last = Some(chunk);
             return;
         }
         match &mut self.to_anthropic {
-            None => self.openai_like(chunk, events),
+            None => self.openai_like(&chunk, events),
             Some(tr) => {
-                for (name, mut data) in tr.push(chunk) {
+                for (name, mut data) in tr.push(&chunk) {
                     if let (Some(n), "message_start") = (self.input_tokens, name.as_str()) {
                         data["message"]["usage"]["input_tokens"] = n.into();
                     }
-                    hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
+                    hypergate_ai::sse::write_json_event(events, Some(&name), &data);
                 }
             }
         }
-        self.last = Some(chunk.clone());
+        self.last = Some(chunk);
     }
 
     /// Text that was held back by redaction, as one more content chunk.
@@ -2986,7 +2999,7 @@ impl Emitter {
         );
         c["choices"][0]["delta"] = json!({"content": text});
         c["choices"][0]["finish_reason"] = Value::Null;
-        self.chunk(&c, events);
+        self.chunk(c, events);
     }
 
     fn end(&mut self, usage: Option<Usage>, events: &mut Vec<u8>) {
@@ -3012,7 +3025,7 @@ impl Emitter {
             }
             Some(tr) => {
                 for (name, data) in tr.finish(usage) {
-                    hypergate_ai::sse::write_event(events, Some(&name), &data.to_string());
+                    hypergate_ai::sse::write_json_event(events, Some(&name), &data);
                 }
             }
         }
@@ -3033,11 +3046,11 @@ impl Emitter {
                     message,
                 );
                 e["error"]["request_id"] = request_id.into();
-                hypergate_ai::sse::write_event(events, None, &e.to_string());
+                hypergate_ai::sse::write_json_event(events, None, &e);
             }
             Format::Anthropic => {
                 let e = hypergate_core::error::anthropic_error(502, "api_error", message);
-                hypergate_ai::sse::write_event(events, Some("error"), &e.to_string());
+                hypergate_ai::sse::write_json_event(events, Some("error"), &e);
             }
         }
     }
