@@ -40,13 +40,16 @@ fn tokenizer() -> &'static O200kCounter {
 }
 
 /// Builds the tokenizer on a background thread, so the first request that
-/// counts tokens does not wait for it (it takes a few hundred milliseconds).
-/// Joining the handle is optional.
-pub fn warm_up() -> std::io::Result<JoinHandle<()>> {
+/// counts tokens does not wait for it (it takes a few hundred milliseconds),
+/// then runs `after` on that thread: the building freed tens of megabytes
+/// (the temporary table the ranks come from), which the caller's allocator
+/// may keep until told to hand them back. Joining the handle is optional.
+pub fn warm_up(after: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("hypergate-tokenizer-warm-up".to_owned())
         .spawn(|| {
             tokenizer();
+            after();
         })
 }
 
@@ -158,7 +161,7 @@ mod tests {
 
     #[test]
     fn warm_up_builds_the_tokenizer() {
-        warm_up().unwrap().join().unwrap();
+        warm_up(|| ()).unwrap().join().unwrap();
         assert!(TOKENIZER.get().is_some());
     }
 

@@ -651,7 +651,7 @@ impl Gateway {
         rate_limiter.install(&config.rate_limits, config.raw.redis.as_ref());
         let ai = hypergate_llm::AiShared::new(&config);
         if !hypergate_llm::spec::of(&config).aliases.is_empty() {
-            let _ = hypergate_ai::tokens::warm_up();
+            let _ = hypergate_ai::tokens::warm_up(shard::release_memory);
         }
         let (exporter, mut telemetry) = match &config.otlp {
             Some(settings) => {

@@ -116,6 +116,15 @@ pub fn set_memory_release(release: fn()) {
     let _ = MEMORY_RELEASE.set(release);
 }
 
+/// Hands freed memory back to the operating system now (after a one-off
+/// build that freed a lot, such as the tokenizer's); nothing when no
+/// allocator hook is set.
+pub fn release_memory() {
+    if let Some(release) = MEMORY_RELEASE.get() {
+        release();
+    }
+}
+
 /// Connections that must have closed, from the peak since the last release,
 /// before a shard releases memory.
 const RELEASE_AFTER_CLOSED: u64 = 256;
