@@ -26,7 +26,8 @@
 //!    scratch directory (see [`targets`]), then run the rounds, visiting the
 //!    targets in turn (A B C D A B C D ...) so slow drifts of the machine hit all
 //!    of them alike; a pair scenario's two Hypergate targets (eBPF probe, call
-//!    store, tracing) go off-on, then on-off, and so on. With `--baseline`, the target
+//!    store, tracing, an io_uring task-run mode against the default) go
+//!    off-on, then on-off, and so on. With `--baseline`, the target
 //!    `hypergate-base` (the baseline commit's binary with exactly the config
 //!    `hypergate` gets; in pair scenarios the plain one) runs in every scenario
 //!    `hypergate` runs in, right after it (after the pair in pair scenarios); if
@@ -46,7 +47,8 @@
 //!    pair scenarios the feature on against off (with the records per second
 //!    the call store wrote, read from the gateway's `/metrics` around each
 //!    call-store run, and the spans per second the OTLP exporter got accepted,
-//!    dropped or failed to export around each tracing run), for LLM scenarios the latency each
+//!    dropped or failed to export around each tracing run; for the io_uring
+//!    pairs the other mode against the default), for LLM scenarios the latency each
 //!    gateway adds over direct and for the soak the memory (see [`report`]),
 //!    and write every run (the baseline's rows with its commit hash)
 //!    to `<target dir>/bench/latest.json`.
@@ -583,6 +585,12 @@ impl Bench<'_> {
             }
         }
 
+        // The progress lines' target column: 20 wide, or the longest name here.
+        let name_width = running
+            .iter()
+            .flatten()
+            .map(|target| target.target.name().len())
+            .fold(20, usize::max);
         for round in 1..=rounds {
             let mut order: Vec<usize> = (0..running.len()).collect();
             if scenario.pair.is_some() && round % 2 == 0 {
@@ -595,7 +603,7 @@ impl Bench<'_> {
                 };
                 outcome.step += 1;
                 eprint!(
-                    "[{:>3}/{}] {label} round {round}/{rounds} {:<20} ",
+                    "[{:>3}/{}] {label} round {round}/{rounds} {:<name_width$} ",
                     outcome.step,
                     outcome.steps,
                     target.target.name()
@@ -1426,6 +1434,46 @@ mod tests {
             [
                 Target::Hypergate,
                 Target::HypergateTraceOnePercent,
+                Target::HypergateBase
+            ]
+        );
+    }
+
+    #[test]
+    fn io_uring_pairs_run_the_plain_binary_twice_in_the_default_set_only() {
+        let mut plan = plan(&[
+            "--scenario=uring-cooperative",
+            "--scenario=ebpf-probe",
+            "--scenario=uring-interrupt",
+        ])
+        .expect("valid");
+        for (name, on) in [
+            ("uring-cooperative", Target::HypergateUringCooperative),
+            ("uring-interrupt", Target::HypergateUringInterrupt),
+        ] {
+            let scenario = scenario::find(name).expect("scenario exists");
+            assert_eq!(
+                plan.targets_for(scenario),
+                [Target::Hypergate, on],
+                "{name}"
+            );
+            assert!(!scenario.pair.is_some_and(Pair::traces), "{name}");
+            assert!(Target::from_name(on.name()).is_none(), "{name}");
+        }
+        plan.skip_ebpf_pair("test");
+        assert_eq!(names(&plan), ["uring-cooperative", "uring-interrupt"]);
+        let defaults = names(&self::plan(&[]).expect("valid"));
+        assert!(defaults.contains(&"uring-cooperative") && defaults.contains(&"uring-interrupt"));
+        let quick = names(&self::plan(&["--quick"]).expect("valid"));
+        assert!(!quick.contains(&"uring-cooperative") && !quick.contains(&"uring-interrupt"));
+        // The baseline runs the plain config, which leaves the mode at its default.
+        let with_base =
+            self::plan(&["--scenario=uring-interrupt", "--baseline=HEAD~1"]).expect("valid");
+        assert_eq!(
+            with_base.targets_for(with_base.scenarios[0]),
+            [
+                Target::Hypergate,
+                Target::HypergateUringInterrupt,
                 Target::HypergateBase
             ]
         );

@@ -20,7 +20,9 @@
 //! own CPU per request too, to [`TRACE_ALL_MAX_CPU_RATIO`] with every request
 //! sampled and [`TRACE_SAMPLED_MAX_CPU_RATIO`] with 1%, and their sections add
 //! the spans per second the collector accepted during the "on" runs and the
-//! spans dropped or failed, with a warning line when any were.
+//! spans dropped or failed, with a warning line when any were. The io_uring
+//! pairs compare a task-run mode with the default (`"deferred"`), its columns
+//! named after the two modes, with no target: they report which costs less.
 //!
 //! LLM scenarios get a section of their own: what each gateway adds over
 //! calling the mock directly, at p50 and p99, as the difference of its
@@ -34,7 +36,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::scenario::{self, Pair, Scenario};
-use super::targets::Target;
+use super::targets::{Target, DEFAULT_IO_URING_TASK_RUN};
 
 /// Throughput with the eBPF probe on over off should be at least this.
 pub const EBPF_MIN_RPS_RATIO: f64 = 0.97;
@@ -235,6 +237,11 @@ fn or_dash(value: Option<String>) -> String {
     value.unwrap_or_else(|| "-".to_owned())
 }
 
+/// A table column's width: `usual`, or the longest of `names` if longer.
+fn column_width<'a>(usual: usize, names: impl IntoIterator<Item = &'a str>) -> usize {
+    names.into_iter().map(str::len).fold(usual, usize::max)
+}
+
 /// The human-readable table: medians per target, then Hypergate/peer ratios.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -244,13 +251,16 @@ pub fn table(rows: &[Row]) -> String {
             keys.push((row.layout.as_str(), row.scenario.as_str()));
         }
     }
+    // Wider columns only when a longer name than usual ran.
+    let scenario_width = column_width(15, keys.iter().map(|&(_, scenario)| scenario));
+    let proxy_width = column_width(20, rows.iter().map(|row| row.proxy.as_str()));
     let mut current_layout = "";
     for &(layout, scenario) in &keys {
         if layout != current_layout {
             current_layout = layout;
             let _ = writeln!(
                 out,
-                "\n== layout {layout} (medians over rounds) ==\n{:<15} {:<20} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "\n== layout {layout} (medians over rounds) ==\n{:<scenario_width$} {:<proxy_width$} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 "scenario", "proxy", "req/s", "p50 us", "p99 us", "p99.9 us", "CPU us/req", "RSS KiB", "errors"
             );
         }
@@ -276,7 +286,7 @@ pub fn table(rows: &[Row]) -> String {
             let errors: u64 = runs.iter().map(|row| row.errors).sum();
             let _ = writeln!(
                 out,
-                "{:<15} {:<20} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
+                "{:<scenario_width$} {:<proxy_width$} {:>10} {:>8} {:>8} {:>9} {:>11} {:>10} {:>7}",
                 scenario,
                 target.name(),
                 or_dash(rps.map(grouped)),
@@ -302,6 +312,8 @@ pub fn table(rows: &[Row]) -> String {
     out.push_str(&pair_table(rows, &keys, Pair::CallStore));
     out.push_str(&pair_table(rows, &keys, Pair::TraceAll));
     out.push_str(&pair_table(rows, &keys, Pair::TraceOnePercent));
+    out.push_str(&pair_table(rows, &keys, Pair::IoUringCooperative));
+    out.push_str(&pair_table(rows, &keys, Pair::IoUringInterrupt));
     out.push_str(&llm_table(rows, &keys));
     out.push_str(&soak_table(rows, &keys));
     // LLM scenarios have their own comparison (above).
@@ -376,9 +388,10 @@ fn baseline_commit_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
     else {
         return String::new();
     };
+    let width = column_width(15, keys.iter().map(|&(_, name)| name));
     let mut out = format!(
         "\n== Hypergate against the baseline commit {} (current / baseline; per-round \
-         ratios: median [min-max]) ==\n{:<10} {:<15} {:>20} {:>20} {:>20} {:>8} {:>7}\n",
+         ratios: median [min-max]) ==\n{:<10} {:<width$} {:>20} {:>20} {:>20} {:>8} {:>7}\n",
         super::baseline::short_hash(commit),
         "layout",
         "scenario",
@@ -407,7 +420,7 @@ fn baseline_commit_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
         };
         let _ = writeln!(
             out,
-            "{layout:<10} {name:<15} {:>20} {:>20} {:>20} {:>8} {verdict:>7}",
+            "{layout:<10} {name:<width$} {:>20} {:>20} {:>20} {:>8} {verdict:>7}",
             or_dash(ratio(|row| Some(row.rps)).map(Spread::describe)),
             or_dash(ratio(|row| Some(row.p99_us as f64)).map(Spread::describe)),
             or_dash(cpu.map(Spread::describe)),
@@ -560,19 +573,25 @@ const EBPF_FIGURES: [PairFigure; 4] = [
 
 /// The figures the call-store section compares, store on over off: the
 /// target is on the gateway's own CPU, where the store's writer thread runs.
-const CALLSTORE_FIGURES: [PairFigure; 4] = process_cpu_figures(CALLSTORE_MAX_CPU_RATIO);
+const CALLSTORE_FIGURES: [PairFigure; 4] = process_cpu_figures(Some(CALLSTORE_MAX_CPU_RATIO));
 
 /// The figures the tracing sections compare, tracing on over off, every
 /// request sampled: the target is on the gateway's own CPU, where spans are
 /// built, encoded and exported (the exporter thread), not on the collector's.
-const TRACE_ALL_FIGURES: [PairFigure; 4] = process_cpu_figures(TRACE_ALL_MAX_CPU_RATIO);
+const TRACE_ALL_FIGURES: [PairFigure; 4] = process_cpu_figures(Some(TRACE_ALL_MAX_CPU_RATIO));
 
 /// As [`TRACE_ALL_FIGURES`], with 1% of requests sampled.
-const TRACE_SAMPLED_FIGURES: [PairFigure; 4] = process_cpu_figures(TRACE_SAMPLED_MAX_CPU_RATIO);
+const TRACE_SAMPLED_FIGURES: [PairFigure; 4] =
+    process_cpu_figures(Some(TRACE_SAMPLED_MAX_CPU_RATIO));
+
+/// The figures the io_uring sections compare, the other task-run mode over
+/// the default: the same lines, with no target (they report which mode costs
+/// less; nothing is held to a limit).
+const IO_URING_FIGURES: [PairFigure; 4] = process_cpu_figures(None);
 
 /// req/s, the gateway process's CPU per request (held to at most
-/// `max_cpu_ratio`, on over off), the whole machine's and p99.
-const fn process_cpu_figures(max_cpu_ratio: f64) -> [PairFigure; 4] {
+/// `max_cpu_ratio`, on over off, if given), the whole machine's and p99.
+const fn process_cpu_figures(max_cpu_ratio: Option<f64>) -> [PairFigure; 4] {
     [
         PairFigure {
             name: "req/s",
@@ -584,7 +603,10 @@ const fn process_cpu_figures(max_cpu_ratio: f64) -> [PairFigure; 4] {
             name: "process CPU us/req",
             value: |row| row.cpu_us_per_req,
             whole: false,
-            bound: Some(Bound::AtMost(max_cpu_ratio)),
+            bound: match max_cpu_ratio {
+                Some(limit) => Some(Bound::AtMost(limit)),
+                None => None,
+            },
         },
         PairFigure {
             name: "machine CPU us/req",
@@ -609,10 +631,18 @@ const TRACE_NOTE: &str = "(process CPU includes the shards writing each span as 
      and dropped (exporter queue full) and failed (export request failed) are the sums over \
      them; the load sends no traceparent, so the head sampler alone decides)\n";
 
-/// Hypergate with `pair`'s feature on against off, in each scenario of that
-/// pair: medians of both, and per-round ratios checked against the targets;
-/// for the call store also what the store wrote and dropped, for tracing the
-/// spans exported, dropped and failed.
+/// The note under both io_uring sections.
+const IO_URING_NOTE: &str = "(ratios are the other mode over the default, deferred: above 1 in \
+     CPU/req or p99, or below 1 in req/s, mean the default does better; process CPU includes the \
+     completion work the kernel runs in the shard's thread, machine CPU also what it runs \
+     elsewhere (interrupts included), charged to no process or to another; a target whose log \
+     shows a fallback to another mode or to epoll does not run)\n";
+
+/// Hypergate with `pair`'s feature on against off (for the io_uring pairs,
+/// the other task-run mode against the default), in each scenario of that
+/// pair: medians of both, and per-round ratios checked against the targets
+/// where the pair has any; for the call store also what the store wrote and
+/// dropped, for tracing the spans exported, dropped and failed.
 fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
     let (title, figures, note) = match pair {
         Pair::EbpfProbe => (
@@ -640,20 +670,47 @@ fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
             TRACE_SAMPLED_FIGURES,
             TRACE_NOTE,
         ),
+        Pair::IoUringCooperative | Pair::IoUringInterrupt => {
+            ("io_uring task run", IO_URING_FIGURES, IO_URING_NOTE)
+        }
     };
     let on_target = pair.on_target();
+    // The io_uring pairs compare another mode with the default, not a
+    // feature on with off: their columns and title name the modes.
+    let (off_label, on_label, title) = match on_target.io_uring_task_run() {
+        Some(mode) => (
+            DEFAULT_IO_URING_TASK_RUN,
+            mode,
+            format!("{title}: {mode} / {DEFAULT_IO_URING_TASK_RUN}"),
+        ),
+        None => ("off", "on", title.to_owned()),
+    };
+    let keys: Vec<(&str, &str)> = keys
+        .iter()
+        .copied()
+        .filter(|&(_, name)| scenario::find(name).and_then(|s| s.pair) == Some(pair))
+        .collect();
+    let name_width = column_width(15, keys.iter().map(|&(_, name)| name));
+    let value_width = column_width(10, [off_label, on_label]);
+    // A section whose figures have no target has no target columns.
+    let judged = figures.iter().any(|figure| figure.bound.is_some());
     let mut out = String::new();
-    for &(layout, name) in keys {
-        if scenario::find(name).and_then(|s| s.pair) != Some(pair) {
-            continue;
-        }
+    for &(layout, name) in &keys {
         if out.is_empty() {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "\n== {title} (Hypergate; per-round ratios: median [min-max]) ==\n\
-                 {:<10} {:<15} {:<19} {:>10} {:>10} {:>20} {:>8} {:>7}",
-                "layout", "scenario", "figure", "off", "on", "on/off", "target", "median"
+                 {:<10} {:<name_width$} {:<19} {off_label:>value_width$} \
+                 {on_label:>value_width$} {:>20}",
+                "layout",
+                "scenario",
+                "figure",
+                format!("{on_label}/{off_label}"),
             );
+            if judged {
+                let _ = write!(out, " {:>8} {:>7}", "target", "median");
+            }
+            out.push('\n');
         }
         let runs: Vec<&Row> = rows
             .iter()
@@ -683,15 +740,22 @@ fn pair_table(rows: &[Row], keys: &[(&str, &str)], pair: Pair) -> String {
                 (Some(_), None) => "-",
                 (None, _) => "",
             };
-            let _ = writeln!(
+            let _ = write!(
                 out,
-                "{layout:<10} {name:<15} {:<19} {:>10} {:>10} {:>20} {:>8} {verdict:>7}",
+                "{layout:<10} {name:<name_width$} {:<19} {:>value_width$} {:>value_width$} {:>20}",
                 figure.name,
                 shown(median_of(&off, figure.value)),
                 shown(median_of(&on, figure.value)),
                 or_dash(ratio.map(Spread::describe)),
-                figure.bound.map(Bound::describe).unwrap_or_default(),
             );
+            if judged {
+                let _ = write!(
+                    out,
+                    " {:>8} {verdict:>7}",
+                    figure.bound.map(Bound::describe).unwrap_or_default()
+                );
+            }
+            out.push('\n');
         }
         if pair == Pair::CallStore {
             let records = median_of(&on, |row| row.callstore_records_per_s);
@@ -1110,6 +1174,95 @@ mod tests {
         assert!(line("records dropped").ends_with(" 3"), "{table}");
         assert!(!line("req/s").ends_with("meets"), "no target on throughput");
         assert!(!table.contains("Hypergate / peer"), "{table}");
+    }
+
+    #[test]
+    fn io_uring_pairs_report_the_other_mode_over_the_default_without_a_target() {
+        let mut rows = vec![row("hypergate", 1, 100_000.0, Some(10.0))];
+        for (scenario, proxy, round, rps, cpu) in [
+            ("uring-interrupt", "hypergate", 1, 100_000.0, 10.0),
+            (
+                "uring-interrupt",
+                "hypergate-uring-interrupt",
+                1,
+                90_000.0,
+                11.0,
+            ),
+            (
+                "uring-interrupt",
+                "hypergate-uring-interrupt",
+                2,
+                80_000.0,
+                12.5,
+            ),
+            ("uring-interrupt", "hypergate", 2, 100_000.0, 10.0),
+            ("uring-cooperative", "hypergate", 1, 100_000.0, 10.0),
+            (
+                "uring-cooperative",
+                "hypergate-uring-cooperative",
+                1,
+                100_000.0,
+                9.0,
+            ),
+        ] {
+            let mut run = row(proxy, round, rps, Some(cpu));
+            run.scenario = scenario.into();
+            rows.push(run);
+        }
+        let table = table(&rows);
+        let line = |scenario: &str, figure: &str| {
+            table
+                .lines()
+                .find(|line| {
+                    line.starts_with(&format!("pinned     {scenario:<15} "))
+                        && line.contains(figure)
+                })
+                .unwrap_or_else(|| panic!("no {scenario} {figure} line in:\n{table}"))
+                .to_owned()
+        };
+        for (mode, header) in [
+            ("interrupt", "deferred  interrupt   interrupt/deferred"),
+            ("cooperative", "deferred cooperative cooperative/deferred"),
+        ] {
+            let title = format!("== io_uring task run: {mode} / deferred (Hypergate;");
+            let at = table
+                .find(&title)
+                .unwrap_or_else(|| panic!("no {mode} section in:\n{table}"));
+            let columns = table[at..].lines().nth(1).expect("a header line");
+            assert!(columns.ends_with(header), "no target columns: {columns}");
+        }
+        let interrupt = line("uring-interrupt", "process CPU us/req");
+        assert!(interrupt.contains("1.18 [1.10-1.25]"), "{interrupt}");
+        assert!(
+            interrupt.ends_with("1.18 [1.10-1.25]"),
+            "no target: {interrupt}"
+        );
+        assert!(line("uring-interrupt", "req/s").contains("0.85 [0.80-0.90]"));
+        let cooperative = line("uring-cooperative", "process CPU us/req");
+        assert!(cooperative.contains("0.90 [0.90-0.90]"), "{cooperative}");
+        assert!(!table.contains("on / off"), "{table}");
+        assert!(!table.contains("Hypergate / peer"), "{table}");
+        // The main table widens to the longest name, every line aligned.
+        let main: Vec<&str> = table
+            .lines()
+            .skip_while(|line| !line.starts_with("== layout pinned"))
+            .skip(1)
+            .take_while(|line| !line.is_empty())
+            .collect();
+        assert_eq!(main.len(), 6, "{table}");
+        assert!(
+            main.iter().all(|line| line.len() == main[0].len()),
+            "{table}"
+        );
+        assert!(main
+            .iter()
+            .any(|line| line.starts_with("uring-cooperative hypergate-uring-cooperative ")));
+        // Without the longer names, the usual widths.
+        let plain = super::table(&rows[..1]);
+        assert!(
+            plain.contains("\nget-c64         hypergate            "),
+            "{plain}"
+        );
     }
 
     #[test]

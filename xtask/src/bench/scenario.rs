@@ -19,7 +19,11 @@
 //! pairs export OpenTelemetry spans over OTLP/HTTP (`[observability.otlp]`) to
 //! a collector of their own (a second `mock-upstream`), one with every request
 //! sampled and one with 1% (the load carries no `traceparent`, so the head
-//! sampler alone decides).
+//! sampler alone decides). The two io_uring pairs compare when the kernel runs
+//! the completion work of the shards' rings (`[server] io_uring_task_run`):
+//! the plain target runs the default, `"deferred"`, the second target
+//! `"cooperative"` or `"interrupt"`, so their ratios are the other mode over
+//! the default.
 //!
 //! The HTTP/2 scenario ([`Scenario::h2c`]) sends the small GET of `get-c64`
 //! over cleartext HTTP/2 with prior knowledge (h2c), several streams at once
@@ -57,7 +61,8 @@ pub enum RequestKind {
     },
 }
 
-/// The feature a pair scenario turns on in its second Hypergate target.
+/// The feature a pair scenario turns on in its second Hypergate target (for
+/// the io_uring pairs, the setting it changes from the default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pair {
     /// The kernel TCP probe: Hypergate built with the `ebpf` feature, its
@@ -74,6 +79,15 @@ pub enum Pair {
     /// "parentbased_traceidratio"`, `sampler_arg = 0.01`
     /// (`hypergate-trace-1pct`).
     TraceOnePercent,
+    /// io_uring completion work run at the shard's next system call: the
+    /// same binary, its config with `[server] io_uring_task_run =
+    /// "cooperative"` (`hypergate-uring-cooperative`), against the default
+    /// `"deferred"`.
+    IoUringCooperative,
+    /// io_uring completion work run at once, the kernel interrupting the
+    /// shard's thread: `io_uring_task_run = "interrupt"`
+    /// (`hypergate-uring-interrupt`), against the default `"deferred"`.
+    IoUringInterrupt,
 }
 
 impl Pair {
@@ -84,6 +98,8 @@ impl Pair {
             Self::CallStore => Target::HypergateCallstore,
             Self::TraceAll => Target::HypergateTraceAll,
             Self::TraceOnePercent => Target::HypergateTraceOnePercent,
+            Self::IoUringCooperative => Target::HypergateUringCooperative,
+            Self::IoUringInterrupt => Target::HypergateUringInterrupt,
         }
     }
 
@@ -462,6 +478,24 @@ pub const SCENARIOS: &[Scenario] = &[
             64,
         )
     },
+    Scenario {
+        pair: Some(Pair::IoUringCooperative),
+        ..small_get(
+            "uring-cooperative",
+            "get-c64 against Hypergate with io_uring_task_run = \"deferred\" (the default) and \
+             \"cooperative\", alternating (Hypergate only)",
+            64,
+        )
+    },
+    Scenario {
+        pair: Some(Pair::IoUringInterrupt),
+        ..small_get(
+            "uring-interrupt",
+            "get-c64 against Hypergate with io_uring_task_run = \"deferred\" (the default) and \
+             \"interrupt\", alternating (Hypergate only)",
+            64,
+        )
+    },
     chat(
         "llm-chat",
         "chat completions (JSON) at a fixed rate (--rate, default 1,000 req/s) to the mock \
@@ -576,9 +610,16 @@ mod tests {
             ("callstore", Pair::CallStore),
             ("trace-all", Pair::TraceAll),
             ("trace-1pct", Pair::TraceOnePercent),
+            ("uring-cooperative", Pair::IoUringCooperative),
+            ("uring-interrupt", Pair::IoUringInterrupt),
         ] {
             assert_pair_is_get_c64(name, kind);
             assert_eq!(kind.traces(), name.starts_with("trace-"), "{name}");
+            assert_eq!(
+                kind.on_target().io_uring_task_run(),
+                name.strip_prefix("uring-"),
+                "{name}"
+            );
         }
         assert_eq!(Pair::CallStore.on_target(), Target::HypergateCallstore);
         assert_eq!(Pair::EbpfProbe.on_target(), Target::HypergateEbpf);
@@ -586,6 +627,14 @@ mod tests {
         assert_eq!(
             Pair::TraceOnePercent.on_target(),
             Target::HypergateTraceOnePercent
+        );
+        assert_eq!(
+            Pair::IoUringCooperative.on_target(),
+            Target::HypergateUringCooperative
+        );
+        assert_eq!(
+            Pair::IoUringInterrupt.on_target(),
+            Target::HypergateUringInterrupt
         );
     }
 

@@ -62,6 +62,15 @@
 //! starts without the `OTEL_*` variables of this environment: they would turn
 //! the exporter on in the plain target, or change the tracing targets' sampler
 //! or collector.
+//! `hypergate-uring-cooperative` and `hypergate-uring-interrupt` are the plain
+//! binary with `io_uring_task_run = "cooperative"` or `"interrupt"` in its
+//! `[server]` table (every other Hypergate target leaves the setting out, so
+//! runs the default, `"deferred"`); each runs only in its io_uring scenario,
+//! beside the plain target. In those scenarios both targets must also start
+//! on io_uring in the mode they ask for: a gateway whose log says it fell back
+//! (a kernel that refuses a mode gets the next one, with a warning, and one
+//! without io_uring gets epoll) counts as not started, since the pair would
+//! then not compare what it says.
 //! `hypergate-base` is the binary of the `--baseline` commit with exactly the
 //! config `hypergate` gets, in every scenario `hypergate` runs in (in pair
 //! scenarios, the plain one), so the configs written here must stay loadable by
@@ -136,6 +145,13 @@ const EBPF_PROBE_METRIC: &str = "hypergate_tcp_connections_opened_total{";
 /// How long the probe's counters get to show up on `/metrics` after readiness.
 const EBPF_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The gateway's `[server] io_uring_task_run` when its config leaves it out,
+/// as every target but the io_uring pairs' second one does.
+pub const DEFAULT_IO_URING_TASK_RUN: &str = "deferred";
+
+/// A Hypergate target's log (stdout and stderr), in its directory.
+const HYPERGATE_LOG: &str = "hypergate.log";
+
 /// The systems a scenario runs against, in the order each round visits them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -153,6 +169,12 @@ pub enum Target {
     /// The gateway exporting the spans of 1% of requests over OTLP/HTTP. Only
     /// the `trace-1pct` scenario runs it; `--proxy` cannot name it.
     HypergateTraceOnePercent,
+    /// The gateway with `io_uring_task_run = "cooperative"`. Only the
+    /// `uring-cooperative` scenario runs it; `--proxy` cannot name it.
+    HypergateUringCooperative,
+    /// The gateway with `io_uring_task_run = "interrupt"`. Only the
+    /// `uring-interrupt` scenario runs it; `--proxy` cannot name it.
+    HypergateUringInterrupt,
     /// The gateway built from the `--baseline` commit, with `hypergate`'s
     /// config; `--proxy` cannot name it.
     HypergateBase,
@@ -177,13 +199,15 @@ impl Target {
     ];
 
     /// Every target, in the order the report lists them.
-    pub const REPORTED: [Target; 10] = [
+    pub const REPORTED: [Target; 12] = [
         Target::Hypergate,
         Target::HypergateBase,
         Target::HypergateEbpf,
         Target::HypergateCallstore,
         Target::HypergateTraceAll,
         Target::HypergateTraceOnePercent,
+        Target::HypergateUringCooperative,
+        Target::HypergateUringInterrupt,
         Target::Nginx,
         Target::Haproxy,
         Target::Litellm,
@@ -198,6 +222,8 @@ impl Target {
             Self::HypergateCallstore => "hypergate-callstore",
             Self::HypergateTraceAll => "hypergate-trace-all",
             Self::HypergateTraceOnePercent => "hypergate-trace-1pct",
+            Self::HypergateUringCooperative => "hypergate-uring-cooperative",
+            Self::HypergateUringInterrupt => "hypergate-uring-interrupt",
             Self::HypergateBase => "hypergate-base",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
@@ -223,6 +249,16 @@ impl Target {
         }
     }
 
+    /// The `[server] io_uring_task_run` this target's config sets; `None` for
+    /// the targets that leave it at the gateway's default, `"deferred"`.
+    pub fn io_uring_task_run(self) -> Option<&'static str> {
+        match self {
+            Self::HypergateUringCooperative => Some("cooperative"),
+            Self::HypergateUringInterrupt => Some("interrupt"),
+            _ => None,
+        }
+    }
+
     /// Whether this is one of the third-party proxies Hypergate is compared with.
     pub fn is_peer(self) -> bool {
         matches!(self, Self::Nginx | Self::Haproxy | Self::Litellm)
@@ -242,6 +278,8 @@ impl Target {
             | Self::HypergateCallstore
             | Self::HypergateTraceAll
             | Self::HypergateTraceOnePercent
+            | Self::HypergateUringCooperative
+            | Self::HypergateUringInterrupt
             | Self::HypergateBase => true,
         }
     }
@@ -322,6 +360,8 @@ pub fn start(
         | Target::HypergateCallstore
         | Target::HypergateTraceAll
         | Target::HypergateTraceOnePercent
+        | Target::HypergateUringCooperative
+        | Target::HypergateUringInterrupt
         | Target::HypergateBase => {
             if target.trace_sampler().is_some() && setup.collector.is_none() {
                 bail!("{} needs an OTLP collector, and none runs", target.name());
@@ -344,7 +384,7 @@ pub fn start(
                 &config,
                 hypergate_target_config(target, setup, address, admin),
             )?;
-            let log = Output::combined(setup.dir.join("hypergate.log"));
+            let log = Output::combined(setup.dir.join(HYPERGATE_LOG));
             let process = Guarded::spawn(
                 target.name(),
                 hypergate_command(program, &config),
@@ -465,7 +505,52 @@ pub fn start(
     if let (Target::HypergateEbpf, Some(admin)) = (target, admin) {
         wait_for_ebpf_probe(&mut running, admin, interrupt)?;
     }
+    if let Some(mode) = io_uring_task_run_to_check(target, setup.scenario) {
+        let path = setup.dir.join(HYPERGATE_LOG);
+        let log = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        check_io_uring_task_run(&log, mode).with_context(|| {
+            format!(
+                "{} does not run the io_uring mode this pair compares",
+                target.name()
+            )
+        })?;
+    }
     Ok(running)
+}
+
+/// The io_uring task-run mode `target` must run in `scenario`: in an io_uring
+/// pair, the one each of its two targets asks for (the plain target the
+/// default); `None` elsewhere, where nothing is checked.
+fn io_uring_task_run_to_check(target: Target, scenario: &Scenario) -> Option<&'static str> {
+    let other = scenario.pair?.on_target();
+    let mode = other.io_uring_task_run()?;
+    if target == other {
+        Some(mode)
+    } else if target == Target::Hypergate {
+        Some(DEFAULT_IO_URING_TASK_RUN)
+    } else {
+        None
+    }
+}
+
+/// Fails when the gateway's `log` shows a shard that is not on io_uring in
+/// `mode`: the warning of a kernel that refused the mode (the shard took the
+/// next one), a ring that fell back to epoll, or shards started on the epoll
+/// driver (no io_uring at all).
+fn check_io_uring_task_run(log: &str, mode: &str) -> anyhow::Result<()> {
+    let fallback = log.lines().find(|line| {
+        line.contains("the kernel refused the io_uring task-run mode")
+            || line.contains("this shard uses epoll")
+            || (line.contains("starting shards") && line.contains("epoll"))
+    });
+    match fallback {
+        Some(line) => bail!(
+            "it asked for io_uring_task_run = \"{mode}\", and its log says: {}",
+            line.trim()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// `hypergate run --config CONFIG`, without the `OTEL_*` variables of this
@@ -998,8 +1083,9 @@ fn hypergate_config(setup: &TargetSetup<'_>, listen: SocketAddr, admin: SocketAd
 /// The whole config a Hypergate target runs with: the scenario's (LLM or
 /// proxy), the eBPF probe for `hypergate-ebpf`, the call store, on with its
 /// database in the target's directory for `hypergate-callstore` and off for
-/// the others, and for the tracing targets `[observability.otlp]` exporting to
-/// the scenario's collector with the target's sampler (see [`trace_config`]).
+/// the others, for the tracing targets `[observability.otlp]` exporting to
+/// the scenario's collector with the target's sampler (see [`trace_config`]),
+/// and for the io_uring targets their `io_uring_task_run` in `[server]`.
 /// `hypergate-base` gets exactly `hypergate`'s.
 fn hypergate_target_config(
     target: Target,
@@ -1012,6 +1098,11 @@ fn hypergate_target_config(
     } else {
         hypergate_config(setup, listen, admin)
     };
+    if let Some(mode) = target.io_uring_task_run() {
+        // Into the `[server]` table both configs open with.
+        let server = hypergate_server_section(setup.placement).len();
+        config.insert_str(server, &format!("io_uring_task_run = \"{mode}\"\n"));
+    }
     if target == Target::HypergateEbpf {
         config.push_str(EBPF_PROBE_CONFIG);
     }
@@ -1405,11 +1496,6 @@ mod tests {
         assert_eq!(Target::from_name("hypergate-trace-all"), None);
         assert_eq!(Target::from_name("hypergate-trace-1pct"), None);
         assert!(Target::REPORTED.contains(&Target::HypergateTraceOnePercent));
-        let width = Target::REPORTED
-            .iter()
-            .map(|target| target.name().len())
-            .max();
-        assert!(width <= Some(20), "the table's proxy column is 20 wide");
     }
 
     #[test]
@@ -1431,6 +1517,118 @@ mod tests {
             parse_otlp_span_counters("hypergate_otlp_logs_total{outcome=\"exported\"} 1\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_the_io_uring_targets_set_a_task_run() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+        let task_run = |text: &str| {
+            let config: toml::Table = text.parse().expect("the config is TOML");
+            config["server"]
+                .get("io_uring_task_run")
+                .and_then(|mode| mode.as_str().map(str::to_owned))
+        };
+        let unpinned = Placement {
+            cpus: None,
+            workers: 2,
+        };
+        for placement in [pinned_to_cpu_1(), unpinned] {
+            for (target, scenario, mode) in [
+                (
+                    Target::HypergateUringCooperative,
+                    "uring-cooperative",
+                    "cooperative",
+                ),
+                (
+                    Target::HypergateUringInterrupt,
+                    "uring-interrupt",
+                    "interrupt",
+                ),
+            ] {
+                let config = |target: Target| {
+                    hypergate_target_config(target, &setup(scenario, &placement), listen, listen)
+                };
+                let text = config(target);
+                assert_eq!(task_run(&text).as_deref(), Some(mode), "{scenario}");
+                // The plain config with that one line in `[server]`; the plain
+                // target and the baseline leave the setting at its default.
+                let line = format!("io_uring_task_run = \"{mode}\"\n");
+                let plain = config(Target::Hypergate);
+                assert_eq!(text.replacen(&line, "", 1), plain, "{scenario}");
+                assert_eq!(task_run(&plain), None, "{scenario}");
+                assert_eq!(config(Target::HypergateBase), plain, "{scenario}");
+                assert!(Target::from_name(target.name()).is_none(), "{scenario}");
+                assert!(Target::REPORTED.contains(&target), "{scenario}");
+            }
+        }
+        for target in [
+            Target::Hypergate,
+            Target::HypergateCallstore,
+            Target::HypergateEbpf,
+        ] {
+            let text = hypergate_target_config(
+                target,
+                &setup("get-c64", &pinned_to_cpu_1()),
+                listen,
+                listen,
+            );
+            assert_eq!(task_run(&text), None, "{target:?}");
+            assert_eq!(target.io_uring_task_run(), None, "{target:?}");
+        }
+        // "deferred" is what the gateway runs when its config says nothing.
+        let raw = include_str!("../../../crates/core/src/config/raw.rs");
+        assert!(raw.contains("io_uring_task_run: IoUringTaskRun::Deferred,"));
+        assert_eq!(DEFAULT_IO_URING_TASK_RUN, "deferred");
+    }
+
+    #[test]
+    fn io_uring_pairs_check_both_targets_run_the_mode_they_ask_for() {
+        let check = |target: Target, scenario: &str| {
+            io_uring_task_run_to_check(target, scenario::find(scenario).expect("exists"))
+        };
+        assert_eq!(
+            check(Target::HypergateUringInterrupt, "uring-interrupt"),
+            Some("interrupt")
+        );
+        assert_eq!(
+            check(Target::HypergateUringCooperative, "uring-cooperative"),
+            Some("cooperative")
+        );
+        for scenario in ["uring-interrupt", "uring-cooperative"] {
+            assert_eq!(check(Target::Hypergate, scenario), Some("deferred"));
+            // The baseline commit may predate the setting: not checked.
+            assert_eq!(check(Target::HypergateBase, scenario), None);
+        }
+        for scenario in ["get-c64", "callstore", "trace-all"] {
+            assert_eq!(check(Target::Hypergate, scenario), None, "{scenario}");
+        }
+
+        let started = "2026-12-01T10:00:00Z  INFO hypergate_runtime::gateway: starting shards \
+                       shards=1 driver=\"io_uring\"\n";
+        assert!(check_io_uring_task_run(started, "deferred").is_ok());
+        for fallback in [
+            "2026-12-01T10:00:00Z  INFO hypergate_runtime::gateway: starting shards shards=1 \
+             driver=\"epoll\"\n",
+            "2026-12-01T10:00:00Z  WARN hypergate_runtime::shard: the kernel refused the \
+             io_uring task-run mode asked for; this shard uses the next one asked=Deferred \
+             used=Cooperative\n",
+            "2026-12-01T10:00:00Z  WARN hypergate_runtime::shard: io_uring ring setup failed \
+             in every mode; this shard uses epoll\n",
+        ] {
+            let log = format!("{started}{fallback}");
+            let error = check_io_uring_task_run(&log, "deferred").expect_err(fallback);
+            assert!(
+                format!("{error:#}").contains("asked for io_uring_task_run = \"deferred\""),
+                "{error:#}"
+            );
+        }
+        // The lines looked for are the gateway's own.
+        let shard = include_str!("../../../crates/runtime/src/shard.rs");
+        assert!(shard.contains("the kernel refused the io_uring task-run mode"));
+        assert!(shard.contains("this shard uses epoll"));
+        let gateway = include_str!("../../../crates/runtime/src/gateway.rs");
+        assert!(gateway.contains("\"starting shards\""));
+        assert!(gateway.contains("\"epoll\""));
     }
 
     #[test]
