@@ -97,7 +97,10 @@ fn counter_holds_a_fraction_of_tiktokens_memory() {
     );
 
     let base = reset_peak();
-    hypergate_ai::tokens::warm_up(|| ()).unwrap().join().unwrap();
+    hypergate_ai::tokens::warm_up(|| ())
+        .unwrap()
+        .join()
+        .unwrap();
     let (built_compact, build_peak_compact) = measure(base);
     assert_eq!(hypergate_ai::tokens::count(&text), expected as u64);
     let (used_compact, _) = measure(base);

@@ -36,7 +36,9 @@ fn a_stalled_request_body_is_cut_at_the_body_idle_timeout() {
     assert_eq!(gw.get("/warm").status, 200);
     let mut conn = gw.conn();
     let sent = Instant::now();
-    conn.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
+    // A body larger than what is read whole before forwarding (16 KiB):
+    // its head goes upstream at once, and the body streams.
+    conn.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789");
     let r = conn.try_read_response(false).expect("408");
     let took = sent.elapsed();
     assert_eq!(r.status, 408, "{}", r.text());
@@ -57,6 +59,33 @@ fn a_stalled_request_body_is_cut_at_the_body_idle_timeout() {
         .filter(|r| r.path() == "/upload")
         .all(|r| !r.body_complete));
     assert_next_request_reconnects(&gw, &mock);
+}
+
+#[test]
+fn a_stalled_small_request_body_never_reaches_the_upstream() {
+    let mock = MockUpstream::ok("ok");
+    let gw = gateway(&mock, "body_idle_timeout = \"300ms\"");
+    assert_eq!(gw.get("/warm").status, 200);
+    let mut conn = gw.conn();
+    // A small body is read whole before the request is forwarded: a client
+    // that stops halfway ties up no upstream connection.
+    conn.send(b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
+    let r = conn.try_read_response(false).expect("408");
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(conn.closed_within(Duration::from_secs(2)));
+    // The same body sent whole is forwarded, once, intact.
+    let mut conn = gw.conn();
+    conn.send(b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n01234");
+    conn.send(b"56789");
+    let r = conn.try_read_response(false).expect("200");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path() == "/small")
+        .collect();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].body_complete && seen[0].body == b"0123456789");
 }
 
 #[test]

@@ -495,6 +495,22 @@ pub async fn read_body<S: AsyncReadRent>(
     Ok(body)
 }
 
+/// Reads until `rbuf` holds at least `n` bytes (a small request body whose
+/// length is declared), with at most `idle` of silence per read and never
+/// past `deadline`.
+pub async fn read_at_least<S: AsyncReadRent>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    n: usize,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<(), PumpError> {
+    while rbuf.len() < n {
+        read_body_more(stream, rbuf, idle, deadline).await?;
+    }
+    Ok(())
+}
+
 /// Reads more of a request body: at most `idle` of silence, and never past `deadline`.
 async fn read_body_more<S: AsyncReadRent>(
     stream: &mut S,
