@@ -68,8 +68,6 @@ impl Gateway {
                 "runtime overrides restored from the call store"
             );
         }
-        // Before the store's checkpointer and the record writer start.
-        hypergate_core::background::set_nice(config.raw.server.background_nice);
         let store = match &store_path {
             Some(path) => {
                 let store = crate::hypercare::store::CallStore::open(path, store_config.clone())

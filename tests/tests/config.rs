@@ -31,7 +31,6 @@ fn check_reports_every_error_with_file_and_path() {
         r#"
 [server]
 drain_timeout = "0s"
-background_nice = 20
 
 [admin]
 listen = "127.0.0.1:0"
@@ -62,7 +61,6 @@ status = 200
     assert!(!status.success(), "check passed a bad file:\n{stdout}");
     let expected = [
         "server.drain_timeout",
-        "server.background_nice",
         "listeners[0].address",
         "clusters[0].endpoints[0].weight",
         "clusters[0].hash_on",

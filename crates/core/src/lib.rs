@@ -23,7 +23,6 @@
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod background;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -101,12 +101,6 @@ pub struct ServerConfig {
     /// When the kernel finishes a shard's io_uring operations (see
     /// [`IoUringTaskRun`]).
     pub io_uring_task_run: IoUringTaskRun,
-    /// Nice value (0 to 19) of the background threads that work for every
-    /// request on the shards' cores: the call-record writer (access log and
-    /// call store) and the store's checkpointer. Higher: they give way to requests (shorter tails), and get
-    /// less of a saturated core (records queue, and drop when the queue is
-    /// full, counted). 0: the shards' priority.
-    pub background_nice: i32,
 }
 
 /// When the kernel runs the completion work of a shard's io_uring operations
@@ -140,7 +134,6 @@ impl Default for ServerConfig {
             drain_idle_grace: Duration::from_secs(1),
             io_uring: true,
             io_uring_task_run: IoUringTaskRun::Deferred,
-            background_nice: 10,
         }
     }
 }

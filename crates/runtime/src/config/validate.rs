@@ -46,9 +46,6 @@ pub fn validate(
     if shards > 1024 {
         issues.push("server.shards", "at most 1024 shards");
     }
-    if !(0..=19).contains(&raw.server.background_nice) {
-        issues.push("server.background_nice", "must be 0 to 19");
-    }
     let shard_cpus = (0..shards)
         .map(|i| {
             if !raw.server.pin_cores {

@@ -57,10 +57,7 @@ pub fn start(
     let (sinks, ends) = channels(shards, buffer, json.is_some(), store.is_some());
     let thread = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || {
-            hypergate_core::background::enter();
-            writer(out, capture_max, store, ends)
-        })?;
+        .spawn(move || writer(out, capture_max, store, ends))?;
     Ok(AccessLog { sinks, thread })
 }
 
