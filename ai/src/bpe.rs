@@ -338,14 +338,7 @@ mod tests {
             "://", "<|", "|>",
         ];
         // SplitMix64 with a fixed seed: the same strings on every run.
-        let mut state: u64 = 0x005e_ed0f_706b_656e;
-        let mut next = move || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
+        let mut next = super::pretokenize::tests::splitmix64(0x005e_ed0f_706b_656e);
         for _ in 0..4000 {
             let len = (next() % 48) as usize;
             let text: String = (0..len)

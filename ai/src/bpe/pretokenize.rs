@@ -326,6 +326,17 @@ fn contraction_end(text: &str, end: usize) -> usize {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    /// SplitMix64 from `seed`: the same pseudo-random numbers on every run.
+    pub(in crate::bpe) fn splitmix64(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
     use std::sync::OnceLock;
 
     /// tiktoken's pre-tokenizer: its `o200k_base` pattern on `fancy-regex`.
@@ -480,14 +491,7 @@ pub(super) mod tests {
         ];
         let sample = sample_characters();
         // SplitMix64 with a fixed seed: the same texts on every run.
-        let mut state: u64 = 0x0070_7265_746f_6b65;
-        let mut next = move || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
+        let mut next = splitmix64(0x0070_7265_746f_6b65);
         (0..count).map(move |_| {
             let length = next() % max_chars;
             let mut text = String::new();

@@ -424,34 +424,13 @@ async fn accept_loop(
         // One accept and one drain signal, each made once and polled again
         // after every connection (not rebuilt per accept).
         let mut accept = std::pin::pin!(listener.accept());
-        let mut drain = std::pin::pin!(accepting.recv());
-        loop {
-            monoio::select! {
-                r = accept.as_mut() => {
-                    accept.set(listener.accept());
-                    if !accepted(r) {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        monoio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                _ = drain.as_mut() => break,
-            }
-        }
+        let drain = std::pin::pin!(accepting.recv());
+        accept_until(&mut accept, || listener.accept(), &accepted, drain).await;
         if let Err(e) = refuse_new_syns(listener.as_raw_fd()) {
             tracing::warn!(shard = ctx.id, error = %e, "cannot stop new handshakes on a draining listener");
         }
-        let mut settled = std::pin::pin!(monoio::time::sleep(LISTENER_SETTLE));
-        loop {
-            monoio::select! {
-                r = accept.as_mut() => {
-                    accept.set(listener.accept());
-                    if !accepted(r) {
-                        monoio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                _ = settled.as_mut() => break,
-            }
-        }
+        let settled = std::pin::pin!(monoio::time::sleep(LISTENER_SETTLE));
+        accept_until(&mut accept, || listener.accept(), &accepted, settled).await;
         // The pending accept (cancelled now, with nothing left to take) goes here,
         // before the queue is drained below.
     }
@@ -474,6 +453,29 @@ async fn accept_loop(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Takes connections from `accept` (remade with `next` after each) and hands
+/// them to `accepted` until `stop` completes; a failed accept (EMFILE and
+/// friends) backs off briefly instead of spinning. The pending accept is
+/// left to the caller, never dropped here.
+async fn accept_until<A: std::future::Future, S: std::future::Future>(
+    accept: &mut std::pin::Pin<&mut A>,
+    next: impl Fn() -> A,
+    accepted: &impl Fn(A::Output) -> bool,
+    mut stop: std::pin::Pin<&mut S>,
+) {
+    loop {
+        monoio::select! {
+            r = accept.as_mut() => {
+                accept.set(next());
+                if !accepted(r) {
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            _ = stop.as_mut() => return,
         }
     }
 }

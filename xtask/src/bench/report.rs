@@ -1029,6 +1029,17 @@ fn soak_table(rows: &[Row], keys: &[(&str, &str)]) -> String {
 mod tests {
     use super::*;
 
+    /// The pinned-layout line of `table` for `scenario` that shows `figure`.
+    fn pinned_line(table: &str, scenario: &str, figure: &str) -> String {
+        table
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!("pinned     {scenario:<15} ")) && line.contains(figure)
+            })
+            .unwrap_or_else(|| panic!("no {scenario} {figure} line in:\n{table}"))
+            .to_owned()
+    }
+
     fn row(proxy: &str, round: u32, rps: f64, cpu: Option<f64>) -> Row {
         Row {
             scenario: "get-c64".into(),
@@ -1210,16 +1221,7 @@ mod tests {
             rows.push(run);
         }
         let table = table(&rows);
-        let line = |scenario: &str, figure: &str| {
-            table
-                .lines()
-                .find(|line| {
-                    line.starts_with(&format!("pinned     {scenario:<15} "))
-                        && line.contains(figure)
-                })
-                .unwrap_or_else(|| panic!("no {scenario} {figure} line in:\n{table}"))
-                .to_owned()
-        };
+        let line = |scenario: &str, figure: &str| pinned_line(&table, scenario, figure);
         for (mode, header) in [
             ("interrupt", "deferred  interrupt   interrupt/deferred"),
             ("cooperative", "deferred cooperative cooperative/deferred"),
@@ -1312,16 +1314,7 @@ mod tests {
             rows.push(run);
         }
         let table = table(&rows);
-        let line = |scenario: &str, figure: &str| {
-            table
-                .lines()
-                .find(|line| {
-                    line.starts_with(&format!("pinned     {scenario:<15} "))
-                        && line.contains(figure)
-                })
-                .unwrap_or_else(|| panic!("no {scenario} {figure} line in:\n{table}"))
-                .to_owned()
-        };
+        let line = |scenario: &str, figure: &str| pinned_line(&table, scenario, figure);
         assert!(
             table.contains("== tracing on / off, every request sampled"),
             "{table}"
