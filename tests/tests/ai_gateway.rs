@@ -417,6 +417,16 @@ fn aborted_stream_is_billed_for_what_was_produced() {
             provider("p", "openai", &slow)
         ),
     );
+    // The budget's figure read at the end is this minute's: start the call
+    // early enough in a minute that it and the read fall in the same one.
+    let second_of_minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() % 60)
+    };
+    wait_until("a fresh minute", Duration::from_secs(20), || {
+        second_of_minute() < 45
+    });
     let mut c = Conn::connect(gw.addr);
     c.send(
         &Request::post(
