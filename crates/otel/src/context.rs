@@ -167,6 +167,13 @@ impl SpanContext {
         }
     }
 
+    /// The trace id in lowercase hex, as `traceparent` and the records show it.
+    pub fn trace_id_hex(&self) -> [u8; 32] {
+        let mut out = [0; 32];
+        encode_hex(&self.trace_id, &mut out);
+        out
+    }
+
     /// The `traceparent` header naming this span as the parent of the next hop:
     /// `00-<trace id>-<span id>-<01 when sampled, else 00>`.
     pub fn traceparent(&self) -> [u8; TRACEPARENT_LEN] {
@@ -263,6 +270,22 @@ mod tests {
         );
         let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         assert!(!RemoteParent::parse(unsampled, None).expect("valid").sampled);
+    }
+
+    #[test]
+    fn the_trace_id_in_hex_is_the_one_traceparent_carries() {
+        let ctx = SpanContext {
+            trace_id: [
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36,
+            ],
+            span_id: [1; 8],
+            parent_span_id: None,
+            sampled: true,
+            trace_state: None,
+        };
+        assert_eq!(&ctx.trace_id_hex(), b"4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(&ctx.traceparent()[3..35], &ctx.trace_id_hex());
     }
 
     #[test]

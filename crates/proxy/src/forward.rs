@@ -18,7 +18,7 @@ use crate::state::{Installed, ShardCtx};
 use bytes::{Buf, BytesMut};
 use hypergate_core::error::{ErrorKind, GatewayError};
 use hypergate_core::http::chunked;
-use hypergate_core::http::codec::{at, is_hop_by_hop, BodyFraming, ResponseHead};
+use hypergate_core::http::codec::{at, is_hop_by_hop, BodyFraming, RequestHead, ResponseHead};
 use hypergate_core::http::{write_header, write_u64};
 use hypergate_core::io::{
     pump, read_at_least, split, write_out, Encoding, PumpError, PumpLimits, BODY_READ, FRAME_READ,
@@ -109,9 +109,8 @@ pub async fn proxy<S: ClientStream>(
     // it, the rest), as nginx's request buffering does. An idle connection's
     // first read takes only 2 KiB, so a 10 KiB POST has most of its body in
     // the socket still when its head is parsed.
-    if let BodyFraming::Length(n) = req.head.body {
-        let small = n <= INLINE_BODY_MAX && (max_body == 0 || n <= max_body);
-        if small && grpc.is_none() && !req.head.expect_continue && (rbuf.len() as u64) < n {
+    if let Some(n) = inline_body(req.head, max_body).filter(|_| grpc.is_none()) {
+        if (rbuf.len() as u64) < n {
             let deadline = ex.started + limits.body_timeout;
             let idle = limits.body_idle_timeout;
             if let Err(e) = read_at_least(stream, rbuf, n as usize, idle, deadline).await {
@@ -358,18 +357,30 @@ struct Forwarded<'a, 'i, S> {
     bytes_in: u64,
 }
 
+/// The length of a request body small enough to leave upstream in the head's
+/// write (read whole first, see [`proxy`]): declared by `Content-Length`, at
+/// most [`INLINE_BODY_MAX`] and the route's limit, and not behind
+/// `Expect: 100-continue` (that client waits for a 100 before it sends it).
+fn inline_body(head: &RequestHead, max_body: u64) -> Option<u64> {
+    match head.body {
+        BodyFraming::Length(n)
+            if n > 0
+                && n <= INLINE_BODY_MAX
+                && !head.expect_continue
+                && (max_body == 0 || n <= max_body) =>
+        {
+            Some(n)
+        }
+        _ => None,
+    }
+}
+
 impl<S: ClientStream> Outgoing for Forwarded<'_, '_, S> {
     fn write_head(&mut self, out: &mut Vec<u8>, endpoint: &str) {
         self.write_request_head(out, endpoint);
         // A small body that already arrived whole leaves in the same write as the head.
-        let head = self.req.head;
-        if let BodyFraming::Length(n) = head.body {
-            if n > 0
-                && n <= INLINE_BODY_MAX
-                && self.rbuf.len() as u64 >= n
-                && !head.expect_continue
-                && (self.max_body == 0 || n <= self.max_body)
-            {
+        if let Some(n) = inline_body(self.req.head, self.max_body) {
+            if self.rbuf.len() as u64 >= n {
                 let body = &self.rbuf[..n as usize];
                 out.extend_from_slice(body);
                 if let Some(c) = self.capture.as_mut() {
